@@ -1,0 +1,265 @@
+//! The broadcaster: samples the progress of every running download on a fixed tick,
+//! keeps the latest numbers for the REST API, and fans frames out to websocket clients.
+//!
+//! Each client has its own bounded queue. A full queue never blocks the tick: progress
+//! frames are dropped for that client (the next one brings it up to date), and a client
+//! that cannot take a `state` frame, or stays full for too long, is disconnected; it
+//! reconnects and is whole again from the snapshot.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::model::{DownloadId, Live};
+use crate::progress::{eta_secs, ProgressCell, SpeedMeter};
+
+/// One JSON text frame, shared by every client that receives it.
+pub type Frame = Arc<str>;
+
+/// Latest live numbers per running download, read by the supervisor when it renders.
+pub type LiveTable = Arc<RwLock<HashMap<DownloadId, Live>>>;
+
+/// Frames a client may have queued before progress frames are dropped for it.
+pub const CLIENT_QUEUE: usize = 64;
+/// A client whose queue stays full this long has stopped reading: disconnect it.
+const STUCK_CLIENT_LIMIT: Duration = Duration::from_secs(10);
+
+struct Tracked {
+    cell: Arc<ProgressCell>,
+    meter: SpeedMeter,
+}
+
+struct Client {
+    tx: mpsc::Sender<Frame>,
+    full_since: Option<Instant>,
+}
+
+/// The broadcaster actor.
+pub struct Broadcaster {
+    interval: Duration,
+    tracked: HashMap<DownloadId, Tracked>,
+    live: LiveTable,
+    clients: Vec<Client>,
+    on_clients_changed: Option<Box<dyn Fn(usize)>>,
+}
+
+impl Broadcaster {
+    pub fn new(interval: Duration, live: LiveTable) -> Self {
+        Self {
+            interval,
+            tracked: HashMap::new(),
+            live,
+            clients: Vec::new(),
+            on_clients_changed: None,
+        }
+    }
+
+    /// The number of connected websocket clients.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    fn tick(&mut self) {
+        if self.tracked.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut updates = Vec::with_capacity(self.tracked.len());
+        for (id, t) in self.tracked.iter_mut() {
+            let done = t.cell.done();
+            let total = t.cell.total();
+            let speed = t.meter.sample(done, now);
+            let live = Live {
+                bytes_done: done,
+                bytes_total: total,
+                speed_bps: speed.round() as u64,
+                eta_secs: eta_secs(done, total, speed),
+                elapsed_secs: round2(t.cell.elapsed_secs()),
+            };
+            updates.push(ProgressUpdate {
+                id: id.clone(),
+                live,
+            });
+        }
+        if let Ok(mut table) = self.live.write() {
+            for u in &updates {
+                table.insert(u.id.clone(), u.live);
+            }
+        }
+        if !self.clients.is_empty() {
+            let frame = frame_json(&ProgressFrame {
+                kind: "progress",
+                updates: &updates,
+            });
+            self.send_to_all(frame, false);
+        }
+    }
+
+    /// `reliable`: a frame that must not be lost (state, removed); a client that
+    /// cannot take it is disconnected so that it resyncs from a snapshot.
+    fn send_to_all(&mut self, frame: Frame, reliable: bool) {
+        let now = Instant::now();
+        let before = self.clients.len();
+        self.clients
+            .retain_mut(|c| match c.tx.try_send(frame.clone()) {
+                Ok(()) => {
+                    c.full_since = None;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if reliable {
+                        return false;
+                    }
+                    let since = *c.full_since.get_or_insert(now);
+                    now.duration_since(since) < STUCK_CLIENT_LIMIT
+                }
+            });
+        if self.clients.len() != before {
+            tracing::debug!(
+                clients = self.clients.len(),
+                "dropped websocket clients that fell behind or left"
+            );
+            self.notify_clients();
+        }
+    }
+
+    fn notify_clients(&self) {
+        if let Some(f) = &self.on_clients_changed {
+            f(self.clients.len());
+        }
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Serializes a frame once for all clients.
+pub fn frame_json<T: Serialize>(value: &T) -> Frame {
+    match serde_json::to_string(value) {
+        Ok(s) => s.into(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialize a frame");
+            Arc::from("{}")
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ProgressUpdate {
+    id: DownloadId,
+    #[serde(flatten)]
+    live: Live,
+}
+
+#[derive(Serialize)]
+struct ProgressFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    updates: &'a [ProgressUpdate],
+}
+
+impl Actor for Broadcaster {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.interval, |act, _| act.tick());
+    }
+}
+
+/// Start sampling a running download.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Track {
+    pub id: DownloadId,
+    pub cell: Arc<ProgressCell>,
+}
+
+/// Stop sampling a download (it stopped running).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Untrack {
+    pub id: DownloadId,
+}
+
+/// A frame every client must get (`state`, `removed`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish(pub Frame);
+
+/// A new websocket client; its snapshot is already in its queue.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AddClient(pub mpsc::Sender<Frame>);
+
+/// A callback told the number of clients whenever it changes (for metrics).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct OnClientsChanged(pub Box<dyn Fn(usize) + Send>);
+
+/// Disconnect every client (shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DisconnectAll;
+
+impl Handler<Track> for Broadcaster {
+    type Result = ();
+    fn handle(&mut self, msg: Track, _: &mut Self::Context) {
+        let meter = SpeedMeter::new(msg.cell.done(), Instant::now());
+        self.tracked.insert(
+            msg.id,
+            Tracked {
+                cell: msg.cell,
+                meter,
+            },
+        );
+    }
+}
+
+impl Handler<Untrack> for Broadcaster {
+    type Result = ();
+    fn handle(&mut self, msg: Untrack, _: &mut Self::Context) {
+        self.tracked.remove(&msg.id);
+        if let Ok(mut table) = self.live.write() {
+            table.remove(&msg.id);
+        }
+    }
+}
+
+impl Handler<Publish> for Broadcaster {
+    type Result = ();
+    fn handle(&mut self, msg: Publish, _: &mut Self::Context) {
+        self.send_to_all(msg.0, true);
+    }
+}
+
+impl Handler<AddClient> for Broadcaster {
+    type Result = ();
+    fn handle(&mut self, msg: AddClient, _: &mut Self::Context) {
+        self.clients.push(Client {
+            tx: msg.0,
+            full_since: None,
+        });
+        self.notify_clients();
+    }
+}
+
+impl Handler<OnClientsChanged> for Broadcaster {
+    type Result = ();
+    fn handle(&mut self, msg: OnClientsChanged, _: &mut Self::Context) {
+        self.on_clients_changed = Some(msg.0);
+    }
+}
+
+impl Handler<DisconnectAll> for Broadcaster {
+    type Result = ();
+    fn handle(&mut self, _: DisconnectAll, _: &mut Self::Context) {
+        self.clients.clear();
+        self.notify_clients();
+    }
+}

@@ -1,0 +1,250 @@
+//! Layered configuration: built-in defaults < config file < `MM_*` environment < flags.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default), and every
+//! error names its source so that start-up can print one clear line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration, one section per table of `config.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub downloads: DownloadsConfig,
+    pub hub: HubConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub bind: String,
+    /// Empty: no authentication, allowed only on a loopback bind.
+    pub api_token: String,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub download_dir: PathBuf,
+}
+
+/// `[downloads]`: the knobs of the queue and of the transfer engine.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadsConfig {
+    pub max_concurrent: usize,
+    pub connections_per_download: usize,
+    pub max_retries: u32,
+    pub retry_base_delay_ms: u64,
+    pub progress_interval_ms: u64,
+    pub stall_timeout_secs: u64,
+    pub speed_limit_bps: u64,
+}
+
+/// `[hub]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    pub endpoint: String,
+    pub token: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            api_token: String::new(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: "data".into(),
+            download_dir: "downloads".into(),
+        }
+    }
+}
+
+impl Default for DownloadsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 3,
+            connections_per_download: 4,
+            max_retries: 3,
+            retry_base_delay_ms: 2000,
+            progress_interval_ms: 300,
+            stall_timeout_secs: 30,
+            speed_limit_bps: 0,
+        }
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://huggingface.co".into(),
+            token: String::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Values given on the command line; `None` means "not given", so lower layers stay.
+#[derive(Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    pub bind: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub download_dir: Option<PathBuf>,
+    pub api_token: Option<String>,
+}
+
+impl Config {
+    /// Builds the configuration from all layers. `explicit_file` is `--config PATH`
+    /// (must exist); otherwise `./config.toml` is read when present.
+    pub fn load(explicit_file: Option<&Path>, flags: FlagOverrides) -> Result<Config, ConfigError> {
+        let file = match explicit_file {
+            Some(path) if !path.is_file() => return Err(ConfigError::MissingFile(path.into())),
+            Some(path) => path.to_path_buf(),
+            None => PathBuf::from("config.toml"),
+        };
+        let mut figment =
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::file(&file))
+                .merge(Env::prefixed("MM_").split("__"))
+                // The Hub's own conventions: HF_ENDPOINT and HF_TOKEN win over the file.
+                .merge(Env::raw().only(&["HF_ENDPOINT", "HF_TOKEN"]).map(
+                    |key| match key.as_str() {
+                        "hf_endpoint" | "HF_ENDPOINT" => "hub.endpoint".into(),
+                        _ => "hub.token".into(),
+                    },
+                ));
+        if let Some(bind) = flags.bind {
+            figment = figment.merge(("server.bind", bind));
+        }
+        if let Some(dir) = flags.data_dir {
+            figment = figment.merge(("storage.data_dir", dir));
+        }
+        if let Some(dir) = flags.download_dir {
+            figment = figment.merge(("storage.download_dir", dir));
+        }
+        if let Some(token) = flags.api_token {
+            figment = figment.merge(("server.api_token", token));
+        }
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(one_line(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges and the bind address.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.server.bind.parse::<SocketAddr>().is_err() {
+            return bad(format!(
+                "server.bind: {:?} is not an address like 127.0.0.1:8080",
+                self.server.bind
+            ));
+        }
+        self.downloads.validate().map_err(ConfigError::Invalid)?;
+        if !(self.hub.endpoint.starts_with("http://") || self.hub.endpoint.starts_with("https://"))
+        {
+            return bad(format!(
+                "hub.endpoint: {:?} is not an http(s) URL",
+                self.hub.endpoint
+            ));
+        }
+        Ok(())
+    }
+
+    /// The bind address (validated by [`Config::validate`]).
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.bind.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "server.bind: {:?} is not an address",
+                self.server.bind
+            ))
+        })
+    }
+}
+
+impl DownloadsConfig {
+    /// Range checks shared by start-up and `PATCH /api/settings`.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=64).contains(&self.max_concurrent) {
+            return Err(format!(
+                "downloads.max_concurrent: {} is not between 1 and 64",
+                self.max_concurrent
+            ));
+        }
+        if !(1..=32).contains(&self.connections_per_download) {
+            return Err(format!(
+                "downloads.connections_per_download: {} is not between 1 and 32",
+                self.connections_per_download
+            ));
+        }
+        if self.max_retries > 100 {
+            return Err(format!(
+                "downloads.max_retries: {} is more than 100",
+                self.max_retries
+            ));
+        }
+        if self.progress_interval_ms < 50 {
+            return Err(format!(
+                "downloads.progress_interval_ms: {} is less than 50",
+                self.progress_interval_ms
+            ));
+        }
+        if self.stall_timeout_secs == 0 {
+            return Err("downloads.stall_timeout_secs: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// figment errors can span lines (one per nested error); start-up prints one line.
+fn one_line(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+        .replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn bad_ranges_are_refused() {
+        let mut d = DownloadsConfig::default();
+        d.max_concurrent = 0;
+        assert!(d.validate().unwrap_err().contains("max_concurrent"));
+    }
+}

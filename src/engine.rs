@@ -1,0 +1,762 @@
+//! The transfer engine: one download from its URL into `<path>.part`, resumed with
+//! `Range`/`If-Range`, retried with backoff, checkpointed, verified, then renamed.
+//!
+//! The engine knows nothing of actors: it reports through [`RunCtx`] and is stopped
+//! through a watch channel, which keeps it testable and lets any runtime drive it.
+
+mod error;
+mod range;
+mod retry;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use reqwest::header::{self, HeaderMap};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use error::EngineError;
+pub use range::{parse_content_range, parse_retry_after, ContentRange};
+pub use retry::backoff;
+
+use crate::config::DownloadsConfig;
+use crate::files;
+use crate::model::{DownloadError, DownloadId, ErrorKind};
+use crate::progress::ProgressCell;
+use crate::store::{Checkpoint, Store};
+
+/// Writes go to disk in blocks at least this large: one syscall per network chunk
+/// (often 8-16 KiB) would cost more CPU than the rest of the loop.
+const WRITE_BLOCK: usize = 256 * 1024;
+/// How often the `.part` is fsynced and its offset recorded: at most this much data
+/// is fetched again after a crash.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// What one run of the engine is to fetch.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: DownloadId,
+    pub url: String,
+    /// The final path, already resolved inside `download_dir`.
+    pub final_path: PathBuf,
+    /// Expected digest, lower-case hex.
+    pub sha256: Option<String>,
+    pub settings: DownloadsConfig,
+}
+
+/// Things worth telling the supervisor while a run goes on (never per chunk).
+#[derive(Debug, Clone)]
+pub enum EngineEvent {
+    /// The size became known (or changed).
+    Total(Option<u64>),
+    /// Waiting out a backoff before attempt `attempt + 1`.
+    Retrying {
+        attempt: u32,
+        wait: Duration,
+        error: DownloadError,
+    },
+    /// Transferring again after a backoff.
+    Resumed,
+    /// Something the user should see while it lasts (e.g. the file changed upstream).
+    Notice(DownloadError),
+    /// All bytes are there; hashing.
+    Verifying,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Completed {
+        bytes: u64,
+    },
+    /// Asked to stop; the `.part` and its checkpoint are on disk.
+    Stopped {
+        bytes: u64,
+    },
+    Failed {
+        bytes: u64,
+        error: DownloadError,
+    },
+}
+
+/// What a run reports through, and listens to.
+pub struct RunCtx {
+    pub events: Arc<dyn Fn(EngineEvent) + Send + Sync>,
+    pub progress: Arc<ProgressCell>,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// The HTTP transfer engine; cheap to clone (one connection pool for all downloads).
+#[derive(Clone)]
+pub struct Engine {
+    client: reqwest::Client,
+    store: Store,
+}
+
+impl Engine {
+    pub fn new(store: Store) -> Result<Engine, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("model-manager/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(15))
+            .build()?;
+        Ok(Engine { client, store })
+    }
+
+    /// Runs a download to its end: completed, failed, or stopped on request.
+    pub async fn run(&self, job: Job, ctx: RunCtx) -> Outcome {
+        let mut ctx = ctx;
+        let mut transfer = match Transfer::open(&self.store, &job).await {
+            Ok(t) => t,
+            Err(e) => {
+                return Outcome::Failed {
+                    bytes: 0,
+                    error: e.to_download_error(),
+                }
+            }
+        };
+        ctx.progress.set_done(transfer.offset());
+        ctx.progress.set_total(transfer.total);
+        let result = self.run_transfer(&job, &mut transfer, &mut ctx).await;
+        let bytes = transfer.offset();
+        match result {
+            Ok(RunEnd::Completed) => Outcome::Completed { bytes },
+            Ok(RunEnd::Stopped) => match transfer.checkpoint_now(&ctx).await {
+                Ok(()) => Outcome::Stopped {
+                    bytes: transfer.offset(),
+                },
+                Err(e) => Outcome::Failed {
+                    bytes,
+                    error: e.to_download_error(),
+                },
+            },
+            Err(e) => {
+                // Keep what we have: a later retry continues from it (unless the
+                // bytes themselves are wrong, which `finish` already removed). An empty
+                // `.part` (a 404, say) is no use to anyone: leave nothing behind.
+                if transfer.offset() == 0 {
+                    let _ = std::fs::remove_file(files::part_path(&job.final_path));
+                    let _ = self.store.remove_checkpoint(&job.id);
+                } else if !matches!(e, EngineError::Checksum { .. }) {
+                    if let Err(cp) = transfer.checkpoint_now(&ctx).await {
+                        tracing::warn!(download_id = %job.id, error = %cp, "checkpoint after failure failed");
+                    }
+                }
+                tracing::warn!(download_id = %job.id, error = %e, "download failed");
+                Outcome::Failed {
+                    bytes: transfer.offset(),
+                    error: e.to_download_error(),
+                }
+            }
+        }
+    }
+
+    async fn run_transfer(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+    ) -> Result<RunEnd, EngineError> {
+        let settings = &job.settings;
+        let mut failures: u32 = 0;
+        loop {
+            if *ctx.stop.borrow() {
+                return Ok(RunEnd::Stopped);
+            }
+            let before = t.progress_mark();
+            let err = match self.attempt(job, t, ctx).await {
+                Ok(AttemptEnd::Done) => break,
+                Ok(AttemptEnd::Stopped) => return Ok(RunEnd::Stopped),
+                Ok(AttemptEnd::Again) => continue,
+                Err(e) => e,
+            };
+            if !err.is_transient() {
+                return Err(err);
+            }
+            let progressed = t.progress_mark() != before;
+            failures = if progressed { 1 } else { failures + 1 };
+            if failures > settings.max_retries {
+                return Err(err);
+            }
+            // A connection that dropped after delivering data is resumed at once; only
+            // attempts that got nothing back off.
+            let wait = if progressed && err.retry_after().is_none() {
+                Duration::ZERO
+            } else {
+                backoff(
+                    failures,
+                    Duration::from_millis(settings.retry_base_delay_ms),
+                    err.retry_after(),
+                )
+            };
+            tracing::info!(download_id = %job.id, error = %err, attempt = failures, wait_ms = wait.as_millis() as u64, "attempt failed; retrying");
+            if wait.is_zero() {
+                continue;
+            }
+            (ctx.events)(EngineEvent::Retrying {
+                attempt: failures,
+                wait,
+                error: err.to_download_error(),
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = ctx.stop.wait_for(|s| *s) => return Ok(RunEnd::Stopped),
+            }
+            (ctx.events)(EngineEvent::Resumed);
+        }
+        self.finish(job, t, ctx).await?;
+        Ok(RunEnd::Completed)
+    }
+
+    /// One HTTP request: from the current offset to the end of the body, or an error.
+    async fn attempt(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+    ) -> Result<AttemptEnd, EngineError> {
+        let stall = Duration::from_secs(job.settings.stall_timeout_secs);
+        // Bytes received before a drop are still in the write block; put them on disk
+        // so that the next Range starts right after the last byte we have.
+        t.flush_block()?;
+        let mut request = self.client.get(&job.url);
+        let asked_from = t.offset();
+        if asked_from > 0 {
+            request = request.header(header::RANGE, format!("bytes={asked_from}-"));
+            if let Some(validator) = t.if_range() {
+                request = request.header(header::IF_RANGE, validator);
+            }
+        }
+        let response = tokio::select! {
+            r = tokio::time::timeout(stall, request.send()) => match r {
+                Err(_) => return Err(EngineError::Stalled(stall.as_secs())),
+                Ok(Err(e)) => return Err(EngineError::Network(error::describe(&e))),
+                Ok(Ok(r)) => r,
+            },
+            _ = ctx.stop.wait_for(|s| *s) => return Ok(AttemptEnd::Stopped),
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let validators = Validators::from_headers(&headers);
+        match status {
+            200 => {
+                if asked_from > 0 || t.has_data() {
+                    if t.validators.changed_to(&validators) {
+                        self.remote_changed(job, t, ctx, &validators).await?;
+                    } else {
+                        tracing::info!(download_id = %job.id, "server sent the whole file to a ranged request; starting over");
+                        t.restart(ctx).await?;
+                    }
+                }
+                t.total = content_length(&headers);
+            }
+            206 => {
+                let range = headers
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_content_range);
+                let Some(range) = range.filter(|r| r.first == asked_from) else {
+                    let shown = headers
+                        .get(header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("none");
+                    return Err(EngineError::BadContentRange(format!(
+                        "asked bytes={asked_from}-, got Content-Range: {shown}"
+                    )));
+                };
+                if t.validators.changed_to(&validators) {
+                    // No If-Range support upstream, but the validator tells: discard.
+                    self.remote_changed(job, t, ctx, &validators).await?;
+                    return Ok(AttemptEnd::Again);
+                }
+                if range.total.is_some() {
+                    t.total = range.total;
+                }
+            }
+            416 if t.total.is_some_and(|total| total == asked_from) => {
+                return Ok(AttemptEnd::Done);
+            }
+            416 => {
+                tracing::info!(download_id = %job.id, "range not satisfiable; starting over");
+                t.restart(ctx).await?;
+                return Ok(AttemptEnd::Again);
+            }
+            _ => {
+                let retry_after = headers
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                return Err(EngineError::Status {
+                    status,
+                    retry_after,
+                });
+            }
+        }
+        t.validators = validators;
+        ctx.progress.set_total(t.total);
+        (ctx.events)(EngineEvent::Total(t.total));
+        if let Some(total) = t.total {
+            let need = total.saturating_sub(t.offset());
+            let dir = job.final_path.parent().unwrap_or(Path::new("."));
+            let free = files::free_space(dir)?;
+            if need > free {
+                return Err(EngineError::NoSpace { need, free });
+            }
+        }
+
+        let mut body = response.bytes_stream();
+        loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(stall, body.next()) => n,
+                _ = ctx.stop.wait_for(|s| *s) => return Ok(AttemptEnd::Stopped),
+            };
+            let chunk = match next {
+                Err(_) => return Err(EngineError::Stalled(stall.as_secs())),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(EngineError::Network(error::describe(&e))),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            t.append(&chunk)?;
+            ctx.progress.set_done(t.received());
+            if let Some(total) = t.total {
+                if t.received() > total {
+                    t.restart(ctx).await?;
+                    return Err(EngineError::Overlong { expected: total });
+                }
+            }
+            t.maybe_checkpoint(&self.store, &job.id, ctx)?;
+        }
+        match t.total {
+            Some(total) if t.received() < total => Err(EngineError::Truncated {
+                got: t.received(),
+                expected: total,
+            }),
+            Some(_) => Ok(AttemptEnd::Done),
+            None => {
+                // No length announced: the end of the body is the end of the file.
+                t.total = Some(t.received());
+                ctx.progress.set_total(t.total);
+                (ctx.events)(EngineEvent::Total(t.total));
+                Ok(AttemptEnd::Done)
+            }
+        }
+    }
+
+    async fn remote_changed(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+        now: &Validators,
+    ) -> Result<(), EngineError> {
+        let message = format!(
+            "the file changed upstream (validator {} -> {}); starting over",
+            t.validators.describe(),
+            now.describe()
+        );
+        tracing::warn!(download_id = %job.id, "{message}");
+        (ctx.events)(EngineEvent::Notice(DownloadError {
+            kind: ErrorKind::RemoteChanged,
+            message,
+        }));
+        t.restart(ctx).await
+    }
+
+    /// Verifies (when a digest is known), fsyncs and renames into place.
+    async fn finish(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+    ) -> Result<(), EngineError> {
+        t.flush_block()?;
+        t.wait_checkpoint().await?;
+        let part = files::part_path(&job.final_path);
+        if let Some(expected) = &job.sha256 {
+            (ctx.events)(EngineEvent::Verifying);
+            let actual = t.digest(&part).await?;
+            if &actual != expected {
+                tracing::warn!(download_id = %job.id, %expected, %actual, "checksum mismatch; removing the file");
+                let _ = std::fs::remove_file(&part);
+                self.store.remove_checkpoint(&job.id)?;
+                t.reset_after_delete();
+                return Err(EngineError::Checksum {
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        let file = t.file.try_clone()?;
+        let final_path = job.final_path.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            file.sync_all()?;
+            std::fs::rename(&part, &final_path)?;
+            if let Some(dir) = final_path.parent() {
+                files::sync_dir(dir)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))??;
+        self.store.remove_checkpoint(&job.id)?;
+        tracing::info!(download_id = %job.id, bytes = t.offset(), path = %job.final_path.display(), "download completed");
+        Ok(())
+    }
+}
+
+enum RunEnd {
+    Completed,
+    Stopped,
+}
+
+enum AttemptEnd {
+    /// Every byte is there.
+    Done,
+    /// Start another attempt now; not a failure (e.g. restarting from byte 0).
+    Again,
+    Stopped,
+}
+
+/// ETag and Last-Modified of a response: what `If-Range` and change detection use.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Validators {
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+impl Validators {
+    fn from_headers(headers: &HeaderMap) -> Self {
+        let get = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &header::HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Self {
+            etag: get(header::ETAG),
+            last_modified: get(header::LAST_MODIFIED),
+        }
+    }
+
+    /// True when both sides carry the same kind of validator and it differs.
+    fn changed_to(&self, now: &Validators) -> bool {
+        match (&self.etag, &now.etag) {
+            (Some(a), Some(b)) => return a != b,
+            (Some(_), None) | (None, Some(_)) => {}
+            (None, None) => {}
+        }
+        matches!((&self.last_modified, &now.last_modified), (Some(a), Some(b)) if a != b)
+    }
+
+    fn describe(&self) -> String {
+        self.etag
+            .clone()
+            .or_else(|| self.last_modified.clone())
+            .unwrap_or_else(|| "none".into())
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The `.part` file and what is known about it.
+struct Transfer {
+    file: File,
+    /// Bytes on disk (written, contiguous from 0).
+    written: u64,
+    /// Received but not yet written.
+    block: Vec<u8>,
+    total: Option<u64>,
+    validators: Validators,
+    /// Digest of bytes `[0, written + block.len())`, when a digest is expected.
+    hasher: Option<Sha256>,
+    /// Counts restarts, so "progress" also covers starting over after a change.
+    generation: u64,
+    last_checkpoint: Instant,
+    pending_checkpoint: Option<JoinHandle<Result<(), EngineError>>>,
+    store: Store,
+    id: DownloadId,
+}
+
+impl Transfer {
+    /// Opens the `.part` and puts it back at its last checkpoint: bytes past the
+    /// checkpoint may not have reached the disk, so they are not trusted.
+    async fn open(store: &Store, job: &Job) -> Result<Transfer, EngineError> {
+        let part = files::part_path(&job.final_path);
+        let checkpoint = store.checkpoint(&job.id)?.unwrap_or_default();
+        let want_hash = job.sha256.is_some();
+        let good = checkpoint.offset;
+        let (file, offset, hasher) =
+            tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&part)?;
+                let len = file.metadata()?.len();
+                let offset = good.min(len);
+                if len != offset {
+                    file.set_len(offset)?;
+                }
+                let hasher = if want_hash {
+                    Some(hash_prefix(&file, offset)?)
+                } else {
+                    None
+                };
+                Ok((file, offset, hasher))
+            })
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
+        Ok(Transfer {
+            file,
+            written: offset,
+            block: Vec::with_capacity(WRITE_BLOCK),
+            total: checkpoint.total,
+            validators: Validators {
+                etag: checkpoint.etag,
+                last_modified: checkpoint.last_modified,
+            },
+            hasher,
+            generation: 0,
+            last_checkpoint: Instant::now(),
+            pending_checkpoint: None,
+            store: store.clone(),
+            id: job.id.clone(),
+        })
+    }
+
+    fn offset(&self) -> u64 {
+        self.written
+    }
+
+    fn received(&self) -> u64 {
+        self.written + self.block.len() as u64
+    }
+
+    fn has_data(&self) -> bool {
+        self.received() > 0
+    }
+
+    fn progress_mark(&self) -> (u64, u64) {
+        (self.generation, self.received())
+    }
+
+    /// `If-Range` wants a strong ETag; a weak one cannot be used, Last-Modified can.
+    fn if_range(&self) -> Option<String> {
+        match &self.validators.etag {
+            Some(tag) if !tag.starts_with("W/") => Some(tag.clone()),
+            _ => self.validators.last_modified.clone(),
+        }
+    }
+
+    fn append(&mut self, chunk: &[u8]) -> Result<(), EngineError> {
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(chunk);
+        }
+        if self.block.len() + chunk.len() > WRITE_BLOCK {
+            self.flush_block()?;
+        }
+        if chunk.len() >= WRITE_BLOCK {
+            self.file.write_all_at(chunk, self.written)?;
+            self.written += chunk.len() as u64;
+        } else {
+            self.block.extend_from_slice(chunk);
+        }
+        Ok(())
+    }
+
+    fn flush_block(&mut self) -> Result<(), EngineError> {
+        if !self.block.is_empty() {
+            self.file.write_all_at(&self.block, self.written)?;
+            self.written += self.block.len() as u64;
+            self.block.clear();
+        }
+        Ok(())
+    }
+
+    fn checkpoint_record(&self, ctx: &RunCtx) -> Checkpoint {
+        Checkpoint {
+            offset: self.written,
+            total: self.total,
+            etag: self.validators.etag.clone(),
+            last_modified: self.validators.last_modified.clone(),
+            elapsed_secs: ctx.progress.elapsed_secs(),
+        }
+    }
+
+    /// Every [`CHECKPOINT_EVERY`]: fsync the `.part` and then record its offset, in the
+    /// background so that the byte loop keeps reading while the disk catches up.
+    fn maybe_checkpoint(
+        &mut self,
+        store: &Store,
+        id: &str,
+        ctx: &RunCtx,
+    ) -> Result<(), EngineError> {
+        if self.last_checkpoint.elapsed() < CHECKPOINT_EVERY {
+            return Ok(());
+        }
+        if self
+            .pending_checkpoint
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+        {
+            return Ok(());
+        }
+        if let Some(done) = self.pending_checkpoint.take() {
+            // It has finished: surface a failure of it now.
+            match futures_util::FutureExt::now_or_never(done) {
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(join)) => return Err(EngineError::Internal(join.to_string())),
+                _ => {}
+            }
+        }
+        self.flush_block()?;
+        let record = self.checkpoint_record(ctx);
+        let file = self.file.try_clone()?;
+        let store = store.clone();
+        let id = id.to_owned();
+        self.pending_checkpoint = Some(tokio::task::spawn_blocking(move || {
+            file.sync_data()?;
+            store.put_checkpoint(&id, &record)?;
+            store.flush_blocking()?;
+            Ok(())
+        }));
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    async fn wait_checkpoint(&mut self) -> Result<(), EngineError> {
+        if let Some(handle) = self.pending_checkpoint.take() {
+            handle
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))??;
+        }
+        Ok(())
+    }
+
+    /// Writes, fsyncs and records everything received so far, and waits for it.
+    async fn checkpoint_now(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
+        self.wait_checkpoint().await?;
+        self.flush_block()?;
+        let record = self.checkpoint_record(ctx);
+        let file = self.file.try_clone()?;
+        let store = self.store.clone();
+        let id = self.id.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+            file.sync_data()?;
+            store.put_checkpoint(&id, &record)?;
+            store.flush_blocking()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))??;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Drops every byte and starts from 0 (the server ignored Range, or the file changed).
+    /// The checkpoint says 0 before the file is truncated, so a crash in between never
+    /// pairs an old offset with new bytes.
+    async fn restart(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
+        self.wait_checkpoint().await?;
+        self.block.clear();
+        self.written = 0;
+        self.total = None;
+        self.validators = Validators::default();
+        self.store
+            .put_checkpoint(&self.id, &self.checkpoint_record(ctx))?;
+        self.store.flush().await?;
+        self.file.set_len(0)?;
+        if self.hasher.is_some() {
+            self.hasher = Some(Sha256::new());
+        }
+        self.generation += 1;
+        ctx.progress.set_done(0);
+        Ok(())
+    }
+
+    /// After the `.part` was deleted (checksum mismatch): nothing is on disk.
+    fn reset_after_delete(&mut self) {
+        self.written = 0;
+        self.block.clear();
+    }
+
+    /// The digest of the whole file: from the running hash when it covers every byte,
+    /// else by reading the file back on a blocking thread.
+    async fn digest(&mut self, part: &Path) -> Result<String, EngineError> {
+        if let Some(h) = self.hasher.take() {
+            return Ok(hex(&h.finalize()));
+        }
+        let part = part.to_path_buf();
+        tokio::task::spawn_blocking(move || -> Result<String, EngineError> {
+            let file = File::open(&part)?;
+            let len = file.metadata()?.len();
+            Ok(hex(&hash_prefix(&file, len)?.finalize()))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?
+    }
+}
+
+/// Hashes the first `len` bytes of `file` (blocking).
+fn hash_prefix(file: &File, len: u64) -> std::io::Result<Sha256> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < len {
+        let want = ((len - pos) as usize).min(buf.len());
+        let n = file.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shorter than its checkpoint",
+            ));
+        }
+        hasher.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(hasher)
+}
+
+/// Lower-case hex, as the contract writes digests.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validators_detect_change_only_when_comparable() {
+        let a = Validators {
+            etag: Some("\"a\"".into()),
+            last_modified: None,
+        };
+        let b = Validators {
+            etag: Some("\"b\"".into()),
+            last_modified: None,
+        };
+        assert!(a.changed_to(&b));
+        assert!(!a.changed_to(&a.clone()));
+        assert!(!a.changed_to(&Validators::default()));
+        let lm1 = Validators {
+            etag: None,
+            last_modified: Some("Mon".into()),
+        };
+        let lm2 = Validators {
+            etag: None,
+            last_modified: Some("Tue".into()),
+        };
+        assert!(lm1.changed_to(&lm2));
+    }
+}

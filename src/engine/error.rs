@@ -1,0 +1,114 @@
+//! Errors of one transfer attempt, and what they mean for retrying.
+
+use std::time::Duration;
+
+use crate::model::{DownloadError, ErrorKind};
+use crate::store::StoreError;
+
+/// Why an attempt (or the whole download) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("HTTP {status}{}", reason_suffix(*status))]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("network: {0}")]
+    Network(String),
+    #[error("no data for {0} s: connection stalled")]
+    Stalled(u64),
+    #[error("server answered a range we did not ask for: {0}")]
+    BadContentRange(String),
+    #[error("body ended after {got} of {expected} bytes")]
+    Truncated { got: u64, expected: u64 },
+    #[error("server sent more than the {expected} bytes it announced")]
+    Overlong { expected: u64 },
+    #[error("disk: {0}")]
+    Disk(#[from] std::io::Error),
+    #[error("not enough free space: {need} bytes needed, {free} free in download_dir")]
+    NoSpace { need: u64, free: u64 },
+    #[error("sha256 mismatch: expected {expected}, got {actual}")]
+    Checksum { expected: String, actual: String },
+    #[error("state database: {0}")]
+    Store(#[from] StoreError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+fn reason_suffix(status: u16) -> String {
+    match status {
+        401 | 403 => " (unauthorized: the file is private or gated; a token is needed)".into(),
+        404 | 410 => " (not found)".into(),
+        429 => " (too many requests)".into(),
+        _ => String::new(),
+    }
+}
+
+impl EngineError {
+    /// Worth another attempt: the network, 5xx, 408 and 429, a stall, a short body.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Status { status, .. } => {
+                matches!(status, 408 | 429) || (500..600).contains(status)
+            }
+            EngineError::Network(_)
+            | EngineError::Stalled(_)
+            | EngineError::BadContentRange(_)
+            | EngineError::Truncated { .. }
+            | EngineError::Overlong { .. } => true,
+            EngineError::Disk(_)
+            | EngineError::NoSpace { .. }
+            | EngineError::Checksum { .. }
+            | EngineError::Store(_)
+            | EngineError::Internal(_) => false,
+        }
+    }
+
+    /// The server's own idea of when to come back.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            EngineError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Status {
+                status: 404 | 410, ..
+            } => ErrorKind::NotFound,
+            EngineError::Status {
+                status: 401 | 403, ..
+            } => ErrorKind::Unauthorized,
+            EngineError::Status { .. } | EngineError::BadContentRange(_) => ErrorKind::HttpStatus,
+            EngineError::Network(_)
+            | EngineError::Stalled(_)
+            | EngineError::Truncated { .. }
+            | EngineError::Overlong { .. } => ErrorKind::Network,
+            EngineError::Disk(_) | EngineError::NoSpace { .. } | EngineError::Store(_) => {
+                ErrorKind::Disk
+            }
+            EngineError::Checksum { .. } => ErrorKind::ChecksumMismatch,
+            EngineError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    pub fn to_download_error(&self) -> DownloadError {
+        DownloadError {
+            kind: self.kind(),
+            message: self.to_string(),
+        }
+    }
+}
+
+/// Flattens a reqwest error with its sources: "error sending request" alone says nothing.
+pub fn describe(error: &reqwest::Error) -> String {
+    let mut msg = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}

@@ -1,0 +1,85 @@
+//! Parsers for the headers that decide whether bytes may be appended.
+
+use std::time::{Duration, SystemTime};
+
+/// A parsed `Content-Range: bytes FIRST-LAST/TOTAL` (TOTAL may be `*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    pub first: u64,
+    pub last: u64,
+    pub total: Option<u64>,
+}
+
+/// Parses a satisfied `Content-Range`; `None` for anything malformed or unsatisfied.
+pub fn parse_content_range(value: &str) -> Option<ContentRange> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let first: u64 = first.trim().parse().ok()?;
+    let last: u64 = last.trim().parse().ok()?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse::<u64>().ok()?),
+    };
+    if last < first || total.is_some_and(|t| last >= t) {
+        return None;
+    }
+    Some(ContentRange { first, last, total })
+}
+
+/// `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_forms() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/1000"),
+            Some(ContentRange {
+                first: 100,
+                last: 199,
+                total: Some(1000)
+            })
+        );
+        assert_eq!(
+            parse_content_range("bytes 0-0/*"),
+            Some(ContentRange {
+                first: 0,
+                last: 0,
+                total: None
+            })
+        );
+        for bad in [
+            "",
+            "bytes */1000",
+            "bytes 5-4/10",
+            "bytes 0-10/10",
+            "items 0-1/2",
+            "bytes a-b/c",
+            "bytes 1-2",
+        ] {
+            assert_eq!(parse_content_range(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(7)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(7));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

@@ -1,0 +1,138 @@
+//! The one place that knows HTTP: every error of every layer becomes
+//! `{"error": {"code", "message"}}` with a fitting status.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::actors::supervisor::SupervisorError;
+use crate::store::StoreError;
+
+/// An error answered to an API client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong API token")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    NotImplemented(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable machine code of the contract.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Unprocessable(_) => "invalid_request",
+            ApiError::NotImplemented(_) => "not_implemented",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(Body {
+            error: Inner {
+                code: self.code(),
+                message: self.to_string(),
+            },
+        })
+    }
+}
+
+impl From<SupervisorError> for ApiError {
+    fn from(e: SupervisorError) -> Self {
+        match e {
+            SupervisorError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            SupervisorError::Conflict(m) => ApiError::Conflict(m),
+            SupervisorError::Unprocessable(m) => ApiError::Unprocessable(m),
+            SupervisorError::BadRequest(m) => ApiError::BadRequest(m),
+            SupervisorError::Store(s) => s.into(),
+            SupervisorError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "storage failure");
+        ApiError::Internal(format!("storage failure: {e}"))
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> Self {
+        tracing::error!(error = %e, "supervisor unreachable");
+        ApiError::Unavailable(format!("the queue is not answering: {e}"))
+    }
+}
+
+impl From<actix_web::error::JsonPayloadError> for ApiError {
+    fn from(e: actix_web::error::JsonPayloadError) -> Self {
+        use actix_web::error::JsonPayloadError as J;
+        match e {
+            J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => {
+                ApiError::PayloadTooLarge(limit)
+            }
+            J::ContentType => ApiError::UnsupportedMediaType,
+            J::Deserialize(d) => ApiError::BadRequest(format!("invalid JSON body: {d}")),
+            other => ApiError::BadRequest(format!("invalid body: {other}")),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The file rules of the contract: which names are allowed, where files land, and the
+//! guarantee that nothing is ever written outside `download_dir`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Why a name or path is refused (answered with 422).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum NameError {
+    #[error("name is empty")]
+    Empty,
+    #[error("name {0:?} is longer than 255 bytes")]
+    TooLong(String),
+    #[error("name {0:?} contains '/' or '\\'")]
+    Separator(String),
+    #[error("name {0:?} starts with '.' (hidden files and '..' are refused)")]
+    LeadingDot(String),
+    #[error("name {0:?} contains a NUL or control character")]
+    Control(String),
+    #[error("name {0:?} is reserved on Windows")]
+    Reserved(String),
+    #[error("name {0:?} ends with a space or '.'")]
+    TrailingDotOrSpace(String),
+}
+
+/// Checks one path component against the contract's rules (plus Windows-reserved names,
+/// since download dirs are often shared with Windows machines over SMB).
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > 255 {
+        return Err(NameError::TooLong(name.chars().take(40).collect()));
+    }
+    if name.contains('/') || name.contains('\\') {
+        return Err(NameError::Separator(name.into()));
+    }
+    if name.starts_with('.') {
+        return Err(NameError::LeadingDot(name.into()));
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err(NameError::Control(name.escape_default().to_string()));
+    }
+    if name.ends_with(' ') || name.ends_with('.') {
+        return Err(NameError::TrailingDotOrSpace(name.into()));
+    }
+    let stem = name.split('.').next().unwrap_or(name).to_ascii_uppercase();
+    let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.len() == 4
+            && stem.as_bytes()[3].is_ascii_digit());
+    if reserved {
+        return Err(NameError::Reserved(name.into()));
+    }
+    Ok(())
+}
+
+/// Checks a relative `/`-separated path (e.g. `owner/name/file.gguf`) component by component.
+pub fn validate_relative_path(path: &str) -> Result<(), NameError> {
+    if path.is_empty() {
+        return Err(NameError::Empty);
+    }
+    path.split('/').try_for_each(validate_name)
+}
+
+/// The file name a URL suggests: its last non-empty path segment, percent-decoded.
+pub fn name_from_url(url: &url::Url) -> Option<String> {
+    let segment = url.path_segments()?.filter(|s| !s.is_empty()).next_back()?;
+    let decoded = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    Some(decoded)
+}
+
+/// `<path>.part`: where data goes while a download runs.
+pub fn part_path(final_path: &Path) -> PathBuf {
+    let mut s = final_path.as_os_str().to_owned();
+    s.push(".part");
+    PathBuf::from(s)
+}
+
+/// Resolves `relative` under `root`, creating the parent directories, and checks that the
+/// result stays inside `root` even when a directory on the way is a symlink pointing out.
+pub fn resolve_inside(root: &Path, relative: &str) -> io::Result<PathBuf> {
+    validate_relative_path(relative)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    std::fs::create_dir_all(root)?;
+    let root = root.canonicalize()?;
+    let joined = root.join(relative);
+    let parent = joined.parent().unwrap_or(&root);
+    std::fs::create_dir_all(parent)?;
+    let real_parent = parent.canonicalize()?;
+    if !real_parent.starts_with(&root) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{relative} resolves outside download_dir"),
+        ));
+    }
+    let file_name = joined
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let resolved = real_parent.join(file_name);
+    // The final name itself must not be a symlink either: a rename over it would be
+    // fine, but an open() for writing would follow it.
+    if std::fs::symlink_metadata(&resolved).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{relative} is a symlink"),
+        ));
+    }
+    Ok(resolved)
+}
+
+/// Bytes free for an unprivileged user on the filesystem holding `dir`.
+pub fn free_space(dir: &Path) -> io::Result<u64> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL"))?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `stat` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// fsyncs a directory so that a rename or create inside it survives a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        for ok in [
+            "model.gguf",
+            "a b.bin",
+            "Q4_K_M-00001-of-00003.gguf",
+            "ünïcode.txt",
+            "x..y",
+        ] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "..",
+            ".",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "nul\0x",
+            "tab\tx",
+            "CON",
+            "com1.txt",
+            "lpt9",
+            "trailing.",
+            "trailing ",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_name(&"x".repeat(256)).is_err());
+        assert!(validate_name("console.gguf").is_ok());
+    }
+
+    #[test]
+    fn relative_paths_are_checked_per_component() {
+        assert!(validate_relative_path("owner/name/file.gguf").is_ok());
+        for bad in ["/abs", "a//b", "../x", "a/../b", "a/.git/x", "a/"] {
+            assert!(validate_relative_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn url_names_are_decoded() {
+        let u = url::Url::parse("http://h/a/My%20Model.gguf?x=1").unwrap();
+        assert_eq!(name_from_url(&u).as_deref(), Some("My Model.gguf"));
+        let u = url::Url::parse("http://h/").unwrap();
+        assert_eq!(name_from_url(&u), None);
+    }
+
+    #[test]
+    fn symlinked_dirs_cannot_escape() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("evil")).unwrap();
+        assert!(resolve_inside(root.path(), "evil/x.bin").is_err());
+        let ok = resolve_inside(root.path(), "good/x.bin").unwrap();
+        assert!(ok.starts_with(root.path().canonicalize().unwrap()));
+    }
+}

@@ -1,0 +1,253 @@
+//! The download record and its state machine, as the contract (`api.md`) names them.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// A download's opaque id: `dl_` + a ULID, stable across restarts.
+pub type DownloadId = String;
+
+/// Makes a fresh id; ULIDs sort by creation time, which keeps sled's key order useful.
+pub fn new_id() -> DownloadId {
+    format!("dl_{}", ulid::Ulid::new())
+}
+
+/// The states of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Queued,
+    Downloading,
+    Retrying,
+    Verifying,
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    /// Holding a transfer slot: an engine is (or is about to be) running.
+    pub fn is_running(self) -> bool {
+        matches!(
+            self,
+            State::Downloading | State::Retrying | State::Verifying
+        )
+    }
+
+    /// Finished for good (until a retry): these make up the history.
+    pub fn is_finished(self) -> bool {
+        matches!(self, State::Completed | State::Failed | State::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Downloading => "downloading",
+            State::Retrying => "retrying",
+            State::Verifying => "verifying",
+            State::Paused => "paused",
+            State::Completed => "completed",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+/// The error kinds of the contract; stable strings that scripts match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    Network,
+    HttpStatus,
+    NotFound,
+    Unauthorized,
+    ChecksumMismatch,
+    Disk,
+    RemoteChanged,
+    InvalidRequest,
+    /// Not in the contract's list: a bug of ours (a crashed task), never the user's fault.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Network => "network",
+            ErrorKind::HttpStatus => "http_status",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::ChecksumMismatch => "checksum_mismatch",
+            ErrorKind::Disk => "disk",
+            ErrorKind::RemoteChanged => "remote_changed",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// The `error` field of a download: why it failed, or why it is retrying.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownloadError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// Where a download comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    Url,
+    Hub {
+        repo: String,
+        revision: String,
+        file: String,
+    },
+}
+
+/// The persisted record of one download. Live numbers (speed, ETA) are not stored:
+/// they are merged in from the progress tracker when the record is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Download {
+    pub id: DownloadId,
+    pub url: String,
+    pub file_name: String,
+    /// Relative to `download_dir`, `/`-separated.
+    pub path: String,
+    pub state: State,
+    /// Sort key of the queue; only its order matters.
+    pub order: u64,
+    pub bytes_done: u64,
+    pub bytes_total: Option<u64>,
+    pub elapsed_secs: f64,
+    pub attempt: u32,
+    pub next_retry_at: Option<String>,
+    pub sha256: Option<String>,
+    pub error: Option<DownloadError>,
+    pub source: Source,
+    pub speed_limit_bps: Option<u64>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+/// Live numbers of a running download, from the progress tracker.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Live {
+    pub bytes_done: u64,
+    pub bytes_total: Option<u64>,
+    pub speed_bps: u64,
+    pub eta_secs: Option<u64>,
+    pub elapsed_secs: f64,
+}
+
+/// A download as the API shows it: the record plus position and live numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct DownloadView {
+    pub id: DownloadId,
+    pub url: String,
+    pub file_name: String,
+    pub path: String,
+    pub state: State,
+    pub position: Option<usize>,
+    pub bytes_done: u64,
+    pub bytes_total: Option<u64>,
+    pub speed_bps: u64,
+    pub eta_secs: Option<u64>,
+    pub elapsed_secs: f64,
+    pub attempt: u32,
+    pub next_retry_at: Option<String>,
+    pub sha256: Option<String>,
+    pub error: Option<DownloadError>,
+    pub source: Source,
+    pub speed_limit_bps: Option<u64>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+impl Download {
+    /// Merges live numbers (when running) into the public shape.
+    pub fn view(&self, position: Option<usize>, live: Option<Live>) -> DownloadView {
+        let (bytes_done, bytes_total, speed_bps, eta_secs, elapsed_secs) = match live {
+            Some(l) if self.state.is_running() => (
+                l.bytes_done,
+                l.bytes_total.or(self.bytes_total),
+                l.speed_bps,
+                l.eta_secs,
+                l.elapsed_secs,
+            ),
+            _ => (
+                self.bytes_done,
+                self.bytes_total,
+                0,
+                None,
+                self.elapsed_secs,
+            ),
+        };
+        DownloadView {
+            id: self.id.clone(),
+            url: self.url.clone(),
+            file_name: self.file_name.clone(),
+            path: self.path.clone(),
+            state: self.state,
+            position,
+            bytes_done,
+            bytes_total,
+            speed_bps,
+            eta_secs,
+            elapsed_secs,
+            attempt: self.attempt,
+            next_retry_at: self.next_retry_at.clone(),
+            sha256: self.sha256.clone(),
+            error: self.error.clone(),
+            source: self.source.clone(),
+            speed_limit_bps: self.speed_limit_bps,
+            created_at: self.created_at.clone(),
+            started_at: self.started_at.clone(),
+            finished_at: self.finished_at.clone(),
+        }
+    }
+}
+
+/// Now, as RFC 3339 with second precision (`2026-11-24T10:00:00Z`).
+pub fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_as_contract_strings() {
+        for s in [
+            State::Queued,
+            State::Downloading,
+            State::Retrying,
+            State::Verifying,
+            State::Paused,
+            State::Completed,
+            State::Failed,
+            State::Cancelled,
+        ] {
+            assert_eq!(State::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(State::parse("bogus"), None);
+    }
+
+    #[test]
+    fn ids_are_prefixed_ulids() {
+        let id = new_id();
+        assert!(id.starts_with("dl_") && id.len() == 29, "{id}");
+    }
+}

@@ -1,0 +1,145 @@
+//! Persistence on sled: download records, transfer checkpoints and run-time settings.
+//!
+//! Every call is cheap and in memory except [`Store::flush`], which fsyncs and therefore
+//! runs on a blocking thread. Callers flush before acknowledging a state change.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::DownloadsConfig;
+use crate::model::Download;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("database task failed: {0}")]
+    Join(String),
+}
+
+/// What the engine needs to resume a transfer: how many bytes of the `.part` are known
+/// good (fsynced before this was written), and the validators they were fetched under.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub offset: u64,
+    pub total: Option<u64>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// Time spent downloading up to this checkpoint, across runs.
+    pub elapsed_secs: f64,
+}
+
+/// The sled database behind the service; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    downloads: sled::Tree,
+    checkpoints: sled::Tree,
+    meta: sled::Tree,
+}
+
+const SETTINGS_KEY: &[u8] = b"settings";
+
+impl Store {
+    /// Opens (or creates) the database under `data_dir/v1`; the version directory lets a
+    /// later format change migrate instead of misreading.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(data_dir.join("v1"))
+            // sled's default cache is 1 GiB; records are small, a few MiB is plenty.
+            .cache_capacity(8 * 1024 * 1024)
+            .flush_every_ms(Some(500))
+            .open()?;
+        Ok(Store {
+            downloads: db.open_tree("downloads")?,
+            checkpoints: db.open_tree("checkpoints")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Every download record, in id (= creation) order.
+    pub fn load_downloads(&self) -> Result<Vec<Download>, StoreError> {
+        self.downloads
+            .iter()
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    pub fn put_download(&self, download: &Download) -> Result<(), StoreError> {
+        self.downloads
+            .insert(download.id.as_bytes(), serde_json::to_vec(download)?)?;
+        Ok(())
+    }
+
+    /// Writes many records in one atomic batch.
+    pub fn put_downloads<'a>(
+        &self,
+        downloads: impl IntoIterator<Item = &'a Download>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for d in downloads {
+            batch.insert(d.id.as_bytes(), serde_json::to_vec(d)?);
+        }
+        self.downloads.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Forgets a download and its checkpoint.
+    pub fn remove_download(&self, id: &str) -> Result<(), StoreError> {
+        self.downloads.remove(id.as_bytes())?;
+        self.checkpoints.remove(id.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn checkpoint(&self, id: &str) -> Result<Option<Checkpoint>, StoreError> {
+        match self.checkpoints.get(id.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_checkpoint(&self, id: &str, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        self.checkpoints
+            .insert(id.as_bytes(), serde_json::to_vec(checkpoint)?)?;
+        Ok(())
+    }
+
+    pub fn remove_checkpoint(&self, id: &str) -> Result<(), StoreError> {
+        self.checkpoints.remove(id.as_bytes())?;
+        Ok(())
+    }
+
+    /// Settings changed at run time (`PATCH /api/settings`), which win over the config.
+    pub fn settings(&self) -> Result<Option<DownloadsConfig>, StoreError> {
+        match self.meta.get(SETTINGS_KEY)? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_settings(&self, settings: &DownloadsConfig) -> Result<(), StoreError> {
+        self.meta
+            .insert(SETTINGS_KEY, serde_json::to_vec(settings)?)?;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (blocking: fsync).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// [`Store::flush_blocking`] on a blocking thread (`flush_async` can deadlock in 0.34).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush_blocking())
+            .await
+            .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+}

@@ -536,6 +536,9 @@ function render() {
   setHidden(ui.historyEmpty, done.length > 0);
   setText(ui.countQueue, live.length ? String(live.length) : '');
   setText(ui.countHistory, done.length ? String(done.length) : '');
+  const failed = done.filter((d) => d.state === 'failed').length;
+  ui.countHistory.classList.toggle('alert', failed > 0);
+  setAttr(ui.countHistory, 'title', failed ? `${failed} failed` : null);
   updateStats();
 }
 

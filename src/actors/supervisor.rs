@@ -1241,7 +1241,10 @@ impl Handler<Shutdown> for Supervisor {
                     tracing::error!(error = %e, "final flush failed");
                 }
             }
-            .into_actor(self),
+            .into_actor(self)
+            // Stopping drops the actor and its handle on the database, which releases
+            // sled's lock for a restart in the same process.
+            .map(|_, _, ctx| ctx.stop()),
         )
     }
 }

@@ -39,7 +39,17 @@ impl TestService {
 
     /// Starts the service on an existing temp dir (for restarts).
     pub async fn start_in(dir: tempfile::TempDir, config: Config) -> TestService {
-        let prepared = model_manager::prepare(config).expect("prepare");
+        // sled releases its lock a moment after the last handle of a stopped service.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let prepared = loop {
+            match model_manager::prepare(config.clone()) {
+                Ok(p) => break p,
+                Err(e) if Instant::now() < deadline && e.to_string().contains("lock") => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("prepare: {e}"),
+            }
+        };
         let service = model_manager::start(prepared).await.expect("start");
         TestService {
             base: format!("http://{}", service.addr),

@@ -263,3 +263,67 @@ impl Handler<DisconnectAll> for Broadcaster {
         self.notify_clients();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broadcaster_with_client() -> (Broadcaster, mpsc::Receiver<Frame>) {
+        let mut b = Broadcaster::new(Duration::from_millis(300), LiveTable::default());
+        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+        b.clients.push(Client {
+            tx,
+            full_since: None,
+        });
+        (b, rx)
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_costs_a_bounded_queue() {
+        let (mut b, rx) = broadcaster_with_client();
+        for _ in 0..10 * CLIENT_QUEUE {
+            b.send_to_all(Arc::from("progress"), false);
+        }
+        assert_eq!(
+            b.client_count(),
+            1,
+            "progress frames alone do not disconnect at once"
+        );
+        assert_eq!(
+            rx.len(),
+            CLIENT_QUEUE,
+            "the queue is bounded; extra progress frames are dropped"
+        );
+        // A state frame it cannot take: disconnected, so that it resyncs from a snapshot.
+        b.send_to_all(Arc::from("state"), true);
+        assert_eq!(b.client_count(), 0);
+    }
+
+    #[test]
+    fn a_client_stuck_too_long_is_dropped() {
+        let (mut b, _rx) = broadcaster_with_client();
+        for _ in 0..CLIENT_QUEUE {
+            b.send_to_all(Arc::from("progress"), false);
+        }
+        b.send_to_all(Arc::from("progress"), false);
+        assert_eq!(b.client_count(), 1);
+        b.clients[0].full_since =
+            Some(Instant::now() - STUCK_CLIENT_LIMIT - Duration::from_secs(1));
+        b.send_to_all(Arc::from("progress"), false);
+        assert_eq!(
+            b.client_count(),
+            0,
+            "a client full for longer than the limit is dropped"
+        );
+    }
+
+    #[test]
+    fn a_reading_client_gets_every_frame() {
+        let (mut b, mut rx) = broadcaster_with_client();
+        for i in 0..3 * CLIENT_QUEUE {
+            b.send_to_all(Arc::from(format!("{i}")), true);
+            assert_eq!(rx.try_recv().ok().as_deref(), Some(format!("{i}").as_str()));
+        }
+        assert_eq!(b.client_count(), 1);
+    }
+}

@@ -475,13 +475,15 @@ function updateError(v, d, now) {
   setText(v.errRetry, retry);
 }
 
+// Running downloads on top (what the user watches), then the queue in its order,
+// then paused ones.
 function cmpQueue(a, b) {
-  const pa = Number.isInteger(a.position) ? a.position : Infinity;
-  const pb = Number.isInteger(b.position) ? b.position : Infinity;
-  if (pa !== pb) return pa < pb ? -1 : 1;
   const ra = RANK[a.state] ?? 1;
   const rb = RANK[b.state] ?? 1;
   if (ra !== rb) return ra - rb;
+  const pa = Number.isInteger(a.position) ? a.position : Infinity;
+  const pb = Number.isInteger(b.position) ? b.position : Infinity;
+  if (pa !== pb) return pa < pb ? -1 : 1;
   return cmpTime(a.created_at, b.created_at) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 }
 

@@ -1,0 +1,89 @@
+//! The page in real headless Chromium against the real binary: add a URL through the
+//! form, watch it move, pause, resume, survive a service restart without a reload.
+//! `scripts/test.sh` installs Chromium and playwright-core; the driver is page.mjs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::binary::*;
+use common::service::{content, file_sha256, sha256_hex, MIB};
+use common::upstream::{Behavior, Upstream};
+
+fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) => return line,
+            Ok(_) => continue,
+            Err(_) => panic!("the browser driver never printed {prefix:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_page_drives_a_download_and_survives_a_restart() {
+    let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    assert!(
+        std::path::Path::new(driver).join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run scripts/test.sh (it installs Chromium and playwright-core)"
+    );
+    let up = Upstream::start();
+    let size = 48 * MIB;
+    let data = content(size, 99);
+    up.add_file(
+        "page-test.gguf",
+        data.clone(),
+        Behavior {
+            rate_bps: Some(4 * MIB as u64),
+            ..Default::default()
+        },
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, "");
+    let mut service = Proc::spawn(&config, port);
+    service.wait_healthy().await;
+
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots");
+    std::fs::create_dir_all(shots).unwrap();
+    let mut node = Command::new("node")
+        .arg("page.mjs")
+        .current_dir(driver)
+        .env("MM_BASE", &service.base)
+        .env("MM_FILE_URL", up.url("page-test.gguf"))
+        .env("MM_SCREENSHOT_DIR", shots)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node (run scripts/test.sh to install it)");
+    let (tx, rx) = mpsc::channel();
+    let stdout = node.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("browser: {line}");
+            let _ = tx.send(line);
+        }
+    });
+
+    wait_line(&rx, "STEP resumed", Duration::from_secs(90));
+    // Restart mid-download: a clean stop, then the same binary on the same data.
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut service = Proc::spawn(&config, port);
+    service.wait_healthy().await;
+
+    wait_line(&rx, "STEP screenshots saved", Duration::from_secs(120));
+    let status = node.wait().unwrap();
+    assert!(status.success(), "the browser driver failed: {status}");
+    assert_eq!(
+        file_sha256(&dir.path().join("downloads/page-test.gguf")),
+        sha256_hex(&data)
+    );
+}

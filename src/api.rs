@@ -11,12 +11,14 @@ use crate::actors::supervisor::{
 use crate::config::DownloadsConfig;
 use crate::error::ApiError;
 use crate::files;
+use crate::hub::{self, HubClient};
 use crate::model::{DownloadView, Source, State};
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1024 * 1024;
 
 type Sup = web::Data<Addr<Supervisor>>;
+type Hub = web::Data<HubClient>;
 
 /// Registers every `/api` route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -65,14 +67,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/settings", web::patch().to(patch_settings))
             .route("/stats", web::get().to(stats))
             .route("/events", web::get().to(crate::ws::events))
-            .route("/hub/search", web::get().to(hub_not_yet))
-            .route(
-                "/hub/models/{owner}/{name}/files",
-                web::get().to(hub_not_yet),
-            )
+            .route("/hub/search", web::get().to(hub_search))
+            .route("/hub/models/{owner}/{name}/files", web::get().to(hub_files))
             .route(
                 "/hub/models/{owner}/{name}/download",
-                web::post().to(hub_not_yet),
+                web::post().to(hub_download),
             )
             .default_service(web::to(|| async {
                 Err::<HttpResponse, _>(ApiError::NotFound("no such route".into()))
@@ -106,11 +105,20 @@ struct AddBody {
     start_paused: bool,
     #[serde(default)]
     overwrite: bool,
-    hub: Option<serde_json::Value>,
+    hub: Option<HubRef>,
     downloads: Option<Vec<AddBody>>,
 }
 
-async fn add(sup: Sup, body: web::Json<AddBody>) -> Result<HttpResponse, ApiError> {
+/// `{"repo": "owner/name", "file": "x.gguf", "revision"?: "main"}`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HubRef {
+    repo: String,
+    file: String,
+    revision: Option<String>,
+}
+
+async fn add(sup: Sup, hub: Hub, body: web::Json<AddBody>) -> Result<HttpResponse, ApiError> {
     let mut body = body.into_inner();
     if let Some(items) = body.downloads.take() {
         if body.url.is_some() || body.hub.is_some() {
@@ -125,12 +133,12 @@ async fn add(sup: Sup, body: web::Json<AddBody>) -> Result<HttpResponse, ApiErro
         }
         let news = items
             .into_iter()
-            .map(new_download)
+            .map(|i| new_download(i, &hub))
             .collect::<Result<Vec<_>, _>>()?;
         let downloads = sup.send(Add(news)).await??;
         return Ok(HttpResponse::Created().json(DownloadList { downloads }));
     }
-    let new = new_download(body)?;
+    let new = new_download(body, &hub)?;
     let mut added = sup.send(Add(vec![new])).await??;
     let d = added
         .pop()
@@ -139,16 +147,30 @@ async fn add(sup: Sup, body: web::Json<AddBody>) -> Result<HttpResponse, ApiErro
 }
 
 /// Validates one item of an add request (everything but name conflicts).
-fn new_download(body: AddBody) -> Result<NewDownload, ApiError> {
+fn new_download(body: AddBody, client: &HubClient) -> Result<NewDownload, ApiError> {
     if body.downloads.is_some() {
         return Err(ApiError::BadRequest(
             "\"downloads\" cannot be nested".into(),
         ));
     }
-    if body.hub.is_some() {
-        return Err(ApiError::NotImplemented(
-            "Hub downloads are not available yet".into(),
-        ));
+    let sha256 = body.sha256.as_deref().map(validate_sha256).transpose()?;
+    if let Some(h) = body.hub {
+        if body.url.is_some() || body.file_name.is_some() {
+            return Err(ApiError::BadRequest(
+                "give \"hub\" or \"url\", not both (a Hub file keeps its name)".into(),
+            ));
+        }
+        let revision = validate_revision(h.revision.as_deref())?;
+        return hub_download_new(
+            client,
+            &h.repo,
+            &h.file,
+            revision,
+            None,
+            sha256,
+            body.start_paused,
+            body.overwrite,
+        );
     }
     let raw = body
         .url
@@ -162,7 +184,6 @@ fn new_download(body: AddBody) -> Result<NewDownload, ApiError> {
     };
     files::validate_name(&file_name)
         .map_err(|e| ApiError::Unprocessable(format!("file_name: {e}")))?;
-    let sha256 = body.sha256.map(|s| validate_sha256(&s)).transpose()?;
     Ok(NewDownload {
         url: url.to_string(),
         path: file_name.clone(),
@@ -393,8 +414,177 @@ async fn patch_settings(
     Ok(HttpResponse::Ok().json(settings_view(&s)))
 }
 
-async fn hub_not_yet() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotImplemented(
-        "the HuggingFace Hub routes are not available yet".into(),
-    ))
+/// A Hub file as a new download, landing in `download_dir/<owner>/<name>/<file>`.
+#[allow(clippy::too_many_arguments)]
+fn hub_download_new(
+    client: &HubClient,
+    repo: &str,
+    file: &str,
+    revision: &str,
+    commit: Option<String>,
+    sha256: Option<String>,
+    start_paused: bool,
+    overwrite: bool,
+) -> Result<NewDownload, ApiError> {
+    hub::validate_repo(repo).map_err(ApiError::Unprocessable)?;
+    files::validate_relative_path(file)
+        .map_err(|e| ApiError::Unprocessable(format!("file {file:?}: {e}")))?;
+    let url = client
+        .resolve_url(repo, commit.as_deref().unwrap_or(revision), file)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let file_name = file.rsplit('/').next().unwrap_or(file).to_owned();
+    Ok(NewDownload {
+        url: url.to_string(),
+        file_name,
+        path: format!("{repo}/{file}"),
+        sha256,
+        start_paused,
+        overwrite,
+        source: Source::Hub {
+            repo: repo.to_owned(),
+            revision: revision.to_owned(),
+            file: file.to_owned(),
+            commit,
+        },
+    })
+}
+
+/// A branch, tag or commit: 1 to 255 characters, no control characters, no `..`.
+fn validate_revision(revision: Option<&str>) -> Result<&str, ApiError> {
+    let r = revision.unwrap_or("main");
+    if r.is_empty() || r.len() > 255 || r.chars().any(char::is_control) || r.contains("..") {
+        return Err(ApiError::Unprocessable(format!(
+            "revision {r:?} is not a valid revision"
+        )));
+    }
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    q: Option<String>,
+    limit: Option<usize>,
+    /// Only repos tagged `gguf` (by default they are listed first).
+    gguf: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct Models {
+    models: Vec<hub::ModelSummary>,
+}
+
+async fn hub_search(client: Hub, q: web::Query<SearchQuery>) -> Result<HttpResponse, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 100".into(),
+        ));
+    }
+    let query = q.q.as_deref().unwrap_or("").trim();
+    if query.len() > 200 {
+        return Err(ApiError::BadRequest(
+            "q is longer than 200 characters".into(),
+        ));
+    }
+    let models = client.search(query, limit, q.gguf.unwrap_or(false)).await?;
+    Ok(HttpResponse::Ok().json(Models { models }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevisionQuery {
+    revision: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RepoFiles {
+    repo: String,
+    revision: String,
+    files: Vec<hub::RepoFile>,
+    quantizations: Vec<hub::Quantization>,
+}
+
+fn repo_of(path: &(String, String)) -> Result<String, ApiError> {
+    let repo = format!("{}/{}", path.0, path.1);
+    hub::validate_repo(&repo).map_err(ApiError::Unprocessable)?;
+    Ok(repo)
+}
+
+async fn hub_files(
+    client: Hub,
+    path: web::Path<(String, String)>,
+    q: web::Query<RevisionQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let repo = repo_of(&path)?;
+    let revision = validate_revision(q.revision.as_deref())?;
+    let files = client.list_files(&repo, revision).await?;
+    let quantizations = hub::group_quantizations(&files);
+    Ok(HttpResponse::Ok().json(RepoFiles {
+        repo,
+        revision: revision.to_owned(),
+        files,
+        quantizations,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuantizationBody {
+    quantization: String,
+    revision: Option<String>,
+    #[serde(default)]
+    start_paused: bool,
+    #[serde(default)]
+    overwrite: bool,
+}
+
+/// Queues every file of one quantization (all parts of a split model), each with the
+/// sha256 of its LFS pointer, all pinned to the same commit.
+async fn hub_download(
+    sup: Sup,
+    client: Hub,
+    path: web::Path<(String, String)>,
+    body: web::Json<QuantizationBody>,
+) -> Result<HttpResponse, ApiError> {
+    let repo = repo_of(&path)?;
+    let revision = validate_revision(body.revision.as_deref())?;
+    let files = client.list_files(&repo, revision).await?;
+    let wanted = body.quantization.trim().to_ascii_uppercase();
+    let group = hub::group_quantizations(&files)
+        .into_iter()
+        .find(|q| q.name == wanted)
+        .ok_or_else(|| ApiError::NotFound(format!("{repo} has no {wanted} quantization")))?;
+    // One commit for every part: resolve the first file now. A gated repo without a
+    // token cannot be resolved; its downloads then fail with `unauthorized` on start.
+    let commit = match client.resolve(&repo, revision, &group.files[0]).await {
+        Ok(r) => r.commit,
+        Err(e) if !e.is_transient() => {
+            tracing::info!(%repo, error = %e, "cannot pin the commit now; each part pins its own");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let news = group
+        .files
+        .iter()
+        .map(|f| {
+            let sha = files
+                .iter()
+                .find(|x| &x.path == f)
+                .and_then(|x| x.sha256.clone());
+            hub_download_new(
+                &client,
+                &repo,
+                f,
+                revision,
+                commit.clone(),
+                sha,
+                body.start_paused,
+                body.overwrite,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let downloads = sup.send(Add(news)).await??;
+    Ok(HttpResponse::Created().json(DownloadList { downloads }))
 }

@@ -20,12 +20,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use error::EngineError;
+pub use error::{describe as describe_reqwest, EngineError};
 pub use range::{parse_content_range, parse_retry_after, ContentRange};
 pub use retry::backoff;
 
 use crate::config::DownloadsConfig;
 use crate::files;
+use crate::hub::HubClient;
 use crate::model::{DownloadError, DownloadId, ErrorKind};
 use crate::progress::ProgressCell;
 use crate::store::{Checkpoint, Store};
@@ -47,6 +48,31 @@ pub struct Job {
     /// Expected digest, lower-case hex.
     pub sha256: Option<String>,
     pub settings: DownloadsConfig,
+    /// Set for Hub downloads: the URL is resolved through the Hub at each (re)start.
+    pub hub: Option<HubTarget>,
+}
+
+/// A file on the HuggingFace Hub.
+#[derive(Clone)]
+pub struct HubTarget {
+    pub client: HubClient,
+    pub repo: String,
+    pub revision: String,
+    pub file: String,
+    /// The commit pinned by an earlier run, if any.
+    pub commit: Option<String>,
+}
+
+impl std::fmt::Debug for HubTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{}:{}",
+            self.repo,
+            self.commit.as_deref().unwrap_or(&self.revision),
+            self.file
+        )
+    }
 }
 
 /// Things worth telling the supervisor while a run goes on (never per chunk).
@@ -66,6 +92,12 @@ pub enum EngineEvent {
     Notice(DownloadError),
     /// All bytes are there; hashing.
     Verifying,
+    /// A Hub download resolved: its revision is pinned to `commit`, and the Hub told
+    /// the file's sha256 (from the LFS pointer).
+    Pinned {
+        commit: Option<String>,
+        sha256: Option<String>,
+    },
 }
 
 /// How a run ended.
@@ -223,7 +255,11 @@ impl Engine {
         // Bytes received before a drop are still in the write block; put them on disk
         // so that the next Range starts right after the last byte we have.
         t.flush_block()?;
-        let mut request = self.client.get(&job.url);
+        let (url, auth) = self.target(job, t, ctx).await?;
+        let mut request = self.client.get(url.clone());
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
         let asked_from = t.offset();
         if asked_from > 0 {
             request = request.header(header::RANGE, format!("bytes={asked_from}-"));
@@ -285,6 +321,26 @@ impl Engine {
                 t.restart(ctx).await?;
                 return Ok(AttemptEnd::Again);
             }
+            401 | 403 | 410
+                if t.link.is_some()
+                    && job
+                        .hub
+                        .as_ref()
+                        .is_some_and(|h| !h.client.is_hub_host(&url)) =>
+            {
+                // A presigned CDN link expired: ask the Hub for a fresh one and go on
+                // from the bytes on disk. Bounded, in case the CDN refuses for good.
+                t.link = None;
+                t.reresolves += 1;
+                if t.reresolves <= 3 {
+                    tracing::info!(download_id = %job.id, status, "CDN link refused; resolving again");
+                    return Ok(AttemptEnd::Again);
+                }
+                return Err(EngineError::Status {
+                    status,
+                    retry_after: None,
+                });
+            }
             _ => {
                 let retry_after = headers
                     .get(header::RETRY_AFTER)
@@ -321,6 +377,7 @@ impl Engine {
                 Ok(Some(Ok(chunk))) => chunk,
             };
             t.append(&chunk)?;
+            t.reresolves = 0;
             ctx.progress.set_done(t.received());
             if let Some(total) = t.total {
                 if t.received() > total {
@@ -344,6 +401,50 @@ impl Engine {
                 Ok(AttemptEnd::Done)
             }
         }
+    }
+
+    /// Where this attempt fetches from, and the credentials that may go there: the
+    /// URL itself, or for a Hub file its resolved (CDN) link, pinned to one commit.
+    async fn target(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &RunCtx,
+    ) -> Result<(url::Url, Option<String>), EngineError> {
+        let Some(hub) = &job.hub else {
+            let url = url::Url::parse(&job.url)
+                .map_err(|e| EngineError::Internal(format!("bad url: {e}")))?;
+            return Ok((url, None));
+        };
+        if t.link.is_none() {
+            let revision = t.commit.clone().unwrap_or_else(|| hub.revision.clone());
+            let resolved = hub.client.resolve(&hub.repo, &revision, &hub.file).await?;
+            let newly_pinned = t.commit.is_none() && resolved.commit.is_some();
+            if newly_pinned {
+                t.commit = resolved.commit.clone();
+            }
+            let learned_digest = t.expected_sha256.is_none() && resolved.sha256.is_some();
+            if learned_digest {
+                t.expected_sha256 = resolved.sha256.clone();
+                if t.offset() == 0 {
+                    t.hasher = Some(Sha256::new());
+                }
+            }
+            if newly_pinned || learned_digest {
+                tracing::info!(download_id = %job.id, commit = ?t.commit, sha256 = ?t.expected_sha256, "Hub file resolved");
+                (ctx.events)(EngineEvent::Pinned {
+                    commit: t.commit.clone(),
+                    sha256: t.expected_sha256.clone(),
+                });
+            }
+            t.link = Some(resolved.location);
+        }
+        let link = t
+            .link
+            .clone()
+            .ok_or_else(|| EngineError::Internal("no link".into()))?;
+        let auth = hub.client.auth_for(&link);
+        Ok((link, auth))
     }
 
     async fn remote_changed(
@@ -376,7 +477,8 @@ impl Engine {
         t.flush_block()?;
         t.wait_checkpoint().await?;
         let part = files::part_path(&job.final_path);
-        if let Some(expected) = &job.sha256 {
+        if let Some(expected) = t.expected_sha256.clone() {
+            let expected = &expected;
             (ctx.events)(EngineEvent::Verifying);
             let actual = t.digest(&part).await?;
             if &actual != expected {
@@ -484,6 +586,13 @@ struct Transfer {
     pending_checkpoint: Option<JoinHandle<Result<(), EngineError>>>,
     store: Store,
     id: DownloadId,
+    /// The digest to verify: given by the user, or learned from the Hub.
+    expected_sha256: Option<String>,
+    /// Hub downloads: the pinned commit and the current (CDN) link.
+    commit: Option<String>,
+    link: Option<url::Url>,
+    /// Fresh links asked for in a row without a byte in between.
+    reresolves: u32,
 }
 
 impl Transfer {
@@ -531,6 +640,10 @@ impl Transfer {
             pending_checkpoint: None,
             store: store.clone(),
             id: job.id.clone(),
+            expected_sha256: job.sha256.clone(),
+            commit: job.hub.as_ref().and_then(|h| h.commit.clone()),
+            link: None,
+            reresolves: 0,
         })
     }
 

@@ -33,6 +33,14 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// The Hub refused us (gated or private): 403, so that it is never mistaken for a
+    /// wrong token of our own API (401).
+    #[error("{0}")]
+    HubUnauthorized(String),
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("{0}")]
+    BadGateway(String),
 }
 
 impl ApiError {
@@ -50,6 +58,9 @@ impl ApiError {
             ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+            ApiError::HubUnauthorized(_) => "unauthorized",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::BadGateway(_) => "hub_unavailable",
         }
     }
 }
@@ -79,6 +90,9 @@ impl ResponseError for ApiError {
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::HubUnauthorized(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -133,6 +147,18 @@ impl From<actix_web::error::JsonPayloadError> for ApiError {
             J::ContentType => ApiError::UnsupportedMediaType,
             J::Deserialize(d) => ApiError::BadRequest(format!("invalid JSON body: {d}")),
             other => ApiError::BadRequest(format!("invalid body: {other}")),
+        }
+    }
+}
+
+impl From<crate::hub::HubError> for ApiError {
+    fn from(e: crate::hub::HubError) -> Self {
+        use crate::hub::HubError as H;
+        match e {
+            H::NotFound(m) => ApiError::NotFound(m),
+            H::Unauthorized(m) => ApiError::HubUnauthorized(m),
+            H::RateLimited { .. } => ApiError::RateLimited(e.to_string()),
+            H::Status { .. } | H::Network(_) | H::Invalid(_) => ApiError::BadGateway(e.to_string()),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod files;
+pub mod hub;
 pub mod model;
 pub mod progress;
 pub mod security;
@@ -122,6 +123,8 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         settings.max_retries = saved.max_retries;
     }
     let engine = Engine::new(store.clone()).map_err(|e| StartError::Client(e.to_string()))?;
+    let hub = hub::HubClient::new(&config.hub.endpoint, Some(config.hub.token.clone()))
+        .map_err(|e| StartError::Client(e.to_string()))?;
     let live = Arc::new(RwLock::new(HashMap::new()));
     let broadcaster = Broadcaster::new(
         Duration::from_millis(settings.progress_interval_ms),
@@ -132,6 +135,7 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     let supervisor = Supervisor::new(SupervisorParts {
         store: store.clone(),
         engine,
+        hub: hub.clone(),
         broadcaster: broadcaster.clone(),
         live,
         transfers: transfers.handle(),
@@ -150,10 +154,12 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     };
     let static_dir = static_dir();
     let sup_data = web::Data::new(supervisor.clone());
+    let hub_data = web::Data::new(hub);
     let guard_data = web::Data::new(guard);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(sup_data.clone())
+            .app_data(hub_data.clone())
             .app_data(guard_data.clone())
             .wrap(middleware::from_fn(security::guard))
             .wrap(tracing_actix_web::TracingLogger::default())

@@ -104,8 +104,13 @@ pub enum Source {
     Url,
     Hub {
         repo: String,
+        /// The revision asked for (a branch, tag or commit).
         revision: String,
         file: String,
+        /// The commit `revision` pointed to when the download first resolved: every
+        /// later request uses it, so a resumed download never mixes revisions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
     },
 }
 

@@ -17,8 +17,9 @@ use crate::actors::broadcaster::{
 };
 use crate::actors::download::{DownloadActor, Stop};
 use crate::config::DownloadsConfig;
-use crate::engine::{Engine, EngineEvent, Job, Outcome};
+use crate::engine::{Engine, EngineEvent, HubTarget, Job, Outcome};
 use crate::files;
+use crate::hub::HubClient;
 use crate::model::{
     now_rfc3339, rfc3339, Download, DownloadError, DownloadId, DownloadView, ErrorKind, Source,
     State,
@@ -58,6 +59,7 @@ struct Running {
 pub struct Supervisor {
     store: Store,
     engine: Engine,
+    hub: HubClient,
     broadcaster: Addr<Broadcaster>,
     live: LiveTable,
     /// The thread where download actors and their transfers run, away from the API.
@@ -78,6 +80,7 @@ pub struct Supervisor {
 pub struct SupervisorParts {
     pub store: Store,
     pub engine: Engine,
+    pub hub: HubClient,
     pub broadcaster: Addr<Broadcaster>,
     pub live: LiveTable,
     pub transfers: ArbiterHandle,
@@ -120,6 +123,7 @@ impl Supervisor {
         Ok(Supervisor {
             store: parts.store,
             engine: parts.engine,
+            hub: parts.hub,
             broadcaster: parts.broadcaster,
             live: parts.live,
             transfers: parts.transfers,
@@ -271,6 +275,21 @@ impl Supervisor {
             final_path,
             sha256: d.sha256.clone(),
             settings: self.settings.clone(),
+            hub: match &d.source {
+                Source::Url => None,
+                Source::Hub {
+                    repo,
+                    revision,
+                    file,
+                    commit,
+                } => Some(HubTarget {
+                    client: self.hub.clone(),
+                    repo: repo.clone(),
+                    revision: revision.clone(),
+                    file: file.clone(),
+                    commit: commit.clone(),
+                }),
+            },
         };
         let cell = Arc::new(ProgressCell::new(
             d.bytes_done,
@@ -527,6 +546,17 @@ impl Handler<EngineNote> for Supervisor {
             }
             EngineEvent::Verifying => {
                 d.state = State::Verifying;
+                self.save(&msg.id);
+            }
+            EngineEvent::Pinned { commit, sha256 } => {
+                if let Source::Hub { commit: pinned, .. } = &mut d.source {
+                    if pinned.is_none() {
+                        *pinned = commit;
+                    }
+                }
+                if d.sha256.is_none() {
+                    d.sha256 = sha256;
+                }
                 self.save(&msg.id);
             }
         }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::hub::HubError;
 use crate::model::{DownloadError, ErrorKind};
 use crate::store::StoreError;
 
@@ -33,6 +34,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("internal: {0}")]
     Internal(String),
+    #[error("{0}")]
+    Hub(#[from] crate::hub::HubError),
 }
 
 fn reason_suffix(status: u16) -> String {
@@ -56,6 +59,7 @@ impl EngineError {
             | EngineError::BadContentRange(_)
             | EngineError::Truncated { .. }
             | EngineError::Overlong { .. } => true,
+            EngineError::Hub(h) => h.is_transient(),
             EngineError::Disk(_)
             | EngineError::NoSpace { .. }
             | EngineError::Checksum { .. }
@@ -68,6 +72,7 @@ impl EngineError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             EngineError::Status { retry_after, .. } => *retry_after,
+            EngineError::Hub(h) => h.retry_after(),
             _ => None,
         }
     }
@@ -90,6 +95,14 @@ impl EngineError {
             }
             EngineError::Checksum { .. } => ErrorKind::ChecksumMismatch,
             EngineError::Internal(_) => ErrorKind::Internal,
+            EngineError::Hub(h) => match h {
+                HubError::NotFound(_) => ErrorKind::NotFound,
+                HubError::Unauthorized(_) => ErrorKind::Unauthorized,
+                HubError::RateLimited { .. } | HubError::Status { .. } | HubError::Invalid(_) => {
+                    ErrorKind::HttpStatus
+                }
+                HubError::Network(_) => ErrorKind::Network,
+            },
         }
     }
 

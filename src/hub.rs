@@ -1,0 +1,545 @@
+//! A client of the HuggingFace Hub's public HTTP API: model search, repo trees, and
+//! `resolve` (which pins a revision to its commit and hands out the CDN link).
+//!
+//! The token goes to the Hub's own host only: the client never follows redirects by
+//! itself, so a presigned CDN link is fetched by the engine without credentials.
+
+pub mod quant;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use reqwest::header::{self, HeaderMap};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::parse_retry_after;
+
+/// Characters escaped in one path segment of a Hub URL.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// What went wrong talking to the Hub.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HubError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("the Hub asks to slow down (429)")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("the Hub answered HTTP {status}")]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("cannot reach the Hub: {0}")]
+    Network(String),
+    #[error("unexpected answer from the Hub: {0}")]
+    Invalid(String),
+}
+
+impl HubError {
+    /// Worth trying again later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            HubError::RateLimited { .. } | HubError::Network(_) => true,
+            HubError::Status { status, .. } => *status == 408 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            HubError::RateLimited { retry_after } | HubError::Status { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A model in search results, in the contract's shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    pub id: String,
+    pub downloads: u64,
+    pub likes: u64,
+    pub last_modified: Option<String>,
+    pub tags: Vec<String>,
+    pub gated: bool,
+}
+
+/// A file of a repo, with its sha256 when it is stored with LFS.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepoFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: Option<String>,
+    pub quantization: Option<String>,
+}
+
+/// The files of one quantization (several for a split model) and their total size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quantization {
+    pub name: String,
+    pub files: Vec<String>,
+    pub size: u64,
+}
+
+/// What `resolve` tells about one file.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The commit the revision points to now.
+    pub commit: Option<String>,
+    /// sha256 of an LFS file (`X-Linked-Etag`).
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+    /// Where the bytes are: the CDN link of a redirect, or the resolve URL itself.
+    pub location: url::Url,
+}
+
+/// A cheap-to-clone client of one Hub endpoint.
+#[derive(Clone)]
+pub struct HubClient {
+    http: reqwest::Client,
+    endpoint: url::Url,
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiModel {
+    id: String,
+    #[serde(default)]
+    downloads: u64,
+    #[serde(default)]
+    likes: u64,
+    #[serde(rename = "lastModified")]
+    last_modified: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    gated: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct ApiTreeEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    path: String,
+    #[serde(default)]
+    size: u64,
+    lfs: Option<ApiLfs>,
+}
+
+#[derive(Deserialize)]
+struct ApiLfs {
+    oid: String,
+    size: Option<u64>,
+}
+
+impl HubClient {
+    pub fn new(endpoint: &str, token: Option<String>) -> Result<HubClient, HubError> {
+        let endpoint = url::Url::parse(endpoint.trim_end_matches('/'))
+            .map_err(|e| HubError::Invalid(format!("hub endpoint {endpoint:?}: {e}")))?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("model-manager/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| HubError::Network(e.to_string()))?;
+        Ok(HubClient {
+            http,
+            endpoint,
+            token: token.filter(|t| !t.is_empty()),
+        })
+    }
+
+    pub fn endpoint(&self) -> &url::Url {
+        &self.endpoint
+    }
+
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// True when `url` is on the Hub's own host and port: only there does the token go.
+    pub fn is_hub_host(&self, url: &url::Url) -> bool {
+        url.scheme() == self.endpoint.scheme()
+            && url.host_str() == self.endpoint.host_str()
+            && url.port_or_known_default() == self.endpoint.port_or_known_default()
+    }
+
+    /// The bearer header for a request to `url`, when it is the Hub's.
+    pub fn auth_for(&self, url: &url::Url) -> Option<String> {
+        match &self.token {
+            Some(t) if self.is_hub_host(url) => Some(format!("Bearer {t}")),
+            _ => None,
+        }
+    }
+
+    fn url(&self, path: &str) -> Result<url::Url, HubError> {
+        self.endpoint
+            .join(path)
+            .map_err(|e| HubError::Invalid(format!("{path}: {e}")))
+    }
+
+    async fn get(
+        &self,
+        url: url::Url,
+        method: reqwest::Method,
+    ) -> Result<reqwest::Response, HubError> {
+        let mut req = self.http.request(method, url.clone());
+        if let Some(auth) = self.auth_for(&url) {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
+        req.send()
+            .await
+            .map_err(|e| HubError::Network(crate::engine::describe_reqwest(&e)))
+    }
+
+    /// Models matching `query`, most downloaded first, GGUF repos ahead of others
+    /// (or only GGUF repos with `gguf_only`).
+    pub async fn search(
+        &self,
+        query: &str,
+        limit: usize,
+        gguf_only: bool,
+    ) -> Result<Vec<ModelSummary>, HubError> {
+        let mut url = self.url("/api/models")?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("search", query)
+                .append_pair("sort", "downloads")
+                .append_pair("direction", "-1")
+                .append_pair("limit", &limit.to_string());
+            for field in ["downloads", "likes", "lastModified", "tags", "gated"] {
+                q.append_pair("expand[]", field);
+            }
+            if gguf_only {
+                q.append_pair("filter", "gguf");
+            }
+        }
+        let resp = check(self.get(url, reqwest::Method::GET).await?, "models").await?;
+        let models: Vec<ApiModel> = resp
+            .json()
+            .await
+            .map_err(|e| HubError::Invalid(format!("search results: {e}")))?;
+        let mut out: Vec<ModelSummary> = models
+            .into_iter()
+            .map(|m| ModelSummary {
+                gated: !matches!(
+                    m.gated,
+                    serde_json::Value::Bool(false) | serde_json::Value::Null
+                ),
+                id: m.id,
+                downloads: m.downloads,
+                likes: m.likes,
+                last_modified: m.last_modified,
+                tags: m.tags,
+            })
+            .collect();
+        // Stable: keeps the Hub's download order within each group.
+        out.sort_by_key(|m| !m.tags.iter().any(|t| t.eq_ignore_ascii_case("gguf")));
+        Ok(out)
+    }
+
+    /// Every file of `repo` at `revision`, following the tree's pagination.
+    pub async fn list_files(&self, repo: &str, revision: &str) -> Result<Vec<RepoFile>, HubError> {
+        let mut next = Some({
+            let mut u = self.url(&format!("/api/models/{repo}/tree/{}", encode(revision)))?;
+            u.query_pairs_mut().append_pair("recursive", "true");
+            u
+        });
+        let mut files = Vec::new();
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > 1000 {
+                return Err(HubError::Invalid("more than 1000 pages of files".into()));
+            }
+            let resp = check(self.get(url, reqwest::Method::GET).await?, repo).await?;
+            next = next_link(resp.headers()).and_then(|l| self.endpoint.join(&l).ok());
+            if next.as_ref().is_some_and(|u| !self.is_hub_host(u)) {
+                return Err(HubError::Invalid(
+                    "pagination points away from the Hub".into(),
+                ));
+            }
+            let entries: Vec<ApiTreeEntry> = resp
+                .json()
+                .await
+                .map_err(|e| HubError::Invalid(format!("tree of {repo}: {e}")))?;
+            for e in entries.into_iter().filter(|e| e.kind == "file") {
+                files.push(RepoFile {
+                    quantization: quant::quantization(&e.path),
+                    size: e.lfs.as_ref().and_then(|l| l.size).unwrap_or(e.size),
+                    sha256: e.lfs.map(|l| l.oid.to_ascii_lowercase()),
+                    path: e.path,
+                });
+            }
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(files)
+    }
+
+    /// `HEAD /{repo}/resolve/{revision}/{file}`: the commit, digest, size and where
+    /// the bytes are, without following the redirect.
+    pub async fn resolve(
+        &self,
+        repo: &str,
+        revision: &str,
+        file: &str,
+    ) -> Result<Resolved, HubError> {
+        let url = self.resolve_url(repo, revision, file)?;
+        let resp = self.get(url.clone(), reqwest::Method::HEAD).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let resp = check(resp, repo).await?;
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let location = match status {
+            300..=399 => {
+                let loc = text("location")
+                    .ok_or_else(|| HubError::Invalid("redirect without Location".into()))?;
+                url.join(&loc)
+                    .map_err(|e| HubError::Invalid(format!("Location {loc:?}: {e}")))?
+            }
+            _ => url,
+        };
+        drop(resp);
+        let sha256 = text("x-linked-etag")
+            .map(|e| {
+                e.trim_start_matches("W/")
+                    .trim_matches('"')
+                    .to_ascii_lowercase()
+            })
+            .filter(|e| e.len() == 64 && e.bytes().all(|b| b.is_ascii_hexdigit()));
+        Ok(Resolved {
+            commit: text("x-repo-commit"),
+            sha256,
+            // Never a redirect's Content-Length: the Hub says the real size here.
+            size: text("x-linked-size").and_then(|s| s.parse().ok()),
+            location,
+        })
+    }
+
+    /// `{endpoint}/{repo}/resolve/{revision}/{file}`, each segment escaped.
+    pub fn resolve_url(
+        &self,
+        repo: &str,
+        revision: &str,
+        file: &str,
+    ) -> Result<url::Url, HubError> {
+        let file: Vec<String> = file.split('/').map(encode).collect();
+        self.url(&format!(
+            "/{repo}/resolve/{}/{}",
+            encode(revision),
+            file.join("/")
+        ))
+    }
+}
+
+fn encode(segment: &str) -> String {
+    utf8_percent_encode(segment, SEGMENT).to_string()
+}
+
+/// `Link: <url>; rel="next"`
+fn next_link(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get(header::LINK)?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params.contains("rel=\"next\"").then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
+        })
+    })
+}
+
+/// Turns a Hub error status into a [`HubError`] with a message a user can act on.
+async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, HubError> {
+    let status = resp.status().as_u16();
+    if status < 400 {
+        return Ok(resp);
+    }
+    let headers = resp.headers();
+    let code = headers
+        .get("x-error-code")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let retry_after = headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()))
+        .or_else(|| rate_limit_reset(headers));
+    Err(match (status, code.as_str()) {
+        (_, "GatedRepo") => HubError::Unauthorized(format!(
+            "{what} is a gated model: accept its licence on the Hub and set HF_TOKEN (or [hub] token)"
+        )),
+        (401, "RepoNotFound") | (404, "RepoNotFound") => HubError::NotFound(format!(
+            "{what}: repository not found (or private: set HF_TOKEN to a token that can read it)"
+        )),
+        (404, "EntryNotFound") => HubError::NotFound(format!("{what}: no such file in the repository")),
+        (404, "RevisionNotFound") => HubError::NotFound(format!("{what}: no such revision")),
+        (401 | 403, _) => HubError::Unauthorized(format!(
+            "{what}: the Hub refused access (HTTP {status}): set HF_TOKEN to a token that can read it"
+        )),
+        (404 | 410, _) => HubError::NotFound(format!("{what}: not found on the Hub")),
+        (429, _) => HubError::RateLimited { retry_after },
+        _ => HubError::Status { status, retry_after },
+    })
+}
+
+/// The IETF `RateLimit` header (`limit=…, remaining=0, reset=N`) the Hub sends on 429.
+fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("ratelimit")?.to_str().ok()?;
+    v.split([',', ';'])
+        .find_map(|p| {
+            p.trim()
+                .strip_prefix("reset=")
+                .or_else(|| p.trim().strip_prefix("t="))
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .map(Duration::from_secs)
+}
+
+/// Groups GGUF files by quantization; split parts form one. Smallest first.
+pub fn group_quantizations(files: &[RepoFile]) -> Vec<Quantization> {
+    let mut groups: BTreeMap<String, Quantization> = BTreeMap::new();
+    for f in files {
+        let Some(q) = &f.quantization else { continue };
+        let g = groups.entry(q.clone()).or_insert_with(|| Quantization {
+            name: q.clone(),
+            files: Vec::new(),
+            size: 0,
+        });
+        g.files.push(f.path.clone());
+        g.size += f.size;
+    }
+    let mut out: Vec<Quantization> = groups.into_values().collect();
+    for q in &mut out {
+        q.files.sort();
+    }
+    out.sort_by(|a, b| a.size.cmp(&b.size).then(a.name.cmp(&b.name)));
+    out
+}
+
+/// `owner/name` with both parts valid names.
+pub fn validate_repo(repo: &str) -> Result<(), String> {
+    let mut parts = repo.split('/');
+    let (Some(owner), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("repo {repo:?} is not owner/name"));
+    };
+    for p in [owner, name] {
+        crate::files::validate_name(p).map_err(|e| format!("repo {repo:?}: {e}"))?;
+        if !p
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(format!(
+                "repo {repo:?}: only letters, digits, '-', '_' and '.' are allowed"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, size: u64) -> RepoFile {
+        RepoFile {
+            path: path.into(),
+            size,
+            sha256: None,
+            quantization: quant::quantization(path),
+        }
+    }
+
+    #[test]
+    fn split_files_form_one_quantization() {
+        let files = vec![
+            file("m-Q4_K_M.gguf", 40),
+            file("f16/m-F16-00002-of-00002.gguf", 60),
+            file("f16/m-F16-00001-of-00002.gguf", 100),
+            file("README.md", 1),
+            file("m-IQ3_M.gguf", 30),
+        ];
+        let q = group_quantizations(&files);
+        let names: Vec<&str> = q.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names, ["IQ3_M", "Q4_K_M", "F16"]);
+        assert_eq!(
+            q[2].files,
+            [
+                "f16/m-F16-00001-of-00002.gguf",
+                "f16/m-F16-00002-of-00002.gguf"
+            ]
+        );
+        assert_eq!(q[2].size, 160);
+    }
+
+    #[test]
+    fn link_header_next() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LINK,
+            "<https://hf.co/api/models/a/b/tree/main?cursor=xyz>; rel=\"next\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("https://hf.co/api/models/a/b/tree/main?cursor=xyz")
+        );
+    }
+
+    #[test]
+    fn repo_ids() {
+        assert!(validate_repo("TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF").is_ok());
+        for bad in [
+            "noslash",
+            "a/b/c",
+            "../x",
+            "a/..",
+            "/abs",
+            "a/.hidden",
+            "a b/c",
+            "a/b%2f",
+        ] {
+            assert!(validate_repo(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn token_only_to_the_hub_host() {
+        let c = HubClient::new("https://huggingface.co", Some("t".into())).unwrap();
+        assert!(c
+            .auth_for(&url::Url::parse("https://huggingface.co/x").unwrap())
+            .is_some());
+        assert!(c
+            .auth_for(&url::Url::parse("https://cdn-lfs.hf.co/x").unwrap())
+            .is_none());
+        assert!(c
+            .auth_for(&url::Url::parse("http://huggingface.co/x").unwrap())
+            .is_none());
+    }
+}

@@ -5,8 +5,10 @@
 //! through a watch channel, which keeps it testable and lets any runtime drive it.
 
 mod error;
+mod limiter;
 mod range;
 mod retry;
+mod segments;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -21,8 +23,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use error::{describe as describe_reqwest, EngineError};
+pub use limiter::RateLimiter;
 pub use range::{parse_content_range, parse_retry_after, ContentRange};
 pub use retry::backoff;
+pub use segments::SEGMENT_THRESHOLD;
 
 use crate::config::DownloadsConfig;
 use crate::files;
@@ -121,6 +125,8 @@ pub struct RunCtx {
     pub events: Arc<dyn Fn(EngineEvent) + Send + Sync>,
     pub progress: Arc<ProgressCell>,
     pub stop: watch::Receiver<bool>,
+    /// This download's own speed cap (rate 0: none).
+    pub limiter: Arc<RateLimiter>,
 }
 
 /// The HTTP transfer engine; cheap to clone (one connection pool for all downloads).
@@ -128,15 +134,27 @@ pub struct RunCtx {
 pub struct Engine {
     client: reqwest::Client,
     store: Store,
+    /// The global speed limit, shared by every connection of every download.
+    global: Arc<RateLimiter>,
 }
 
 impl Engine {
-    pub fn new(store: Store) -> Result<Engine, reqwest::Error> {
+    pub fn new(store: Store, speed_limit_bps: u64) -> Result<Engine, reqwest::Error> {
         let client = reqwest::Client::builder()
             .user_agent(concat!("model-manager/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(15))
+            .tcp_nodelay(true)
             .build()?;
-        Ok(Engine { client, store })
+        Ok(Engine {
+            client,
+            store,
+            global: Arc::new(RateLimiter::new(speed_limit_bps)),
+        })
+    }
+
+    /// Changes the global speed limit live (0: none).
+    pub fn set_speed_limit(&self, bps: u64) {
+        self.global.set_rate(bps);
     }
 
     /// Runs a download to its end: completed, failed, or stopped on request.
@@ -151,15 +169,15 @@ impl Engine {
                 }
             }
         };
-        ctx.progress.set_done(transfer.offset());
+        ctx.progress.set_done(transfer.done_bytes());
         ctx.progress.set_total(transfer.total);
         let result = self.run_transfer(&job, &mut transfer, &mut ctx).await;
-        let bytes = transfer.offset();
+        let bytes = transfer.done_bytes();
         match result {
             Ok(RunEnd::Completed) => Outcome::Completed { bytes },
             Ok(RunEnd::Stopped) => match transfer.checkpoint_now(&ctx).await {
                 Ok(()) => Outcome::Stopped {
-                    bytes: transfer.offset(),
+                    bytes: transfer.done_bytes(),
                 },
                 Err(e) => Outcome::Failed {
                     bytes,
@@ -170,7 +188,7 @@ impl Engine {
                 // Keep what we have: a later retry continues from it (unless the
                 // bytes themselves are wrong, which `finish` already removed). An empty
                 // `.part` (a 404, say) is no use to anyone: leave nothing behind.
-                if transfer.offset() == 0 {
+                if transfer.done_bytes() == 0 {
                     let _ = std::fs::remove_file(files::part_path(&job.final_path));
                     let _ = self.store.remove_checkpoint(&job.id);
                 } else if !matches!(e, EngineError::Checksum { .. }) {
@@ -180,7 +198,7 @@ impl Engine {
                 }
                 tracing::warn!(download_id = %job.id, error = %e, "download failed");
                 Outcome::Failed {
-                    bytes: transfer.offset(),
+                    bytes: transfer.done_bytes(),
                     error: e.to_download_error(),
                 }
             }
@@ -256,7 +274,11 @@ impl Engine {
         // so that the next Range starts right after the last byte we have.
         t.flush_block()?;
         let (url, auth) = self.target(job, t, ctx).await?;
+        if t.segments.is_some() {
+            return self.run_segments(job, t, ctx, (url, auth), None).await;
+        }
         let mut request = self.client.get(url.clone());
+        let auth_for_segments = auth.clone();
         if let Some(auth) = auth {
             request = request.header(header::AUTHORIZATION, auth);
         }
@@ -364,6 +386,25 @@ impl Engine {
             }
         }
 
+        let accepts_ranges = status == 206
+            || headers
+                .get(header::ACCEPT_RANGES)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("bytes"));
+        let left = t
+            .total
+            .map(|total| total.saturating_sub(t.offset()))
+            .unwrap_or(0);
+        if job.settings.connections_per_download > 1
+            && accepts_ranges
+            && !t.one_connection
+            && left >= SEGMENT_THRESHOLD
+        {
+            return self
+                .run_segments(job, t, ctx, (url, auth_for_segments), Some(response))
+                .await;
+        }
+
         let mut body = response.bytes_stream();
         loop {
             let next = tokio::select! {
@@ -386,6 +427,8 @@ impl Engine {
                 }
             }
             t.maybe_checkpoint(&self.store, &job.id, ctx)?;
+            self.global.acquire(chunk.len()).await;
+            ctx.limiter.acquire(chunk.len()).await;
         }
         match t.total {
             Some(total) if t.received() < total => Err(EngineError::Truncated {
@@ -593,6 +636,11 @@ struct Transfer {
     link: Option<url::Url>,
     /// Fresh links asked for in a row without a byte in between.
     reresolves: u32,
+    /// Set while the file is fetched on parallel connections.
+    segments: Option<Arc<segments::SegmentTable>>,
+    /// Parallel connections failed once (a server that ignores some ranges): this run
+    /// stays on one connection.
+    one_connection: bool,
 }
 
 impl Transfer {
@@ -603,6 +651,7 @@ impl Transfer {
         let checkpoint = store.checkpoint(&job.id)?.unwrap_or_default();
         let want_hash = job.sha256.is_some();
         let good = checkpoint.offset;
+        let segmented = !checkpoint.segments.is_empty();
         let (file, offset, hasher) =
             tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
                 let file = OpenOptions::new()
@@ -611,6 +660,10 @@ impl Transfer {
                     .create(true)
                     .truncate(false)
                     .open(&part)?;
+                if segmented {
+                    // Each segment knows its own good bytes; the file keeps its full length.
+                    return Ok((file, 0, None));
+                }
                 let len = file.metadata()?.len();
                 let offset = good.min(len);
                 if len != offset {
@@ -644,11 +697,25 @@ impl Transfer {
             commit: job.hub.as_ref().and_then(|h| h.commit.clone()),
             link: None,
             reresolves: 0,
+            one_connection: false,
+            segments: segmented.then(|| {
+                Arc::new(segments::SegmentTable::from_checkpoint(
+                    &checkpoint.segments,
+                ))
+            }),
         })
     }
 
     fn offset(&self) -> u64 {
         self.written
+    }
+
+    /// Bytes we have, on one connection or many.
+    fn done_bytes(&self) -> u64 {
+        match &self.segments {
+            Some(table) => table.done(),
+            None => self.received(),
+        }
     }
 
     fn received(&self) -> u64 {
@@ -703,7 +770,43 @@ impl Transfer {
             etag: self.validators.etag.clone(),
             last_modified: self.validators.last_modified.clone(),
             elapsed_secs: ctx.progress.elapsed_secs(),
+            segments: self
+                .segments
+                .as_ref()
+                .map(|t| t.snapshot())
+                .unwrap_or_default(),
         }
+    }
+
+    /// The periodic checkpoint of a segmented run: the segments' positions are read
+    /// first, then the file is fsynced, then they are recorded.
+    fn segment_checkpoint(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
+        if self
+            .pending_checkpoint
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+        {
+            return Ok(());
+        }
+        if let Some(done) = self.pending_checkpoint.take() {
+            match futures_util::FutureExt::now_or_never(done) {
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(join)) => return Err(EngineError::Internal(join.to_string())),
+                _ => {}
+            }
+        }
+        let record = self.checkpoint_record(ctx);
+        let file = self.file.try_clone()?;
+        let store = self.store.clone();
+        let id = self.id.clone();
+        self.pending_checkpoint = Some(tokio::task::spawn_blocking(move || {
+            file.sync_data()?;
+            store.put_checkpoint(&id, &record)?;
+            store.flush_blocking()?;
+            Ok(())
+        }));
+        self.last_checkpoint = Instant::now();
+        Ok(())
     }
 
     /// Every [`CHECKPOINT_EVERY`]: fsync the `.part` and then record its offset, in the
@@ -785,6 +888,7 @@ impl Transfer {
         self.written = 0;
         self.total = None;
         self.validators = Validators::default();
+        self.segments = None;
         self.store
             .put_checkpoint(&self.id, &self.checkpoint_record(ctx))?;
         self.store.flush().await?;

@@ -122,7 +122,8 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         settings.connections_per_download = saved.connections_per_download;
         settings.max_retries = saved.max_retries;
     }
-    let engine = Engine::new(store.clone()).map_err(|e| StartError::Client(e.to_string()))?;
+    let engine = Engine::new(store.clone(), settings.speed_limit_bps)
+        .map_err(|e| StartError::Client(e.to_string()))?;
     let hub = hub::HubClient::new(&config.hub.endpoint, Some(config.hub.token.clone()))
         .map_err(|e| StartError::Client(e.to_string()))?;
     let live = Arc::new(RwLock::new(HashMap::new()));

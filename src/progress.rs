@@ -31,6 +31,11 @@ impl ProgressCell {
         self.bytes_done.store(bytes, Ordering::Relaxed);
     }
 
+    /// Adds bytes from one of several parallel connections.
+    pub fn add_done(&self, bytes: u64) {
+        self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     pub fn set_total(&self, total: Option<u64>) {
         self.bytes_total
             .store(total.unwrap_or(UNKNOWN), Ordering::Relaxed);

@@ -31,6 +31,9 @@ pub struct Checkpoint {
     pub last_modified: Option<String>,
     /// Time spent downloading up to this checkpoint, across runs.
     pub elapsed_secs: f64,
+    /// Parallel connections: `[start, written up to, end]` of every segment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<[u64; 3]>,
 }
 
 /// The sled database behind the service; cheap to clone.

@@ -46,7 +46,12 @@ async fn the_page_drives_a_download_and_survives_a_restart() {
 
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = write_config(dir.path(), port, "");
+    // One connection, so that the throttled file lasts through pause, resume and restart.
+    let config = write_config(
+        dir.path(),
+        port,
+        "[downloads]\nconnections_per_download = 1\n",
+    );
     let mut service = Proc::spawn(&config, port);
     service.wait_healthy().await;
 

@@ -40,7 +40,8 @@ fn assert_file(svc: &TestService, name: &str, data: &[u8]) {
 #[actix_web::test]
 async fn drops_every_3_mib_resume_with_range_each_time() {
     let up = Upstream::start();
-    let svc = TestService::start(|_| {}).await;
+    // One connection: this is about the resume sequence (tests/segments.rs has many).
+    let svc = TestService::start(|c| c.downloads.connections_per_download = 1).await;
     let data = content(24 * MIB, 1);
     let behavior = Behavior {
         drop_every: Some(3 * MIB as u64),

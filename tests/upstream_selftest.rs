@@ -244,6 +244,145 @@ async fn drop_every_cuts_each_response_after_n_bytes() {
 }
 
 #[tokio::test]
+async fn expire_after_limits_each_link_then_403s() {
+    let up = Upstream::start();
+    let data = pattern(100_000);
+    up.add_file(
+        PATH,
+        data.clone(),
+        Behavior {
+            expire_after: Some(30_000),
+            ..Default::default()
+        },
+    );
+    let c = client();
+    let link = |q: &str| format!("{}?{q}", up.url(PATH));
+
+    // Link 1 serves 30 000 bytes, then the response is reset...
+    let resp = c.get(link("sig=1&expires=9")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, CONTENT_LENGTH), Some("100000"));
+    let (body, err) = read_body(resp).await;
+    assert!(err.is_some(), "a body cut at the budget must be an error");
+    assert_eq!(body, &data[..30_000]);
+    // ...and is dead from then on, whatever is asked.
+    let resp = c
+        .get(link("sig=1&expires=9"))
+        .header(RANGE, "bytes=30000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(!resp.text().await.unwrap().is_empty());
+    let resp = c.head(link("sig=1&expires=9")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    // A fresh link has its own budget, spent across several responses.
+    let resp = c
+        .get(link("sig=2"))
+        .header(RANGE, "bytes=30000-49999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let (body, err) = read_body(resp).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(body, &data[30_000..50_000]);
+    let resp = c
+        .get(link("sig=2"))
+        .header(RANGE, "bytes=50000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let (body, err) = read_body(resp).await;
+    assert!(err.is_some());
+    assert_eq!(body, &data[50_000..60_000]);
+    let resp = c.get(link("sig=2")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    // Link 1 is still dead; no query at all is one more link.
+    let resp = c.get(link("sig=1&expires=9")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let (body, err) = read_body(c.get(up.url(PATH)).send().await.unwrap()).await;
+    assert!(err.is_some());
+    assert_eq!(body, &data[..30_000]);
+
+    let seen: Vec<_> = up
+        .requests(PATH)
+        .into_iter()
+        .map(|r| (r.method, r.query, r.status))
+        .collect();
+    let q = |s: &str| Some(s.to_string());
+    assert_eq!(
+        seen,
+        [
+            ("GET".to_string(), q("sig=1&expires=9"), 200),
+            ("GET".to_string(), q("sig=1&expires=9"), 403),
+            ("HEAD".to_string(), q("sig=1&expires=9"), 403),
+            ("GET".to_string(), q("sig=2"), 206),
+            ("GET".to_string(), q("sig=2"), 206),
+            ("GET".to_string(), q("sig=2"), 403),
+            ("GET".to_string(), q("sig=1&expires=9"), 403),
+            ("GET".to_string(), None, 200),
+        ]
+    );
+    assert_eq!(up.bytes_sent(PATH), 30_000 + 20_000 + 10_000 + 30_000);
+
+    // set_behavior forgets every link.
+    up.set_behavior(
+        PATH,
+        Behavior {
+            expire_after: Some(30_000),
+            ..Default::default()
+        },
+    );
+    let resp = c
+        .get(link("sig=1&expires=9"))
+        .header(RANGE, "bytes=90000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(read_body(resp).await.0, &data[90_000..]);
+}
+
+#[tokio::test]
+async fn expire_after_counts_only_bytes_written() {
+    let up = Upstream::start();
+    let data = pattern(100_000);
+    up.add_file(
+        PATH,
+        data.clone(),
+        Behavior {
+            expire_after: Some(30_000),
+            rate_bps: Some(200_000),
+            ..Default::default()
+        },
+    );
+    let c = client();
+    let url = format!("{}?sig=7", up.url(PATH));
+    // Abandon the first response early: its unsent share of the budget comes back.
+    let mut resp = c.get(&url).send().await.unwrap();
+    assert!(resp.chunk().await.unwrap().is_some());
+    drop(resp);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spent = up.bytes_sent(PATH);
+    assert!(spent > 0 && spent < 30_000, "{spent}");
+    let resp = c
+        .get(&url)
+        .header(RANGE, format!("bytes={spent}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let (body, err) = read_body(resp).await;
+    assert!(err.is_some());
+    assert_eq!(body, &data[spent as usize..30_000]);
+    let resp = c.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
 async fn fail_first_answers_statuses_then_serves() {
     let up = Upstream::start();
     let data = pattern(1_000);
@@ -603,4 +742,6 @@ fn raw_wire_format_from_a_plain_test() {
     let reqs = up.requests("dir/my file.bin");
     assert_eq!(reqs.len(), 3);
     assert_eq!(reqs[0].header("Host"), Some("x"));
+    assert_eq!(reqs[0].query.as_deref(), Some("x=1"));
+    assert_eq!(reqs[1].query, None);
 }

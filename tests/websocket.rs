@@ -44,7 +44,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[actix_web::test]
 async fn progress_frames_are_regular_monotonic_and_honest() {
     let up = Upstream::start();
-    let svc = TestService::start(|_| {}).await;
+    // One connection, so that the true rate is the upstream's per-connection throttle.
+    let svc = TestService::start(|c| c.downloads.connections_per_download = 1).await;
     let size = 96 * MIB;
     let rate = 8 * MIB as u64;
     let data = content(size, 77);
@@ -233,7 +234,7 @@ async fn run_with_clients(
 #[actix_web::test]
 async fn fifty_clients_and_a_stuck_one_do_not_slow_anything() {
     let up = Upstream::start();
-    let svc = TestService::start(|_| {}).await;
+    let svc = TestService::start(|c| c.downloads.connections_per_download = 1).await;
     let (alone, _) = run_with_clients(&svc, &up, "one.bin", 1, false).await;
     let (crowded, times) = run_with_clients(&svc, &up, "many.bin", 49, true).await;
     println!("one client: {alone:?}; 49 readers + 1 stuck: {crowded:?}");

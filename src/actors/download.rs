@@ -8,7 +8,7 @@ use actix::prelude::*;
 use tokio::sync::watch;
 
 use crate::actors::supervisor::{EngineNote, Finished, Supervisor};
-use crate::engine::{Engine, Job, Outcome, RunCtx};
+use crate::engine::{Engine, Job, Outcome, RateLimiter, RunCtx};
 use crate::model::{DownloadError, DownloadId, ErrorKind};
 use crate::progress::ProgressCell;
 
@@ -23,6 +23,7 @@ pub struct DownloadActor {
     engine: Engine,
     supervisor: Addr<Supervisor>,
     progress: Arc<ProgressCell>,
+    limiter: Arc<RateLimiter>,
     stop_tx: watch::Sender<bool>,
     done_tx: watch::Sender<bool>,
 }
@@ -33,6 +34,7 @@ impl DownloadActor {
         engine: Engine,
         supervisor: Addr<Supervisor>,
         progress: Arc<ProgressCell>,
+        limiter: Arc<RateLimiter>,
     ) -> Self {
         Self {
             id: job.id.clone(),
@@ -40,6 +42,7 @@ impl DownloadActor {
             engine,
             supervisor,
             progress,
+            limiter,
             stop_tx: watch::channel(false).0,
             done_tx: watch::channel(false).0,
         }
@@ -63,6 +66,7 @@ impl Actor for DownloadActor {
             }),
             progress: self.progress.clone(),
             stop: self.stop_tx.subscribe(),
+            limiter: self.limiter.clone(),
         };
         let engine = self.engine.clone();
         // A separate task, so that a panic in the engine is caught here as a JoinError

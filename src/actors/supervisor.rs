@@ -17,7 +17,7 @@ use crate::actors::broadcaster::{
 };
 use crate::actors::download::{DownloadActor, Stop};
 use crate::config::DownloadsConfig;
-use crate::engine::{Engine, EngineEvent, HubTarget, Job, Outcome};
+use crate::engine::{Engine, EngineEvent, HubTarget, Job, Outcome, RateLimiter};
 use crate::files;
 use crate::hub::HubClient;
 use crate::model::{
@@ -53,6 +53,8 @@ const ORDER_STEP: u64 = 1 << 20;
 struct Running {
     addr: Addr<DownloadActor>,
     cell: Arc<ProgressCell>,
+    /// The download's own speed cap, changed live by PATCH.
+    limiter: Arc<RateLimiter>,
 }
 
 /// The supervisor actor.
@@ -299,14 +301,23 @@ impl Supervisor {
         let engine = self.engine.clone();
         let me = ctx.address();
         let actor_cell = cell.clone();
+        let limiter = Arc::new(RateLimiter::new(d.speed_limit_bps.unwrap_or(0)));
+        let actor_limiter = limiter.clone();
         let addr = DownloadActor::start_in_arbiter(&self.transfers, move |_| {
-            DownloadActor::new(job, engine, me, actor_cell)
+            DownloadActor::new(job, engine, me, actor_cell, actor_limiter)
         });
         self.broadcaster.do_send(Track {
             id: id.to_owned(),
             cell: cell.clone(),
         });
-        self.running.insert(id.to_owned(), Running { addr, cell });
+        self.running.insert(
+            id.to_owned(),
+            Running {
+                addr,
+                cell,
+                limiter,
+            },
+        );
         if let Some(d) = self.records.get_mut(id) {
             d.state = State::Downloading;
             d.next_retry_at = None;
@@ -973,6 +984,9 @@ impl Handler<Patch> for Supervisor {
             if let Some(url) = msg.url {
                 d.url = url;
             }
+            if let (Some(limit), Some(r)) = (msg.speed_limit_bps, self.running.get(&id)) {
+                r.limiter.set_rate(limit.unwrap_or(0));
+            }
             self.save(&id);
             Ok(stops)
         })();
@@ -1215,6 +1229,7 @@ impl Handler<SetSettings> for Supervisor {
             return Box::pin(actix::fut::ready(Err(e.into())));
         }
         self.settings = msg.0;
+        self.engine.set_speed_limit(self.settings.speed_limit_bps);
         tracing::info!(settings = ?self.settings, "settings changed");
         self.reply_after(Vec::new(), |act, ctx| {
             act.settings_changed(ctx);

@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod hub;
 pub mod service;
 pub mod upstream;

@@ -10,6 +10,7 @@
 //! that blocks or shuts down never starves it. Dropping the [`Upstream`] stops it.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -45,6 +46,9 @@ pub struct RequestRecord {
     pub authorization: Option<String>,
     /// Every request header, names lower-cased, in the order received.
     pub headers: Vec<(String, String)>,
+    /// The raw query string (after `?`, not decoded), `None` without a `?`. Files are looked up
+    /// without it; `expire_after` uses it to tell links apart.
+    pub query: Option<String>,
     pub status: u16,
     /// First byte asked for by `Range: bytes=N-...` (whether or not the server honoured the
     /// range); `None` without a Range header, for a suffix range (`bytes=-N`) or a malformed one.
@@ -102,62 +106,41 @@ pub struct Behavior {
     /// Extra response headers for answers about this file (except 405), e.g. `X-Linked-Size`;
     /// one that names a header the server sets (`Content-Type`, `ETag`...) replaces it.
     pub extra_headers: Vec<(String, String)>,
+    /// Emulates an expiring presigned CDN link. The request's raw query string (`?sig=3...`)
+    /// names a link (no `?` at all is one more link); each link may serve at most this many body
+    /// bytes in total over all its responses. A GET that would go past the budget is reset at the
+    /// budget's end (abruptly, like `drop_every`), and once a link has served its whole budget
+    /// every later request (GET or HEAD) with it is answered `403` with a short text body. A link
+    /// with another query string has its own budget. Bytes are counted as written to the socket:
+    /// a response the client abandons early gives its unsent share back. Checked after
+    /// `fail_first` and before `require_auth`/`redirect_to`; `set_behavior` forgets every link.
+    pub expire_after: Option<u64>,
 }
 
 /// A running fault-injecting file server on 127.0.0.1. Stops when dropped.
 pub struct Upstream {
-    addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    /// Dropping the sender tells the accept loop to stop.
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: Server,
 }
 
 impl Upstream {
     /// Binds 127.0.0.1:0 and starts serving on a dedicated thread.
     pub fn start() -> Upstream {
-        // Bind here, on the caller's thread, so the address is known at once and a failure
-        // panics in the test that asked for the server.
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("upstream: bind 127.0.0.1:0");
-        listener
-            .set_nonblocking(true)
-            .expect("upstream: set_nonblocking");
-        let addr = listener.local_addr().expect("upstream: local_addr");
-        // Built here too, for the same reason; a Runtime may be created (not dropped) inside
-        // another runtime's context, and it is Send, so it can move to the server thread.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("upstream-worker")
-            .enable_all()
-            .build()
-            .expect("upstream: build tokio runtime");
         let state = Arc::new(Mutex::new(State::default()));
-        let (shutdown_tx, shutdown_rx) = oneshot::channel();
-        let loop_state = state.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("upstream-{}", addr.port()))
-            .spawn(move || {
-                runtime.block_on(accept_loop(listener, loop_state, shutdown_rx));
-                // In-flight connections (a stalled one can last minutes) are simply abandoned.
-                runtime.shutdown_background();
-            })
-            .expect("upstream: spawn server thread");
-        Upstream {
-            addr,
-            state,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
-        }
+        let conn_state = state.clone();
+        let server = Server::start("upstream", move |stream| {
+            handle_connection(stream, conn_state.clone())
+        });
+        Upstream { state, server }
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://127.0.0.1:PORT/` + `path` (a leading slash in `path` is tolerated).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+        format!("http://{}/{}", self.addr(), path.trim_start_matches('/'))
     }
 
     /// Serves `data` at `path` (like "files/a.bin"). Re-adding a path replaces its content (as a
@@ -245,13 +228,74 @@ impl Upstream {
     }
 }
 
-impl Drop for Upstream {
+/// The plumbing shared by the test servers (this file's [`Upstream`] and `hub.rs`'s emulated
+/// Hub): a listener on 127.0.0.1:0 served by its own `std::thread` running its own two-worker
+/// tokio runtime, one spawned task per connection. Dropping it stops accepting; connections in
+/// flight are abandoned.
+pub(crate) struct Server {
+    addr: SocketAddr,
+    /// Dropping the sender tells the accept loop to stop.
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    name: String,
+}
+
+impl Server {
+    /// Binds 127.0.0.1:0 and runs `handler` on every accepted connection. `name` labels the
+    /// threads and error messages.
+    pub(crate) fn start<F, Fut>(name: &str, handler: F) -> Server
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        // Bind here, on the caller's thread, so the address is known at once and a failure
+        // panics in the test that asked for the server.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("{name}: bind 127.0.0.1:0: {e}"));
+        listener
+            .set_nonblocking(true)
+            .unwrap_or_else(|e| panic!("{name}: set_nonblocking: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{name}: local_addr: {e}"));
+        // Built here too, for the same reason; a Runtime may be created (not dropped) inside
+        // another runtime's context, and it is Send, so it can move to the server thread.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("{name}-worker"))
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{name}: build tokio runtime: {e}"));
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let label = name.to_string();
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-{}", addr.port()))
+            .spawn(move || {
+                runtime.block_on(accept_loop(listener, handler, shutdown_rx, &label));
+                // In-flight connections (a stalled one can last minutes) are simply abandoned.
+                runtime.shutdown_background();
+            })
+            .unwrap_or_else(|e| panic!("{name}: spawn server thread: {e}"));
+        Server {
+            addr,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+            name: name.to_string(),
+        }
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Server {
     fn drop(&mut self) {
         drop(self.shutdown.take());
         if let Some(thread) = self.thread.take() {
             // Quick: the accept loop ends at once and the runtime is shut down in the background.
             if thread.join().is_err() {
-                eprintln!("upstream: server thread panicked");
+                eprintln!("{}: server thread panicked", self.name);
             }
         }
     }
@@ -305,6 +349,11 @@ struct FileEntry {
     pending_failures: VecDeque<(u16, Option<u64>)>,
     /// GETs answered with a body since the behaviour was installed (drives the one-shots).
     body_gets: u64,
+    /// `expire_after`: body bytes served (or reserved by a response in flight) per link, keyed
+    /// by the raw query string.
+    link_bytes: HashMap<Option<String>, u64>,
+    /// Bumped by every `install`, so a response's late refund never lands in a fresh budget.
+    generation: u64,
 }
 
 impl FileEntry {
@@ -315,6 +364,8 @@ impl FileEntry {
             behavior: Behavior::default(),
             pending_failures: VecDeque::new(),
             body_gets: 0,
+            link_bytes: HashMap::new(),
+            generation: 0,
         };
         file.install(behavior);
         file
@@ -323,6 +374,8 @@ impl FileEntry {
     fn install(&mut self, behavior: Behavior) {
         self.pending_failures = behavior.fail_first.iter().copied().collect();
         self.body_gets = 0;
+        self.link_bytes.clear();
+        self.generation += 1;
         self.behavior = behavior;
     }
 
@@ -355,6 +408,16 @@ impl FileEntry {
             let mut plan = Plan::text(405, "method not allowed\n");
             plan.header("Allow", "GET, HEAD");
             return plan;
+        }
+        let link = req.query.clone();
+        let link_used = self.link_bytes.get(&link).copied().unwrap_or(0);
+        if self
+            .behavior
+            .expire_after
+            .is_some_and(|limit| link_used >= limit)
+        {
+            // What S3/CloudFront say about a presigned URL past its expiry.
+            return Plan::text(403, "Request has expired\n").with_headers(extra);
         }
         if let Some(token) = &self.behavior.require_auth {
             let expected = format!("Bearer {token}");
@@ -430,6 +493,7 @@ impl FileEntry {
             cut: None,
             rate_bps: b.rate_bps.filter(|&r| r > 0),
             swap_after: None,
+            link: None,
         };
         if !is_get {
             return plan;
@@ -447,12 +511,27 @@ impl FileEntry {
             }
         };
         consider(b.drop_every, Cut::Reset);
+        consider(
+            b.expire_after.map(|limit| limit.saturating_sub(link_used)),
+            Cut::Reset,
+        );
         if first_get {
             consider(b.short_body_once, Cut::Eof);
             consider(b.stall_once_after, Cut::Stall);
             plan.swap_after = b.swap_after_first.clone();
         }
         plan.cut = cut;
+        if b.expire_after.is_some() {
+            // Reserve the whole planned body now, so concurrent requests with the same link
+            // cannot overspend it; `send` gives back what it did not write.
+            let reserved = cut.map_or(body_len, |(at, _)| at);
+            *self.link_bytes.entry(link.clone()).or_default() += reserved;
+            plan.link = Some(LinkReservation {
+                link,
+                bytes: reserved,
+                generation: self.generation,
+            });
+        }
         plan
     }
 }
@@ -485,6 +564,15 @@ struct Plan {
     rate_bps: Option<u64>,
     /// Content to install once this response has ended.
     swap_after: Option<Vec<u8>>,
+    /// `expire_after`: the body bytes this response took from its link's budget.
+    link: Option<LinkReservation>,
+}
+
+#[derive(Clone, Debug)]
+struct LinkReservation {
+    link: Option<String>,
+    bytes: u64,
+    generation: u64,
 }
 
 impl Plan {
@@ -504,6 +592,7 @@ impl Plan {
             cut: None,
             rate_bps: None,
             swap_after: None,
+            link: None,
         }
     }
 
@@ -534,9 +623,10 @@ fn merge_headers(headers: &mut Vec<(String, String)>, extra: Vec<(String, String
     }
 }
 
-fn reason(status: u16) -> &'static str {
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
         206 => "Partial Content",
         301 => "Moved Permanently",
         302 => "Found",
@@ -557,7 +647,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-enum RangeSpec {
+pub(crate) enum RangeSpec {
     /// `[start, end)` within the content.
     Satisfiable(u64, u64),
     Unsatisfiable,
@@ -565,7 +655,7 @@ enum RangeSpec {
 }
 
 /// Parses a single-range `bytes=N-`, `bytes=N-M` or `bytes=-SUFFIX` against a content length.
-fn parse_range(value: &str, len: u64) -> RangeSpec {
+pub(crate) fn parse_range(value: &str, len: u64) -> RangeSpec {
     let Some(spec) = strip_bytes_unit(value) else {
         return RangeSpec::Invalid;
     };
@@ -617,14 +707,22 @@ fn range_start(value: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------------------------
 // Connections
 
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
+/// A parsed request head.
+pub(crate) struct Request {
+    pub(crate) method: String,
+    /// The lookup key: percent-decoded, without query, fragment or leading slash.
+    pub(crate) path: String,
+    /// The path as sent (not decoded, leading slash kept), without query or fragment.
+    pub(crate) raw_path: String,
+    /// The raw query string (after `?`, not decoded).
+    pub(crate) query: Option<String>,
+    /// Names lower-cased, in the order received.
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
+    /// A header's value; `name` must be lower-case.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
@@ -637,29 +735,33 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-async fn accept_loop(
+async fn accept_loop<F, Fut>(
     listener: std::net::TcpListener,
-    state: Arc<Mutex<State>>,
+    handler: F,
     mut shutdown: oneshot::Receiver<()>,
-) {
+    name: &str,
+) where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("upstream: cannot register listener: {e}");
+            eprintln!("{name}: cannot register listener: {e}");
             return;
         }
     };
     loop {
         tokio::select! {
-            // Fires when the Upstream is dropped (sender dropped).
+            // Fires when the Server is dropped (sender dropped).
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(handle_connection(stream, state.clone()));
+                    tokio::spawn(handler(stream));
                 }
                 Err(e) => {
                     // E.g. out of file descriptors: back off instead of spinning.
-                    eprintln!("upstream: accept failed: {e}");
+                    eprintln!("{name}: accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
@@ -667,25 +769,66 @@ async fn accept_loop(
     }
 }
 
-async fn handle_connection(mut stream: TcpStream, state: Arc<Mutex<State>>) {
+/// What [`read_request`] got from a fresh connection.
+pub(crate) enum Incoming {
+    Request(Request),
+    /// Not an HTTP/1.x request head: answer 400.
+    Malformed,
+    /// Nothing usable: the client left, timed out, or sent an oversized head. Just close.
+    Gone,
+}
+
+/// Reads and parses one request head (sets TCP_NODELAY; gives up after 30 s of silence).
+/// `name` labels error messages.
+pub(crate) async fn read_request(stream: &mut TcpStream, name: &str) -> Incoming {
     // Headers and short bodies should leave at once, not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(Some(head))) => head,
+    match tokio::time::timeout(HEAD_TIMEOUT, read_head(stream)).await {
+        Ok(Ok(Some(head))) => match parse_head(&head) {
+            Some(request) => Incoming::Request(request),
+            None => Incoming::Malformed,
+        },
         // The client connected and left without a request (e.g. a cancelled attempt).
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => Incoming::Gone,
         Ok(Err(e)) => {
-            eprintln!("upstream: reading request head: {e}");
+            eprintln!("{name}: reading request head: {e}");
+            Incoming::Gone
+        }
+        Err(_) => Incoming::Gone,
+    }
+}
+
+/// Writes a whole simple response (status line, `headers`, `Connection: close`, then `body`
+/// unless `send_body` is false, as for HEAD) and closes the write side cleanly.
+pub(crate) async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+    send_body: bool,
+) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    if send_body && !body.is_empty() {
+        stream.write_all(body).await?;
+    }
+    stream.flush().await?;
+    stream.shutdown().await
+}
+
+async fn handle_connection(mut stream: TcpStream, state: Arc<Mutex<State>>) {
+    let request = match read_request(&mut stream, "upstream").await {
+        Incoming::Request(request) => request,
+        Incoming::Malformed => {
+            let plan = Plan::text(400, "bad request\n");
+            let _ = respond(&mut stream, 400, &plan.headers, &plan.body, true).await;
             return;
         }
-        Err(_) => return,
-    };
-    let Some(request) = parse_head(&head) else {
-        let plan = Plan::text(400, "bad request\n");
-        let _ = stream.write_all(&plan.head_bytes()).await;
-        let _ = stream.write_all(&plan.body).await;
-        let _ = stream.shutdown().await;
-        return;
+        Incoming::Gone => return,
     };
     let plan = decide(&state, &request);
     let path = request.path;
@@ -710,6 +853,7 @@ fn decide(state: &Mutex<State>, req: &Request) -> Plan {
         if_range: req.header("if-range").map(str::to_string),
         authorization: req.header("authorization").map(str::to_string),
         headers: req.headers.clone(),
+        query: req.query.clone(),
         status: plan.status,
     };
     st.requests
@@ -754,6 +898,12 @@ async fn send(stream: &mut TcpStream, state: &Mutex<State>, path: &str, plan: &P
         path,
         data: plan.swap_after.clone(),
     };
+    let mut refund = LinkRefund {
+        state,
+        path,
+        reservation: plan.link.clone(),
+        written: 0,
+    };
     let body = &plan.body[plan.start..plan.end];
     let limit = plan
         .cut
@@ -782,7 +932,14 @@ async fn send(stream: &mut TcpStream, state: &Mutex<State>, path: &str, plan: &P
         // Watch for the client hanging up while we write: a throttled response would otherwise
         // notice only at its next write, and a swap must not lag behind the client's abort.
         let written = tokio::select! {
-            r = write_body(&mut writer, body, plan.rate_bps, counter, swap_before_last) => r,
+            r = write_body(
+                &mut writer,
+                body,
+                plan.rate_bps,
+                counter,
+                swap_before_last,
+                &mut refund.written,
+            ) => r,
             _ = wait_peer_gone(&mut reader) => Err(std::io::ErrorKind::ConnectionAborted.into()),
         };
         if let Err(e) = written {
@@ -812,6 +969,35 @@ async fn send(stream: &mut TcpStream, state: &Mutex<State>, path: &str, plan: &P
             // so a client with a stall timeout frees the task promptly.
             let _ = tokio::time::timeout(STALL_DURATION, wait_peer_gone(stream)).await;
             reset(stream);
+        }
+    }
+}
+
+/// Gives back to an `expire_after` link the part of its reservation that was not written
+/// (the client hung up early, a write failed), when dropped at the end of `send`.
+struct LinkRefund<'a> {
+    state: &'a Mutex<State>,
+    path: &'a str,
+    reservation: Option<LinkReservation>,
+    written: u64,
+}
+
+impl Drop for LinkRefund<'_> {
+    fn drop(&mut self) {
+        let Some(r) = self.reservation.take() else {
+            return;
+        };
+        let unused = r.bytes.saturating_sub(self.written);
+        if unused == 0 {
+            return;
+        }
+        let mut st = lock(self.state);
+        if let Some(file) = st.files.get_mut(self.path) {
+            if file.generation == r.generation {
+                if let Some(n) = file.link_bytes.get_mut(&r.link) {
+                    *n = n.saturating_sub(unused);
+                }
+            }
         }
     }
 }
@@ -852,6 +1038,7 @@ async fn write_body<W: AsyncWrite + Unpin>(
     rate_bps: Option<u64>,
     counter: Option<(&Mutex<State>, &str)>,
     mut swap_before_last: Option<&mut Swap<'_>>,
+    written: &mut u64,
 ) -> std::io::Result<()> {
     let started = Instant::now();
     // At low rates smaller writes keep the flow smooth (about 20 writes a second).
@@ -884,6 +1071,7 @@ async fn write_body<W: AsyncWrite + Unpin>(
             }
             rest = &rest[n..];
             pending.unwritten -= n as u64;
+            *written += n as u64;
         }
         sent += piece.len() as u64;
     }
@@ -994,16 +1182,20 @@ fn parse_head(head: &[u8]) -> Option<Request> {
         let (name, value) = line.split_once(':')?;
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
     }
+    let (raw_path, query) = split_target(target);
     Some(Request {
         method,
-        path: target_path(target),
+        path: normalize(&percent_decode(&raw_path)),
+        raw_path,
+        query,
         headers,
     })
 }
 
-/// The lookup key for a request target: no scheme/authority, query or leading slash, and
-/// percent-decoded (so "my%20file.bin" finds "my file.bin").
-fn target_path(target: &str) -> String {
+/// Splits a request target into its raw path (no scheme/authority, query or fragment) and raw
+/// query string. The lookup key is then the path percent-decoded without its leading slash (so
+/// "my%20file.bin" finds "my file.bin").
+fn split_target(target: &str) -> (String, Option<String>) {
     let mut t = target;
     // Absolute-form, as sent to proxies.
     if let Some(rest) = t
@@ -1012,15 +1204,19 @@ fn target_path(target: &str) -> String {
     {
         t = rest.find('/').map_or("", |i| &rest[i..]);
     }
-    let t = t.split(['?', '#']).next().unwrap_or("");
-    normalize(&percent_decode(t))
+    let t = t.split('#').next().unwrap_or("");
+    match t.split_once('?') {
+        Some((path, query)) => (path.to_string(), Some(query.to_string())),
+        None => (t.to_string(), None),
+    }
 }
 
 fn normalize(path: &str) -> String {
     path.trim_start_matches('/').to_string()
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes (not `+`); invalid UTF-8 is replaced.
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

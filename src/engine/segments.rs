@@ -1,0 +1,538 @@
+//! Parallel ranged connections for one large file.
+//!
+//! The file is cut into segments, each fetched by one connection and written at its
+//! offset in the preallocated `.part`. A connection that finishes early steals the upper
+//! half of the largest segment left, so the tail never waits on one slow connection.
+//! Which bytes are done is checkpointed (after an fsync), so a pause, crash or restart
+//! resumes every segment where it was.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use reqwest::header;
+use tokio::sync::watch;
+
+use super::limiter::RateLimiter;
+use super::{
+    backoff, describe_reqwest, parse_content_range, AttemptEnd, Engine, EngineError, Job, RunCtx,
+    Transfer, Validators, CHECKPOINT_EVERY, WRITE_BLOCK,
+};
+use crate::progress::ProgressCell;
+
+/// Files smaller than this (or with less than this left) use one connection.
+pub const SEGMENT_THRESHOLD: u64 = 16 * 1024 * 1024;
+/// A steal leaves at least this much to the victim and takes at least as much: far more
+/// than one write block, so a victim can never have written past the new end.
+const MIN_PIECE: u64 = 1024 * 1024;
+
+/// One range of the file: `[start, end)`, written up to `pos`.
+#[derive(Debug)]
+pub struct Segment {
+    start: u64,
+    pos: AtomicU64,
+    end: AtomicU64,
+}
+
+impl Segment {
+    fn new(start: u64, pos: u64, end: u64) -> Arc<Segment> {
+        Arc::new(Segment {
+            start,
+            pos: AtomicU64::new(pos),
+            end: AtomicU64::new(end),
+        })
+    }
+
+    fn pos(&self) -> u64 {
+        self.pos.load(Ordering::SeqCst)
+    }
+
+    fn end(&self) -> u64 {
+        self.end.load(Ordering::SeqCst)
+    }
+
+    fn left(&self) -> u64 {
+        self.end().saturating_sub(self.pos())
+    }
+}
+
+/// Every segment of the file.
+#[derive(Debug, Default)]
+pub struct SegmentTable {
+    segs: Mutex<Vec<Arc<Segment>>>,
+}
+
+impl SegmentTable {
+    pub fn whole(from: u64, total: u64) -> SegmentTable {
+        SegmentTable {
+            segs: Mutex::new(vec![Segment::new(from, from, total)]),
+        }
+    }
+
+    /// From a checkpoint's `[start, pos, end]` triples.
+    pub fn from_checkpoint(triples: &[[u64; 3]]) -> SegmentTable {
+        SegmentTable {
+            segs: Mutex::new(
+                triples
+                    .iter()
+                    .map(|&[s, p, e]| Segment::new(s, p.min(e), e))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Segment>>> {
+        match self.segs.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// `[start, pos, end]` of every segment, for a checkpoint (read before the fsync).
+    pub fn snapshot(&self) -> Vec<[u64; 3]> {
+        self.lock()
+            .iter()
+            .map(|s| {
+                let end = s.end();
+                [s.start, s.pos().min(end), end]
+            })
+            .collect()
+    }
+
+    /// Bytes written, over all segments.
+    pub fn done(&self) -> u64 {
+        self.lock()
+            .iter()
+            .map(|s| s.pos().min(s.end()) - s.start)
+            .sum()
+    }
+
+    pub fn complete(&self) -> bool {
+        self.lock().iter().all(|s| s.pos() >= s.end())
+    }
+
+    /// A segment nobody works on (after a resume), else the upper half of the largest
+    /// one still running.
+    fn take(&self, busy: &[Arc<Segment>]) -> Option<Arc<Segment>> {
+        let mut segs = self.lock();
+        if let Some(free) = segs
+            .iter()
+            .find(|s| s.left() > 0 && !busy.iter().any(|b| Arc::ptr_eq(b, s)))
+        {
+            return Some(free.clone());
+        }
+        let victim = segs.iter().max_by_key(|s| s.left())?.clone();
+        let left = victim.left();
+        if left < 2 * MIN_PIECE {
+            return None;
+        }
+        let mid = victim.pos() + left / 2;
+        let old_end = victim.end();
+        victim.end.store(mid, Ordering::SeqCst);
+        let stolen = Segment::new(mid, mid, old_end);
+        segs.push(stolen.clone());
+        Some(stolen)
+    }
+}
+
+/// What every connection shares.
+struct Shared<'a> {
+    engine: &'a Engine,
+    job: &'a Job,
+    table: &'a SegmentTable,
+    file: Arc<File>,
+    url: url::Url,
+    auth: Option<String>,
+    validators: Validators,
+    progress: Arc<ProgressCell>,
+    limiter: Arc<RateLimiter>,
+    stop: watch::Receiver<bool>,
+    busy: Mutex<Vec<Arc<Segment>>>,
+}
+
+/// Why a connection gave up on the segmented run.
+enum Abort {
+    /// The server ignored a Range or the file changed: start over on one connection.
+    Fallback(String),
+    /// A presigned link was refused: resolve again.
+    LinkExpired,
+    Error(EngineError),
+    Stopped,
+}
+
+impl Engine {
+    /// Downloads the rest of the file on up to `connections_per_download` connections.
+    /// `first` is a response already streaming from the start of the (single) segment.
+    pub(super) async fn run_segments(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+        target: (url::Url, Option<String>),
+        first: Option<reqwest::Response>,
+    ) -> Result<AttemptEnd, EngineError> {
+        let total = t
+            .total
+            .ok_or_else(|| EngineError::Internal("segments need a size".into()))?;
+        if t.segments.is_none() {
+            t.flush_block()?;
+            t.segments = Some(Arc::new(SegmentTable::whole(t.written, total)));
+            // Bytes arrive out of order: the digest is taken by reading the file back.
+            t.hasher = None;
+            tracing::info!(download_id = %job.id, connections = job.settings.connections_per_download, "using parallel ranged connections");
+        }
+        let table = t
+            .segments
+            .clone()
+            .ok_or_else(|| EngineError::Internal("no segments".into()))?;
+        if t.file.metadata()?.len() < total {
+            t.file.set_len(total)?;
+        }
+        ctx.progress.set_done(table.done());
+        let shared = Shared {
+            engine: self,
+            job,
+            table: &table,
+            file: Arc::new(t.file.try_clone()?),
+            url: target.0,
+            auth: target.1,
+            validators: t.validators.clone(),
+            progress: ctx.progress.clone(),
+            limiter: ctx.limiter.clone(),
+            stop: ctx.stop.clone(),
+            busy: Mutex::new(Vec::new()),
+        };
+        // Hand out the first segments before any connection runs, so that no two
+        // connections ever start on the same one.
+        let mut first = first;
+        let mut initial = Vec::new();
+        if let Ok(mut busy) = shared.busy.lock() {
+            for i in 0..job.settings.connections_per_download.max(1) {
+                let seg = match (i, &first) {
+                    (0, Some(_)) => table.lock().first().cloned(),
+                    _ => table.take(&busy),
+                };
+                if let Some(seg) = &seg {
+                    busy.push(seg.clone());
+                }
+                initial.push(seg);
+            }
+        }
+        let workers = FuturesUnordered::new();
+        for seg in initial {
+            let resp = if seg.is_some() { first.take() } else { None };
+            workers.push(worker(&shared, seg, resp));
+        }
+        let mut workers = workers;
+        let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
+        ticker.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                done = workers.next() => match done {
+                    None => break None,
+                    Some(Ok(())) => {}
+                    Some(Err(abort)) => break Some(abort),
+                },
+                _ = ticker.tick() => t.segment_checkpoint(ctx)?,
+            }
+        };
+        drop(workers);
+        match outcome {
+            None if table.complete() => {
+                t.written = total;
+                t.block.clear();
+                ctx.progress.set_done(total);
+                Ok(AttemptEnd::Done)
+            }
+            None => Err(EngineError::Internal(
+                "connections ended with bytes left".into(),
+            )),
+            Some(Abort::Stopped) => Ok(AttemptEnd::Stopped),
+            Some(Abort::Error(e)) => Err(e),
+            Some(Abort::LinkExpired) => {
+                t.link = None;
+                t.reresolves += 1;
+                if t.reresolves > 3 {
+                    return Err(EngineError::Status {
+                        status: 403,
+                        retry_after: None,
+                    });
+                }
+                Ok(AttemptEnd::Again)
+            }
+            Some(Abort::Fallback(why)) => {
+                tracing::warn!(download_id = %job.id, "{why}; starting over on one connection");
+                t.restart(ctx).await?;
+                t.one_connection = true;
+                Ok(AttemptEnd::Again)
+            }
+        }
+    }
+}
+
+/// One connection: fetch a segment, then steal another, until none is left.
+async fn worker(
+    s: &Shared<'_>,
+    mut seg: Option<Arc<Segment>>,
+    mut first: Option<reqwest::Response>,
+) -> Result<(), Abort> {
+    if seg.is_none() {
+        return Ok(());
+    }
+    let mut failures = 0u32;
+    loop {
+        let current = match seg.take() {
+            Some(c) if c.left() > 0 => c,
+            _ => {
+                let busy = s.busy.lock().map(|b| b.clone()).unwrap_or_default();
+                match s.table.take(&busy) {
+                    Some(next) => {
+                        failures = 0;
+                        next
+                    }
+                    None => return Ok(()),
+                }
+            }
+        };
+        if let Ok(mut b) = s.busy.lock() {
+            if !b.iter().any(|x| Arc::ptr_eq(x, &current)) {
+                b.push(current.clone());
+            }
+        }
+        let before = current.pos();
+        let result = match first.take() {
+            Some(resp) => pump(s, &current, resp).await,
+            None => fetch(s, &current).await,
+        };
+        if let Ok(mut b) = s.busy.lock() {
+            b.retain(|x| !Arc::ptr_eq(x, &current));
+        }
+        match result {
+            Ok(()) => {}
+            Err(Abort::Error(e)) if e.is_transient() => {
+                let progressed = current.pos() > before;
+                failures = if progressed { 1 } else { failures + 1 };
+                if failures > s.job.settings.max_retries {
+                    return Err(Abort::Error(e));
+                }
+                let wait = if progressed && e.retry_after().is_none() {
+                    Duration::ZERO
+                } else {
+                    backoff(
+                        failures,
+                        Duration::from_millis(s.job.settings.retry_base_delay_ms),
+                        e.retry_after(),
+                    )
+                };
+                tracing::debug!(download_id = %s.job.id, error = %e, wait_ms = wait.as_millis() as u64, "connection failed; retrying its segment");
+                let mut stop = s.stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|x| *x) => return Err(Abort::Stopped),
+                }
+            }
+            Err(other) => return Err(other),
+        }
+        seg = Some(current);
+    }
+}
+
+/// A ranged request for the rest of `seg`, checked before a byte is used.
+async fn fetch(s: &Shared<'_>, seg: &Segment) -> Result<(), Abort> {
+    let (from, to) = (seg.pos(), seg.end());
+    if from >= to {
+        return Ok(());
+    }
+    let stall = Duration::from_secs(s.job.settings.stall_timeout_secs);
+    let mut req = s
+        .engine
+        .client
+        .get(s.url.clone())
+        .header(header::RANGE, format!("bytes={from}-{}", to - 1));
+    if let Some(v) = if_range(&s.validators) {
+        req = req.header(header::IF_RANGE, v);
+    }
+    if let Some(auth) = &s.auth {
+        req = req.header(header::AUTHORIZATION, auth);
+    }
+    let mut stop = s.stop.clone();
+    let resp = tokio::select! {
+        r = tokio::time::timeout(stall, req.send()) => match r {
+            Err(_) => return Err(Abort::Error(EngineError::Stalled(stall.as_secs()))),
+            Ok(Err(e)) => return Err(Abort::Error(EngineError::Network(describe_reqwest(&e)))),
+            Ok(Ok(r)) => r,
+        },
+        _ = stop.wait_for(|x| *x) => return Err(Abort::Stopped),
+    };
+    let status = resp.status().as_u16();
+    match status {
+        206 => {
+            let range = resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_content_range);
+            if range.is_none_or(|r| r.first != from) {
+                return Err(Abort::Error(EngineError::BadContentRange(format!(
+                    "asked bytes={from}-{}",
+                    to - 1
+                ))));
+            }
+            if s.validators
+                .changed_to(&Validators::from_headers(resp.headers()))
+            {
+                return Err(Abort::Fallback("the file changed upstream".into()));
+            }
+            pump(s, seg, resp).await
+        }
+        200 => Err(Abort::Fallback(
+            "the server answered a range with the whole file".into(),
+        )),
+        416 => Err(Abort::Fallback(
+            "the server refused a range of the file".into(),
+        )),
+        401 | 403 | 410
+            if s.job
+                .hub
+                .as_ref()
+                .is_some_and(|h| !h.client.is_hub_host(&s.url)) =>
+        {
+            Err(Abort::LinkExpired)
+        }
+        _ => {
+            let retry_after = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| super::parse_retry_after(v, std::time::SystemTime::now()));
+            Err(Abort::Error(EngineError::Status {
+                status,
+                retry_after,
+            }))
+        }
+    }
+}
+
+fn if_range(v: &Validators) -> Option<String> {
+    match &v.etag {
+        Some(tag) if !tag.starts_with("W/") => Some(tag.clone()),
+        _ => v.last_modified.clone(),
+    }
+}
+
+/// Streams a response into `seg` from its `pos`, in large writes, until the segment's
+/// (possibly shrunk) end.
+async fn pump(s: &Shared<'_>, seg: &Segment, resp: reqwest::Response) -> Result<(), Abort> {
+    let stall = Duration::from_secs(s.job.settings.stall_timeout_secs);
+    let mut body = resp.bytes_stream();
+    let mut block: Vec<u8> = Vec::with_capacity(WRITE_BLOCK);
+    let mut stop = s.stop.clone();
+    let started = Instant::now();
+    loop {
+        let next = tokio::select! {
+            n = tokio::time::timeout(stall, body.next()) => n,
+            _ = stop.wait_for(|x| *x) => {
+                flush(s, seg, &mut block).map_err(Abort::Error)?;
+                return Err(Abort::Stopped);
+            }
+        };
+        let chunk = match next {
+            Err(_) => {
+                flush(s, seg, &mut block).map_err(Abort::Error)?;
+                return Err(Abort::Error(EngineError::Stalled(stall.as_secs())));
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(e))) => {
+                flush(s, seg, &mut block).map_err(Abort::Error)?;
+                return Err(Abort::Error(EngineError::Network(describe_reqwest(&e))));
+            }
+            Ok(None) => {
+                flush(s, seg, &mut block).map_err(Abort::Error)?;
+                if seg.pos() < seg.end() {
+                    return Err(Abort::Error(EngineError::Truncated {
+                        got: seg.pos(),
+                        expected: seg.end(),
+                    }));
+                }
+                return Ok(());
+            }
+        };
+        // Bytes past the end (after a steal) belong to another connection.
+        let room = seg.end().saturating_sub(seg.pos() + block.len() as u64) as usize;
+        let useful = &chunk[..chunk.len().min(room)];
+        s.progress.add_done(useful.len() as u64);
+        block.extend_from_slice(useful);
+        if block.len() >= WRITE_BLOCK || useful.len() < chunk.len() || room == useful.len() {
+            flush(s, seg, &mut block).map_err(Abort::Error)?;
+        }
+        if seg.pos() >= seg.end() {
+            tracing::trace!(
+                segment_start = seg.start,
+                took_ms = started.elapsed().as_millis() as u64,
+                "segment done"
+            );
+            return Ok(());
+        }
+        s.engine.global.acquire(chunk.len()).await;
+        s.limiter.acquire(chunk.len()).await;
+    }
+}
+
+/// Writes the block at the segment's position, clipped to its current end.
+fn flush(s: &Shared<'_>, seg: &Segment, block: &mut Vec<u8>) -> Result<(), EngineError> {
+    if block.is_empty() {
+        return Ok(());
+    }
+    let pos = seg.pos();
+    let n = (block.len() as u64).min(seg.end().saturating_sub(pos)) as usize;
+    s.file.write_all_at(&block[..n], pos)?;
+    seg.pos.store(pos + n as u64, Ordering::SeqCst);
+    block.clear();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn stealing_splits_the_largest_segment() {
+        let t = SegmentTable::whole(0, 64 * MIB);
+        let first = t.lock()[0].clone();
+        let busy = vec![first.clone()];
+        let b = t.take(&busy).unwrap();
+        assert_eq!((b.start, b.end()), (32 * MIB, 64 * MIB));
+        assert_eq!(first.end(), 32 * MIB);
+        let busy = vec![first.clone(), b.clone()];
+        let c = t.take(&busy).unwrap();
+        assert_eq!(
+            c.end() - c.start,
+            16 * MIB,
+            "half of one of the two largest"
+        );
+        assert_eq!(t.done(), 0);
+        first.pos.store(16 * MIB, Ordering::SeqCst);
+        assert_eq!(t.done(), 16 * MIB);
+        let snap = t.snapshot();
+        let again = SegmentTable::from_checkpoint(&snap);
+        assert_eq!(again.done(), 16 * MIB);
+        assert!(!again.complete());
+        // Each segment resumes where it was: an idle one is handed out first.
+        let none_busy: Vec<Arc<Segment>> = Vec::new();
+        let free = again.take(&none_busy).unwrap();
+        assert!(free.left() > 0);
+    }
+
+    #[test]
+    fn small_remainders_are_not_split() {
+        let t = SegmentTable::whole(0, MIB);
+        let first = t.lock()[0].clone();
+        assert!(t.take(&[first]).is_none());
+    }
+}

@@ -4,7 +4,7 @@
 # wall time, CPU s/GiB, peak RSS and ratio to the best anchor, then the pass/fail
 # of every acceptance line. See BENCHMARKS.md.
 #
-#   scripts/bench.sh            # every case, 3 runs (2 for the speed-limit case), medians
+#   scripts/bench.sh            # every case, 3 runs (1 GiB: 5, speed limit: 2), medians
 #   scripts/bench.sh --quick    # one run per case
 #   scripts/bench.sh --cases big,capped --reps 5
 #   scripts/bench.sh --no-build # use target/release/model-manager as it is

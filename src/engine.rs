@@ -11,7 +11,7 @@ mod retry;
 mod segments;
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -654,11 +654,13 @@ impl Transfer {
         let segmented = !checkpoint.segments.is_empty();
         let (file, offset, hasher) =
             tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
+                // O_NOFOLLOW: a `.part` that became a symlink is never written through.
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
                     .create(true)
                     .truncate(false)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(&part)?;
                 if segmented {
                     // Each segment knows its own good bytes; the file keeps its full length.

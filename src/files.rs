@@ -87,26 +87,50 @@ pub fn resolve_inside(root: &Path, relative: &str) -> io::Result<PathBuf> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     std::fs::create_dir_all(root)?;
     let root = root.canonicalize()?;
-    let joined = root.join(relative);
-    let parent = joined.parent().unwrap_or(&root);
-    std::fs::create_dir_all(parent)?;
-    let real_parent = parent.canonicalize()?;
-    if !real_parent.starts_with(&root) {
+    let components: Vec<&str> = relative.split('/').collect();
+    let (file_name, dirs) = components
+        .split_last()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty path"))?;
+    // Walk down one directory at a time, refusing symlinks *before* creating anything,
+    // so that a link pointing out of download_dir is never followed, not even by mkdir.
+    let mut dir = root.clone();
+    for part in dirs {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{relative}: {part} is a symlink; downloads never follow links"),
+                ))
+            }
+            Ok(m) if !m.is_dir() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{relative}: {part} is a file, not a directory"),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&dir)?,
+            Err(e) => return Err(e),
+        }
+    }
+    let resolved = dir.join(file_name);
+    for path in [resolved.clone(), part_path(&resolved)] {
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is a symlink; downloads never follow links",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    // Belt and braces: the directory, resolved by the kernel, is still inside.
+    if !dir.canonicalize()?.starts_with(&root) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!("{relative} resolves outside download_dir"),
-        ));
-    }
-    let file_name = joined
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let resolved = real_parent.join(file_name);
-    // The final name itself must not be a symlink either: a rename over it would be
-    // fine, but an open() for writing would follow it.
-    if std::fs::symlink_metadata(&resolved).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{relative} is a symlink"),
         ));
     }
     Ok(resolved)
@@ -190,6 +214,18 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("evil")).unwrap();
         assert!(resolve_inside(root.path(), "evil/x.bin").is_err());
+        assert!(resolve_inside(root.path(), "evil/sub/x.bin").is_err());
+        assert_eq!(
+            std::fs::read_dir(outside.path()).unwrap().count(),
+            0,
+            "mkdir went through the link"
+        );
+        std::os::unix::fs::symlink(outside.path().join("t"), root.path().join("p.bin.part"))
+            .unwrap();
+        assert!(
+            resolve_inside(root.path(), "p.bin").is_err(),
+            "a symlinked .part is refused"
+        );
         let ok = resolve_inside(root.path(), "good/x.bin").unwrap();
         assert!(ok.starts_with(root.path().canonicalize().unwrap()));
     }

@@ -30,7 +30,9 @@ impl Guard {
                 }
             }
         }
-        let path = req.path();
+        // Decide on the path the router will see: decoded, with repeated slashes
+        // folded. Matching the raw path let `/%61pi/...` walk past the token check.
+        let path = normalized_path(req.path());
         let is_api = path.starts_with("/api/") || path == "/api";
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
@@ -89,7 +91,7 @@ fn has_token(req: &HttpRequest, token: &str) -> bool {
         }
     }
     // Browsers cannot set headers on a websocket: the contract allows `?token=` there.
-    if req.path() == "/api/events" {
+    if normalized_path(req.path()) == "/api/events" {
         if let Ok(q) =
             web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
         {
@@ -110,6 +112,18 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= x ^ y;
     }
     diff == 0 && a.len() == b.len()
+}
+
+/// The percent-decoded path with runs of `/` folded into one.
+fn normalized_path(raw: &str) -> String {
+    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    let mut out = String::with_capacity(decoded.len());
+    for c in decoded.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn strip_port(host: &str) -> &str {
@@ -174,6 +188,12 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn paths_are_judged_decoded() {
+        assert_eq!(normalized_path("/%61pi/downloads"), "/api/downloads");
+        assert_eq!(normalized_path("//api//events"), "/api/events");
     }
 
     #[test]

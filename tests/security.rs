@@ -328,9 +328,6 @@ async fn the_token_guards_every_api_route_and_the_websocket() {
 }
 
 #[actix_web::test]
-#[ignore = "bug: src/security.rs Guard::check tests req.path() (the raw, still percent-encoded \
-            URI) for \"/api/\" while the router matches the decoded path, so /%61pi/... reaches \
-            the API without the token"]
 async fn percent_encoded_api_paths_need_the_token_too() {
     let svc = TestService::start(|c| c.server.api_token = TOKEN.into()).await;
     let mut let_through = Vec::new();
@@ -698,9 +695,6 @@ async fn a_hub_path_through_a_symlinked_dir_fails_with_disk_and_writes_no_file()
 }
 
 #[actix_web::test]
-#[ignore = "bug: src/files.rs resolve_inside runs create_dir_all(parent) before checking that \
-            the canonical parent is inside download_dir, so it creates outside/x through the \
-            symlink download_dir/evil before refusing"]
 async fn a_hub_path_through_a_symlinked_dir_creates_nothing_outside() {
     let up = Upstream::start();
     let (svc, outside) = service_with_outside(&up).await;
@@ -724,9 +718,6 @@ async fn a_hub_path_through_a_symlinked_dir_creates_nothing_outside() {
 }
 
 #[actix_web::test]
-#[ignore = "bug: the engine opens <name>.part with OpenOptions::create (src/engine.rs \
-            Transfer::open) and follows a symlink there: a download_dir/x.bin.part symlink \
-            makes it truncate and write a file outside download_dir"]
 async fn a_symlinked_part_file_is_not_followed() {
     let up = Upstream::start();
     let data = content(256 * 1024, 5);
@@ -907,9 +898,6 @@ async fn taken_names_conflict_unless_overwritten_and_delete_removes_only_its_own
 }
 
 #[actix_web::test]
-#[ignore = "bug: src/actors/supervisor.rs Delete removes the file at the record's path \
-            although a later download replaced it with \"overwrite\": true, deleting the \
-            newer download's file"]
 async fn deleting_an_overwritten_download_keeps_the_file_that_replaced_it() {
     let up = Upstream::start();
     let v1 = content(100 * 1024, 7);
@@ -941,9 +929,6 @@ async fn deleting_an_overwritten_download_keeps_the_file_that_replaced_it() {
 }
 
 #[actix_web::test]
-#[ignore = "bug: src/actors/supervisor.rs Control/Retry puts a failed download back in the \
-            queue without check_name_free, so it runs alongside a live download of the same \
-            path (both write <name>.part)"]
 async fn retry_cannot_take_a_name_held_by_a_live_download() {
     let up = Upstream::start();
     up.add_file(

@@ -386,6 +386,14 @@ impl Supervisor {
         }
     }
 
+    /// Another download that holds `path`: a live one (writing its `.part`), or a
+    /// newer one (whose file replaced this one's).
+    fn other_claim(&self, id: &str, path: &str) -> Option<&Download> {
+        self.records.values().find(|d| {
+            d.id != id && d.path == path && (!d.state.is_finished() || d.id.as_str() > id)
+        })
+    }
+
     fn check_name_free(&self, path: &str, overwrite: bool) -> Reply<()> {
         for d in self.records.values().filter(|d| d.path == path) {
             if !d.state.is_finished() {
@@ -818,6 +826,14 @@ impl Handler<Control> for Supervisor {
                             state.as_str()
                         )));
                     }
+                    let path = self.record(&id)?.path.clone();
+                    if let Some(other) = self.other_claim(&id, &path) {
+                        return Err(SupervisorError::Conflict(format!(
+                            "{path} is now taken by download {} ({}); add it again to replace it",
+                            other.id,
+                            other.state.as_str()
+                        )));
+                    }
                     let d = self.record_mut(&id)?;
                     d.attempt = 0;
                     d.error = None;
@@ -1027,10 +1043,14 @@ impl Handler<Delete> for Supervisor {
             let Some(d) = act.records.remove(&id) else {
                 return Ok(());
             };
-            if d.state != State::Completed {
+            // Only this download's own files: not a `.part` or file that a newer
+            // download of the same name now owns.
+            let claimed = act.other_claim(&id, &d.path).map(|o| o.id.clone());
+            if let Some(owner) = &claimed {
+                tracing::info!(download_id = %id, owner = %owner, "keeping the files: another download owns the name now");
+            } else if d.state != State::Completed {
                 act.remove_partial(&d);
-            }
-            if delete_file && d.state == State::Completed {
+            } else if delete_file {
                 if let Ok(path) = files::resolve_inside(&act.download_dir, &d.path) {
                     if let Err(e) = std::fs::remove_file(&path) {
                         tracing::warn!(download_id = %id, error = %e, "cannot delete the file");
@@ -1140,7 +1160,7 @@ impl Handler<ClearHistory> for Supervisor {
         let mut result = Ok(ids.len());
         for id in &ids {
             if let Some(d) = self.records.remove(id) {
-                if d.state != State::Completed {
+                if d.state != State::Completed && self.other_claim(id, &d.path).is_none() {
                     self.remove_partial(&d);
                 }
             }

@@ -36,6 +36,8 @@ pub struct Segment {
     start: u64,
     pos: AtomicU64,
     end: AtomicU64,
+    /// Held by one connection at a time: two writers would race on `pos`.
+    owned: std::sync::atomic::AtomicBool,
 }
 
 impl Segment {
@@ -44,6 +46,7 @@ impl Segment {
             start,
             pos: AtomicU64::new(pos),
             end: AtomicU64::new(end),
+            owned: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -57,6 +60,10 @@ impl Segment {
 
     fn left(&self) -> u64 {
         self.end().saturating_sub(self.pos())
+    }
+
+    fn release(&self) {
+        self.owned.store(false, Ordering::SeqCst);
     }
 }
 
@@ -116,13 +123,14 @@ impl SegmentTable {
     }
 
     /// A segment nobody works on (after a resume), else the upper half of the largest
-    /// one still running.
-    fn take(&self, busy: &[Arc<Segment>]) -> Option<Arc<Segment>> {
+    /// one still running; either way now owned by the caller.
+    fn take(&self) -> Option<Arc<Segment>> {
         let mut segs = self.lock();
         if let Some(free) = segs
             .iter()
-            .find(|s| s.left() > 0 && !busy.iter().any(|b| Arc::ptr_eq(b, s)))
+            .find(|s| s.left() > 0 && !s.owned.load(Ordering::SeqCst))
         {
+            free.owned.store(true, Ordering::SeqCst);
             return Some(free.clone());
         }
         let victim = segs.iter().max_by_key(|s| s.left())?.clone();
@@ -134,6 +142,7 @@ impl SegmentTable {
         let old_end = victim.end();
         victim.end.store(mid, Ordering::SeqCst);
         let stolen = Segment::new(mid, mid, old_end);
+        stolen.owned.store(true, Ordering::SeqCst);
         segs.push(stolen.clone());
         Some(stolen)
     }
@@ -145,21 +154,30 @@ struct Shared<'a> {
     job: &'a Job,
     table: &'a SegmentTable,
     file: Arc<File>,
-    url: url::Url,
-    auth: Option<String>,
+    /// The current link; a Hub CDN link is replaced when it expires.
+    link: tokio::sync::Mutex<Link>,
+    /// The pinned commit, to resolve a Hub file again.
+    commit: Option<String>,
     validators: Validators,
     progress: Arc<ProgressCell>,
     limiter: Arc<RateLimiter>,
     stop: watch::Receiver<bool>,
-    busy: Mutex<Vec<Arc<Segment>>>,
 }
 
-/// Why a connection gave up on the segmented run.
+#[derive(Clone)]
+struct Link {
+    url: url::Url,
+    auth: Option<String>,
+    /// Bumped on every refresh, so that connections refused together resolve once.
+    generation: u64,
+}
+
+/// Why a connection gave up on a segment (or the whole run).
 enum Abort {
     /// The server ignored a Range or the file changed: start over on one connection.
     Fallback(String),
-    /// A presigned link was refused: resolve again.
-    LinkExpired,
+    /// A presigned link of this generation was refused: resolve again.
+    LinkExpired(u64),
     Error(EngineError),
     Stopped,
 }
@@ -192,35 +210,36 @@ impl Engine {
         if t.file.metadata()?.len() < total {
             t.file.set_len(total)?;
         }
-        ctx.progress.set_done(table.done());
+        let done_before = table.done();
+        ctx.progress.set_done(done_before);
         let shared = Shared {
             engine: self,
             job,
             table: &table,
             file: Arc::new(t.file.try_clone()?),
-            url: target.0,
-            auth: target.1,
+            link: tokio::sync::Mutex::new(Link {
+                url: target.0,
+                auth: target.1,
+                generation: 0,
+            }),
+            commit: t.commit.clone(),
             validators: t.validators.clone(),
             progress: ctx.progress.clone(),
             limiter: ctx.limiter.clone(),
             stop: ctx.stop.clone(),
-            busy: Mutex::new(Vec::new()),
         };
         // Hand out the first segments before any connection runs, so that no two
         // connections ever start on the same one.
         let mut first = first;
         let mut initial = Vec::new();
-        if let Ok(mut busy) = shared.busy.lock() {
-            for i in 0..job.settings.connections_per_download.max(1) {
-                let seg = match (i, &first) {
-                    (0, Some(_)) => table.lock().first().cloned(),
-                    _ => table.take(&busy),
-                };
-                if let Some(seg) = &seg {
-                    busy.push(seg.clone());
-                }
-                initial.push(seg);
-            }
+        for i in 0..job.settings.connections_per_download.max(1) {
+            let seg = match (i, &first) {
+                (0, Some(_)) => table.lock().first().cloned().inspect(|s| {
+                    s.owned.store(true, Ordering::SeqCst);
+                }),
+                _ => table.take(),
+            };
+            initial.push(seg);
         }
         let workers = FuturesUnordered::new();
         for seg in initial {
@@ -241,6 +260,9 @@ impl Engine {
             }
         };
         drop(workers);
+        // Keep a refreshed link for the next attempt.
+        t.link = Some(shared.link.lock().await.url.clone());
+        drop(shared);
         match outcome {
             None if table.complete() => {
                 t.written = total;
@@ -253,8 +275,12 @@ impl Engine {
             )),
             Some(Abort::Stopped) => Ok(AttemptEnd::Stopped),
             Some(Abort::Error(e)) => Err(e),
-            Some(Abort::LinkExpired) => {
+            Some(Abort::LinkExpired(_)) => {
                 t.link = None;
+                // Only links refused in a row, with no byte in between, count.
+                if table.done() > done_before {
+                    t.reresolves = 0;
+                }
                 t.reresolves += 1;
                 if t.reresolves > 3 {
                     return Err(EngineError::Status {
@@ -277,30 +303,35 @@ impl Engine {
 /// One connection: fetch a segment, then steal another, until none is left.
 async fn worker(
     s: &Shared<'_>,
-    mut seg: Option<Arc<Segment>>,
+    seg: Option<Arc<Segment>>,
+    first: Option<reqwest::Response>,
+) -> Result<(), Abort> {
+    let Some(seg) = seg else { return Ok(()) };
+    let result = work(s, seg.clone(), first).await;
+    if result.is_err() {
+        seg.release();
+    }
+    result
+}
+
+/// The segments of one connection, one after another; the segment in hand is owned
+/// until it is done (released here) or the connection gives up (released by `worker`).
+async fn work(
+    s: &Shared<'_>,
+    mut current: Arc<Segment>,
     mut first: Option<reqwest::Response>,
 ) -> Result<(), Abort> {
-    if seg.is_none() {
-        return Ok(());
-    }
     let mut failures = 0u32;
+    let mut refreshes = 0u32;
     loop {
-        let current = match seg.take() {
-            Some(c) if c.left() > 0 => c,
-            _ => {
-                let busy = s.busy.lock().map(|b| b.clone()).unwrap_or_default();
-                match s.table.take(&busy) {
-                    Some(next) => {
-                        failures = 0;
-                        next
-                    }
-                    None => return Ok(()),
+        if current.left() == 0 {
+            current.release();
+            match s.table.take() {
+                Some(next) => {
+                    current = next;
+                    failures = 0;
                 }
-            }
-        };
-        if let Ok(mut b) = s.busy.lock() {
-            if !b.iter().any(|x| Arc::ptr_eq(x, &current)) {
-                b.push(current.clone());
+                None => return Ok(()),
             }
         }
         let before = current.pos();
@@ -308,11 +339,20 @@ async fn worker(
             Some(resp) => pump(s, &current, resp).await,
             None => fetch(s, &current).await,
         };
-        if let Ok(mut b) = s.busy.lock() {
-            b.retain(|x| !Arc::ptr_eq(x, &current));
+        if current.pos() > before {
+            refreshes = 0;
         }
         match result {
             Ok(()) => {}
+            Err(Abort::LinkExpired(generation)) => {
+                // Only this connection was refused: fetch a fresh link (once for all
+                // connections refused together) and go on with the same segment.
+                refreshes += 1;
+                if refreshes > 3 {
+                    return Err(Abort::LinkExpired(generation));
+                }
+                refresh_link(s, generation).await?;
+            }
             Err(Abort::Error(e)) if e.is_transient() => {
                 let progressed = current.pos() > before;
                 failures = if progressed { 1 } else { failures + 1 };
@@ -337,8 +377,32 @@ async fn worker(
             }
             Err(other) => return Err(other),
         }
-        seg = Some(current);
     }
+}
+
+/// Resolves a Hub file again, unless another connection already did since `seen`.
+async fn refresh_link(s: &Shared<'_>, seen: u64) -> Result<(), Abort> {
+    let Some(hub) = &s.job.hub else {
+        return Err(Abort::Error(EngineError::Status {
+            status: 403,
+            retry_after: None,
+        }));
+    };
+    let mut link = s.link.lock().await;
+    if link.generation != seen {
+        return Ok(());
+    }
+    let revision = s.commit.as_deref().unwrap_or(&hub.revision);
+    let resolved = hub
+        .client
+        .resolve(&hub.repo, revision, &hub.file)
+        .await
+        .map_err(|e| Abort::Error(e.into()))?;
+    tracing::info!(download_id = %s.job.id, "CDN link refused; resolved a fresh one");
+    link.auth = hub.client.auth_for(&resolved.location);
+    link.url = resolved.location;
+    link.generation += 1;
+    Ok(())
 }
 
 /// A ranged request for the rest of `seg`, checked before a byte is used.
@@ -347,16 +411,17 @@ async fn fetch(s: &Shared<'_>, seg: &Segment) -> Result<(), Abort> {
     if from >= to {
         return Ok(());
     }
+    let link = s.link.lock().await.clone();
     let stall = Duration::from_secs(s.job.settings.stall_timeout_secs);
     let mut req = s
         .engine
         .client
-        .get(s.url.clone())
+        .get(link.url.clone())
         .header(header::RANGE, format!("bytes={from}-{}", to - 1));
     if let Some(v) = if_range(&s.validators) {
         req = req.header(header::IF_RANGE, v);
     }
-    if let Some(auth) = &s.auth {
+    if let Some(auth) = &link.auth {
         req = req.header(header::AUTHORIZATION, auth);
     }
     let mut stop = s.stop.clone();
@@ -399,9 +464,9 @@ async fn fetch(s: &Shared<'_>, seg: &Segment) -> Result<(), Abort> {
             if s.job
                 .hub
                 .as_ref()
-                .is_some_and(|h| !h.client.is_hub_host(&s.url)) =>
+                .is_some_and(|h| !h.client.is_hub_host(&link.url)) =>
         {
-            Err(Abort::LinkExpired)
+            Err(Abort::LinkExpired(link.generation))
         }
         _ => {
             let retry_after = resp
@@ -487,6 +552,7 @@ fn flush(s: &Shared<'_>, seg: &Segment, block: &mut Vec<u8>) -> Result<(), Engin
     if block.is_empty() {
         return Ok(());
     }
+    // The block starts at `pos`: only the owner of a segment moves it.
     let pos = seg.pos();
     let n = (block.len() as u64).min(seg.end().saturating_sub(pos)) as usize;
     s.file.write_all_at(&block[..n], pos)?;
@@ -504,13 +570,11 @@ mod tests {
     #[test]
     fn stealing_splits_the_largest_segment() {
         let t = SegmentTable::whole(0, 64 * MIB);
-        let first = t.lock()[0].clone();
-        let busy = vec![first.clone()];
-        let b = t.take(&busy).unwrap();
+        let first = t.take().unwrap();
+        let b = t.take().unwrap();
         assert_eq!((b.start, b.end()), (32 * MIB, 64 * MIB));
         assert_eq!(first.end(), 32 * MIB);
-        let busy = vec![first.clone(), b.clone()];
-        let c = t.take(&busy).unwrap();
+        let c = t.take().unwrap();
         assert_eq!(
             c.end() - c.start,
             16 * MIB,
@@ -524,15 +588,27 @@ mod tests {
         assert_eq!(again.done(), 16 * MIB);
         assert!(!again.complete());
         // Each segment resumes where it was: an idle one is handed out first.
-        let none_busy: Vec<Arc<Segment>> = Vec::new();
-        let free = again.take(&none_busy).unwrap();
+        let free = again.take().unwrap();
         assert!(free.left() > 0);
+        // Owned segments are not handed out twice; released ones are.
+        let owned_before: Vec<u64> = again
+            .lock()
+            .iter()
+            .filter(|s| s.owned.load(Ordering::SeqCst))
+            .map(|s| s.start)
+            .collect();
+        assert_eq!(owned_before, vec![free.start]);
+        free.release();
+        assert_eq!(again.take().unwrap().start, free.start);
     }
 
     #[test]
     fn small_remainders_are_not_split() {
         let t = SegmentTable::whole(0, MIB);
-        let first = t.lock()[0].clone();
-        assert!(t.take(&[first]).is_none());
+        assert!(t.take().is_some());
+        assert!(
+            t.take().is_none(),
+            "the only segment is owned and too small to split"
+        );
     }
 }

@@ -84,9 +84,47 @@ struct DownloadList {
     downloads: Vec<DownloadView>,
 }
 
-async fn list(sup: Sup) -> Result<HttpResponse, ApiError> {
-    let downloads = sup.send(List).await?;
-    Ok(HttpResponse::Ok().json(DownloadList { downloads }))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DownloadPage {
+    downloads: Vec<DownloadView>,
+    /// Pass as `after` for the next page; null on the last one.
+    next: Option<String>,
+}
+
+/// `GET /api/downloads?state=&limit=&after=`: everything by default, or a page.
+async fn list(sup: Sup, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(
+            State::parse(s)
+                .ok_or_else(|| ApiError::BadRequest(format!("state {s:?} is not a state")))?,
+        ),
+    };
+    let limit = match q.limit {
+        None => usize::MAX,
+        Some(n) if (1..=10_000).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "limit must be between 1 and 10000".into(),
+            ))
+        }
+    };
+    let (downloads, next) = sup
+        .send(List {
+            state,
+            after: q.after.clone(),
+            limit,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(DownloadPage { downloads, next }))
 }
 
 async fn get(sup: Sup, id: web::Path<String>) -> Result<HttpResponse, ApiError> {

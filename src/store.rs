@@ -39,6 +39,7 @@ pub struct Checkpoint {
 /// The sled database behind the service; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    flushes: std::sync::Arc<FlushGroup>,
     db: sled::Db,
     downloads: sled::Tree,
     checkpoints: sled::Tree,
@@ -46,6 +47,14 @@ pub struct Store {
 }
 
 const SETTINGS_KEY: &[u8] = b"settings";
+
+/// Group commit of flushes: tickets taken and covered.
+#[derive(Default)]
+struct FlushGroup {
+    requested: std::sync::atomic::AtomicU64,
+    completed: std::sync::atomic::AtomicU64,
+    turn: tokio::sync::Mutex<()>,
+}
 
 impl Store {
     /// Opens (or creates) the database under `data_dir/v1`; the version directory lets a
@@ -58,6 +67,7 @@ impl Store {
             .flush_every_ms(Some(500))
             .open()?;
         Ok(Store {
+            flushes: Default::default(),
             downloads: db.open_tree("downloads")?,
             checkpoints: db.open_tree("checkpoints")?,
             meta: db.open_tree("meta")?,
@@ -138,11 +148,23 @@ impl Store {
         Ok(())
     }
 
-    /// [`Store::flush_blocking`] on a blocking thread (`flush_async` can deadlock in 0.34).
+    /// [`Store::flush_blocking`] on a blocking thread (`flush_async` can deadlock in 0.34),
+    /// as a group commit: callers that arrive while a flush runs share the next one,
+    /// so a burst of state changes costs one or two fsyncs, not one each.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let ticket = self.flushes.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = self.flushes.turn.lock().await;
+        if self.flushes.completed.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Everything written before this load is covered by the flush below.
+        let covers = self.flushes.requested.load(Ordering::SeqCst);
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.flush_blocking())
             .await
-            .map_err(|e| StoreError::Join(e.to_string()))?
+            .map_err(|e| StoreError::Join(e.to_string()))??;
+        self.flushes.completed.fetch_max(covers, Ordering::SeqCst);
+        Ok(())
     }
 }

@@ -69,6 +69,8 @@ pub struct Supervisor {
     download_dir: PathBuf,
     settings: DownloadsConfig,
     records: HashMap<DownloadId, Download>,
+    /// Ids by path, so that name checks do not scan every record.
+    by_path: HashMap<String, Vec<DownloadId>>,
     /// Queued downloads by order key.
     queue: BTreeMap<u64, DownloadId>,
     next_order: u64,
@@ -122,7 +124,15 @@ impl Supervisor {
             resumed = changed.len(),
             "queue loaded"
         );
+        let mut by_path: HashMap<String, Vec<DownloadId>> = HashMap::new();
+        for d in records.values() {
+            by_path
+                .entry(d.path.clone())
+                .or_default()
+                .push(d.id.clone());
+        }
         Ok(Supervisor {
+            by_path,
             store: parts.store,
             engine: parts.engine,
             hub: parts.hub,
@@ -138,6 +148,34 @@ impl Supervisor {
             stopping: HashMap::new(),
             shutting_down: false,
         })
+    }
+
+    fn insert_record(&mut self, d: Download) {
+        self.by_path
+            .entry(d.path.clone())
+            .or_default()
+            .push(d.id.clone());
+        self.records.insert(d.id.clone(), d);
+    }
+
+    fn remove_record(&mut self, id: &str) -> Option<Download> {
+        let d = self.records.remove(id)?;
+        if let Some(ids) = self.by_path.get_mut(&d.path) {
+            ids.retain(|x| x != id);
+            if ids.is_empty() {
+                self.by_path.remove(&d.path);
+            }
+        }
+        Some(d)
+    }
+
+    /// Every record with this path.
+    fn with_path<'a>(&'a self, path: &str) -> impl Iterator<Item = &'a Download> + 'a {
+        self.by_path
+            .get(path)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.records.get(id))
     }
 
     fn record(&self, id: &str) -> Reply<&Download> {
@@ -183,29 +221,78 @@ impl Supervisor {
     }
 
     /// Every download: live and queued in queue order, then the rest, newest first.
-    fn list(&self) -> Vec<DownloadView> {
+    fn ordered(&self) -> Vec<&Download> {
         let mut live: Vec<&Download> = self
             .records
             .values()
             .filter(|d| !d.state.is_finished())
             .collect();
-        live.sort_by_key(|d| d.order);
+        live.sort_unstable_by_key(|d| d.order);
         let mut rest: Vec<&Download> = self
             .records
             .values()
             .filter(|d| d.state.is_finished())
             .collect();
-        rest.sort_by(|a, b| b.finished_at.cmp(&a.finished_at).then(b.id.cmp(&a.id)));
-        let mut position = 0;
-        live.into_iter()
-            .chain(rest)
-            .map(|d| {
-                let pos = (d.state == State::Queued).then(|| {
-                    position += 1;
-                    position - 1
-                });
-                d.view(pos, self.live_of(d))
-            })
+        rest.sort_unstable_by(|a, b| b.finished_at.cmp(&a.finished_at).then(b.id.cmp(&a.id)));
+        live.extend(rest);
+        live
+    }
+
+    /// One page of [`Supervisor::ordered`]: `limit` downloads after the one with id
+    /// `after`, optionally of one state; with the id to ask the next page after.
+    fn page(
+        &self,
+        state: Option<State>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Reply<(Vec<DownloadView>, Option<DownloadId>)> {
+        let all = self.ordered();
+        let start = match after {
+            None => 0,
+            Some(a) => {
+                all.iter().position(|d| d.id == a).ok_or_else(|| {
+                    SupervisorError::BadRequest(format!("after: no download with id {a}"))
+                })? + 1
+            }
+        };
+        // Queue positions count every queued download, not just this page's.
+        let mut position = all[..start]
+            .iter()
+            .filter(|d| d.state == State::Queued)
+            .count();
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        for d in &all[start..] {
+            let pos = (d.state == State::Queued).then(|| {
+                position += 1;
+                position - 1
+            });
+            if state.is_some_and(|s| s != d.state) {
+                continue;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(d.view(pos, self.live_of(d)));
+            last = Some(d.id.clone());
+        }
+        Ok((out, if more { last } else { None }))
+    }
+
+    fn list(&self) -> Vec<DownloadView> {
+        self.page(None, None, usize::MAX)
+            .map(|(v, _)| v)
+            .unwrap_or_default()
+    }
+
+    /// Queue positions of every queued download, computed once for a batch of views.
+    fn positions(&self) -> HashMap<&str, usize> {
+        self.queue
+            .values()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
             .collect()
     }
 
@@ -389,13 +476,12 @@ impl Supervisor {
     /// Another download that holds `path`: a live one (writing its `.part`), or a
     /// newer one (whose file replaced this one's).
     fn other_claim(&self, id: &str, path: &str) -> Option<&Download> {
-        self.records.values().find(|d| {
-            d.id != id && d.path == path && (!d.state.is_finished() || d.id.as_str() > id)
-        })
+        self.with_path(path)
+            .find(|d| d.id != id && (!d.state.is_finished() || d.id.as_str() > id))
     }
 
     fn check_name_free(&self, path: &str, overwrite: bool) -> Reply<()> {
-        for d in self.records.values().filter(|d| d.path == path) {
+        for d in self.with_path(path) {
             if !d.state.is_finished() {
                 return Err(SupervisorError::Conflict(format!(
                     "{path} is taken by download {} ({})",
@@ -717,29 +803,39 @@ impl Handler<Add> for Supervisor {
             if d.state == State::Queued {
                 self.queue.insert(d.order, d.id.clone());
             }
-            self.records.insert(d.id.clone(), d);
+            self.insert_record(d);
         }
         if let Err(e) = self.store.put_downloads(&batch) {
             for id in &ids {
                 self.dequeue(id);
-                self.records.remove(id);
+                self.remove_record(id);
             }
             return Box::pin(actix::fut::ready(Err(e.into())));
         }
-        for id in &ids {
-            let view = self.view_of(id);
-            if let Ok(view) = view {
-                tracing::info!(download_id = %id, url = %view.url, path = %view.path, "download added");
-                let frame = broadcaster::frame_json(&StateFrame {
-                    kind: "state",
-                    download: &view,
-                });
-                self.broadcaster.do_send(Publish(frame));
-            }
+        let positions = self.positions();
+        let views: Vec<DownloadView> = ids
+            .iter()
+            .filter_map(|id| self.records.get(id))
+            .map(|d| d.view(positions.get(d.id.as_str()).copied(), None))
+            .collect();
+        drop(positions);
+        for view in &views {
+            tracing::info!(download_id = %view.id, url = %view.url, path = %view.path, "download added");
+            let frame = broadcaster::frame_json(&StateFrame {
+                kind: "state",
+                download: view,
+            });
+            self.broadcaster.do_send(Publish(frame));
         }
         self.reply_after(Vec::new(), move |act, ctx| {
             act.schedule(ctx);
-            ids.iter().map(|id| act.view_of(id)).collect()
+            // Those that just started have no position any more; the rest keep theirs.
+            let positions = act.positions();
+            Ok(ids
+                .iter()
+                .filter_map(|id| act.records.get(id))
+                .map(|d| d.view(positions.get(d.id.as_str()).copied(), act.live_of(d)))
+                .collect())
         })
     }
 }
@@ -756,15 +852,19 @@ impl Handler<Get> for Supervisor {
     }
 }
 
-/// Every download, in the contract's order.
+/// Downloads in the contract's order, a page at a time.
 #[derive(Message)]
-#[rtype(result = "Vec<DownloadView>")]
-pub struct List;
+#[rtype(result = "Reply<(Vec<DownloadView>, Option<DownloadId>)>")]
+pub struct List {
+    pub state: Option<State>,
+    pub after: Option<DownloadId>,
+    pub limit: usize,
+}
 
 impl Handler<List> for Supervisor {
-    type Result = MessageResult<List>;
-    fn handle(&mut self, _: List, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.list())
+    type Result = Reply<(Vec<DownloadView>, Option<DownloadId>)>;
+    fn handle(&mut self, msg: List, _: &mut Self::Context) -> Self::Result {
+        self.page(msg.state, msg.after.as_deref(), msg.limit)
     }
 }
 
@@ -1040,7 +1140,7 @@ impl Handler<Delete> for Supervisor {
             .collect();
         let delete_file = msg.delete_file;
         self.reply_after(stops, move |act, ctx| {
-            let Some(d) = act.records.remove(&id) else {
+            let Some(d) = act.remove_record(&id) else {
                 return Ok(());
             };
             // Only this download's own files: not a `.part` or file that a newer
@@ -1159,7 +1259,7 @@ impl Handler<ClearHistory> for Supervisor {
             .collect();
         let mut result = Ok(ids.len());
         for id in &ids {
-            if let Some(d) = self.records.remove(id) {
+            if let Some(d) = self.remove_record(id) {
                 if d.state != State::Completed && self.other_claim(id, &d.path).is_none() {
                     self.remove_partial(&d);
                 }

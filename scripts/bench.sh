@@ -69,7 +69,7 @@ cleanup() {
   if [ -s "$MM_BENCH_PIDFILE" ]; then
     while read -r pid; do
       # only if that pid is still one of ours (not reused by something else)
-      if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qE '^(nginx|[^ ]*model-manager) '; then
+      if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qE '^(nginx|[^ ]*model-manager)[: ]'; then
         kill -TERM "$pid" 2>/dev/null || true
       fi
     done <"$MM_BENCH_PIDFILE"

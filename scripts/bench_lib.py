@@ -864,10 +864,13 @@ def acceptance(S):
         r = q["row"]
         line(q["ok"] and q["wall"] is not None and q["wall"] < 1.0,
              f"10,000 queued: start-up {fmt(q['wall'], 3)} s (target < 1 s)")
-        lim = "" if (r.get("returned") or 0) <= 100 else \
-            f" — `limit` not honoured, {r.get('returned')} items per response"
-        line(q["ok"] and r.get("p99") is not None and r["p99"] < 20 and not lim,
-             f"10,000 queued: `GET /api/downloads?limit=100` p99 {fmt(r.get('p99'))} ms (target < 20 ms){lim}")
+        ret = r.get("returned")
+        line(q["ok"] and r.get("p99") is not None and r["p99"] < 20,
+             f"10,000 queued: `GET /api/downloads?limit=100` p99 {fmt(r.get('p99'))} ms, "
+             f"p50 {fmt(r.get('p50'))} ms (target p99 < 20 ms)")
+        line(None if ret is None else ret <= 100,
+             f"10,000 queued: `?limit=100` honoured: {ret} items per response"
+             + ("" if ret is None or ret <= 100 else " (the whole list: the p99 above is for that)"))
         line(q["ok"] and q["rss"] is not None and q["rss"] < 64,
              f"10,000 queued: peak RSS {fmt(q['rss'], 1)} MiB (target < 64 MiB)")
     s = get("10 MiB/s global limit, 3 downloads", "model-manager")

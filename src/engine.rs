@@ -405,6 +405,7 @@ impl Engine {
                 .await;
         }
 
+        let _connection = crate::metrics::ConnectionGuard::open();
         let mut body = response.bytes_stream();
         loop {
             let next = tokio::select! {

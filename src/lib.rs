@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod hub;
+pub mod metrics;
 pub mod model;
 pub mod progress;
 pub mod security;
@@ -163,12 +164,14 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
             .app_data(hub_data.clone())
             .app_data(guard_data.clone())
             .wrap(middleware::from_fn(security::guard))
+            .wrap(middleware::from_fn(time_requests))
             .wrap(tracing_actix_web::TracingLogger::default())
             .route(
                 "/healthz",
                 web::get()
                     .to(|| async { HttpResponse::Ok().content_type("text/plain").body("ok") }),
             )
+            .route("/metrics", web::get().to(metrics_text))
             .configure(api::routes)
             .service(actix_files::Files::new("/", &static_dir).index_file("index.html"))
     })
@@ -190,6 +193,31 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         store,
         server_task,
     })
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics_text(sup: web::Data<Addr<Supervisor>>) -> Result<HttpResponse, error::ApiError> {
+    let stats = sup.send(actors::supervisor::GetStats).await?;
+    let states: Vec<(&str, usize)> = stats.by_state.iter().map(|(k, v)| (*k, *v)).collect();
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(metrics::global().render(&states)))
+}
+
+/// Records how long each request took, by route pattern (not by raw path, which would
+/// make one series per download id).
+async fn time_requests(
+    req: actix_web::dev::ServiceRequest,
+    next: middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let res = next.call(req).await?;
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "other".into());
+    metrics::global().observe_request(&route, started.elapsed().as_secs_f64());
+    Ok(res)
 }
 
 /// `./static` when run from the repository, else the one the binary was built from.

@@ -19,6 +19,8 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("database task failed: {0}")]
     Join(String),
+    #[error("database is unreadable (corrupt?): {0}")]
+    Unreadable(String),
 }
 
 /// What the engine needs to resume a transfer: how many bytes of the `.part` are known
@@ -60,12 +62,28 @@ impl Store {
     /// Opens (or creates) the database under `data_dir/v1`; the version directory lets a
     /// later format change migrate instead of misreading.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(data_dir.join("v1"))
             // sled's default cache is 1 GiB; records are small, a few MiB is plenty.
             .cache_capacity(8 * 1024 * 1024)
-            .flush_every_ms(Some(500))
-            .open()?;
+            .flush_every_ms(Some(500));
+        // sled 0.34 can panic on some corrupt files instead of returning an error:
+        // start-up must end with one clear line, not a backtrace.
+        let quiet = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
+        std::panic::set_hook(quiet);
+        let db = match opened {
+            Ok(result) => result?,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "sled panicked".into());
+                return Err(StoreError::Unreadable(why));
+            }
+        };
         Ok(Store {
             flushes: Default::default(),
             downloads: db.open_tree("downloads")?,

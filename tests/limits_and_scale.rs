@@ -9,7 +9,9 @@ use common::upstream::{Behavior, Upstream};
 use serde_json::{json, Value};
 
 async fn total_bytes(svc: &TestService) -> u64 {
-    svc.get("/api/stats").await.1["bytes_done_total"].as_u64().unwrap()
+    svc.get("/api/stats").await.1["bytes_done_total"]
+        .as_u64()
+        .unwrap()
 }
 
 /// Aggregate rate over `window`, in bytes per second.
@@ -33,15 +35,30 @@ async fn the_global_limit_holds_across_downloads_and_changes_live() {
     let rate = measure(&svc, Duration::from_secs(3)).await;
     let want = 8.0 * MIB as f64;
     println!("global 8 MiB/s: measured {:.2} MiB/s", rate / MIB as f64);
-    assert!((rate - want).abs() / want < 0.15, "aggregate {rate} vs limit {want}");
+    assert!(
+        (rate - want).abs() / want < 0.15,
+        "aggregate {rate} vs limit {want}"
+    );
 
-    let (s, v) = svc.call(reqwest::Method::PATCH, "/api/settings", Some(json!({"speed_limit_bps": 16 * MIB}))).await;
+    let (s, v) = svc
+        .call(
+            reqwest::Method::PATCH,
+            "/api/settings",
+            Some(json!({"speed_limit_bps": 16 * MIB})),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rate = measure(&svc, Duration::from_secs(2)).await;
     let want = 16.0 * MIB as f64;
-    println!("raised live to 16 MiB/s: measured {:.2} MiB/s", rate / MIB as f64);
-    assert!((rate - want).abs() / want < 0.2, "after the change {rate} vs {want}");
+    println!(
+        "raised live to 16 MiB/s: measured {:.2} MiB/s",
+        rate / MIB as f64
+    );
+    assert!(
+        (rate - want).abs() / want < 0.2,
+        "after the change {rate} vs {want}"
+    );
     svc.post("/api/pause-all", json!({})).await;
 }
 
@@ -49,15 +66,32 @@ async fn the_global_limit_holds_across_downloads_and_changes_live() {
 async fn a_per_download_cap_applies_live() {
     let up = Upstream::start();
     let svc = TestService::start(|_| {}).await;
-    up.add_file("cap.bin", content(256 * MIB, 9), Behavior { rate_bps: Some(64 * MIB as u64), ..Default::default() });
+    up.add_file(
+        "cap.bin",
+        content(256 * MIB, 9),
+        Behavior {
+            rate_bps: Some(64 * MIB as u64),
+            ..Default::default()
+        },
+    );
     let id = svc.add(json!({"url": up.url("cap.bin")})).await;
-    svc.wait_state(&id, "downloading", Duration::from_secs(10)).await;
-    let (s, v) = svc.call(reqwest::Method::PATCH, &format!("/api/downloads/{id}"), Some(json!({"speed_limit_bps": 2 * MIB}))).await;
+    svc.wait_state(&id, "downloading", Duration::from_secs(10))
+        .await;
+    let (s, v) = svc
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/downloads/{id}"),
+            Some(json!({"speed_limit_bps": 2 * MIB})),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["speed_limit_bps"], json!(2 * MIB));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rate = measure(&svc, Duration::from_secs(3)).await;
-    println!("per-download 2 MiB/s: measured {:.2} MiB/s", rate / MIB as f64);
+    println!(
+        "per-download 2 MiB/s: measured {:.2} MiB/s",
+        rate / MIB as f64
+    );
     let want = 2.0 * MIB as f64;
     assert!((rate - want).abs() / want < 0.2, "{rate} vs {want}");
     svc.action(&id, "pause").await;
@@ -70,7 +104,9 @@ async fn ten_thousand_downloads_page_and_restart() {
         .map(|i| json!({"url": format!("http://127.0.0.1:9/f{i}.bin"), "start_paused": true}))
         .collect();
     let t = Instant::now();
-    let (s, v) = svc.post("/api/downloads", json!({"downloads": items})).await;
+    let (s, v) = svc
+        .post("/api/downloads", json!({"downloads": items}))
+        .await;
     assert_eq!(s, 201, "{}", &v.to_string()[..200.min(v.to_string().len())]);
     assert_eq!(v["downloads"].as_array().unwrap().len(), 10_000);
     println!("batch add of 10,000: {:?}", t.elapsed());
@@ -90,7 +126,10 @@ async fn ten_thousand_downloads_page_and_restart() {
         assert_eq!(s, 200, "{page}");
         let ds = page["downloads"].as_array().unwrap();
         assert!(ds.len() <= 100);
-        seen.extend(ds.iter().map(|d| d["file_name"].as_str().unwrap().to_owned()));
+        seen.extend(
+            ds.iter()
+                .map(|d| d["file_name"].as_str().unwrap().to_owned()),
+        );
         match page["next"].as_str() {
             Some(n) => after = Some(n.to_owned()),
             None => break,
@@ -112,7 +151,10 @@ async fn ten_thousand_downloads_page_and_restart() {
     let dir = svc.stop().await;
     let t = Instant::now();
     let svc = TestService::start_in(dir, config).await;
-    println!("start-up with 10,000 records (debug build): {:?}", t.elapsed());
+    println!(
+        "start-up with 10,000 records (debug build): {:?}",
+        t.elapsed()
+    );
     let (_, stats) = svc.get("/api/stats").await;
     assert_eq!(stats["paused"], 10_000);
 }

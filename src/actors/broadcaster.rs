@@ -31,6 +31,8 @@ const STUCK_CLIENT_LIMIT: Duration = Duration::from_secs(10);
 struct Tracked {
     cell: Arc<ProgressCell>,
     meter: SpeedMeter,
+    /// Bytes already counted in the metrics.
+    counted: u64,
 }
 
 struct Client {
@@ -71,6 +73,8 @@ impl Broadcaster {
         let mut updates = Vec::with_capacity(self.tracked.len());
         for (id, t) in self.tracked.iter_mut() {
             let done = t.cell.done();
+            crate::metrics::global().add_bytes(done.saturating_sub(t.counted));
+            t.counted = done;
             let total = t.cell.total();
             let speed = t.meter.sample(done, now);
             let live = Live {
@@ -129,6 +133,10 @@ impl Broadcaster {
     }
 
     fn notify_clients(&self) {
+        crate::metrics::global().websocket_clients.store(
+            self.clients.len() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if let Some(f) = &self.on_clients_changed {
             f(self.clients.len());
         }
@@ -211,11 +219,13 @@ impl Handler<Track> for Broadcaster {
     type Result = ();
     fn handle(&mut self, msg: Track, _: &mut Self::Context) {
         let meter = SpeedMeter::new(msg.cell.done(), Instant::now());
+        let counted = msg.cell.done();
         self.tracked.insert(
             msg.id,
             Tracked {
                 cell: msg.cell,
                 meter,
+                counted,
             },
         );
     }
@@ -224,7 +234,9 @@ impl Handler<Track> for Broadcaster {
 impl Handler<Untrack> for Broadcaster {
     type Result = ();
     fn handle(&mut self, msg: Untrack, _: &mut Self::Context) {
-        self.tracked.remove(&msg.id);
+        if let Some(t) = self.tracked.remove(&msg.id) {
+            crate::metrics::global().add_bytes(t.cell.done().saturating_sub(t.counted));
+        }
         if let Ok(mut table) = self.live.write() {
             table.remove(&msg.id);
         }

@@ -634,6 +634,7 @@ impl Handler<EngineNote> for Supervisor {
                 wait,
                 error,
             } => {
+                crate::metrics::global().retry(error.kind.as_str());
                 d.state = State::Retrying;
                 d.attempt = attempt;
                 d.next_retry_at = Some(rfc3339(SystemTime::now() + wait));
@@ -1287,6 +1288,8 @@ pub struct Stats {
     pub failed: usize,
     pub speed_bps: u64,
     pub bytes_done_total: u64,
+    /// Every state with its count (zeros included).
+    pub by_state: BTreeMap<&'static str, usize>,
 }
 
 #[derive(Message)]
@@ -1309,7 +1312,24 @@ impl Handler<GetStats> for Supervisor {
                 None => bytes += d.bytes_done,
             }
         }
+        let mut by_state: BTreeMap<&'static str, usize> = [
+            State::Queued,
+            State::Downloading,
+            State::Retrying,
+            State::Verifying,
+            State::Paused,
+            State::Completed,
+            State::Failed,
+            State::Cancelled,
+        ]
+        .iter()
+        .map(|s| (s.as_str(), 0))
+        .collect();
+        for d in self.records.values() {
+            *by_state.entry(d.state.as_str()).or_default() += 1;
+        }
         MessageResult(Stats {
+            by_state,
             active: self.running.len(),
             queued: self.queue.len(),
             paused: count(State::Paused),

@@ -493,6 +493,7 @@ fn if_range(v: &Validators) -> Option<String> {
 /// (possibly shrunk) end.
 async fn pump(s: &Shared<'_>, seg: &Segment, resp: reqwest::Response) -> Result<(), Abort> {
     let stall = Duration::from_secs(s.job.settings.stall_timeout_secs);
+    let _connection = crate::metrics::ConnectionGuard::open();
     let mut body = resp.bytes_stream();
     let mut block: Vec<u8> = Vec::with_capacity(WRITE_BLOCK);
     let mut stop = s.stop.clone();

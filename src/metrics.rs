@@ -1,0 +1,184 @@
+//! Prometheus metrics, rendered in the text exposition format at `GET /metrics`.
+//!
+//! A handful of atomics and one small histogram: no metrics framework needed for what
+//! this service reports, and nothing on the byte loop but a relaxed add.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// Upper bounds of the request-duration buckets, in seconds.
+const BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+/// Every metric of the process.
+#[derive(Default)]
+pub struct Metrics {
+    pub bytes_downloaded: AtomicU64,
+    pub active_connections: AtomicI64,
+    pub websocket_clients: AtomicI64,
+    retries: Mutex<BTreeMap<&'static str, u64>>,
+    http: Mutex<BTreeMap<String, Histogram>>,
+}
+
+#[derive(Default, Clone)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The process-wide metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::default)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Counts one open HTTP connection to an upstream while it lives.
+pub struct ConnectionGuard;
+
+impl ConnectionGuard {
+    pub fn open() -> ConnectionGuard {
+        global().active_connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        global().active_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    pub fn add_bytes(&self, n: u64) {
+        self.bytes_downloaded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn retry(&self, kind: &'static str) {
+        *lock(&self.retries).entry(kind).or_default() += 1;
+    }
+
+    pub fn observe_request(&self, route: &str, seconds: f64) {
+        let mut http = lock(&self.http);
+        let h = http.entry(route.to_owned()).or_default();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                h.buckets[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += seconds;
+    }
+
+    /// The exposition text; `states` are the current downloads by state.
+    pub fn render(&self, states: &[(&str, usize)]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP mm_downloaded_bytes_total Bytes received from upstreams."
+        );
+        let _ = writeln!(out, "# TYPE mm_downloaded_bytes_total counter");
+        let _ = writeln!(
+            out,
+            "mm_downloaded_bytes_total {}",
+            self.bytes_downloaded.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP mm_downloads Downloads by state.");
+        let _ = writeln!(out, "# TYPE mm_downloads gauge");
+        for (state, n) in states {
+            let _ = writeln!(out, "mm_downloads{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mm_retries_total Attempts that failed and were retried, by error kind."
+        );
+        let _ = writeln!(out, "# TYPE mm_retries_total counter");
+        for (kind, n) in lock(&self.retries).iter() {
+            let _ = writeln!(out, "mm_retries_total{{kind=\"{kind}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mm_active_connections Open HTTP connections to upstreams."
+        );
+        let _ = writeln!(out, "# TYPE mm_active_connections gauge");
+        let _ = writeln!(
+            out,
+            "mm_active_connections {}",
+            self.active_connections.load(Ordering::Relaxed).max(0)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mm_websocket_clients Connected websocket clients."
+        );
+        let _ = writeln!(out, "# TYPE mm_websocket_clients gauge");
+        let _ = writeln!(
+            out,
+            "mm_websocket_clients {}",
+            self.websocket_clients.load(Ordering::Relaxed).max(0)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mm_http_request_duration_seconds API request durations."
+        );
+        let _ = writeln!(out, "# TYPE mm_http_request_duration_seconds histogram");
+        for (route, h) in lock(&self.http).iter() {
+            let route = route.replace('\\', "\\\\").replace('"', "\\\"");
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "mm_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {}", h.buckets[i]);
+            }
+            let _ = writeln!(
+                out,
+                "mm_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "mm_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "mm_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                h.count
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_text_format() {
+        let m = Metrics::default();
+        m.add_bytes(42);
+        m.retry("network");
+        m.retry("network");
+        m.observe_request("/api/downloads", 0.003);
+        let text = m.render(&[("queued", 2)]);
+        assert!(text.contains("mm_downloaded_bytes_total 42\n"));
+        assert!(text.contains("mm_downloads{state=\"queued\"} 2\n"));
+        assert!(text.contains("mm_retries_total{kind=\"network\"} 2\n"));
+        assert!(text.contains(
+            "mm_http_request_duration_seconds_bucket{route=\"/api/downloads\",le=\"0.0025\"} 0\n"
+        ));
+        assert!(text.contains(
+            "mm_http_request_duration_seconds_bucket{route=\"/api/downloads\",le=\"0.005\"} 1\n"
+        ));
+        assert!(
+            text.contains("mm_http_request_duration_seconds_count{route=\"/api/downloads\"} 1\n")
+        );
+    }
+}

@@ -901,7 +901,7 @@ def machine_info(workdir, binary):
     mem = sh("free -h | awk '/^Mem:/ {print $2}'")
     fs = sh(f"df -hT {workdir} | awk 'NR==2 {{print $1\" \"$2\", \"$3\" total\"}}'")
     rev = sh(f"git -C {REPO} rev-parse --short HEAD")
-    dirty = sh(f"git -C {REPO} status --porcelain -- src Cargo.toml | wc -l")
+    dirty = sh(f"git -C {REPO} status --porcelain -- src Cargo.toml Cargo.lock | wc -l")
     built = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(os.path.getmtime(binary)))
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -912,8 +912,8 @@ def machine_info(workdir, binary):
         "disk": f"downloads written to {workdir} on {fs}",
         "tools": "; ".join([sh("nginx -v 2>&1"), sh("curl --version | head -1 | cut -d' ' -f1,2"),
                             sh("aria2c --version | head -1"), "Python " + platform.python_version()]),
-        "build": f"model-manager at {rev}" + (f" + {dirty} uncommitted change(s) in src/ and Cargo.toml" if dirty not in ("", "0") else "")
-                 + f", release binary built {built}",
+        "build": f"model-manager at {rev}" + (f" + {dirty} uncommitted file(s) in src/ and Cargo.*" if dirty not in ("", "0") else "")
+                 + f" when the run started; release binary built {built}",
     }
 
 
@@ -971,6 +971,9 @@ def main():
 
     workdir = pick_workdir()
     log(f"work dir {workdir}")
+    # read the revision now, next to the build: src/ may change while the bench runs
+    machine = machine_info(workdir, args.binary)
+    log(f"bench of {machine['build']}")
     ng = None
     try:
         sums = ensure_files(args.files)
@@ -991,7 +994,7 @@ def main():
         if "speed" in cases:
             b.case_speed(reps_slow)
         log(f"all cases in {time.monotonic() - t0:.0f} s")
-        machine = machine_info(workdir, args.binary)
+        machine["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         table = report(b, machine)
         head = [f"Run of {machine['date']} (`scripts/bench.sh{' --quick' if args.quick else ''}`), "
                 f"medians of {reps} run(s) per case ({reps_big} for the 1 GiB case, {reps_slow} for the speed-limit case).",

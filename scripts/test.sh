@@ -20,3 +20,9 @@ fi
 
 # One build of the tests; each test binary runs its tests in parallel.
 cargo test --no-fail-fast "$@"
+
+# The API fuzzed from its own OpenAPI description (schemathesis, from PyPI), against
+# the binary the tests just built. Skipped when only some tests were asked for.
+if [ $# -eq 0 ]; then
+  bash scripts/fuzz_api.sh target/debug/model-manager 25
+fi

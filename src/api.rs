@@ -19,6 +19,35 @@ pub const MAX_BODY: usize = 1024 * 1024;
 
 type Sup = web::Data<Addr<Supervisor>>;
 type Hub = web::Data<HubClient>;
+type Policy = web::Data<UrlPolicy>;
+
+/// Which hosts downloads may come from (`[downloads] allowed_hosts`; empty: any), so
+/// that a service reachable by others cannot be turned against the local network.
+#[derive(Clone, Debug, Default)]
+pub struct UrlPolicy {
+    pub allowed_hosts: Vec<String>,
+}
+
+impl UrlPolicy {
+    pub fn allows(&self, url: &url::Url) -> bool {
+        self.allowed_hosts.is_empty()
+            || url
+                .host_str()
+                .is_some_and(|h| self.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h)))
+    }
+
+    /// [`validate_url`], plus the host allowlist.
+    pub fn check(&self, raw: &str) -> Result<url::Url, ApiError> {
+        let url = validate_url(raw)?;
+        if !self.allows(&url) {
+            return Err(ApiError::Unprocessable(format!(
+                "host {:?} is not in downloads.allowed_hosts",
+                url.host_str().unwrap_or("")
+            )));
+        }
+        Ok(url)
+    }
+}
 
 /// Registers every `/api` route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -42,25 +71,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/downloads/{id}", web::get().to(get))
             .route("/downloads/{id}", web::patch().to(patch))
             .route("/downloads/{id}", web::delete().to(delete))
-            .route(
-                "/downloads/{id}/pause",
-                web::post().to(|s: Sup, p: web::Path<String>| control(s, p, Action::Pause)),
-            )
-            .route(
-                "/downloads/{id}/resume",
-                web::post().to(|s: Sup, p: web::Path<String>| control(s, p, Action::Resume)),
-            )
-            .route(
-                "/downloads/{id}/cancel",
-                web::post().to(|s: Sup, p: web::Path<String>| control(s, p, Action::Cancel)),
-            )
-            .route(
-                "/downloads/{id}/retry",
-                web::post().to(|s: Sup, p: web::Path<String>| control(s, p, Action::Retry)),
-            )
+            .route("/downloads/{id}/pause", web::post().to(pause))
+            .route("/downloads/{id}/resume", web::post().to(resume))
+            .route("/downloads/{id}/cancel", web::post().to(cancel))
+            .route("/downloads/{id}/retry", web::post().to(retry))
             .route("/downloads/{id}/move", web::post().to(move_to))
-            .route("/pause-all", web::post().to(|s: Sup| all(s, true)))
-            .route("/resume-all", web::post().to(|s: Sup| all(s, false)))
+            .route("/pause-all", web::post().to(pause_all))
+            .route("/resume-all", web::post().to(resume_all))
+            .route("/openapi.json", web::get().to(openapi_json))
             .route("/history", web::get().to(history))
             .route("/history", web::delete().to(clear_history))
             .route("/settings", web::get().to(get_settings))
@@ -79,20 +97,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct DownloadList {
     downloads: Vec<DownloadView>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Only downloads in this state.
     state: Option<String>,
     limit: Option<usize>,
     after: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct DownloadPage {
     downloads: Vec<DownloadView>,
     /// Pass as `after` for the next page; null on the last one.
@@ -100,6 +120,7 @@ struct DownloadPage {
 }
 
 /// `GET /api/downloads?state=&limit=&after=`: everything by default, or a page.
+#[utoipa::path(get, path = "/api/downloads", params(ListQuery), responses((status = 200, body = DownloadPage)))]
 async fn list(sup: Sup, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     let state = match q.state.as_deref() {
         None | Some("") => None,
@@ -127,13 +148,14 @@ async fn list(sup: Sup, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiErr
     Ok(HttpResponse::Ok().json(DownloadPage { downloads, next }))
 }
 
+#[utoipa::path(get, path = "/api/downloads/{id}", params(("id" = String, Path)), responses((status = 200, body = DownloadView)))]
 async fn get(sup: Sup, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let d = sup.send(Get(id.into_inner())).await??;
     Ok(HttpResponse::Ok().json(d))
 }
 
 /// `POST /api/downloads`: one download, or `{"downloads": [...]}` for many at once.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddBody {
     url: Option<String>,
@@ -144,11 +166,13 @@ struct AddBody {
     #[serde(default)]
     overwrite: bool,
     hub: Option<HubRef>,
+    /// Many downloads at once, each an object like this one (without `downloads`).
+    #[schema(no_recursion)]
     downloads: Option<Vec<AddBody>>,
 }
 
 /// `{"repo": "owner/name", "file": "x.gguf", "revision"?: "main"}`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct HubRef {
     repo: String,
@@ -156,7 +180,13 @@ struct HubRef {
     revision: Option<String>,
 }
 
-async fn add(sup: Sup, hub: Hub, body: web::Json<AddBody>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(post, path = "/api/downloads", request_body = AddBody, responses((status = 201, description = "the download, or {\"downloads\": [...]} for a batch", body = DownloadView)))]
+async fn add(
+    sup: Sup,
+    hub: Hub,
+    policy: Policy,
+    body: web::Json<AddBody>,
+) -> Result<HttpResponse, ApiError> {
     let mut body = body.into_inner();
     if let Some(items) = body.downloads.take() {
         if body.url.is_some() || body.hub.is_some() {
@@ -171,12 +201,12 @@ async fn add(sup: Sup, hub: Hub, body: web::Json<AddBody>) -> Result<HttpRespons
         }
         let news = items
             .into_iter()
-            .map(|i| new_download(i, &hub))
+            .map(|i| new_download(i, &hub, &policy))
             .collect::<Result<Vec<_>, _>>()?;
         let downloads = sup.send(Add(news)).await??;
         return Ok(HttpResponse::Created().json(DownloadList { downloads }));
     }
-    let new = new_download(body, &hub)?;
+    let new = new_download(body, &hub, &policy)?;
     let mut added = sup.send(Add(vec![new])).await??;
     let d = added
         .pop()
@@ -185,7 +215,11 @@ async fn add(sup: Sup, hub: Hub, body: web::Json<AddBody>) -> Result<HttpRespons
 }
 
 /// Validates one item of an add request (everything but name conflicts).
-fn new_download(body: AddBody, client: &HubClient) -> Result<NewDownload, ApiError> {
+fn new_download(
+    body: AddBody,
+    client: &HubClient,
+    policy: &UrlPolicy,
+) -> Result<NewDownload, ApiError> {
     if body.downloads.is_some() {
         return Err(ApiError::BadRequest(
             "\"downloads\" cannot be nested".into(),
@@ -213,7 +247,7 @@ fn new_download(body: AddBody, client: &HubClient) -> Result<NewDownload, ApiErr
     let raw = body
         .url
         .ok_or_else(|| ApiError::BadRequest("\"url\" (or \"hub\") is required".into()))?;
-    let url = validate_url(&raw)?;
+    let url = policy.check(&raw)?;
     let file_name = match body.file_name {
         Some(name) => name,
         None => files::name_from_url(&url).ok_or_else(|| {
@@ -260,6 +294,26 @@ pub fn validate_sha256(s: &str) -> Result<String, ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/api/downloads/{id}/pause", params(("id" = String, Path)), responses((status = 200, body = DownloadView)))]
+async fn pause(sup: Sup, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    control(sup, id, Action::Pause).await
+}
+
+#[utoipa::path(post, path = "/api/downloads/{id}/resume", params(("id" = String, Path)), responses((status = 200, body = DownloadView)))]
+async fn resume(sup: Sup, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    control(sup, id, Action::Resume).await
+}
+
+#[utoipa::path(post, path = "/api/downloads/{id}/cancel", params(("id" = String, Path)), responses((status = 200, body = DownloadView)))]
+async fn cancel(sup: Sup, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    control(sup, id, Action::Cancel).await
+}
+
+#[utoipa::path(post, path = "/api/downloads/{id}/retry", params(("id" = String, Path)), responses((status = 200, body = DownloadView)))]
+async fn retry(sup: Sup, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    control(sup, id, Action::Retry).await
+}
+
 async fn control(
     sup: Sup,
     id: web::Path<String>,
@@ -274,12 +328,13 @@ async fn control(
     Ok(HttpResponse::Ok().json(d))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MoveBody {
     position: usize,
 }
 
+#[utoipa::path(post, path = "/api/downloads/{id}/move", params(("id" = String, Path)), request_body = MoveBody, responses((status = 200, body = DownloadView)))]
 async fn move_to(
     sup: Sup,
     id: web::Path<String>,
@@ -294,7 +349,7 @@ async fn move_to(
     Ok(HttpResponse::Ok().json(d))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
     /// `null` removes the cap; absent leaves it.
@@ -307,15 +362,17 @@ fn some_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<
     Ok(Some(Option::deserialize(d)?))
 }
 
+#[utoipa::path(patch, path = "/api/downloads/{id}", params(("id" = String, Path)), request_body = PatchBody, responses((status = 200, body = DownloadView)))]
 async fn patch(
     sup: Sup,
+    policy: Policy,
     id: web::Path<String>,
     body: web::Json<PatchBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let url = body
         .url
-        .map(|u| validate_url(&u).map(|u| u.to_string()))
+        .map(|u| policy.check(&u).map(|u| u.to_string()))
         .transpose()?;
     // 0 means "no cap", as in the config.
     let speed_limit_bps = body.speed_limit_bps.map(|l| l.filter(|&n| n > 0));
@@ -329,13 +386,15 @@ async fn patch(
     Ok(HttpResponse::Ok().json(d))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeleteQuery {
     #[serde(default)]
     delete_file: bool,
 }
 
+#[utoipa::path(delete, path = "/api/downloads/{id}", params(("id" = String, Path), DeleteQuery), responses((status = 204, description = "forgotten")))]
 async fn delete(
     sup: Sup,
     id: web::Path<String>,
@@ -349,9 +408,19 @@ async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Affected {
     affected: usize,
+}
+
+#[utoipa::path(post, path = "/api/pause-all", responses((status = 200, body = Affected)))]
+async fn pause_all(sup: Sup) -> Result<HttpResponse, ApiError> {
+    all(sup, true).await
+}
+
+#[utoipa::path(post, path = "/api/resume-all", responses((status = 200, body = Affected)))]
+async fn resume_all(sup: Sup) -> Result<HttpResponse, ApiError> {
+    all(sup, false).await
 }
 
 async fn all(sup: Sup, pause: bool) -> Result<HttpResponse, ApiError> {
@@ -359,13 +428,15 @@ async fn all(sup: Sup, pause: bool) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(Affected { affected }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
     state: Option<String>,
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/history", params(HistoryQuery), responses((status = 200, body = DownloadList)))]
 async fn history(sup: Sup, q: web::Query<HistoryQuery>) -> Result<HttpResponse, ApiError> {
     let state = match q.state.as_deref() {
         None | Some("") => None,
@@ -388,17 +459,19 @@ async fn history(sup: Sup, q: web::Query<HistoryQuery>) -> Result<HttpResponse, 
     Ok(HttpResponse::Ok().json(DownloadList { downloads }))
 }
 
+#[utoipa::path(delete, path = "/api/history", responses((status = 200, body = Removed)))]
 async fn clear_history(sup: Sup) -> Result<HttpResponse, ApiError> {
     let removed = sup.send(ClearHistory).await??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "removed": removed })))
+    Ok(HttpResponse::Ok().json(Removed { removed }))
 }
 
+#[utoipa::path(get, path = "/api/stats", responses((status = 200, body = crate::actors::supervisor::Stats)))]
 async fn stats(sup: Sup) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(sup.send(GetStats).await?))
 }
 
 /// The `[downloads]` settings that can change at run time.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SettingsView {
     max_concurrent: usize,
@@ -407,7 +480,7 @@ struct SettingsView {
     max_retries: u32,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SettingsPatch {
     max_concurrent: Option<usize>,
@@ -425,11 +498,13 @@ fn settings_view(s: &DownloadsConfig) -> SettingsView {
     }
 }
 
+#[utoipa::path(get, path = "/api/settings", responses((status = 200, body = SettingsView)))]
 async fn get_settings(sup: Sup) -> Result<HttpResponse, ApiError> {
     let s = sup.send(GetSettings).await?;
     Ok(HttpResponse::Ok().json(settings_view(&s)))
 }
 
+#[utoipa::path(patch, path = "/api/settings", request_body = SettingsPatch, responses((status = 200, body = SettingsView)))]
 async fn patch_settings(
     sup: Sup,
     body: web::Json<SettingsPatch>,
@@ -498,7 +573,8 @@ fn validate_revision(revision: Option<&str>) -> Result<&str, ApiError> {
     Ok(r)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SearchQuery {
     q: Option<String>,
@@ -507,11 +583,12 @@ struct SearchQuery {
     gguf: Option<bool>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Models {
     models: Vec<hub::ModelSummary>,
 }
 
+#[utoipa::path(get, path = "/api/hub/search", params(SearchQuery), responses((status = 200, body = Models)))]
 async fn hub_search(client: Hub, q: web::Query<SearchQuery>) -> Result<HttpResponse, ApiError> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
@@ -529,13 +606,14 @@ async fn hub_search(client: Hub, q: web::Query<SearchQuery>) -> Result<HttpRespo
     Ok(HttpResponse::Ok().json(Models { models }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RevisionQuery {
     revision: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct RepoFiles {
     repo: String,
     revision: String,
@@ -549,6 +627,7 @@ fn repo_of(path: &(String, String)) -> Result<String, ApiError> {
     Ok(repo)
 }
 
+#[utoipa::path(get, path = "/api/hub/models/{owner}/{name}/files", params(("owner" = String, Path), ("name" = String, Path), RevisionQuery), responses((status = 200, body = RepoFiles)))]
 async fn hub_files(
     client: Hub,
     path: web::Path<(String, String)>,
@@ -566,7 +645,7 @@ async fn hub_files(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct QuantizationBody {
     quantization: String,
@@ -579,6 +658,7 @@ struct QuantizationBody {
 
 /// Queues every file of one quantization (all parts of a split model), each with the
 /// sha256 of its LFS pointer, all pinned to the same commit.
+#[utoipa::path(post, path = "/api/hub/models/{owner}/{name}/download", params(("owner" = String, Path), ("name" = String, Path)), request_body = QuantizationBody, responses((status = 201, body = DownloadList)))]
 async fn hub_download(
     sup: Sup,
     client: Hub,
@@ -625,4 +705,62 @@ async fn hub_download(
         .collect::<Result<Vec<_>, _>>()?;
     let downloads = sup.send(Add(news)).await??;
     Ok(HttpResponse::Created().json(DownloadList { downloads }))
+}
+
+/// `DELETE /api/history`: how many were forgotten.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Removed {
+    removed: usize,
+}
+
+/// The API as OpenAPI 3, generated from the handlers and their types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "model-manager", description = "A self-hosted download orchestrator."),
+    paths(
+        list, add, get, patch, delete, pause, resume, cancel, retry, move_to, pause_all, resume_all,
+        history, clear_history, get_settings, patch_settings, stats, hub_search, hub_files, hub_download
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&ErrorResponses)
+)]
+pub struct ApiDoc;
+
+use crate::error::ErrorBody;
+
+/// Every operation may answer the JSON error shape: documented as its `default`.
+struct ErrorResponses;
+
+impl utoipa::Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = ResponseBuilder::new()
+            .description("an error: {\"error\": {\"code\", \"message\"}}")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .insert("default".into(), error.clone().into());
+            }
+        }
+    }
+}
+
+async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(<ApiDoc as utoipa::OpenApi>::openapi())
 }

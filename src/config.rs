@@ -48,6 +48,8 @@ pub struct DownloadsConfig {
     pub progress_interval_ms: u64,
     pub stall_timeout_secs: u64,
     pub speed_limit_bps: u64,
+    /// Hosts that downloads (and their redirects) may come from; empty: any host.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[hub]`
@@ -86,6 +88,7 @@ impl Default for DownloadsConfig {
             progress_interval_ms: 300,
             stall_timeout_secs: 30,
             speed_limit_bps: 0,
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -139,8 +139,33 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(store: Store, speed_limit_bps: u64) -> Result<Engine, reqwest::Error> {
+    pub fn new(
+        store: Store,
+        speed_limit_bps: u64,
+        allowed_hosts: &[String],
+    ) -> Result<Engine, reqwest::Error> {
+        let allowed: Vec<String> = allowed_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        // Redirects obey the host allowlist too, and never go to another scheme than http(s).
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            let ok_scheme = matches!(attempt.url().scheme(), "http" | "https");
+            let ok_host = allowed.is_empty()
+                || attempt
+                    .url()
+                    .host_str()
+                    .is_some_and(|h| allowed.iter().any(|a| a.eq_ignore_ascii_case(h)));
+            if attempt.previous().len() >= 10 {
+                attempt.error("too many redirects")
+            } else if ok_scheme && ok_host {
+                attempt.follow()
+            } else {
+                attempt.error("redirect to a host or scheme that is not allowed")
+            }
+        });
         let client = reqwest::Client::builder()
+            .redirect(redirects)
             .user_agent(concat!("model-manager/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(15))
             .tcp_nodelay(true)

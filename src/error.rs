@@ -162,3 +162,16 @@ impl From<crate::hub::HubError> for ApiError {
         }
     }
 }
+
+/// The error shape of the contract, as documented in the OpenAPI description.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// `code` is a stable machine string; `message` is for people.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}

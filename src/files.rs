@@ -230,3 +230,59 @@ mod tests {
         assert!(ok.starts_with(root.path().canonicalize().unwrap()));
     }
 }
+
+/// Property tests: random names never get a path out of `download_dir`.
+#[cfg(test)]
+mod properties {
+    use super::*;
+
+    #[test]
+    fn accepted_names_stay_inside_and_refused_ones_write_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let alphabet: Vec<char> = "ab./\\\0\n .-_~é:*?<>|CONUL1".chars().collect();
+        let mut rng = fastrand::Rng::with_seed(42);
+        for _ in 0..5_000 {
+            let name: String = (0..rng.usize(0..12))
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let name = format!("{name}{}", if rng.bool() { "/x" } else { "" });
+            let ok = validate_relative_path(&name).is_ok();
+            for c in name.split('/') {
+                if ok {
+                    assert!(
+                        !c.is_empty()
+                            && !c.starts_with('.')
+                            && !c.contains('\\')
+                            && !c.contains('\0'),
+                        "{name:?}"
+                    );
+                }
+            }
+            if let Ok(p) = resolve_inside(root.path(), &name) {
+                assert!(ok, "{name:?} resolved without passing validation");
+                assert!(
+                    p.starts_with(root.path().canonicalize().unwrap()),
+                    "{name:?} -> {}",
+                    p.display()
+                );
+            }
+        }
+        // Only directories were created, all inside.
+        for entry in walk(root.path()) {
+            assert!(entry.starts_with(root.path()));
+            assert!(entry.is_dir(), "a file was created: {}", entry.display());
+        }
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+        out
+    }
+}

@@ -70,7 +70,7 @@ impl HubError {
 }
 
 /// A model in search results, in the contract's shape.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelSummary {
     pub id: String,
     pub downloads: u64,
@@ -81,7 +81,7 @@ pub struct ModelSummary {
 }
 
 /// A file of a repo, with its sha256 when it is stored with LFS.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RepoFile {
     pub path: String,
     pub size: u64,
@@ -90,7 +90,7 @@ pub struct RepoFile {
 }
 
 /// The files of one quantization (several for a split model) and their total size.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Quantization {
     pub name: String,
     pub files: Vec<String>,

@@ -123,8 +123,12 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         settings.connections_per_download = saved.connections_per_download;
         settings.max_retries = saved.max_retries;
     }
-    let engine = Engine::new(store.clone(), settings.speed_limit_bps)
-        .map_err(|e| StartError::Client(e.to_string()))?;
+    let engine = Engine::new(
+        store.clone(),
+        settings.speed_limit_bps,
+        &settings.allowed_hosts,
+    )
+    .map_err(|e| StartError::Client(e.to_string()))?;
     let hub = hub::HubClient::new(&config.hub.endpoint, Some(config.hub.token.clone()))
         .map_err(|e| StartError::Client(e.to_string()))?;
     let live = Arc::new(RwLock::new(HashMap::new()));
@@ -157,11 +161,15 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     let static_dir = static_dir();
     let sup_data = web::Data::new(supervisor.clone());
     let hub_data = web::Data::new(hub);
+    let policy_data = web::Data::new(api::UrlPolicy {
+        allowed_hosts: config.downloads.allowed_hosts.clone(),
+    });
     let guard_data = web::Data::new(guard);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(sup_data.clone())
             .app_data(hub_data.clone())
+            .app_data(policy_data.clone())
             .app_data(guard_data.clone())
             .wrap(middleware::from_fn(security::guard))
             .wrap(middleware::from_fn(time_requests))

@@ -13,7 +13,7 @@ pub fn new_id() -> DownloadId {
 }
 
 /// The states of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Queued,
@@ -59,7 +59,7 @@ impl State {
 }
 
 /// The error kinds of the contract; stable strings that scripts match on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     Network,
@@ -91,14 +91,14 @@ impl ErrorKind {
 }
 
 /// The `error` field of a download: why it failed, or why it is retrying.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DownloadError {
     pub kind: ErrorKind,
     pub message: String,
 }
 
 /// Where a download comes from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Source {
     Url,
@@ -151,7 +151,7 @@ pub struct Live {
 }
 
 /// A download as the API shows it: the record plus position and live numbers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DownloadView {
     pub id: DownloadId,
     pub url: String,

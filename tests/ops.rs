@@ -150,3 +150,74 @@ fn a_corrupt_database_stops_start_up_with_one_line() {
     assert!(lines[0].contains("database"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[actix_web::test]
+async fn the_openapi_description_covers_every_route() {
+    let svc = TestService::start(|_| {}).await;
+    let (s, spec) = svc.get("/api/openapi.json").await;
+    assert_eq!(s, 200);
+    assert!(
+        spec["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.")),
+        "{}",
+        spec["openapi"]
+    );
+    let paths = spec["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/api/downloads", "get"),
+        ("/api/downloads", "post"),
+        ("/api/downloads/{id}", "get"),
+        ("/api/downloads/{id}", "patch"),
+        ("/api/downloads/{id}", "delete"),
+        ("/api/downloads/{id}/pause", "post"),
+        ("/api/downloads/{id}/resume", "post"),
+        ("/api/downloads/{id}/cancel", "post"),
+        ("/api/downloads/{id}/retry", "post"),
+        ("/api/downloads/{id}/move", "post"),
+        ("/api/pause-all", "post"),
+        ("/api/resume-all", "post"),
+        ("/api/history", "get"),
+        ("/api/history", "delete"),
+        ("/api/settings", "get"),
+        ("/api/settings", "patch"),
+        ("/api/stats", "get"),
+        ("/api/hub/search", "get"),
+        ("/api/hub/models/{owner}/{name}/files", "get"),
+        ("/api/hub/models/{owner}/{name}/download", "post"),
+    ] {
+        let op = &paths[path][method];
+        assert!(op.is_object(), "{method} {path} is not documented");
+        assert!(
+            op["responses"]["default"].is_object(),
+            "{method} {path} lacks the error shape"
+        );
+    }
+    let view = &spec["components"]["schemas"]["DownloadView"]["properties"];
+    for field in [
+        "id",
+        "url",
+        "file_name",
+        "path",
+        "state",
+        "position",
+        "bytes_done",
+        "bytes_total",
+        "speed_bps",
+        "eta_secs",
+        "elapsed_secs",
+        "attempt",
+        "next_retry_at",
+        "sha256",
+        "error",
+        "source",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ] {
+        assert!(
+            view[field].is_object(),
+            "DownloadView.{field} is not documented"
+        );
+    }
+}

@@ -1027,3 +1027,53 @@ async fn reserved_overlong_and_trailing_dot_names_are_refused() {
     assert_eq!(list_len(&svc, &[]).await, 3);
     assert_eq!(tree(&svc.download_dir()), Vec::<String>::new());
 }
+
+#[actix_web::test]
+async fn allowed_hosts_limit_downloads_and_their_redirects() {
+    let up = Upstream::start();
+    let port = up.addr().port();
+    let svc = TestService::start(|c| c.downloads.allowed_hosts = vec!["127.0.0.1".into()]).await;
+    let data = content(1000, 3);
+    up.add_file("ok.bin", data.clone(), Behavior::default());
+    // Another name for the same machine is still another host: refused before any request.
+    let (s, v) = svc
+        .post(
+            "/api/downloads",
+            json!({"url": format!("http://localhost:{port}/ok.bin"), "file_name": "other.bin"}),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allowed_hosts"),
+        "{v}"
+    );
+    let id = svc.add(json!({"url": up.url("ok.bin")})).await;
+    svc.wait_state(&id, "completed", Duration::from_secs(20))
+        .await;
+    // A redirect to a host that is not allowed is not followed.
+    up.add_file(
+        "jump.bin",
+        data,
+        Behavior {
+            redirect_to: Some(format!("http://localhost:{port}/ok.bin")),
+            ..Default::default()
+        },
+    );
+    let id = svc.add(json!({"url": up.url("jump.bin")})).await;
+    let d = svc.wait_state(&id, "failed", Duration::from_secs(20)).await;
+    assert!(
+        d["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed"),
+        "{d}"
+    );
+    assert_eq!(
+        up.requests("ok.bin").len(),
+        1,
+        "the redirect target was fetched"
+    );
+}

@@ -1279,7 +1279,7 @@ impl Handler<ClearHistory> for Supervisor {
 }
 
 /// Counts for `GET /api/stats`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     pub active: usize,
     pub queued: usize,
@@ -1289,6 +1289,7 @@ pub struct Stats {
     pub speed_bps: u64,
     pub bytes_done_total: u64,
     /// Every state with its count (zeros included).
+    #[schema(value_type = std::collections::HashMap<String, usize>)]
     pub by_state: BTreeMap<&'static str, usize>,
 }
 

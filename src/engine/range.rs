@@ -83,3 +83,42 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now), None);
     }
 }
+
+/// Property tests over random inputs (a deterministic seed, many cases): the parsers
+/// never panic, accept what a server would send, and refuse ranges that do not add up.
+#[cfg(test)]
+mod properties {
+    use super::*;
+
+    #[test]
+    fn content_range_round_trips_and_never_panics() {
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        for _ in 0..20_000 {
+            let total = rng.u64(1..u64::MAX / 2);
+            let first = rng.u64(0..total);
+            let last = rng.u64(first..total);
+            let header = format!("bytes {first}-{last}/{total}");
+            assert_eq!(
+                parse_content_range(&header),
+                Some(ContentRange {
+                    first,
+                    last,
+                    total: Some(total)
+                }),
+                "{header}"
+            );
+            // A last byte at or past the total is never accepted.
+            let bad = format!("bytes {first}-{}/{total}", total + rng.u64(0..10));
+            assert_eq!(parse_content_range(&bad), None, "{bad}");
+            // Random bytes: no panic, and whatever parses is consistent.
+            let noise: String = (0..rng.usize(0..24)).map(|_| rng.char(' '..='~')).collect();
+            if let Some(r) = parse_content_range(&noise) {
+                assert!(
+                    r.first <= r.last && r.total.is_none_or(|t| r.last < t),
+                    "{noise}"
+                );
+            }
+            let _ = parse_retry_after(&noise, SystemTime::UNIX_EPOCH);
+        }
+    }
+}

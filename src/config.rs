@@ -248,8 +248,10 @@ mod tests {
 
     #[test]
     fn bad_ranges_are_refused() {
-        let mut d = DownloadsConfig::default();
-        d.max_concurrent = 0;
+        let d = DownloadsConfig {
+            max_concurrent: 0,
+            ..Default::default()
+        };
         assert!(d.validate().unwrap_err().contains("max_concurrent"));
     }
 }

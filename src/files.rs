@@ -65,7 +65,7 @@ pub fn validate_relative_path(path: &str) -> Result<(), NameError> {
 
 /// The file name a URL suggests: its last non-empty path segment, percent-decoded.
 pub fn name_from_url(url: &url::Url) -> Option<String> {
-    let segment = url.path_segments()?.filter(|s| !s.is_empty()).next_back()?;
+    let segment = url.path_segments()?.rfind(|s| !s.is_empty())?;
     let decoded = percent_encoding::percent_decode_str(segment)
         .decode_utf8()
         .ok()?

@@ -147,7 +147,7 @@ async fn queue_limits_moves_pauses_resumes_cancels_and_keeps_history() {
     sampler.await.unwrap();
     let max = max_seen.load(Ordering::Relaxed);
     assert!(
-        max >= 1 && max <= 2,
+        (1..=2).contains(&max),
         "saw {max} running at once with max_concurrent = 2"
     );
 

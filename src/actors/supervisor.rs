@@ -997,7 +997,9 @@ impl Handler<Move> for Supervisor {
             let after = keys.get(at).copied();
             let slot = match (before, after) {
                 (None, None) => Some(old),
-                (None, Some(a)) => a.checked_sub(ORDER_STEP).or_else(|| (a > 0).then(|| a / 2)),
+                (None, Some(a)) => a
+                    .checked_sub(ORDER_STEP)
+                    .or_else(|| (a > 0).then_some(a / 2)),
                 (Some(b), None) => Some(b + ORDER_STEP),
                 (Some(b), Some(a)) => (a - b > 1).then(|| b + (a - b) / 2),
             };

@@ -64,8 +64,7 @@ impl TestService {
         if let Some(s) = self.service.take() {
             s.shutdown().await;
         }
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
-        dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
     }
 
     pub fn download_dir(&self) -> PathBuf {

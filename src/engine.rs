@@ -177,6 +177,22 @@ impl Engine {
         })
     }
 
+    /// A crash between the final rename and the record saying `completed` leaves a
+    /// complete file, no `.part`, and a checkpoint that covers every byte: that file is
+    /// the download's (verified before the rename), not something to fetch again.
+    fn renamed_before_a_crash(&self, job: &Job) -> Option<u64> {
+        let cp = self.store.checkpoint(&job.id).ok()??;
+        let total = cp.total?;
+        let all_there = cp.offset == total
+            || (!cp.segments.is_empty() && cp.segments.iter().all(|[_, pos, end]| pos >= end));
+        let part = files::part_path(&job.final_path);
+        let len = std::fs::symlink_metadata(&job.final_path)
+            .ok()
+            .filter(|m| m.is_file())?
+            .len();
+        (all_there && len == total && !part.exists()).then_some(total)
+    }
+
     /// Changes the global speed limit live (0: none).
     pub fn set_speed_limit(&self, bps: u64) {
         self.global.set_rate(bps);
@@ -185,6 +201,11 @@ impl Engine {
     /// Runs a download to its end: completed, failed, or stopped on request.
     pub async fn run(&self, job: Job, ctx: RunCtx) -> Outcome {
         let mut ctx = ctx;
+        if let Some(bytes) = self.renamed_before_a_crash(&job) {
+            tracing::info!(download_id = %job.id, "the file was already complete under its final name");
+            let _ = self.store.remove_checkpoint(&job.id);
+            return Outcome::Completed { bytes };
+        }
         let mut transfer = match Transfer::open(&self.store, &job).await {
             Ok(t) => t,
             Err(e) => {
@@ -283,8 +304,11 @@ impl Engine {
             }
             (ctx.events)(EngineEvent::Resumed);
         }
-        self.finish(job, t, ctx).await?;
-        Ok(RunEnd::Completed)
+        if self.finish(job, t, ctx).await? {
+            Ok(RunEnd::Completed)
+        } else {
+            Ok(RunEnd::Stopped)
+        }
     }
 
     /// One HTTP request: from the current offset to the end of the body, or an error.
@@ -537,12 +561,14 @@ impl Engine {
     }
 
     /// Verifies (when a digest is known), fsyncs and renames into place.
+    /// Returns false when asked to stop before the rename (a cancel during
+    /// verification must not leave a file under its final name).
     async fn finish(
         &self,
         job: &Job,
         t: &mut Transfer,
         ctx: &mut RunCtx,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         t.flush_block()?;
         t.wait_checkpoint().await?;
         let part = files::part_path(&job.final_path);
@@ -561,6 +587,13 @@ impl Engine {
                 });
             }
         }
+        if *ctx.stop.borrow() {
+            return Ok(false);
+        }
+        // Every byte is there and verified: say so before the rename, so that a crash
+        // right after it is recognised on the next start (see renamed_before_a_crash).
+        self.store
+            .put_checkpoint(&job.id, &t.checkpoint_record(ctx))?;
         let file = t.file.try_clone()?;
         let final_path = job.final_path.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -573,9 +606,9 @@ impl Engine {
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))??;
-        self.store.remove_checkpoint(&job.id)?;
+        // The checkpoint goes when the supervisor records `completed`, not before.
         tracing::info!(download_id = %job.id, bytes = t.offset(), path = %job.final_path.display(), "download completed");
-        Ok(())
+        Ok(true)
     }
 }
 

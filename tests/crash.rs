@@ -326,3 +326,72 @@ async fn random_kills_lose_nothing() {
         "a .part or stray file is left"
     );
 }
+
+#[actix_web::test]
+async fn a_crash_right_after_the_final_rename_is_not_downloaded_again() {
+    use model_manager::model::{Download, Source, State};
+    use model_manager::store::{Checkpoint, Store};
+    let up = Upstream::start();
+    let data = content(3 * MIB, 77);
+    up.add_file("done.bin", data.clone(), Behavior::default());
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    // What a kill -9 between the rename and the record update leaves behind.
+    std::fs::create_dir_all(&config.storage.download_dir).unwrap();
+    std::fs::write(config.storage.download_dir.join("done.bin"), &data).unwrap();
+    {
+        let store = Store::open(&config.storage.data_dir).unwrap();
+        let id = "dl_01JD3ZZZZZZZZZZZZZZZZZZZZZ".to_string();
+        store
+            .put_download(&Download {
+                id: id.clone(),
+                url: up.url("done.bin"),
+                file_name: "done.bin".into(),
+                path: "done.bin".into(),
+                state: State::Verifying,
+                order: 1 << 20,
+                bytes_done: data.len() as u64,
+                bytes_total: Some(data.len() as u64),
+                elapsed_secs: 1.0,
+                attempt: 0,
+                next_retry_at: None,
+                sha256: Some(sha256_hex(&data)),
+                error: None,
+                source: Source::Url,
+                speed_limit_bps: None,
+                created_at: "2026-11-25T00:00:00Z".into(),
+                started_at: None,
+                finished_at: None,
+            })
+            .unwrap();
+        store
+            .put_checkpoint(
+                &id,
+                &Checkpoint {
+                    offset: data.len() as u64,
+                    total: Some(data.len() as u64),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        store.flush_blocking().unwrap();
+    }
+    let svc = TestService::start_in(dir, config).await;
+    let d = svc
+        .wait_state(
+            "dl_01JD3ZZZZZZZZZZZZZZZZZZZZZ",
+            "completed",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(d["bytes_done"], json!(data.len()));
+    assert!(
+        up.requests("done.bin").is_empty(),
+        "a complete file was fetched again"
+    );
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("done.bin")),
+        sha256_hex(&data)
+    );
+    assert_eq!(tree(&svc.download_dir()), vec!["done.bin".to_string()]);
+}

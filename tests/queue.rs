@@ -232,13 +232,27 @@ async fn retry_after_cancel_and_delete_with_file() {
         )
         .await;
     assert_eq!(status, 201, "{again}");
-    svc.wait_state(again["id"].as_str().unwrap(), "completed", LONG)
-        .await;
+    let again = again["id"].as_str().unwrap().to_owned();
+    svc.wait_state(&again, "completed", LONG).await;
 
+    // The older download no longer owns the file: deleting it keeps the file...
     let (status, _) = svc
         .call(
             reqwest::Method::DELETE,
             &format!("/api/downloads/{id}?delete_file=true"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert!(
+        file.exists(),
+        "deleting the replaced download took the newer one's file"
+    );
+    // ...and deleting the one that owns it removes it.
+    let (status, _) = svc
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/downloads/{again}?delete_file=true"),
             None,
         )
         .await;

@@ -681,11 +681,17 @@ impl Handler<Finished> for Supervisor {
             return;
         };
         d.elapsed_secs = (msg.elapsed_secs * 100.0).round() / 100.0;
+        let completed = matches!(msg.outcome, Outcome::Completed { .. });
         match msg.outcome {
             Outcome::Completed { bytes } => {
                 d.bytes_done = bytes;
                 d.bytes_total = Some(bytes);
-                if natural_end {
+                // The file is under its final name: completed, even if a pause or a
+                // shutdown came too late to stop it (a cancel keeps its word).
+                if d.state != State::Cancelled {
+                    if !natural_end && d.state == State::Paused {
+                        self.queue.remove(&d.order);
+                    }
                     d.state = State::Completed;
                     d.error = None;
                     d.attempt = 0;
@@ -715,9 +721,17 @@ impl Handler<Finished> for Supervisor {
             if let Some(d) = self.records.get(&msg.id) {
                 let _ = self.store.put_download(d);
             }
+            if completed {
+                let _ = self.store.remove_checkpoint(&msg.id);
+            }
             return;
         }
         self.save(&msg.id);
+        if completed {
+            // Only after the record says so (sled keeps the order of writes), so that
+            // no flush holds "no checkpoint" beside a record that is not completed.
+            let _ = self.store.remove_checkpoint(&msg.id);
+        }
         let store = self.store.clone();
         actix::spawn(async move {
             if let Err(e) = store.flush().await {

@@ -5,6 +5,7 @@
 //! through a watch channel, which keeps it testable and lets any runtime drive it.
 
 mod error;
+mod hashpipe;
 mod limiter;
 mod range;
 mod retry;
@@ -23,6 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use error::{describe as describe_reqwest, EngineError};
+use hashpipe::HashPipe;
 pub use limiter::RateLimiter;
 pub use range::{parse_content_range, parse_retry_after, ContentRange};
 pub use retry::backoff;
@@ -520,7 +522,7 @@ impl Engine {
             if learned_digest {
                 t.expected_sha256 = resolved.sha256.clone();
                 if t.offset() == 0 {
-                    t.hasher = Some(Sha256::new());
+                    t.hasher = Some(HashPipe::start(Sha256::new())?);
                 }
             }
             if newly_pinned || learned_digest {
@@ -572,6 +574,10 @@ impl Engine {
         t.flush_block()?;
         t.wait_checkpoint().await?;
         let part = files::part_path(&job.final_path);
+        // The fsync before the rename runs while the digest is taken: one writes back
+        // what the page cache holds, the other reads it, on two cores.
+        let for_sync = t.file.try_clone()?;
+        let syncing = tokio::task::spawn_blocking(move || for_sync.sync_all());
         if let Some(expected) = t.expected_sha256.clone() {
             let expected = &expected;
             (ctx.events)(EngineEvent::Verifying);
@@ -594,10 +600,12 @@ impl Engine {
         // right after it is recognised on the next start (see renamed_before_a_crash).
         self.store
             .put_checkpoint(&job.id, &t.checkpoint_record(ctx))?;
-        let file = t.file.try_clone()?;
+        self.store.flush().await?;
+        syncing
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
         let final_path = job.final_path.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            file.sync_all()?;
             std::fs::rename(&part, &final_path)?;
             if let Some(dir) = final_path.parent() {
                 files::sync_dir(dir)?;
@@ -681,7 +689,7 @@ struct Transfer {
     total: Option<u64>,
     validators: Validators,
     /// Digest of bytes `[0, written + block.len())`, when a digest is expected.
-    hasher: Option<Sha256>,
+    hasher: Option<HashPipe>,
     /// Counts restarts, so "progress" also covers starting over after a change.
     generation: u64,
     last_checkpoint: Instant,
@@ -739,6 +747,7 @@ impl Transfer {
             })
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))??;
+        let hasher = hasher.map(HashPipe::start).transpose()?;
         Ok(Transfer {
             file,
             written: offset,
@@ -799,9 +808,9 @@ impl Transfer {
         }
     }
 
-    fn append(&mut self, chunk: &[u8]) -> Result<(), EngineError> {
-        if let Some(h) = self.hasher.as_mut() {
-            h.update(chunk);
+    fn append(&mut self, chunk: &bytes::Bytes) -> Result<(), EngineError> {
+        if let Some(h) = &self.hasher {
+            h.update(chunk.clone());
         }
         if self.block.len() + chunk.len() > WRITE_BLOCK {
             self.flush_block()?;
@@ -955,7 +964,7 @@ impl Transfer {
         self.store.flush().await?;
         self.file.set_len(0)?;
         if self.hasher.is_some() {
-            self.hasher = Some(Sha256::new());
+            self.hasher = Some(HashPipe::start(Sha256::new())?);
         }
         self.generation += 1;
         ctx.progress.set_done(0);
@@ -971,8 +980,14 @@ impl Transfer {
     /// The digest of the whole file: from the running hash when it covers every byte,
     /// else by reading the file back on a blocking thread.
     async fn digest(&mut self, part: &Path) -> Result<String, EngineError> {
-        if let Some(h) = self.hasher.take() {
-            return Ok(hex(&h.finalize()));
+        if let Some(pipe) = self.hasher.take() {
+            let digest = tokio::task::spawn_blocking(move || pipe.finish())
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            if let Some(h) = digest {
+                return Ok(hex(&h.finalize()));
+            }
+            // The hashing thread died: read the file back instead.
         }
         let part = part.to_path_buf();
         tokio::task::spawn_blocking(move || -> Result<String, EngineError> {

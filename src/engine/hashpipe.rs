@@ -1,0 +1,73 @@
+//! SHA-256 on its own thread: the byte loop hands each chunk over (a reference count,
+//! not a copy) and goes on receiving, so hashing a large file overlaps the transfer
+//! instead of adding to it.
+
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+/// Chunks in flight to the hashing thread; past that the byte loop waits for it.
+const DEPTH: usize = 512;
+
+/// A running digest fed from another thread.
+pub struct HashPipe {
+    tx: Option<SyncSender<Bytes>>,
+    worker: Option<JoinHandle<Sha256>>,
+}
+
+impl HashPipe {
+    /// Starts a thread that continues `initial` (the digest of the bytes already on disk).
+    pub fn start(initial: Sha256) -> std::io::Result<HashPipe> {
+        let (tx, rx) = sync_channel::<Bytes>(DEPTH);
+        let worker = std::thread::Builder::new()
+            .name("sha256".into())
+            .spawn(move || {
+                let mut hasher = initial;
+                for chunk in rx {
+                    hasher.update(&chunk);
+                }
+                hasher
+            })?;
+        Ok(HashPipe {
+            tx: Some(tx),
+            worker: Some(worker),
+        })
+    }
+
+    pub fn update(&self, chunk: Bytes) {
+        if let Some(tx) = &self.tx {
+            // Only fails if the thread is gone, which `finish` then reports.
+            let _ = tx.send(chunk);
+        }
+    }
+
+    /// Waits for every chunk to be hashed (blocking) and returns the digest.
+    pub fn finish(mut self) -> Option<Sha256> {
+        drop(self.tx.take());
+        self.worker.take()?.join().ok()
+    }
+}
+
+impl Drop for HashPipe {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread; nobody waits for it.
+        drop(self.tx.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_a_direct_digest() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let pipe = HashPipe::start(Sha256::new()).unwrap();
+        for chunk in data.chunks(12_345) {
+            pipe.update(Bytes::copy_from_slice(chunk));
+        }
+        assert_eq!(pipe.finish().unwrap().finalize(), Sha256::digest(&data));
+    }
+}

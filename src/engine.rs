@@ -705,6 +705,8 @@ struct Transfer {
     reresolves: u32,
     /// Set while the file is fetched on parallel connections.
     segments: Option<Arc<segments::SegmentTable>>,
+    /// The digest of the whole file, when it was taken during the transfer.
+    digest_ready: Option<Sha256>,
     /// Parallel connections failed once (a server that ignores some ranges): this run
     /// stays on one connection.
     one_connection: bool,
@@ -768,6 +770,7 @@ impl Transfer {
             link: None,
             reresolves: 0,
             one_connection: false,
+            digest_ready: None,
             segments: segmented.then(|| {
                 Arc::new(segments::SegmentTable::from_checkpoint(
                     &checkpoint.segments,
@@ -959,6 +962,7 @@ impl Transfer {
         self.total = None;
         self.validators = Validators::default();
         self.segments = None;
+        self.digest_ready = None;
         self.store
             .put_checkpoint(&self.id, &self.checkpoint_record(ctx))?;
         self.store.flush().await?;
@@ -980,6 +984,9 @@ impl Transfer {
     /// The digest of the whole file: from the running hash when it covers every byte,
     /// else by reading the file back on a blocking thread.
     async fn digest(&mut self, part: &Path) -> Result<String, EngineError> {
+        if let Some(h) = self.digest_ready.take() {
+            return Ok(hex(&h.finalize()));
+        }
         if let Some(pipe) = self.hasher.take() {
             let digest = tokio::task::spawn_blocking(move || pipe.finish())
                 .await

@@ -30,6 +30,13 @@ pub const SEGMENT_THRESHOLD: u64 = 16 * 1024 * 1024;
 /// than one write block, so a victim can never have written past the new end.
 const MIN_PIECE: u64 = 1024 * 1024;
 
+/// The size of the pieces handed out in file order. In order, so that the written
+/// prefix grows steadily and the digest can follow it during the transfer instead of
+/// reading the whole file back at the end.
+fn piece_size(total: u64) -> u64 {
+    (total / 256).clamp(4 * MIN_PIECE, 64 * MIN_PIECE)
+}
+
 /// One range of the file: `[start, end)`, written up to `pos`.
 #[derive(Debug)]
 pub struct Segment {
@@ -71,17 +78,25 @@ impl Segment {
 #[derive(Debug, Default)]
 pub struct SegmentTable {
     segs: Mutex<Vec<Arc<Segment>>>,
+    piece: u64,
 }
 
 impl SegmentTable {
+    /// `[from, total)` to fetch; `[0, from)` is already written.
     pub fn whole(from: u64, total: u64) -> SegmentTable {
+        let mut segs = vec![Segment::new(from, from, total)];
+        if from > 0 {
+            segs.push(Segment::new(0, from, from));
+        }
         SegmentTable {
-            segs: Mutex::new(vec![Segment::new(from, from, total)]),
+            segs: Mutex::new(segs),
+            piece: piece_size(total),
         }
     }
 
     /// From a checkpoint's `[start, pos, end]` triples.
     pub fn from_checkpoint(triples: &[[u64; 3]]) -> SegmentTable {
+        let total = triples.iter().map(|t| t[2]).max().unwrap_or(0);
         SegmentTable {
             segs: Mutex::new(
                 triples
@@ -89,6 +104,7 @@ impl SegmentTable {
                     .map(|&[s, p, e]| Segment::new(s, p.min(e), e))
                     .collect(),
             ),
+            piece: piece_size(total),
         }
     }
 
@@ -99,15 +115,48 @@ impl SegmentTable {
         }
     }
 
-    /// `[start, pos, end]` of every segment, for a checkpoint (read before the fsync).
+    /// `[start, pos, end]` of every segment, for a checkpoint (read before the fsync),
+    /// with runs of finished neighbours merged into one.
     pub fn snapshot(&self) -> Vec<[u64; 3]> {
-        self.lock()
+        let mut triples: Vec<[u64; 3]> = self
+            .lock()
             .iter()
             .map(|s| {
                 let end = s.end();
                 [s.start, s.pos().min(end), end]
             })
-            .collect()
+            .collect();
+        triples.sort_unstable();
+        let mut merged: Vec<[u64; 3]> = Vec::with_capacity(triples.len());
+        for t in triples {
+            match merged.last_mut() {
+                Some(last) if last[1] == last[2] && t[1] == t[2] && last[2] == t[0] => {
+                    last[1] = t[2];
+                    last[2] = t[2];
+                }
+                _ => merged.push(t),
+            }
+        }
+        merged
+    }
+
+    /// The end of the written prefix: every byte before it is on disk.
+    pub fn prefix(&self) -> u64 {
+        let segs = self.lock();
+        let mut sorted: Vec<&Arc<Segment>> = segs.iter().collect();
+        sorted.sort_unstable_by_key(|s| s.start);
+        let mut at = 0;
+        for s in sorted {
+            if s.start > at {
+                break;
+            }
+            let (pos, end) = (s.pos(), s.end());
+            at = at.max(pos.min(end));
+            if pos < end {
+                break;
+            }
+        }
+        at
     }
 
     /// Bytes written, over all segments.
@@ -126,12 +175,25 @@ impl SegmentTable {
     /// one still running; either way now owned by the caller.
     fn take(&self) -> Option<Arc<Segment>> {
         let mut segs = self.lock();
-        if let Some(free) = segs
+        // The lowest segment nobody works on; a large one gives up only its first piece.
+        let free = segs
             .iter()
-            .find(|s| s.left() > 0 && !s.owned.load(Ordering::SeqCst))
-        {
+            .enumerate()
+            .filter(|(_, s)| s.left() > 0 && !s.owned.load(Ordering::SeqCst))
+            .min_by_key(|(_, s)| s.pos())
+            .map(|(i, s)| (i, s.clone()));
+        if let Some((i, free)) = free {
+            let (pos, end) = (free.pos(), free.end());
+            if end - pos > self.piece + MIN_PIECE {
+                // Nobody writes to an unowned segment: it can be cut safely.
+                let piece = Segment::new(free.start, pos, pos + self.piece);
+                piece.owned.store(true, Ordering::SeqCst);
+                segs[i] = piece.clone();
+                segs.push(Segment::new(pos + self.piece, pos + self.piece, end));
+                return Some(piece);
+            }
             free.owned.store(true, Ordering::SeqCst);
-            return Some(free.clone());
+            return Some(free);
         }
         let victim = segs.iter().max_by_key(|s| s.left())?.clone();
         let left = victim.left();
@@ -232,13 +294,10 @@ impl Engine {
         // connections ever start on the same one.
         let mut first = first;
         let mut initial = Vec::new();
-        for i in 0..job.settings.connections_per_download.max(1) {
-            let seg = match (i, &first) {
-                (0, Some(_)) => table.lock().first().cloned().inspect(|s| {
-                    s.owned.store(true, Ordering::SeqCst);
-                }),
-                _ => table.take(),
-            };
+        for _ in 0..job.settings.connections_per_download.max(1) {
+            // With a response already streaming from the start, the first piece (the
+            // lowest) is the one that response is for.
+            let seg = table.take();
             initial.push(seg);
         }
         let workers = FuturesUnordered::new();
@@ -247,6 +306,10 @@ impl Engine {
             workers.push(worker(&shared, seg, resp));
         }
         let mut workers = workers;
+        let follower = match &t.expected_sha256 {
+            Some(_) => Some(Follower::start(table.clone(), t.file.try_clone()?, total)?),
+            None => None,
+        };
         let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
         ticker.tick().await;
         let outcome = loop {
@@ -268,6 +331,11 @@ impl Engine {
                 t.written = total;
                 t.block.clear();
                 ctx.progress.set_done(total);
+                if let Some(f) = follower {
+                    t.digest_ready = tokio::task::spawn_blocking(move || f.finish())
+                        .await
+                        .map_err(|e| EngineError::Internal(e.to_string()))?;
+                }
                 Ok(AttemptEnd::Done)
             }
             None => Err(EngineError::Internal(
@@ -569,38 +637,54 @@ mod tests {
     const MIB: u64 = 1024 * 1024;
 
     #[test]
-    fn stealing_splits_the_largest_segment() {
+    fn pieces_go_out_in_file_order_then_the_largest_is_split() {
         let t = SegmentTable::whole(0, 64 * MIB);
-        let first = t.take().unwrap();
+        let a = t.take().unwrap();
         let b = t.take().unwrap();
-        assert_eq!((b.start, b.end()), (32 * MIB, 64 * MIB));
-        assert_eq!(first.end(), 32 * MIB);
+        assert_eq!((a.start, a.end()), (0, 4 * MIB), "the first piece first");
+        assert_eq!((b.start, b.end()), (4 * MIB, 8 * MIB));
+        assert_eq!(t.prefix(), 0);
+        a.pos.store(4 * MIB, Ordering::SeqCst);
+        b.pos.store(5 * MIB, Ordering::SeqCst);
+        assert_eq!(
+            t.prefix(),
+            5 * MIB,
+            "the written prefix runs through finished pieces"
+        );
+        assert_eq!(t.done(), 5 * MIB);
+        // A checkpoint and back: the same bytes done, the rest still to fetch.
+        let again = SegmentTable::from_checkpoint(&t.snapshot());
+        assert_eq!(again.done(), 5 * MIB);
+        assert_eq!(again.prefix(), 5 * MIB);
+        assert!(!again.complete());
+        // Owned segments are not handed out twice; released ones are.
+        let c = t.take().unwrap();
+        assert_eq!(c.start, 8 * MIB);
+        c.release();
+        assert_eq!(t.take().unwrap().start, 8 * MIB);
+    }
+
+    #[test]
+    fn with_nothing_free_the_largest_running_segment_is_split() {
+        let t = SegmentTable::whole(0, 8 * MIB);
+        let a = t.take().unwrap();
+        let b = t.take().unwrap();
+        assert_eq!((a.end() - a.start, b.end() - b.start), (4 * MIB, 4 * MIB));
         let c = t.take().unwrap();
         assert_eq!(
             c.end() - c.start,
-            16 * MIB,
-            "half of one of the two largest"
+            2 * MIB,
+            "half of one of the two running pieces"
         );
-        assert_eq!(t.done(), 0);
-        first.pos.store(16 * MIB, Ordering::SeqCst);
-        assert_eq!(t.done(), 16 * MIB);
-        let snap = t.snapshot();
-        let again = SegmentTable::from_checkpoint(&snap);
-        assert_eq!(again.done(), 16 * MIB);
-        assert!(!again.complete());
-        // Each segment resumes where it was: an idle one is handed out first.
-        let free = again.take().unwrap();
-        assert!(free.left() > 0);
-        // Owned segments are not handed out twice; released ones are.
-        let owned_before: Vec<u64> = again
-            .lock()
-            .iter()
-            .filter(|s| s.owned.load(Ordering::SeqCst))
-            .map(|s| s.start)
-            .collect();
-        assert_eq!(owned_before, vec![free.start]);
-        free.release();
-        assert_eq!(again.take().unwrap().start, free.start);
+        assert!(a.end() == c.start || b.end() == c.start);
+    }
+
+    #[test]
+    fn bytes_written_before_the_switch_count_as_the_prefix() {
+        let t = SegmentTable::whole(3 * MIB, 64 * MIB);
+        assert_eq!(t.prefix(), 3 * MIB);
+        assert_eq!(t.done(), 3 * MIB);
+        assert_eq!(t.take().unwrap().start, 3 * MIB);
     }
 
     #[test]
@@ -611,5 +695,67 @@ mod tests {
             t.take().is_none(),
             "the only segment is owned and too small to split"
         );
+    }
+}
+
+/// Hashes the written prefix of the file while the connections fill it, so that the
+/// digest is ready (or nearly) when the last byte lands.
+pub(super) struct Follower {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    worker: Option<std::thread::JoinHandle<Option<sha2::Sha256>>>,
+}
+
+impl Follower {
+    pub(super) fn start(
+        table: Arc<SegmentTable>,
+        file: File,
+        total: u64,
+    ) -> std::io::Result<Follower> {
+        use sha2::Digest;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let worker = std::thread::Builder::new()
+            .name("sha256-follow".into())
+            .spawn(move || {
+                let mut hasher = sha2::Sha256::new();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut at = 0u64;
+                loop {
+                    let prefix = table.prefix();
+                    while at < prefix {
+                        let n = ((prefix - at) as usize).min(buf.len());
+                        file.read_exact_at(&mut buf[..n], at).ok()?;
+                        hasher.update(&buf[..n]);
+                        at += n as u64;
+                    }
+                    if at >= total {
+                        return Some(hasher);
+                    }
+                    // All written, yet the prefix stops short: the table does not cover
+                    // the file. Give up; the digest is then taken by reading it back.
+                    if table.complete() && table.prefix() == at {
+                        return None;
+                    }
+                    if stopping.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })?;
+        Ok(Follower {
+            stop,
+            worker: Some(worker),
+        })
+    }
+
+    /// Waits for the digest of the whole file (blocking; the table must be complete).
+    pub(super) fn finish(mut self) -> Option<sha2::Sha256> {
+        self.worker.take()?.join().ok().flatten()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }

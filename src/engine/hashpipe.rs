@@ -9,7 +9,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 /// Chunks in flight to the hashing thread; past that the byte loop waits for it.
-const DEPTH: usize = 64;
+const DEPTH: usize = 16;
 
 /// A running digest fed from another thread.
 pub struct HashPipe {

@@ -224,13 +224,19 @@ impl Engine {
         match result {
             Ok(RunEnd::Completed) => Outcome::Completed { bytes },
             Ok(RunEnd::Stopped) => match transfer.checkpoint_now(&ctx).await {
-                Ok(()) => Outcome::Stopped {
-                    bytes: transfer.done_bytes(),
-                },
-                Err(e) => Outcome::Failed {
-                    bytes,
-                    error: e.to_download_error(),
-                },
+                Ok(()) => {
+                    tracing::info!(download_id = %job.id, bytes = transfer.done_bytes(), "stopped; checkpoint saved");
+                    Outcome::Stopped {
+                        bytes: transfer.done_bytes(),
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(download_id = %job.id, error = %e, "stopped, but the checkpoint failed");
+                    Outcome::Failed {
+                        bytes,
+                        error: e.to_download_error(),
+                    }
+                }
             },
             Err(e) => {
                 // Keep what we have: a later retry continues from it (unless the
@@ -750,6 +756,7 @@ impl Transfer {
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))??;
         let hasher = hasher.map(HashPipe::start).transpose()?;
+        tracing::debug!(download_id = %job.id, offset, segmented, "transfer opened at its checkpoint");
         Ok(Transfer {
             file,
             written: offset,

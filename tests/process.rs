@@ -37,7 +37,12 @@ async fn kill_9_mid_download_resumes_from_the_last_checkpoint() {
     );
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = write_config(dir.path(), port, "");
+    // One connection: the resume point is one offset (tests/segments.rs has many).
+    let config = write_config(
+        dir.path(),
+        port,
+        "[downloads]\nconnections_per_download = 1\n",
+    );
     let mut p = Proc::spawn(&config, port);
     p.wait_healthy().await;
     let (status, d) = p
@@ -105,7 +110,12 @@ async fn sigterm_checkpoints_stops_answering_exits_0_and_resumes() {
     );
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = write_config(dir.path(), port, "");
+    // One connection: the resume point is one offset (tests/segments.rs has many).
+    let config = write_config(
+        dir.path(),
+        port,
+        "[downloads]\nconnections_per_download = 1\n",
+    );
     let mut p = Proc::spawn(&config, port);
     p.wait_healthy().await;
     let (_, d) = p
@@ -141,6 +151,12 @@ async fn sigterm_checkpoints_stops_answering_exits_0_and_resumes() {
         file_sha256(&dir.path().join("downloads/t.bin")),
         sha256_hex(&data)
     );
+    let all: Vec<_> = up
+        .requests("t.bin")
+        .iter()
+        .map(|r| (r.range_start, r.status))
+        .collect();
+    println!("requests: {all:?} (restart after {before_restart})");
     let first = up
         .requests("t.bin")
         .into_iter()

@@ -484,7 +484,7 @@ impl Engine {
                     return Err(EngineError::Overlong { expected: total });
                 }
             }
-            t.maybe_checkpoint(&self.store, &job.id, ctx)?;
+            t.maybe_checkpoint(ctx)?;
             self.global.acquire(chunk.len()).await;
             ctx.limiter.acquire(chunk.len()).await;
         }
@@ -858,48 +858,26 @@ impl Transfer {
         }
     }
 
-    /// The periodic checkpoint of a segmented run: the segments' positions are read
-    /// first, then the file is fsynced, then they are recorded.
-    fn segment_checkpoint(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
-        if self
-            .pending_checkpoint
-            .as_ref()
-            .is_some_and(|h| !h.is_finished())
-        {
-            return Ok(());
-        }
-        if let Some(done) = self.pending_checkpoint.take() {
-            match futures_util::FutureExt::now_or_never(done) {
-                Some(Ok(Err(e))) => return Err(e),
-                Some(Err(join)) => return Err(EngineError::Internal(join.to_string())),
-                _ => {}
-            }
-        }
-        let record = self.checkpoint_record(ctx);
+    /// The job that makes a checkpoint true: fsync the `.part`, then record `record`
+    /// (whose positions were read before the fsync) and flush sled.
+    fn persist(
+        &self,
+        record: Checkpoint,
+    ) -> Result<impl FnOnce() -> Result<(), EngineError> + Send + 'static, EngineError> {
         let file = self.file.try_clone()?;
         let store = self.store.clone();
         let id = self.id.clone();
-        self.pending_checkpoint = Some(tokio::task::spawn_blocking(move || {
+        Ok(move || {
             file.sync_data()?;
             store.put_checkpoint(&id, &record)?;
             store.flush_blocking()?;
             Ok(())
-        }));
-        self.last_checkpoint = Instant::now();
-        Ok(())
+        })
     }
 
-    /// Every [`CHECKPOINT_EVERY`]: fsync the `.part` and then record its offset, in the
-    /// background so that the byte loop keeps reading while the disk catches up.
-    fn maybe_checkpoint(
-        &mut self,
-        store: &Store,
-        id: &str,
-        ctx: &RunCtx,
-    ) -> Result<(), EngineError> {
-        if self.last_checkpoint.elapsed() < CHECKPOINT_EVERY {
-            return Ok(());
-        }
+    /// Starts a checkpoint in the background, so that the byte loop keeps reading while
+    /// the disk catches up; skipped while the previous one still runs.
+    fn start_checkpoint(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
         if self
             .pending_checkpoint
             .as_ref()
@@ -915,19 +893,25 @@ impl Transfer {
                 _ => {}
             }
         }
-        self.flush_block()?;
-        let record = self.checkpoint_record(ctx);
-        let file = self.file.try_clone()?;
-        let store = store.clone();
-        let id = id.to_owned();
-        self.pending_checkpoint = Some(tokio::task::spawn_blocking(move || {
-            file.sync_data()?;
-            store.put_checkpoint(&id, &record)?;
-            store.flush_blocking()?;
-            Ok(())
-        }));
+        let job = self.persist(self.checkpoint_record(ctx))?;
+        self.pending_checkpoint = Some(tokio::task::spawn_blocking(job));
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+
+    /// The periodic checkpoint of a segmented run (the connections write themselves).
+    fn segment_checkpoint(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
+        self.start_checkpoint(ctx)
+    }
+
+    /// Every [`CHECKPOINT_EVERY`] on one connection: the write block first, then a
+    /// background checkpoint of the offset.
+    fn maybe_checkpoint(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
+        if self.last_checkpoint.elapsed() < CHECKPOINT_EVERY {
+            return Ok(());
+        }
+        self.flush_block()?;
+        self.start_checkpoint(ctx)
     }
 
     async fn wait_checkpoint(&mut self) -> Result<(), EngineError> {
@@ -943,18 +927,10 @@ impl Transfer {
     async fn checkpoint_now(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
         self.wait_checkpoint().await?;
         self.flush_block()?;
-        let record = self.checkpoint_record(ctx);
-        let file = self.file.try_clone()?;
-        let store = self.store.clone();
-        let id = self.id.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
-            file.sync_data()?;
-            store.put_checkpoint(&id, &record)?;
-            store.flush_blocking()?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| EngineError::Internal(e.to_string()))??;
+        let job = self.persist(self.checkpoint_record(ctx))?;
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
         self.last_checkpoint = Instant::now();
         Ok(())
     }

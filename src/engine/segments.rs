@@ -630,6 +630,68 @@ fn flush(s: &Shared<'_>, seg: &Segment, block: &mut Vec<u8>) -> Result<(), Engin
     Ok(())
 }
 
+/// Hashes the written prefix of the file while the connections fill it, so that the
+/// digest is ready (or nearly) when the last byte lands.
+pub(super) struct Follower {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    worker: Option<std::thread::JoinHandle<Option<sha2::Sha256>>>,
+}
+
+impl Follower {
+    pub(super) fn start(
+        table: Arc<SegmentTable>,
+        file: File,
+        total: u64,
+    ) -> std::io::Result<Follower> {
+        use sha2::Digest;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let worker = std::thread::Builder::new()
+            .name("sha256-follow".into())
+            .spawn(move || {
+                let mut hasher = sha2::Sha256::new();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut at = 0u64;
+                loop {
+                    let prefix = table.prefix();
+                    while at < prefix {
+                        let n = ((prefix - at) as usize).min(buf.len());
+                        file.read_exact_at(&mut buf[..n], at).ok()?;
+                        hasher.update(&buf[..n]);
+                        at += n as u64;
+                    }
+                    if at >= total {
+                        return Some(hasher);
+                    }
+                    // All written, yet the prefix stops short: the table does not cover
+                    // the file. Give up; the digest is then taken by reading it back.
+                    if table.complete() && table.prefix() == at {
+                        return None;
+                    }
+                    if stopping.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })?;
+        Ok(Follower {
+            stop,
+            worker: Some(worker),
+        })
+    }
+
+    /// Waits for the digest of the whole file (blocking; the table must be complete).
+    pub(super) fn finish(mut self) -> Option<sha2::Sha256> {
+        self.worker.take()?.join().ok().flatten()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,67 +757,5 @@ mod tests {
             t.take().is_none(),
             "the only segment is owned and too small to split"
         );
-    }
-}
-
-/// Hashes the written prefix of the file while the connections fill it, so that the
-/// digest is ready (or nearly) when the last byte lands.
-pub(super) struct Follower {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    worker: Option<std::thread::JoinHandle<Option<sha2::Sha256>>>,
-}
-
-impl Follower {
-    pub(super) fn start(
-        table: Arc<SegmentTable>,
-        file: File,
-        total: u64,
-    ) -> std::io::Result<Follower> {
-        use sha2::Digest;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopping = stop.clone();
-        let worker = std::thread::Builder::new()
-            .name("sha256-follow".into())
-            .spawn(move || {
-                let mut hasher = sha2::Sha256::new();
-                let mut buf = vec![0u8; 1 << 20];
-                let mut at = 0u64;
-                loop {
-                    let prefix = table.prefix();
-                    while at < prefix {
-                        let n = ((prefix - at) as usize).min(buf.len());
-                        file.read_exact_at(&mut buf[..n], at).ok()?;
-                        hasher.update(&buf[..n]);
-                        at += n as u64;
-                    }
-                    if at >= total {
-                        return Some(hasher);
-                    }
-                    // All written, yet the prefix stops short: the table does not cover
-                    // the file. Give up; the digest is then taken by reading it back.
-                    if table.complete() && table.prefix() == at {
-                        return None;
-                    }
-                    if stopping.load(Ordering::Relaxed) {
-                        return None;
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })?;
-        Ok(Follower {
-            stop,
-            worker: Some(worker),
-        })
-    }
-
-    /// Waits for the digest of the whole file (blocking; the table must be complete).
-    pub(super) fn finish(mut self) -> Option<sha2::Sha256> {
-        self.worker.take()?.join().ok().flatten()
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }

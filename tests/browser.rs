@@ -92,3 +92,77 @@ async fn the_page_drives_a_download_and_survives_a_restart() {
         sha256_hex(&data)
     );
 }
+
+#[tokio::test]
+async fn the_hub_tab_finds_a_model_and_queues_a_split_quantization() {
+    use common::hub::{HubEmu, RepoOptions};
+    use std::sync::Arc;
+    let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    assert!(
+        std::path::Path::new(driver).join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run scripts/test.sh (it installs Chromium and playwright-core)"
+    );
+    let cdn = Arc::new(Upstream::start());
+    let hub = HubEmu::start(cdn.clone());
+    let repo = "TheBloke/TinyModel-GGUF";
+    hub.add_repo(
+        repo,
+        RepoOptions {
+            downloads: 9000,
+            likes: 42,
+            tags: vec!["gguf".into()],
+            ..Default::default()
+        },
+    );
+    let parts = [content(3 * MIB, 1), content(2 * MIB, 2)];
+    hub.put_file(repo, "tiny-Q4_K_M.gguf", content(MIB, 3));
+    hub.put_file(repo, "tiny-F16-00001-of-00002.gguf", parts[0].clone());
+    hub.put_file(repo, "tiny-F16-00002-of-00002.gguf", parts[1].clone());
+    hub.add_repo(
+        "meta/tiny-gated-GGUF",
+        RepoOptions {
+            gated_token: Some("t".into()),
+            downloads: 5,
+            tags: vec!["gguf".into()],
+            ..Default::default()
+        },
+    );
+    hub.put_file("meta/tiny-gated-GGUF", "x-Q4_0.gguf", content(1000, 4));
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        port,
+        &format!("[hub]\nendpoint = \"{}\"\n", hub.endpoint()),
+    );
+    let mut service = Proc::spawn(&config, port);
+    service.wait_healthy().await;
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots");
+    std::fs::create_dir_all(shots).unwrap();
+    let out = Command::new("node")
+        .arg("hub.mjs")
+        .current_dir(driver)
+        .env("MM_BASE", &service.base)
+        .env("MM_SCREENSHOT_DIR", shots)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node (run scripts/test.sh to install it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("STEP done"),
+        "the Hub tab driver failed: {stdout}"
+    );
+    for (name, data) in [
+        "tiny-F16-00001-of-00002.gguf",
+        "tiny-F16-00002-of-00002.gguf",
+    ]
+    .iter()
+    .zip(&parts)
+    {
+        let file = dir.path().join("downloads").join(repo).join(name);
+        assert_eq!(file_sha256(&file), sha256_hex(data), "{name}");
+    }
+    service.kill9();
+}

@@ -4,6 +4,7 @@
 //! The engine knows nothing of actors: it reports through [`RunCtx`] and is stopped
 //! through a watch channel, which keeps it testable and lets any runtime drive it.
 
+mod block;
 mod error;
 mod hashpipe;
 mod limiter;
@@ -691,7 +692,7 @@ struct Transfer {
     /// Bytes on disk (written, contiguous from 0).
     written: u64,
     /// Received but not yet written.
-    block: Vec<u8>,
+    block: block::WriteBlock,
     total: Option<u64>,
     validators: Validators,
     /// Digest of bytes `[0, written + block.len())`, when a digest is expected.
@@ -760,7 +761,7 @@ impl Transfer {
         Ok(Transfer {
             file,
             written: offset,
-            block: Vec::with_capacity(WRITE_BLOCK),
+            block: block::WriteBlock::default(),
             total: checkpoint.total,
             validators: Validators {
                 etag: checkpoint.etag,
@@ -822,23 +823,18 @@ impl Transfer {
         if let Some(h) = &self.hasher {
             h.update(chunk.clone());
         }
-        if self.block.len() + chunk.len() > WRITE_BLOCK {
+        self.block.push(chunk.clone());
+        if self.block.len() >= WRITE_BLOCK {
             self.flush_block()?;
-        }
-        if chunk.len() >= WRITE_BLOCK {
-            self.file.write_all_at(chunk, self.written)?;
-            self.written += chunk.len() as u64;
-        } else {
-            self.block.extend_from_slice(chunk);
         }
         Ok(())
     }
 
     fn flush_block(&mut self) -> Result<(), EngineError> {
         if !self.block.is_empty() {
-            self.file.write_all_at(&self.block, self.written)?;
-            self.written += self.block.len() as u64;
-            self.block.clear();
+            let n = self.block.len();
+            self.block.write_at(&self.file, self.written, n)?;
+            self.written += n as u64;
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use reqwest::header;
 use tokio::sync::watch;
 
+use super::block::WriteBlock;
 use super::limiter::RateLimiter;
 use super::{
     backoff, describe_reqwest, parse_content_range, AttemptEnd, Engine, EngineError, Job, RunCtx,
@@ -563,7 +564,7 @@ async fn pump(s: &Shared<'_>, seg: &Segment, resp: reqwest::Response) -> Result<
     let stall = Duration::from_secs(s.job.settings.stall_timeout_secs);
     let _connection = crate::metrics::ConnectionGuard::open();
     let mut body = resp.bytes_stream();
-    let mut block: Vec<u8> = Vec::with_capacity(WRITE_BLOCK);
+    let mut block = WriteBlock::default();
     let mut stop = s.stop.clone();
     let started = Instant::now();
     loop {
@@ -597,12 +598,16 @@ async fn pump(s: &Shared<'_>, seg: &Segment, resp: reqwest::Response) -> Result<
         };
         // Bytes past the end (after a steal) belong to another connection.
         let room = seg.end().saturating_sub(seg.pos() + block.len() as u64) as usize;
-        let useful = &chunk[..chunk.len().min(room)];
-        s.progress.add_done(useful.len() as u64);
-        block.extend_from_slice(useful);
-        if block.len() >= WRITE_BLOCK || useful.len() < chunk.len() || room == useful.len() {
+        let useful = chunk.slice(..chunk.len().min(room));
+        let took = useful.len();
+        s.progress.add_done(took as u64);
+        block.push(useful);
+        if block.len() >= WRITE_BLOCK || took < chunk.len() || room == took {
             flush(s, seg, &mut block).map_err(Abort::Error)?;
         }
+        // Every byte received counts against the limits, the last one of a piece too.
+        s.engine.global.acquire(chunk.len()).await;
+        s.limiter.acquire(chunk.len()).await;
         if seg.pos() >= seg.end() {
             tracing::trace!(
                 segment_start = seg.start,
@@ -611,22 +616,19 @@ async fn pump(s: &Shared<'_>, seg: &Segment, resp: reqwest::Response) -> Result<
             );
             return Ok(());
         }
-        s.engine.global.acquire(chunk.len()).await;
-        s.limiter.acquire(chunk.len()).await;
     }
 }
 
 /// Writes the block at the segment's position, clipped to its current end.
-fn flush(s: &Shared<'_>, seg: &Segment, block: &mut Vec<u8>) -> Result<(), EngineError> {
+fn flush(s: &Shared<'_>, seg: &Segment, block: &mut WriteBlock) -> Result<(), EngineError> {
     if block.is_empty() {
         return Ok(());
     }
     // The block starts at `pos`: only the owner of a segment moves it.
     let pos = seg.pos();
     let n = (block.len() as u64).min(seg.end().saturating_sub(pos)) as usize;
-    s.file.write_all_at(&block[..n], pos)?;
+    block.write_at(&s.file, pos, n)?;
     seg.pos.store(pos + n as u64, Ordering::SeqCst);
-    block.clear();
     Ok(())
 }
 

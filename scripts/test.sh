@@ -19,10 +19,23 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
 fi
 
 # One build of the tests; each test binary runs its tests in parallel.
-cargo test --no-fail-fast "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
 
 # The API fuzzed from its own OpenAPI description (schemathesis, from PyPI), against
 # the binary the tests just built. Skipped when only some tests were asked for.
-if [ $# -eq 0 ]; then
-  bash scripts/fuzz_api.sh target/debug/model-manager 25
+fuzz=0
+if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then
+  bash scripts/fuzz_api.sh target/debug/model-manager 25 || fuzz=1
 fi
+
+# One closing line over every test binary.
+passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '; [0-9]+ failed' "$log" | awk '{s+=$2} END {print s+0}')
+echo
+echo "tests: $passed passed, $((failed + fuzz)) failed"
+[ "$status" -eq 0 ] && [ "$fuzz" -eq 0 ]

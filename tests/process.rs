@@ -2,25 +2,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::binary::*;
 use common::service::{content, file_sha256, sha256_hex, MIB};
 use common::upstream::{Behavior, Upstream};
-use serde_json::{json, Value};
-
-/// Polls until `pred` holds for the download; returns it.
-async fn wait(p: &Proc, id: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let d = p.get(&format!("/api/downloads/{id}")).await;
-        if pred(&d) {
-            return d;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting on {d}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn kill_9_mid_download_resumes_from_the_last_checkpoint() {
@@ -55,20 +42,22 @@ async fn kill_9_mid_download_resumes_from_the_last_checkpoint() {
     let id = d["id"].as_str().unwrap().to_owned();
 
     // Kill when a third is done; remember the last bytes the API showed.
-    let shown = wait(&p, &id, Duration::from_secs(60), |d| {
-        d["bytes_done"].as_u64().unwrap() >= (size / 3) as u64
-    })
-    .await;
+    let shown = p
+        .wait_download(&id, Duration::from_secs(60), |d| {
+            d["bytes_done"].as_u64().unwrap() >= (size / 3) as u64
+        })
+        .await;
     let shown = shown["bytes_done"].as_u64().unwrap();
     p.kill9();
     let before_restart = up.requests("big.gguf").len();
 
     let mut p = Proc::spawn(&config, port);
     p.wait_healthy().await;
-    let done = wait(&p, &id, Duration::from_secs(60), |d| {
-        d["state"] == "completed" || d["state"] == "failed"
-    })
-    .await;
+    let done = p
+        .wait_download(&id, Duration::from_secs(60), |d| {
+            d["state"] == "completed" || d["state"] == "failed"
+        })
+        .await;
     assert_eq!(done["state"], "completed", "{done}");
     assert_eq!(
         file_sha256(&dir.path().join("downloads/big.gguf")),
@@ -125,10 +114,11 @@ async fn sigterm_checkpoints_stops_answering_exits_0_and_resumes() {
         )
         .await;
     let id = d["id"].as_str().unwrap().to_owned();
-    let shown = wait(&p, &id, Duration::from_secs(30), |d| {
-        d["bytes_done"].as_u64().unwrap() >= 8 * MIB as u64
-    })
-    .await;
+    let shown = p
+        .wait_download(&id, Duration::from_secs(30), |d| {
+            d["bytes_done"].as_u64().unwrap() >= 8 * MIB as u64
+        })
+        .await;
     let shown = shown["bytes_done"].as_u64().unwrap();
 
     p.sigterm();
@@ -142,10 +132,11 @@ async fn sigterm_checkpoints_stops_answering_exits_0_and_resumes() {
 
     let mut p = Proc::spawn(&config, port);
     p.wait_healthy().await;
-    let done = wait(&p, &id, Duration::from_secs(60), |d| {
-        d["state"] == "completed" || d["state"] == "failed"
-    })
-    .await;
+    let done = p
+        .wait_download(&id, Duration::from_secs(60), |d| {
+            d["state"] == "completed" || d["state"] == "failed"
+        })
+        .await;
     assert_eq!(done["state"], "completed", "{done}");
     assert_eq!(
         file_sha256(&dir.path().join("downloads/t.bin")),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::binary::*;
 use common::service::*;
 use common::upstream::{Behavior, Upstream};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -211,41 +211,24 @@ async fn kill_9_resumes_every_segment() {
     );
     let mut p = Proc::spawn(&config, port);
     p.wait_healthy().await;
-    let (status, d) = p
-        .post(
-            "/api/downloads",
-            json!({"url": up.url("k.bin"), "sha256": sha256_hex(&data)}),
-        )
+    let id = p
+        .add(json!({"url": up.url("k.bin"), "sha256": sha256_hex(&data)}))
         .await;
-    assert_eq!(status, 201, "{d}");
-    let id = d["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + LONG;
-    let shown = loop {
-        let d: Value = p.get(&format!("/api/downloads/{id}")).await;
-        let b = d["bytes_done"].as_u64().unwrap();
-        if b >= (size / 2) as u64 {
-            break b;
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let shown = p
+        .wait_download(&id, LONG, |d| {
+            d["bytes_done"].as_u64().unwrap() >= (size / 2) as u64
+        })
+        .await["bytes_done"]
+        .as_u64()
+        .unwrap();
     p.kill9();
     let before = up.requests("k.bin").len();
     let sent_before = up.bytes_sent("k.bin");
 
     let mut p = Proc::spawn(&config, port);
     p.wait_healthy().await;
-    let deadline = Instant::now() + LONG;
-    loop {
-        let d: Value = p.get(&format!("/api/downloads/{id}")).await;
-        match d["state"].as_str() {
-            Some("completed") => break,
-            Some("failed") => panic!("{d}"),
-            _ => {}
-        }
-        assert!(Instant::now() < deadline, "{d}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    p.wait_download(&id, LONG, |d| d["state"] == "completed")
+        .await;
     assert_eq!(
         file_sha256(&dir.path().join("downloads/k.bin")),
         sha256_hex(&data)

@@ -106,6 +106,33 @@ impl Proc {
         }
     }
 
+    /// Adds a download; panics unless 201. Returns its id.
+    pub async fn add(&self, body: Value) -> String {
+        let (status, d) = self.post("/api/downloads", body).await;
+        assert_eq!(status, 201, "{d}");
+        d["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Polls a download until `pred` holds; returns it (panics after `timeout`, or when it
+    /// failed while waiting for something else).
+    pub async fn wait_download(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let d = self.get(&format!("/api/downloads/{id}")).await;
+            if pred(&d) {
+                return d;
+            }
+            assert!(d["state"] != "failed", "the download failed: {d}");
+            assert!(Instant::now() < deadline, "timed out waiting on {d}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub async fn get(&self, path: &str) -> Value {
         reqwest::get(format!("{}{path}", self.base))
             .await

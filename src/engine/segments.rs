@@ -614,6 +614,10 @@ async fn pump(s: &Shared<'_>, seg: &Segment, resp: reqwest::Response) -> Result<
                 took_ms = started.elapsed().as_millis() as u64,
                 "segment done"
             );
+            // When the response ends here too, read its end, so that the connection goes
+            // back to the pool: otherwise every piece would open a new connection and
+            // the download would use more than `connections_per_download` of them.
+            let _ = tokio::time::timeout(Duration::from_millis(50), body.next()).await;
             return Ok(());
         }
     }

@@ -27,8 +27,7 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("{0}")]
     Unprocessable(String),
-    #[error("{0}")]
-    NotImplemented(String),
+
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -55,7 +54,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unprocessable(_) => "invalid_request",
-            ApiError::NotImplemented(_) => "not_implemented",
+
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
             ApiError::HubUnauthorized(_) => "unauthorized",
@@ -87,7 +86,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::HubUnauthorized(_) => StatusCode::FORBIDDEN,

@@ -44,16 +44,9 @@ async fn the_page_drives_a_download_and_survives_a_restart() {
         },
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     // One connection, so that the throttled file lasts through pause, resume and restart.
-    let config = write_config(
-        dir.path(),
-        port,
-        "[downloads]\nconnections_per_download = 1\n",
-    );
-    let mut service = Proc::spawn(&config, port);
-    service.wait_healthy().await;
+    let (dir, config, port, mut service) =
+        Proc::start("[downloads]\nconnections_per_download = 1\n").await;
 
     let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots");
     std::fs::create_dir_all(shots).unwrap();
@@ -129,15 +122,8 @@ async fn the_hub_tab_finds_a_model_and_queues_a_split_quantization() {
     );
     hub.put_file("meta/tiny-gated-GGUF", "x-Q4_0.gguf", content(1000, 4));
 
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(
-        dir.path(),
-        port,
-        &format!("[hub]\nendpoint = \"{}\"\n", hub.endpoint()),
-    );
-    let mut service = Proc::spawn(&config, port);
-    service.wait_healthy().await;
+    let (dir, _config, _port, mut service) =
+        Proc::start(&format!("[hub]\nendpoint = \"{}\"\n", hub.endpoint())).await;
     let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots");
     std::fs::create_dir_all(shots).unwrap();
     let out = Command::new("node")

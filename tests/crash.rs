@@ -212,15 +212,8 @@ async fn random_kills_lose_nothing() {
         up.add_file(name, data.clone(), behavior.clone());
         expected.push((name.to_string(), sha256_hex(&data)));
     }
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(
-        dir.path(),
-        port,
-        "[downloads]\nmax_concurrent = 4\nretry_base_delay_ms = 100\n",
-    );
-    let mut p = Proc::spawn(&config, port);
-    p.wait_healthy().await;
+    let (dir, config, port, mut p) =
+        Proc::start("[downloads]\nmax_concurrent = 4\nretry_base_delay_ms = 100\n").await;
     let mut ids = Vec::new();
     for ((name, _, _, with_sha), (_, sha)) in specs.iter().zip(&expected) {
         let body = if *with_sha {

@@ -22,16 +22,9 @@ async fn kill_9_mid_download_resumes_from_the_last_checkpoint() {
             ..Default::default()
         },
     );
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     // One connection: the resume point is one offset (tests/segments.rs has many).
-    let config = write_config(
-        dir.path(),
-        port,
-        "[downloads]\nconnections_per_download = 1\n",
-    );
-    let mut p = Proc::spawn(&config, port);
-    p.wait_healthy().await;
+    let (dir, config, port, mut p) =
+        Proc::start("[downloads]\nconnections_per_download = 1\n").await;
     let (status, d) = p
         .post(
             "/api/downloads",
@@ -97,16 +90,9 @@ async fn sigterm_checkpoints_stops_answering_exits_0_and_resumes() {
             ..Default::default()
         },
     );
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     // One connection: the resume point is one offset (tests/segments.rs has many).
-    let config = write_config(
-        dir.path(),
-        port,
-        "[downloads]\nconnections_per_download = 1\n",
-    );
-    let mut p = Proc::spawn(&config, port);
-    p.wait_healthy().await;
+    let (dir, config, port, mut p) =
+        Proc::start("[downloads]\nconnections_per_download = 1\n").await;
     let (_, d) = p
         .post(
             "/api/downloads",

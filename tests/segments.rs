@@ -202,15 +202,8 @@ async fn kill_9_resumes_every_segment() {
             ..Default::default()
         },
     );
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(
-        dir.path(),
-        port,
-        "[downloads]\nconnections_per_download = 4\n",
-    );
-    let mut p = Proc::spawn(&config, port);
-    p.wait_healthy().await;
+    let (dir, config, port, mut p) =
+        Proc::start("[downloads]\nconnections_per_download = 4\n").await;
     let id = p
         .add(json!({"url": up.url("k.bin"), "sha256": sha256_hex(&data)}))
         .await;

@@ -46,7 +46,6 @@ pub struct Broadcaster {
     tracked: HashMap<DownloadId, Tracked>,
     live: LiveTable,
     clients: Vec<Client>,
-    on_clients_changed: Option<Box<dyn Fn(usize)>>,
 }
 
 impl Broadcaster {
@@ -56,7 +55,6 @@ impl Broadcaster {
             tracked: HashMap::new(),
             live,
             clients: Vec::new(),
-            on_clients_changed: None,
         }
     }
 
@@ -137,9 +135,6 @@ impl Broadcaster {
             self.clients.len() as i64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        if let Some(f) = &self.on_clients_changed {
-            f(self.clients.len());
-        }
     }
 }
 
@@ -205,11 +200,6 @@ pub struct Publish(pub Frame);
 #[rtype(result = "()")]
 pub struct AddClient(pub mpsc::Sender<Frame>);
 
-/// A callback told the number of clients whenever it changes (for metrics).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct OnClientsChanged(pub Box<dyn Fn(usize) + Send>);
-
 /// Disconnect every client (shutdown).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -258,13 +248,6 @@ impl Handler<AddClient> for Broadcaster {
             full_since: None,
         });
         self.notify_clients();
-    }
-}
-
-impl Handler<OnClientsChanged> for Broadcaster {
-    type Result = ();
-    fn handle(&mut self, msg: OnClientsChanged, _: &mut Self::Context) {
-        self.on_clients_changed = Some(msg.0);
     }
 }
 

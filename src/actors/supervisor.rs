@@ -554,10 +554,6 @@ impl Supervisor {
             ))),
         }
     }
-
-    fn settings_changed(&mut self, ctx: &mut Context<Self>) {
-        self.schedule(ctx);
-    }
 }
 
 #[derive(Serialize)]
@@ -1389,7 +1385,7 @@ impl Handler<SetSettings> for Supervisor {
         self.engine.set_speed_limit(self.settings.speed_limit_bps);
         tracing::info!(settings = ?self.settings, "settings changed");
         self.reply_after(Vec::new(), |act, ctx| {
-            act.settings_changed(ctx);
+            act.schedule(ctx);
             Ok(act.settings.clone())
         })
     }

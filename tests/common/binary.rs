@@ -55,6 +55,17 @@ impl Proc {
         }
     }
 
+    /// A fresh temp dir, a config in it with `extra` appended, and the binary started
+    /// on a free port and healthy: what every process test begins with.
+    pub async fn start(extra: &str) -> (tempfile::TempDir, PathBuf, u16, Proc) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let config = write_config(dir.path(), port, extra);
+        let mut proc = Proc::spawn(&config, port);
+        proc.wait_healthy().await;
+        (dir, config, port, proc)
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

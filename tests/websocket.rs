@@ -138,8 +138,45 @@ async fn progress_frames_are_regular_monotonic_and_honest() {
     );
     assert_eq!(last_update["bytes_total"], json!(size));
 
-    // Pause and resume: a state frame for each transition, at once.
-    svc.action(&id, "pause").await;
+    // Pause: one `paused` frame, with the bytes the pause answered, and the numbers
+    // stand still after it (no progress for it, no later frame with other bytes).
+    let (status, paused) = svc.action(&id, "pause").await;
+    assert_eq!(status, 200, "{paused}");
+    let paused_bytes = paused["bytes_done"].as_u64().unwrap();
+    let mut paused_frame: Option<Value> = None;
+    let quiet_until = Instant::now() + Duration::from_millis(1500);
+    while let Some(f) = next_frame(
+        &mut ws,
+        quiet_until.saturating_duration_since(Instant::now()),
+    )
+    .await
+    {
+        if f["type"] == "state" && f["download"]["id"] == id.as_str() {
+            let state = f["download"]["state"].as_str().unwrap().to_owned();
+            if let Some(first) = &paused_frame {
+                assert_eq!(
+                    f["download"]["bytes_done"], first["download"]["bytes_done"],
+                    "the bytes of a paused download moved on the wire: {f}"
+                );
+            } else if state == "paused" {
+                assert_eq!(
+                    f["download"]["bytes_done"],
+                    json!(paused_bytes),
+                    "the paused frame disagrees with the pause's answer"
+                );
+                paused_frame = Some(f.clone());
+            }
+            states.push(state);
+        } else if f["type"] == "progress" && paused_frame.is_some() {
+            let mentions = f["updates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|u| u["id"] == id.as_str());
+            assert!(!mentions, "a progress frame after the paused frame: {f}");
+        }
+    }
+    assert!(paused_frame.is_some(), "no paused frame: {states:?}");
     svc.action(&id, "resume").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !states.iter().any(|s| s == "completed") && Instant::now() < deadline {

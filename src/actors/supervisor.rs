@@ -298,17 +298,42 @@ impl Supervisor {
 
     /// Writes the record (not yet flushed) and tells every websocket client.
     fn save(&mut self, id: &str) {
+        self.persist(id);
+        self.publish(id);
+    }
+
+    /// Writes the record to sled without announcing it: for a change that is only
+    /// true for the page once the engine has stopped (the `Finished` handler
+    /// announces it then, with the final byte count).
+    fn persist(&mut self, id: &str) {
         let Some(d) = self.records.get(id) else {
             return;
         };
         if let Err(e) = self.store.put_download(d) {
             tracing::error!(download_id = %id, error = %e, "cannot persist a download");
         }
+    }
+
+    fn publish(&mut self, id: &str) {
+        let Some(d) = self.records.get(id) else {
+            return;
+        };
         let frame = broadcaster::frame_json(&StateFrame {
             kind: "state",
             download: &self.view(d),
         });
         self.broadcaster.do_send(Publish(frame));
+    }
+
+    /// Saves a change of state. While the engine is still stopping (`stopping`), the
+    /// page hears of it only from `Finished`: a `paused` frame whose bytes then move,
+    /// or progress frames after it, would tell the user it is not really paused.
+    fn save_or_defer(&mut self, id: &str, stopping: bool) {
+        if stopping {
+            self.persist(id);
+        } else {
+            self.save(id);
+        }
     }
 
     fn enqueue(&mut self, id: &str) {
@@ -431,6 +456,11 @@ impl Supervisor {
         id: &str,
     ) -> Option<impl std::future::Future<Output = ()> + 'static> {
         let running = self.running.remove(id)?;
+        // Views of a stopping download read the record: give it the bytes so far
+        // rather than those of its last save.
+        if let Some(d) = self.records.get_mut(id) {
+            d.bytes_done = running.cell.done();
+        }
         let request = running.addr.send(Stop);
         self.stopping.insert(id.to_owned(), running);
         Some(async move {
@@ -536,7 +566,7 @@ impl Supervisor {
         let d = self.record_mut(id)?;
         d.state = State::Paused;
         d.next_retry_at = None;
-        self.save(id);
+        self.save_or_defer(id, stop.is_some());
         Ok(stop)
     }
 
@@ -918,7 +948,7 @@ impl Handler<Control> for Supervisor {
                         )));
                     }
                     self.dequeue(&id);
-                    let stops = self
+                    let stops: Vec<Box<dyn std::future::Future<Output = ()> + Unpin>> = self
                         .stop_running(&id)
                         .map(|f| Box::new(Box::pin(f)) as _)
                         .into_iter()
@@ -927,7 +957,7 @@ impl Handler<Control> for Supervisor {
                     d.state = State::Cancelled;
                     d.next_retry_at = None;
                     d.finished_at = Some(now_rfc3339());
-                    self.save(&id);
+                    self.save_or_defer(&id, !stops.is_empty());
                     Ok(stops)
                 }
                 Action::Retry => {

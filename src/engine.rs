@@ -141,6 +141,7 @@ pub struct Engine {
     store: Store,
     /// The global speed limit, shared by every connection of every download.
     global: Arc<RateLimiter>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Engine {
@@ -148,6 +149,7 @@ impl Engine {
         store: Store,
         speed_limit_bps: u64,
         allowed_hosts: &[String],
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Engine, reqwest::Error> {
         let allowed: Vec<String> = allowed_hosts
             .iter()
@@ -179,6 +181,7 @@ impl Engine {
             client,
             store,
             global: Arc::new(RateLimiter::new(speed_limit_bps)),
+            metrics,
         })
     }
 
@@ -465,7 +468,7 @@ impl Engine {
                 .await;
         }
 
-        let _connection = crate::metrics::ConnectionGuard::open();
+        let _connection = self.metrics.connection();
         let mut body = response.bytes_stream();
         loop {
             let next = tokio::select! {

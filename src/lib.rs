@@ -123,10 +123,12 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         settings.connections_per_download = saved.connections_per_download;
         settings.max_retries = saved.max_retries;
     }
+    let metrics = Arc::new(metrics::Metrics::default());
     let engine = Engine::new(
         store.clone(),
         settings.speed_limit_bps,
         &settings.allowed_hosts,
+        metrics.clone(),
     )
     .map_err(|e| StartError::Client(e.to_string()))?;
     let hub = hub::HubClient::new(&config.hub.endpoint, Some(config.hub.token.clone()))
@@ -135,6 +137,7 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     let broadcaster = Broadcaster::new(
         Duration::from_millis(settings.progress_interval_ms),
         live.clone(),
+        metrics.clone(),
     )
     .start();
     let transfers = Arbiter::new();
@@ -165,12 +168,14 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         allowed_hosts: config.downloads.allowed_hosts.clone(),
     });
     let guard_data = web::Data::new(guard);
+    let metrics_data = web::Data::from(metrics);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(sup_data.clone())
             .app_data(hub_data.clone())
             .app_data(policy_data.clone())
             .app_data(guard_data.clone())
+            .app_data(metrics_data.clone())
             .wrap(middleware::from_fn(security::guard))
             .wrap(middleware::from_fn(time_requests))
             .wrap(tracing_actix_web::TracingLogger::default())
@@ -204,12 +209,15 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
 }
 
 /// `GET /metrics`: Prometheus text format.
-async fn metrics_text(sup: web::Data<Addr<Supervisor>>) -> Result<HttpResponse, error::ApiError> {
+async fn metrics_text(
+    sup: web::Data<Addr<Supervisor>>,
+    metrics: web::Data<metrics::Metrics>,
+) -> Result<HttpResponse, error::ApiError> {
     let stats = sup.send(actors::supervisor::GetStats).await?;
     let states: Vec<(&str, usize)> = stats.by_state.iter().map(|(k, v)| (*k, *v)).collect();
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(metrics::global().render(&states)))
+        .body(metrics.render(&states)))
 }
 
 /// Records how long each request took, by route pattern (not by raw path, which would
@@ -224,7 +232,9 @@ async fn time_requests(
         .request()
         .match_pattern()
         .unwrap_or_else(|| "other".into());
-    metrics::global().observe_request(&route, started.elapsed().as_secs_f64());
+    if let Some(metrics) = res.request().app_data::<web::Data<metrics::Metrics>>() {
+        metrics.observe_request(&route, started.elapsed().as_secs_f64());
+    }
     Ok(res)
 }
 

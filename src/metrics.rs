@@ -6,14 +6,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 /// Upper bounds of the request-duration buckets, in seconds.
 const BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
 ];
 
-/// Every metric of the process.
+/// Every metric of one service (one per `start`, so that two services in one
+/// process, as in the tests, do not count each other's work).
 #[derive(Default)]
 pub struct Metrics {
     pub bytes_downloaded: AtomicU64,
@@ -30,12 +31,6 @@ struct Histogram {
     sum: f64,
 }
 
-/// The process-wide metrics.
-pub fn global() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::default)
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -44,22 +39,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Counts one open HTTP connection to an upstream while it lives.
-pub struct ConnectionGuard;
-
-impl ConnectionGuard {
-    pub fn open() -> ConnectionGuard {
-        global().active_connections.fetch_add(1, Ordering::Relaxed);
-        ConnectionGuard
-    }
-}
+pub struct ConnectionGuard(Arc<Metrics>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        global().active_connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.active_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Metrics {
+    /// Counts a connection until the guard is dropped.
+    pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.active_connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.clone())
+    }
+
     pub fn add_bytes(&self, n: u64) {
         self.bytes_downloaded.fetch_add(n, Ordering::Relaxed);
     }

@@ -14,6 +14,7 @@ use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::metrics::Metrics;
 use crate::model::{DownloadId, Live};
 use crate::progress::{eta_secs, ProgressCell, SpeedMeter};
 
@@ -46,15 +47,17 @@ pub struct Broadcaster {
     tracked: HashMap<DownloadId, Tracked>,
     live: LiveTable,
     clients: Vec<Client>,
+    metrics: Arc<Metrics>,
 }
 
 impl Broadcaster {
-    pub fn new(interval: Duration, live: LiveTable) -> Self {
+    pub fn new(interval: Duration, live: LiveTable, metrics: Arc<Metrics>) -> Self {
         Self {
             interval,
             tracked: HashMap::new(),
             live,
             clients: Vec::new(),
+            metrics,
         }
     }
 
@@ -71,7 +74,7 @@ impl Broadcaster {
         let mut updates = Vec::with_capacity(self.tracked.len());
         for (id, t) in self.tracked.iter_mut() {
             let done = t.cell.done();
-            crate::metrics::global().add_bytes(done.saturating_sub(t.counted));
+            self.metrics.add_bytes(done.saturating_sub(t.counted));
             t.counted = done;
             let total = t.cell.total();
             let speed = t.meter.sample(done, now);
@@ -131,7 +134,7 @@ impl Broadcaster {
     }
 
     fn notify_clients(&self) {
-        crate::metrics::global().websocket_clients.store(
+        self.metrics.websocket_clients.store(
             self.clients.len() as i64,
             std::sync::atomic::Ordering::Relaxed,
         );
@@ -225,7 +228,8 @@ impl Handler<Untrack> for Broadcaster {
     type Result = ();
     fn handle(&mut self, msg: Untrack, _: &mut Self::Context) {
         if let Some(t) = self.tracked.remove(&msg.id) {
-            crate::metrics::global().add_bytes(t.cell.done().saturating_sub(t.counted));
+            self.metrics
+                .add_bytes(t.cell.done().saturating_sub(t.counted));
         }
         if let Ok(mut table) = self.live.write() {
             table.remove(&msg.id);
@@ -264,7 +268,11 @@ mod tests {
     use super::*;
 
     fn broadcaster_with_client() -> (Broadcaster, mpsc::Receiver<Frame>) {
-        let mut b = Broadcaster::new(Duration::from_millis(300), LiveTable::default());
+        let mut b = Broadcaster::new(
+            Duration::from_millis(300),
+            LiveTable::default(),
+            Arc::default(),
+        );
         let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
         b.clients.push(Client {
             tx,

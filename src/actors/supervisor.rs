@@ -660,7 +660,7 @@ impl Handler<EngineNote> for Supervisor {
                 wait,
                 error,
             } => {
-                crate::metrics::global().retry(error.kind.as_str());
+                self.engine.metrics.retry(error.kind.as_str());
                 d.state = State::Retrying;
                 d.attempt = attempt;
                 d.next_retry_at = Some(rfc3339(SystemTime::now() + wait));

@@ -562,7 +562,7 @@ fn if_range(v: &Validators) -> Option<String> {
 /// (possibly shrunk) end.
 async fn pump(s: &Shared<'_>, seg: &Segment, resp: reqwest::Response) -> Result<(), Abort> {
     let stall = Duration::from_secs(s.job.settings.stall_timeout_secs);
-    let _connection = crate::metrics::ConnectionGuard::open();
+    let _connection = s.engine.metrics.connection();
     let mut body = resp.bytes_stream();
     let mut block = WriteBlock::default();
     let mut stop = s.stop.clone();

@@ -69,38 +69,44 @@ impl Actor for DownloadActor {
             limiter: self.limiter.clone(),
         };
         let engine = self.engine.clone();
-        // A separate task, so that a panic in the engine is caught here as a JoinError
-        // instead of taking the actor (and its arbiter) down.
-        let task = tokio::spawn(async move { engine.run(job, run_ctx).await });
         let progress = self.progress.clone();
         ctx.spawn(
-            async move {
-                match task.await {
-                    Ok(outcome) => outcome,
-                    Err(e) => {
-                        tracing::error!(download_id = %id, error = %e, "download task died");
-                        Outcome::Failed {
-                            bytes: progress.done(),
-                            error: DownloadError {
-                                kind: ErrorKind::Internal,
-                                message: format!("the download task died: {e}"),
-                            },
-                        }
-                    }
-                }
-            }
-            .into_actor(self)
-            .map(|outcome, act, ctx| {
-                let id = act.id.clone();
-                act.supervisor.do_send(Finished {
-                    id,
-                    outcome,
-                    elapsed_secs: act.progress.elapsed_secs(),
-                });
-                act.done_tx.send_replace(true);
-                ctx.stop();
-            }),
+            run_guarded(id, progress, async move { engine.run(job, run_ctx).await })
+                .into_actor(self)
+                .map(|outcome, act, ctx| {
+                    let id = act.id.clone();
+                    act.supervisor.do_send(Finished {
+                        id,
+                        outcome,
+                        elapsed_secs: act.progress.elapsed_secs(),
+                    });
+                    act.done_tx.send_replace(true);
+                    ctx.stop();
+                }),
         );
+    }
+}
+
+/// Runs a download on a task of its own, so that a panic in the engine arrives here as
+/// a `JoinError` and fails that one download (`internal`, keeping its bytes) instead of
+/// taking the actor and its arbiter down with it.
+async fn run_guarded(
+    id: DownloadId,
+    progress: Arc<ProgressCell>,
+    run: impl std::future::Future<Output = Outcome> + Send + 'static,
+) -> Outcome {
+    match tokio::spawn(run).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            tracing::error!(download_id = %id, error = %e, "download task died");
+            Outcome::Failed {
+                bytes: progress.done(),
+                error: DownloadError {
+                    kind: ErrorKind::Internal,
+                    message: format!("the download task died: {e}"),
+                },
+            }
+        }
     }
 }
 
@@ -118,5 +124,40 @@ impl Handler<Stop> for DownloadActor {
         Box::pin(async move {
             let _ = tokio::time::timeout(STOP_WAIT, done.wait_for(|d| *d)).await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_engine_fails_its_download_and_keeps_its_bytes() {
+        let progress = Arc::new(ProgressCell::new(1234, Some(10_000), 0.0));
+        let outcome = run_guarded("dl_test".into(), progress, async {
+            panic!("an engine bug");
+        })
+        .await;
+        match outcome {
+            Outcome::Failed { bytes, error } => {
+                assert_eq!(bytes, 1234);
+                assert_eq!(error.kind, ErrorKind::Internal);
+                assert!(error.message.contains("died"), "{}", error.message);
+            }
+            other => panic!("want failed, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_ends_is_passed_through() {
+        let progress = Arc::new(ProgressCell::new(0, None, 0.0));
+        let outcome = run_guarded("dl_test".into(), progress, async {
+            Outcome::Completed { bytes: 7 }
+        })
+        .await;
+        assert!(
+            matches!(outcome, Outcome::Completed { bytes: 7 }),
+            "{outcome:?}"
+        );
     }
 }

@@ -654,6 +654,19 @@ class Bench:
         row = self.row(case, "model-manager", None,
                        note=f"added with {'/'.join(sorted(how))} in {add_secs:.1f} s")
         for rep in range(reps):
+            # The same service with an empty queue, for the memory each queued one adds.
+            empty = Service(self.binary, self.rundir(), settings)
+            empty_rss = None
+            try:
+                empty.start()
+                for _ in range(LIST_REQUESTS):
+                    empty.raw("GET", "/api/downloads?limit=100")
+                empty_rss = empty.status_kib("VmHWM") / 1024
+            except BenchError as e:
+                log(f"{case}: the empty service failed: {e}")
+            finally:
+                empty.stop()
+                shutil.rmtree(empty.base, ignore_errors=True)
             svc = Service(self.binary, base, settings, data_dir=svc.data_dir)
             m = {"error": None}
             try:
@@ -680,6 +693,9 @@ class Bench:
                 m["cpu"] = svc.cpu_secs()
                 m["rss_mib"] = svc.status_kib("VmHWM") / 1024
                 m["rss_now_mib"] = svc.status_kib("VmRSS") / 1024
+                if empty_rss is not None:
+                    m["empty_rss_mib"] = empty_rss
+                    m["kib_per"] = (m["rss_mib"] - empty_rss) * 1024 / QUEUE_SIZE
                 if m["count"] != QUEUE_SIZE:
                     m["error"] = f"{m['count']} downloads after restart, not {QUEUE_SIZE}"
             except BenchError as e:
@@ -691,7 +707,8 @@ class Bench:
             log(f"{case} | run {rep + 1}/{reps}: start-up {m.get('wall') or 0:.3f} s, "
                 f"list p50 {m.get('p50_ms', 0):.2f} ms p99 {m.get('p99_ms', 0):.2f} ms "
                 f"({m.get('returned')} items, {m.get('body_kib', 0):.0f} KiB), "
-                f"VmHWM {m.get('rss_mib') or 0:.1f} MiB"
+                f"VmHWM {m.get('rss_mib') or 0:.1f} MiB, empty queue {m.get('empty_rss_mib') or 0:.1f} MiB, "
+                f"{m.get('kib_per') or 0:.2f} KiB per queued download"
                 + ("" if m["ok"] else f"  FAILED: {m['error']}"))
         shutil.rmtree(base, ignore_errors=True)
         sync_and_settle()
@@ -794,7 +811,11 @@ def report(bench, machine):
                             f"p99 {fmt(p99)} ms ({ret[0] if ret else '?'} items returned"
                             f"{', limit not honoured' if ret and ret[0] > 100 else ''}, "
                             f"{okruns[0]['body_kib']:.0f} KiB)" if okruns else "failed")
-            r.update(p50=p50, p99=p99, returned=ret[0] if ret else None)
+            kib_per, empty_rss = med(runs, "kib_per"), med(runs, "empty_rss_mib")
+            if kib_per is not None:
+                notes.append(f"{fmt(kib_per)} KiB per queued download over the same service "
+                             f"with an empty queue ({fmt(empty_rss, 1)} MiB)")
+            r.update(p50=p50, p99=p99, returned=ret[0] if ret else None, kib_per=kib_per)
         if r["case"].startswith("10 MiB/s"):
             a, b = med(runs, "rate_1_11"), med(runs, "rate_0_10")
             gib = (med(runs, "bytes") or 0) / GiB
@@ -873,6 +894,10 @@ def acceptance(S):
              + ("" if ret is None or ret <= 100 else " (the whole list: the p99 above is for that)"))
         line(q["ok"] and q["rss"] is not None and q["rss"] < 64,
              f"10,000 queued: peak RSS {fmt(q['rss'], 1)} MiB (target < 64 MiB)")
+        kib = r.get("kib_per")
+        line(None if kib is None else kib <= 1.25,
+             f"10,000 queued: {fmt(kib)} KiB of peak RSS per queued download "
+             f"(target ~1 KiB, counted as met up to 1.25)")
     s = get("10 MiB/s global limit, 3 downloads", "model-manager")
     if s:
         r = s["row"]

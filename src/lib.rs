@@ -66,6 +66,8 @@ pub struct Prepared {
     pub config: Config,
     pub listener: TcpListener,
     pub store: Store,
+    /// Every download record, read once at start-up.
+    pub records: Vec<model::Download>,
     pub download_dir: PathBuf,
 }
 
@@ -82,15 +84,17 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
             path: download_dir.clone(),
             source,
         })?;
-    let store = Store::open(&config.storage.data_dir).map_err(|source| StartError::Store {
-        path: config.storage.data_dir.clone(),
-        source,
-    })?;
+    let (store, records) =
+        Store::open_and_load(&config.storage.data_dir).map_err(|source| StartError::Store {
+            path: config.storage.data_dir.clone(),
+            source,
+        })?;
     let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
     Ok(Prepared {
         config,
         listener,
         store,
+        records,
         download_dir,
     })
 }
@@ -112,6 +116,7 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         config,
         listener,
         store,
+        records,
         download_dir,
     } = prepared;
     let addr = listener.local_addr().map_err(StartError::Server)?;
@@ -143,6 +148,7 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     let transfers = Arbiter::new();
     let supervisor = Supervisor::new(SupervisorParts {
         store: store.clone(),
+        records,
         engine,
         hub: hub.clone(),
         broadcaster: broadcaster.clone(),

@@ -115,7 +115,8 @@ pub enum Source {
 }
 
 /// The persisted record of one download. Live numbers (speed, ETA) are not stored:
-/// they are merged in from the progress tracker when the record is shown.
+/// they are merged in from the progress tracker when the record is shown. Empty
+/// optional fields are left out of the stored JSON (a third of a queued record).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Download {
     pub id: DownloadId,
@@ -127,16 +128,23 @@ pub struct Download {
     /// Sort key of the queue; only its order matters.
     pub order: u64,
     pub bytes_done: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_total: Option<u64>,
     pub elapsed_secs: f64,
     pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<DownloadError>,
     pub source: Source,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed_limit_bps: Option<u64>,
     pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
 }
 
@@ -248,6 +256,26 @@ mod tests {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
         assert_eq!(State::parse("bogus"), None);
+    }
+
+    /// Records written before empty fields were left out (with `null`s) still load,
+    /// and a record written now loads back the same.
+    #[test]
+    fn stored_records_of_either_form_load() {
+        let old = r#"{"id":"dl_01M89X7MYT037CC0KQBZAWE42C","url":"http://h/x.bin",
+            "file_name":"x.bin","path":"x.bin","state":"paused","order":7,"bytes_done":0,
+            "bytes_total":null,"elapsed_secs":0.0,"attempt":0,"next_retry_at":null,
+            "sha256":null,"error":null,"source":{"kind":"url"},"speed_limit_bps":null,
+            "created_at":"2026-11-25T17:49:39Z","started_at":null,"finished_at":null}"#;
+        let d: Download = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (d.state, d.order, d.sha256.as_deref()),
+            (State::Paused, 7, None)
+        );
+        let now = serde_json::to_string(&d).unwrap();
+        assert!(!now.contains("null"), "empty fields are left out: {now}");
+        let back: Download = serde_json::from_str(&now).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), now);
     }
 
     #[test]

@@ -68,7 +68,9 @@ pub struct Supervisor {
     transfers: ArbiterHandle,
     download_dir: PathBuf,
     settings: DownloadsConfig,
-    records: HashMap<DownloadId, Download>,
+    /// Boxed: a map sized for 10,000 records would otherwise reserve a slot of a whole
+    /// record for every empty bucket too.
+    records: HashMap<DownloadId, Box<Download>>,
     /// Ids by path, so that name checks do not scan every record.
     by_path: HashMap<String, Vec<DownloadId>>,
     /// Queued downloads by order key.
@@ -83,6 +85,8 @@ pub struct Supervisor {
 /// What [`Supervisor::new`] needs.
 pub struct SupervisorParts {
     pub store: Store,
+    /// Every stored record (from [`Store::open_and_load`]).
+    pub records: Vec<Download>,
     pub engine: Engine,
     pub hub: HubClient,
     pub broadcaster: Addr<Broadcaster>,
@@ -100,7 +104,7 @@ impl Supervisor {
         let mut queue = BTreeMap::new();
         let mut next_order = 0;
         let mut changed = Vec::new();
-        for mut d in parts.store.load_downloads()? {
+        for mut d in parts.records {
             next_order = next_order.max(d.order + ORDER_STEP);
             if d.state.is_running() {
                 d.state = State::Queued;
@@ -115,7 +119,7 @@ impl Supervisor {
             if d.state == State::Queued {
                 queue.insert(d.order, d.id.clone());
             }
-            records.insert(d.id.clone(), d);
+            records.insert(d.id.clone(), Box::new(d));
         }
         parts.store.put_downloads(&changed)?;
         tracing::info!(
@@ -155,11 +159,11 @@ impl Supervisor {
             .entry(d.path.clone())
             .or_default()
             .push(d.id.clone());
-        self.records.insert(d.id.clone(), d);
+        self.records.insert(d.id.clone(), Box::new(d));
     }
 
     fn remove_record(&mut self, id: &str) -> Option<Download> {
-        let d = self.records.remove(id)?;
+        let d = *self.records.remove(id)?;
         if let Some(ids) = self.by_path.get_mut(&d.path) {
             ids.retain(|x| x != id);
             if ids.is_empty() {
@@ -175,18 +179,20 @@ impl Supervisor {
             .get(path)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.records.get(id))
+            .filter_map(|id| self.records.get(id).map(Box::as_ref))
     }
 
     fn record(&self, id: &str) -> Reply<&Download> {
         self.records
             .get(id)
+            .map(Box::as_ref)
             .ok_or_else(|| SupervisorError::NotFound(id.to_owned()))
     }
 
     fn record_mut(&mut self, id: &str) -> Reply<&mut Download> {
         self.records
             .get_mut(id)
+            .map(Box::as_mut)
             .ok_or_else(|| SupervisorError::NotFound(id.to_owned()))
     }
 
@@ -225,12 +231,14 @@ impl Supervisor {
         let mut live: Vec<&Download> = self
             .records
             .values()
+            .map(Box::as_ref)
             .filter(|d| !d.state.is_finished())
             .collect();
         live.sort_unstable_by_key(|d| d.order);
         let mut rest: Vec<&Download> = self
             .records
             .values()
+            .map(Box::as_ref)
             .filter(|d| d.state.is_finished())
             .collect();
         rest.sort_unstable_by(|a, b| b.finished_at.cmp(&a.finished_at).then(b.id.cmp(&a.id)));
@@ -1068,6 +1076,7 @@ impl Supervisor {
             let mut v: Vec<&Download> = self
                 .records
                 .values()
+                .map(Box::as_ref)
                 .filter(|d| !d.state.is_finished() && d.id != id)
                 .collect();
             v.sort_by_key(|d| d.order);
@@ -1099,7 +1108,7 @@ impl Supervisor {
                 if d.id == id {
                     mine = order;
                 }
-                changed.push(d.clone());
+                changed.push(Download::clone(d));
             }
         }
         self.next_order = (live.len() as u64 + 1) * ORDER_STEP;
@@ -1273,6 +1282,7 @@ impl Handler<History> for Supervisor {
         let mut done: Vec<&Download> = self
             .records
             .values()
+            .map(Box::as_ref)
             .filter(|d| d.state.is_finished() && msg.state.is_none_or(|s| s == d.state))
             .collect();
         done.sort_by(|a, b| b.finished_at.cmp(&a.finished_at).then(b.id.cmp(&a.id)));

@@ -34,6 +34,9 @@ impl Guard {
         // folded. Matching the raw path let `/%61pi/...` walk past the token check.
         let path = normalized_path(req.path());
         let is_api = path.starts_with("/api/") || path == "/api";
+        // /metrics tells who uses the service and how: behind the token too (Prometheus
+        // sends it with `authorization: {credentials: ...}`).
+        let needs_token = is_api || path == "/metrics";
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         if let Some(origin) = header_str(req, header::ORIGIN) {
@@ -43,12 +46,14 @@ impl Guard {
                 )));
             }
         }
-        if is_api {
+        if needs_token {
             if let Some(token) = &self.token {
                 if !has_token(req, token) {
                     return Err(ApiError::Unauthorized);
                 }
             }
+        }
+        if is_api {
             if has_body(req) {
                 let json = header_str(req, header::CONTENT_TYPE).is_some_and(|ct| {
                     ct.split(';')

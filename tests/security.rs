@@ -204,6 +204,7 @@ async fn the_token_guards_every_api_route_and_the_websocket() {
         (Method::POST, "/api/pause-all".into(), None, 200),
         (Method::GET, "/api/hub/search?q=x".into(), None, 200),
         (Method::POST, pause.clone(), None, 200),
+        (Method::GET, "/metrics".into(), None, 200),
     ];
     let wrong: &[&[(&str, &str)]] = &[
         &[],

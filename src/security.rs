@@ -53,16 +53,14 @@ impl Guard {
                 }
             }
         }
-        if is_api {
-            if has_body(req) {
-                let json = header_str(req, header::CONTENT_TYPE).is_some_and(|ct| {
-                    ct.split(';')
-                        .next()
-                        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-                });
-                if !json {
-                    return Err(ApiError::UnsupportedMediaType);
-                }
+        if is_api && has_body(req) {
+            let json = header_str(req, header::CONTENT_TYPE).is_some_and(|ct| {
+                ct.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
+            if !json {
+                return Err(ApiError::UnsupportedMediaType);
             }
         }
         Ok(())

@@ -470,6 +470,8 @@ impl Engine {
 
         let _connection = self.metrics.connection();
         let mut body = response.bytes_stream();
+        let mut chunks = 0u64;
+        let first = t.received();
         loop {
             let next = tokio::select! {
                 n = tokio::time::timeout(stall, body.next()) => n,
@@ -481,6 +483,7 @@ impl Engine {
                 Ok(Some(Err(e))) => return Err(EngineError::Network(error::describe(&e))),
                 Ok(Some(Ok(chunk))) => chunk,
             };
+            chunks += 1;
             t.append(&chunk)?;
             t.reresolves = 0;
             ctx.progress.set_done(t.received());
@@ -494,6 +497,12 @@ impl Engine {
             self.global.acquire(chunk.len()).await;
             ctx.limiter.acquire(chunk.len()).await;
         }
+        tracing::debug!(
+            download_id = %job.id,
+            chunks,
+            bytes = t.received() - first,
+            "body read to its end"
+        );
         match t.total {
             Some(total) if t.received() < total => Err(EngineError::Truncated {
                 got: t.received(),

@@ -49,6 +49,8 @@ SMALL_SIZE = 256 * KiB
 BIG_SIZE = 1 * GiB
 MID_SIZE = 256 * MiB
 CAP_PER_CONN = "20m"          # nginx limit_rate: 20 MiB/s per connection
+CAP_BPS = 20 * MiB            # the same cap for scripts/capproxy.py
+STRICT_CASE = "256 MiB, strict 20 MiB/s per TCP conn, 4 conns"
 SPEED_LIMIT = 10 * MiB        # the global cap of the speed-limit case
 QUEUE_SIZE = 10_000
 LIST_REQUESTS = 200
@@ -554,9 +556,21 @@ class Bench:
         self.run_tools(case, tools, reps)
 
     # -- 256 MiB, 20 MiB/s per connection, 4 connections --------------------
-    def case_capped(self, reps, with_curl):
-        case = "256 MiB, 20 MiB/s/conn, 4 conns"
-        url = self.ng.url("mid.bin", capped=True)
+    def case_capped(self, reps, with_curl, strict=False):
+        """nginx's `limit_rate` caps each *request* and gives each a first second's
+        allowance; `strict` puts scripts/capproxy.py (a token bucket per TCP connection,
+        whatever the requests on it) in front of the uncapped nginx instead."""
+        case = STRICT_CASE if strict else "256 MiB, 20 MiB/s/conn, 4 conns"
+        proxy = None
+        if strict:
+            port = free_port()
+            proxy = spawn([sys.executable, os.path.join(REPO, "scripts/capproxy.py"),
+                           str(port), str(self.ng.port), str(CAP_BPS)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(port, proxy)
+            url = f"http://127.0.0.1:{port}/mid.bin"
+        else:
+            url = self.ng.url("mid.bin", capped=True)
         want = self.sums["mid.bin"]
 
         def files(d, m):
@@ -579,7 +593,11 @@ class Bench:
                                       note="one connection: bound by the cap, for reference"),
                              lambda d: timed(["curl", "-sS", "--fail", "-o", d + "/mid.bin", url],
                                              d, "curl"), files))
-        self.run_tools(case, tools, reps)
+        try:
+            self.run_tools(case, tools, reps)
+        finally:
+            if proxy:
+                stop(proxy)
 
     # -- 200 x 256 KiB, 8 at a time -----------------------------------------
     def case_small(self, reps):
@@ -876,6 +894,10 @@ def acceptance(S):
             line(mm["ok"] and mm["wall"] <= 3.5,
                  f"256 MiB capped, wall {mm['wall']:.3f} s (target ≤ 3.5 s), file verified: "
                  f"{'yes' if mm['ok'] else 'NO'}")
+    mm, ar = get(STRICT_CASE, "model-manager"), get(STRICT_CASE, "aria2c -x4 -s4")
+    if mm or ar:
+        cmp("256 MiB under a strict per-connection cap (capproxy.py), wall vs aria2c -x4 -s4",
+            mm, ar, 1.0)
     c3 = f"{SMALL_COUNT} x 256 KiB, 8 at a time"
     mm, ar = get(c3, "model-manager"), get(c3, "aria2c -j8")
     if mm or ar:
@@ -972,15 +994,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one run per case, no curl in the capped case")
     ap.add_argument("--reps", type=int, help="runs per case (default 3; 5 for the 1 GiB case, 2 for the speed-limit case)")
-    ap.add_argument("--cases", default="big,capped,small,queue,speed",
-                    help="comma-separated subset of big,capped,small,queue,speed")
+    ap.add_argument("--cases", default="big,capped,strict,small,queue,speed",
+                    help="comma-separated subset of big,capped,strict,small,queue,speed")
     ap.add_argument("--binary", default=os.path.join(REPO, "target/release/model-manager"))
     ap.add_argument("--files", default=os.environ.get("MM_BENCH_FILES", "/tmp/mm-bench-files"))
     ap.add_argument("--results", default=os.path.join(REPO, "target/bench"),
                     help="where the markdown and JSON of the run are kept")
     args = ap.parse_args()
     cases = set(args.cases.split(","))
-    unknown = cases - {"big", "capped", "small", "queue", "speed"}
+    unknown = cases - {"big", "capped", "strict", "small", "queue", "speed"}
     if unknown:
         ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     if not os.access(args.binary, os.X_OK):
@@ -1012,6 +1034,8 @@ def main():
             b.case_big(reps_big)
         if "capped" in cases:
             b.case_capped(reps, with_curl=not args.quick)
+        if "strict" in cases:
+            b.case_capped(reps, with_curl=False, strict=True)
         if "small" in cases:
             b.case_small(reps)
         if "queue" in cases:

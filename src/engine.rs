@@ -494,8 +494,15 @@ impl Engine {
                 }
             }
             t.maybe_checkpoint(ctx)?;
-            self.global.acquire(chunk.len()).await;
-            ctx.limiter.acquire(chunk.len()).await;
+            // Under a low limit this wait is long: a pause must not wait for it.
+            let paced = async {
+                self.global.acquire(chunk.len()).await;
+                ctx.limiter.acquire(chunk.len()).await;
+            };
+            tokio::select! {
+                _ = paced => {}
+                _ = ctx.stop.wait_for(|s| *s) => return Ok(AttemptEnd::Stopped),
+            }
         }
         tracing::debug!(
             download_id = %job.id,

@@ -118,13 +118,20 @@ impl Store {
     /// Opens the database that this process has just closed: sled lets go of its
     /// file lock when its last background job ends, which can be a moment later.
     fn reopen(data_dir: &Path) -> Result<Store, StoreError> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut waited = false;
         loop {
             match Store::open(data_dir) {
                 Err(StoreError::Sled(sled::Error::Io(e)))
                     if e.to_string().contains("could not acquire lock")
                         && std::time::Instant::now() < deadline =>
                 {
+                    if !waited {
+                        tracing::warn!(
+                            "waiting for sled to release the database after the start-up scan"
+                        );
+                        waited = true;
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
                 other => return other,

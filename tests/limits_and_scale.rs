@@ -97,6 +97,48 @@ async fn a_per_download_cap_applies_live() {
     svc.action(&id, "pause").await;
 }
 
+/// A download held back by a low cap spends its time waiting for tokens, not reading:
+/// a pause must end that wait, on one connection and on four.
+#[actix_web::test]
+async fn a_pause_does_not_wait_for_a_low_speed_limit() {
+    let up = Upstream::start();
+    let svc = TestService::start(|c| c.downloads.connections_per_download = 4).await;
+    for (name, size) in [
+        ("small-capped.bin", 8 * MIB),
+        ("large-capped.bin", 64 * MIB),
+    ] {
+        up.add_file(name, content(size, 11), Behavior::default());
+        let id = svc
+            .add(json!({"url": up.url(name), "start_paused": true}))
+            .await;
+        // 1 KiB/s: a chunk of 16 KiB costs 16 s of tokens.
+        let (s, v) = svc
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/api/downloads/{id}"),
+                Some(json!({"speed_limit_bps": 1024})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        svc.action(&id, "resume").await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while svc.download(&id).await["bytes_done"].as_u64().unwrap_or(0) == 0 {
+            assert!(Instant::now() < deadline, "{name} never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = Instant::now();
+        let (s, v) = svc.action(&id, "pause").await;
+        let took = t.elapsed();
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["state"], "paused");
+        assert!(
+            took < Duration::from_secs(3),
+            "{name}: the pause waited {took:?} for the speed limit"
+        );
+    }
+}
+
 #[actix_web::test]
 async fn ten_thousand_downloads_page_and_restart() {
     let svc = TestService::start(|_| {}).await;

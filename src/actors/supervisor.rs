@@ -458,22 +458,38 @@ impl Supervisor {
         self.save(id);
     }
 
-    /// Tells a running download to stop; the future resolves once it has ended.
+    /// Tells a running download to stop; the future resolves once it has ended. For
+    /// one that is already stopping (paused a moment ago), it waits for that stop too:
+    /// a cancel or delete must not remove files under an engine that still writes.
     fn stop_running(
         &mut self,
         id: &str,
     ) -> Option<impl std::future::Future<Output = ()> + 'static> {
-        let running = self.running.remove(id)?;
-        // Views of a stopping download read the record: give it the bytes so far
-        // rather than those of its last save.
-        if let Some(d) = self.records.get_mut(id) {
-            d.bytes_done = running.cell.done();
-        }
-        let request = running.addr.send(Stop);
-        self.stopping.insert(id.to_owned(), running);
+        let request = match self.running.remove(id) {
+            Some(running) => {
+                // Views of a stopping download read the record: give it the bytes so
+                // far rather than those of its last save.
+                if let Some(d) = self.records.get_mut(id) {
+                    d.bytes_done = running.cell.done();
+                }
+                let request = running.addr.send(Stop);
+                self.stopping.insert(id.to_owned(), running);
+                request
+            }
+            None => self.stopping.get(id)?.addr.send(Stop),
+        };
         Some(async move {
             let _ = request.await;
         })
+    }
+
+    /// After waiting for a stop: announces a download whose engine has not reported its
+    /// end yet (a stop that outlasted the wait, or an actor that died), so that no page
+    /// keeps showing it as running while the API says otherwise.
+    fn announce_if_still_stopping(&mut self, id: &str) {
+        if self.stopping.contains_key(id) {
+            self.publish(id);
+        }
     }
 
     /// Answers after `stops` have ended and sled is flushed, with `then`'s result.
@@ -1000,6 +1016,9 @@ impl Handler<Control> for Supervisor {
         };
         let action = msg.action;
         self.reply_after(stops, move |act, ctx| {
+            if action == Action::Pause {
+                act.announce_if_still_stopping(&id);
+            }
             if action == Action::Cancel {
                 if let Ok(d) = act.record(&id) {
                     if d.state == State::Cancelled {
@@ -1263,7 +1282,14 @@ impl Handler<All> for Supervisor {
             self.schedule(ctx);
         }
         let count = ids.len();
-        self.reply_after(stops, move |_, _| Ok(count))
+        self.reply_after(stops, move |act, _| {
+            if msg.pause {
+                for (_, id) in &ids {
+                    act.announce_if_still_stopping(id);
+                }
+            }
+            Ok(count)
+        })
     }
 }
 

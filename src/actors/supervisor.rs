@@ -739,9 +739,9 @@ impl Handler<Finished> for Supervisor {
                 // The file is under its final name: completed, even if a pause or a
                 // shutdown came too late to stop it (a cancel keeps its word).
                 if d.state != State::Cancelled {
-                    if !natural_end && d.state == State::Paused {
-                        self.queue.remove(&d.order);
-                    }
+                    // A pause and a resume while it was finishing put it back in line:
+                    // done is done, it must not start again.
+                    self.queue.remove(&d.order);
                     d.state = State::Completed;
                     d.error = None;
                     d.attempt = 0;

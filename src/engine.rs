@@ -494,14 +494,8 @@ impl Engine {
                 }
             }
             t.maybe_checkpoint(ctx)?;
-            // Under a low limit this wait is long: a pause must not wait for it.
-            let paced = async {
-                self.global.acquire(chunk.len()).await;
-                ctx.limiter.acquire(chunk.len()).await;
-            };
-            tokio::select! {
-                _ = paced => {}
-                _ = ctx.stop.wait_for(|s| *s) => return Ok(AttemptEnd::Stopped),
+            if !limiter::pace(&self.global, &ctx.limiter, chunk.len(), &mut ctx.stop).await {
+                return Ok(AttemptEnd::Stopped);
             }
         }
         tracing::debug!(

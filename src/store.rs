@@ -140,7 +140,7 @@ impl Store {
     }
 
     /// Every download record, in id (= creation) order.
-    pub fn load_downloads(&self) -> Result<Vec<Download>, StoreError> {
+    fn load_downloads(&self) -> Result<Vec<Download>, StoreError> {
         self.downloads
             .iter()
             .values()
@@ -232,6 +232,7 @@ impl Store {
         Ok(())
     }
 }
+
 /// Gives the pages of freed heap memory back to the system, so that memory freed at
 /// start-up does not stay counted in the service's RSS.
 fn release_freed_memory() {

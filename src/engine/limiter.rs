@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How much may pass at once after a quiet spell: 50 ms worth of the rate (at least
@@ -26,6 +27,27 @@ struct Bucket {
     /// May go negative: a debt that callers wait out, so the long-run rate is exact.
     tokens: f64,
     last: Instant,
+}
+
+/// Charges `n` received bytes to the global bucket and to a download's own, waiting
+/// while either is in debt. Returns false when `stop` turns true during that wait:
+/// under a low limit it is long, and a pause must not sit it out.
+pub async fn pace(
+    global: &RateLimiter,
+    own: &RateLimiter,
+    n: usize,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    if global.rate() == 0 && own.rate() == 0 {
+        return true;
+    }
+    tokio::select! {
+        _ = async {
+            global.acquire(n).await;
+            own.acquire(n).await;
+        } => true,
+        _ = stop.wait_for(|s| *s) => false,
+    }
 }
 
 impl RateLimiter {

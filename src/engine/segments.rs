@@ -606,17 +606,9 @@ async fn pump(s: &Shared<'_>, seg: &Segment, resp: reqwest::Response) -> Result<
             flush(s, seg, &mut block).map_err(Abort::Error)?;
         }
         // Every byte received counts against the limits, the last one of a piece too.
-        // Under a low limit this wait is long: a pause must not wait for it.
-        let paced = async {
-            s.engine.global.acquire(chunk.len()).await;
-            s.limiter.acquire(chunk.len()).await;
-        };
-        tokio::select! {
-            _ = paced => {}
-            _ = stop.wait_for(|x| *x) => {
-                flush(s, seg, &mut block).map_err(Abort::Error)?;
-                return Err(Abort::Stopped);
-            }
+        if !super::limiter::pace(&s.engine.global, &s.limiter, chunk.len(), &mut stop).await {
+            flush(s, seg, &mut block).map_err(Abort::Error)?;
+            return Err(Abort::Stopped);
         }
         if seg.pos() >= seg.end() {
             tracing::trace!(

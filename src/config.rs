@@ -50,6 +50,9 @@ pub struct DownloadsConfig {
     pub speed_limit_bps: u64,
     /// Hosts that downloads (and their redirects) may come from; empty: any host.
     pub allowed_hosts: Vec<String>,
+    /// A file fetched on one connection with at least this many bytes left is written
+    /// with `O_DIRECT`, past the page cache; 0: never.
+    pub direct_io_min_bytes: u64,
 }
 
 /// `[hub]`
@@ -89,6 +92,7 @@ impl Default for DownloadsConfig {
             stall_timeout_secs: 30,
             speed_limit_bps: 0,
             allowed_hosts: Vec::new(),
+            direct_io_min_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! through a watch channel, which keeps it testable and lets any runtime drive it.
 
 mod block;
+mod direct;
 mod error;
 mod hashpipe;
 mod limiter;
@@ -338,6 +339,7 @@ impl Engine {
         t.flush_block()?;
         let (url, auth) = self.target(job, t, ctx).await?;
         if t.segments.is_some() {
+            t.end_direct_writes()?;
             return self.run_segments(job, t, ctx, (url, auth), None).await;
         }
         let mut request = self.client.get(url.clone());
@@ -463,11 +465,16 @@ impl Engine {
             && !t.one_connection
             && left >= SEGMENT_THRESHOLD
         {
+            t.end_direct_writes()?;
             return self
                 .run_segments(job, t, ctx, (url, auth_for_segments), Some(response))
                 .await;
         }
 
+        t.use_direct_writes(
+            &files::part_path(&job.final_path),
+            job.settings.direct_io_min_bytes,
+        );
         let _connection = self.metrics.connection();
         let mut body = response.bytes_stream();
         let mut chunks = 0u64;
@@ -595,6 +602,7 @@ impl Engine {
     ) -> Result<bool, EngineError> {
         t.flush_block()?;
         t.wait_checkpoint().await?;
+        t.end_direct_writes()?;
         let part = files::part_path(&job.final_path);
         // The fsync before the rename runs while the digest is taken: one writes back
         // what the page cache holds, the other reads it, on two cores.
@@ -708,6 +716,8 @@ struct Transfer {
     written: u64,
     /// Received but not yet written.
     block: block::WriteBlock,
+    /// Large single-connection transfers: the `O_DIRECT` writer, used instead of `block`.
+    direct: Option<direct::DirectWriter>,
     total: Option<u64>,
     validators: Validators,
     /// Digest of bytes `[0, written + block.len())`, when a digest is expected.
@@ -779,6 +789,7 @@ impl Transfer {
             file,
             written: offset,
             block: block::WriteBlock::default(),
+            direct: None,
             total: checkpoint.total,
             validators: Validators {
                 etag: checkpoint.etag,
@@ -818,7 +829,11 @@ impl Transfer {
     }
 
     fn received(&self) -> u64 {
-        self.written + self.block.len() as u64
+        let pending = match &self.direct {
+            Some(direct) => direct.unflushed(),
+            None => self.block.len() as u64,
+        };
+        self.written + pending
     }
 
     fn has_data(&self) -> bool {
@@ -841,6 +856,10 @@ impl Transfer {
         if let Some(h) = &self.hasher {
             h.update(chunk.clone());
         }
+        if let Some(direct) = &mut self.direct {
+            direct.push(chunk)?;
+            return Ok(());
+        }
         self.block.push(chunk.clone());
         if self.block.len() >= WRITE_BLOCK {
             self.flush_block()?;
@@ -848,7 +867,44 @@ impl Transfer {
         Ok(())
     }
 
+    /// Switches a single-connection transfer with at least `min` bytes left (0: never)
+    /// to `O_DIRECT` writes, where the filesystem takes them; smaller ones are not worth
+    /// the writer's buffers. Called with the write block empty.
+    fn use_direct_writes(&mut self, part: &Path, min: u64) {
+        let left = self
+            .total
+            .map(|total| total.saturating_sub(self.written))
+            .unwrap_or(0);
+        if min == 0 || left < min || self.direct.is_some() || !self.block.is_empty() {
+            return;
+        }
+        match direct::DirectWriter::open(part, &self.file, self.written) {
+            Ok(Some(writer)) => self.direct = Some(writer),
+            Ok(None) => {
+                tracing::debug!(download_id = %self.id, "no O_DIRECT here; writing through the page cache")
+            }
+            Err(e) => {
+                tracing::debug!(download_id = %self.id, error = %e, "O_DIRECT writer not opened; writing through the page cache")
+            }
+        }
+    }
+
+    /// Ends `O_DIRECT` writing (waiting for the writes on their way) and gives the file
+    /// its exact length: the last direct write was rounded up to the alignment.
+    fn end_direct_writes(&mut self) -> Result<(), EngineError> {
+        if let Some(mut direct) = self.direct.take() {
+            self.written = direct.flush()?;
+            drop(direct);
+            self.file.set_len(self.written)?;
+        }
+        Ok(())
+    }
+
     fn flush_block(&mut self) -> Result<(), EngineError> {
+        if let Some(direct) = &mut self.direct {
+            self.written = direct.flush()?;
+            return Ok(());
+        }
         if !self.block.is_empty() {
             let n = self.block.len();
             self.block.write_at(&self.file, self.written, n)?;
@@ -977,6 +1033,8 @@ impl Transfer {
     /// pairs an old offset with new bytes.
     async fn restart(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
         self.wait_checkpoint().await?;
+        // Dropping the direct writer waits for its writes, so none lands after the truncation.
+        self.direct = None;
         self.block.clear();
         self.written = 0;
         self.writeback_from = 0;
@@ -998,6 +1056,7 @@ impl Transfer {
 
     /// After the `.part` was deleted (checksum mismatch): nothing is on disk.
     fn reset_after_delete(&mut self) {
+        self.direct = None;
         self.written = 0;
         self.writeback_from = 0;
         self.block.clear();

@@ -213,7 +213,8 @@ async fn random_kills_lose_nothing() {
         expected.push((name.to_string(), sha256_hex(&data)));
     }
     let (dir, config, port, mut p) =
-        Proc::start("[downloads]\nmax_concurrent = 4\nretry_base_delay_ms = 100\n").await;
+        // one8.bin and drops.bin (one connection, ≥ 4 MiB) are written with O_DIRECT.
+        Proc::start("[downloads]\nmax_concurrent = 4\nretry_base_delay_ms = 100\ndirect_io_min_bytes = 4194304\n").await;
     let mut ids = Vec::new();
     for ((name, _, _, with_sha), (_, sha)) in specs.iter().zip(&expected) {
         let body = if *with_sha {

@@ -39,12 +39,26 @@ fn assert_file(svc: &TestService, name: &str, data: &[u8]) {
 
 #[actix_web::test]
 async fn drops_every_3_mib_resume_with_range_each_time() {
+    // Written with O_DIRECT (the tests' threshold is 2 MiB), cut at unaligned offsets.
+    drops_resume_with_range_each_time(3 * MIB as u64 + 1234, 2 * MIB as u64).await;
+}
+
+#[actix_web::test]
+async fn drops_resume_with_range_through_the_page_cache_too() {
+    drops_resume_with_range_each_time(3 * MIB as u64, 0).await;
+}
+
+async fn drops_resume_with_range_each_time(every: u64, direct_io_min_bytes: u64) {
     let up = Upstream::start();
     // One connection: this is about the resume sequence (tests/segments.rs has many).
-    let svc = TestService::start(|c| c.downloads.connections_per_download = 1).await;
+    let svc = TestService::start(|c| {
+        c.downloads.connections_per_download = 1;
+        c.downloads.direct_io_min_bytes = direct_io_min_bytes;
+    })
+    .await;
     let data = content(24 * MIB, 1);
     let behavior = Behavior {
-        drop_every: Some(3 * MIB as u64),
+        drop_every: Some(every),
         ..Default::default()
     };
     let id = fetch(&svc, &up, "big.bin", &data, behavior).await;
@@ -54,14 +68,8 @@ async fn drops_every_3_mib_resume_with_range_each_time() {
 
     let reqs = up.requests("big.bin");
     let starts: Vec<Option<u64>> = reqs.iter().map(|r| r.range_start).collect();
-    let expected: Vec<Option<u64>> = (0..8)
-        .map(|k| {
-            if k == 0 {
-                None
-            } else {
-                Some(k * 3 * MIB as u64)
-            }
-        })
+    let expected: Vec<Option<u64>> = (0..(24 * MIB as u64).div_ceil(every))
+        .map(|k| if k == 0 { None } else { Some(k * every) })
         .collect();
     assert_eq!(
         starts, expected,
@@ -306,4 +314,95 @@ async fn retries_are_bounded_by_max_retries() {
     );
     // The first attempt and two retries.
     assert_eq!(up.requests("flaky.bin").len(), 3);
+}
+
+/// The open-file flags of every descriptor this process has on `path` (the service
+/// under test runs in this process), from `/proc/self/fdinfo`.
+fn open_flags(path: &std::path::Path) -> Vec<i32> {
+    let mut flags = Vec::new();
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return flags;
+    };
+    for fd in fds.flatten() {
+        if std::fs::read_link(fd.path()).ok().as_deref() != Some(path) {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        if let Some(octal) = info.lines().find_map(|l| l.strip_prefix("flags:")) {
+            flags.push(i32::from_str_radix(octal.trim(), 8).unwrap_or(0));
+        }
+    }
+    flags
+}
+
+/// Whether the filesystem of `dir` takes O_DIRECT at all (tmpfs before Linux 6.6 did not).
+fn takes_o_direct(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join(".o_direct_probe");
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+#[actix_web::test]
+async fn a_large_file_on_one_connection_is_written_with_o_direct_a_small_one_is_not() {
+    let up = Upstream::start();
+    let svc = TestService::start(|c| {
+        c.downloads.connections_per_download = 1;
+        c.downloads.direct_io_min_bytes = 4 * MIB as u64;
+    })
+    .await;
+    if !takes_o_direct(&svc.download_dir()) {
+        println!("SKIPPED: the download dir's filesystem does not take O_DIRECT");
+        return;
+    }
+    let throttled = |rate| Behavior {
+        rate_bps: Some(rate),
+        ..Default::default()
+    };
+    // (name, size, whether O_DIRECT is expected): 8 MiB is above the 4 MiB threshold.
+    for (name, size, direct) in [("large.bin", 8 * MIB, true), ("small.bin", 3 * MIB, false)] {
+        let data = content(size, 12);
+        let id = fetch(&svc, &up, name, &data, throttled(2 * MIB as u64)).await;
+        let part = svc.download_dir().join(format!("{name}.part"));
+        // Look at the descriptors while the bytes flow (the transfer takes > 1 s).
+        let mut seen = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        while seen.iter().all(|f| f & libc::O_DIRECT == 0) && Instant::now() < until {
+            let d = svc.download(&id).await;
+            if d["bytes_done"].as_u64().unwrap_or(0) > MIB as u64 {
+                seen = open_flags(&part);
+                if !seen.is_empty() && !direct {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !seen.is_empty(),
+            "{name}: no descriptor open on the .part seen"
+        );
+        assert_eq!(
+            seen.iter().any(|f| f & libc::O_DIRECT != 0),
+            direct,
+            "{name}: flags {seen:x?}"
+        );
+        svc.wait_state(&id, "completed", LONG).await;
+        assert_file(&svc, name, &data);
+        // The last direct write was rounded up to 4 KiB: the file has its exact length.
+        let len = std::fs::metadata(svc.download_dir().join(name))
+            .unwrap()
+            .len();
+        assert_eq!(len, size as u64);
+    }
 }

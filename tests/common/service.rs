@@ -25,6 +25,9 @@ pub fn test_config(dir: &Path) -> Config {
     c.downloads.retry_base_delay_ms = 100;
     c.downloads.stall_timeout_secs = 2;
     c.downloads.progress_interval_ms = 300;
+    // Test files are a few MiB: with the default (64 MiB) no test would write with
+    // O_DIRECT, so every single-connection file of 2 MiB or more does here.
+    c.downloads.direct_io_min_bytes = 2 * 1024 * 1024;
     c
 }
 

@@ -857,7 +857,9 @@ impl Transfer {
             h.update(chunk.clone());
         }
         if let Some(direct) = &mut self.direct {
-            direct.push(chunk)?;
+            if let Err(e) = direct.push(chunk) {
+                self.end_direct_after(e)?;
+            }
             return Ok(());
         }
         self.block.push(chunk.clone());
@@ -892,17 +894,32 @@ impl Transfer {
     /// Ends `O_DIRECT` writing (waiting for the writes on their way) and gives the file
     /// its exact length: the last direct write was rounded up to the alignment.
     fn end_direct_writes(&mut self) -> Result<(), EngineError> {
-        if let Some(mut direct) = self.direct.take() {
-            self.written = direct.flush()?;
-            drop(direct);
+        if let Some(direct) = &mut self.direct {
+            match direct.flush() {
+                Ok(end) => self.written = end,
+                Err(e) => self.end_direct_after(e)?,
+            }
+        }
+        if self.direct.take().is_some() {
             self.file.set_len(self.written)?;
         }
         Ok(())
     }
 
+    /// A direct write failed: what was taken since the last flush may not be on disk,
+    /// so the writer goes (waiting for its thread) and `written` stays at that flush,
+    /// where the next attempt resumes. The error is the attempt's.
+    fn end_direct_after(&mut self, e: std::io::Error) -> Result<(), EngineError> {
+        self.direct = None;
+        Err(e.into())
+    }
+
     fn flush_block(&mut self) -> Result<(), EngineError> {
         if let Some(direct) = &mut self.direct {
-            self.written = direct.flush()?;
+            match direct.flush() {
+                Ok(end) => self.written = end,
+                Err(e) => self.end_direct_after(e)?,
+            }
             return Ok(());
         }
         if !self.block.is_empty() {

@@ -74,8 +74,11 @@ pub struct DirectWriter {
     spare: Vec<AlignedBuf>,
     allocated: usize,
     in_flight: usize,
+    /// A write failed: the bytes it held are not on disk, so nothing may claim them.
+    broken: bool,
     jobs: Option<SyncSender<WriteJob>>,
-    done: Receiver<io::Result<AlignedBuf>>,
+    /// Buffers back from the writer thread, with how their write went.
+    done: Receiver<(AlignedBuf, io::Result<()>)>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -99,7 +102,7 @@ impl DirectWriter {
         // block: read them from the file.
         buffered.read_exact_at(&mut cur.bytes_mut()[..fill], cur_start)?;
         let (jobs, worker_rx) = sync_channel::<WriteJob>(BUFFERS);
-        let (done_tx, done) = sync_channel::<io::Result<AlignedBuf>>(BUFFERS);
+        let (done_tx, done) = sync_channel::<(AlignedBuf, io::Result<()>)>(BUFFERS);
         let worker_direct = direct.try_clone()?;
         let worker_buffered = buffered.try_clone()?;
         let worker = std::thread::Builder::new()
@@ -109,9 +112,8 @@ impl DirectWriter {
                 for job in worker_rx {
                     let data = &job.buf.bytes()[..job.len];
                     let result =
-                        write_all(&worker_direct, &worker_buffered, &mut refused, data, job.at)
-                            .map(|()| job.buf);
-                    if done_tx.send(result).is_err() {
+                        write_all(&worker_direct, &worker_buffered, &mut refused, data, job.at);
+                    if done_tx.send((job.buf, result)).is_err() {
                         break;
                     }
                 }
@@ -127,6 +129,7 @@ impl DirectWriter {
             spare: Vec::new(),
             allocated: 1,
             in_flight: 0,
+            broken: false,
             jobs: Some(jobs),
             done,
             worker: Some(worker),
@@ -141,6 +144,7 @@ impl DirectWriter {
     /// Copies `data` in; full buffers go to the writer thread. Blocks only when every
     /// buffer is on its way to the disk.
     pub fn push(&mut self, mut data: &[u8]) -> io::Result<()> {
+        self.check()?;
         while !data.is_empty() {
             let take = data.len().min(BUF_SIZE - self.fill);
             self.cur.bytes_mut()[self.fill..self.fill + take].copy_from_slice(&data[..take]);
@@ -182,15 +186,30 @@ impl DirectWriter {
 
     /// The next buffer the writer thread is done with (its write's error, if any).
     fn wait_one(&mut self) -> io::Result<AlignedBuf> {
-        let result = self.done.recv().map_err(|_| worker_gone())?;
+        let (buf, result) = self.done.recv().map_err(|_| worker_gone())?;
         self.in_flight -= 1;
-        result
+        match result {
+            Ok(()) => Ok(buf),
+            Err(e) => {
+                self.broken = true;
+                self.spare.push(buf);
+                Err(e)
+            }
+        }
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other("an earlier O_DIRECT write failed"));
+        }
+        Ok(())
     }
 
     /// Waits for every write on its way, then writes what the current buffer holds.
     /// Afterwards every byte taken is on disk (in the device's cache until an fsync)
     /// and the file may extend up to `ALIGN - 1` bytes past them.
     pub fn flush(&mut self) -> io::Result<u64> {
+        self.check()?;
         while self.in_flight > 0 {
             let buf = self.wait_one()?;
             self.spare.push(buf);
@@ -198,13 +217,17 @@ impl DirectWriter {
         if self.cur_start + self.fill as u64 > self.flushed {
             let len = self.fill.div_ceil(ALIGN) * ALIGN;
             let data = &self.cur.bytes()[..len];
-            write_all(
+            let written = write_all(
                 &self.direct,
                 &self.buffered,
                 &mut self.refused,
                 data,
                 self.cur_start,
-            )?;
+            );
+            if written.is_err() {
+                self.broken = true;
+            }
+            written?;
         }
         self.flushed = self.cur_start + self.fill as u64;
         Ok(self.flushed)
@@ -311,6 +334,31 @@ mod tests {
         assert_eq!(w.flush().unwrap(), body.len() as u64);
         drop(w);
         assert_eq!(&std::fs::read(&path).unwrap()[..body.len()], &body[..]);
+    }
+
+    #[test]
+    fn a_failed_write_is_never_claimed_as_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.part");
+        let file = open_rw(&path);
+        // 1 PiB is past the largest file ext4 (and most filesystems) can hold: EFBIG.
+        let Some(mut w) = DirectWriter::open(&path, &file, 1 << 50).unwrap() else {
+            return;
+        };
+        let body = pattern(BUF_SIZE * BUFFERS + 1000, 5);
+        let pushed = body
+            .chunks(BUF_SIZE / 3)
+            .try_for_each(|piece| w.push(piece));
+        let flushed = pushed.and_then(|()| w.flush());
+        assert!(
+            flushed.is_err(),
+            "the write past the limit failed: {flushed:?}"
+        );
+        assert!(
+            w.flush().is_err(),
+            "and a later flush does not claim its bytes"
+        );
+        assert!(w.push(b"more").is_err());
     }
 
     #[test]

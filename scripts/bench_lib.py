@@ -552,6 +552,11 @@ class Bench:
              lambda d: mm_run(self.binary, d, mm_settings,
                               [{"url": url, "file_name": "big.bin", "sha256": want}],
                               ["big.bin"]), files),
+            # For comparison, not a target: the same without O_DIRECT (through the page cache).
+            (self.row(case, "model-manager, page cache", 1.0,
+                      note="connections_per_download = 1, direct_io_min_bytes = 0"),
+             lambda d: mm_run(self.binary, d, dict(mm_settings, direct_io_min_bytes=0),
+                              [{"url": url, "file_name": "big.bin"}], ["big.bin"]), files),
         ]
         self.run_tools(case, tools, reps)
 

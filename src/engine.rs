@@ -240,7 +240,8 @@ impl Engine {
                 Err(e) => {
                     tracing::error!(download_id = %job.id, error = %e, "stopped, but the checkpoint failed");
                     Outcome::Failed {
-                        bytes,
+                        // What is on disk: a failed flush gave up what it held.
+                        bytes: transfer.done_bytes(),
                         error: e.to_download_error(),
                     }
                 }
@@ -336,10 +337,10 @@ impl Engine {
         let stall = Duration::from_secs(job.settings.stall_timeout_secs);
         // Bytes received before a drop are still in the write block; put them on disk
         // so that the next Range starts right after the last byte we have.
-        t.flush_block()?;
+        t.flush_block().await?;
         let (url, auth) = self.target(job, t, ctx).await?;
         if t.segments.is_some() {
-            t.end_direct_writes()?;
+            t.end_direct_writes().await?;
             return self.run_segments(job, t, ctx, (url, auth), None).await;
         }
         let mut request = self.client.get(url.clone());
@@ -465,7 +466,7 @@ impl Engine {
             && !t.one_connection
             && left >= SEGMENT_THRESHOLD
         {
-            t.end_direct_writes()?;
+            t.end_direct_writes().await?;
             return self
                 .run_segments(job, t, ctx, (url, auth_for_segments), Some(response))
                 .await;
@@ -491,7 +492,7 @@ impl Engine {
                 Ok(Some(Ok(chunk))) => chunk,
             };
             chunks += 1;
-            t.append(&chunk)?;
+            t.append(&chunk).await?;
             t.reresolves = 0;
             ctx.progress.set_done(t.received());
             if let Some(total) = t.total {
@@ -500,7 +501,7 @@ impl Engine {
                     return Err(EngineError::Overlong { expected: total });
                 }
             }
-            t.maybe_checkpoint(ctx)?;
+            t.maybe_checkpoint(ctx).await?;
             if !limiter::pace(&self.global, &ctx.limiter, chunk.len(), &mut ctx.stop).await {
                 return Ok(AttemptEnd::Stopped);
             }
@@ -600,9 +601,9 @@ impl Engine {
         t: &mut Transfer,
         ctx: &mut RunCtx,
     ) -> Result<bool, EngineError> {
-        t.flush_block()?;
+        t.flush_block().await?;
         t.wait_checkpoint().await?;
-        t.end_direct_writes()?;
+        t.end_direct_writes().await?;
         let part = files::part_path(&job.final_path);
         // The fsync before the rename runs while the digest is taken: one writes back
         // what the page cache holds, the other reads it, on two cores.
@@ -852,19 +853,19 @@ impl Transfer {
         }
     }
 
-    fn append(&mut self, chunk: &bytes::Bytes) -> Result<(), EngineError> {
+    async fn append(&mut self, chunk: &bytes::Bytes) -> Result<(), EngineError> {
         if let Some(h) = &self.hasher {
             h.update(chunk.clone());
         }
         if let Some(direct) = &mut self.direct {
-            if let Err(e) = direct.push(chunk) {
-                self.end_direct_after(e)?;
+            if let Err(e) = direct.push(chunk).await {
+                return Err(self.end_direct_after(e).await);
             }
             return Ok(());
         }
         self.block.push(chunk.clone());
         if self.block.len() >= WRITE_BLOCK {
-            self.flush_block()?;
+            self.flush_block().await?;
         }
         Ok(())
     }
@@ -893,32 +894,31 @@ impl Transfer {
 
     /// Ends `O_DIRECT` writing (waiting for the writes on their way) and gives the file
     /// its exact length: the last direct write was rounded up to the alignment.
-    fn end_direct_writes(&mut self) -> Result<(), EngineError> {
-        if let Some(direct) = &mut self.direct {
-            match direct.flush() {
-                Ok(end) => self.written = end,
-                Err(e) => self.end_direct_after(e)?,
-            }
-        }
-        if self.direct.take().is_some() {
+    async fn end_direct_writes(&mut self) -> Result<(), EngineError> {
+        self.flush_block().await?;
+        if let Some(direct) = self.direct.take() {
+            direct.close().await;
             self.file.set_len(self.written)?;
         }
         Ok(())
     }
 
     /// A direct write failed: what was taken since the last flush may not be on disk,
-    /// so the writer goes (waiting for its thread) and `written` stays at that flush,
-    /// where the next attempt resumes. The error is the attempt's.
-    fn end_direct_after(&mut self, e: std::io::Error) -> Result<(), EngineError> {
-        self.direct = None;
-        Err(e.into())
+    /// so the writer goes (once its writes on their way are done) and `written` stays at
+    /// that flush. The error ends the run (disk errors are not retried within a run), and
+    /// the next run starts from the checkpoint, hashing the file again up to there.
+    async fn end_direct_after(&mut self, e: std::io::Error) -> EngineError {
+        if let Some(direct) = self.direct.take() {
+            direct.close().await;
+        }
+        e.into()
     }
 
-    fn flush_block(&mut self) -> Result<(), EngineError> {
+    async fn flush_block(&mut self) -> Result<(), EngineError> {
         if let Some(direct) = &mut self.direct {
-            match direct.flush() {
+            match direct.flush().await {
                 Ok(end) => self.written = end,
-                Err(e) => self.end_direct_after(e)?,
+                Err(e) => return Err(self.end_direct_after(e).await),
             }
             return Ok(());
         }
@@ -1016,11 +1016,20 @@ impl Transfer {
 
     /// Every [`CHECKPOINT_EVERY`] on one connection: the write block first, then a
     /// background checkpoint of the offset.
-    fn maybe_checkpoint(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
+    async fn maybe_checkpoint(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
         if self.last_checkpoint.elapsed() < CHECKPOINT_EVERY {
             return Ok(());
         }
-        self.flush_block()?;
+        if self
+            .pending_checkpoint
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+        {
+            // The disk is still busy with the last one: flushing now (at every chunk
+            // until it is done) would only add to its work.
+            return Ok(());
+        }
+        self.flush_block().await?;
         self.start_checkpoint(ctx)
     }
 
@@ -1036,7 +1045,7 @@ impl Transfer {
     /// Writes, fsyncs and records everything received so far, and waits for it.
     async fn checkpoint_now(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
         self.wait_checkpoint().await?;
-        self.flush_block()?;
+        self.flush_block().await?;
         let job = self.persist(self.checkpoint_record(ctx))?;
         tokio::task::spawn_blocking(job)
             .await
@@ -1050,8 +1059,10 @@ impl Transfer {
     /// pairs an old offset with new bytes.
     async fn restart(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
         self.wait_checkpoint().await?;
-        // Dropping the direct writer waits for its writes, so none lands after the truncation.
-        self.direct = None;
+        // Its writes on their way end first, so none lands after the truncation.
+        if let Some(direct) = self.direct.take() {
+            direct.close().await;
+        }
         self.block.clear();
         self.written = 0;
         self.writeback_from = 0;

@@ -11,14 +11,20 @@
 //!
 //! A filesystem without `O_DIRECT` (or with stricter alignment than ours) is not an
 //! error: [`DirectWriter::open`] answers `None` and the caller writes through the page
-//! cache; a write refused with `EINVAL` falls back to a buffered write.
+//! cache; a write refused with `EINVAL` or `EOPNOTSUPP` falls back to a buffered write.
+//!
+//! Every disk write, the partial ones of `flush` included, happens on the writer thread:
+//! the byte loop only awaits buffers coming back, so a slow disk never blocks the thread
+//! that runs the other downloads.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
+
+use tokio::sync::mpsc;
 
 /// Alignment of file offsets, lengths and memory: 4 KiB covers 512-byte and 4K-sector disks.
 const ALIGN: usize = 4096;
@@ -47,23 +53,26 @@ impl AlignedBuf {
     fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..self.start + BUF_SIZE]
     }
+
+    /// A placeholder while the real buffer is with the writer thread (never written to).
+    fn empty() -> AlignedBuf {
+        AlignedBuf {
+            raw: Vec::new(),
+            start: 0,
+        }
+    }
 }
 
-/// A full buffer and where it goes.
+/// Bytes `from..len` of a buffer, written at file offset `at + from`.
 struct WriteJob {
     buf: AlignedBuf,
     at: u64,
+    from: usize,
     len: usize,
 }
 
 /// The byte loop's end of the writer thread.
 pub struct DirectWriter {
-    /// The `O_DIRECT` descriptor, for the partial writes of `flush`.
-    direct: File,
-    /// The ordinary descriptor: the head of an unaligned start, and the fallback.
-    buffered: File,
-    /// Once `O_DIRECT` was refused for a write, every later write is buffered.
-    refused: bool,
     cur: AlignedBuf,
     /// File offset of `cur`'s first byte (a multiple of `ALIGN`).
     cur_start: u64,
@@ -77,8 +86,8 @@ pub struct DirectWriter {
     /// A write failed: the bytes it held are not on disk, so nothing may claim them.
     broken: bool,
     jobs: Option<SyncSender<WriteJob>>,
-    /// Buffers back from the writer thread, with how their write went.
-    done: Receiver<(AlignedBuf, io::Result<()>)>,
+    /// Buffers back from the writer thread, in the order sent, with how their write went.
+    done: mpsc::Receiver<(AlignedBuf, io::Result<()>)>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -92,9 +101,14 @@ impl DirectWriter {
             .open(path)
         {
             Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+            Err(e) if refuses_direct(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
+        // Opened by name: make sure it is the very file the transfer has open.
+        let (a, b) = (direct.metadata()?, buffered.metadata()?);
+        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+            return Ok(None);
+        }
         let mut cur = AlignedBuf::new();
         let cur_start = at - at % ALIGN as u64;
         let fill = (at - cur_start) as usize;
@@ -102,26 +116,24 @@ impl DirectWriter {
         // block: read them from the file.
         buffered.read_exact_at(&mut cur.bytes_mut()[..fill], cur_start)?;
         let (jobs, worker_rx) = sync_channel::<WriteJob>(BUFFERS);
-        let (done_tx, done) = sync_channel::<(AlignedBuf, io::Result<()>)>(BUFFERS);
-        let worker_direct = direct.try_clone()?;
-        let worker_buffered = buffered.try_clone()?;
+        // Room for every buffer: the writer thread never waits to hand one back.
+        let (done_tx, done) = mpsc::channel::<(AlignedBuf, io::Result<()>)>(BUFFERS);
+        let buffered = buffered.try_clone()?;
         let worker = std::thread::Builder::new()
             .name("direct-write".into())
             .spawn(move || {
+                // Once O_DIRECT was refused for a write, every later write is buffered.
                 let mut refused = false;
                 for job in worker_rx {
-                    let data = &job.buf.bytes()[..job.len];
-                    let result =
-                        write_all(&worker_direct, &worker_buffered, &mut refused, data, job.at);
-                    if done_tx.send((job.buf, result)).is_err() {
+                    let data = &job.buf.bytes()[job.from..job.len];
+                    let at = job.at + job.from as u64;
+                    let result = write_all(&direct, &buffered, &mut refused, data, at);
+                    if done_tx.blocking_send((job.buf, result)).is_err() {
                         break;
                     }
                 }
             })?;
         Ok(Some(DirectWriter {
-            direct,
-            buffered: buffered.try_clone()?,
-            refused: false,
             cur,
             cur_start,
             fill,
@@ -141,9 +153,9 @@ impl DirectWriter {
         self.cur_start + self.fill as u64 - self.flushed
     }
 
-    /// Copies `data` in; full buffers go to the writer thread. Blocks only when every
-    /// buffer is on its way to the disk.
-    pub fn push(&mut self, mut data: &[u8]) -> io::Result<()> {
+    /// Copies `data` in; full buffers go to the writer thread. Waits only when every
+    /// buffer is on its way to the disk. After an error the writer takes nothing more.
+    pub async fn push(&mut self, mut data: &[u8]) -> io::Result<()> {
         self.check()?;
         while !data.is_empty() {
             let take = data.len().min(BUF_SIZE - self.fill);
@@ -151,29 +163,36 @@ impl DirectWriter {
             self.fill += take;
             data = &data[take..];
             if self.fill == BUF_SIZE {
-                self.submit_full()?;
+                let next = self.free_buffer().await;
+                let sent = next.and_then(|next| {
+                    let full = std::mem::replace(&mut self.cur, next);
+                    self.send(full, 0, BUF_SIZE)
+                });
+                if let Err(e) = sent {
+                    self.broken = true;
+                    return Err(e);
+                }
+                self.cur_start += BUF_SIZE as u64;
+                self.fill = 0;
             }
         }
         Ok(())
     }
 
-    fn submit_full(&mut self) -> io::Result<()> {
-        let next = self.free_buffer()?;
-        let full = std::mem::replace(&mut self.cur, next);
+    fn send(&mut self, buf: AlignedBuf, from: usize, len: usize) -> io::Result<()> {
         let job = WriteJob {
-            buf: full,
+            buf,
             at: self.cur_start,
-            len: BUF_SIZE,
+            from,
+            len,
         };
         let jobs = self.jobs.as_ref().ok_or_else(worker_gone)?;
         jobs.send(job).map_err(|_| worker_gone())?;
         self.in_flight += 1;
-        self.cur_start += BUF_SIZE as u64;
-        self.fill = 0;
         Ok(())
     }
 
-    fn free_buffer(&mut self) -> io::Result<AlignedBuf> {
+    async fn free_buffer(&mut self) -> io::Result<AlignedBuf> {
         if let Some(buf) = self.spare.pop() {
             return Ok(buf);
         }
@@ -181,12 +200,12 @@ impl DirectWriter {
             self.allocated += 1;
             return Ok(AlignedBuf::new());
         }
-        self.wait_one()
+        self.wait_one().await
     }
 
     /// The next buffer the writer thread is done with (its write's error, if any).
-    fn wait_one(&mut self) -> io::Result<AlignedBuf> {
-        let (buf, result) = self.done.recv().map_err(|_| worker_gone())?;
+    async fn wait_one(&mut self) -> io::Result<AlignedBuf> {
+        let (buf, result) = self.done.recv().await.ok_or_else(worker_gone)?;
         self.in_flight -= 1;
         match result {
             Ok(()) => Ok(buf),
@@ -205,32 +224,48 @@ impl DirectWriter {
         Ok(())
     }
 
-    /// Waits for every write on its way, then writes what the current buffer holds.
-    /// Afterwards every byte taken is on disk (in the device's cache until an fsync)
-    /// and the file may extend up to `ALIGN - 1` bytes past them.
-    pub fn flush(&mut self) -> io::Result<u64> {
+    /// Writes what the current buffer holds since the last flush (from the aligned
+    /// block it starts in), after every write on its way. Afterwards every byte taken
+    /// is on disk (in the device's cache until an fsync) and the file may extend up to
+    /// `ALIGN - 1` bytes past them.
+    pub async fn flush(&mut self) -> io::Result<u64> {
         self.check()?;
+        let end = self.cur_start + self.fill as u64;
+        if end > self.flushed {
+            let from = (self.flushed.saturating_sub(self.cur_start) as usize) / ALIGN * ALIGN;
+            let len = self.fill.div_ceil(ALIGN) * ALIGN;
+            // The current buffer goes to the writer thread too and comes back last.
+            let cur = std::mem::replace(&mut self.cur, AlignedBuf::empty());
+            if let Err(e) = self.send(cur, from, len) {
+                self.broken = true;
+                return Err(e);
+            }
+        }
+        let mut last = None;
         while self.in_flight > 0 {
-            let buf = self.wait_one()?;
+            match self.wait_one().await {
+                Ok(buf) => {
+                    if let Some(earlier) = last.replace(buf) {
+                        self.spare.push(earlier);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if end > self.flushed {
+            self.cur = last.ok_or_else(worker_gone)?;
+        } else if let Some(buf) = last {
             self.spare.push(buf);
         }
-        if self.cur_start + self.fill as u64 > self.flushed {
-            let len = self.fill.div_ceil(ALIGN) * ALIGN;
-            let data = &self.cur.bytes()[..len];
-            let written = write_all(
-                &self.direct,
-                &self.buffered,
-                &mut self.refused,
-                data,
-                self.cur_start,
-            );
-            if written.is_err() {
-                self.broken = true;
-            }
-            written?;
-        }
-        self.flushed = self.cur_start + self.fill as u64;
-        Ok(self.flushed)
+        self.flushed = end;
+        Ok(end)
+    }
+
+    /// Ends the writer thread once the writes on their way are done, without blocking.
+    pub async fn close(mut self) {
+        drop(self.jobs.take());
+        while self.done.recv().await.is_some() {}
+        // The thread has handed back its last buffer and is ending: joining is immediate.
     }
 }
 
@@ -249,6 +284,14 @@ fn worker_gone() -> io::Error {
     io::Error::other("the direct-write thread has stopped")
 }
 
+/// How a filesystem says that it does not do `O_DIRECT` (for this file, or this write).
+fn refuses_direct(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+    )
+}
+
 /// Writes `data` at `at` with `O_DIRECT`, or buffered once the filesystem refused that.
 fn write_all(
     direct: &File,
@@ -259,7 +302,7 @@ fn write_all(
 ) -> io::Result<()> {
     if !*refused {
         match direct.write_all_at(data, at) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if refuses_direct(&e) => {
                 tracing::debug!(error = %e, "O_DIRECT write refused; writing through the page cache");
                 *refused = true;
             }
@@ -289,8 +332,8 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn appends_after_an_unaligned_start_in_odd_pieces() {
+    #[tokio::test]
+    async fn appends_after_an_unaligned_start_in_odd_pieces() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.part");
         let head = pattern(5_000, 1);
@@ -303,41 +346,54 @@ mod tests {
         // More than all buffers together, so the writer thread hands buffers back.
         let body = pattern(BUF_SIZE * BUFFERS * 2 + 12_345, 2);
         for piece in body.chunks(100_003) {
-            w.push(piece).unwrap();
+            w.push(piece).await.unwrap();
         }
         assert!(w.unflushed() > 0);
-        let end = w.flush().unwrap();
+        let end = w.flush().await.unwrap();
         assert_eq!(end, (head.len() + body.len()) as u64);
         assert_eq!(w.unflushed(), 0);
-        drop(w);
+        w.close().await;
         let got = std::fs::read(&path).unwrap();
         assert!(got.len() as u64 >= end, "the file holds every byte");
         assert_eq!(&got[..head.len()], &head[..]);
         assert_eq!(&got[head.len()..end as usize], &body[..]);
     }
 
-    #[test]
-    fn a_flush_in_the_middle_changes_nothing() {
+    #[tokio::test]
+    async fn a_flush_in_the_middle_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.part");
         let file = open_rw(&path);
         let Some(mut w) = DirectWriter::open(&path, &file, 0).unwrap() else {
             return;
         };
-        let body = pattern(BUF_SIZE + 70_000, 3);
-        let (a, b) = body.split_at(BUF_SIZE / 2 + 7);
-        w.push(a).unwrap();
-        assert_eq!(w.flush().unwrap(), a.len() as u64);
-        // A crash here: the file holds the first part.
-        assert_eq!(&std::fs::read(&path).unwrap()[..a.len()], a);
-        w.push(b).unwrap();
-        assert_eq!(w.flush().unwrap(), body.len() as u64);
-        drop(w);
+        let body = pattern(3 * BUF_SIZE + 70_000, 3);
+        // Flushes inside one buffer (twice, the second from an unaligned point), then
+        // across buffers: each time the file holds every byte taken so far.
+        let cuts = [
+            BUF_SIZE / 2 + 7,
+            BUF_SIZE / 2 + 5000,
+            2 * BUF_SIZE + 3,
+            body.len(),
+        ];
+        let mut at = 0;
+        for cut in cuts {
+            w.push(&body[at..cut]).await.unwrap();
+            assert_eq!(w.flush().await.unwrap(), cut as u64);
+            assert_eq!(
+                w.flush().await.unwrap(),
+                cut as u64,
+                "a second flush is a no-op"
+            );
+            assert_eq!(&std::fs::read(&path).unwrap()[..cut], &body[..cut]);
+            at = cut;
+        }
+        w.close().await;
         assert_eq!(&std::fs::read(&path).unwrap()[..body.len()], &body[..]);
     }
 
-    #[test]
-    fn a_failed_write_is_never_claimed_as_flushed() {
+    #[tokio::test]
+    async fn a_failed_write_is_never_claimed_as_flushed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.part");
         let file = open_rw(&path);
@@ -346,19 +402,25 @@ mod tests {
             return;
         };
         let body = pattern(BUF_SIZE * BUFFERS + 1000, 5);
-        let pushed = body
-            .chunks(BUF_SIZE / 3)
-            .try_for_each(|piece| w.push(piece));
-        let flushed = pushed.and_then(|()| w.flush());
+        let mut result = Ok(0);
+        for piece in body.chunks(BUF_SIZE / 3) {
+            if let Err(e) = w.push(piece).await {
+                result = Err(e);
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = w.flush().await;
+        }
         assert!(
-            flushed.is_err(),
-            "the write past the limit failed: {flushed:?}"
+            result.is_err(),
+            "the write past the limit failed: {result:?}"
         );
         assert!(
-            w.flush().is_err(),
-            "and a later flush does not claim its bytes"
+            w.flush().await.is_err(),
+            "a later flush does not claim its bytes"
         );
-        assert!(w.push(b"more").is_err());
+        assert!(w.push(b"more").await.is_err());
     }
 
     #[test]

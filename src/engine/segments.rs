@@ -260,7 +260,7 @@ impl Engine {
             .total
             .ok_or_else(|| EngineError::Internal("segments need a size".into()))?;
         if t.segments.is_none() {
-            t.flush_block()?;
+            t.flush_block().await?;
             t.segments = Some(Arc::new(SegmentTable::whole(t.written, total)));
             // Bytes arrive out of order: the digest is taken by reading the file back.
             t.hasher = None;

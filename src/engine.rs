@@ -627,14 +627,17 @@ impl Engine {
         if *ctx.stop.borrow() {
             return Ok(false);
         }
+        // The bytes are on disk before a checkpoint says that all of them are: a power
+        // loss in between would otherwise leave a record of a whole file over a `.part`
+        // with holes, which a download without a digest would then rename as complete.
+        syncing
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
         // Every byte is there and verified: say so before the rename, so that a crash
         // right after it is recognised on the next start (see renamed_before_a_crash).
         self.store
             .put_checkpoint(&job.id, &t.checkpoint_record(ctx))?;
         self.store.flush().await?;
-        syncing
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))??;
         let final_path = job.final_path.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::rename(&part, &final_path)?;

@@ -314,6 +314,9 @@ impl Engine {
                 wait,
                 error: err.to_download_error(),
             });
+            // A backoff can last minutes: the direct writer's thread and buffers go
+            // meanwhile (the next attempt opens another one).
+            t.end_direct_writes().await?;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = ctx.stop.wait_for(|s| *s) => return Ok(RunEnd::Stopped),

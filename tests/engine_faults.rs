@@ -406,3 +406,67 @@ async fn a_large_file_on_one_connection_is_written_with_o_direct_a_small_one_is_
         assert_eq!(len, size as u64);
     }
 }
+
+#[actix_web::test]
+async fn a_backoff_lets_the_direct_writer_go_and_the_next_attempt_resumes_unaligned() {
+    let up = Upstream::start();
+    let svc = TestService::start(|c| {
+        c.downloads.connections_per_download = 1;
+        c.downloads.stall_timeout_secs = 2;
+    })
+    .await;
+    if !takes_o_direct(&svc.download_dir()) {
+        println!("SKIPPED: the download dir's filesystem does not take O_DIRECT");
+        return;
+    }
+    let data = content(12 * MIB, 13);
+    let cut = 3 * MIB as u64 + 123;
+    // The first response goes silent after `cut` bytes (a stall: progress, so an
+    // immediate retry); the retry gets a 503 with Retry-After (no progress: a backoff).
+    let id = fetch(
+        &svc,
+        &up,
+        "backoff.bin",
+        &data,
+        Behavior {
+            stall_once_after: Some(cut),
+            ..Default::default()
+        },
+    )
+    .await;
+    let part = svc.download_dir().join("backoff.bin.part");
+    let until = Instant::now() + Duration::from_secs(10);
+    while svc.download(&id).await["bytes_done"].as_u64() < Some(cut) {
+        assert!(
+            Instant::now() < until,
+            "the first response never got to the stall"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        open_flags(&part).iter().any(|f| f & libc::O_DIRECT != 0),
+        "written with O_DIRECT before the stall"
+    );
+    up.set_behavior(
+        "backoff.bin",
+        Behavior {
+            fail_first: vec![(503, Some(2))],
+            ..Default::default()
+        },
+    );
+    svc.wait_state(&id, "retrying", Duration::from_secs(10))
+        .await;
+    assert!(
+        open_flags(&part).iter().all(|f| f & libc::O_DIRECT == 0),
+        "the direct writer is gone during the backoff"
+    );
+    svc.wait_state(&id, "completed", LONG).await;
+    assert_file(&svc, "backoff.bin", &data);
+    let reqs = up.requests("backoff.bin");
+    let seen: Vec<(u16, Option<u64>)> = reqs.iter().map(|r| (r.status, r.range_start)).collect();
+    assert_eq!(
+        seen,
+        vec![(200, None), (503, Some(cut)), (206, Some(cut))],
+        "the resume after the backoff starts at the unaligned byte after the last one"
+    );
+}

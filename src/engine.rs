@@ -760,23 +760,41 @@ impl Transfer {
         let part = files::part_path(&job.final_path);
         let checkpoint = store.checkpoint(&job.id)?.unwrap_or_default();
         let want_hash = job.sha256.is_some();
-        let good = checkpoint.offset;
+        let mut good = checkpoint.offset;
         let segmented = !checkpoint.segments.is_empty();
-        let (file, offset, hasher) =
+        let segments_end = checkpoint.segments.iter().map(|t| t[2]).max().unwrap_or(0);
+        let (for_store, id) = (store.clone(), job.id.clone());
+        let (file, offset, hasher, segmented) =
             tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
                 // O_NOFOLLOW: a `.part` that became a symlink is never written through.
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&part)?;
-                if segmented {
-                    // Each segment knows its own good bytes; the file keeps its full length.
-                    return Ok((file, 0, None));
-                }
+                let open = |create: bool| {
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(create)
+                        .truncate(false)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&part)
+                };
+                let (file, existed) = match open(false) {
+                    Ok(file) => (file, true),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (open(true)?, false),
+                    Err(e) => return Err(e.into()),
+                };
                 let len = file.metadata()?.len();
+                if segmented {
+                    // Each segment knows its own good bytes, in a file of full length.
+                    if existed && len >= segments_end {
+                        return Ok((file, 0, None, true));
+                    }
+                    // The checkpoint speaks of a file that is gone or was taken over
+                    // (another download of the same name truncated it): none of its
+                    // segments can be trusted. It goes before anything is written.
+                    tracing::warn!(download_id = %id, existed, len, "the .part does not match its checkpoint; starting over");
+                    for_store.remove_checkpoint(&id)?;
+                    for_store.flush_blocking()?;
+                    good = 0;
+                }
                 let offset = good.min(len);
                 if len != offset {
                     file.set_len(offset)?;
@@ -786,11 +804,16 @@ impl Transfer {
                 } else {
                     None
                 };
-                Ok((file, offset, hasher))
+                Ok((file, offset, hasher, false))
             })
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))??;
         let hasher = hasher.map(HashPipe::start).transpose()?;
+        let checkpoint = if !segmented && !checkpoint.segments.is_empty() {
+            Checkpoint::default()
+        } else {
+            checkpoint
+        };
         tracing::debug!(download_id = %job.id, offset, segmented, "transfer opened at its checkpoint");
         Ok(Transfer {
             file,

@@ -240,3 +240,70 @@ async fn env_overrides_the_config_file() {
         "env must win over the file's bind"
     );
 }
+
+#[tokio::test]
+async fn an_answered_delete_or_cancel_survives_a_kill_9_right_after() {
+    let up = Upstream::start();
+    let data = content(64 * MIB, 43);
+    let slow = Behavior {
+        rate_bps: Some(4 * MIB as u64),
+        ..Default::default()
+    };
+    up.add_file("del.bin", data.clone(), slow.clone());
+    up.add_file("can.bin", data, slow);
+    let (dir, config, port, mut p) =
+        Proc::start("[downloads]\nconnections_per_download = 4\n").await;
+    let del = p.add(json!({"url": up.url("del.bin")})).await;
+    let can = p.add(json!({"url": up.url("can.bin")})).await;
+    for id in [&del, &can] {
+        p.wait_download(id, Duration::from_secs(30), |d| {
+            d["bytes_done"].as_u64() > Some(MIB as u64)
+        })
+        .await;
+    }
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    // Paused first: with no engine left to stop, nothing else flushes sled between the
+    // answer and the kill, so the answer alone must have made the change durable.
+    for id in [&del, &can] {
+        let (s, v) = p
+            .post(&format!("/api/downloads/{id}/pause"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        p.wait_download(id, Duration::from_secs(30), |d| d["state"] == "paused")
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = client
+        .post(format!("{base}/api/downloads/{can}/cancel"))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client
+        .delete(format!("{base}/api/downloads/{del}"))
+        .send()
+        .await
+        .expect("delete");
+    assert!(r.status().is_success(), "{}", r.status());
+    // At once: sled flushes by itself only every 500 ms.
+    p.kill9();
+
+    let mut p = Proc::spawn(&config, port);
+    p.wait_healthy().await;
+    let r = client
+        .get(format!("{base}/api/downloads/{del}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 404, "the deleted download came back");
+    let c = p.get(&format!("/api/downloads/{can}")).await;
+    assert_eq!(c["state"], "cancelled", "{c}");
+    assert_eq!(c["bytes_done"], 0, "{c}");
+    // Nothing runs again: no `.part` shows up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("downloads"))
+        .map(|it| it.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "files after the restart: {left:?}");
+}

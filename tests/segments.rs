@@ -240,3 +240,123 @@ async fn kill_9_resumes_every_segment() {
         "fetched {refetched} bytes again"
     );
 }
+
+#[actix_web::test]
+async fn an_outage_that_ends_an_attempt_leaves_no_segment_stranded() {
+    let up = Upstream::start();
+    let svc = TestService::start(|c| {
+        c.downloads.connections_per_download = 4;
+        c.downloads.max_retries = 4;
+        c.downloads.retry_base_delay_ms = 300;
+    })
+    .await;
+    let data = content(32 * MIB, 21);
+    let throttled = Behavior {
+        rate_bps: Some(8 * MIB as u64),
+        ..Default::default()
+    };
+    up.add_file("outage.bin", data.clone(), throttled.clone());
+    let id = svc.add(json!({"url": up.url("outage.bin")})).await;
+    let until = Instant::now() + Duration::from_secs(20);
+    while svc.download(&id).await["bytes_done"].as_u64() < Some(2 * MIB as u64) {
+        assert!(Instant::now() < until, "no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // From now on every new request gets a 503: the connections give up one by one and
+    // the first to give up ends the attempt while the others still hold their segments.
+    up.set_behavior(
+        "outage.bin",
+        Behavior {
+            fail_first: vec![(503, None); 1000],
+            ..throttled.clone()
+        },
+    );
+    svc.wait_state(&id, "retrying", Duration::from_secs(30))
+        .await;
+    up.set_behavior("outage.bin", throttled);
+    // Without releasing the dropped connections' segments, the next attempt cannot
+    // finish them and the download fails ("connections ended with bytes left").
+    let d = svc.wait_state(&id, "completed", LONG).await;
+    assert_eq!(d["bytes_done"], json!(32 * MIB));
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("outage.bin")),
+        sha256_hex(&data)
+    );
+}
+
+#[actix_web::test]
+async fn a_newer_download_of_the_same_name_deleted_leaves_the_old_one_to_start_over() {
+    let up = Upstream::start();
+    let svc = TestService::start(|c| {
+        c.downloads.connections_per_download = 4;
+        c.downloads.max_retries = 0;
+    })
+    .await;
+    let a = content(24 * MIB, 22);
+    let a_id = a_failed_segmented_download(&svc, &up, &a).await;
+    // B takes the name (allowed: A is finished), then goes away, and its delete removes
+    // the `.part` (B is the newer owner of the name).
+    up.add_file("b.bin", content(24 * MIB, 23), Behavior::default());
+    let b_id = svc
+        .add(json!({"url": up.url("b.bin"), "file_name": "model.bin", "start_paused": true}))
+        .await;
+    let (s, v) = svc
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/downloads/{b_id}"),
+            None,
+        )
+        .await;
+    assert!(s == 200 || s == 204, "{s} {v}");
+    assert!(!svc.download_dir().join("model.bin.part").exists());
+    // A again: its old segments are not on disk any more and must not be trusted.
+    retry_and_check(&svc, &a_id, &a).await;
+}
+
+/// A fails on its first dropped connection, keeping a segmented checkpoint and its
+/// `.part`; no sha256, so nothing would catch wrong bytes at the end.
+async fn a_failed_segmented_download(svc: &TestService, up: &Upstream, a: &[u8]) -> String {
+    up.add_file(
+        "a.bin",
+        a.to_vec(),
+        Behavior {
+            drop_every: Some(MIB as u64 + 77),
+            ..Default::default()
+        },
+    );
+    let id = svc
+        .add(json!({"url": up.url("a.bin"), "file_name": "model.bin"}))
+        .await;
+    let failed = svc.wait_state(&id, "failed", LONG).await;
+    assert!(failed["bytes_done"].as_u64() > Some(0), "{failed}");
+    assert!(svc.download_dir().join("model.bin.part").exists());
+    up.set_behavior("a.bin", Behavior::default());
+    id
+}
+
+async fn retry_and_check(svc: &TestService, id: &str, a: &[u8]) {
+    let (s, v) = svc.action(id, "retry").await;
+    assert_eq!(s, 200, "{v}");
+    svc.wait_state(id, "completed", LONG).await;
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("model.bin")),
+        sha256_hex(a),
+        "completed with bytes it never fetched"
+    );
+}
+
+#[actix_web::test]
+async fn a_segmented_checkpoint_whose_part_is_gone_starts_over() {
+    let up = Upstream::start();
+    let svc = TestService::start(|c| {
+        c.downloads.connections_per_download = 4;
+        c.downloads.max_retries = 0;
+    })
+    .await;
+    let a = content(24 * MIB, 24);
+    let id = a_failed_segmented_download(&svc, &up, &a).await;
+    // Removed by hand (or lost in a crash between unlinking it and dropping its
+    // checkpoint): the retry must not trust segments that are no longer on disk.
+    std::fs::remove_file(svc.download_dir().join("model.bin.part")).unwrap();
+    retry_and_check(&svc, &id, &a).await;
+}

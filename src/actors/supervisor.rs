@@ -492,22 +492,27 @@ impl Supervisor {
         }
     }
 
-    /// Answers after `stops` have ended and sled is flushed, with `then`'s result.
+    /// Once `stops` have ended, runs `then` and answers with its result after sled is
+    /// flushed: what `then` changed (a removed record, a cancelled download's dropped
+    /// checkpoint) is on disk before the client hears of it.
     fn reply_after<T: 'static>(
         &mut self,
         stops: Vec<Box<dyn std::future::Future<Output = ()> + Unpin>>,
         then: impl FnOnce(&mut Self, &mut Context<Self>) -> Reply<T> + 'static,
     ) -> ResponseActFuture<Self, Reply<T>> {
-        let store = self.store.clone();
         Box::pin(
             async move {
                 join_all(stops).await;
-                store.flush().await
             }
             .into_actor(self)
-            .map(move |flushed, act, ctx| {
-                flushed?;
-                then(act, ctx)
+            .then(move |(), act, ctx| {
+                let reply = then(act, ctx);
+                let store = act.store.clone();
+                async move {
+                    store.flush().await?;
+                    reply
+                }
+                .into_actor(act)
             }),
         )
     }
@@ -833,6 +838,19 @@ impl Handler<Add> for Supervisor {
         };
         if let Err(e) = check() {
             return Box::pin(actix::fut::ready(Err(e)));
+        }
+        // A new download takes over the `.part` of an older, finished one of the same
+        // name (it truncates it when it starts): the old checkpoint no longer describes
+        // that file, so a retry of the old download starts over instead of trusting it.
+        let superseded: Vec<DownloadId> = msg
+            .0
+            .iter()
+            .flat_map(|n| self.with_path(&n.path).map(|d| d.id.clone()))
+            .collect();
+        for id in &superseded {
+            if let Err(e) = self.store.remove_checkpoint(id) {
+                return Box::pin(actix::fut::ready(Err(e.into())));
+            }
         }
         let now = now_rfc3339();
         let mut ids = Vec::with_capacity(msg.0.len());

@@ -109,6 +109,15 @@ impl SegmentTable {
         }
     }
 
+    /// After an attempt's connections are gone: a segment that a dropped connection
+    /// held is free again for the next attempt (else only steals could reach it, and
+    /// never its last piece).
+    fn release_all(&self) {
+        for seg in self.lock().iter() {
+            seg.release();
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Segment>>> {
         match self.segs.lock() {
             Ok(g) => g,
@@ -324,6 +333,7 @@ impl Engine {
             }
         };
         drop(workers);
+        table.release_all();
         // Keep a refreshed link for the next attempt.
         t.link = Some(shared.link.lock().await.url.clone());
         drop(shared);

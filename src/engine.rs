@@ -186,20 +186,22 @@ impl Engine {
         })
     }
 
-    /// A crash between the final rename and the record saying `completed` leaves a
-    /// complete file, no `.part`, and a checkpoint that covers every byte: that file is
-    /// the download's (verified before the rename), not something to fetch again.
+    /// A crash between the final rename and the record saying `completed` leaves the
+    /// file under its final name and the checkpoint written just before the rename,
+    /// which names that file's inode: it is the download's (verified before the
+    /// rename), not something to fetch again. Any other file there (an older one of
+    /// the same size, say) is not taken for it.
     fn renamed_before_a_crash(&self, job: &Job) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
         let cp = self.store.checkpoint(&job.id).ok()??;
         let total = cp.total?;
-        let all_there = cp.offset == total
-            || (!cp.segments.is_empty() && cp.segments.iter().all(|[_, pos, end]| pos >= end));
-        let part = files::part_path(&job.final_path);
-        let len = std::fs::symlink_metadata(&job.final_path)
+        let [dev, ino] = cp.renaming?;
+        let meta = std::fs::symlink_metadata(&job.final_path)
             .ok()
-            .filter(|m| m.is_file())?
-            .len();
-        (all_there && len == total && !part.exists()).then_some(total)
+            .filter(|m| m.is_file())?;
+        let part = files::part_path(&job.final_path);
+        let ours = (meta.dev(), meta.ino()) == (dev, ino) && meta.len() == total;
+        (ours && !part.exists()).then_some(total)
     }
 
     /// Changes the global speed limit live (0: none).
@@ -400,6 +402,14 @@ impl Engine {
                     self.remote_changed(job, t, ctx, &validators).await?;
                     return Ok(AttemptEnd::Again);
                 }
+                if let (Some(known), Some(now)) = (t.total, range.total) {
+                    if known != now {
+                        // Without validators the size is all there is to tell, and a
+                        // new size is a new file: its bytes must not follow the old ones.
+                        self.size_changed(job, t, ctx, known, now).await?;
+                        return Ok(AttemptEnd::Again);
+                    }
+                }
                 if range.total.is_some() {
                     t.total = range.total;
                 }
@@ -595,6 +605,24 @@ impl Engine {
         t.restart(ctx).await
     }
 
+    async fn size_changed(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+        known: u64,
+        now: u64,
+    ) -> Result<(), EngineError> {
+        let message =
+            format!("the file changed upstream (size {known} -> {now} bytes); starting over");
+        tracing::warn!(download_id = %job.id, "{message}");
+        (ctx.events)(EngineEvent::Notice(DownloadError {
+            kind: ErrorKind::RemoteChanged,
+            message,
+        }));
+        t.restart(ctx).await
+    }
+
     /// Verifies (when a digest is known), fsyncs and renames into place.
     /// Returns false when asked to stop before the rename (a cancel during
     /// verification must not leave a file under its final name).
@@ -618,8 +646,11 @@ impl Engine {
             let actual = t.digest(&part).await?;
             if &actual != expected {
                 tracing::warn!(download_id = %job.id, %expected, %actual, "checksum mismatch; removing the file");
-                let _ = std::fs::remove_file(&part);
+                // The checkpoint goes first: a crash in between must not leave one that
+                // says complete beside no `.part`.
                 self.store.remove_checkpoint(&job.id)?;
+                self.store.flush().await?;
+                let _ = std::fs::remove_file(&part);
                 t.reset_after_delete();
                 return Err(EngineError::Checksum {
                     expected: expected.clone(),
@@ -636,13 +667,26 @@ impl Engine {
         syncing
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))??;
-        // Every byte is there and verified: say so before the rename, so that a crash
-        // right after it is recognised on the next start (see renamed_before_a_crash).
-        self.store
-            .put_checkpoint(&job.id, &t.checkpoint_record(ctx))?;
+        // Every byte is there and verified: say so before the rename, with the file's
+        // identity, so that a crash right after it is recognised on the next start
+        // (see renamed_before_a_crash).
+        use std::os::unix::fs::MetadataExt;
+        let ours = t.file.metadata()?;
+        let mut record = t.checkpoint_record(ctx);
+        record.renaming = Some([ours.dev(), ours.ino()]);
+        self.store.put_checkpoint(&job.id, &record)?;
         self.store.flush().await?;
         let final_path = job.final_path.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            // The rename is by name: make sure the name is still our file, not the
+            // `.part` of a newer download of the same name (after a cancel that gave up
+            // waiting for this engine, say).
+            let named = std::fs::symlink_metadata(&part)?;
+            if (named.dev(), named.ino()) != (ours.dev(), ours.ino()) {
+                return Err(std::io::Error::other(
+                    "the .part was replaced by another file; not renaming it",
+                ));
+            }
             std::fs::rename(&part, &final_path)?;
             if let Some(dir) = final_path.parent() {
                 files::sync_dir(dir)?;
@@ -994,6 +1038,7 @@ impl Transfer {
                 .as_ref()
                 .map(|t| t.snapshot())
                 .unwrap_or_default(),
+            renaming: None,
         }
     }
 

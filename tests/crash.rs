@@ -323,16 +323,47 @@ async fn random_kills_lose_nothing() {
 
 #[actix_web::test]
 async fn a_crash_right_after_the_final_rename_is_not_downloaded_again() {
+    let (svc, up, data) = after_a_crash(true, None).await;
+    assert!(
+        up.requests("done.bin").is_empty(),
+        "a complete file was fetched again"
+    );
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("done.bin")),
+        sha256_hex(&data)
+    );
+    assert_eq!(tree(&svc.download_dir()), vec!["done.bin".to_string()]);
+}
+
+#[actix_web::test]
+async fn another_file_of_the_same_size_is_not_taken_for_a_renamed_download() {
+    // A checkpoint that says complete (a periodic one) and no `.part`, beside a file of
+    // the same size that the download never wrote (an older one it was to replace).
+    let (svc, up, data) = after_a_crash(false, Some(content(3 * MIB, 78))).await;
+    assert!(!up.requests("done.bin").is_empty(), "it was not fetched");
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("done.bin")),
+        sha256_hex(&data)
+    );
+}
+
+/// A service started over what a kill -9 left: a record in `verifying`, a checkpoint
+/// that covers every byte (the one written just before the rename when `renaming`) and a
+/// file under the final name (`other`, or the download's own bytes). Returns once the
+/// download is completed.
+async fn after_a_crash(renaming: bool, other: Option<Vec<u8>>) -> (TestService, Upstream, Vec<u8>) {
     use model_manager::model::{Download, Source, State};
     use model_manager::store::{Checkpoint, Store};
+    use std::os::unix::fs::MetadataExt;
     let up = Upstream::start();
     let data = content(3 * MIB, 77);
     up.add_file("done.bin", data.clone(), Behavior::default());
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
-    // What a kill -9 between the rename and the record update leaves behind.
     std::fs::create_dir_all(&config.storage.download_dir).unwrap();
-    std::fs::write(config.storage.download_dir.join("done.bin"), &data).unwrap();
+    let final_path = config.storage.download_dir.join("done.bin");
+    std::fs::write(&final_path, other.as_deref().unwrap_or(&data)).unwrap();
+    let meta = std::fs::metadata(&final_path).unwrap();
     {
         let store = Store::open(&config.storage.data_dir).unwrap();
         let id = "dl_01JD3ZZZZZZZZZZZZZZZZZZZZZ".to_string();
@@ -364,6 +395,7 @@ async fn a_crash_right_after_the_final_rename_is_not_downloaded_again() {
                 &Checkpoint {
                     offset: data.len() as u64,
                     total: Some(data.len() as u64),
+                    renaming: renaming.then(|| [meta.dev(), meta.ino()]),
                     ..Default::default()
                 },
             )
@@ -379,13 +411,5 @@ async fn a_crash_right_after_the_final_rename_is_not_downloaded_again() {
         )
         .await;
     assert_eq!(d["bytes_done"], json!(data.len()));
-    assert!(
-        up.requests("done.bin").is_empty(),
-        "a complete file was fetched again"
-    );
-    assert_eq!(
-        file_sha256(&svc.download_dir().join("done.bin")),
-        sha256_hex(&data)
-    );
-    assert_eq!(tree(&svc.download_dir()), vec!["done.bin".to_string()]);
+    (svc, up, data)
 }

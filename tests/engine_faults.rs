@@ -470,3 +470,36 @@ async fn a_backoff_lets_the_direct_writer_go_and_the_next_attempt_resumes_unalig
         "the resume after the backoff starts at the unaligned byte after the last one"
     );
 }
+
+#[actix_web::test]
+async fn a_new_size_without_validators_starts_over_with_the_new_file() {
+    let up = Upstream::start();
+    let svc = TestService::start(|c| c.downloads.connections_per_download = 1).await;
+    let old = content(4 * MIB, 14);
+    let new = content(5 * MIB, 15);
+    // Neither ETag nor Last-Modified: only the size in Content-Range can tell.
+    up.add_file(
+        "noval.bin",
+        old,
+        Behavior {
+            no_validators: true,
+            short_body_once: Some(MIB as u64 + 5),
+            swap_after_first: Some(new.clone()),
+            ..Default::default()
+        },
+    );
+    let id = svc.add(json!({"url": up.url("noval.bin")})).await;
+    let d = svc.wait_state(&id, "completed", LONG).await;
+    assert_eq!(d["bytes_done"], json!(5 * MIB));
+    assert_file(&svc, "noval.bin", &new);
+    let starts: Vec<(u16, Option<u64>)> = up
+        .requests("noval.bin")
+        .iter()
+        .map(|r| (r.status, r.range_start))
+        .collect();
+    assert_eq!(
+        starts,
+        vec![(200, None), (206, Some(MIB as u64 + 5)), (200, None)],
+        "the resume saw the new size and started over"
+    );
+}

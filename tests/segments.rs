@@ -360,3 +360,29 @@ async fn a_segmented_checkpoint_whose_part_is_gone_starts_over() {
     std::fs::remove_file(svc.download_dir().join("model.bin.part")).unwrap();
     retry_and_check(&svc, &id, &a).await;
 }
+
+#[actix_web::test]
+async fn a_new_size_without_validators_midway_ends_as_the_new_file() {
+    let up = Upstream::start();
+    let svc = TestService::start(|c| c.downloads.connections_per_download = 4).await;
+    let old = content(32 * MIB, 27);
+    let new = content(40 * MIB, 28);
+    up.add_file(
+        "noval.bin",
+        old,
+        Behavior {
+            no_validators: true,
+            rate_bps: Some(16 * MIB as u64),
+            swap_after_first: Some(new.clone()),
+            ..Default::default()
+        },
+    );
+    let id = svc.add(json!({"url": up.url("noval.bin")})).await;
+    let d = svc.wait_state(&id, "completed", LONG).await;
+    assert_eq!(d["bytes_done"], json!(40 * MIB));
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("noval.bin")),
+        sha256_hex(&new),
+        "old and new bytes were spliced"
+    );
+}

@@ -231,6 +231,8 @@ struct Shared<'a> {
     /// The pinned commit, to resolve a Hub file again.
     commit: Option<String>,
     validators: Validators,
+    /// The file's size as this run knows it.
+    total: u64,
     progress: Arc<ProgressCell>,
     limiter: Arc<RateLimiter>,
     stop: watch::Receiver<bool>,
@@ -296,6 +298,7 @@ impl Engine {
             }),
             commit: t.commit.clone(),
             validators: t.validators.clone(),
+            total,
             progress: ctx.progress.clone(),
             limiter: ctx.limiter.clone(),
             stop: ctx.stop.clone(),
@@ -520,11 +523,15 @@ async fn fetch(s: &Shared<'_>, seg: &Segment) -> Result<(), Abort> {
                 .get(header::CONTENT_RANGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_content_range);
-            if range.is_none_or(|r| r.first != from) {
+            let Some(range) = range.filter(|r| r.first == from) else {
                 return Err(Abort::Error(EngineError::BadContentRange(format!(
                     "asked bytes={from}-{}",
                     to - 1
                 ))));
+            };
+            if range.total.is_some_and(|now| now != s.total) {
+                // Without validators the size is all there is to tell: a new file.
+                return Err(Abort::Fallback("the file's size changed upstream".into()));
             }
             if s.validators
                 .changed_to(&Validators::from_headers(resp.headers()))

@@ -110,7 +110,7 @@ impl Supervisor {
                 d.state = State::Queued;
                 d.next_retry_at = None;
                 if let Some(cp) = parts.store.checkpoint(&d.id)? {
-                    d.bytes_done = cp.offset;
+                    d.bytes_done = cp.bytes_done();
                     d.bytes_total = cp.total.or(d.bytes_total);
                     d.elapsed_secs = d.elapsed_secs.max(cp.elapsed_secs);
                 }

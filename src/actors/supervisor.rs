@@ -541,7 +541,9 @@ impl Supervisor {
 
     fn check_name_free(&self, path: &str, overwrite: bool) -> Reply<()> {
         for d in self.with_path(path) {
-            if !d.state.is_finished() {
+            // A cancelled or deleted download whose engine has not stopped yet (it
+            // outlasted the wait) may still write or rename its `.part`.
+            if !d.state.is_finished() || self.stopping.contains_key(&d.id) {
                 return Err(SupervisorError::Conflict(format!(
                     "{path} is taken by download {} ({})",
                     d.id,

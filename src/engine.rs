@@ -192,15 +192,14 @@ impl Engine {
     /// rename), not something to fetch again. Any other file there (an older one of
     /// the same size, say) is not taken for it.
     fn renamed_before_a_crash(&self, job: &Job) -> Option<u64> {
-        use std::os::unix::fs::MetadataExt;
         let cp = self.store.checkpoint(&job.id).ok()??;
         let total = cp.total?;
-        let [dev, ino] = cp.renaming?;
+        let renamed = cp.renaming?;
         let meta = std::fs::symlink_metadata(&job.final_path)
             .ok()
             .filter(|m| m.is_file())?;
         let part = files::part_path(&job.final_path);
-        let ours = (meta.dev(), meta.ino()) == (dev, ino) && meta.len() == total;
+        let ours = file_identity(&meta) == renamed && meta.len() == total;
         (ours && !part.exists()).then_some(total)
     }
 
@@ -673,7 +672,7 @@ impl Engine {
         use std::os::unix::fs::MetadataExt;
         let ours = t.file.metadata()?;
         let mut record = t.checkpoint_record(ctx);
-        record.renaming = Some([ours.dev(), ours.ino()]);
+        record.renaming = Some(file_identity(&ours));
         self.store.put_checkpoint(&job.id, &record)?;
         self.store.flush().await?;
         let final_path = job.final_path.clone();
@@ -689,7 +688,12 @@ impl Engine {
             }
             std::fs::rename(&part, &final_path)?;
             if let Some(dir) = final_path.parent() {
-                files::sync_dir(dir)?;
+                // The file is complete and verified under its name: a failed directory
+                // fsync only risks the `.part` name coming back after a power loss, and
+                // that is resumed (at its end) and renamed again.
+                if let Err(e) = files::sync_dir(dir) {
+                    tracing::warn!(error = %e, dir = %dir.display(), "directory fsync after the rename failed");
+                }
             }
             Ok(())
         })
@@ -1188,6 +1192,16 @@ impl Transfer {
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))?
     }
+}
+
+/// Which file this is, as far as survives a remount: the inode and the last write's
+/// time (the device number is not stable across reboots or container restarts).
+fn file_identity(meta: &std::fs::Metadata) -> [u64; 2] {
+    use std::os::unix::fs::MetadataExt;
+    let mtime_ns = (meta.mtime() as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(meta.mtime_nsec() as u64);
+    [meta.ino(), mtime_ns]
 }
 
 /// Hashes the first `len` bytes of `file` (blocking).

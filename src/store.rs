@@ -36,8 +36,8 @@ pub struct Checkpoint {
     /// Parallel connections: `[start, written up to, end]` of every segment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<[u64; 3]>,
-    /// Set only in the checkpoint written just before the final rename: the device and
-    /// inode of the verified `.part`, which the file under the final name keeps.
+    /// Set only in the checkpoint written just before the final rename: the inode and
+    /// modification time (ns) of the verified `.part`, which the file keeps when renamed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renaming: Option<[u64; 2]>,
 }

@@ -395,7 +395,11 @@ async fn after_a_crash(renaming: bool, other: Option<Vec<u8>>) -> (TestService, 
                 &Checkpoint {
                     offset: data.len() as u64,
                     total: Some(data.len() as u64),
-                    renaming: renaming.then(|| [meta.dev(), meta.ino()]),
+                    renaming: renaming.then(|| {
+                        let mtime_ns =
+                            meta.mtime() as u64 * 1_000_000_000 + meta.mtime_nsec() as u64;
+                        [meta.ino(), mtime_ns]
+                    }),
                     ..Default::default()
                 },
             )

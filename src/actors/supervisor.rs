@@ -492,21 +492,25 @@ impl Supervisor {
         }
     }
 
-    /// Once `stops` have ended, runs `then` and answers with its result after sled is
-    /// flushed: what `then` changed (a removed record, a cancelled download's dropped
-    /// checkpoint) is on disk before the client hears of it.
+    /// Once `stops` have ended and sled is flushed, runs `then` (so that what it starts,
+    /// e.g. a new download truncating a `.part`, comes after the request's own changes
+    /// are on disk), then flushes again and answers with its result: what `then`
+    /// changed (a removed record, a cancelled download's dropped checkpoint) is on disk
+    /// before the client hears of it.
     fn reply_after<T: 'static>(
         &mut self,
         stops: Vec<Box<dyn std::future::Future<Output = ()> + Unpin>>,
         then: impl FnOnce(&mut Self, &mut Context<Self>) -> Reply<T> + 'static,
     ) -> ResponseActFuture<Self, Reply<T>> {
+        let store = self.store.clone();
         Box::pin(
             async move {
                 join_all(stops).await;
+                store.flush().await
             }
             .into_actor(self)
-            .then(move |(), act, ctx| {
-                let reply = then(act, ctx);
+            .then(move |flushed, act, ctx| {
+                let reply = flushed.map_err(Into::into).and_then(|()| then(act, ctx));
                 let store = act.store.clone();
                 async move {
                     store.flush().await?;
@@ -541,8 +545,9 @@ impl Supervisor {
 
     fn check_name_free(&self, path: &str, overwrite: bool) -> Reply<()> {
         for d in self.with_path(path) {
-            // A cancelled or deleted download whose engine has not stopped yet (it
-            // outlasted the wait) may still write or rename its `.part`.
+            // A cancelled download whose engine has not stopped yet (it outlasted the
+            // wait) may still write its `.part`. (A deleted one has no record left; the
+            // engine's final rename checks that the `.part` is still its own file.)
             if !d.state.is_finished() || self.stopping.contains_key(&d.id) {
                 return Err(SupervisorError::Conflict(format!(
                     "{path} is taken by download {} ({})",
@@ -1041,7 +1046,8 @@ impl Handler<Control> for Supervisor {
             }
             if action == Action::Cancel {
                 if let Ok(d) = act.record(&id) {
-                    if d.state == State::Cancelled {
+                    // Only its own `.part`: not one that a newer download of the name owns.
+                    if d.state == State::Cancelled && act.other_claim(&id, &d.path).is_none() {
                         act.remove_partial(d);
                         let d = act.record_mut(&id)?;
                         d.bytes_done = 0;

@@ -405,7 +405,8 @@ impl Engine {
                     if known != now {
                         // Without validators the size is all there is to tell, and a
                         // new size is a new file: its bytes must not follow the old ones.
-                        self.size_changed(job, t, ctx, known, now).await?;
+                        let what = format!("size {known} -> {now} bytes");
+                        self.changed_upstream(job, t, ctx, &what).await?;
                         return Ok(AttemptEnd::Again);
                     }
                 }
@@ -591,29 +592,23 @@ impl Engine {
         ctx: &mut RunCtx,
         now: &Validators,
     ) -> Result<(), EngineError> {
-        let message = format!(
-            "the file changed upstream (validator {} -> {}); starting over",
+        let what = format!(
+            "validator {} -> {}",
             t.validators.describe(),
             now.describe()
         );
-        tracing::warn!(download_id = %job.id, "{message}");
-        (ctx.events)(EngineEvent::Notice(DownloadError {
-            kind: ErrorKind::RemoteChanged,
-            message,
-        }));
-        t.restart(ctx).await
+        self.changed_upstream(job, t, ctx, &what).await
     }
 
-    async fn size_changed(
+    /// Says that the file changed upstream (`what` tells how) and starts over.
+    async fn changed_upstream(
         &self,
         job: &Job,
         t: &mut Transfer,
         ctx: &mut RunCtx,
-        known: u64,
-        now: u64,
+        what: &str,
     ) -> Result<(), EngineError> {
-        let message =
-            format!("the file changed upstream (size {known} -> {now} bytes); starting over");
+        let message = format!("the file changed upstream ({what}); starting over");
         tracing::warn!(download_id = %job.id, "{message}");
         (ctx.events)(EngineEvent::Notice(DownloadError {
             kind: ErrorKind::RemoteChanged,
@@ -631,8 +626,8 @@ impl Engine {
         t: &mut Transfer,
         ctx: &mut RunCtx,
     ) -> Result<bool, EngineError> {
-        t.flush_block().await?;
         t.wait_checkpoint().await?;
+        // Writes what is left (on either path) and gives a direct-written file its length.
         t.end_direct_writes().await?;
         let part = files::part_path(&job.final_path);
         // The fsync before the rename runs while the digest is taken: one writes back
@@ -669,7 +664,6 @@ impl Engine {
         // Every byte is there and verified: say so before the rename, with the file's
         // identity, so that a crash right after it is recognised on the next start
         // (see renamed_before_a_crash).
-        use std::os::unix::fs::MetadataExt;
         let ours = t.file.metadata()?;
         let mut record = t.checkpoint_record(ctx);
         record.renaming = Some(file_identity(&ours));
@@ -681,7 +675,7 @@ impl Engine {
             // `.part` of a newer download of the same name (after a cancel that gave up
             // waiting for this engine, say).
             let named = std::fs::symlink_metadata(&part)?;
-            if (named.dev(), named.ino()) != (ours.dev(), ours.ino()) {
+            if !files::same_file(&named, &ours) {
                 return Err(std::io::Error::other(
                     "the .part was replaced by another file; not renaming it",
                 ));
@@ -808,7 +802,7 @@ impl Transfer {
         let part = files::part_path(&job.final_path);
         let checkpoint = store.checkpoint(&job.id)?.unwrap_or_default();
         let want_hash = job.sha256.is_some();
-        let mut good = checkpoint.offset;
+        let good = checkpoint.offset;
         let segmented = !checkpoint.segments.is_empty();
         let segments_end = checkpoint.segments.iter().map(|t| t[2]).max().unwrap_or(0);
         let (for_store, id) = (store.clone(), job.id.clone());
@@ -830,19 +824,21 @@ impl Transfer {
                     Err(e) => return Err(e.into()),
                 };
                 let len = file.metadata()?.len();
-                if segmented {
-                    // Each segment knows its own good bytes, in a file of full length.
-                    if existed && len >= segments_end {
-                        return Ok((file, 0, None, true));
-                    }
+                // Each segment knows its own good bytes, in a file of full length.
+                if segmented && existed && len >= segments_end {
+                    return Ok((file, 0, None, true));
+                }
+                let good = if segmented {
                     // The checkpoint speaks of a file that is gone or was taken over
                     // (another download of the same name truncated it): none of its
                     // segments can be trusted. It goes before anything is written.
                     tracing::warn!(download_id = %id, existed, len, "the .part does not match its checkpoint; starting over");
                     for_store.remove_checkpoint(&id)?;
                     for_store.flush_blocking()?;
-                    good = 0;
-                }
+                    0
+                } else {
+                    good
+                };
                 let offset = good.min(len);
                 if len != offset {
                     file.set_len(offset)?;
@@ -973,11 +969,22 @@ impl Transfer {
     /// its exact length: the last direct write was rounded up to the alignment.
     async fn end_direct_writes(&mut self) -> Result<(), EngineError> {
         self.flush_block().await?;
-        if let Some(direct) = self.direct.take() {
-            direct.close().await;
+        if self.close_direct().await {
             self.file.set_len(self.written)?;
         }
         Ok(())
+    }
+
+    /// Lets the direct writer go once its writes on their way are done (none lands
+    /// after this returns); true when there was one.
+    async fn close_direct(&mut self) -> bool {
+        match self.direct.take() {
+            Some(direct) => {
+                direct.close().await;
+                true
+            }
+            None => false,
+        }
     }
 
     /// A direct write failed: what was taken since the last flush may not be on disk,
@@ -985,9 +992,7 @@ impl Transfer {
     /// that flush. The error ends the run (disk errors are not retried within a run), and
     /// the next run starts from the checkpoint, hashing the file again up to there.
     async fn end_direct_after(&mut self, e: std::io::Error) -> EngineError {
-        if let Some(direct) = self.direct.take() {
-            direct.close().await;
-        }
+        self.close_direct().await;
         e.into()
     }
 
@@ -1138,9 +1143,7 @@ impl Transfer {
     async fn restart(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
         self.wait_checkpoint().await?;
         // Its writes on their way end first, so none lands after the truncation.
-        if let Some(direct) = self.direct.take() {
-            direct.close().await;
-        }
+        self.close_direct().await;
         self.block.clear();
         self.written = 0;
         self.writeback_from = 0;
@@ -1162,7 +1165,6 @@ impl Transfer {
 
     /// After the `.part` was deleted (checksum mismatch): nothing is on disk.
     fn reset_after_delete(&mut self) {
-        self.direct = None;
         self.written = 0;
         self.writeback_from = 0;
         self.block.clear();

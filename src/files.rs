@@ -151,6 +151,13 @@ pub fn free_space(dir: &Path) -> io::Result<u64> {
     Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
+/// Whether two `stat`s are of the same file (device and inode): a file opened by
+/// name is checked against one already open, since the name may have moved on.
+pub fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
 /// fsyncs a directory so that a rename or create inside it survives a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

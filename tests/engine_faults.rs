@@ -435,14 +435,10 @@ async fn a_backoff_lets_the_direct_writer_go_and_the_next_attempt_resumes_unalig
     )
     .await;
     let part = svc.download_dir().join("backoff.bin.part");
-    let until = Instant::now() + Duration::from_secs(10);
-    while svc.download(&id).await["bytes_done"].as_u64() < Some(cut) {
-        assert!(
-            Instant::now() < until,
-            "the first response never got to the stall"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    svc.wait_until(&id, Duration::from_secs(10), "the stall", |d| {
+        d["bytes_done"].as_u64() >= Some(cut)
+    })
+    .await;
     assert!(
         open_flags(&part).iter().any(|f| f & libc::O_DIRECT != 0),
         "written with O_DIRECT before the stall"

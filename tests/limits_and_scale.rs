@@ -121,11 +121,10 @@ async fn a_pause_does_not_wait_for_a_low_speed_limit() {
             .await;
         assert_eq!(s, 200, "{v}");
         svc.action(&id, "resume").await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while svc.download(&id).await["bytes_done"].as_u64().unwrap_or(0) == 0 {
-            assert!(Instant::now() < deadline, "{name} never started");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        svc.wait_until(&id, Duration::from_secs(20), name, |d| {
+            d["bytes_done"].as_u64() > Some(0)
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let t = Instant::now();
         let (s, v) = svc.action(&id, "pause").await;

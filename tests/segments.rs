@@ -257,11 +257,10 @@ async fn an_outage_that_ends_an_attempt_leaves_no_segment_stranded() {
     };
     up.add_file("outage.bin", data.clone(), throttled.clone());
     let id = svc.add(json!({"url": up.url("outage.bin")})).await;
-    let until = Instant::now() + Duration::from_secs(20);
-    while svc.download(&id).await["bytes_done"].as_u64() < Some(2 * MIB as u64) {
-        assert!(Instant::now() < until, "no progress");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    svc.wait_until(&id, Duration::from_secs(20), "some progress", |d| {
+        d["bytes_done"].as_u64() >= Some(2 * MIB as u64)
+    })
+    .await;
     // From now on every new request gets a 503: the connections give up one by one and
     // the first to give up ends the attempt while the others still hold their segments.
     up.set_behavior(

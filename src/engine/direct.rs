@@ -19,7 +19,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
@@ -105,8 +105,7 @@ impl DirectWriter {
             Err(e) => return Err(e),
         };
         // Opened by name: make sure it is the very file the transfer has open.
-        let (a, b) = (direct.metadata()?, buffered.metadata()?);
-        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+        if !crate::files::same_file(&direct.metadata()?, &buffered.metadata()?) {
             return Ok(None);
         }
         let mut cur = AlignedBuf::new();

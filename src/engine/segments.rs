@@ -389,15 +389,12 @@ async fn worker(
     first: Option<reqwest::Response>,
 ) -> Result<(), Abort> {
     let Some(seg) = seg else { return Ok(()) };
-    let result = work(s, seg.clone(), first).await;
-    if result.is_err() {
-        seg.release();
-    }
-    result
+    work(s, seg, first).await
 }
 
 /// The segments of one connection, one after another; the segment in hand is owned
-/// until it is done (released here) or the connection gives up (released by `worker`).
+/// until it is done (released here) or the attempt ends (any error ends it, and
+/// `run_segments` then releases every segment).
 async fn work(
     s: &Shared<'_>,
     mut current: Arc<Segment>,

@@ -3,4 +3,7 @@
 
 pub mod broadcaster;
 pub mod download;
+pub mod frames;
+pub mod handle;
+pub mod queue_error;
 pub mod supervisor;

@@ -194,7 +194,62 @@ impl Config {
     }
 }
 
+/// The `[downloads]` settings that can change at run time (`/api/settings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiveSettings {
+    pub max_concurrent: usize,
+    pub speed_limit_bps: u64,
+    pub connections_per_download: usize,
+    pub max_retries: u32,
+}
+
+/// A change to some of the [`LiveSettings`]; absent keys stay as they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    pub max_concurrent: Option<usize>,
+    pub speed_limit_bps: Option<u64>,
+    pub connections_per_download: Option<usize>,
+    pub max_retries: Option<u32>,
+}
+
 impl DownloadsConfig {
+    /// The settings that can change at run time.
+    pub fn live(&self) -> LiveSettings {
+        LiveSettings {
+            max_concurrent: self.max_concurrent,
+            speed_limit_bps: self.speed_limit_bps,
+            connections_per_download: self.connections_per_download,
+            max_retries: self.max_retries,
+        }
+    }
+
+    /// These settings with `patch` merged in (not yet validated).
+    pub fn patched(&self, patch: &SettingsPatch) -> DownloadsConfig {
+        DownloadsConfig {
+            max_concurrent: patch.max_concurrent.unwrap_or(self.max_concurrent),
+            speed_limit_bps: patch.speed_limit_bps.unwrap_or(self.speed_limit_bps),
+            connections_per_download: patch
+                .connections_per_download
+                .unwrap_or(self.connections_per_download),
+            max_retries: patch.max_retries.unwrap_or(self.max_retries),
+            ..self.clone()
+        }
+    }
+
+    /// These settings with the run-time ones of `saved` (changed by an earlier
+    /// `PATCH /api/settings`, which wins over the config).
+    pub fn with_live_of(&self, saved: &DownloadsConfig) -> DownloadsConfig {
+        let l = saved.live();
+        self.patched(&SettingsPatch {
+            max_concurrent: Some(l.max_concurrent),
+            speed_limit_bps: Some(l.speed_limit_bps),
+            connections_per_download: Some(l.connections_per_download),
+            max_retries: Some(l.max_retries),
+        })
+    }
+
     /// Range checks shared by start-up and `PATCH /api/settings`.
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=64).contains(&self.max_concurrent) {

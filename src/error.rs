@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::actors::supervisor::SupervisorError;
+use crate::actors::queue_error::QueueError;
 use crate::store::StoreError;
 
 /// An error answered to an API client.
@@ -109,15 +109,17 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<SupervisorError> for ApiError {
-    fn from(e: SupervisorError) -> Self {
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        let message = e.to_string();
         match e {
-            SupervisorError::NotFound(_) => ApiError::NotFound(e.to_string()),
-            SupervisorError::Conflict(m) => ApiError::Conflict(m),
-            SupervisorError::Unprocessable(m) => ApiError::Unprocessable(m),
-            SupervisorError::BadRequest(m) => ApiError::BadRequest(m),
-            SupervisorError::Store(s) => s.into(),
-            SupervisorError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            QueueError::NotFound(_) => ApiError::NotFound(message),
+            QueueError::NotAllowed { .. } | QueueError::NameTaken(_) => ApiError::Conflict(message),
+            QueueError::InvalidSetting(_) | QueueError::UnknownCursor(_) => {
+                ApiError::BadRequest(message)
+            }
+            QueueError::Store(s) => s.into(),
+            QueueError::ShuttingDown | QueueError::Unavailable(_) => ApiError::Unavailable(message),
         }
     }
 }
@@ -126,13 +128,6 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "storage failure");
         ApiError::Internal(format!("storage failure: {e}"))
-    }
-}
-
-impl From<actix::MailboxError> for ApiError {
-    fn from(e: actix::MailboxError) -> Self {
-        tracing::error!(error = %e, "supervisor unreachable");
-        ApiError::Unavailable(format!("the queue is not answering: {e}"))
     }
 }
 

@@ -12,24 +12,26 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod hub;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod progress;
+pub mod queue;
 pub mod security;
 pub mod store;
 pub mod ws;
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::{middleware, web, App, HttpResponse, HttpServer};
 
 use crate::actors::broadcaster::{Broadcaster, DisconnectAll};
-use crate::actors::supervisor::{Shutdown, Supervisor, SupervisorParts};
+use crate::actors::handle::QueueHandle;
+use crate::actors::supervisor::{Supervisor, SupervisorParts};
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
 use crate::store::{Store, StoreError};
@@ -102,7 +104,8 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
 /// A running service.
 pub struct Service {
     pub addr: SocketAddr,
-    pub supervisor: Addr<Supervisor>,
+    /// The queue, as every front door reaches it.
+    pub queue: QueueHandle,
     server: actix_web::dev::ServerHandle,
     broadcaster: Addr<Broadcaster>,
     transfers: Arbiter,
@@ -120,14 +123,11 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         download_dir,
     } = prepared;
     let addr = listener.local_addr().map_err(StartError::Server)?;
-    let mut settings = config.downloads.clone();
-    if let Ok(Some(saved)) = store.settings() {
-        // Run-time changes (PATCH /api/settings) outlive restarts.
-        settings.max_concurrent = saved.max_concurrent;
-        settings.speed_limit_bps = saved.speed_limit_bps;
-        settings.connections_per_download = saved.connections_per_download;
-        settings.max_retries = saved.max_retries;
-    }
+    // Run-time changes (PATCH /api/settings) outlive restarts.
+    let settings = match store.settings() {
+        Ok(Some(saved)) => config.downloads.with_live_of(&saved),
+        _ => config.downloads.clone(),
+    };
     let metrics = Arc::new(metrics::Metrics::default());
     let engine = Engine::new(
         store.clone(),
@@ -138,10 +138,8 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     .map_err(|e| StartError::Client(e.to_string()))?;
     let hub = hub::HubClient::new(&config.hub.endpoint, Some(config.hub.token.clone()))
         .map_err(|e| StartError::Client(e.to_string()))?;
-    let live = Arc::new(RwLock::new(HashMap::new()));
     let broadcaster = Broadcaster::new(
         Duration::from_millis(settings.progress_interval_ms),
-        live.clone(),
         metrics.clone(),
     )
     .start();
@@ -152,7 +150,6 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         engine,
         hub: hub.clone(),
         broadcaster: broadcaster.clone(),
-        live,
         transfers: transfers.handle(),
         download_dir: download_dir.clone(),
         settings,
@@ -162,13 +159,14 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         source,
     })?
     .start();
+    let queue = QueueHandle::new(supervisor, download_dir.clone());
 
     let guard = security::Guard {
         token: Some(config.server.api_token.clone()).filter(|t| !t.is_empty()),
         loopback: addr.ip().is_loopback(),
     };
     let static_dir = static_dir();
-    let sup_data = web::Data::new(supervisor.clone());
+    let queue_data = web::Data::new(queue.clone());
     let hub_data = web::Data::new(hub);
     let policy_data = web::Data::new(api::UrlPolicy {
         allowed_hosts: config.downloads.allowed_hosts.clone(),
@@ -177,7 +175,7 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     let metrics_data = web::Data::from(metrics);
     let server = HttpServer::new(move || {
         App::new()
-            .app_data(sup_data.clone())
+            .app_data(queue_data.clone())
             .app_data(hub_data.clone())
             .app_data(policy_data.clone())
             .app_data(guard_data.clone())
@@ -205,7 +203,7 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     tracing::info!(%addr, download_dir = %download_dir.display(), "model-manager listening");
     Ok(Service {
         addr,
-        supervisor,
+        queue,
         server: handle,
         broadcaster,
         transfers,
@@ -216,10 +214,10 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics_text(
-    sup: web::Data<Addr<Supervisor>>,
+    queue: web::Data<QueueHandle>,
     metrics: web::Data<metrics::Metrics>,
 ) -> Result<HttpResponse, error::ApiError> {
-    let stats = sup.send(actors::supervisor::GetStats).await?;
+    let stats = queue.stats().await?;
     let states: Vec<(&str, usize)> = stats.by_state.iter().map(|(k, v)| (*k, *v)).collect();
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
@@ -260,7 +258,7 @@ impl Service {
     pub async fn shutdown(self) {
         self.broadcaster.do_send(DisconnectAll);
         self.server.stop(true).await;
-        let _ = self.supervisor.send(Shutdown).await;
+        self.queue.shutdown().await;
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }

@@ -12,51 +12,8 @@ pub fn new_id() -> DownloadId {
     format!("dl_{}", ulid::Ulid::new())
 }
 
-/// The states of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Queued,
-    Downloading,
-    Retrying,
-    Verifying,
-    Paused,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl State {
-    /// Holding a transfer slot: an engine is (or is about to be) running.
-    pub fn is_running(self) -> bool {
-        matches!(
-            self,
-            State::Downloading | State::Retrying | State::Verifying
-        )
-    }
-
-    /// Finished for good (until a retry): these make up the history.
-    pub fn is_finished(self) -> bool {
-        matches!(self, State::Completed | State::Failed | State::Cancelled)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Queued => "queued",
-            State::Downloading => "downloading",
-            State::Retrying => "retrying",
-            State::Verifying => "verifying",
-            State::Paused => "paused",
-            State::Completed => "completed",
-            State::Failed => "failed",
-            State::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<State> {
-        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
-    }
-}
+pub use crate::lifecycle::State;
+use crate::lifecycle::{Action, Transition};
 
 /// The error kinds of the contract; stable strings that scripts match on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -181,9 +138,36 @@ pub struct DownloadView {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// What the state allows now (`pause`, `resume`, `cancel`, `retry`, `move`,
+    /// `delete`), so that clients need no copy of the state machine.
+    pub actions: Vec<Action>,
 }
 
 impl Download {
+    /// Carries out a transition that `lifecycle::apply` decided: the state and the
+    /// bookkeeping fields it names. The only place a record's state is assigned.
+    pub fn enter(&mut self, t: &Transition, now: &str) {
+        self.state = t.to;
+        let s = t.stamps;
+        match s.finished {
+            Some(true) => self.finished_at = Some(now.to_owned()),
+            Some(false) => self.finished_at = None,
+            None => {}
+        }
+        if s.started && self.started_at.is_none() {
+            self.started_at = Some(now.to_owned());
+        }
+        if s.clear_error {
+            self.error = None;
+        }
+        if s.reset_attempt {
+            self.attempt = 0;
+        }
+        if s.clear_retry_at {
+            self.next_retry_at = None;
+        }
+    }
+
     /// Merges live numbers (when running) into the public shape.
     pub fn view(&self, position: Option<usize>, live: Option<Live>) -> DownloadView {
         let (bytes_done, bytes_total, speed_bps, eta_secs, elapsed_secs) = match live {
@@ -223,8 +207,46 @@ impl Download {
             created_at: self.created_at.clone(),
             started_at: self.started_at.clone(),
             finished_at: self.finished_at.clone(),
+            actions: crate::lifecycle::allowed_actions(self.state),
         }
     }
+}
+
+/// A new download, validated by its front door except for name conflicts.
+#[derive(Debug, Clone)]
+pub struct NewDownload {
+    pub url: String,
+    pub file_name: String,
+    /// Relative to `download_dir`, `/`-separated.
+    pub path: String,
+    pub sha256: Option<String>,
+    pub start_paused: bool,
+    pub overwrite: bool,
+    pub source: Source,
+}
+
+/// A change to one download (`PATCH /api/downloads/{id}`).
+#[derive(Debug, Clone, Default)]
+pub struct DownloadPatch {
+    /// `Some(None)` removes the cap; `None` leaves it.
+    pub speed_limit_bps: Option<Option<u64>>,
+    /// A new URL for the same file (an expired link).
+    pub url: Option<String>,
+}
+
+/// Counts for `GET /api/stats`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Stats {
+    pub active: usize,
+    pub queued: usize,
+    pub paused: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub speed_bps: u64,
+    pub bytes_done_total: u64,
+    /// Every state with its count (zeros included).
+    #[schema(value_type = std::collections::HashMap<String, usize>)]
+    pub by_state: std::collections::BTreeMap<&'static str, usize>,
 }
 
 /// Now, as RFC 3339 with second precision (`2026-11-24T10:00:00Z`).
@@ -239,24 +261,6 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn states_round_trip_as_contract_strings() {
-        for s in [
-            State::Queued,
-            State::Downloading,
-            State::Retrying,
-            State::Verifying,
-            State::Paused,
-            State::Completed,
-            State::Failed,
-            State::Cancelled,
-        ] {
-            assert_eq!(State::parse(s.as_str()), Some(s));
-            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
-        }
-        assert_eq!(State::parse("bogus"), None);
-    }
 
     /// Records written before empty fields were left out (with `null`s) still load,
     /// and a record written now loads back the same.

@@ -1,9 +1,13 @@
-//! Live progress of one running download, shared between its engine (which writes) and
-//! the progress tick (which reads). Atomics, so the byte loop never takes a lock or sends
-//! a message per chunk.
+//! Live progress of one running download. Its engine writes the byte counters; the
+//! progress tick samples them into a smoothed speed; whoever shows the download (the
+//! websocket frames, the REST views) reads the cell. Data flows one way: engine → cell
+//! → readers. Atomics, so the byte loop never takes a lock or sends a message per chunk.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
+
+use crate::model::Live;
 
 const UNKNOWN: u64 = u64::MAX;
 
@@ -15,6 +19,10 @@ pub struct ProgressCell {
     /// Downloading time of earlier runs; this run's is measured from `started`.
     base_elapsed: f64,
     started: Instant,
+    /// Advanced by the progress tick only (never by the byte loop).
+    meter: Mutex<SpeedMeter>,
+    /// The last smoothed speed, in bytes per second.
+    speed_bps: AtomicU64,
 }
 
 impl ProgressCell {
@@ -24,6 +32,8 @@ impl ProgressCell {
             bytes_total: AtomicU64::new(bytes_total.unwrap_or(UNKNOWN)),
             base_elapsed,
             started: Instant::now(),
+            meter: Mutex::new(SpeedMeter::new(bytes_done, Instant::now())),
+            speed_bps: AtomicU64::new(0),
         }
     }
 
@@ -55,6 +65,31 @@ impl ProgressCell {
     /// Downloading time across pauses and restarts.
     pub fn elapsed_secs(&self) -> f64 {
         self.base_elapsed + self.started.elapsed().as_secs_f64()
+    }
+
+    /// The progress tick: feeds the speed meter and returns the numbers now.
+    pub fn sample(&self, now: Instant) -> Live {
+        let done = self.done();
+        if let Ok(mut meter) = self.meter.lock() {
+            let speed = meter.sample(done, now);
+            self.speed_bps
+                .store(speed.round() as u64, Ordering::Relaxed);
+        }
+        self.live()
+    }
+
+    /// The numbers now, with the speed of the last tick.
+    pub fn live(&self) -> Live {
+        let done = self.done();
+        let total = self.total();
+        let speed = self.speed_bps.load(Ordering::Relaxed);
+        Live {
+            bytes_done: done,
+            bytes_total: total,
+            speed_bps: speed,
+            eta_secs: eta_secs(done, total, speed as f64),
+            elapsed_secs: (self.elapsed_secs() * 100.0).round() / 100.0,
+        }
     }
 }
 
@@ -132,6 +167,19 @@ mod tests {
         }
         let truth = 5.0 * (1 << 20) as f64;
         assert!((rate - truth).abs() / truth < 0.3, "rate {rate} vs {truth}");
+    }
+
+    #[test]
+    fn a_cell_shows_the_speed_of_its_last_tick() {
+        let cell = ProgressCell::new(0, Some(10 << 20), 0.0);
+        assert_eq!(cell.live().speed_bps, 0, "no tick yet");
+        cell.set_done(1 << 20);
+        let later = Instant::now() + Duration::from_secs(1);
+        let sampled = cell.sample(later);
+        assert!(sampled.speed_bps > 0, "{sampled:?}");
+        assert_eq!(cell.live().speed_bps, sampled.speed_bps);
+        assert_eq!(cell.live().bytes_done, 1 << 20);
+        assert!(cell.live().eta_secs.is_some());
     }
 
     #[test]

@@ -3,12 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
 use futures_util::StreamExt;
 
-use crate::actors::supervisor::{Subscribe, Supervisor};
+use crate::actors::handle::QueueHandle;
 use crate::error::ApiError;
 
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -19,10 +18,10 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn events(
     req: HttpRequest,
     body: web::Payload,
-    sup: web::Data<Addr<Supervisor>>,
+    queue: web::Data<QueueHandle>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let (response, mut session, mut incoming) = actix_ws::handle(&req, body)?;
-    let mut frames = sup.send(Subscribe).await.map_err(ApiError::from)?;
+    let mut frames = queue.subscribe().await.map_err(ApiError::from)?;
     actix_web::rt::spawn(async move {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut last_seen = Instant::now();

@@ -1,5 +1,6 @@
-//! The broadcaster: samples the progress of every running download on a fixed tick,
-//! keeps the latest numbers for the REST API, and fans frames out to websocket clients.
+//! The broadcaster: samples the progress cell of every running download on a fixed
+//! tick and fans frames out to websocket clients. It writes nothing anyone else reads:
+//! the REST views read the same cells.
 //!
 //! Each client has its own bounded queue. A full queue never blocks the tick: progress
 //! frames are dropped for that client (the next one brings it up to date), and a client
@@ -7,22 +8,16 @@
 //! reconnects and is whole again from the snapshot.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::actors::frames::{self, Frame, ProgressUpdate};
 use crate::metrics::Metrics;
-use crate::model::{DownloadId, Live};
-use crate::progress::{eta_secs, ProgressCell, SpeedMeter};
-
-/// One JSON text frame, shared by every client that receives it.
-pub type Frame = Arc<str>;
-
-/// Latest live numbers per running download, read by the supervisor when it renders.
-pub type LiveTable = Arc<RwLock<HashMap<DownloadId, Live>>>;
+use crate::model::DownloadId;
+use crate::progress::ProgressCell;
 
 /// Frames a client may have queued before progress frames are dropped for it.
 pub const CLIENT_QUEUE: usize = 64;
@@ -31,7 +26,6 @@ const STUCK_CLIENT_LIMIT: Duration = Duration::from_secs(10);
 
 struct Tracked {
     cell: Arc<ProgressCell>,
-    meter: SpeedMeter,
     /// Bytes already counted in the metrics.
     counted: u64,
 }
@@ -45,17 +39,15 @@ struct Client {
 pub struct Broadcaster {
     interval: Duration,
     tracked: HashMap<DownloadId, Tracked>,
-    live: LiveTable,
     clients: Vec<Client>,
     metrics: Arc<Metrics>,
 }
 
 impl Broadcaster {
-    pub fn new(interval: Duration, live: LiveTable, metrics: Arc<Metrics>) -> Self {
+    pub fn new(interval: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             interval,
             tracked: HashMap::new(),
-            live,
             clients: Vec::new(),
             metrics,
         }
@@ -73,33 +65,17 @@ impl Broadcaster {
         let now = Instant::now();
         let mut updates = Vec::with_capacity(self.tracked.len());
         for (id, t) in self.tracked.iter_mut() {
-            let done = t.cell.done();
-            self.metrics.add_bytes(done.saturating_sub(t.counted));
-            t.counted = done;
-            let total = t.cell.total();
-            let speed = t.meter.sample(done, now);
-            let live = Live {
-                bytes_done: done,
-                bytes_total: total,
-                speed_bps: speed.round() as u64,
-                eta_secs: eta_secs(done, total, speed),
-                elapsed_secs: round2(t.cell.elapsed_secs()),
-            };
+            let live = t.cell.sample(now);
+            self.metrics
+                .add_bytes(live.bytes_done.saturating_sub(t.counted));
+            t.counted = live.bytes_done;
             updates.push(ProgressUpdate {
                 id: id.clone(),
                 live,
             });
         }
-        if let Ok(mut table) = self.live.write() {
-            for u in &updates {
-                table.insert(u.id.clone(), u.live);
-            }
-        }
         if !self.clients.is_empty() {
-            let frame = frame_json(&ProgressFrame {
-                kind: "progress",
-                updates: &updates,
-            });
+            let frame = frames::progress(&updates);
             self.send_to_all(frame, false);
         }
     }
@@ -139,35 +115,6 @@ impl Broadcaster {
             std::sync::atomic::Ordering::Relaxed,
         );
     }
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
-/// Serializes a frame once for all clients.
-pub fn frame_json<T: Serialize>(value: &T) -> Frame {
-    match serde_json::to_string(value) {
-        Ok(s) => s.into(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serialize a frame");
-            Arc::from("{}")
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ProgressUpdate {
-    id: DownloadId,
-    #[serde(flatten)]
-    live: Live,
-}
-
-#[derive(Serialize)]
-struct ProgressFrame<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    updates: &'a [ProgressUpdate],
 }
 
 impl Actor for Broadcaster {
@@ -211,13 +158,11 @@ pub struct DisconnectAll;
 impl Handler<Track> for Broadcaster {
     type Result = ();
     fn handle(&mut self, msg: Track, _: &mut Self::Context) {
-        let meter = SpeedMeter::new(msg.cell.done(), Instant::now());
         let counted = msg.cell.done();
         self.tracked.insert(
             msg.id,
             Tracked {
                 cell: msg.cell,
-                meter,
                 counted,
             },
         );
@@ -230,9 +175,6 @@ impl Handler<Untrack> for Broadcaster {
         if let Some(t) = self.tracked.remove(&msg.id) {
             self.metrics
                 .add_bytes(t.cell.done().saturating_sub(t.counted));
-        }
-        if let Ok(mut table) = self.live.write() {
-            table.remove(&msg.id);
         }
     }
 }
@@ -268,11 +210,7 @@ mod tests {
     use super::*;
 
     fn broadcaster_with_client() -> (Broadcaster, mpsc::Receiver<Frame>) {
-        let mut b = Broadcaster::new(
-            Duration::from_millis(300),
-            LiveTable::default(),
-            Arc::default(),
-        );
+        let mut b = Broadcaster::new(Duration::from_millis(300), Arc::default());
         let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
         b.clients.push(Client {
             tx,

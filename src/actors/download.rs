@@ -1,16 +1,50 @@
 //! One download actor per running download: it drives the engine on a tokio task and
-//! reports the end (or a crash of that task) to the supervisor.
+//! reports its events and its end (or a crash of that task) to whoever started it.
+//! It knows no supervisor: it is given the two recipients of its reports.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use crate::actors::supervisor::{EngineNote, Finished, Supervisor};
-use crate::engine::{Engine, Job, Outcome, RateLimiter, RunCtx};
+use crate::engine::{Engine, EngineEvent, Job, Outcome, RateLimiter, RunCtx};
+use crate::files;
 use crate::model::{DownloadError, DownloadId, ErrorKind};
 use crate::progress::ProgressCell;
+
+/// An event of a running engine.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EngineNote {
+    pub id: DownloadId,
+    pub event: EngineEvent,
+}
+
+/// A download actor's end.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Finished {
+    pub id: DownloadId,
+    pub outcome: Outcome,
+    pub elapsed_secs: f64,
+}
+
+/// Where the actor's reports go.
+#[derive(Clone)]
+pub struct Reports {
+    pub events: Recipient<EngineNote>,
+    pub finished: Recipient<Finished>,
+}
+
+/// A job whose final path is still relative to `download_dir`: the actor resolves it
+/// on a blocking thread (it walks the directories), so its starter never touches disk.
+pub struct PendingJob {
+    pub job: Job,
+    pub download_dir: PathBuf,
+    pub path: String,
+}
 
 /// How long a stop may take before the caller stops waiting (the engine's last act is
 /// an fsync, which a slow disk can stretch).
@@ -19,9 +53,9 @@ const STOP_WAIT: Duration = Duration::from_secs(30);
 /// The download actor.
 pub struct DownloadActor {
     id: DownloadId,
-    job: Option<Job>,
+    job: Option<PendingJob>,
     engine: Engine,
-    supervisor: Addr<Supervisor>,
+    reports: Reports,
     progress: Arc<ProgressCell>,
     limiter: Arc<RateLimiter>,
     stop_tx: watch::Sender<bool>,
@@ -30,17 +64,17 @@ pub struct DownloadActor {
 
 impl DownloadActor {
     pub fn new(
-        job: Job,
+        job: PendingJob,
         engine: Engine,
-        supervisor: Addr<Supervisor>,
+        reports: Reports,
         progress: Arc<ProgressCell>,
         limiter: Arc<RateLimiter>,
     ) -> Self {
         Self {
-            id: job.id.clone(),
+            id: job.job.id.clone(),
             job: Some(job),
             engine,
-            supervisor,
+            reports,
             progress,
             limiter,
             stop_tx: watch::channel(false).0,
@@ -53,13 +87,15 @@ impl Actor for DownloadActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(job) = self.job.take() else { return };
-        let id = job.id.clone();
-        let supervisor = self.supervisor.clone();
+        let Some(pending) = self.job.take() else {
+            return;
+        };
+        let id = pending.job.id.clone();
+        let events = self.reports.events.clone();
         let note_id = id.clone();
         let run_ctx = RunCtx {
             events: Arc::new(move |event| {
-                supervisor.do_send(EngineNote {
+                events.do_send(EngineNote {
                     id: note_id.clone(),
                     event,
                 })
@@ -70,20 +106,54 @@ impl Actor for DownloadActor {
         };
         let engine = self.engine.clone();
         let progress = self.progress.clone();
+        let bytes_before = self.progress.done();
         ctx.spawn(
-            run_guarded(id, progress, async move { engine.run(job, run_ctx).await })
-                .into_actor(self)
-                .map(|outcome, act, ctx| {
-                    let id = act.id.clone();
-                    act.supervisor.do_send(Finished {
-                        id,
-                        outcome,
-                        elapsed_secs: act.progress.elapsed_secs(),
-                    });
-                    act.done_tx.send_replace(true);
-                    ctx.stop();
-                }),
+            run_guarded(id, progress, async move {
+                match resolve(pending).await {
+                    Ok(job) => engine.run(job, run_ctx).await,
+                    Err(error) => Outcome::Failed {
+                        bytes: bytes_before,
+                        error,
+                    },
+                }
+            })
+            .into_actor(self)
+            .map(|outcome, act, ctx| {
+                let id = act.id.clone();
+                act.reports.finished.do_send(Finished {
+                    id,
+                    outcome,
+                    elapsed_secs: act.progress.elapsed_secs(),
+                });
+                act.done_tx.send_replace(true);
+                ctx.stop();
+            }),
         );
+    }
+}
+
+/// The job with its final path resolved inside `download_dir` (symlinks refused).
+async fn resolve(pending: PendingJob) -> Result<Job, DownloadError> {
+    let PendingJob {
+        mut job,
+        download_dir,
+        path,
+    } = pending;
+    let resolved = tokio::task::spawn_blocking(move || {
+        files::resolve_inside(&download_dir, &path).map_err(|e| format!("cannot use {path}: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    match resolved {
+        Ok(final_path) => {
+            job.final_path = final_path;
+            Ok(job)
+        }
+        Err(message) => Err(DownloadError {
+            kind: ErrorKind::Disk,
+            message,
+        }),
     }
 }
 

@@ -1,0 +1,169 @@
+//! [`QueueHandle`]: the one way every front door (REST, websocket, and those to come)
+//! reaches the supervisor. Plain async methods with domain results; only this module
+//! knows that messages exist.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::Addr;
+use tokio::sync::mpsc;
+
+use crate::actors::frames::Frame;
+use crate::actors::queue_error::QueueError;
+use crate::actors::supervisor::commands::{
+    Add, All, ClearHistory, Control, Delete, Move, Patch, PatchSettings, Shutdown,
+};
+use crate::actors::supervisor::queries::{Get, GetSettings, GetStats, History, List, Subscribe};
+use crate::actors::supervisor::Supervisor;
+use crate::config::{DownloadsConfig, SettingsPatch};
+use crate::lifecycle::{Action, State};
+use crate::model::{DownloadId, DownloadPatch, DownloadView, NewDownload, Stats};
+
+type Result<T> = std::result::Result<T, QueueError>;
+
+/// A cheap-to-clone handle on the queue.
+#[derive(Clone)]
+pub struct QueueHandle {
+    addr: Addr<Supervisor>,
+    download_dir: Arc<PathBuf>,
+}
+
+impl QueueHandle {
+    pub fn new(addr: Addr<Supervisor>, download_dir: PathBuf) -> Self {
+        Self {
+            addr,
+            download_dir: Arc::new(download_dir),
+        }
+    }
+
+    /// Adds downloads, all or none, in the order given.
+    pub async fn add(&self, items: Vec<NewDownload>) -> Result<Vec<DownloadView>> {
+        let on_disk = self.on_disk(&items).await?;
+        self.addr.send(Add { items, on_disk }).await?
+    }
+
+    /// Adds one download.
+    pub async fn add_one(&self, item: NewDownload) -> Result<DownloadView> {
+        let mut added = self.add(vec![item]).await?;
+        added
+            .pop()
+            .ok_or_else(|| QueueError::Unavailable("nothing was added".into()))
+    }
+
+    /// Whether each item's path exists in `download_dir`, looked up on a blocking
+    /// thread (a name held by a file on disk is taken).
+    async fn on_disk(&self, items: &[NewDownload]) -> Result<Vec<bool>> {
+        let root = self.download_dir.clone();
+        let paths: Vec<String> = items.iter().map(|n| n.path.clone()).collect();
+        tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .map(|p| root.join(p).symlink_metadata().is_ok())
+                .collect()
+        })
+        .await
+        .map_err(|e| QueueError::Unavailable(e.to_string()))
+    }
+
+    pub async fn get(&self, id: &str) -> Result<DownloadView> {
+        self.addr.send(Get(id.to_owned())).await?
+    }
+
+    /// A page of downloads (live and queued in queue order, then the history), with
+    /// the id to pass as `after` for the next one.
+    pub async fn list(
+        &self,
+        state: Option<State>,
+        after: Option<DownloadId>,
+        limit: usize,
+    ) -> Result<(Vec<DownloadView>, Option<DownloadId>)> {
+        self.addr
+            .send(List {
+                state,
+                after,
+                limit,
+            })
+            .await?
+    }
+
+    /// Pause, resume, cancel or retry one download.
+    pub async fn control(&self, id: &str, action: Action) -> Result<DownloadView> {
+        let id = id.to_owned();
+        self.addr.send(Control { id, action }).await?
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<DownloadView> {
+        self.control(id, Action::Pause).await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<DownloadView> {
+        self.control(id, Action::Resume).await
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<DownloadView> {
+        self.control(id, Action::Cancel).await
+    }
+
+    pub async fn retry(&self, id: &str) -> Result<DownloadView> {
+        self.control(id, Action::Retry).await
+    }
+
+    /// Moves a queued download to `position` (0 = next to start).
+    pub async fn move_to(&self, id: &str, position: usize) -> Result<DownloadView> {
+        let id = id.to_owned();
+        self.addr.send(Move { id, position }).await?
+    }
+
+    pub async fn patch(&self, id: &str, patch: DownloadPatch) -> Result<DownloadView> {
+        let id = id.to_owned();
+        self.addr.send(Patch { id, patch }).await?
+    }
+
+    /// Forgets a download; `delete_file` removes its finished file too.
+    pub async fn delete(&self, id: &str, delete_file: bool) -> Result<()> {
+        let id = id.to_owned();
+        self.addr.send(Delete { id, delete_file }).await?
+    }
+
+    /// Pauses every download that can be; how many.
+    pub async fn pause_all(&self) -> Result<usize> {
+        self.addr.send(All(Action::Pause)).await?
+    }
+
+    /// Resumes every paused download; how many.
+    pub async fn resume_all(&self) -> Result<usize> {
+        self.addr.send(All(Action::Resume)).await?
+    }
+
+    pub async fn history(&self, state: Option<State>, limit: usize) -> Result<Vec<DownloadView>> {
+        Ok(self.addr.send(History { state, limit }).await?)
+    }
+
+    /// Forgets every finished download; how many.
+    pub async fn clear_history(&self) -> Result<usize> {
+        self.addr.send(ClearHistory).await?
+    }
+
+    pub async fn stats(&self) -> Result<Stats> {
+        Ok(self.addr.send(GetStats).await?)
+    }
+
+    pub async fn settings(&self) -> Result<DownloadsConfig> {
+        Ok(self.addr.send(GetSettings).await?)
+    }
+
+    /// Changes some run-time settings and persists them; the merged result.
+    pub async fn patch_settings(&self, patch: SettingsPatch) -> Result<DownloadsConfig> {
+        self.addr.send(PatchSettings(patch)).await?
+    }
+
+    /// The frames for one websocket client: a snapshot, then every change.
+    pub async fn subscribe(&self) -> Result<mpsc::Receiver<Frame>> {
+        Ok(self.addr.send(Subscribe).await?)
+    }
+
+    /// Checkpoints every transfer and stops the supervisor (the states are kept).
+    pub async fn shutdown(&self) {
+        let _ = self.addr.send(Shutdown).await;
+    }
+}

@@ -1,0 +1,468 @@
+//! Commands that change the queue. Each decides through `lifecycle`, changes the
+//! records through `queue`, and answers through `reply_after` (see `effects`).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+
+use super::effects::{Cleanup, StopWait};
+use super::{Reply, Supervisor};
+use crate::actors::broadcaster::Publish;
+use crate::actors::frames;
+use crate::actors::queue_error::QueueError;
+use crate::config::{DownloadsConfig, SettingsPatch};
+use crate::lifecycle::{Action, State};
+use crate::model::{
+    new_id, now_rfc3339, Download, DownloadId, DownloadPatch, DownloadView, NewDownload,
+};
+use crate::queue::NameTaken;
+
+/// Add downloads (all or none). `on_disk[i]`: whether `items[i]`'s path exists in
+/// `download_dir`, looked up by the sender (the supervisor touches no disk).
+#[derive(Message)]
+#[rtype(result = "Reply<Vec<DownloadView>>")]
+pub struct Add {
+    pub items: Vec<NewDownload>,
+    pub on_disk: Vec<bool>,
+}
+
+/// Pause, resume, cancel or retry one download.
+#[derive(Message)]
+#[rtype(result = "Reply<DownloadView>")]
+pub struct Control {
+    pub id: DownloadId,
+    pub action: Action,
+}
+
+/// Reorder the queue.
+#[derive(Message)]
+#[rtype(result = "Reply<DownloadView>")]
+pub struct Move {
+    pub id: DownloadId,
+    pub position: usize,
+}
+
+/// Change a download's speed cap or URL.
+#[derive(Message)]
+#[rtype(result = "Reply<DownloadView>")]
+pub struct Patch {
+    pub id: DownloadId,
+    pub patch: DownloadPatch,
+}
+
+/// Forget a download (and maybe its file).
+#[derive(Message)]
+#[rtype(result = "Reply<()>")]
+pub struct Delete {
+    pub id: DownloadId,
+    pub delete_file: bool,
+}
+
+/// Pause or resume every download that the action changes.
+#[derive(Message)]
+#[rtype(result = "Reply<usize>")]
+pub struct All(pub Action);
+
+/// Forget every finished download (the files stay).
+#[derive(Message)]
+#[rtype(result = "Reply<usize>")]
+pub struct ClearHistory;
+
+/// Change some run-time settings, merged with the current ones inside the actor (so
+/// that two concurrent changes of different keys both hold).
+#[derive(Message)]
+#[rtype(result = "Reply<DownloadsConfig>")]
+pub struct PatchSettings(pub SettingsPatch);
+
+/// Stop every transfer with a checkpoint and keep their states, for a restart.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+fn refuse<T: 'static>(e: QueueError) -> ResponseActFuture<Supervisor, Reply<T>> {
+    Box::pin(actix::fut::ready(Err(e)))
+}
+
+impl Supervisor {
+    /// Every item may take its name: none twice, none held (see `Queue::claim`).
+    fn check_claims(&self, msg: &Add) -> Reply<()> {
+        if self.shutting_down {
+            return Err(QueueError::ShuttingDown);
+        }
+        let mut seen = HashSet::new();
+        for (n, &on_disk) in msg.items.iter().zip(&msg.on_disk) {
+            if !seen.insert(n.path.as_str()) {
+                return Err(NameTaken::Twice {
+                    path: n.path.clone(),
+                }
+                .into());
+            }
+            if self.cleaning.contains_key(&n.path) {
+                return Err(NameTaken::BeingRemoved {
+                    path: n.path.clone(),
+                }
+                .into());
+            }
+            self.queue
+                .claim(&n.path, n.overwrite, on_disk, |id| self.is_busy(id))?;
+        }
+        Ok(())
+    }
+
+    /// Stores the new records and puts them in the queue; nothing changes in memory
+    /// if the store refuses them.
+    fn insert_new(&mut self, items: Vec<NewDownload>) -> Reply<Vec<DownloadId>> {
+        // A new download takes over the `.part` of an older, finished one of the same
+        // name (it truncates it when it starts): the old checkpoint no longer describes
+        // that file, so a retry of the old download starts over instead of trusting it.
+        for n in &items {
+            for d in self.queue.with_path(&n.path) {
+                self.store.remove_checkpoint(&d.id)?;
+            }
+        }
+        let now = now_rfc3339();
+        let records: Vec<Download> = items.into_iter().map(|n| new_record(n, &now)).collect();
+        let ids: Vec<DownloadId> = records.iter().map(|d| d.id.clone()).collect();
+        let mut placed = Vec::with_capacity(records.len());
+        for d in records {
+            self.queue.push(d);
+        }
+        for id in &ids {
+            placed.extend(self.queue.get(id).cloned());
+        }
+        if let Err(e) = self.store.put_downloads(&placed) {
+            for id in &ids {
+                self.queue.remove(id);
+            }
+            return Err(e.into());
+        }
+        Ok(ids)
+    }
+
+    fn control(
+        &mut self,
+        id: &str,
+        action: Action,
+        ctx: &mut Context<Self>,
+    ) -> Reply<Vec<StopWait>> {
+        let t = self.decide(id, action)?;
+        if action == Action::Retry {
+            let path = self.record(id)?.path.clone();
+            if let Some(other) = self.queue.other_claim(id, &path) {
+                return Err(NameTaken::Superseded {
+                    path,
+                    by: other.id.clone(),
+                    state: other.state,
+                }
+                .into());
+            }
+        }
+        if t.no_op {
+            return Ok(Vec::new());
+        }
+        let stops: Vec<StopWait> = if t.stop_engine {
+            self.stop_running(id).into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        self.enter(id, &t);
+        self.save_or_defer(id, !stops.is_empty());
+        if t.joins_queue() {
+            self.schedule(ctx);
+        }
+        Ok(stops)
+    }
+
+    /// After a cancel has stopped the engine: its own `.part` goes (not one that a
+    /// newer download of the name owns).
+    fn after_cancel(&mut self, id: &str) {
+        let Ok(d) = self.record(id) else { return };
+        if d.state != State::Cancelled || self.queue.other_claim(id, &d.path).is_some() {
+            return;
+        }
+        let cleanup = Cleanup {
+            id: id.to_owned(),
+            path: d.path.clone(),
+            final_file: false,
+        };
+        self.clean_up(cleanup);
+        if let Ok(d) = self.record_mut(id) {
+            d.bytes_done = 0;
+        }
+        self.save(id);
+    }
+
+    /// Forgets a download whose engine has stopped, with the files that are its own.
+    fn forget(&mut self, id: &str, delete_file: bool) -> Reply<()> {
+        let Some(d) = self.queue.remove(id) else {
+            return Ok(());
+        };
+        // Only this download's own files: not a `.part` or file that a newer
+        // download of the same name now owns.
+        if let Some(owner) = self.queue.other_claim(id, &d.path) {
+            tracing::info!(download_id = %id, owner = %owner.id, "keeping the files: another download owns the name now");
+        } else if d.state != State::Completed || delete_file {
+            self.clean_up(Cleanup {
+                id: d.id.clone(),
+                path: d.path.clone(),
+                final_file: d.state == State::Completed,
+            });
+        }
+        self.store.remove_download(id)?;
+        self.broadcaster.do_send(Publish(frames::removed(id)));
+        tracing::info!(download_id = %id, delete_file, "download removed");
+        Ok(())
+    }
+}
+
+fn new_record(n: NewDownload, now: &str) -> Download {
+    Download {
+        id: new_id(),
+        url: n.url,
+        file_name: n.file_name,
+        path: n.path,
+        state: if n.start_paused {
+            State::Paused
+        } else {
+            State::Queued
+        },
+        order: 0,
+        bytes_done: 0,
+        bytes_total: None,
+        elapsed_secs: 0.0,
+        attempt: 0,
+        next_retry_at: None,
+        sha256: n.sha256,
+        error: None,
+        source: n.source,
+        speed_limit_bps: None,
+        created_at: now.to_owned(),
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+impl Handler<Add> for Supervisor {
+    type Result = ResponseActFuture<Self, Reply<Vec<DownloadView>>>;
+
+    fn handle(&mut self, msg: Add, _: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.check_claims(&msg) {
+            return refuse(e);
+        }
+        let ids = match self.insert_new(msg.items) {
+            Ok(ids) => ids,
+            Err(e) => return refuse(e),
+        };
+        for view in self.views_of(&ids) {
+            tracing::info!(download_id = %view.id, url = %view.url, path = %view.path, "download added");
+            self.broadcaster.do_send(Publish(frames::state(&view)));
+        }
+        self.reply_after(Vec::new(), move |act, ctx| {
+            act.schedule(ctx);
+            // Those that just started have no position any more; the rest keep theirs.
+            Ok(act.views_of(&ids))
+        })
+    }
+}
+
+impl Handler<Control> for Supervisor {
+    type Result = ResponseActFuture<Self, Reply<DownloadView>>;
+
+    fn handle(&mut self, msg: Control, ctx: &mut Self::Context) -> Self::Result {
+        let (id, action) = (msg.id, msg.action);
+        let stops = match self.control(&id, action, ctx) {
+            Ok(stops) => stops,
+            Err(e) => return refuse(e),
+        };
+        self.reply_after(stops, move |act, ctx| {
+            match action {
+                Action::Pause => act.announce_if_still_stopping(&id),
+                Action::Cancel => act.after_cancel(&id),
+                _ => {}
+            }
+            act.schedule(ctx);
+            act.view_of(&id)
+        })
+    }
+}
+
+impl Handler<Move> for Supervisor {
+    type Result = ResponseActFuture<Self, Reply<DownloadView>>;
+
+    fn handle(&mut self, msg: Move, _: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.decide(&msg.id, Action::Move) {
+            return refuse(e);
+        }
+        let changed = self.queue.move_to(&msg.id, msg.position);
+        let records: Vec<Download> = changed
+            .iter()
+            .filter_map(|id| self.queue.get(id).cloned())
+            .collect();
+        if let Err(e) = self.store.put_downloads(&records) {
+            tracing::error!(error = %e, "cannot persist the new queue order");
+        }
+        self.publish(&msg.id);
+        let id = msg.id;
+        self.reply_after(Vec::new(), move |act, _| act.view_of(&id))
+    }
+}
+
+impl Handler<Patch> for Supervisor {
+    type Result = ResponseActFuture<Self, Reply<DownloadView>>;
+
+    fn handle(&mut self, msg: Patch, _: &mut Self::Context) -> Self::Result {
+        let (id, patch) = (msg.id, msg.patch);
+        let state = match self.record(&id) {
+            Ok(d) => d.state,
+            Err(e) => return refuse(e),
+        };
+        let mut stops = Vec::new();
+        if patch.url.is_some() && state.is_running() {
+            // Restart the transfer on the new URL; it resumes from the bytes on disk
+            // when If-Range says the file is the same.
+            stops.extend(self.stop_running(&id));
+            self.try_enter(&id, Action::Requeue);
+        }
+        if let Ok(d) = self.record_mut(&id) {
+            if let Some(limit) = patch.speed_limit_bps {
+                d.speed_limit_bps = limit;
+            }
+            if let Some(url) = patch.url {
+                d.url = url;
+            }
+        }
+        if let (Some(limit), Some(r)) = (patch.speed_limit_bps, self.running.get(&id)) {
+            r.limiter.set_rate(limit.unwrap_or(0));
+        }
+        self.save(&id);
+        self.reply_after(stops, move |act, ctx| {
+            act.schedule(ctx);
+            act.view_of(&id)
+        })
+    }
+}
+
+impl Handler<Delete> for Supervisor {
+    type Result = ResponseActFuture<Self, Reply<()>>;
+
+    fn handle(&mut self, msg: Delete, _: &mut Self::Context) -> Self::Result {
+        let id = msg.id;
+        let t = match self.decide(&id, Action::Delete) {
+            Ok(t) => t,
+            Err(e) => return refuse(e),
+        };
+        if self
+            .queue
+            .get(&id)
+            .is_some_and(|d| d.state == State::Queued)
+        {
+            // Out of the line at once, so that nothing starts it while it stops.
+            self.queue.remove_from_line(&id);
+        }
+        let stops: Vec<StopWait> = if t.stop_engine {
+            self.stop_running(&id).into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        let delete_file = msg.delete_file;
+        self.reply_after(stops, move |act, ctx| {
+            act.forget(&id, delete_file)?;
+            act.schedule(ctx);
+            Ok(())
+        })
+    }
+}
+
+impl Handler<All> for Supervisor {
+    type Result = ResponseActFuture<Self, Reply<usize>>;
+
+    fn handle(&mut self, msg: All, ctx: &mut Self::Context) -> Self::Result {
+        let action = msg.0;
+        let ids = self.ids_for(action);
+        let mut stops = Vec::new();
+        for id in &ids {
+            if let Ok(s) = self.control(id, action, ctx) {
+                stops.extend(s);
+            }
+        }
+        let count = ids.len();
+        self.reply_after(stops, move |act, _| {
+            if action == Action::Pause {
+                for id in &ids {
+                    act.announce_if_still_stopping(id);
+                }
+            }
+            Ok(count)
+        })
+    }
+}
+
+impl Handler<ClearHistory> for Supervisor {
+    type Result = ResponseActFuture<Self, Reply<usize>>;
+
+    fn handle(&mut self, _: ClearHistory, _: &mut Self::Context) -> Self::Result {
+        let ids: Vec<DownloadId> = self
+            .queue
+            .history(None, usize::MAX)
+            .into_iter()
+            .map(|d| d.id.clone())
+            .collect();
+        let mut result = Ok(ids.len());
+        for id in &ids {
+            if let Err(e) = self.forget(id, false) {
+                result = Err(e);
+            }
+        }
+        self.reply_after(Vec::new(), move |_, _| result)
+    }
+}
+
+impl Handler<PatchSettings> for Supervisor {
+    type Result = ResponseActFuture<Self, Reply<DownloadsConfig>>;
+
+    fn handle(&mut self, msg: PatchSettings, _: &mut Self::Context) -> Self::Result {
+        let merged = self.settings.patched(&msg.0);
+        if let Err(e) = merged.validate() {
+            return refuse(QueueError::InvalidSetting(e));
+        }
+        if let Err(e) = self.store.put_settings(&merged) {
+            return refuse(e.into());
+        }
+        self.settings = merged;
+        self.engine.set_speed_limit(self.settings.speed_limit_bps);
+        tracing::info!(settings = ?self.settings.live(), "settings changed");
+        self.reply_after(Vec::new(), |act, ctx| {
+            act.schedule(ctx);
+            Ok(act.settings.clone())
+        })
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
+        self.shutting_down = true;
+        let ids: Vec<DownloadId> = self.running.keys().cloned().collect();
+        let stops: Vec<StopWait> = ids.iter().filter_map(|id| self.stop_running(id)).collect();
+        tracing::info!(
+            running = stops.len(),
+            "shutting down: checkpointing transfers"
+        );
+        let store = self.store.clone();
+        Box::pin(
+            async move {
+                let _ = tokio::time::timeout(Duration::from_secs(20), join_all(stops)).await;
+                if let Err(e) = store.flush().await {
+                    tracing::error!(error = %e, "final flush failed");
+                }
+            }
+            .into_actor(self)
+            // Stopping drops the actor and its handle on the database, which releases
+            // sled's lock for a restart in the same process.
+            .map(|_, _, ctx| ctx.stop()),
+        )
+    }
+}

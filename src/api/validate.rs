@@ -1,0 +1,69 @@
+//! Checks of what clients send: URLs (and the host allowlist), digests, revisions.
+
+use crate::error::ApiError;
+
+/// Which hosts downloads may come from (`[downloads] allowed_hosts`; empty: any), so
+/// that a service reachable by others cannot be turned against the local network.
+#[derive(Clone, Debug, Default)]
+pub struct UrlPolicy {
+    pub allowed_hosts: Vec<String>,
+}
+
+impl UrlPolicy {
+    pub fn allows(&self, url: &url::Url) -> bool {
+        self.allowed_hosts.is_empty()
+            || url
+                .host_str()
+                .is_some_and(|h| self.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h)))
+    }
+
+    /// [`validate_url`], plus the host allowlist.
+    pub fn check(&self, raw: &str) -> Result<url::Url, ApiError> {
+        let url = validate_url(raw)?;
+        if !self.allows(&url) {
+            return Err(ApiError::Unprocessable(format!(
+                "host {:?} is not in downloads.allowed_hosts",
+                url.host_str().unwrap_or("")
+            )));
+        }
+        Ok(url)
+    }
+}
+
+/// Only absolute `http`/`https` URLs with a host.
+pub fn validate_url(raw: &str) -> Result<url::Url, ApiError> {
+    let url =
+        url::Url::parse(raw).map_err(|e| ApiError::Unprocessable(format!("url {raw:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::Unprocessable(format!(
+            "url scheme {:?} is refused: only http and https",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ApiError::Unprocessable(format!("url {raw:?} has no host")));
+    }
+    Ok(url)
+}
+
+/// 64 hex digits, returned in lower case.
+pub fn validate_sha256(s: &str) -> Result<String, ApiError> {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "sha256 {s:?} is not 64 hex digits"
+        )))
+    }
+}
+
+/// A branch, tag or commit: 1 to 255 characters, no control characters, no `..`.
+pub fn validate_revision(revision: Option<&str>) -> Result<&str, ApiError> {
+    let r = revision.unwrap_or("main");
+    if r.is_empty() || r.len() > 255 || r.chars().any(char::is_control) || r.contains("..") {
+        return Err(ApiError::Unprocessable(format!(
+            "revision {r:?} is not a valid revision"
+        )));
+    }
+    Ok(r)
+}

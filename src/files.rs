@@ -80,6 +80,23 @@ pub fn part_path(final_path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// `dir` is a real directory (not a link), created if it is missing.
+fn real_dir_or_create(dir: &Path, relative: &str, part: &str) -> io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{relative}: {part} is a symlink; downloads never follow links"),
+        )),
+        Ok(m) if !m.is_dir() => Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{relative}: {part} is a file, not a directory"),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(dir),
+        Err(e) => Err(e),
+    }
+}
+
 /// Resolves `relative` under `root`, creating the parent directories, and checks that the
 /// result stays inside `root` even when a directory on the way is a symlink pointing out.
 pub fn resolve_inside(root: &Path, relative: &str) -> io::Result<PathBuf> {
@@ -96,22 +113,12 @@ pub fn resolve_inside(root: &Path, relative: &str) -> io::Result<PathBuf> {
     let mut dir = root.clone();
     for part in dirs {
         dir.push(part);
-        match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("{relative}: {part} is a symlink; downloads never follow links"),
-                ))
+        if let Err(e) = real_dir_or_create(&dir, relative, part) {
+            // Another transfer may have created it a moment ago: look again, once.
+            if e.kind() != io::ErrorKind::AlreadyExists || !dir.symlink_metadata().is_ok() {
+                return Err(e);
             }
-            Ok(m) if !m.is_dir() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{relative}: {part} is a file, not a directory"),
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&dir)?,
-            Err(e) => return Err(e),
+            real_dir_or_create(&dir, relative, part)?;
         }
     }
     let resolved = dir.join(file_name);
@@ -166,6 +173,22 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Transfers of one repo start together and create its folders at once.
+    #[test]
+    fn concurrent_resolutions_of_one_new_folder_all_succeed() {
+        let root = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let root = root.path().to_owned();
+                std::thread::spawn(move || resolve_inside(&root, &format!("o/r/sub/f{i}.gguf")))
+            })
+            .collect();
+        for t in threads {
+            let path = t.join().unwrap().expect("every one resolves");
+            assert!(path.starts_with(root.path().canonicalize().unwrap()));
+        }
+    }
 
     #[test]
     fn names_follow_the_contract() {

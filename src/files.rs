@@ -115,7 +115,7 @@ pub fn resolve_inside(root: &Path, relative: &str) -> io::Result<PathBuf> {
         dir.push(part);
         if let Err(e) = real_dir_or_create(&dir, relative, part) {
             // Another transfer may have created it a moment ago: look again, once.
-            if e.kind() != io::ErrorKind::AlreadyExists || !dir.symlink_metadata().is_ok() {
+            if e.kind() != io::ErrorKind::AlreadyExists || dir.symlink_metadata().is_err() {
                 return Err(e);
             }
             real_dir_or_create(&dir, relative, part)?;

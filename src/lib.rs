@@ -19,6 +19,7 @@ pub mod progress;
 pub mod queue;
 pub mod security;
 pub mod store;
+pub mod web;
 pub mod ws;
 
 use std::net::{SocketAddr, TcpListener};
@@ -27,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web::{middleware, web, App, HttpResponse, HttpServer};
 
 use crate::actors::broadcaster::{Broadcaster, DisconnectAll};
 use crate::actors::handle::QueueHandle;
@@ -113,16 +113,23 @@ pub struct Service {
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// Starts the actors and the HTTP server (inside an actix System).
-pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
-    let Prepared {
-        config,
-        listener,
-        store,
-        records,
-        download_dir,
-    } = prepared;
-    let addr = listener.local_addr().map_err(StartError::Server)?;
+/// The core without any front door: the queue and what it runs on. Every door (the
+/// HTTP server, and those to come) is given a clone of `queue`.
+pub struct Core {
+    pub queue: QueueHandle,
+    pub hub: hub::HubClient,
+    pub metrics: Arc<metrics::Metrics>,
+    broadcaster: Addr<Broadcaster>,
+    transfers: Arbiter,
+}
+
+/// Starts the broadcaster, the supervisor and the transfers thread.
+pub fn start_core(
+    config: &Config,
+    store: &Store,
+    records: Vec<model::Download>,
+    download_dir: &std::path::Path,
+) -> Result<Core, StartError> {
     // Run-time changes (PATCH /api/settings) outlive restarts.
     let settings = match store.settings() {
         Ok(Some(saved)) => config.downloads.with_live_of(&saved),
@@ -138,11 +145,8 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     .map_err(|e| StartError::Client(e.to_string()))?;
     let hub = hub::HubClient::new(&config.hub.endpoint, Some(config.hub.token.clone()))
         .map_err(|e| StartError::Client(e.to_string()))?;
-    let broadcaster = Broadcaster::new(
-        Duration::from_millis(settings.progress_interval_ms),
-        metrics.clone(),
-    )
-    .start();
+    let interval = Duration::from_millis(settings.progress_interval_ms);
+    let broadcaster = Broadcaster::new(interval, metrics.clone()).start();
     let transfers = Arbiter::new();
     let supervisor = Supervisor::new(SupervisorParts {
         store: store.clone(),
@@ -151,7 +155,7 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         hub: hub.clone(),
         broadcaster: broadcaster.clone(),
         transfers: transfers.handle(),
-        download_dir: download_dir.clone(),
+        download_dir: download_dir.to_owned(),
         settings,
     })
     .map_err(|source| StartError::Store {
@@ -159,97 +163,49 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         source,
     })?
     .start();
-    let queue = QueueHandle::new(supervisor, download_dir.clone());
-
-    let guard = security::Guard {
-        token: Some(config.server.api_token.clone()).filter(|t| !t.is_empty()),
-        loopback: addr.ip().is_loopback(),
-    };
-    let static_dir = static_dir();
-    let queue_data = web::Data::new(queue.clone());
-    let hub_data = web::Data::new(hub);
-    let policy_data = web::Data::new(api::UrlPolicy {
-        allowed_hosts: config.downloads.allowed_hosts.clone(),
-    });
-    let guard_data = web::Data::new(guard);
-    let metrics_data = web::Data::from(metrics);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(queue_data.clone())
-            .app_data(hub_data.clone())
-            .app_data(policy_data.clone())
-            .app_data(guard_data.clone())
-            .app_data(metrics_data.clone())
-            .wrap(middleware::from_fn(security::guard))
-            .wrap(middleware::from_fn(time_requests))
-            .wrap(tracing_actix_web::TracingLogger::default())
-            .route(
-                "/healthz",
-                web::get()
-                    .to(|| async { HttpResponse::Ok().content_type("text/plain").body("ok") }),
-            )
-            .route("/metrics", web::get().to(metrics_text))
-            .configure(api::routes)
-            .service(actix_files::Files::new("/", &static_dir).index_file("index.html"))
+    Ok(Core {
+        queue: QueueHandle::new(supervisor, download_dir.to_owned()),
+        hub,
+        metrics,
+        broadcaster,
+        transfers,
     })
-    .workers(2)
-    .disable_signals()
-    .shutdown_timeout(2)
-    .listen(listener)
-    .map_err(StartError::Server)?
-    .run();
+}
+
+/// Starts the core and the HTTP server (inside an actix System).
+pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
+    let Prepared {
+        config,
+        listener,
+        store,
+        records,
+        download_dir,
+    } = prepared;
+    let addr = listener.local_addr().map_err(StartError::Server)?;
+    let core = start_core(&config, &store, records, &download_dir)?;
+    let server = web::serve(
+        listener,
+        web::Parts {
+            queue: core.queue.clone(),
+            hub: core.hub.clone(),
+            metrics: core.metrics.clone(),
+            config: &config,
+            loopback: addr.ip().is_loopback(),
+        },
+    )
+    .map_err(StartError::Server)?;
     let handle = server.handle();
     let server_task = tokio::task::spawn_local(server);
     tracing::info!(%addr, download_dir = %download_dir.display(), "model-manager listening");
     Ok(Service {
         addr,
-        queue,
+        queue: core.queue,
         server: handle,
-        broadcaster,
-        transfers,
+        broadcaster: core.broadcaster,
+        transfers: core.transfers,
         store,
         server_task,
     })
-}
-
-/// `GET /metrics`: Prometheus text format.
-async fn metrics_text(
-    queue: web::Data<QueueHandle>,
-    metrics: web::Data<metrics::Metrics>,
-) -> Result<HttpResponse, error::ApiError> {
-    let stats = queue.stats().await?;
-    let states: Vec<(&str, usize)> = stats.by_state.iter().map(|(k, v)| (*k, *v)).collect();
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(metrics.render(&states)))
-}
-
-/// Records how long each request took, by route pattern (not by raw path, which would
-/// make one series per download id).
-async fn time_requests(
-    req: actix_web::dev::ServiceRequest,
-    next: middleware::Next<impl actix_web::body::MessageBody>,
-) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
-    let started = std::time::Instant::now();
-    let res = next.call(req).await?;
-    let route = res
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "other".into());
-    if let Some(metrics) = res.request().app_data::<web::Data<metrics::Metrics>>() {
-        metrics.observe_request(&route, started.elapsed().as_secs_f64());
-    }
-    Ok(res)
-}
-
-/// `./static` when run from the repository, else the one the binary was built from.
-fn static_dir() -> PathBuf {
-    let here = PathBuf::from("static");
-    if here.join("index.html").is_file() {
-        here
-    } else {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/static"))
-    }
 }
 
 impl Service {

@@ -1,6 +1,9 @@
 //! Faults by force: a full disk, and the real binary killed with SIGKILL at random
 //! moments over a mixed queue.
 
+// Test scenarios read top to bottom as one story; splitting them would hide it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

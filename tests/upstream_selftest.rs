@@ -1,6 +1,9 @@
 //! Checks the fault-injecting test server itself, with a plain reqwest client, so that engine
 //! tests built on it can trust what it does.
 
+// Test scenarios read top to bottom as one story; splitting them would hide it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -394,6 +394,8 @@ impl FileEntry {
 
     /// Decides the whole answer to one request. `index` is the request's 0-based position among
     /// the requests recorded for this path.
+    // One table of every fault the upstream can inject, read top to bottom.
+    #[allow(clippy::too_many_lines)]
     fn plan(&mut self, req: &Request, index: usize) -> Plan {
         let extra = self.behavior.extra_headers.clone();
         if let Some((status, retry_after)) = self.pending_failures.pop_front() {

@@ -1,0 +1,103 @@
+//! The HTTP front door: the REST API, the websocket, the page, `/healthz` and
+//! `/metrics`, behind the security guard. It reaches the queue only by its handle.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::{dev::Server, middleware, web, App, HttpResponse, HttpServer};
+
+use crate::actors::handle::QueueHandle;
+use crate::config::Config;
+use crate::{api, error, hub, metrics, security};
+
+/// What the HTTP server serves.
+pub struct Parts<'a> {
+    pub queue: QueueHandle,
+    pub hub: hub::HubClient,
+    pub metrics: Arc<metrics::Metrics>,
+    pub config: &'a Config,
+    /// The bind is a loopback address (the Host check against DNS rebinding).
+    pub loopback: bool,
+}
+
+/// Builds the server on an already bound listener; it runs once polled.
+pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server> {
+    let config = parts.config;
+    let guard = security::Guard {
+        token: Some(config.server.api_token.clone()).filter(|t| !t.is_empty()),
+        loopback: parts.loopback,
+    };
+    let static_dir = static_dir();
+    let queue_data = web::Data::new(parts.queue);
+    let hub_data = web::Data::new(parts.hub);
+    let policy_data = web::Data::new(api::UrlPolicy {
+        allowed_hosts: config.downloads.allowed_hosts.clone(),
+    });
+    let guard_data = web::Data::new(guard);
+    let metrics_data = web::Data::from(parts.metrics);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(queue_data.clone())
+            .app_data(hub_data.clone())
+            .app_data(policy_data.clone())
+            .app_data(guard_data.clone())
+            .app_data(metrics_data.clone())
+            .wrap(middleware::from_fn(security::guard))
+            .wrap(middleware::from_fn(time_requests))
+            .wrap(tracing_actix_web::TracingLogger::default())
+            .route(
+                "/healthz",
+                web::get()
+                    .to(|| async { HttpResponse::Ok().content_type("text/plain").body("ok") }),
+            )
+            .route("/metrics", web::get().to(metrics_text))
+            .configure(api::routes)
+            .service(actix_files::Files::new("/", &static_dir).index_file("index.html"))
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .listen(listener)?
+    .run())
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics_text(
+    queue: web::Data<QueueHandle>,
+    metrics: web::Data<metrics::Metrics>,
+) -> Result<HttpResponse, error::ApiError> {
+    let stats = queue.stats().await?;
+    let states: Vec<(&str, usize)> = stats.by_state.iter().map(|(k, v)| (*k, *v)).collect();
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(metrics.render(&states)))
+}
+
+/// Records how long each request took, by route pattern (not by raw path, which would
+/// make one series per download id).
+async fn time_requests(
+    req: actix_web::dev::ServiceRequest,
+    next: middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let res = next.call(req).await?;
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "other".into());
+    if let Some(metrics) = res.request().app_data::<web::Data<metrics::Metrics>>() {
+        metrics.observe_request(&route, started.elapsed().as_secs_f64());
+    }
+    Ok(res)
+}
+
+/// `./static` when run from the repository, else the one the binary was built from.
+fn static_dir() -> PathBuf {
+    let here = PathBuf::from("static");
+    if here.join("index.html").is_file() {
+        here
+    } else {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/static"))
+    }
+}

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 pub enum NameError {
     #[error("name is empty")]
     Empty,
-    #[error("name {0:?} is longer than 255 bytes")]
+    #[error("name {0:?} is longer than {MAX_NAME_BYTES} bytes (its .part must fit in 255)")]
     TooLong(String),
+    #[error("name {0:?} contains an invisible or direction-changing character (U+{1:04X})")]
+    Invisible(String, u32),
     #[error("name {0:?} contains '/' or '\\'")]
     Separator(String),
     #[error("name {0:?} starts with '.' (hidden files and '..' are refused)")]
@@ -23,14 +25,32 @@ pub enum NameError {
     TrailingDotOrSpace(String),
 }
 
+/// The longest name: a file system takes 255 bytes, and the `.part` beside it adds 5.
+pub const MAX_NAME_BYTES: usize = 250;
+
+/// Characters that change how a name is shown without being seen: bidi overrides,
+/// embeddings, isolates and marks, and the zero-width ones. A name with one can pose as
+/// another (`gguf.exe` shown as `exe.gguf`).
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// Checks one path component against the contract's rules (plus Windows-reserved names,
 /// since download dirs are often shared with Windows machines over SMB).
 pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
     }
-    if name.len() > 255 {
+    if name.len() > MAX_NAME_BYTES {
         return Err(NameError::TooLong(name.chars().take(40).collect()));
+    }
+    if let Some(c) = name.chars().find(|&c| is_invisible(c)) {
+        return Err(NameError::Invisible(
+            name.escape_unicode().to_string(),
+            c as u32,
+        ));
     }
     if name.contains('/') || name.contains('\\') {
         return Err(NameError::Separator(name.into()));
@@ -187,6 +207,32 @@ mod tests {
         for t in threads {
             let path = t.join().unwrap().expect("every one resolves");
             assert!(path.starts_with(root.path().canonicalize().unwrap()));
+        }
+    }
+
+    #[test]
+    fn names_that_cannot_take_a_part_or_hide_their_spelling_are_refused() {
+        assert!(validate_name(&"x".repeat(MAX_NAME_BYTES)).is_ok());
+        assert!(matches!(
+            validate_name(&"x".repeat(MAX_NAME_BYTES + 1)),
+            Err(NameError::TooLong(_))
+        ));
+        // 'é' is two bytes: 126 of them are 252 bytes.
+        assert!(validate_name(&"é".repeat(126)).is_err());
+        for sneaky in [
+            "model\u{202E}fuggg.exe",
+            "a\u{200B}b.gguf",
+            "x\u{2066}y",
+            "\u{FEFF}z.bin",
+        ] {
+            assert!(
+                matches!(validate_name(sneaky), Err(NameError::Invisible(..))),
+                "{sneaky:?}"
+            );
+        }
+        // Other scripts and emoji stay welcome.
+        for fine in ["模型.gguf", "مدل.bin", "llama🦙.gguf"] {
+            assert!(validate_name(fine).is_ok(), "{fine:?}");
         }
     }
 

@@ -3,4 +3,5 @@
 pub mod binary;
 pub mod hub;
 pub mod service;
+pub mod tmpfs;
 pub mod upstream;

@@ -255,15 +255,54 @@ impl Handler<Add> for Supervisor {
             Ok(ids) => ids,
             Err(e) => return refuse(e),
         };
-        for view in self.views_of(&ids) {
+        // Nobody hears of them before they are on disk: a failed flush takes them back.
+        let store = self.store.clone();
+        Box::pin(async move { store.flush().await }.into_actor(self).then(
+            move |flushed, act, ctx| {
+                let reply = match flushed {
+                    Ok(()) => Ok(act.added(&ids, ctx)),
+                    Err(e) => {
+                        act.roll_back(&ids);
+                        Err(e.into())
+                    }
+                };
+                let store = act.store.clone();
+                async move {
+                    if let Err(e) = store.flush().await {
+                        tracing::warn!(error = %e, "cannot flush the first starts");
+                    }
+                    reply
+                }
+                .into_actor(act)
+            },
+        ))
+    }
+}
+
+impl Supervisor {
+    /// Announces durable new downloads and starts what fits.
+    fn added(&mut self, ids: &[DownloadId], ctx: &mut Context<Self>) -> Vec<DownloadView> {
+        for view in self.views_of(ids) {
             tracing::info!(download_id = %view.id, url = %view.url, path = %view.path, "download added");
             self.broadcaster.do_send(Publish(frames::state(&view)));
         }
-        self.reply_after(Vec::new(), move |act, ctx| {
-            act.schedule(ctx);
-            // Those that just started have no position any more; the rest keep theirs.
-            Ok(act.views_of(&ids))
-        })
+        self.schedule(ctx);
+        // Those that just started have no position any more; the rest keep theirs.
+        self.views_of(ids)
+    }
+
+    /// Forgets downloads whose add could not be made durable.
+    fn roll_back(&mut self, ids: &[DownloadId]) {
+        for id in ids {
+            self.queue.remove(id);
+            if let Err(e) = self.store.remove_download(id) {
+                tracing::warn!(download_id = %id, error = %e, "cannot drop a download that was not added");
+            }
+        }
+        tracing::warn!(
+            count = ids.len(),
+            "downloads not added: the database cannot flush"
+        );
     }
 }
 

@@ -92,31 +92,36 @@ fn draft07_wait(value: &str) -> Option<u64> {
 
 /// `"a";r=0;t=30, "b";r=5;t=9` with the policies beside it: see [`rate_limit_wait`].
 fn structured_wait(value: &str, policy: Option<&str>) -> Option<u64> {
+    // A policy is named by any of its bare members: the Hub writes
+    // `"fixed window";"api";q=500;w=300` for the quota `"api"`.
     let window = |name: &str| {
         policy?
             .split(',')
             .map(parse_item)
-            .find(|(n, _)| *n == name)
+            .find(|(names, _)| names.contains(&name))
             .and_then(|(_, params)| param(&params, "w"))
     };
     value
         .split(',')
         .map(parse_item)
         .filter(|(_, params)| param(params, "r") == Some(0))
-        .filter_map(|(name, params)| param(&params, "t").or_else(|| window(name)))
+        .filter_map(|(names, params)| {
+            param(&params, "t").or_else(|| names.first().and_then(|n| window(n)))
+        })
         .max()
 }
 
-/// One member of a structured-field list: its name (quotes and all whitespace gone)
-/// and its `key=value` parameters.
-fn parse_item(item: &str) -> (&str, Vec<(&str, &str)>) {
-    let mut parts = item.split(';');
-    let name = parts.next().unwrap_or("").trim().trim_matches('"');
-    let params = parts
-        .filter_map(|p| p.split_once('='))
-        .map(|(k, v)| (k.trim(), v.trim()))
-        .collect();
-    (name, params)
+/// One member of a structured-field list: its bare members (the name first; quotes and
+/// surrounding whitespace gone) and its `key=value` parameters.
+fn parse_item(item: &str) -> (Vec<&str>, Vec<(&str, &str)>) {
+    let (mut names, mut params) = (Vec::new(), Vec::new());
+    for part in item.split(';') {
+        match part.split_once('=') {
+            Some((k, v)) => params.push((k.trim(), v.trim())),
+            None => names.push(part.trim().trim_matches('"')),
+        }
+    }
+    (names, params)
 }
 
 fn param(params: &[(&str, &str)], key: &str) -> Option<u64> {
@@ -182,6 +187,13 @@ mod tests {
                     ),
                 ],
                 secs(60),
+            ),
+            (
+                &[
+                    ("ratelimit", "\"api\";r=0"),
+                    ("ratelimit-policy", "\"fixed window\";\"api\";q=500;w=300"),
+                ],
+                secs(300),
             ),
             (&[("ratelimit", "\"default\";r=0")], None),
             (

@@ -13,8 +13,6 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use reqwest::header::{self, HeaderMap};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::parse_retry_after;
-
 /// Characters escaped in one path segment of a Hub URL.
 const SEGMENT: &AsciiSet = &CONTROLS
     .add(b' ')
@@ -206,7 +204,7 @@ impl HubClient {
         }
         req.send()
             .await
-            .map_err(|e| HubError::Network(crate::engine::describe_reqwest(&e)))
+            .map_err(|e| HubError::Network(crate::http::describe(&e)))
     }
 
     /// Models matching `query`, most downloaded first, GGUF repos ahead of others
@@ -385,11 +383,7 @@ async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response,
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let retry_after = headers
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()))
-        .or_else(|| rate_limit_reset(headers));
+    let retry_after = crate::http::retry_wait(headers, SystemTime::now());
     Err(match (status, code.as_str()) {
         (_, "GatedRepo") => HubError::Unauthorized(format!(
             "{what} is a gated model: accept its licence on the Hub and set HF_TOKEN (or [hub] token)"
@@ -406,19 +400,6 @@ async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response,
         (429, _) => HubError::RateLimited { retry_after },
         _ => HubError::Status { status, retry_after },
     })
-}
-
-/// The IETF `RateLimit` header (`limit=…, remaining=0, reset=N`) the Hub sends on 429.
-fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("ratelimit")?.to_str().ok()?;
-    v.split([',', ';'])
-        .find_map(|p| {
-            p.trim()
-                .strip_prefix("reset=")
-                .or_else(|| p.trim().strip_prefix("t="))
-        })
-        .and_then(|n| n.trim().parse().ok())
-        .map(Duration::from_secs)
 }
 
 /// Groups GGUF files by quantization; split parts form one. Smallest first.

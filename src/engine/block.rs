@@ -7,6 +7,9 @@ use std::os::unix::io::AsRawFd;
 
 use bytes::Bytes;
 
+/// Writes go to disk in blocks at least this large: one syscall per network chunk
+/// (often 8-16 KiB) would cost more CPU than the rest of the loop.
+pub const WRITE_BLOCK: usize = 256 * 1024;
 /// At most this many buffers per `pwritev` (Linux's IOV_MAX is 1024).
 const MAX_IOV: usize = 512;
 

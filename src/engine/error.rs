@@ -113,15 +113,3 @@ impl EngineError {
         }
     }
 }
-
-/// Flattens a reqwest error with its sources: "error sending request" alone says nothing.
-pub fn describe(error: &reqwest::Error) -> String {
-    let mut msg = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}

@@ -1,6 +1,4 @@
-//! Parsers for the headers that decide whether bytes may be appended.
-
-use std::time::{Duration, SystemTime};
+//! The parser of `Content-Range`, the header that decides whether bytes may be appended.
 
 /// A parsed `Content-Range: bytes FIRST-LAST/TOTAL` (TOTAL may be `*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,16 +23,6 @@ pub fn parse_content_range(value: &str) -> Option<ContentRange> {
         return None;
     }
     Some(ContentRange { first, last, total })
-}
-
-/// `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -70,17 +58,6 @@ mod tests {
         ] {
             assert_eq!(parse_content_range(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(7)));
-        let past = httpdate::fmt_http_date(now - Duration::from_secs(7));
-        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon", now), None);
     }
 }
 
@@ -118,7 +95,6 @@ mod properties {
                     "{noise}"
                 );
             }
-            let _ = parse_retry_after(&noise, SystemTime::UNIX_EPOCH);
         }
     }
 }

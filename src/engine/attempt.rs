@@ -1,0 +1,236 @@
+//! One attempt on a single connection: ask for the rest of the file, judge the answer
+//! with the classifier, then read the body into the `.part`, or hand over to parallel
+//! connections when the file is large and the server serves ranges.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::SystemTime;
+
+use futures_util::StreamExt;
+
+use super::classify::{classify, Accepted, Asked, Known, Verdict};
+use super::request::{self, stall_timeout};
+use super::segments::SEGMENT_THRESHOLD;
+use super::transfer::Transfer;
+use super::{limiter, Ended, Engine, EngineError, EngineEvent, Job, RunCtx};
+use crate::files;
+use crate::model::{DownloadError, ErrorKind};
+
+impl Engine {
+    /// One HTTP request: from the current offset to the end of the body, or an error.
+    pub(super) async fn attempt(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+    ) -> Result<Ended, EngineError> {
+        // Bytes received before a drop are still in the write block; put them on disk
+        // so that the next Range starts right after the last byte we have.
+        t.flush_block().await?;
+        let (url, auth) = self.target(job, t, ctx).await?;
+        if t.segments().is_some() {
+            return self.run_segments(job, t, ctx, (url, auth), None).await;
+        }
+        let asked = Asked {
+            from: t.offset(),
+            to: None,
+        };
+        let request = request::get(&self.client, &url, auth.as_deref(), asked, t.validators());
+        let Some(response) = request::send(request, stall_timeout(job), &mut ctx.stop).await?
+        else {
+            return Ok(Ended::Stopped);
+        };
+        let known = Known {
+            total: t.total(),
+            validators: t.validators(),
+            held: t.received(),
+            refreshable_link: t.link().is_some() && request::refreshable(job, &url),
+        };
+        let verdict = classify(
+            response.status().as_u16(),
+            response.headers(),
+            asked,
+            known,
+            SystemTime::now(),
+        );
+        let accepted = match self.judge(job, t, ctx, verdict).await? {
+            ControlFlow::Continue(accepted) => accepted,
+            ControlFlow::Break(ended) => return Ok(ended),
+        };
+        let ranges = accepted.ranges;
+        t.accept(accepted.total, accepted.validators);
+        ctx.progress.set_total(t.total());
+        (ctx.events)(EngineEvent::Total(t.total()));
+        if let Some(total) = t.total() {
+            let need = total.saturating_sub(t.offset());
+            let dir = job.final_path.parent().unwrap_or(Path::new("."));
+            let free = files::free_space(dir)?;
+            if need > free {
+                return Err(EngineError::NoSpace { need, free });
+            }
+        }
+        let left = t
+            .total()
+            .map(|total| total.saturating_sub(t.offset()))
+            .unwrap_or(0);
+        if job.settings.connections_per_download > 1
+            && ranges
+            && t.may_split()
+            && left >= SEGMENT_THRESHOLD
+        {
+            return self
+                .run_segments(job, t, ctx, (url, auth), Some(response))
+                .await;
+        }
+        t.use_direct_writes(
+            &files::part_path(&job.final_path),
+            job.settings.direct_io_min_bytes,
+        );
+        self.read_body(job, t, ctx, response).await
+    }
+
+    /// Acts on the classifier's verdict: what the single connection does before it
+    /// reads a body (`Continue`), or how the attempt ends without one (`Break`).
+    async fn judge(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+        verdict: Verdict,
+    ) -> Result<ControlFlow<Ended, Accepted>, EngineError> {
+        Ok(match verdict {
+            Verdict::Body(accepted) => ControlFlow::Continue(accepted),
+            Verdict::Whole { accepted, changed } => {
+                match changed {
+                    Some(what) => self.changed_upstream(job, t, ctx, &what).await?,
+                    None => {
+                        tracing::info!(download_id = %job.id, "server sent the whole file to a ranged request; starting over");
+                        t.restart(ctx).await?;
+                    }
+                }
+                ControlFlow::Continue(accepted)
+            }
+            Verdict::Changed(what) => {
+                self.changed_upstream(job, t, ctx, &what).await?;
+                ControlFlow::Break(Ended::Again)
+            }
+            Verdict::Complete => ControlFlow::Break(Ended::Done),
+            Verdict::Unsatisfiable => {
+                tracing::info!(download_id = %job.id, "range not satisfiable; starting over");
+                t.restart(ctx).await?;
+                ControlFlow::Break(Ended::Again)
+            }
+            Verdict::LinkExpired { status } => ControlFlow::Break(Ended::LinkExpired { status }),
+            Verdict::Failed(e) => return Err(e),
+        })
+    }
+
+    /// The byte loop of one connection: the body, chunk by chunk, into the `.part`.
+    async fn read_body(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+        response: reqwest::Response,
+    ) -> Result<Ended, EngineError> {
+        let stall = stall_timeout(job);
+        let _connection = self.metrics.connection();
+        let mut body = response.bytes_stream();
+        let mut chunks = 0u64;
+        let first = t.received();
+        loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(stall, body.next()) => n,
+                _ = ctx.stop.wait_for(|s| *s) => return Ok(Ended::Stopped),
+            };
+            let chunk = match next {
+                Err(_) => return Err(EngineError::Stalled(stall.as_secs())),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(EngineError::Network(crate::http::describe(&e))),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            chunks += 1;
+            t.append(&chunk).await?;
+            ctx.progress.set_done(t.received());
+            if let Some(total) = t.total() {
+                if t.received() > total {
+                    t.restart(ctx).await?;
+                    return Err(EngineError::Overlong { expected: total });
+                }
+            }
+            t.maybe_checkpoint(ctx).await?;
+            if !limiter::pace(&self.global, &ctx.limiter, chunk.len(), &mut ctx.stop).await {
+                return Ok(Ended::Stopped);
+            }
+        }
+        tracing::debug!(
+            download_id = %job.id,
+            chunks,
+            bytes = t.received() - first,
+            "body read to its end"
+        );
+        match t.total() {
+            Some(total) if t.received() < total => Err(EngineError::Truncated {
+                got: t.received(),
+                expected: total,
+            }),
+            Some(_) => Ok(Ended::Done),
+            None => {
+                // No length announced: the end of the body is the end of the file.
+                t.set_total(Some(t.received()));
+                ctx.progress.set_total(t.total());
+                (ctx.events)(EngineEvent::Total(t.total()));
+                Ok(Ended::Done)
+            }
+        }
+    }
+
+    /// Where this attempt fetches from, and the credentials that may go there: the
+    /// URL itself, or for a Hub file its resolved (CDN) link, pinned to one commit.
+    async fn target(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &RunCtx,
+    ) -> Result<(url::Url, Option<String>), EngineError> {
+        let Some(hub) = &job.hub else {
+            let url = url::Url::parse(&job.url)
+                .map_err(|e| EngineError::Internal(format!("bad url: {e}")))?;
+            return Ok((url, None));
+        };
+        if t.link().is_none() {
+            let revision = t.commit().unwrap_or(&hub.revision).to_owned();
+            let resolved = hub.client.resolve(&hub.repo, &revision, &hub.file).await?;
+            if t.adopt(resolved)? {
+                tracing::info!(download_id = %job.id, commit = ?t.commit(), sha256 = ?t.expected_sha256(), "Hub file resolved");
+                (ctx.events)(EngineEvent::Pinned {
+                    commit: t.commit().map(str::to_owned),
+                    sha256: t.expected_sha256().map(str::to_owned),
+                });
+            }
+        }
+        let link = t
+            .link()
+            .cloned()
+            .ok_or_else(|| EngineError::Internal("no link".into()))?;
+        let auth = hub.client.auth_for(&link);
+        Ok((link, auth))
+    }
+
+    /// Says that the file changed upstream (`what` tells how) and starts over.
+    async fn changed_upstream(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+        what: &str,
+    ) -> Result<(), EngineError> {
+        let message = format!("the file changed upstream ({what}); starting over");
+        tracing::warn!(download_id = %job.id, "{message}");
+        (ctx.events)(EngineEvent::Notice(DownloadError {
+            kind: ErrorKind::RemoteChanged,
+            message,
+        }));
+        t.restart(ctx).await
+    }
+}

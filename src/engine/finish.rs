@@ -1,0 +1,136 @@
+//! The end of a download: verify the digest, fsync, record that the file is whole (with
+//! its identity), rename it into place; and, at the next start, recognise a file that a
+//! crash caught right after that rename.
+
+use std::path::Path;
+
+use super::transfer::Transfer;
+use super::{Engine, EngineError, EngineEvent, Job, RunCtx};
+use crate::files;
+
+impl Engine {
+    /// A crash between the final rename and the record saying `completed` leaves the
+    /// file under its final name and the checkpoint written just before the rename,
+    /// which names that file's inode: it is the download's (verified before the
+    /// rename), not something to fetch again. Any other file there (an older one of
+    /// the same size, say) is not taken for it.
+    pub(super) fn renamed_before_a_crash(&self, job: &Job) -> Option<u64> {
+        let cp = self.store.checkpoint(&job.id).ok()??;
+        let total = cp.total?;
+        let renamed = cp.renaming?;
+        let meta = std::fs::symlink_metadata(&job.final_path)
+            .ok()
+            .filter(|m| m.is_file())?;
+        let part = files::part_path(&job.final_path);
+        let ours = file_identity(&meta) == renamed && meta.len() == total;
+        (ours && !part.exists()).then_some(total)
+    }
+
+    /// Verifies (when a digest is known), fsyncs and renames into place.
+    /// Returns false when asked to stop before the rename (a cancel during
+    /// verification must not leave a file under its final name).
+    pub(super) async fn finish(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+    ) -> Result<bool, EngineError> {
+        t.wait_checkpoint().await?;
+        // Writes what is left (on either path) and gives a direct-written file its length.
+        t.end_direct_writes().await?;
+        let part = files::part_path(&job.final_path);
+        // The fsync before the rename runs while the digest is taken: one writes back
+        // what the page cache holds, the other reads it, on two cores.
+        let for_sync = t.file().try_clone()?;
+        let syncing = tokio::task::spawn_blocking(move || for_sync.sync_all());
+        self.verify(job, t, ctx, &part).await?;
+        if *ctx.stop.borrow() {
+            return Ok(false);
+        }
+        // The bytes are on disk before a checkpoint says that all of them are: a power
+        // loss in between would otherwise leave a record of a whole file over a `.part`
+        // with holes, which a download without a digest would then rename as complete.
+        syncing
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
+        // Every byte is there and verified: say so before the rename, with the file's
+        // identity, so that a crash right after it is recognised on the next start
+        // (see renamed_before_a_crash).
+        let ours = t.file().metadata()?;
+        let mut record = t.checkpoint_record(ctx);
+        record.renaming = Some(file_identity(&ours));
+        self.store.put_checkpoint(&job.id, &record)?;
+        self.store.flush().await?;
+        let final_path = job.final_path.clone();
+        tokio::task::spawn_blocking(move || rename_into_place(&part, &final_path, &ours))
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
+        // The checkpoint goes when the supervisor records `completed`, not before.
+        tracing::info!(download_id = %job.id, bytes = t.offset(), path = %job.final_path.display(), "download completed");
+        Ok(true)
+    }
+
+    /// Compares the digest of the `.part` with the expected one, when there is one. A
+    /// mismatch removes the file: its bytes are wrong, and none are worth resuming.
+    async fn verify(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &RunCtx,
+        part: &Path,
+    ) -> Result<(), EngineError> {
+        let Some(expected) = t.expected_sha256().map(str::to_owned) else {
+            return Ok(());
+        };
+        (ctx.events)(EngineEvent::Verifying);
+        let actual = t.digest(part).await?;
+        if actual == expected {
+            return Ok(());
+        }
+        tracing::warn!(download_id = %job.id, %expected, %actual, "checksum mismatch; removing the file");
+        // The checkpoint goes first: a crash in between must not leave one that says
+        // complete beside no `.part`.
+        self.store.remove_checkpoint(&job.id)?;
+        self.store.flush().await?;
+        let _ = std::fs::remove_file(part);
+        t.reset_after_delete();
+        Err(EngineError::Checksum { expected, actual })
+    }
+}
+
+/// Renames the verified `.part` to its final name (blocking).
+fn rename_into_place(
+    part: &Path,
+    final_path: &Path,
+    ours: &std::fs::Metadata,
+) -> std::io::Result<()> {
+    // The rename is by name: make sure the name is still our file, not the `.part` of a
+    // newer download of the same name (after a cancel that gave up waiting for this
+    // engine, say).
+    let named = std::fs::symlink_metadata(part)?;
+    if !files::same_file(&named, ours) {
+        return Err(std::io::Error::other(
+            "the .part was replaced by another file; not renaming it",
+        ));
+    }
+    std::fs::rename(part, final_path)?;
+    if let Some(dir) = final_path.parent() {
+        // The file is complete and verified under its name: a failed directory fsync
+        // only risks the `.part` name coming back after a power loss, and that is
+        // resumed (at its end) and renamed again.
+        if let Err(e) = files::sync_dir(dir) {
+            tracing::warn!(error = %e, dir = %dir.display(), "directory fsync after the rename failed");
+        }
+    }
+    Ok(())
+}
+
+/// Which file this is, as far as survives a remount: the inode and the last write's
+/// time (the device number is not stable across reboots or container restarts).
+pub(super) fn file_identity(meta: &std::fs::Metadata) -> [u64; 2] {
+    use std::os::unix::fs::MetadataExt;
+    let mtime_ns = (meta.mtime() as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(meta.mtime_nsec() as u64);
+    [meta.ino(), mtime_ns]
+}

@@ -1,0 +1,141 @@
+//! Reading a file back into SHA-256: the digest of the bytes a resume starts after, of a
+//! whole file whose running hash was lost, and of the prefix that parallel connections
+//! fill (followed while they fill it). One reader serves all three.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::segment_table::SegmentTable;
+
+/// One read of the file: large, so that reading back is bound by the disk, not syscalls.
+const READ_BUF: usize = 1 << 20;
+
+/// Feeds bytes `[from, to)` of `file` to `hasher` through `buf` (blocking). A file
+/// that ends early is an error: its checkpoint promised those bytes.
+fn hash_range(
+    file: &File,
+    hasher: &mut Sha256,
+    buf: &mut [u8],
+    from: u64,
+    to: u64,
+) -> std::io::Result<()> {
+    let mut pos = from;
+    while pos < to {
+        let want = ((to - pos) as usize).min(buf.len());
+        let n = file.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shorter than its checkpoint",
+            ));
+        }
+        hasher.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Hashes the first `len` bytes of `file` (blocking).
+pub(super) fn hash_prefix(file: &File, len: u64) -> std::io::Result<Sha256> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; READ_BUF];
+    hash_range(file, &mut hasher, &mut buf, 0, len)?;
+    Ok(hasher)
+}
+
+/// Lower-case hex, as the contract writes digests.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hashes the written prefix of the file while the connections fill it, so that the
+/// digest is ready (or nearly) when the last byte lands.
+pub(super) struct Follower {
+    stop: Arc<AtomicBool>,
+    worker: Option<std::thread::JoinHandle<Option<Sha256>>>,
+}
+
+impl Follower {
+    pub(super) fn start(
+        table: Arc<SegmentTable>,
+        file: File,
+        total: u64,
+    ) -> std::io::Result<Follower> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let worker = std::thread::Builder::new()
+            .name("sha256-follow".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                let mut buf = vec![0u8; READ_BUF];
+                let mut at = 0u64;
+                loop {
+                    let prefix = table.prefix();
+                    hash_range(&file, &mut hasher, &mut buf, at, prefix).ok()?;
+                    at = at.max(prefix);
+                    if at >= total {
+                        return Some(hasher);
+                    }
+                    // All written, yet the prefix stops short: the table does not cover
+                    // the file. Give up; the digest is then taken by reading it back.
+                    if table.complete() && table.prefix() == at {
+                        return None;
+                    }
+                    if stopping.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })?;
+        Ok(Follower {
+            stop,
+            worker: Some(worker),
+        })
+    }
+
+    /// Waits for the digest of the whole file (blocking; the table must be complete).
+    pub(super) fn finish(mut self) -> Option<Sha256> {
+        self.worker.take()?.join().ok().flatten()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_is_hashed_and_a_short_file_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3_000_123u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        let got = hash_prefix(&file, 2_500_000).unwrap().finalize();
+        assert_eq!(got, Sha256::digest(&data[..2_500_000]));
+        assert_eq!(hex(&got[..2]), format!("{:02x}{:02x}", got[0], got[1]));
+        assert!(hash_prefix(&file, data.len() as u64 + 1).is_err());
+    }
+
+    #[test]
+    fn the_follower_hashes_a_finished_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let total = data.len() as u64;
+        let table = Arc::new(SegmentTable::from_checkpoint(&[[0, total, total]]));
+        let f = Follower::start(table, File::open(&path).unwrap(), total).unwrap();
+        assert_eq!(f.finish().unwrap().finalize(), Sha256::digest(&data));
+    }
+}

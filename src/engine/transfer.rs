@@ -1,0 +1,409 @@
+//! The `.part` file of one download and everything known about it: how many bytes are
+//! on disk, the size and validators they were fetched under, the running digest, the
+//! Hub link, and the segment table while parallel connections fill it. Its fields are
+//! this module's alone; the single connection, the segments and the end of a run go
+//! through the methods here (and in [`disk`], how bytes and checkpoints reach the disk).
+
+mod disk;
+
+pub(super) use disk::CHECKPOINT_EVERY;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+
+use super::hashing::{hash_prefix, hex};
+use super::hashpipe::HashPipe;
+use super::retry::LinkBudget;
+use super::segment_table::SegmentTable;
+use super::validators::Validators;
+use super::{block, direct, EngineError, Job, RunCtx};
+use crate::files;
+use crate::hub::Resolved;
+use crate::model::DownloadId;
+use crate::store::{Checkpoint, Store};
+
+/// The `.part` file and what is known about it.
+pub(super) struct Transfer {
+    file: File,
+    /// Bytes on disk (written, contiguous from 0).
+    written: u64,
+    /// Received but not yet written.
+    block: block::WriteBlock,
+    /// Large single-connection transfers: the `O_DIRECT` writer, used instead of `block`.
+    direct: Option<direct::DirectWriter>,
+    total: Option<u64>,
+    validators: Validators,
+    /// Digest of bytes `[0, written + block.len())`, when a digest is expected.
+    hasher: Option<HashPipe>,
+    /// Counts restarts, so "progress" also covers starting over after a change.
+    generation: u64,
+    last_checkpoint: Instant,
+    pending_checkpoint: Option<JoinHandle<Result<(), EngineError>>>,
+    store: Store,
+    id: DownloadId,
+    /// The digest to verify: given by the user, or learned from the Hub.
+    expected_sha256: Option<String>,
+    /// Hub downloads: the pinned commit and the current (CDN) link.
+    commit: Option<String>,
+    link: Option<url::Url>,
+    /// Fresh links asked for in a row without a byte in between.
+    links: LinkBudget,
+    /// Set while the file is fetched on parallel connections.
+    segments: Option<Arc<SegmentTable>>,
+    /// Where the next early-writeback range starts.
+    writeback_from: u64,
+    /// The digest of the whole file, when it was taken during the transfer.
+    digest_ready: Option<Sha256>,
+    /// Parallel connections failed once (a server that ignores some ranges): this run
+    /// stays on one connection.
+    one_connection: bool,
+}
+
+/// What [`open_part`] found on disk.
+struct Opened {
+    file: File,
+    offset: u64,
+    hasher: Option<Sha256>,
+    segmented: bool,
+}
+
+impl Transfer {
+    /// Opens the `.part` and puts it back at its last checkpoint: bytes past the
+    /// checkpoint may not have reached the disk, so they are not trusted.
+    pub(super) async fn open(store: &Store, job: &Job) -> Result<Transfer, EngineError> {
+        let part = files::part_path(&job.final_path);
+        let checkpoint = store.checkpoint(&job.id)?.unwrap_or_default();
+        let want_hash = job.sha256.is_some();
+        let good = checkpoint.offset;
+        let segments_end = checkpoint.segments.iter().map(|t| t[2]).max();
+        let (for_store, id) = (store.clone(), job.id.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            open_part(&part, &for_store, &id, good, segments_end, want_hash)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))??;
+        let Opened {
+            file,
+            offset,
+            hasher,
+            segmented,
+        } = opened;
+        let hasher = hasher.map(HashPipe::start).transpose()?;
+        let checkpoint = if !segmented && !checkpoint.segments.is_empty() {
+            Checkpoint::default()
+        } else {
+            checkpoint
+        };
+        tracing::debug!(download_id = %job.id, offset, segmented, "transfer opened at its checkpoint");
+        Ok(Transfer {
+            file,
+            written: offset,
+            block: block::WriteBlock::default(),
+            direct: None,
+            total: checkpoint.total,
+            validators: Validators {
+                etag: checkpoint.etag,
+                last_modified: checkpoint.last_modified,
+            },
+            hasher,
+            generation: 0,
+            last_checkpoint: Instant::now(),
+            pending_checkpoint: None,
+            store: store.clone(),
+            id: job.id.clone(),
+            expected_sha256: job.sha256.clone(),
+            commit: job.hub.as_ref().and_then(|h| h.commit.clone()),
+            link: None,
+            links: LinkBudget::default(),
+            writeback_from: offset,
+            digest_ready: None,
+            one_connection: false,
+            segments: segmented
+                .then(|| Arc::new(SegmentTable::from_checkpoint(&checkpoint.segments))),
+        })
+    }
+
+    /// Bytes on disk, contiguous from 0 (one connection).
+    pub(super) fn offset(&self) -> u64 {
+        self.written
+    }
+
+    /// Bytes we have, on one connection or many.
+    pub(super) fn done_bytes(&self) -> u64 {
+        match &self.segments {
+            Some(table) => table.done(),
+            None => self.received(),
+        }
+    }
+
+    /// Bytes received on one connection, on disk or still in a buffer.
+    pub(super) fn received(&self) -> u64 {
+        let pending = match &self.direct {
+            Some(direct) => direct.unflushed(),
+            None => self.block.len() as u64,
+        };
+        self.written + pending
+    }
+
+    /// Changes whenever bytes arrive or the transfer starts over: an attempt that did
+    /// not change it delivered nothing.
+    pub(super) fn progress_mark(&self) -> (u64, u64) {
+        (self.generation, self.received())
+    }
+
+    pub(super) fn total(&self) -> Option<u64> {
+        self.total
+    }
+
+    /// The size became known at the end of a body that announced none.
+    pub(super) fn set_total(&mut self, total: Option<u64>) {
+        self.total = total;
+    }
+
+    pub(super) fn validators(&self) -> &Validators {
+        &self.validators
+    }
+
+    /// A response was taken: its size and validators are what is known now.
+    pub(super) fn accept(&mut self, total: Option<u64>, validators: Validators) {
+        self.total = total;
+        self.validators = validators;
+    }
+
+    /// The digest to verify, lower-case hex.
+    pub(super) fn expected_sha256(&self) -> Option<&str> {
+        self.expected_sha256.as_deref()
+    }
+
+    /// The `.part`, for the fsync and the identity checks at the end.
+    pub(super) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The Hub commit this download is pinned to.
+    pub(super) fn commit(&self) -> Option<&str> {
+        self.commit.as_deref()
+    }
+
+    /// The current CDN link of a Hub file; `None` until resolved, or after it was refused.
+    pub(super) fn link(&self) -> Option<&url::Url> {
+        self.link.as_ref()
+    }
+
+    /// Keeps a link that parallel connections refreshed, for the next attempt.
+    pub(super) fn keep_link(&mut self, link: url::Url) {
+        self.link = Some(link);
+    }
+
+    /// Takes in what the Hub resolved: the link, and the commit and digest when they
+    /// were not known yet (then true: worth telling).
+    pub(super) fn adopt(&mut self, resolved: Resolved) -> Result<bool, EngineError> {
+        let newly_pinned = self.commit.is_none() && resolved.commit.is_some();
+        if newly_pinned {
+            self.commit = resolved.commit;
+        }
+        let learned_digest = self.expected_sha256.is_none() && resolved.sha256.is_some();
+        if learned_digest {
+            self.expected_sha256 = resolved.sha256;
+            // From byte 0 the digest can run along; later it is taken by reading back.
+            if self.written == 0 {
+                self.hasher = Some(HashPipe::start(Sha256::new())?);
+            }
+        }
+        self.link = Some(resolved.location);
+        Ok(newly_pinned || learned_digest)
+    }
+
+    /// The presigned link was refused with `status`: the next attempt resolves a fresh
+    /// one, unless too many were refused in a row with no byte in between (then the
+    /// refusal is the error).
+    pub(super) fn link_refused(&mut self, status: u16) -> Result<(), EngineError> {
+        self.link = None;
+        if self.links.refused(self.done_bytes()) {
+            tracing::info!(download_id = %self.id, status, "CDN link refused; resolving again");
+            return Ok(());
+        }
+        Err(EngineError::Status {
+            status,
+            retry_after: None,
+        })
+    }
+
+    /// The segment table, while parallel connections fetch the file.
+    pub(super) fn segments(&self) -> Option<&Arc<SegmentTable>> {
+        self.segments.as_ref()
+    }
+
+    /// Whether this run may still use parallel connections.
+    pub(super) fn may_split(&self) -> bool {
+        !self.one_connection
+    }
+
+    /// Switches to parallel connections over a file of `total` bytes (kept when already
+    /// on them) and gives the `.part` its full length. True when newly switched.
+    pub(super) async fn start_segments(
+        &mut self,
+        total: u64,
+    ) -> Result<(Arc<SegmentTable>, bool), EngineError> {
+        let fresh = self.segments.is_none();
+        if fresh {
+            self.end_direct_writes().await?;
+            self.segments = Some(Arc::new(SegmentTable::whole(self.written, total)));
+            // Bytes arrive out of order: the digest is taken by reading the file back.
+            self.hasher = None;
+        }
+        let table = self
+            .segments
+            .clone()
+            .ok_or_else(|| EngineError::Internal("no segments".into()))?;
+        if self.file.metadata()?.len() < total {
+            self.file.set_len(total)?;
+        }
+        Ok((table, fresh))
+    }
+
+    /// Every segment is written: the file is whole, with `digest` if it was followed.
+    pub(super) fn segments_done(&mut self, total: u64, digest: Option<Sha256>) {
+        self.written = total;
+        self.block.clear();
+        self.digest_ready = digest;
+    }
+
+    /// Parallel connections could not be used (a range ignored or refused, the file
+    /// changed): drops every byte, and the rest of this run uses one connection.
+    pub(super) async fn fall_back(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
+        self.restart(ctx).await?;
+        self.one_connection = true;
+        Ok(())
+    }
+
+    /// Drops every byte and starts from 0 (the server ignored Range, or the file changed).
+    /// The checkpoint says 0 before the file is truncated, so a crash in between never
+    /// pairs an old offset with new bytes.
+    pub(super) async fn restart(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
+        self.wait_checkpoint().await?;
+        // Its writes on their way end first, so none lands after the truncation.
+        self.close_direct().await;
+        self.block.clear();
+        self.written = 0;
+        self.writeback_from = 0;
+        self.total = None;
+        self.validators = Validators::default();
+        self.segments = None;
+        self.digest_ready = None;
+        self.store
+            .put_checkpoint(&self.id, &self.checkpoint_record(ctx))?;
+        self.store.flush().await?;
+        self.file.set_len(0)?;
+        if self.hasher.is_some() {
+            self.hasher = Some(HashPipe::start(Sha256::new())?);
+        }
+        self.generation += 1;
+        ctx.progress.set_done(0);
+        Ok(())
+    }
+
+    /// After the `.part` was deleted (checksum mismatch): nothing is on disk.
+    pub(super) fn reset_after_delete(&mut self) {
+        self.written = 0;
+        self.writeback_from = 0;
+        self.block.clear();
+    }
+
+    /// The digest of the whole file: from the running hash when it covers every byte,
+    /// else by reading the file back on a blocking thread.
+    pub(super) async fn digest(&mut self, part: &Path) -> Result<String, EngineError> {
+        if let Some(h) = self.digest_ready.take() {
+            return Ok(hex(&h.finalize()));
+        }
+        if let Some(pipe) = self.hasher.take() {
+            let digest = tokio::task::spawn_blocking(move || pipe.finish())
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            if let Some(h) = digest {
+                return Ok(hex(&h.finalize()));
+            }
+            // The hashing thread died: read the file back instead.
+        }
+        let part = part.to_path_buf();
+        tokio::task::spawn_blocking(move || -> Result<String, EngineError> {
+            let file = File::open(&part)?;
+            let len = file.metadata()?.len();
+            Ok(hex(&hash_prefix(&file, len)?.finalize()))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?
+    }
+}
+
+/// Opens (or creates) the `.part` at `part` and cuts it back to what its checkpoint
+/// vouches for: `good` bytes on one connection, or the segments of a file of
+/// `segments_end` bytes (blocking). With `want_hash`, the digest of the bytes kept.
+fn open_part(
+    part: &Path,
+    store: &Store,
+    id: &DownloadId,
+    good: u64,
+    segments_end: Option<u64>,
+    want_hash: bool,
+) -> Result<Opened, EngineError> {
+    // O_NOFOLLOW: a `.part` that became a symlink is never written through.
+    let open = |create: bool| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(part)
+    };
+    let (file, existed) = match open(false) {
+        Ok(file) => (file, true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (open(true)?, false),
+        Err(e) => return Err(e.into()),
+    };
+    let len = file.metadata()?.len();
+    // Each segment knows its own good bytes, in a file of full length.
+    if let Some(end) = segments_end {
+        if existed && len >= end {
+            return Ok(Opened {
+                file,
+                offset: 0,
+                hasher: None,
+                segmented: true,
+            });
+        }
+    }
+    let good = if segments_end.is_some() {
+        // The checkpoint speaks of a file that is gone or was taken over (another
+        // download of the same name truncated it): none of its segments can be trusted.
+        // It goes before anything is written.
+        tracing::warn!(download_id = %id, existed, len, "the .part does not match its checkpoint; starting over");
+        store.remove_checkpoint(id)?;
+        store.flush_blocking()?;
+        0
+    } else {
+        good
+    };
+    let offset = good.min(len);
+    if len != offset {
+        file.set_len(offset)?;
+    }
+    let hasher = if want_hash {
+        Some(hash_prefix(&file, offset)?)
+    } else {
+        None
+    };
+    Ok(Opened {
+        file,
+        offset,
+        hasher,
+        segmented: false,
+    })
+}

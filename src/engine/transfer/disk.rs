@@ -1,0 +1,243 @@
+//! How the bytes of one connection and the checkpoints reach the disk: the write
+//! block (or the `O_DIRECT` writer of a large file), early writeback, and checkpoints
+//! taken in the background so that the byte loop never waits on an fsync.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::Transfer;
+use crate::engine::block::WRITE_BLOCK;
+use crate::engine::{direct, EngineError, RunCtx};
+use crate::store::Checkpoint;
+
+/// How often the `.part` is fsynced and its offset recorded: at most this much data
+/// is fetched again after a crash.
+pub(in crate::engine) const CHECKPOINT_EVERY: std::time::Duration =
+    std::time::Duration::from_secs(1);
+/// How much is written before the kernel is asked to start writing it back.
+const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+
+impl Transfer {
+    pub(in crate::engine) async fn append(
+        &mut self,
+        chunk: &bytes::Bytes,
+    ) -> Result<(), EngineError> {
+        if let Some(h) = &self.hasher {
+            h.update(chunk.clone());
+        }
+        if let Some(direct) = &mut self.direct {
+            if let Err(e) = direct.push(chunk).await {
+                return Err(self.end_direct_after(e).await);
+            }
+            return Ok(());
+        }
+        self.block.push(chunk.clone());
+        if self.block.len() >= WRITE_BLOCK {
+            self.flush_block().await?;
+        }
+        Ok(())
+    }
+
+    /// Switches a single-connection transfer with at least `min` bytes left (0: never)
+    /// to `O_DIRECT` writes, where the filesystem takes them; smaller ones are not worth
+    /// the writer's buffers. Called with the write block empty.
+    pub(in crate::engine) fn use_direct_writes(&mut self, part: &Path, min: u64) {
+        let left = self
+            .total
+            .map(|total| total.saturating_sub(self.written))
+            .unwrap_or(0);
+        if min == 0 || left < min || self.direct.is_some() || !self.block.is_empty() {
+            return;
+        }
+        match direct::DirectWriter::open(part, &self.file, self.written) {
+            Ok(Some(writer)) => self.direct = Some(writer),
+            Ok(None) => {
+                tracing::debug!(download_id = %self.id, "no O_DIRECT here; writing through the page cache")
+            }
+            Err(e) => {
+                tracing::debug!(download_id = %self.id, error = %e, "O_DIRECT writer not opened; writing through the page cache")
+            }
+        }
+    }
+
+    /// Ends `O_DIRECT` writing (waiting for the writes on their way) and gives the file
+    /// its exact length: the last direct write was rounded up to the alignment.
+    pub(in crate::engine) async fn end_direct_writes(&mut self) -> Result<(), EngineError> {
+        self.flush_block().await?;
+        if self.close_direct().await {
+            self.file.set_len(self.written)?;
+        }
+        Ok(())
+    }
+
+    /// Lets the direct writer go once its writes on their way are done (none lands
+    /// after this returns); true when there was one.
+    pub(super) async fn close_direct(&mut self) -> bool {
+        match self.direct.take() {
+            Some(direct) => {
+                direct.close().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A direct write failed: what was taken since the last flush may not be on disk,
+    /// so the writer goes (once its writes on their way are done) and `written` stays at
+    /// that flush. The error ends the run (disk errors are not retried within a run), and
+    /// the next run starts from the checkpoint, hashing the file again up to there.
+    async fn end_direct_after(&mut self, e: std::io::Error) -> EngineError {
+        self.close_direct().await;
+        e.into()
+    }
+
+    pub(in crate::engine) async fn flush_block(&mut self) -> Result<(), EngineError> {
+        if let Some(direct) = &mut self.direct {
+            match direct.flush().await {
+                Ok(end) => self.written = end,
+                Err(e) => return Err(self.end_direct_after(e).await),
+            }
+            return Ok(());
+        }
+        if !self.block.is_empty() {
+            let n = self.block.len();
+            self.block.write_at(&self.file, self.written, n)?;
+            self.written += n as u64;
+            self.start_writeback();
+        }
+        Ok(())
+    }
+
+    /// Every [`WRITEBACK_EVERY`] bytes, asks the kernel to start writing them out
+    /// (without waiting): the disk works while the network does, so the fsyncs of the
+    /// checkpoints and of the end find little left to do, and dirty pages never pile up
+    /// enough to throttle the byte loop.
+    fn start_writeback(&mut self) {
+        if self.written < self.writeback_from + WRITEBACK_EVERY {
+            return;
+        }
+        use std::os::unix::io::AsRawFd;
+        let len = self.written - self.writeback_from;
+        // SAFETY: a valid fd and a range inside the file; failure only loses the hint.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                self.writeback_from as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.writeback_from = self.written;
+    }
+
+    pub(in crate::engine) fn checkpoint_record(&self, ctx: &RunCtx) -> Checkpoint {
+        Checkpoint {
+            offset: self.written,
+            total: self.total,
+            etag: self.validators.etag.clone(),
+            last_modified: self.validators.last_modified.clone(),
+            elapsed_secs: ctx.progress.elapsed_secs(),
+            segments: self
+                .segments
+                .as_ref()
+                .map(|t| t.snapshot())
+                .unwrap_or_default(),
+            renaming: None,
+        }
+    }
+
+    /// The job that makes a checkpoint true: fsync the `.part`, then record `record`
+    /// (whose positions were read before the fsync) and flush sled.
+    fn persist(
+        &self,
+        record: Checkpoint,
+    ) -> Result<impl FnOnce() -> Result<(), EngineError> + Send + 'static, EngineError> {
+        let file = self.file.try_clone()?;
+        let store = self.store.clone();
+        let id = self.id.clone();
+        Ok(move || {
+            file.sync_data()?;
+            store.put_checkpoint(&id, &record)?;
+            store.flush_blocking()?;
+            Ok(())
+        })
+    }
+
+    /// Starts a checkpoint in the background, so that the byte loop keeps reading while
+    /// the disk catches up; skipped while the previous one still runs.
+    fn start_checkpoint(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
+        if self
+            .pending_checkpoint
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+        {
+            return Ok(());
+        }
+        if let Some(done) = self.pending_checkpoint.take() {
+            // It has finished: surface a failure of it now.
+            match futures_util::FutureExt::now_or_never(done) {
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(join)) => return Err(EngineError::Internal(join.to_string())),
+                _ => {}
+            }
+        }
+        let job = self.persist(self.checkpoint_record(ctx))?;
+        self.pending_checkpoint = Some(tokio::task::spawn_blocking(job));
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// The periodic checkpoint of a segmented run (the connections write themselves).
+    pub(in crate::engine) fn segment_checkpoint(
+        &mut self,
+        ctx: &RunCtx,
+    ) -> Result<(), EngineError> {
+        self.start_checkpoint(ctx)
+    }
+
+    /// Every [`CHECKPOINT_EVERY`] on one connection: the write block first, then a
+    /// background checkpoint of the offset.
+    pub(in crate::engine) async fn maybe_checkpoint(
+        &mut self,
+        ctx: &RunCtx,
+    ) -> Result<(), EngineError> {
+        if self.last_checkpoint.elapsed() < CHECKPOINT_EVERY {
+            return Ok(());
+        }
+        if self
+            .pending_checkpoint
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+        {
+            // The disk is still busy with the last one: flushing now (at every chunk
+            // until it is done) would only add to its work.
+            return Ok(());
+        }
+        self.flush_block().await?;
+        self.start_checkpoint(ctx)
+    }
+
+    pub(in crate::engine) async fn wait_checkpoint(&mut self) -> Result<(), EngineError> {
+        if let Some(handle) = self.pending_checkpoint.take() {
+            handle
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))??;
+        }
+        Ok(())
+    }
+
+    /// Writes, fsyncs and records everything received so far, and waits for it.
+    pub(in crate::engine) async fn checkpoint_now(
+        &mut self,
+        ctx: &RunCtx,
+    ) -> Result<(), EngineError> {
+        self.wait_checkpoint().await?;
+        self.flush_block().await?;
+        let job = self.persist(self.checkpoint_record(ctx))?;
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}

@@ -1,0 +1,248 @@
+//! What every part that talks HTTP reads the same way: a reqwest error as one line of
+//! text, and how long a server asks us to stay away (`Retry-After`, or the IETF
+//! `RateLimit` fields when it names no explicit wait).
+//!
+//! Both the transfer engine and the Hub client use it, so neither imports the other
+//! for these, and a server's wait is honoured the same way on every path.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{self, HeaderMap};
+
+/// Flattens a reqwest error with its sources: "error sending request" alone says nothing.
+pub fn describe(error: &reqwest::Error) -> String {
+    let mut msg = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// How long the server asks us to wait before coming back: `Retry-After` when it is
+/// there (it is the explicit answer), else the reset of an exhausted `RateLimit` quota.
+pub fn retry_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, now))
+        .or_else(|| rate_limit_wait(headers))
+}
+
+/// `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The wait until an exhausted quota resets, from the fields of
+/// draft-ietf-httpapi-ratelimit-headers in any of the forms servers send:
+///
+/// - `RateLimit: "default";r=0;t=30` (drafts 08 and later): the longest `t` among the
+///   quotas with nothing remaining (`r=0`); a quota without `t` waits out its window, the
+///   `w` of the policy of that name in `RateLimit-Policy: "default";q=100;w=60`.
+/// - `RateLimit: limit=100, remaining=0, reset=30` (draft 07).
+/// - `RateLimit-Reset: 30` with `RateLimit-Remaining: 0` (drafts 06 and earlier).
+///
+/// A quota that is not exhausted is no reason to wait, whatever its reset. An older
+/// form without any `remaining` is taken at its word: the server sent it with a refusal.
+pub fn rate_limit_wait(headers: &HeaderMap) -> Option<Duration> {
+    let text = |name: &str| {
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
+    let secs = match text("ratelimit") {
+        Some(v) if v.contains('=') && !v.contains(';') => draft07_wait(&v),
+        Some(v) => structured_wait(&v, text("ratelimit-policy").as_deref()),
+        None => {
+            let reset = text("ratelimit-reset")?;
+            let remaining = text("ratelimit-remaining");
+            match remaining.as_deref().map(first_number) {
+                Some(Some(r)) if r > 0 => None,
+                _ => first_number(&reset),
+            }
+        }
+    }?;
+    Some(Duration::from_secs(secs))
+}
+
+/// `limit=100, remaining=0, reset=30`: the reset, unless quota remains.
+fn draft07_wait(value: &str) -> Option<u64> {
+    let param = |key: &str| {
+        value.split(',').find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            (k.trim().eq_ignore_ascii_case(key)).then(|| v.trim().parse::<u64>().ok())?
+        })
+    };
+    match param("remaining") {
+        Some(r) if r > 0 => None,
+        _ => param("reset"),
+    }
+}
+
+/// `"a";r=0;t=30, "b";r=5;t=9` with the policies beside it: see [`rate_limit_wait`].
+fn structured_wait(value: &str, policy: Option<&str>) -> Option<u64> {
+    // A policy is named by any of its bare members: the Hub writes
+    // `"fixed window";"api";q=500;w=300` for the quota `"api"`.
+    let window = |name: &str| {
+        policy?
+            .split(',')
+            .map(parse_item)
+            .find(|(names, _)| names.contains(&name))
+            .and_then(|(_, params)| param(&params, "w"))
+    };
+    value
+        .split(',')
+        .map(parse_item)
+        .filter(|(_, params)| param(params, "r") == Some(0))
+        .filter_map(|(names, params)| {
+            param(&params, "t").or_else(|| names.first().and_then(|n| window(n)))
+        })
+        .max()
+}
+
+/// One member of a structured-field list: its bare members (the name first; quotes and
+/// surrounding whitespace gone) and its `key=value` parameters.
+fn parse_item(item: &str) -> (Vec<&str>, Vec<(&str, &str)>) {
+    let (mut names, mut params) = (Vec::new(), Vec::new());
+    for part in item.split(';') {
+        match part.split_once('=') {
+            Some((k, v)) => params.push((k.trim(), v.trim())),
+            None => names.push(part.trim().trim_matches('"')),
+        }
+    }
+    (names, params)
+}
+
+fn param(params: &[(&str, &str)], key: &str) -> Option<u64> {
+    params
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// The first integer of a list (`30` of `30, 60`): a server with several quotas lists
+/// the one closest to its limit first.
+fn first_number(value: &str) -> Option<u64> {
+    value.split([',', ';']).next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: Fields) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(7)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(7));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    /// Header fields of one case of a table.
+    type Fields = &'static [(&'static str, &'static str)];
+
+    #[test]
+    fn rate_limit_forms() {
+        let secs = |s| Some(Duration::from_secs(s));
+        let cases: &[(Fields, Option<Duration>)] = &[
+            (&[("ratelimit", "\"default\";r=0;t=30")], secs(30)),
+            (&[("ratelimit", "\"api\";r=0;t=1")], secs(1)),
+            (&[("ratelimit", "\"default\";r=5;t=30")], None),
+            (
+                &[("ratelimit", "\"burst\";r=0;t=5, \"day\";r=0;t=900")],
+                secs(900),
+            ),
+            (
+                &[("ratelimit", "\"burst\";r=3;t=5, \"day\";r=0;t=900")],
+                secs(900),
+            ),
+            (
+                &[
+                    ("ratelimit", "\"default\";r=0"),
+                    (
+                        "ratelimit-policy",
+                        "\"other\";q=1;w=5, \"default\";q=100;w=60",
+                    ),
+                ],
+                secs(60),
+            ),
+            (
+                &[
+                    ("ratelimit", "\"api\";r=0"),
+                    ("ratelimit-policy", "\"fixed window\";\"api\";q=500;w=300"),
+                ],
+                secs(300),
+            ),
+            (&[("ratelimit", "\"default\";r=0")], None),
+            (
+                &[("ratelimit", "limit=100, remaining=0, reset=30")],
+                secs(30),
+            ),
+            (&[("ratelimit", "limit=100, remaining=9, reset=30")], None),
+            (&[("ratelimit-reset", "30")], secs(30)),
+            (
+                &[("ratelimit-reset", "30"), ("ratelimit-remaining", "0")],
+                secs(30),
+            ),
+            (
+                &[("ratelimit-reset", "30"), ("ratelimit-remaining", "4")],
+                None,
+            ),
+            (&[("ratelimit-reset", "soon")], None),
+            (&[("ratelimit-policy", "\"default\";q=100;w=60")], None),
+            (&[], None),
+        ];
+        for (pairs, want) in cases {
+            assert_eq!(rate_limit_wait(&headers(pairs)), *want, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_wins_over_rate_limit() {
+        let now = SystemTime::UNIX_EPOCH;
+        let h = headers(&[("retry-after", "3"), ("ratelimit", "\"d\";r=0;t=30")]);
+        assert_eq!(retry_wait(&h, now), Some(Duration::from_secs(3)));
+        let h = headers(&[("retry-after", "later"), ("ratelimit", "\"d\";r=0;t=30")]);
+        assert_eq!(retry_wait(&h, now), Some(Duration::from_secs(30)));
+        assert_eq!(retry_wait(&HeaderMap::new(), now), None);
+    }
+
+    /// Random header values: no panic.
+    #[test]
+    fn never_panics() {
+        let mut rng = fastrand::Rng::with_seed(0x7a7e);
+        for _ in 0..5_000 {
+            let noise: String = (0..rng.usize(0..32)).map(|_| rng.char(' '..='~')).collect();
+            let _ = parse_retry_after(&noise, SystemTime::UNIX_EPOCH);
+            for name in ["ratelimit", "ratelimit-reset", "ratelimit-policy"] {
+                let mut h = HeaderMap::new();
+                if let Ok(v) = noise.parse() {
+                    h.insert(name, v);
+                }
+                let _ = rate_limit_wait(&h);
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@ mod queue_ops;
 mod validate;
 
 use actix_web::{web, HttpResponse};
+use serde::Serialize;
 
 pub use openapi::ApiDoc;
 pub use validate::{validate_sha256, validate_url, UrlPolicy};
@@ -15,6 +16,7 @@ pub use validate::{validate_sha256, validate_url, UrlPolicy};
 use crate::actors::handle::QueueHandle;
 use crate::error::ApiError;
 use crate::hub::HubClient;
+use crate::model::DownloadView;
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -22,6 +24,12 @@ pub const MAX_BODY: usize = 1024 * 1024;
 type Queue = web::Data<QueueHandle>;
 type Hub = web::Data<HubClient>;
 type Policy = web::Data<UrlPolicy>;
+
+/// `{"downloads": [...]}`: the answer of every route that returns several.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct DownloadList {
+    pub(super) downloads: Vec<DownloadView>,
+}
 
 /// Registers every `/api` route.
 pub fn routes(cfg: &mut web::ServiceConfig) {

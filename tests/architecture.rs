@@ -43,9 +43,14 @@ fn module_of(file: &Path) -> Vec<String> {
     parts
 }
 
-/// The code of a file without its test module (`#[cfg(test)]` to the end).
-fn production_code(text: &str) -> &str {
-    text.find("#[cfg(test)]").map_or(text, |i| &text[..i])
+/// The code of a file without its test module (`#[cfg(test)]` to the end) and
+/// without comment lines (a doc link is no import).
+fn production_code(text: &str) -> String {
+    let code = text.find("#[cfg(test)]").map_or(text, |i| &text[..i]);
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Every module path that a piece of code names with `crate::` or `super::`.
@@ -149,7 +154,7 @@ fn dependency_graph() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
     let modules: BTreeSet<Vec<String>> = files.iter().map(|(m, _)| m.clone()).collect();
     let mut graph: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
     for (module, text) in &files {
-        for path in named_paths(production_code(text), module) {
+        for path in named_paths(&production_code(text), module) {
             let Some(target) = resolve(&path, &modules) else {
                 continue;
             };

@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::Write;
-use std::time::Duration;
 
 use common::service::*;
 use common::tmpfs::Tmpfs;

@@ -5,17 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use super::hub::hub_download_new;
 use super::validate::{validate_revision, validate_sha256, UrlPolicy};
-use super::{Hub, Policy, Queue};
+use super::{DownloadList, Hub, Policy, Queue};
 use crate::error::ApiError;
 use crate::files;
 use crate::hub::HubClient;
 use crate::lifecycle::{Action, State};
 use crate::model::{DownloadPatch, DownloadView, NewDownload, Source};
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub(super) struct DownloadList {
-    pub(super) downloads: Vec<DownloadView>,
-}
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -3,9 +3,8 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::downloads::DownloadList;
 use super::validate::validate_revision;
-use super::{Hub, Queue};
+use super::{DownloadList, Hub, Queue};
 use crate::error::ApiError;
 use crate::files;
 use crate::hub::{self, HubClient};

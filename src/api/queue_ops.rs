@@ -3,8 +3,7 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::downloads::DownloadList;
-use super::Queue;
+use super::{DownloadList, Queue};
 use crate::config::{LiveSettings, SettingsPatch};
 use crate::error::ApiError;
 use crate::lifecycle::State;

@@ -1,6 +1,7 @@
 //! The page in real headless Chromium against the real binary: add a URL through the
-//! form, watch it move, pause, resume, survive a service restart without a reload.
-//! `scripts/test.sh` installs Chromium and playwright-core; the driver is page.mjs.
+//! form, watch it move, pause, resume, survive a service restart without a reload
+//! (page.mjs); the Hub tab (hub.mjs); every row's buttons follow its `actions`
+//! (actions.mjs). `scripts/test.sh` installs Chromium and playwright-core.
 
 mod common;
 
@@ -150,5 +151,54 @@ async fn the_hub_tab_finds_a_model_and_queues_a_split_quantization() {
         let file = dir.path().join("downloads").join(repo).join(name);
         assert_eq!(file_sha256(&file), sha256_hex(data), "{name}");
     }
+    service.kill9();
+}
+
+#[tokio::test]
+async fn the_page_buttons_follow_each_downloads_actions() {
+    let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    assert!(
+        std::path::Path::new(driver).join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run scripts/test.sh (it installs Chromium and playwright-core)"
+    );
+    let up = Upstream::start();
+    up.add_file("small.gguf", content(256 * 1024, 5), Behavior::default());
+    // Throttled so that they stay downloading (or waiting) through the whole script.
+    for (i, name) in ["a.gguf", "b.gguf", "c.gguf", "p.gguf", "x.gguf"].iter().enumerate() {
+        up.add_file(
+            name,
+            content(32 * MIB, 10 + i as u64),
+            Behavior {
+                rate_bps: Some(256 * 1024),
+                ..Default::default()
+            },
+        );
+    }
+    // One at a time: the others wait queued behind the running one.
+    let (_dir, _config, _port, mut service) =
+        Proc::start("[downloads]\nmax_concurrent = 1\nconnections_per_download = 1\n").await;
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots");
+    std::fs::create_dir_all(shots).unwrap();
+    let out = Command::new("node")
+        .arg("actions.mjs")
+        .current_dir(driver)
+        .env("MM_BASE", &service.base)
+        .env("MM_SCREENSHOT_DIR", shots)
+        .env("MM_URL_SMALL", up.url("small.gguf"))
+        .env("MM_URL_MISSING", up.url("no-such-file.gguf"))
+        .env("MM_URL_A", up.url("a.gguf"))
+        .env("MM_URL_B", up.url("b.gguf"))
+        .env("MM_URL_C", up.url("c.gguf"))
+        .env("MM_URL_P", up.url("p.gguf"))
+        .env("MM_URL_X", up.url("x.gguf"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node (run scripts/test.sh to install it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("STEP done"),
+        "the actions driver failed: {stdout}"
+    );
     service.kill9();
 }

@@ -44,6 +44,8 @@ fi
 # One closing line over every test binary.
 passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '; [0-9]+ failed' "$log" | awk '{s+=$2} END {print s+0}')
+# A test binary that did not build or run failed too, though it counted no test.
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 echo
 echo "tests: $passed passed, $((failed + fuzz + lint)) failed"
 [ "$status" -eq 0 ] && [ "$fuzz" -eq 0 ] && [ "$lint" -eq 0 ]

@@ -18,6 +18,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub downloads: DownloadsConfig,
     pub hub: HubConfig,
+    pub library: LibraryConfig,
 }
 
 /// `[server]`
@@ -53,6 +54,50 @@ pub struct DownloadsConfig {
     /// A file fetched on one connection with at least this many bytes left is written
     /// with `O_DIRECT`, past the page cache; 0: never.
     pub direct_io_min_bytes: u64,
+}
+
+/// `[library]`: where the models on disk are published for other runtimes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibraryConfig {
+    /// The HuggingFace cache: "" = off; "auto" = `$HF_HUB_CACHE`, else `$HF_HOME/hub`,
+    /// else `~/.cache/huggingface/hub`; or a path.
+    pub hf_cache: String,
+    /// Ollama's models folder: "" = off; "auto" = `$OLLAMA_MODELS`, else `~/.ollama/models`.
+    pub ollama_models: String,
+    /// LM Studio's models folder: "" = off; "auto" = `~/.lmstudio/models`.
+    pub lmstudio_models: String,
+    /// 0 = never check the Hub for newer revisions on its own.
+    pub check_updates_hours: u64,
+}
+
+impl Default for LibraryConfig {
+    fn default() -> Self {
+        Self {
+            hf_cache: String::new(),
+            ollama_models: String::new(),
+            lmstudio_models: String::new(),
+            check_updates_hours: 24,
+        }
+    }
+}
+
+impl LibraryConfig {
+    /// The HuggingFace cache folder, when publishing there is on.
+    pub fn hf_cache_dir(&self) -> Option<PathBuf> {
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        match self.hf_cache.as_str() {
+            "" => None,
+            "auto" => env("HF_HUB_CACHE")
+                .or_else(|| env("HF_HOME").map(|h| h.join("hub")))
+                .or_else(|| env("HOME").map(|h| h.join(".cache/huggingface/hub"))),
+            path => Some(PathBuf::from(path)),
+        }
+    }
 }
 
 /// `[hub]`

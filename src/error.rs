@@ -124,6 +124,21 @@ impl From<QueueError> for ApiError {
     }
 }
 
+impl From<crate::library::LibraryError> for ApiError {
+    fn from(e: crate::library::LibraryError) -> Self {
+        use crate::library::LibraryError as L;
+        let message = e.to_string();
+        match e {
+            L::NotFound(_) => ApiError::NotFound(message),
+            L::Busy { .. } => ApiError::Conflict(message),
+            L::BadPath(..) => ApiError::Unprocessable(message),
+            L::Store(s) => s.into(),
+            L::Queue(q) => q.into(),
+            L::Io(_) | L::Join(_) => ApiError::Internal(message),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "storage failure");

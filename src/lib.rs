@@ -13,6 +13,7 @@ pub mod error;
 pub mod files;
 pub mod http;
 pub mod hub;
+pub mod library;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;
@@ -62,6 +63,8 @@ pub enum StartError {
     Client(String),
     #[error("server: {0}")]
     Server(std::io::Error),
+    #[error("cannot load the library: {0}")]
+    Library(String),
 }
 
 /// Everything that can fail for user reasons, done before any actor starts.
@@ -184,10 +187,18 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     } = prepared;
     let addr = listener.local_addr().map_err(StartError::Server)?;
     let core = start_core(&config, &store, records, &download_dir)?;
+    let library = library::LibraryHandle::start(
+        download_dir.clone(),
+        store.clone(),
+        core.queue.clone(),
+        config.library.hf_cache_dir(),
+    )
+    .map_err(|e| StartError::Library(e.to_string()))?;
     let server = web::serve(
         listener,
         web::Parts {
             queue: core.queue.clone(),
+            library,
             hub: core.hub.clone(),
             metrics: core.metrics.clone(),
             config: &config,

@@ -64,6 +64,8 @@ pub struct Store {
     downloads: sled::Tree,
     checkpoints: sled::Tree,
     meta: sled::Tree,
+    /// What the library knows of each file, by path relative to `download_dir`.
+    library: sled::Tree,
 }
 
 const SETTINGS_KEY: &[u8] = b"settings";
@@ -111,6 +113,7 @@ impl Store {
             downloads: db.open_tree("downloads")?,
             checkpoints: db.open_tree("checkpoints")?,
             meta: db.open_tree("meta")?,
+            library: db.open_tree("library")?,
             db,
         })
     }
@@ -207,6 +210,33 @@ impl Store {
 
     pub fn remove_checkpoint(&self, id: &str) -> Result<(), StoreError> {
         self.checkpoints.remove(id.as_bytes())?;
+        Ok(())
+    }
+
+    /// Every library record (read once at start-up). A record that no longer parses
+    /// (an older format) is skipped: the next scan reads its file again.
+    pub fn library_records<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.library.iter() {
+            let (k, v) = item?;
+            if let (Ok(path), Ok(rec)) = (String::from_utf8(k.to_vec()), serde_json::from_slice(&v))
+            {
+                out.push((path, rec));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_library<T: Serialize>(&self, path: &str, record: &T) -> Result<(), StoreError> {
+        self.library
+            .insert(path.as_bytes(), serde_json::to_vec(record)?)?;
+        Ok(())
+    }
+
+    pub fn remove_library(&self, path: &str) -> Result<(), StoreError> {
+        self.library.remove(path.as_bytes())?;
         Ok(())
     }
 

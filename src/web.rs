@@ -14,6 +14,7 @@ use crate::{api, error, hub, metrics, security};
 /// What the HTTP server serves.
 pub struct Parts<'a> {
     pub queue: QueueHandle,
+    pub library: crate::library::LibraryHandle,
     pub hub: hub::HubClient,
     pub metrics: Arc<metrics::Metrics>,
     pub config: &'a Config,
@@ -30,6 +31,7 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
     };
     let static_dir = static_dir();
     let queue_data = web::Data::new(parts.queue);
+    let library_data = web::Data::new(parts.library);
     let hub_data = web::Data::new(parts.hub);
     let policy_data = web::Data::new(api::UrlPolicy {
         allowed_hosts: config.downloads.allowed_hosts.clone(),
@@ -39,6 +41,7 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(queue_data.clone())
+            .app_data(library_data.clone())
             .app_data(hub_data.clone())
             .app_data(policy_data.clone())
             .app_data(guard_data.clone())

@@ -13,11 +13,12 @@ use crate::actors::queue_error::QueueError;
 use crate::actors::supervisor::commands::{
     Add, All, ClearHistory, Control, Delete, Move, Patch, PatchSettings, Shutdown,
 };
+use crate::actors::supervisor::follow::{FollowCompletions, WriterOf};
 use crate::actors::supervisor::queries::{Get, GetSettings, GetStats, History, List, Subscribe};
 use crate::actors::supervisor::Supervisor;
 use crate::config::{DownloadsConfig, SettingsPatch};
 use crate::lifecycle::{Action, State};
-use crate::model::{DownloadId, DownloadPatch, DownloadView, NewDownload, Stats};
+use crate::model::{Download, DownloadId, DownloadPatch, DownloadView, NewDownload, Stats};
 
 type Result<T> = std::result::Result<T, QueueError>;
 
@@ -160,6 +161,22 @@ impl QueueHandle {
     /// The frames for one websocket client: a snapshot, then every change.
     pub async fn subscribe(&self) -> Result<mpsc::Receiver<Frame>> {
         Ok(self.addr.send(Subscribe).await?)
+    }
+
+    /// Every download that completes from now on, as its record.
+    pub async fn completions(&self) -> Result<tokio::sync::broadcast::Receiver<Download>> {
+        Ok(self.addr.send(FollowCompletions).await?)
+    }
+
+    /// Every completed download, newest first: for the library, which matches files
+    /// to the downloads that fetched them.
+    pub async fn completed(&self) -> Result<Vec<DownloadView>> {
+        self.history(Some(State::Completed), usize::MAX).await
+    }
+
+    /// The live download that writes `path` (relative to `download_dir`), if any.
+    pub async fn writer_of(&self, path: &str) -> Result<Option<DownloadId>> {
+        Ok(self.addr.send(WriterOf(path.to_owned())).await?)
     }
 
     /// Checkpoints every transfer and stops the supervisor (the states are kept).

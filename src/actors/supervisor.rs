@@ -8,6 +8,7 @@
 pub(crate) mod commands;
 mod effects;
 mod events;
+pub(crate) mod follow;
 pub(crate) mod queries;
 
 use std::collections::HashMap;
@@ -60,6 +61,8 @@ pub struct Supervisor {
     cleaning: HashMap<String, DownloadId>,
     /// Removals asked for by the command being handled; `effects` runs them.
     pending_cleanup: Vec<Cleanup>,
+    /// Every download that completes, for whoever follows the files (the library).
+    completed: tokio::sync::broadcast::Sender<Download>,
     shutting_down: bool,
 }
 
@@ -121,6 +124,7 @@ impl Supervisor {
             stopping: HashMap::new(),
             cleaning: HashMap::new(),
             pending_cleanup: Vec::new(),
+            completed: tokio::sync::broadcast::channel(256).0,
             shutting_down: false,
         })
     }

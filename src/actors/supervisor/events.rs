@@ -9,6 +9,7 @@ use crate::actors::broadcaster::Untrack;
 use crate::actors::download::{EngineNote, Finished};
 use crate::engine::{EngineEvent, Outcome};
 use crate::lifecycle::Action;
+use crate::lifecycle::State;
 use crate::model::{rfc3339, Source};
 
 impl Handler<EngineNote> for Supervisor {
@@ -121,6 +122,14 @@ impl Handler<Finished> for Supervisor {
         let completed = matches!(msg.outcome, Outcome::Completed { .. });
         let asked = !natural_end || self.shutting_down;
         self.settle(&msg.id, msg.outcome, asked);
+        if let Some(d) = self
+            .queue
+            .get(&msg.id)
+            .filter(|d| d.state == State::Completed)
+        {
+            // Nobody listening is fine: the library also scans on its own.
+            let _ = self.completed.send(d.clone());
+        }
         if self.shutting_down {
             self.persist(&msg.id);
             if completed {

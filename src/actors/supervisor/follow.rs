@@ -1,0 +1,37 @@
+//! What those who follow the queue's files ask it: the downloads that complete, and
+//! whether a download is writing a path.
+
+use actix::prelude::*;
+
+use super::Supervisor;
+use crate::model::{Download, DownloadId};
+
+/// Follow the downloads that complete (each record once, as it completes).
+#[derive(Message)]
+#[rtype(result = "tokio::sync::broadcast::Receiver<Download>")]
+pub struct FollowCompletions;
+
+impl Handler<FollowCompletions> for Supervisor {
+    type Result = MessageResult<FollowCompletions>;
+    fn handle(&mut self, _: FollowCompletions, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.completed.subscribe())
+    }
+}
+
+/// The live download (or one whose files are being removed) that holds `path`.
+#[derive(Message)]
+#[rtype(result = "Option<DownloadId>")]
+pub struct WriterOf(pub String);
+
+impl Handler<WriterOf> for Supervisor {
+    type Result = Option<DownloadId>;
+    fn handle(&mut self, msg: WriterOf, _: &mut Self::Context) -> Self::Result {
+        if let Some(id) = self.cleaning.get(&msg.0) {
+            return Some(id.clone());
+        }
+        self.queue
+            .with_path(&msg.0)
+            .find(|d| !d.state.is_finished() || self.is_busy(&d.id))
+            .map(|d| d.id.clone())
+    }
+}

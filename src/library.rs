@@ -1,0 +1,258 @@
+//! The model library: every file under `download_dir` (downloaded by us or put there by
+//! hand), with what its GGUF header says, its sha256, and where it is published for
+//! other runtimes (the HuggingFace cache).
+//!
+//! The index lives in memory (the listing never waits for the disk or the queue) and in
+//! sled, keyed by path with the size, mtime and inode it was read at, so a file is read
+//! once. A scan at start-up, one after every completed download and one on
+//! `POST /api/library/rescan` keep it current; hashing of files whose digest nobody
+//! told us runs on a thread of its own, one file at a time, at the lowest priority.
+
+mod hasher;
+pub mod hf_cache;
+mod links;
+mod record;
+mod scan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use crate::actors::handle::QueueHandle;
+use crate::model::Download;
+use crate::store::{Store, StoreError};
+
+pub use record::{LibraryFile, Published, Record};
+
+/// Why a library operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    #[error("{0} is not in the library")]
+    NotFound(String),
+    #[error("{path} is being written by download {by}")]
+    Busy { path: String, by: String },
+    #[error("path {0:?} is refused: {1}")]
+    BadPath(String, String),
+    #[error("disk: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the library task failed: {0}")]
+    Join(String),
+    #[error(transparent)]
+    Queue(#[from] crate::actors::queue_error::QueueError),
+}
+
+/// `GET /api/library`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Listing {
+    pub files: Vec<LibraryFile>,
+    /// The bytes of every file in the library, each counted once per path.
+    pub bytes_total: u64,
+    /// What hard links between identical files saved: each inode's size for every
+    /// path beyond its first.
+    pub bytes_saved_by_links: u64,
+    /// Free space on download_dir's file system.
+    pub bytes_free: Option<u64>,
+}
+
+/// A cheap-to-clone handle on the library.
+#[derive(Clone)]
+pub struct LibraryHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    store: Store,
+    queue: QueueHandle,
+    hf_cache: Option<PathBuf>,
+    index: RwLock<BTreeMap<String, Record>>,
+    /// One scan at a time.
+    scanning: tokio::sync::Mutex<()>,
+    hasher: hasher::Hasher,
+}
+
+impl LibraryHandle {
+    /// Loads the stored index, starts the hashing thread, a first scan and the
+    /// follower of completed downloads. `root` is `download_dir`, canonical.
+    pub fn start(
+        root: PathBuf,
+        store: Store,
+        queue: QueueHandle,
+        hf_cache: Option<PathBuf>,
+    ) -> Result<LibraryHandle, LibraryError> {
+        let root = root.canonicalize()?;
+        let records: BTreeMap<String, Record> = store.library_records()?.into_iter().collect();
+        let handle = LibraryHandle {
+            inner: Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| Inner {
+                root,
+                store,
+                queue,
+                hf_cache,
+                index: RwLock::new(records),
+                scanning: tokio::sync::Mutex::new(()),
+                hasher: hasher::Hasher::start(weak.clone()),
+            }),
+        };
+        let first = handle.clone();
+        actix_web::rt::spawn(async move {
+            if let Err(e) = first.rescan().await {
+                tracing::warn!(error = %e, "the first library scan failed");
+            }
+            first.follow_completions().await;
+        });
+        Ok(handle)
+    }
+
+    /// The whole library, in path order.
+    pub fn list(&self) -> Listing {
+        let index = self.inner.read();
+        let mut bytes_total = 0;
+        let mut by_inode: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
+        let files = index
+            .iter()
+            .map(|(path, r)| {
+                bytes_total += r.size;
+                let e = by_inode.entry((r.dev, r.ino)).or_insert((r.size, 0));
+                e.1 += 1;
+                r.view(path)
+            })
+            .collect();
+        let bytes_saved_by_links = by_inode
+            .values()
+            .map(|(size, n)| size * n.saturating_sub(1))
+            .sum();
+        Listing {
+            files,
+            bytes_total,
+            bytes_saved_by_links,
+            bytes_free: crate::files::free_space(&self.inner.root).ok(),
+        }
+    }
+
+    /// One file of the library.
+    pub fn get(&self, path: &str) -> Option<LibraryFile> {
+        self.inner.read().get(path).map(|r| r.view(path))
+    }
+
+    /// Walks `download_dir` and brings the index up to date; how many files it holds.
+    pub async fn rescan(&self) -> Result<usize, LibraryError> {
+        let _one = self.inner.scanning.lock().await;
+        let downloads = self.inner.queue.completed().await?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || scan::scan(&inner, &downloads))
+            .await
+            .map_err(|e| LibraryError::Join(e.to_string()))?
+    }
+
+    /// Removes a file of the library and every link the service made to it.
+    pub async fn delete(&self, path: &str) -> Result<(), LibraryError> {
+        crate::files::validate_relative_path(path)
+            .map_err(|e| LibraryError::BadPath(path.to_owned(), e.to_string()))?;
+        if !self.inner.read().contains_key(path) {
+            return Err(LibraryError::NotFound(path.to_owned()));
+        }
+        if let Some(by) = self.inner.queue.writer_of(path).await? {
+            return Err(LibraryError::Busy {
+                path: path.to_owned(),
+                by,
+            });
+        }
+        let inner = self.inner.clone();
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || inner.remove_file(&path))
+            .await
+            .map_err(|e| LibraryError::Join(e.to_string()))?
+    }
+
+    /// Each completed download: its file is read (and published) at once.
+    async fn follow_completions(&self) {
+        let Ok(mut completions) = self.inner.queue.completions().await else {
+            return;
+        };
+        loop {
+            match completions.recv().await {
+                Ok(d) => self.completed(d).await,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let _ = self.rescan().await;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn completed(&self, d: Download) {
+        let _one = self.inner.scanning.lock().await;
+        let inner = self.inner.clone();
+        let done = tokio::task::spawn_blocking(move || scan::scan_one(&inner, &d)).await;
+        if let Ok(Err(e)) | Err(e) = done.map_err(|e| LibraryError::Join(e.to_string())) {
+            tracing::warn!(error = %e, "cannot add a completed download to the library");
+        }
+    }
+}
+
+impl Inner {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Record>> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Record>> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn full_path(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+
+    /// Stores and indexes a record.
+    fn put(&self, path: &str, record: Record) -> Result<(), StoreError> {
+        self.store.put_library(path, &record)?;
+        self.write().insert(path.to_owned(), record);
+        Ok(())
+    }
+
+    fn forget(&self, path: &str) -> Result<(), StoreError> {
+        self.store.remove_library(path)?;
+        self.write().remove(path);
+        Ok(())
+    }
+
+    /// Blocking: the file, its HF cache entries, its record.
+    fn remove_file(&self, path: &str) -> Result<(), LibraryError> {
+        let record = self.read().get(path).cloned();
+        let Some(record) = record else {
+            return Err(LibraryError::NotFound(path.to_owned()));
+        };
+        let file = crate::files::resolve_inside(&self.root, path)?;
+        if let (Some(cache), Some(published)) = (&self.hf_cache, &record.published.hf_cache) {
+            hf_cache::unpublish(cache, published, &file);
+        }
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.forget(path)?;
+        tracing::info!(%path, "library file deleted");
+        Ok(())
+    }
+
+    /// Files of this sha256 (other than `path`), for linking identical ones.
+    fn same_digest(&self, path: &str, sha256: &str) -> Vec<(String, Record)> {
+        self.read()
+            .iter()
+            .filter(|(p, r)| p.as_str() != path && r.sha256.as_deref() == Some(sha256))
+            .map(|(p, r)| (p.clone(), r.clone()))
+            .collect()
+    }
+}
+
+/// `path` relative to `root` with `/` separators, when it is inside.
+fn relative(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let parts: Vec<&str> = rel.iter().map(|p| p.to_str()).collect::<Option<_>>()?;
+    Some(parts.join("/"))
+}

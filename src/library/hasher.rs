@@ -1,0 +1,111 @@
+//! The sha256 of files whose digest nobody told us (put there by hand), computed on a
+//! thread of its own at the lowest CPU priority, one file at a time.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex, Weak};
+
+use sha2::{Digest, Sha256};
+
+use super::{links, scan, Inner};
+
+/// The queue of paths to hash.
+pub(super) struct Hasher {
+    tx: Mutex<Sender<String>>,
+    /// Queued and not yet done: a path is queued once.
+    pending: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Hasher {
+    pub(super) fn start(library: Weak<Inner>) -> Hasher {
+        let (tx, rx) = channel::<String>();
+        let pending: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let mine = pending.clone();
+        let spawned = std::thread::Builder::new()
+            .name("library-hasher".into())
+            .spawn(move || {
+                lower_priority();
+                for path in rx {
+                    let Some(inner) = library.upgrade() else {
+                        return;
+                    };
+                    hash_one(&inner, &path);
+                    lock(&mine).remove(&path);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the library hasher");
+        }
+        Hasher {
+            tx: Mutex::new(tx),
+            pending,
+        }
+    }
+
+    /// Hashes `path` soon (once, however often it is asked).
+    pub(super) fn enqueue(&self, path: &str) {
+        if lock(&self.pending).insert(path.to_owned()) {
+            let _ = lock(&self.tx).send(path.to_owned());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Nice 19 for this thread alone (Linux applies a nice value per thread).
+fn lower_priority() {
+    // SAFETY: plain syscalls on this thread's own id; no memory is shared.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}
+
+fn hash_one(inner: &Inner, path: &str) {
+    let full = inner.full_path(path);
+    let Some(before) = inner.read().get(path).cloned() else {
+        return;
+    };
+    if before.sha256.is_some() {
+        return;
+    }
+    let digest = match digest_of(&full) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(%path, error = %e, "cannot hash a library file");
+            return;
+        }
+    };
+    // The file must still be the one that was read: else the next scan starts over.
+    let Ok(meta) = std::fs::symlink_metadata(&full) else {
+        return;
+    };
+    let mut record = before;
+    if !record.matches(&meta) {
+        return;
+    }
+    record.sha256 = Some(digest);
+    links::dedupe(inner, path, &mut record);
+    scan::publish(inner, path, &mut record);
+    if let Err(e) = inner.put(path, record) {
+        tracing::warn!(%path, error = %e, "cannot store a library digest");
+    }
+}
+
+/// The sha256 of a whole file, lower-case hex.
+pub(super) fn digest_of(path: &std::path::Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(crate::engine::hex(&hasher.finalize()))
+}

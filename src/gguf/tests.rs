@@ -51,7 +51,7 @@ impl W {
     }
     /// Pads to 32 and appends `n` bytes of tensor data.
     fn data(&mut self, n: usize) -> &mut Self {
-        while self.0.len() % 32 != 0 {
+        while !self.0.len().is_multiple_of(32) {
             self.0.push(0);
         }
         self.0.resize(self.0.len() + n, 0x5a);
@@ -375,7 +375,7 @@ fn split_keys_as_gguf_split_writes_them() {
 fn a_custom_alignment_places_the_data() {
     let mut w = W::header(3, 1, 1);
     w.kv_u32("general.alignment", 64).tensor("t", &[4], F32, 0);
-    while w.0.len() % 64 != 0 {
+    while !w.0.len().is_multiple_of(64) {
         w.0.push(0);
     }
     w.raw(&[0; 16]);

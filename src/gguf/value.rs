@@ -145,7 +145,7 @@ pub(super) fn integer<R: Read + Seek>(
         ValueType::U8 => return Ok(u64::from(cur.u8(what)?)),
         ValueType::U16 => return Ok(u64::from(cur.u16(what)?)),
         ValueType::U32 => return Ok(u64::from(cur.u32(what)?)),
-        ValueType::U64 => return Ok(cur.u64(what)?),
+        ValueType::U64 => return cur.u64(what),
         ValueType::I8 => i64::from(cur.u8(what)? as i8),
         ValueType::I16 => i64::from(cur.u16(what)? as i16),
         ValueType::I32 => i64::from(cur.u32(what)? as i32),

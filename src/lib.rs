@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod files;
+pub mod gguf;
 pub mod http;
 pub mod hub;
 pub mod library;

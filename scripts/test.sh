@@ -17,7 +17,12 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "installing playwright-core (npm) for the browser tests"
   (cd tests/browser && npm install --no-audit --no-fund --silent)
 fi
-python3 -c 'import gguf' >/dev/null 2>&1 || { echo "installing gguf (PyPI) for the GGUF tests"; python3 -m pip install --quiet gguf; }
+# The real clients our compatibility claims are tested with (PyPI): llama.cpp's gguf
+# package (writes and reads test GGUF files), huggingface_hub (reads the HF cache).
+python3 -c 'import gguf, huggingface_hub' >/dev/null 2>&1 || {
+  echo "installing gguf and huggingface_hub (PyPI) for the library tests"
+  python3 -m pip install --quiet --disable-pip-version-check gguf huggingface_hub
+}
 
 # No function of src/ over 80 lines (clippy.toml; test code may opt out). Only on a
 # full run: a developer running one test does not wait for it.

@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import shutil
+import struct
 import signal
 import socket
 import statistics
@@ -53,6 +54,8 @@ CAP_BPS = 20 * MiB            # the same cap for scripts/capproxy.py
 STRICT_CASE = "256 MiB, strict 20 MiB/s per TCP conn, 4 conns"
 SPEED_LIMIT = 10 * MiB        # the global cap of the speed-limit case
 QUEUE_SIZE = 10_000
+LIBRARY_SIZE = 10_000
+LIBRARY_REQUESTS = 100
 LIST_REQUESTS = 200
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -736,6 +739,59 @@ class Bench:
         shutil.rmtree(base, ignore_errors=True)
         sync_and_settle()
 
+    # -- the library: 10,000 files on disk ---------------------------------
+    def case_library(self, reps):
+        """Start-up with 10,000 files in download_dir (each a small GGUF of its own
+        bytes): /healthz must answer while the first scan runs, and GET /api/library
+        must stay fast once it is done."""
+        case = f"{LIBRARY_SIZE:,} library files"
+        base = self.rundir()
+        dl = os.path.join(base, "dl")
+        t0 = time.monotonic()
+        make_library_files(dl, LIBRARY_SIZE)
+        log(f"{case}: wrote {LIBRARY_SIZE} files in {time.monotonic() - t0:.1f} s")
+        row = self.row(case, "model-manager", None)
+        for rep in range(reps):
+            # A fresh database each run: the first scan reads every header again.
+            svc = Service(self.binary, base, {}, data_dir=os.path.join(base, f"data{rep}"))
+            m = {"error": None}
+            try:
+                m["wall"] = svc.start()
+                scan0 = time.monotonic()
+                s, body = svc.raw("POST", "/api/library/rescan", {})
+                if s != 200:
+                    raise BenchError(f"POST /api/library/rescan: {s} {body[:200]!r}")
+                m["scan_secs"] = time.monotonic() - scan0
+                s, body = svc.raw("GET", "/api/library")
+                listed = len(json.loads(body)["files"])
+                if listed != LIBRARY_SIZE:
+                    raise BenchError(f"{listed} files listed, not {LIBRARY_SIZE}")
+                m["body_kib"] = len(body) / 1024
+                lat = []
+                for _ in range(LIBRARY_REQUESTS):
+                    t = time.monotonic()
+                    s, body = svc.raw("GET", "/api/library")
+                    lat.append(time.monotonic() - t)
+                    if s != 200:
+                        raise BenchError(f"GET /api/library: {s}")
+                lat.sort()
+                m["p50_ms"] = lat[len(lat) // 2] * 1000
+                m["p99_ms"] = lat[math.ceil(0.99 * len(lat)) - 1] * 1000
+                m["rss_mib"] = svc.status_kib("VmHWM") / 1024
+            except BenchError as e:
+                m.update(error=str(e), wall=m.get("wall"))
+            finally:
+                svc.stop()
+            m["ok"] = not m["error"]
+            row["runs"].append(m)
+            log(f"{case} | run {rep + 1}/{reps}: /healthz after {m.get('wall') or 0:.3f} s, "
+                f"first scan done {m.get('scan_secs') or 0:.2f} s later, GET /api/library "
+                f"p50 {m.get('p50_ms', 0):.1f} ms p99 {m.get('p99_ms', 0):.1f} ms "
+                f"({m.get('body_kib', 0):.0f} KiB), VmHWM {m.get('rss_mib') or 0:.1f} MiB"
+                + ("" if m["ok"] else f"  FAILED: {m['error']}"))
+        shutil.rmtree(base, ignore_errors=True)
+        sync_and_settle()
+
     # -- global speed limit ------------------------------------------------
     def case_speed(self, reps):
         case = "10 MiB/s global limit, 3 downloads"
@@ -795,6 +851,31 @@ class Bench:
 # report
 
 
+def gguf_header(name, salt):
+    """A small GGUF v3 file (no tensors) with a llama header, and `salt` after it so
+    that every file has bytes of its own (identical ones would be linked)."""
+    def string(v):
+        b = v.encode()
+        return struct.pack("<Q", len(b)) + b
+
+    kv = [("general.architecture", 8, string("llama")), ("general.name", 8, string(name)),
+          ("llama.context_length", 4, struct.pack("<I", 4096)),
+          ("llama.block_count", 4, struct.pack("<I", 16)),
+          ("general.file_type", 4, struct.pack("<I", 15))]
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv))
+    for key, kind, value in kv:
+        out += string(key) + struct.pack("<I", kind) + value
+    return out + salt
+
+
+def make_library_files(root, n):
+    for i in range(n):
+        d = os.path.join(root, f"owner{i % 50}", f"repo{i % 500}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"model{i:05d}-Q4_K_M.gguf"), "wb") as f:
+            f.write(gguf_header(f"Model {i}", os.urandom(32)))
+
+
 def med(runs, key):
     v = [r[key] for r in runs if r.get("ok") and r.get(key) is not None]
     return statistics.median(v) if v else None
@@ -839,6 +920,12 @@ def report(bench, machine):
                 notes.append(f"{fmt(kib_per)} KiB per queued download over the same service "
                              f"with an empty queue ({fmt(empty_rss, 1)} MiB)")
             r.update(p50=p50, p99=p99, returned=ret[0] if ret else None, kib_per=kib_per)
+        if r["case"].endswith("library files"):
+            p50, p99 = med(runs, "p50_ms"), med(runs, "p99_ms")
+            notes.insert(0, f"wall = start-up to /healthz (the scan runs); first scan "
+                            f"{fmt(med(runs, 'scan_secs'))} s; GET /api/library p50 {fmt(p50)} ms, "
+                            f"p99 {fmt(p99)} ms ({okruns[0]['body_kib']:.0f} KiB)" if okruns else "failed")
+            r.update(p50=p50, p99=p99)
         if r["case"].startswith("10 MiB/s"):
             a, b = med(runs, "rate_1_11"), med(runs, "rate_0_10")
             gib = (med(runs, "bytes") or 0) / GiB
@@ -925,6 +1012,15 @@ def acceptance(S):
         line(None if kib is None else kib <= 1.25,
              f"10,000 queued: {fmt(kib)} KiB of peak RSS per queued download "
              f"(target ~1 KiB, counted as met up to 1.25)")
+    lib = get(f"{LIBRARY_SIZE:,} library files", "model-manager")
+    if lib:
+        r = lib["row"]
+        line(lib["ok"] and lib["wall"] is not None and lib["wall"] < 1.0,
+             f"10,000 library files: /healthz answered {fmt(lib['wall'], 3)} s after start, "
+             f"while the first scan ran (target < 1 s)")
+        line(lib["ok"] and r.get("p99") is not None and r["p99"] < 50,
+             f"10,000 library files: `GET /api/library` p99 {fmt(r.get('p99'))} ms, "
+             f"p50 {fmt(r.get('p50'))} ms after the first scan (target p99 < 50 ms)")
     s = get("10 MiB/s global limit, 3 downloads", "model-manager")
     if s:
         r = s["row"]
@@ -999,15 +1095,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one run per case, no curl in the capped case")
     ap.add_argument("--reps", type=int, help="runs per case (default 3; 5 for the 1 GiB case, 2 for the speed-limit case)")
-    ap.add_argument("--cases", default="big,capped,strict,small,queue,speed",
-                    help="comma-separated subset of big,capped,strict,small,queue,speed")
+    ap.add_argument("--cases", default="big,capped,strict,small,queue,library,speed",
+                    help="comma-separated subset of big,capped,strict,small,queue,library,speed")
     ap.add_argument("--binary", default=os.path.join(REPO, "target/release/model-manager"))
     ap.add_argument("--files", default=os.environ.get("MM_BENCH_FILES", "/tmp/mm-bench-files"))
     ap.add_argument("--results", default=os.path.join(REPO, "target/bench"),
                     help="where the markdown and JSON of the run are kept")
     args = ap.parse_args()
     cases = set(args.cases.split(","))
-    unknown = cases - {"big", "capped", "strict", "small", "queue", "speed"}
+    unknown = cases - {"big", "capped", "strict", "small", "queue", "library", "speed"}
     if unknown:
         ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     if not os.access(args.binary, os.X_OK):
@@ -1045,6 +1141,8 @@ def main():
             b.case_small(reps)
         if "queue" in cases:
             b.case_queue(reps)
+        if "library" in cases:
+            b.case_library(reps)
         if "speed" in cases:
             b.case_speed(reps_slow)
         log(f"all cases in {time.monotonic() - t0:.0f} s")

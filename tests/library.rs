@@ -331,3 +331,101 @@ async fn nothing_outside_download_dir_is_touched_by_the_library() {
     );
     assert_eq!(std::fs::read(dl.join("own.bin")).unwrap(), b"mine");
 }
+
+/// GGUF bytes: magic, version 3, the counts, then `kv` already encoded.
+fn gguf(tensors: u64, kv_count: u64, kv: &[u8]) -> Vec<u8> {
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend(tensors.to_le_bytes());
+    out.extend(kv_count.to_le_bytes());
+    out.extend(kv);
+    out
+}
+
+fn gstr(s: &str) -> Vec<u8> {
+    let mut out = (s.len() as u64).to_le_bytes().to_vec();
+    out.extend(s.as_bytes());
+    out
+}
+
+fn peak_rss_mib(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib / 1024.0
+}
+
+#[actix_web::test]
+async fn hostile_headers_list_with_an_error_and_cost_no_memory() {
+    use common::binary::Proc;
+    let (dir, _config, _port, proc) = Proc::start("").await;
+    let dl = dir.path().join("downloads");
+    let huge = 1u64 << 60;
+    let mut name_too_long = gstr("general.name");
+    name_too_long.extend(8u32.to_le_bytes());
+    name_too_long.extend(huge.to_le_bytes());
+    let mut endless_array = gstr("tokenizer.ggml.tokens");
+    endless_array.extend(9u32.to_le_bytes());
+    endless_array.extend(8u32.to_le_bytes());
+    endless_array.extend(huge.to_le_bytes());
+    // A real-sized vocabulary: 150,000 strings, skipped without being kept.
+    let mut vocab = gstr("general.architecture");
+    vocab.extend(8u32.to_le_bytes());
+    vocab.extend(gstr("llama"));
+    vocab.extend(gstr("tokenizer.ggml.tokens"));
+    vocab.extend(9u32.to_le_bytes());
+    vocab.extend(8u32.to_le_bytes());
+    vocab.extend(150_000u64.to_le_bytes());
+    for i in 0..150_000 {
+        vocab.extend(gstr(&format!("tok{i}")));
+    }
+    let valid = gguf(0, 2, &vocab);
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("string-2^60.gguf", gguf(0, 1, &name_too_long)),
+        ("array-2^60.gguf", gguf(0, 1, &endless_array)),
+        ("tensors-2^60.gguf", gguf(huge, 0, &[])),
+        ("kv-2^60.gguf", gguf(0, huge, &[])),
+        ("truncated.gguf", valid[..valid.len() / 2].to_vec()),
+        ("bad-magic.gguf", b"GGML and then some bytes".to_vec()),
+        ("vocab.gguf", valid),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(dl.join(name), bytes).unwrap();
+    }
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/api/library/rescan", proc.base))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let lib: Value = client
+        .get(format!("{}/api/library", proc.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (name, _) in &files {
+        let f = file_of(&lib, name).unwrap_or_else(|| panic!("{name} is listed: {lib}"));
+        if *name == "vocab.gguf" {
+            assert_eq!(f["gguf"]["architecture"], "llama", "{f}");
+        } else {
+            assert_eq!(f["gguf"], Value::Null, "{name}: {f}");
+            assert!(
+                f["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{name}: {f}"
+            );
+        }
+    }
+    let rss = peak_rss_mib(proc.pid());
+    assert!(
+        rss < 64.0,
+        "peak RSS {rss:.1} MiB while reading hostile headers (limit 64)"
+    );
+}

@@ -13,7 +13,7 @@ use crate::actors::queue_error::QueueError;
 use crate::actors::supervisor::commands::{
     Add, All, ClearHistory, Control, Delete, Move, Patch, PatchSettings, Shutdown,
 };
-use crate::actors::supervisor::follow::{FollowCompletions, WriterOf};
+use crate::actors::supervisor::follow::{FollowCompletions, NoteDigest, WriterOf};
 use crate::actors::supervisor::queries::{Get, GetSettings, GetStats, History, List, Subscribe};
 use crate::actors::supervisor::Supervisor;
 use crate::config::{DownloadsConfig, SettingsPatch};
@@ -177,6 +177,15 @@ impl QueueHandle {
     /// The live download that writes `path` (relative to `download_dir`), if any.
     pub async fn writer_of(&self, path: &str) -> Result<Option<DownloadId>> {
         Ok(self.addr.send(WriterOf(path.to_owned())).await?)
+    }
+
+    /// Records the sha256 of a completed download's file, learned after the fact (no
+    /// expected digest); from any thread, without waiting.
+    pub fn note_digest(&self, id: &str, sha256: &str) {
+        self.addr.do_send(NoteDigest {
+            id: id.to_owned(),
+            sha256: sha256.to_owned(),
+        });
     }
 
     /// Checkpoints every transfer and stops the supervisor (the states are kept).

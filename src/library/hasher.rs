@@ -87,6 +87,9 @@ fn hash_one(inner: &Inner, path: &str) {
     if !record.matches(&meta) {
         return;
     }
+    if let Some(id) = &record.download_id {
+        inner.queue.note_digest(id, &digest);
+    }
     record.sha256 = Some(digest);
     links::dedupe(inner, path, &mut record);
     scan::publish(inner, path, &mut record);

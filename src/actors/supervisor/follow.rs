@@ -1,5 +1,5 @@
 //! What those who follow the queue's files ask it: the downloads that complete, and
-//! whether a download is writing a path.
+//! whether a download is writing a path; and what they learn of a finished file.
 
 use actix::prelude::*;
 
@@ -33,5 +33,28 @@ impl Handler<WriterOf> for Supervisor {
             .with_path(&msg.0)
             .find(|d| !d.state.is_finished() || self.is_busy(&d.id))
             .map(|d| d.id.clone())
+    }
+}
+
+/// The sha256 of a completed download's file, computed after the fact (the download
+/// had no expected digest): recorded when the record has none yet.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NoteDigest {
+    pub id: DownloadId,
+    pub sha256: String,
+}
+
+impl Handler<NoteDigest> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: NoteDigest, _: &mut Self::Context) {
+        let Some(d) = self.queue.get_mut(&msg.id) else {
+            return;
+        };
+        if d.state != crate::lifecycle::State::Completed || d.sha256.is_some() {
+            return;
+        }
+        d.sha256 = Some(msg.sha256);
+        self.save(&msg.id);
     }
 }

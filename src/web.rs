@@ -4,12 +4,19 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{dev::Server, middleware, web, App, HttpResponse, HttpServer};
 
 use crate::actors::handle::QueueHandle;
 use crate::config::Config;
 use crate::{api, error, hub, metrics, security};
+
+/// A connection whose peer has taken none of what was written to it for this long is
+/// dropped (by the kernel: `TCP_USER_TIMEOUT`). Nothing in the HTTP stack bounds a
+/// response that the peer does not read: without this, a client that stops reading
+/// holds its connection, and what was queued for it, for ever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What the HTTP server serves.
 pub struct Parts<'a> {
@@ -55,12 +62,40 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
             .configure(api::routes)
             .service(actix_files::Files::new("/", &static_dir).index_file("index.html"))
     })
+    .on_connect(|conn, _| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            set_write_timeout(tcp, WRITE_TIMEOUT);
+        }
+    })
     .workers(2)
     .disable_signals()
     .shutdown_timeout(2)
     .listen(listener)?
     .run())
 }
+
+/// Sets [`WRITE_TIMEOUT`] on an accepted connection.
+#[cfg(target_os = "linux")]
+fn set_write_timeout(tcp: &impl std::os::fd::AsRawFd, timeout: Duration) {
+    let ms = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: the descriptor is open for the whole call (borrowed from its stream), and
+    // the option's value is a `c_uint` of the size given, as TCP_USER_TIMEOUT wants.
+    let rc = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            std::ptr::from_ref(&ms).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot set a connection's write timeout");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_write_timeout(_: &impl std::os::fd::AsRawFd, _: Duration) {}
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics_text(

@@ -1,16 +1,18 @@
 //! `/api/downloads`: add, list, show, steer, change and forget downloads.
 
 use actix_web::{web, HttpResponse};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::hub::hub_download_new;
 use super::validate::{validate_revision, validate_sha256, UrlPolicy};
 use super::{Hub, Policy, Queue};
+use crate::actors::handle::QueueHandle;
 use crate::error::ApiError;
 use crate::files;
 use crate::hub::HubClient;
 use crate::lifecycle::{Action, State};
-use crate::model::{DownloadPatch, DownloadView, NewDownload, Source};
+use crate::model::{DownloadId, DownloadPatch, DownloadView, NewDownload, Source};
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct DownloadList {
@@ -34,6 +36,11 @@ pub(super) struct DownloadPage {
     next: Option<String>,
 }
 
+/// Downloads per chunk of a list answer. The answer is streamed a chunk at a time,
+/// each asked of the queue when the socket has taken the one before: a client that
+/// stops reading holds one chunk (some 35 KiB), not the whole list.
+const LIST_CHUNK: usize = 128;
+
 /// `GET /api/downloads?state=&limit=&after=`: everything by default, or a page.
 #[utoipa::path(get, path = "/api/downloads", params(ListQuery), responses((status = 200, body = DownloadPage)))]
 pub(super) async fn list(queue: Queue, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
@@ -53,8 +60,105 @@ pub(super) async fn list(queue: Queue, q: web::Query<ListQuery>) -> Result<HttpR
             ))
         }
     };
-    let (downloads, next) = queue.list(state, q.after.clone(), limit).await?;
-    Ok(HttpResponse::Ok().json(DownloadPage { downloads, next }))
+    // The first chunk before the answer starts, so that an unknown cursor is a 400.
+    let first = queue
+        .list(state, q.after.clone(), limit.min(LIST_CHUNK))
+        .await?;
+    let mut listing = Listing::new(queue.get_ref().clone(), state, limit);
+    listing.first = Some(first);
+    let body = futures_util::stream::unfold(listing, Listing::next_chunk);
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(body))
+}
+
+/// A list answer being streamed: `{"downloads": [...], "next": ...}`, the same text as
+/// [`DownloadPage`] serialized whole.
+struct Listing {
+    queue: QueueHandle,
+    state: Option<State>,
+    /// Downloads still to send before the request's `limit`.
+    left: usize,
+    /// Downloads sent so far.
+    sent: usize,
+    /// The chunk fetched before the answer started.
+    first: Option<(Vec<DownloadView>, Option<DownloadId>)>,
+    /// The last download sent, where the next chunk starts.
+    after: Option<DownloadId>,
+    done: bool,
+}
+
+impl Listing {
+    fn new(queue: QueueHandle, state: Option<State>, limit: usize) -> Self {
+        Listing {
+            queue,
+            state,
+            left: limit,
+            sent: 0,
+            first: None,
+            after: None,
+            done: false,
+        }
+    }
+
+    async fn next_chunk(mut self) -> Option<(Result<Bytes, ApiError>, Listing)> {
+        if self.done {
+            return None;
+        }
+        let page = match self.first.take() {
+            Some(page) => Ok(page),
+            None => self.fetch().await,
+        };
+        let chunk = page.and_then(|(views, next)| self.encode(&views, next));
+        if chunk.is_err() {
+            self.done = true;
+        }
+        Some((chunk, self))
+    }
+
+    /// The next chunk after the last download sent. When that one was forgotten in the
+    /// meantime, the chunk after as many as were sent (one may then be skipped or come
+    /// twice, as in any list that changes while it is read).
+    async fn fetch(&self) -> Result<(Vec<DownloadView>, Option<DownloadId>), ApiError> {
+        let n = self.left.min(LIST_CHUNK);
+        match self.queue.list(self.state, self.after.clone(), n).await {
+            Err(crate::actors::queue_error::QueueError::UnknownCursor(_)) => {
+                let (mut views, next) = self.queue.list(self.state, None, self.sent + n).await?;
+                views.drain(..self.sent.min(views.len()));
+                Ok((views, next))
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn encode(
+        &mut self,
+        views: &[DownloadView],
+        next: Option<DownloadId>,
+    ) -> Result<Bytes, ApiError> {
+        let json = |e: serde_json::Error| ApiError::Internal(e.to_string());
+        let mut buf = Vec::with_capacity(views.len() * 320 + 64);
+        if self.sent == 0 {
+            buf.extend_from_slice(br#"{"downloads":["#);
+        }
+        for v in views {
+            if self.sent > 0 {
+                buf.push(b',');
+            }
+            serde_json::to_writer(&mut buf, v).map_err(json)?;
+            self.sent += 1;
+        }
+        self.left = self.left.saturating_sub(views.len());
+        if next.is_none() || self.left == 0 {
+            buf.extend_from_slice(br#"],"next":"#);
+            serde_json::to_writer(&mut buf, &next).map_err(json)?;
+            buf.push(b'}');
+            self.done = true;
+        } else {
+            self.after = next;
+        }
+        Ok(Bytes::from(buf))
+    }
 }
 
 #[utoipa::path(get, path = "/api/downloads/{id}", params(("id" = String, Path)), responses((status = 200, body = DownloadView)))]

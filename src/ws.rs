@@ -103,18 +103,23 @@ async fn send_frame(session: &mut Session, frame: ClientFrame) -> Result<(), ()>
 }
 
 /// The snapshot as one text message: a single frame when it is one piece, else
-/// continuation frames of the shared pieces (no copy of them is made for this client
-/// until the socket takes them).
+/// continuation frames of the shared pieces.
+///
+/// The session's queue holds up to 32 messages, and the connection encodes (copies)
+/// all that are queued whenever it has room: each piece is queued only after the
+/// connection had its turn to take the one before, so that a connection copies about
+/// a piece at a time, and one that is full leaves the rest queued, shared, uncopied.
 async fn send_snapshot(session: &mut Session, snapshot: &Snapshot) -> Result<(), ()> {
-    match snapshot.pieces() {
-        [] => Ok(()),
-        [one] => timed(session.text(String::from_utf8_lossy(one).into_owned())).await,
-        [first, middle @ .., last] => {
-            timed(session.continuation(Item::FirstText(first.clone()))).await?;
-            for piece in middle {
-                timed(session.continuation(Item::Continue(piece.clone()))).await?;
-            }
-            timed(session.continuation(Item::Last(last.clone()))).await
-        }
+    let pieces = snapshot.pieces();
+    let [first, .., last] = pieces else {
+        let one = pieces.first().map(|p| String::from_utf8_lossy(p).into_owned());
+        return timed(session.text(one.unwrap_or_default())).await;
+    };
+    timed(session.continuation(Item::FirstText(first.clone()))).await?;
+    for piece in &pieces[1..pieces.len() - 1] {
+        tokio::task::yield_now().await;
+        timed(session.continuation(Item::Continue(piece.clone()))).await?;
     }
+    tokio::task::yield_now().await;
+    timed(session.continuation(Item::Last(last.clone()))).await
 }

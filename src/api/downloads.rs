@@ -38,8 +38,14 @@ pub(super) struct DownloadPage {
 
 /// Downloads per chunk of a list answer. The answer is streamed a chunk at a time,
 /// each asked of the queue when the socket has taken the one before: a client that
-/// stops reading holds one chunk (some 35 KiB), not the whole list.
-const LIST_CHUNK: usize = 128;
+/// stops reading holds what is left of one chunk (at most some 150 KiB), not the whole
+/// list. Each chunk costs the queue a pass over every download, hence not smaller.
+const LIST_CHUNK: usize = 512;
+/// Bytes handed to the server at a time: what it copies into a connection's buffer.
+const LIST_PIECE: usize = 16 * 1024;
+/// Chunks asked of the queue at once by all list answers together: however many
+/// connections list at once, every other question waits behind at most these.
+static LIST_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// `GET /api/downloads?state=&limit=&after=`: everything by default, or a page.
 #[utoipa::path(get, path = "/api/downloads", params(ListQuery), responses((status = 200, body = DownloadPage)))]
@@ -61,11 +67,9 @@ pub(super) async fn list(queue: Queue, q: web::Query<ListQuery>) -> Result<HttpR
         }
     };
     // The first chunk before the answer starts, so that an unknown cursor is a 400.
-    let first = queue
-        .list(state, q.after.clone(), limit.min(LIST_CHUNK))
-        .await?;
     let mut listing = Listing::new(queue.get_ref().clone(), state, limit);
-    listing.first = Some(first);
+    listing.after = q.after.clone();
+    listing.first = Some(listing.fetch().await?);
     let body = futures_util::stream::unfold(listing, Listing::next_chunk);
     Ok(HttpResponse::Ok()
         .content_type("application/json")
@@ -85,6 +89,8 @@ struct Listing {
     first: Option<(Vec<DownloadView>, Option<DownloadId>)>,
     /// The last download sent, where the next chunk starts.
     after: Option<DownloadId>,
+    /// What is encoded and not yet handed to the server.
+    pending: Bytes,
     done: bool,
 }
 
@@ -97,32 +103,43 @@ impl Listing {
             sent: 0,
             first: None,
             after: None,
+            pending: Bytes::new(),
             done: false,
         }
     }
 
     async fn next_chunk(mut self) -> Option<(Result<Bytes, ApiError>, Listing)> {
-        if self.done {
-            return None;
+        if self.pending.is_empty() {
+            if self.done {
+                return None;
+            }
+            let page = match self.first.take() {
+                Some(page) => Ok(page),
+                None => self.fetch().await,
+            };
+            match page.and_then(|(views, next)| self.encode(&views, next)) {
+                Ok(chunk) => self.pending = chunk,
+                Err(e) => {
+                    self.done = true;
+                    return Some((Err(e), self));
+                }
+            }
         }
-        let page = match self.first.take() {
-            Some(page) => Ok(page),
-            None => self.fetch().await,
-        };
-        let chunk = page.and_then(|(views, next)| self.encode(&views, next));
-        if chunk.is_err() {
-            self.done = true;
-        }
-        Some((chunk, self))
+        let piece = self.pending.split_to(self.pending.len().min(LIST_PIECE));
+        Some((Ok(piece), self))
     }
 
     /// The next chunk after the last download sent. When that one was forgotten in the
     /// meantime, the chunk after as many as were sent (one may then be skipped or come
     /// twice, as in any list that changes while it is read).
     async fn fetch(&self) -> Result<(Vec<DownloadView>, Option<DownloadId>), ApiError> {
+        let _turn = LIST_GATE
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let n = self.left.min(LIST_CHUNK);
         match self.queue.list(self.state, self.after.clone(), n).await {
-            Err(crate::actors::queue_error::QueueError::UnknownCursor(_)) => {
+            Err(crate::actors::queue_error::QueueError::UnknownCursor(_)) if self.sent > 0 => {
                 let (mut views, next) = self.queue.list(self.state, None, self.sent + n).await?;
                 views.drain(..self.sent.min(views.len()));
                 Ok((views, next))

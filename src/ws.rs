@@ -112,7 +112,9 @@ async fn send_frame(session: &mut Session, frame: ClientFrame) -> Result<(), ()>
 async fn send_snapshot(session: &mut Session, snapshot: &Snapshot) -> Result<(), ()> {
     let pieces = snapshot.pieces();
     let [first, .., last] = pieces else {
-        let one = pieces.first().map(|p| String::from_utf8_lossy(p).into_owned());
+        let one = pieces
+            .first()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
         return timed(session.text(one.unwrap_or_default())).await;
     };
     timed(session.continuation(Item::FirstText(first.clone()))).await?;

@@ -471,11 +471,17 @@ mod tests {
             }
         }
         b.send_to_all(Arc::from("state"), true);
-        assert!(b.current.is_none(), "a published frame makes it out of date");
+        assert!(
+            b.current.is_none(),
+            "a published frame makes it out of date"
+        );
         let (tx, mut rx) = mpsc::channel(CLIENT_QUEUE);
         b.clients.push(Client::new(tx));
         b.resync();
-        assert!(rx.try_recv().is_err(), "no out-of-date snapshot for a newcomer");
+        assert!(
+            rx.try_recv().is_err(),
+            "no out-of-date snapshot for a newcomer"
+        );
         assert!(!b.clients[3].whole);
     }
 }

@@ -40,7 +40,7 @@ pub(super) struct DownloadPage {
 /// each asked of the queue when the socket has taken the one before: a client that
 /// stops reading holds what is left of one chunk (at most some 150 KiB), not the whole
 /// list. Each chunk costs the queue a pass over every download, hence not smaller.
-const LIST_CHUNK: usize = 512;
+const LIST_CHUNK: usize = 256;
 /// Bytes handed to the server at a time: what it copies into a connection's buffer.
 const LIST_PIECE: usize = 16 * 1024;
 /// Chunks asked of the queue at once by all list answers together: however many

@@ -4,12 +4,25 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{dev::Server, middleware, web, App, HttpResponse, HttpServer};
 
 use crate::actors::handle::QueueHandle;
 use crate::config::Config;
 use crate::{api, error, hub, metrics, security};
+
+/// A connection whose peer has taken none of what was written to it for this long is
+/// dropped (by the kernel: `TCP_USER_TIMEOUT`). Nothing in the HTTP stack bounds a
+/// response that the peer does not read: without this, a client that stops reading
+/// holds its connection, and what was queued for it, for ever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The kernel's send buffer of a connection. Left alone it grows to 4 MiB for a peer
+/// that does not read; this is plenty for an API and a page on a LAN, and keeps what
+/// a stuck client costs the machine (and what is made for it before its socket is
+/// full) small.
+pub const SEND_BUFFER: usize = 64 * 1024;
 
 /// What the HTTP server serves.
 pub struct Parts<'a> {
@@ -58,12 +71,48 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
             .configure(api::routes)
             .service(actix_files::Files::new("/", &static_dir).index_file("index.html"))
     })
+    .on_connect(|conn, _| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            bound_connection(tcp);
+        }
+    })
     .workers(2)
     .disable_signals()
     .shutdown_timeout(2)
     .listen(listener)?
     .run())
 }
+
+/// Sets [`WRITE_TIMEOUT`] and [`SEND_BUFFER`] on an accepted connection.
+#[cfg(target_os = "linux")]
+fn bound_connection(tcp: &impl std::os::fd::AsRawFd) {
+    let ms = libc::c_uint::try_from(WRITE_TIMEOUT.as_millis()).unwrap_or(libc::c_uint::MAX);
+    let bytes = libc::c_int::try_from(SEND_BUFFER).unwrap_or(libc::c_int::MAX);
+    let fd = tcp.as_raw_fd();
+    for (level, name, value) in [
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms.to_ne_bytes()),
+        (libc::SOL_SOCKET, libc::SO_SNDBUF, bytes.to_ne_bytes()),
+    ] {
+        // SAFETY: `fd` is open for the whole call (borrowed from its stream), and the
+        // value is the 4-byte integer (`c_uint` or `c_int`) that each option takes.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                value.as_ptr().cast(),
+                value.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(%error, option = name, "cannot bound a connection");
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bound_connection(_: &impl std::os::fd::AsRawFd) {}
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics_text(

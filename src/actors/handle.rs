@@ -8,13 +8,15 @@ use std::sync::Arc;
 use actix::Addr;
 use tokio::sync::mpsc;
 
-use crate::actors::frames::Frame;
+use crate::actors::frames::{ClientFrame, Frame};
 use crate::actors::queue_error::QueueError;
 use crate::actors::supervisor::commands::{
     Add, All, ClearHistory, Control, Delete, Move, Patch, PatchSettings, Shutdown,
 };
 use crate::actors::supervisor::follow::{FollowCompletions, NoteDigest, WriterOf};
-use crate::actors::supervisor::queries::{Get, GetSettings, GetStats, History, List, Subscribe};
+use crate::actors::supervisor::queries::{
+    Events, Get, GetSettings, GetStats, History, List, Subscribe,
+};
 use crate::actors::supervisor::Supervisor;
 use crate::config::{DownloadsConfig, SettingsPatch};
 use crate::lifecycle::{Action, State};
@@ -186,6 +188,12 @@ impl QueueHandle {
             id: id.to_owned(),
             sha256: sha256.to_owned(),
         });
+    }
+
+    /// The frames for one websocket client: a snapshot, in pieces shared with every
+    /// client that subscribes while it is current, then every change.
+    pub async fn events(&self) -> Result<mpsc::Receiver<ClientFrame>> {
+        Ok(self.addr.send(Events).await?)
     }
 
     /// Checkpoints every transfer and stops the supervisor (the states are kept).

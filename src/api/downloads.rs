@@ -1,16 +1,18 @@
 //! `/api/downloads`: add, list, show, steer, change and forget downloads.
 
 use actix_web::{web, HttpResponse};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::hub::hub_download_new;
 use super::validate::{validate_revision, validate_sha256, UrlPolicy};
 use super::{DownloadList, Hub, Policy, Queue};
+use crate::actors::handle::QueueHandle;
 use crate::error::ApiError;
 use crate::files;
 use crate::hub::HubClient;
 use crate::lifecycle::{Action, State};
-use crate::model::{DownloadPatch, DownloadView, NewDownload, Source};
+use crate::model::{DownloadId, DownloadPatch, DownloadView, NewDownload, Source};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -28,6 +30,17 @@ pub(super) struct DownloadPage {
     /// Pass as `after` for the next page; null on the last one.
     next: Option<String>,
 }
+
+/// Downloads per chunk of a list answer. The answer is streamed a chunk at a time,
+/// each asked of the queue when the socket has taken the one before: a client that
+/// stops reading holds what is left of one chunk (at most some 150 KiB), not the whole
+/// list. Each chunk costs the queue a pass over every download, hence not smaller.
+const LIST_CHUNK: usize = 256;
+/// Bytes handed to the server at a time: what it copies into a connection's buffer.
+const LIST_PIECE: usize = 16 * 1024;
+/// Chunks asked of the queue at once by all list answers together: however many
+/// connections list at once, every other question waits behind at most these.
+static LIST_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// `GET /api/downloads?state=&limit=&after=`: everything by default, or a page.
 #[utoipa::path(get, path = "/api/downloads", params(ListQuery), responses((status = 200, body = DownloadPage)))]
@@ -48,8 +61,116 @@ pub(super) async fn list(queue: Queue, q: web::Query<ListQuery>) -> Result<HttpR
             ))
         }
     };
-    let (downloads, next) = queue.list(state, q.after.clone(), limit).await?;
-    Ok(HttpResponse::Ok().json(DownloadPage { downloads, next }))
+    // The first chunk before the answer starts, so that an unknown cursor is a 400.
+    let mut listing = Listing::new(queue.get_ref().clone(), state, limit);
+    listing.after = q.after.clone();
+    listing.first = Some(listing.fetch().await?);
+    let body = futures_util::stream::unfold(listing, Listing::next_chunk);
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(body))
+}
+
+/// A list answer being streamed: `{"downloads": [...], "next": ...}`, the same text as
+/// [`DownloadPage`] serialized whole.
+struct Listing {
+    queue: QueueHandle,
+    state: Option<State>,
+    /// Downloads still to send before the request's `limit`.
+    left: usize,
+    /// Downloads sent so far.
+    sent: usize,
+    /// The chunk fetched before the answer started.
+    first: Option<(Vec<DownloadView>, Option<DownloadId>)>,
+    /// The last download sent, where the next chunk starts.
+    after: Option<DownloadId>,
+    /// What is encoded and not yet handed to the server.
+    pending: Bytes,
+    done: bool,
+}
+
+impl Listing {
+    fn new(queue: QueueHandle, state: Option<State>, limit: usize) -> Self {
+        Listing {
+            queue,
+            state,
+            left: limit,
+            sent: 0,
+            first: None,
+            after: None,
+            pending: Bytes::new(),
+            done: false,
+        }
+    }
+
+    async fn next_chunk(mut self) -> Option<(Result<Bytes, ApiError>, Listing)> {
+        if self.pending.is_empty() {
+            if self.done {
+                return None;
+            }
+            let page = match self.first.take() {
+                Some(page) => Ok(page),
+                None => self.fetch().await,
+            };
+            match page.and_then(|(views, next)| self.encode(&views, next)) {
+                Ok(chunk) => self.pending = chunk,
+                Err(e) => {
+                    self.done = true;
+                    return Some((Err(e), self));
+                }
+            }
+        }
+        let piece = self.pending.split_to(self.pending.len().min(LIST_PIECE));
+        Some((Ok(piece), self))
+    }
+
+    /// The next chunk after the last download sent. When that one was forgotten in the
+    /// meantime, the chunk after as many as were sent (one may then be skipped or come
+    /// twice, as in any list that changes while it is read).
+    async fn fetch(&self) -> Result<(Vec<DownloadView>, Option<DownloadId>), ApiError> {
+        let _turn = LIST_GATE
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let n = self.left.min(LIST_CHUNK);
+        match self.queue.list(self.state, self.after.clone(), n).await {
+            Err(crate::actors::queue_error::QueueError::UnknownCursor(_)) if self.sent > 0 => {
+                let (mut views, next) = self.queue.list(self.state, None, self.sent + n).await?;
+                views.drain(..self.sent.min(views.len()));
+                Ok((views, next))
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn encode(
+        &mut self,
+        views: &[DownloadView],
+        next: Option<DownloadId>,
+    ) -> Result<Bytes, ApiError> {
+        let json = |e: serde_json::Error| ApiError::Internal(e.to_string());
+        let mut buf = Vec::with_capacity(views.len() * 320 + 64);
+        if self.sent == 0 {
+            buf.extend_from_slice(br#"{"downloads":["#);
+        }
+        for v in views {
+            if self.sent > 0 {
+                buf.push(b',');
+            }
+            serde_json::to_writer(&mut buf, v).map_err(json)?;
+            self.sent += 1;
+        }
+        self.left = self.left.saturating_sub(views.len());
+        if next.is_none() || self.left == 0 {
+            buf.extend_from_slice(br#"],"next":"#);
+            serde_json::to_writer(&mut buf, &next).map_err(json)?;
+            buf.push(b'}');
+            self.done = true;
+        } else {
+            self.after = next;
+        }
+        Ok(Bytes::from(buf))
+    }
 }
 
 #[utoipa::path(get, path = "/api/downloads/{id}", params(("id" = String, Path)), responses((status = 200, body = DownloadView)))]

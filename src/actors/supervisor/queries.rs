@@ -1,13 +1,14 @@
 //! Questions about the queue; they change nothing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::mpsc;
 
 use super::{Reply, Supervisor};
-use crate::actors::broadcaster::{AddClient, CLIENT_QUEUE};
-use crate::actors::frames::{self, Frame};
+use crate::actors::broadcaster::{AddClient, BuildSnapshot, SnapshotBuilt, CLIENT_QUEUE};
+use crate::actors::frames::{self, ClientFrame, Frame};
 use crate::actors::queue_error::QueueError;
 use crate::config::DownloadsConfig;
 use crate::lifecycle::State;
@@ -44,7 +45,13 @@ pub struct GetStats;
 #[rtype(result = "DownloadsConfig")]
 pub struct GetSettings;
 
-/// A websocket client: its queue starts with the snapshot, then gets every frame.
+/// A websocket client: its queue starts with the snapshot (shared, in pieces), then
+/// gets every frame.
+#[derive(Message)]
+#[rtype(result = "mpsc::Receiver<ClientFrame>")]
+pub struct Events;
+
+/// [`Events`] with the snapshot as one text frame (built whole for this client).
 #[derive(Message)]
 #[rtype(result = "mpsc::Receiver<Frame>")]
 pub struct Subscribe;
@@ -135,20 +142,53 @@ impl Handler<GetSettings> for Supervisor {
     }
 }
 
-impl Handler<Subscribe> for Supervisor {
-    type Result = MessageResult<Subscribe>;
+impl Handler<Events> for Supervisor {
+    type Result = MessageResult<Events>;
 
-    fn handle(&mut self, _: Subscribe, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: Events, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+        // Registered through the same mailbox as every later state frame, so none is
+        // lost between its snapshot and its first frame.
+        self.broadcaster.do_send(AddClient {
+            tx,
+            builder: ctx.address().recipient(),
+        });
+        MessageResult(rx)
+    }
+}
+
+impl Handler<BuildSnapshot> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: BuildSnapshot, _: &mut Self::Context) {
         let downloads = self
             .page(None, None, usize::MAX)
             .map(|(v, _)| v)
             .unwrap_or_default();
-        // Cannot fail: the queue is new and empty.
-        let _ = tx.try_send(frames::snapshot(&downloads));
-        // Registered through the same mailbox as every later state frame, so none is
-        // lost between the snapshot and the first frame.
-        self.broadcaster.do_send(AddClient(tx));
+        let snapshot = Arc::new(frames::snapshot_pieces(&downloads));
+        // Not as this message's answer: through the broadcaster's mailbox, behind
+        // every frame published before it, so that the clients it is given miss none.
+        self.broadcaster.do_send(SnapshotBuilt(snapshot));
+    }
+}
+
+impl Handler<Subscribe> for Supervisor {
+    type Result = MessageResult<Subscribe>;
+
+    fn handle(&mut self, _: Subscribe, ctx: &mut Self::Context) -> Self::Result {
+        let MessageResult(mut events) = Handler::<Events>::handle(self, Events, ctx);
+        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+        actix::spawn(async move {
+            while let Some(frame) = events.recv().await {
+                let text = match frame {
+                    ClientFrame::Text(t) => t,
+                    ClientFrame::Snapshot(s) => s.to_text(),
+                };
+                if tx.send(text).await.is_err() {
+                    break;
+                }
+            }
+        });
         MessageResult(rx)
     }
 }

@@ -193,17 +193,17 @@ fn referenced(repo_dir: &Path, blob: &str) -> bool {
             let path = e.path();
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(path),
-                Ok(t) if t.is_symlink() => {
-                    if fs::read_link(&path).is_ok_and(|l| l.file_name().is_some_and(|n| n == name))
-                    {
-                        return true;
-                    }
-                }
+                Ok(t) if t.is_symlink() && points_to(&path, name) => return true,
                 _ => {}
             }
         }
     }
     false
+}
+
+/// The link at `path` names a file called `name`.
+fn points_to(path: &Path, name: &str) -> bool {
+    fs::read_link(path).is_ok_and(|l| l.file_name().is_some_and(|n| n == name))
 }
 
 /// Removes `from` and its parents while they are empty, up to and including `last`.

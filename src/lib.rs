@@ -193,6 +193,7 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         store.clone(),
         core.queue.clone(),
         config.library.hf_cache_dir(),
+        Some(core.broadcaster.clone().recipient()),
     )
     .map_err(|e| StartError::Library(e.to_string()))?;
     let server = web::serve(

@@ -11,6 +11,7 @@
 mod hasher;
 pub mod hf_cache;
 mod links;
+mod notify;
 mod record;
 mod scan;
 
@@ -73,6 +74,7 @@ struct Inner {
     /// One scan at a time.
     scanning: tokio::sync::Mutex<()>,
     hasher: hasher::Hasher,
+    notifier: notify::Notifier,
 }
 
 impl LibraryHandle {
@@ -83,6 +85,7 @@ impl LibraryHandle {
         store: Store,
         queue: QueueHandle,
         hf_cache: Option<PathBuf>,
+        frames: Option<actix::Recipient<crate::actors::broadcaster::Announce>>,
     ) -> Result<LibraryHandle, LibraryError> {
         let root = root.canonicalize()?;
         let records: BTreeMap<String, Record> = store.library_records()?.into_iter().collect();
@@ -95,6 +98,7 @@ impl LibraryHandle {
                 index: RwLock::new(records),
                 scanning: tokio::sync::Mutex::new(()),
                 hasher: hasher::Hasher::start(weak.clone()),
+                notifier: notify::Notifier::new(frames),
             }),
         };
         let first = handle.clone();
@@ -109,27 +113,16 @@ impl LibraryHandle {
 
     /// The whole library, in path order.
     pub fn list(&self) -> Listing {
-        let index = self.inner.read();
-        let mut bytes_total = 0;
-        let mut by_inode: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
-        let files = index
-            .iter()
-            .map(|(path, r)| {
-                bytes_total += r.size;
-                let e = by_inode.entry((r.dev, r.ino)).or_insert((r.size, 0));
-                e.1 += 1;
-                r.view(path)
-            })
-            .collect();
-        let bytes_saved_by_links = by_inode
-            .values()
-            .map(|(size, n)| size * n.saturating_sub(1))
-            .sum();
+        let files = {
+            let index = self.inner.read();
+            index.iter().map(|(path, r)| r.view(path)).collect()
+        };
+        let (bytes_total, bytes_saved_by_links, bytes_free) = self.inner.listing_totals();
         Listing {
             files,
             bytes_total,
             bytes_saved_by_links,
-            bytes_free: crate::files::free_space(&self.inner.root).ok(),
+            bytes_free,
         }
     }
 
@@ -195,6 +188,27 @@ impl LibraryHandle {
 }
 
 impl Inner {
+    /// Bytes of every file, bytes that hard links saved (each inode's size for every
+    /// path beyond its first), free bytes on download_dir's file system.
+    fn listing_totals(&self) -> (u64, u64, Option<u64>) {
+        let index = self.read();
+        let mut by_inode: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
+        for r in index.values() {
+            by_inode.entry((r.dev, r.ino)).or_insert((r.size, 0)).1 += 1;
+        }
+        let total = index.values().map(|r| r.size).sum();
+        let saved = by_inode
+            .values()
+            .map(|(size, n)| size * n.saturating_sub(1))
+            .sum();
+        (total, saved, crate::files::free_space(&self.root).ok())
+    }
+
+    /// Announces what changed since the last announcement.
+    fn announce(&self) {
+        self.notifier.flush(self);
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Record>> {
         self.index.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -211,12 +225,14 @@ impl Inner {
     fn put(&self, path: &str, record: Record) -> Result<(), StoreError> {
         self.store.put_library(path, &record)?;
         self.write().insert(path.to_owned(), record);
+        self.notifier.changed(path);
         Ok(())
     }
 
     fn forget(&self, path: &str) -> Result<(), StoreError> {
         self.store.remove_library(path)?;
         self.write().remove(path);
+        self.notifier.removed(path);
         Ok(())
     }
 
@@ -236,6 +252,7 @@ impl Inner {
             Err(e) => return Err(e.into()),
         }
         self.forget(path)?;
+        self.announce();
         tracing::info!(%path, "library file deleted");
         Ok(())
     }

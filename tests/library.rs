@@ -429,3 +429,43 @@ async fn hostile_headers_list_with_an_error_and_cost_no_memory() {
         "peak RSS {rss:.1} MiB while reading hostile headers (limit 64)"
     );
 }
+
+#[actix_web::test]
+async fn the_websocket_announces_library_changes() {
+    use futures_util::StreamExt;
+    let svc = TestService::start(|_| {}).await;
+    let url = format!("{}/api/events", svc.base.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket");
+    // Whole first: a client reads the library again whenever it gets a snapshot.
+    let first = tokio::time::timeout(LONG, ws.next())
+        .await
+        .expect("a first frame");
+    let first: Value = serde_json::from_str(&first.unwrap().unwrap().into_text().unwrap()).unwrap();
+    assert_eq!(first["type"], "snapshot");
+    std::fs::create_dir_all(svc.download_dir()).unwrap();
+    std::fs::write(svc.download_dir().join("new.bin"), b"0123456789").unwrap();
+    let (s, _) = svc.post("/api/library/rescan", json!({})).await;
+    assert_eq!(s, 200);
+    let mut seen = Vec::new();
+    let frame = tokio::time::timeout(LONG, async {
+        while let Some(Ok(msg)) = ws.next().await {
+            let Ok(text) = msg.into_text() else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            seen.push(v["type"].clone());
+            if v["type"] == "library" {
+                return Some(v);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no library frame in time; saw {seen:?}"))
+    .expect("the websocket stayed open");
+    assert_eq!(frame["files"][0]["path"], "new.bin", "{frame}");
+    assert_eq!(frame["bytes_total"], 10, "{frame}");
+    assert_eq!(frame["refetch"], false);
+}

@@ -129,6 +129,15 @@ impl Broadcaster {
     /// `reliable`: a frame that must not be lost (state, removed); a client that
     /// cannot take it waits for a fresh snapshot, which holds it.
     fn send_to_all(&mut self, frame: Frame, reliable: bool) {
+        self.deliver(frame, reliable);
+        if reliable {
+            // What it shows is out of date now.
+            self.current = None;
+        }
+    }
+
+    /// Sends a frame to every whole client; see [`Broadcaster::send_to_all`].
+    fn deliver(&mut self, frame: Frame, reliable: bool) {
         let now = Instant::now();
         let before = self.clients.len();
         let mut behind = false;
@@ -153,10 +162,6 @@ impl Broadcaster {
                 }
             }
         });
-        if reliable {
-            // What it shows is out of date now.
-            self.current = None;
-        }
         if self.clients.len() != before {
             self.clients_changed();
         }
@@ -323,6 +328,20 @@ impl Handler<Publish> for Broadcaster {
     type Result = ();
     fn handle(&mut self, msg: Publish, _: &mut Self::Context) {
         self.send_to_all(msg.0, true);
+    }
+}
+
+/// A frame about something the snapshot does not hold (the `library` frame): every
+/// whole client gets it; one that cannot take it is resynced (a client reads the
+/// library again on a snapshot), and the current snapshot stays current.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Announce(pub Frame);
+
+impl Handler<Announce> for Broadcaster {
+    type Result = ();
+    fn handle(&mut self, msg: Announce, _: &mut Self::Context) {
+        self.deliver(msg.0, true);
     }
 }
 

@@ -96,6 +96,7 @@ fn hash_one(inner: &Inner, path: &str) {
     if let Err(e) = inner.put(path, record) {
         tracing::warn!(%path, error = %e, "cannot store a library digest");
     }
+    inner.announce();
 }
 
 /// The sha256 of a whole file, lower-case hex.

@@ -34,6 +34,7 @@ pub(super) fn scan(inner: &Inner, downloads: &[DownloadView]) -> Result<usize, L
     for (path, meta) in &found {
         refresh(inner, path, meta, origins.get(path.as_str()))?;
     }
+    inner.announce();
     tracing::info!(
         files = found.len(),
         dropped = stale.len(),
@@ -49,6 +50,7 @@ pub(super) fn scan_one(inner: &Inner, d: &Download) -> Result<(), LibraryError> 
     if meta.is_file() {
         refresh(inner, &d.path, &meta, Some(&Origin::of_record(d)))?;
     }
+    inner.announce();
     Ok(())
 }
 

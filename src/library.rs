@@ -221,10 +221,25 @@ impl Inner {
         self.root.join(path)
     }
 
-    /// Stores and indexes a record.
-    fn put(&self, path: &str, record: Record) -> Result<(), StoreError> {
+    /// Stores and indexes a record made from a read of the file. What was learned of
+    /// the same file meanwhile (its digest, its publication: the hasher runs beside the
+    /// scan) is kept, so that neither undoes the other.
+    fn put(&self, path: &str, mut record: Record) -> Result<(), StoreError> {
+        let mut index = self.write();
+        if let Some(now) = index.get(path).filter(|r| r.same_file(&record)) {
+            if record.sha256.is_none() {
+                record.sha256.clone_from(&now.sha256);
+            }
+            if record.published.hf_cache.is_none() {
+                record
+                    .published
+                    .hf_cache
+                    .clone_from(&now.published.hf_cache);
+            }
+        }
         self.store.put_library(path, &record)?;
-        self.write().insert(path.to_owned(), record);
+        index.insert(path.to_owned(), record);
+        drop(index);
         self.notifier.changed(path);
         Ok(())
     }

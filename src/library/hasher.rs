@@ -83,8 +83,14 @@ fn hash_one(inner: &Inner, path: &str) {
     let Ok(meta) = std::fs::symlink_metadata(&full) else {
         return;
     };
-    let mut record = before;
-    if !record.matches(&meta) {
+    if !before.matches(&meta) {
+        return;
+    }
+    // The record as it is now (a scan may have added to it meanwhile), with the digest.
+    let Some(mut record) = inner.read().get(path).cloned() else {
+        return;
+    };
+    if !record.same_file(&before) {
         return;
     }
     if let Some(id) = &record.download_id {

@@ -145,6 +145,12 @@ impl Record {
         }
     }
 
+    /// Both records were made of the same file (size, mtime, inode, device).
+    pub fn same_file(&self, other: &Record) -> bool {
+        (self.size, self.mtime_ns, self.ino, self.dev)
+            == (other.size, other.mtime_ns, other.ino, other.dev)
+    }
+
     /// Still the same file on disk as when this record was made.
     pub fn matches(&self, meta: &std::fs::Metadata) -> bool {
         let (size, mtime_ns, ino, dev) = identity(meta);

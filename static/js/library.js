@@ -132,11 +132,7 @@ function badges(m) {
 function subline(m) {
   const bits = [];
   if (m.gguf && m.gguf.name) bits.push(m.gguf.name);
-  if (m.count > 1) {
-    bits.push(m.parts.length < m.count
-      ? `${m.parts.length} of ${m.count} parts here`
-      : `${m.count} parts`);
-  }
+  if (m.parts.length < m.count) bits.push(`only ${m.parts.length} of its ${m.count} parts are here`);
   if (m.hashing) bits.push('sha256 pending');
   else if (m.sha256) bits.push(`sha256 ${m.sha256.slice(0, 12)}…`);
   return bits.join(' · ');
@@ -177,16 +173,16 @@ function modelRow(m) {
 }
 
 function groupBox(g) {
-  const slash = g.repo ? g.repo.indexOf('/') : -1;
+  const slash = g.key.lastIndexOf('/');
   const title = slash > 0
     ? node('h3', { class: 'lib-group-name' },
-      node('span', { class: 'hub-owner', text: g.repo.slice(0, slash + 1) }),
-      node('span', { text: g.repo.slice(slash + 1) }))
+      node('span', { class: 'hub-owner', text: g.key.slice(0, slash + 1) }),
+      node('span', { text: g.key.slice(slash + 1) }))
     : node('h3', { class: 'lib-group-name', text: g.label });
   const rev = g.revisions.length === 1 ? g.revisions[0] : null;
   const what = g.repo
     ? (rev ? node('span', { class: 'muted mono', title: `revision ${rev}`, text: `@ ${rev.slice(0, 7)}` }) : null)
-    : node('span', { class: 'muted', text: g.key ? 'folder' : 'top of download_dir' });
+    : node('span', { class: 'muted', title: 'Not from the Hub: grouped by folder', text: g.key ? 'folder' : 'top of download_dir' });
   return node('section', { class: 'lib-group card', 'data-testid': 'library-group', 'data-group': g.key },
     node('header', { class: 'lib-group-head' }, title, what,
       node('span', { class: 'count', text: String(g.models.length) })),

@@ -150,6 +150,10 @@ try {
   step(`metadata shown; disk bar ${before.total} in the library, ${before.free} free`);
   await page.screenshot({ path: `${shotDir}/library.png`, fullPage: true });
 
+  // The reads that follow a completed download are over (library.js: 0.5 s, 2.5 s): from
+  // here, what moves the disk bar is the delete's own read (or a `library` frame).
+  await page.waitForTimeout(3000);
+
   // A delete asks first: cancelled, nothing happens.
   const dialog = page.getByTestId('lib-confirm');
   await storiesRow.getByTestId('lib-delete').click();

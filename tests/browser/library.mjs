@@ -185,6 +185,11 @@ try {
   check('the tab count', await page.locator('#count-library').textContent(), '3');
   step(`deleted; disk bar ${before.total} -> ${now.total} in the library, ${now.free} free`);
 
+  await page.setViewportSize({ width: 380, height: 800 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  if (overflow > 0) throw new Error(`horizontal scroll at 380 px: ${overflow} px`);
+  await page.screenshot({ path: `${shotDir}/library-narrow.png`, fullPage: true });
+
   if (loads !== 1) throw new Error(`the page was reloaded (${loads} loads)`);
   if (pageErrors.length) throw new Error(`page errors: ${pageErrors.join('; ')}`);
   step('done');

@@ -209,7 +209,10 @@ async fn the_page_buttons_follow_each_downloads_actions() {
 
 /// Writes the hand-placed GGUF files (and the Hub's one) with llama.cpp's `gguf` package.
 fn write_library_ggufs(downloads: &std::path::Path, hub_file: &std::path::Path) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/library_ggufs.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/browser/library_ggufs.py"
+    );
     let out = Command::new("python3")
         .arg(script)
         .env("DOWNLOADS", downloads)
@@ -254,8 +257,14 @@ async fn the_library_tab_shows_each_models_metadata_and_deletes_after_a_confirma
     let (dir, _config, _port, mut service) = Proc::start(&extra).await;
     let downloads = dir.path().join("downloads");
     write_library_ggufs(&downloads, &hub_file);
-    hub.put_file(repo, "stories15M-Q8_0.gguf", std::fs::read(&hub_file).unwrap());
-    let (status, v) = service.post("/api/library/rescan", serde_json::json!({})).await;
+    hub.put_file(
+        repo,
+        "stories15M-Q8_0.gguf",
+        std::fs::read(&hub_file).unwrap(),
+    );
+    let (status, v) = service
+        .post("/api/library/rescan", serde_json::json!({}))
+        .await;
     assert_eq!(status, 200, "{v}");
     let by_hand = [
         "bartowski/Llama-3.2-1B-Instruct-GGUF/Llama-3.2-1B-Instruct-Q4_K_M.gguf",

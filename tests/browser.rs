@@ -1,7 +1,8 @@
 //! The page in real headless Chromium against the real binary: add a URL through the
 //! form, watch it move, pause, resume, survive a service restart without a reload
 //! (page.mjs); the Hub tab (hub.mjs); every row's buttons follow its `actions`
-//! (actions.mjs). `scripts/test.sh` installs Chromium and playwright-core.
+//! (actions.mjs); the Library tab (library.mjs). `scripts/test.sh` installs Chromium,
+//! playwright-core and the `gguf` Python package.
 
 mod common;
 
@@ -204,4 +205,118 @@ async fn the_page_buttons_follow_each_downloads_actions() {
         "the actions driver failed: {stdout}"
     );
     service.kill9();
+}
+
+/// Writes the hand-placed GGUF files (and the Hub's one) with llama.cpp's `gguf` package.
+fn write_library_ggufs(downloads: &std::path::Path, hub_file: &std::path::Path) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/browser/library_ggufs.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .env("DOWNLOADS", downloads)
+        .env("HUB_FILE", hub_file)
+        .output()
+        .expect("python3 runs (install Python 3)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("ModuleNotFoundError"),
+        "the gguf package is missing: run scripts/test.sh (or `python3 -m pip install gguf`): {stderr}"
+    );
+    assert!(out.status.success(), "library_ggufs.py failed: {stderr}");
+}
+
+#[tokio::test]
+async fn the_library_tab_shows_each_models_metadata_and_deletes_after_a_confirmation() {
+    use common::hub::{HubEmu, RepoOptions};
+    use std::sync::Arc;
+    let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    assert!(
+        std::path::Path::new(driver).join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run scripts/test.sh (it installs Chromium and playwright-core)"
+    );
+    let cdn = Arc::new(Upstream::start());
+    let hub = HubEmu::start(cdn.clone());
+    let repo = "ggml-org/stories15M-GGUF";
+    hub.add_repo(
+        repo,
+        RepoOptions {
+            tags: vec!["gguf".into()],
+            ..Default::default()
+        },
+    );
+    let cache_root = tempfile::tempdir().unwrap();
+    let hub_file = cache_root.path().join("stories15M-Q8_0.gguf");
+    let cache = cache_root.path().join("hf");
+    let extra = format!(
+        "[hub]\nendpoint = \"{}\"\n\n[library]\nhf_cache = \"{}\"\n",
+        hub.endpoint(),
+        cache.display()
+    );
+    let (dir, _config, _port, mut service) = Proc::start(&extra).await;
+    let downloads = dir.path().join("downloads");
+    write_library_ggufs(&downloads, &hub_file);
+    hub.put_file(
+        repo,
+        "stories15M-Q8_0.gguf",
+        std::fs::read(&hub_file).unwrap(),
+    );
+    let (status, v) = service
+        .post("/api/library/rescan", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let by_hand = [
+        "bartowski/Llama-3.2-1B-Instruct-GGUF/Llama-3.2-1B-Instruct-Q4_K_M.gguf",
+        "Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q8_0-00001-of-00002.gguf",
+        "Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q8_0-00002-of-00002.gguf",
+        "old-model-Q5_K_M.gguf",
+    ];
+
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots");
+    std::fs::create_dir_all(shots).unwrap();
+    let out = Command::new("node")
+        .arg("library.mjs")
+        .current_dir(driver)
+        .env("MM_BASE", &service.base)
+        .env("MM_SCREENSHOT_DIR", shots)
+        .env("MM_DOWNLOAD_DIR", &downloads)
+        .env("MM_HUB_REPO", repo)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node (run scripts/test.sh to install it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("STEP done"),
+        "the Library tab driver failed: {stdout}"
+    );
+    // The delete took the file and its HF cache entry, and nothing else.
+    assert!(!downloads.join(repo).join("stories15M-Q8_0.gguf").exists());
+    let snapshots = cache.join("models--ggml-org--stories15M-GGUF/snapshots");
+    let left: Vec<_> = walk(&snapshots)
+        .into_iter()
+        .filter(|p| p.ends_with("stories15M-Q8_0.gguf"))
+        .collect();
+    assert!(left.is_empty(), "still in the HF cache: {left:?}");
+    for path in by_hand {
+        assert!(downloads.join(path).is_file(), "{path} was touched");
+    }
+    service.kill9();
+}
+
+/// Every entry under `dir` (none when it does not exist).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
 }

@@ -1,10 +1,12 @@
 // The websocket `/api/events`: connect, reconnect with backoff, and apply its frames
-// (snapshot, progress, state, removed) to the store. `progress` frames carry no
+// (snapshot, progress, state, removed) to the store, and `library` frames to the
+// Library tab. `progress` frames carry no
 // `actions`: the download keeps the last ones a snapshot or state frame brought.
 
 import { BASE, listOf, token } from './api.js';
 import { hideTokenForm } from './auth.js';
 import { setAttr, setText } from './dom.js';
+import { onLibraryFrame, refreshLibrary, scheduleLibrary } from './library.js';
 import { refreshHistory, refreshList, scheduleHistory } from './reads.js';
 import {
   applySnapshot, changed, downloads, drop, isFeedLive, isFinished, progressed, setFeedLive, touch,
@@ -93,6 +95,7 @@ function onFrame(msg) {
       hideTokenForm();
       changed();
       refreshHistory();
+      refreshLibrary(); // (re)connected: what changed on disk meanwhile
       break;
     case 'progress': {
       const ids = [];
@@ -112,10 +115,14 @@ function onFrame(msg) {
       touch(d);
       changed();
       if (isFinished(d) && (!before || !isFinished(before))) scheduleHistory();
+      if (d.state === 'completed' && (!before || before.state !== 'completed')) scheduleLibrary();
       break;
     }
     case 'removed':
       if (typeof msg.id === 'string') { drop(msg.id); changed(); }
+      break;
+    case 'library':
+      onLibraryFrame(msg);
       break;
     default:
       break; // frames added later: ignore

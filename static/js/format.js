@@ -61,3 +61,23 @@ export function basename(url) {
     return '';
   }
 }
+
+/** A parameter count as people say it: "1.2 B", "494 M", "15 M" (1000s, not 1024s). */
+export function fmtParams(n) {
+  if (n == null || !Number.isFinite(n) || n <= 0) return '';
+  const units = ['', 'K', 'M', 'B', 'T'];
+  let v = n;
+  let i = 0;
+  while (v >= 999.5 && i < units.length - 1) { v /= 1000; i++; }
+  if (i === 0) return String(Math.round(v));
+  const s = v < 9.95 ? v.toFixed(1).replace(/\.0$/, '') : String(Math.round(v));
+  return `${s} ${units[i]}`;
+}
+
+/** A context length in tokens: "128 K" for 131072 (models use powers of two), else "100,000". */
+export function fmtContext(n) {
+  if (n == null || !Number.isFinite(n) || n <= 0) return '';
+  if (n % 1048576 === 0) return `${n / 1048576} M`;
+  if (n % 1024 === 0) return `${n / 1024} K`;
+  return n.toLocaleString('en-US');
+}

@@ -1,9 +1,10 @@
-// The three views (queue, history, hub) as tabs, kept in the URL's hash.
+// The four views (queue, history, hub, library) as tabs, kept in the URL's hash.
 
 import { el } from './dom.js';
+import { refreshLibrary } from './library.js';
 import { refreshHistory } from './reads.js';
 
-const TABS = ['queue', 'history', 'hub'];
+const TABS = ['queue', 'history', 'hub', 'library'];
 
 export function showTab(name, { focus = false } = {}) {
   if (!TABS.includes(name)) name = 'queue';
@@ -16,6 +17,7 @@ export function showTab(name, { focus = false } = {}) {
   }
   if (location.hash !== `#${name}`) history.replaceState(null, '', `#${name}`);
   if (name === 'history') refreshHistory();
+  if (name === 'library') refreshLibrary();
   if (name === 'hub' && focus) el('hub-search').focus();
 }
 

@@ -633,9 +633,18 @@ class Bench:
             return timed(["aria2c", "-q", "-j8", "--allow-overwrite=true",
                           "--auto-file-renaming=false", "-d", d, "-i", lst], d, "aria2c")
 
+        def aria_sync(d):
+            # The same durability as model-manager's: every file on disk before done.
+            m = aria(d)
+            t0 = time.monotonic()
+            subprocess.run(["sync"] + [os.path.join(d, n) for n in names], check=False)
+            m["wall"] += time.monotonic() - t0
+            return m
+
         items = [{"url": self.ng.url("small/" + n), "file_name": n} for n in names]
         tools = [
             (self.row(case, "aria2c -j8", gib, anchor=True), aria, files),
+            (self.row(case, "aria2c -j8 && sync", gib, anchor=True), aria_sync, files),
             (self.row(case, "curl -Z --parallel-max 8", gib), curl_z, files),
             (self.row(case, "model-manager", gib,
                       note="max_concurrent = 8, connections_per_download = 4 (default)"),
@@ -994,6 +1003,9 @@ def acceptance(S):
     mm, ar = get(c3, "model-manager"), get(c3, "aria2c -j8")
     if mm or ar:
         cmp(f"{SMALL_COUNT} x 256 KiB via the API, wall vs aria2c -j8", mm, ar, 1.0)
+        ars = get(c3, "aria2c -j8 && sync")
+        cmp(f"{SMALL_COUNT} x 256 KiB via the API (every file durable when completed), "
+            f"wall vs `aria2c -j8 && sync` of its files", mm, ars, 1.0)
     q = get(f"{QUEUE_SIZE:,} queued", "model-manager")
     if q:
         r = q["row"]

@@ -64,7 +64,15 @@ pub(super) async fn list(queue: Queue, q: web::Query<ListQuery>) -> Result<HttpR
     // The first chunk before the answer starts, so that an unknown cursor is a 400.
     let mut listing = Listing::new(queue.get_ref().clone(), state, limit);
     listing.after = q.after.clone();
-    listing.first = Some(listing.fetch().await?);
+    let (views, next) = listing.fetch().await?;
+    let first = listing.encode(&views, next)?;
+    if listing.done {
+        // It all fits in one chunk (a page): one body with its length, one write.
+        return Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(first));
+    }
+    listing.pending = first;
     let body = futures_util::stream::unfold(listing, Listing::next_chunk);
     Ok(HttpResponse::Ok()
         .content_type("application/json")
@@ -80,8 +88,6 @@ struct Listing {
     left: usize,
     /// Downloads sent so far.
     sent: usize,
-    /// The chunk fetched before the answer started.
-    first: Option<(Vec<DownloadView>, Option<DownloadId>)>,
     /// The last download sent, where the next chunk starts.
     after: Option<DownloadId>,
     /// What is encoded and not yet handed to the server.
@@ -96,7 +102,6 @@ impl Listing {
             state,
             left: limit,
             sent: 0,
-            first: None,
             after: None,
             pending: Bytes::new(),
             done: false,
@@ -108,10 +113,7 @@ impl Listing {
             if self.done {
                 return None;
             }
-            let page = match self.first.take() {
-                Some(page) => Ok(page),
-                None => self.fetch().await,
-            };
+            let page = self.fetch().await;
             match page.and_then(|(views, next)| self.encode(&views, next)) {
                 Ok(chunk) => self.pending = chunk,
                 Err(e) => {

@@ -43,6 +43,7 @@ pub use segments::SEGMENT_THRESHOLD;
 
 use crate::config::DownloadsConfig;
 use crate::files;
+use crate::http::HostList;
 use crate::hub::HubClient;
 use crate::model::{DownloadError, DownloadId};
 use crate::progress::ProgressCell;
@@ -144,6 +145,8 @@ pub struct Engine {
     store: Store,
     /// The global speed limit, shared by every connection of every download.
     global: Arc<RateLimiter>,
+    /// `allowed_hosts`: checked again for every Hub link (the client checks redirects).
+    allowed: HostList,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -154,24 +157,17 @@ impl Engine {
         allowed_hosts: &[String],
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Engine, reqwest::Error> {
-        let allowed: Vec<String> = allowed_hosts
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect();
-        // Redirects obey the host allowlist too, and never go to another scheme than http(s).
+        let allowed = HostList::new(allowed_hosts);
+        let for_redirects = allowed.clone();
+        // Every redirect obeys the host allowlist (with its ports) too, and never goes
+        // to another scheme than http(s).
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-            let ok_scheme = matches!(attempt.url().scheme(), "http" | "https");
-            let ok_host = allowed.is_empty()
-                || attempt
-                    .url()
-                    .host_str()
-                    .is_some_and(|h| allowed.iter().any(|a| a.eq_ignore_ascii_case(h)));
             if attempt.previous().len() >= 10 {
-                attempt.error("too many redirects")
-            } else if ok_scheme && ok_host {
-                attempt.follow()
-            } else {
-                attempt.error("redirect to a host or scheme that is not allowed")
+                return attempt.error("too many redirects");
+            }
+            match for_redirects.refusal(attempt.url()) {
+                None => attempt.follow(),
+                Some(why) => attempt.error(format!("redirect not followed: {why}")),
             }
         });
         let client = reqwest::Client::builder()
@@ -184,6 +180,7 @@ impl Engine {
             client,
             store,
             global: Arc::new(RateLimiter::new(speed_limit_bps)),
+            allowed,
             metrics,
         })
     }
@@ -263,6 +260,12 @@ impl Engine {
         ctx: &mut RunCtx,
     ) -> Result<Ended, EngineError> {
         let mut retries = Retries::new(&job.settings);
+        // Progress is a byte added to those kept, or past the furthest one this run
+        // ever held: an upstream that cuts every answer short and ignores Range hands
+        // the same bytes again and again after starting over (or a body longer than
+        // announced, which is dropped), and that is no progress: it backs off like any
+        // failure and ends after `max_retries`.
+        let mut furthest = t.done_bytes();
         loop {
             if *ctx.stop.borrow() {
                 return Ok(Ended::Stopped);
@@ -283,7 +286,11 @@ impl Engine {
                 }
                 Err(e) => e,
             };
-            let Some(wait) = retries.after(&err, t.progress_mark() != before) else {
+            let now = t.progress_mark();
+            let kept_and_added = now.0 == before.0 && now.1 > before.1;
+            let progressed = kept_and_added || now.1 > furthest;
+            furthest = furthest.max(now.1);
+            let Some(wait) = retries.after(&err, progressed) else {
                 return Err(err);
             };
             tracing::info!(download_id = %job.id, error = %err, attempt = retries.failures(), wait_ms = wait.as_millis() as u64, "attempt failed; retrying");

@@ -56,6 +56,33 @@ impl Checkpoint {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs [`quietly`]: its panics are caught and reported as
+    /// errors, so the panic hook keeps quiet about them.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic without printing it. The panic hook is process-wide: it
+/// is wrapped once, and keeps quiet only for the thread inside `quietly`. (Swapping
+/// the hook for a silent one around the call, as before, silenced every other thread's
+/// panics meanwhile, and two threads doing it at once could leave it silent for good:
+/// a failing test then printed nothing at all.)
+fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static WRAPPED: std::sync::Once = std::sync::Once::new();
+    WRAPPED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result
+}
+
 /// The sled database behind the service; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -91,10 +118,7 @@ impl Store {
             .flush_every_ms(Some(500));
         // sled 0.34 can panic on some corrupt files instead of returning an error:
         // start-up must end with one clear line, not a backtrace.
-        let quiet = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
-        std::panic::set_hook(quiet);
+        let opened = quietly(move || config.open());
         let db = match opened {
             Ok(result) => result?,
             Err(panic) => {

@@ -164,7 +164,10 @@ async fn the_page_buttons_follow_each_downloads_actions() {
     let up = Upstream::start();
     up.add_file("small.gguf", content(256 * 1024, 5), Behavior::default());
     // Throttled so that they stay downloading (or waiting) through the whole script.
-    for (i, name) in ["a.gguf", "b.gguf", "c.gguf", "p.gguf", "x.gguf"].iter().enumerate() {
+    for (i, name) in ["a.gguf", "b.gguf", "c.gguf", "p.gguf", "x.gguf"]
+        .iter()
+        .enumerate()
+    {
         up.add_file(
             name,
             content(32 * MIB, 10 + i as u64),

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use futures_util::StreamExt;
 
 use super::classify::{classify, Accepted, Asked, Known, Verdict};
-use super::request::{self, stall_timeout};
+use super::request::{self, stall_timeout, SpeedFloor};
 use super::segments::SEGMENT_THRESHOLD;
 use super::transfer::Transfer;
 use super::{limiter, Ended, Engine, EngineError, EngineEvent, Job, RunCtx};
@@ -138,6 +138,7 @@ impl Engine {
         let mut body = response.bytes_stream();
         let mut chunks = 0u64;
         let first = t.received();
+        let mut floor = SpeedFloor::new(job, 1);
         loop {
             let next = tokio::select! {
                 n = tokio::time::timeout(stall, body.next()) => n,
@@ -159,6 +160,7 @@ impl Engine {
                 }
             }
             t.maybe_checkpoint(ctx).await?;
+            floor.check(chunk.len(), [&self.global, &ctx.limiter])?;
             if !limiter::pace(&self.global, &ctx.limiter, chunk.len(), &mut ctx.stop).await {
                 return Ok(Ended::Stopped);
             }
@@ -213,6 +215,12 @@ impl Engine {
             .link()
             .cloned()
             .ok_or_else(|| EngineError::Internal("no link".into()))?;
+        // The Hub chose this link, not the user: it obeys `allowed_hosts` like any URL.
+        if let Some(why) = self.allowed.refusal(&link) {
+            return Err(EngineError::NotAllowed(format!(
+                "the Hub's file link: {why}"
+            )));
+        }
         let auth = hub.client.auth_for(&link);
         Ok((link, auth))
     }

@@ -91,11 +91,34 @@ pub(super) fn classify(
         416 if known.total == Some(asked.from) => Verdict::Complete,
         416 => Verdict::Unsatisfiable,
         401 | 403 | 410 if known.refreshable_link => Verdict::LinkExpired { status },
+        300..=399 if headers.contains_key(header::LOCATION) => redirect(status, headers),
         _ => Verdict::Failed(EngineError::Status {
             status,
             retry_after: crate::http::retry_wait(headers, now),
         }),
     }
+}
+
+/// A redirect that reached us was not followed (the client follows the ones it may):
+/// say where it led and why, not a bare status.
+fn redirect(status: u16, headers: &HeaderMap) -> Verdict {
+    let location = headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let scheme = location
+        .split_once(':')
+        .map(|(s, _)| s.to_ascii_lowercase());
+    let why = match scheme.as_deref() {
+        Some("http" | "https") | None => "its host is not allowed, or too many redirects".into(),
+        Some(other) => format!("another scheme ({other}:); only http and https are followed"),
+    };
+    Verdict::Failed(EngineError::Redirect {
+        status,
+        location,
+        why,
+    })
 }
 
 fn whole_file(headers: &HeaderMap, asked: Asked, known: Known<'_>) -> Verdict {

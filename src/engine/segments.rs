@@ -20,7 +20,7 @@ use super::block::{WriteBlock, WRITE_BLOCK};
 use super::classify::{classify, Asked, Known, Verdict};
 use super::hashing::Follower;
 use super::limiter::RateLimiter;
-use super::request::{self, stall_timeout};
+use super::request::{self, stall_timeout, SpeedFloor};
 use super::retry::{sleep_unless_stopped, LinkBudget, Retries};
 use super::segment_table::{Segment, SegmentTable};
 use super::transfer::{Transfer, CHECKPOINT_EVERY};
@@ -232,6 +232,11 @@ async fn refresh_link(s: &Shared<'_>, seen: u64) -> Result<(), EngineError> {
     }
     let revision = s.commit.as_deref().unwrap_or(&hub.revision);
     let resolved = hub.client.resolve(&hub.repo, revision, &hub.file).await?;
+    if let Some(why) = s.engine.allowed.refusal(&resolved.location) {
+        return Err(EngineError::NotAllowed(format!(
+            "the Hub's file link: {why}"
+        )));
+    }
     tracing::info!(download_id = %s.job.id, "CDN link refused; resolved a fresh one");
     link.auth = hub.client.auth_for(&resolved.location);
     link.url = resolved.location;
@@ -297,6 +302,7 @@ async fn pump(
     let mut block = WriteBlock::default();
     let mut stop = s.stop.clone();
     let started = Instant::now();
+    let mut floor = SpeedFloor::new(s.job, s.job.settings.connections_per_download);
     loop {
         let next = tokio::select! {
             n = tokio::time::timeout(stall, body.next()) => n,
@@ -336,6 +342,10 @@ async fn pump(
             flush(s, seg, &mut block)?;
         }
         // Every byte received counts against the limits, the last one of a piece too.
+        if let Err(e) = floor.check(chunk.len(), [&s.engine.global, &s.limiter]) {
+            flush(s, seg, &mut block)?;
+            return Err(e);
+        }
         if !super::limiter::pace(&s.engine.global, &s.limiter, chunk.len(), &mut stop).await {
             flush(s, seg, &mut block)?;
             return Ok(Ended::Stopped);

@@ -151,10 +151,10 @@ impl Transfer {
         self.written + pending
     }
 
-    /// Changes whenever bytes arrive or the transfer starts over: an attempt that did
-    /// not change it delivered nothing.
+    /// How many times the transfer started over, and the bytes it has: an attempt
+    /// that kept the first and grew the second delivered something.
     pub(super) fn progress_mark(&self) -> (u64, u64) {
-        (self.generation, self.received())
+        (self.generation, self.done_bytes())
     }
 
     pub(super) fn total(&self) -> Option<u64> {

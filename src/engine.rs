@@ -56,13 +56,25 @@ use transfer::Transfer;
 pub struct Job {
     pub id: DownloadId,
     pub url: String,
-    /// The final path, already resolved inside `download_dir`.
+    /// The final path, already resolved inside `download_dir` (for messages).
     pub final_path: PathBuf,
+    /// The directory handle that path was resolved to, and the name: every file
+    /// operation of the transfer goes through it. Set by the download actor.
+    pub place: Option<Arc<files::Place>>,
     /// Expected digest, lower-case hex.
     pub sha256: Option<String>,
     pub settings: DownloadsConfig,
     /// Set for Hub downloads: the URL is resolved through the Hub at each (re)start.
     pub hub: Option<HubTarget>,
+}
+
+impl Job {
+    /// Where the transfer writes (see [`Job::place`]).
+    pub(crate) fn place(&self) -> Result<Arc<files::Place>, EngineError> {
+        self.place
+            .clone()
+            .ok_or_else(|| EngineError::Internal("the job's place was not resolved".into()))
+    }
 }
 
 /// A file on the HuggingFace Hub.
@@ -235,7 +247,7 @@ impl Engine {
                 // bytes themselves are wrong, which `finish` already removed). An empty
                 // `.part` (a 404, say) is no use to anyone: leave nothing behind.
                 if transfer.done_bytes() == 0 {
-                    let _ = std::fs::remove_file(files::part_path(&job.final_path));
+                    let _ = transfer.place().remove_part();
                     let _ = self.store.remove_checkpoint(&job.id);
                 } else if !matches!(e, EngineError::Checksum { .. }) {
                     if let Err(cp) = transfer.checkpoint_now(&ctx).await {
@@ -283,6 +295,18 @@ impl Engine {
                 Ok(Ended::LinkExpired { status }) => {
                     t.link_refused(status)?;
                     continue;
+                }
+                Err(EngineError::PartGone) => {
+                    // Deleted or replaced by someone else: its bytes are not ours to
+                    // trust or keep; a fresh `.part` from byte 0.
+                    tracing::warn!(download_id = %job.id, "the .part is gone; starting over");
+                    t.recreate(ctx).await?;
+                    continue;
+                }
+                Err(e @ EngineError::PartTampered(_)) => {
+                    tracing::warn!(download_id = %job.id, error = %e, "starting over");
+                    t.recreate(ctx).await?;
+                    e
                 }
                 Err(e) => e,
             };

@@ -3,7 +3,6 @@
 //! connections when the file is large and the server serves ranges.
 
 use std::ops::ControlFlow;
-use std::path::Path;
 use std::time::SystemTime;
 
 use futures_util::StreamExt;
@@ -13,7 +12,6 @@ use super::request::{self, stall_timeout, SpeedFloor};
 use super::segments::SEGMENT_THRESHOLD;
 use super::transfer::Transfer;
 use super::{limiter, Ended, Engine, EngineError, EngineEvent, Job, RunCtx};
-use crate::files;
 use crate::model::{DownloadError, ErrorKind};
 
 impl Engine {
@@ -63,8 +61,7 @@ impl Engine {
         (ctx.events)(EngineEvent::Total(t.total()));
         if let Some(total) = t.total() {
             let need = total.saturating_sub(t.offset());
-            let dir = job.final_path.parent().unwrap_or(Path::new("."));
-            let free = files::free_space(dir)?;
+            let free = t.place().free_space()?;
             if need > free {
                 return Err(EngineError::NoSpace { need, free });
             }
@@ -82,10 +79,7 @@ impl Engine {
                 .run_segments(job, t, ctx, (url, auth), Some(response))
                 .await;
         }
-        t.use_direct_writes(
-            &files::part_path(&job.final_path),
-            job.settings.direct_io_min_bytes,
-        );
+        t.use_direct_writes(job.settings.direct_io_min_bytes);
         self.read_body(job, t, ctx, response).await
     }
 

@@ -8,9 +8,7 @@ mod disk;
 
 pub(super) use disk::CHECKPOINT_EVERY;
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::fs::File;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,7 +28,14 @@ use crate::store::{Checkpoint, Store};
 
 /// The `.part` file and what is known about it.
 pub(super) struct Transfer {
+    /// The `.part`, locked (`flock`) for the transfer's life: another process (a second
+    /// instance on the same `download_dir`) cannot take it over meanwhile.
     file: File,
+    /// The directory handle and name every file operation goes through.
+    place: Arc<files::Place>,
+    /// Where the running hash (`hasher`) starts: 0 with an expected digest, else the
+    /// offset this run resumed from. The end compares it with what is on disk.
+    hashed_from: u64,
     /// Bytes on disk (written, contiguous from 0).
     written: u64,
     /// Received but not yet written.
@@ -77,9 +82,10 @@ impl Transfer {
     /// Opens the `.part` and puts it back at its last checkpoint: bytes past the
     /// checkpoint may not have reached the disk, so they are not trusted.
     pub(super) async fn open(store: &Store, job: &Job) -> Result<Transfer, EngineError> {
-        let part = files::part_path(&job.final_path);
+        let place = job.place()?;
         let checkpoint = store.checkpoint(&job.id)?.unwrap_or_default();
         let want_hash = job.sha256.is_some();
+        let part = place.clone();
         let good = checkpoint.offset;
         let segments_end = checkpoint.segments.iter().map(|t| t[2]).max();
         let (for_store, id) = (store.clone(), job.id.clone());
@@ -94,7 +100,10 @@ impl Transfer {
             hasher,
             segmented,
         } = opened;
-        let hasher = hasher.map(HashPipe::start).transpose()?;
+        // One connection always follows what it receives, so that the end can compare
+        // it with what is on disk; without an expected digest, from where it resumes.
+        let hashed_from = if hasher.is_some() { 0 } else { offset };
+        let hasher = Some(HashPipe::start(hasher.unwrap_or_default())?);
         let checkpoint = if !segmented && !checkpoint.segments.is_empty() {
             Checkpoint::default()
         } else {
@@ -103,6 +112,8 @@ impl Transfer {
         tracing::debug!(download_id = %job.id, offset, segmented, "transfer opened at its checkpoint");
         Ok(Transfer {
             file,
+            place,
+            hashed_from,
             written: offset,
             block: block::WriteBlock::default(),
             direct: None,
@@ -211,9 +222,11 @@ impl Transfer {
         let learned_digest = self.expected_sha256.is_none() && resolved.sha256.is_some();
         if learned_digest {
             self.expected_sha256 = resolved.sha256;
-            // From byte 0 the digest can run along; later it is taken by reading back.
-            if self.written == 0 {
+            // The running hash covers what this run received; the end reads the file
+            // back from byte 0 to take the whole digest.
+            if self.written == 0 && self.segments.is_none() {
                 self.hasher = Some(HashPipe::start(Sha256::new())?);
+                self.hashed_from = 0;
             }
         }
         self.link = Some(resolved.location);
@@ -301,9 +314,8 @@ impl Transfer {
             .put_checkpoint(&self.id, &self.checkpoint_record(ctx))?;
         self.store.flush().await?;
         self.file.set_len(0)?;
-        if self.hasher.is_some() {
-            self.hasher = Some(HashPipe::start(Sha256::new())?);
-        }
+        self.hasher = Some(HashPipe::start(Sha256::new())?);
+        self.hashed_from = 0;
         self.generation += 1;
         ctx.progress.set_done(0);
         Ok(())
@@ -316,29 +328,110 @@ impl Transfer {
         self.block.clear();
     }
 
-    /// The digest of the whole file: from the running hash when it covers every byte,
-    /// else by reading the file back on a blocking thread.
-    pub(super) async fn digest(&mut self, part: &Path) -> Result<String, EngineError> {
+    /// What is on disk, checked: on one connection the file is read back (through
+    /// our own handle) and compared with the running hash of what was received, so a
+    /// `.part` truncated, extended or overwritten meanwhile is never taken for the
+    /// download; parallel connections read it back already. With `whole`, the digest
+    /// of the whole file as it is on disk.
+    pub(super) async fn settle(&mut self, whole: bool) -> Result<Option<String>, EngineError> {
         if let Some(h) = self.digest_ready.take() {
-            return Ok(hex(&h.finalize()));
+            return Ok(Some(hex(&h.finalize())));
         }
-        if let Some(pipe) = self.hasher.take() {
-            let digest = tokio::task::spawn_blocking(move || pipe.finish())
+        let received = match self.hasher.take() {
+            Some(pipe) => tokio::task::spawn_blocking(move || pipe.finish())
                 .await
-                .map_err(|e| EngineError::Internal(e.to_string()))?;
-            if let Some(h) = digest {
-                return Ok(hex(&h.finalize()));
-            }
-            // The hashing thread died: read the file back instead.
-        }
-        let part = part.to_path_buf();
-        tokio::task::spawn_blocking(move || -> Result<String, EngineError> {
-            let file = File::open(&part)?;
+                .map_err(|e| EngineError::Internal(e.to_string()))?,
+            None => None,
+        };
+        let (file, from, total) = (self.file.try_clone()?, self.hashed_from, self.total);
+        let one_connection = self.segments.is_none();
+        tokio::task::spawn_blocking(move || -> Result<Option<String>, EngineError> {
             let len = file.metadata()?.len();
-            Ok(hex(&hash_prefix(&file, len)?.finalize()))
+            if one_connection && total.is_some_and(|t| t != len) {
+                return Err(EngineError::PartTampered(format!(
+                    "{len} bytes on disk, {} received",
+                    total.unwrap_or(0)
+                )));
+            }
+            let on_disk = match &received {
+                Some(_) => Some(super::hashing::hash_range_of(&file, from, len)?.finalize()),
+                None => None,
+            };
+            if let (Some(got), Some(disk)) = (received, &on_disk) {
+                if got.finalize() != *disk {
+                    return Err(EngineError::PartTampered("its digest differs".into()));
+                }
+            }
+            if !whole {
+                return Ok(None);
+            }
+            match on_disk {
+                Some(d) if from == 0 => Ok(Some(hex(&d))),
+                _ => Ok(Some(hex(&hash_prefix(&file, len)?.finalize()))),
+            }
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))?
+    }
+
+    /// The directory handle and name of the `.part`.
+    pub(super) fn place(&self) -> &files::Place {
+        &self.place
+    }
+
+    /// The `.part` was deleted, replaced or written by someone else: a new one (locked
+    /// like the first), and the transfer from byte 0.
+    pub(super) async fn recreate(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
+        self.wait_checkpoint().await.ok();
+        self.close_direct().await;
+        let place = self.place.clone();
+        let file = tokio::task::spawn_blocking(move || -> Result<File, EngineError> {
+            let file = place.open_part(true, 0)?;
+            lock_part(&file, &place)?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))??;
+        self.file = file;
+        self.restart(ctx).await
+    }
+
+    /// Whether the `.part` name still holds our file (a deleted or replaced one does not).
+    pub(super) fn still_ours(&self) -> Result<(), EngineError> {
+        use std::os::unix::fs::MetadataExt;
+        let ours = self.file.metadata()?;
+        match self.place.part_id()? {
+            Some(id) if id == (ours.dev(), ours.ino()) => Ok(()),
+            _ => Err(EngineError::PartGone),
+        }
+    }
+}
+
+/// How long a `.part` locked by someone else is waited for: a download of the same name
+/// that was just cancelled or paused lets go within moments; another process does not.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes the `.part`'s exclusive `flock` (blocking, within [`LOCK_WAIT`]). It goes with
+/// the file (or the process, after a crash): nothing is left to clean up.
+fn lock_part(file: &File, place: &files::Place) -> Result<(), EngineError> {
+    use std::os::unix::io::AsRawFd;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: a valid fd.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e.into());
+        }
+        if Instant::now() >= deadline {
+            return Err(EngineError::PartBusy(format!(
+                "{}.part",
+                place.path().display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
@@ -346,7 +439,7 @@ impl Transfer {
 /// vouches for: `good` bytes on one connection, or the segments of a file of
 /// `segments_end` bytes (blocking). With `want_hash`, the digest of the bytes kept.
 fn open_part(
-    part: &Path,
+    part: &files::Place,
     store: &Store,
     id: &DownloadId,
     good: u64,
@@ -354,20 +447,13 @@ fn open_part(
     want_hash: bool,
 ) -> Result<Opened, EngineError> {
     // O_NOFOLLOW: a `.part` that became a symlink is never written through.
-    let open = |create: bool| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(part)
-    };
-    let (file, existed) = match open(false) {
+    let (file, existed) = match part.open_part(false, 0) {
         Ok(file) => (file, true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (open(true)?, false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (part.open_part(true, 0)?, false),
         Err(e) => return Err(e.into()),
     };
+    // Before anything is cut or written: a `.part` another process holds is its own.
+    lock_part(&file, part)?;
     let len = file.metadata()?.len();
     // Each segment knows its own good bytes, in a file of full length.
     if let Some(end) = segments_end {

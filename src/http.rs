@@ -80,7 +80,7 @@ impl HostList {
                 .map(|p| format!(":{p}"))
                 .unwrap_or_default();
             return Some(format!(
-                "host {}{port} is not in downloads.allowed_hosts",
+                "host {}{port} is not allowed: not in downloads.allowed_hosts",
                 url.host_str().unwrap_or("")
             ));
         }

@@ -40,6 +40,10 @@ pub struct Checkpoint {
     /// modification time (ns) of the verified `.part`, which the file keeps when renamed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renaming: Option<[u64; 2]>,
+    /// The URL the bytes were fetched from: after a URL swap they are kept only when
+    /// the new one proves to serve the same file. `None` in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl Checkpoint {

@@ -43,6 +43,7 @@ impl Engine {
             validators: t.validators(),
             held: t.received(),
             refreshable_link: t.link().is_some() && request::refreshable(job, &url),
+            must_prove: t.must_prove(),
         };
         let verdict = classify(
             response.status().as_u16(),

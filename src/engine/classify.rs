@@ -37,6 +37,9 @@ pub(super) struct Known<'a> {
     /// The URL is a presigned CDN link that the Hub can hand out again: a refusal there
     /// means it expired, not that the file is forbidden.
     pub(super) refreshable_link: bool,
+    /// The bytes held came from another URL: they are kept only when this answer has
+    /// the same strong ETag and size (else the file may be another of the same size).
+    pub(super) must_prove: bool,
 }
 
 /// What a usable response tells about the file.
@@ -158,6 +161,13 @@ fn partial(headers: &HeaderMap, asked: Asked, known: Known<'_>) -> Verdict {
         )));
     };
     let validators = Validators::from_headers(headers);
+    if known.must_prove && !proves_same(known, &validators, range.total) {
+        return Verdict::Changed(format!(
+            "a new URL without the same strong validator and size ({} -> {})",
+            known.validators.describe(),
+            validators.describe()
+        ));
+    }
     if known.validators.changed_to(&validators) {
         // No If-Range support upstream, but the validator tells: another file.
         return Verdict::Changed(format!(
@@ -178,6 +188,15 @@ fn partial(headers: &HeaderMap, asked: Asked, known: Known<'_>) -> Verdict {
         validators,
         ranges: true,
     })
+}
+
+/// The same strong ETag, and the same size: the same file, whatever the URL.
+fn proves_same(known: Known<'_>, now: &Validators, total: Option<u64>) -> bool {
+    let strong = |v: &Validators| v.etag.clone().filter(|t| !t.starts_with("W/"));
+    strong(known.validators).is_some()
+        && strong(known.validators) == strong(now)
+        && known.total.is_some()
+        && known.total == total
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -489,6 +508,7 @@ mod tests {
                 validators: &validators,
                 held: row.held,
                 refreshable_link: row.refreshable,
+                must_prove: false,
             };
             let got = short(&classify(row.status, &headers, asked, known, now));
             assert_eq!(got, row.want, "{}", row.what);
@@ -504,6 +524,7 @@ mod tests {
             validators: &Validators::default(),
             held: 0,
             refreshable_link: false,
+            must_prove: false,
         };
         let asked = Asked {
             from: 50,

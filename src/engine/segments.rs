@@ -42,6 +42,8 @@ struct Shared<'a> {
     /// The pinned commit, to resolve a Hub file again.
     commit: Option<String>,
     validators: Validators,
+    /// The bytes came from another URL: every answer must prove the file the same.
+    must_prove: bool,
     /// The file's size as this run knows it.
     total: u64,
     progress: Arc<ProgressCell>,
@@ -88,6 +90,7 @@ impl Engine {
             }),
             commit: t.commit().map(str::to_owned),
             validators: t.validators().clone(),
+            must_prove: t.must_prove(),
             total,
             progress: ctx.progress.clone(),
             limiter: ctx.limiter.clone(),
@@ -268,6 +271,7 @@ async fn fetch(s: &Shared<'_>, seg: &Segment, link: &Link) -> Result<Ended, Engi
         // A ranged request: a whole file sent back is never taken for it anyway.
         held: 0,
         refreshable_link: request::refreshable(s.job, &link.url),
+        must_prove: s.must_prove,
     };
     let verdict = classify(
         resp.status().as_u16(),

@@ -65,6 +65,12 @@ pub(super) struct Transfer {
     writeback_from: u64,
     /// The digest of the whole file, when it was taken during the transfer.
     digest_ready: Option<Sha256>,
+    /// The URL this run fetches (recorded in every checkpoint).
+    url: String,
+    /// The bytes held came from another URL (a `PATCH url`), with no expected digest:
+    /// until an answer proves the file the same (strong ETag and size), they are not
+    /// trusted (see `Known::must_prove`).
+    must_prove: bool,
     /// Parallel connections failed once (a server that ignores some ranges): this run
     /// stays on one connection.
     one_connection: bool,
@@ -83,7 +89,8 @@ impl Transfer {
     /// checkpoint may not have reached the disk, so they are not trusted.
     pub(super) async fn open(store: &Store, job: &Job) -> Result<Transfer, EngineError> {
         let place = job.place()?;
-        let checkpoint = store.checkpoint(&job.id)?.unwrap_or_default();
+        let (checkpoint, must_prove) =
+            after_url_swap(store.checkpoint(&job.id)?.unwrap_or_default(), job);
         let want_hash = job.sha256.is_some();
         let part = place.clone();
         let good = checkpoint.offset;
@@ -135,6 +142,8 @@ impl Transfer {
             writeback_from: offset,
             digest_ready: None,
             one_connection: false,
+            url: job.url.clone(),
+            must_prove,
             segments: segmented
                 .then(|| Arc::new(SegmentTable::from_checkpoint(&checkpoint.segments))),
         })
@@ -181,10 +190,17 @@ impl Transfer {
         &self.validators
     }
 
-    /// A response was taken: its size and validators are what is known now.
+    /// A response was taken: its size and validators are what is known now (and,
+    /// after a URL swap, proved the bytes held to be of the same file).
     pub(super) fn accept(&mut self, total: Option<u64>, validators: Validators) {
         self.total = total;
         self.validators = validators;
+        self.must_prove = false;
+    }
+
+    /// Whether the bytes held still have to be proved of the same file (a URL swap).
+    pub(super) fn must_prove(&self) -> bool {
+        self.must_prove
     }
 
     /// The digest to verify, lower-case hex.
@@ -308,6 +324,7 @@ impl Transfer {
         self.writeback_from = 0;
         self.total = None;
         self.validators = Validators::default();
+        self.must_prove = false;
         self.segments = None;
         self.digest_ready = None;
         self.store
@@ -386,9 +403,7 @@ impl Transfer {
         self.close_direct().await;
         let place = self.place.clone();
         let file = tokio::task::spawn_blocking(move || -> Result<File, EngineError> {
-            let file = place.open_part(true, 0)?;
-            lock_part(&file, &place)?;
-            Ok(file)
+            Ok(open_locked(&place, true)?.0)
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))??;
@@ -407,19 +422,61 @@ impl Transfer {
     }
 }
 
+/// What of a checkpoint may be kept when the URL changed since it was written (a
+/// `PATCH url`): everything with an expected digest (the end checks it); with a strong
+/// ETag, the bytes and that ETag alone, to be proved by the new URL's answer (true);
+/// else nothing: a file of the same size elsewhere may be another file.
+fn after_url_swap(checkpoint: Checkpoint, job: &Job) -> (Checkpoint, bool) {
+    let swapped = checkpoint.url.as_deref().is_some_and(|u| u != job.url);
+    if !swapped || job.sha256.is_some() {
+        return (checkpoint, false);
+    }
+    let strong = checkpoint.etag.clone().filter(|t| !t.starts_with("W/"));
+    if strong.is_some() && checkpoint.total.is_some() {
+        tracing::info!(download_id = %job.id, "new URL: the bytes done are kept if it proves the same file");
+        let kept = Checkpoint {
+            last_modified: None,
+            ..checkpoint
+        };
+        return (kept, true);
+    }
+    tracing::info!(download_id = %job.id, "new URL and nothing to prove the file the same: starting over");
+    let fresh = Checkpoint {
+        elapsed_secs: checkpoint.elapsed_secs,
+        url: checkpoint.url,
+        ..Checkpoint::default()
+    };
+    (fresh, false)
+}
+
 /// How long a `.part` locked by someone else is waited for: a download of the same name
 /// that was just cancelled or paused lets go within moments; another process does not.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Takes the `.part`'s exclusive `flock` (blocking, within [`LOCK_WAIT`]). It goes with
-/// the file (or the process, after a crash): nothing is left to clean up.
-fn lock_part(file: &File, place: &files::Place) -> Result<(), EngineError> {
+/// Opens the `.part` (`create`: made when missing) and takes its exclusive `flock`,
+/// waiting [`LOCK_WAIT`] at most (blocking); true when it existed. The lock goes with
+/// the file (or the process, after a crash): nothing is left to clean up. A file renamed
+/// or replaced while its lock was awaited (the holder completed it) is not ours: the
+/// name is opened again.
+fn open_locked(place: &files::Place, create: bool) -> Result<(File, bool), EngineError> {
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::io::AsRawFd;
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
+        let (file, existed) = match place.open_part(false, 0) {
+            Ok(file) => (file, true),
+            Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
+                (place.open_part(true, 0)?, false)
+            }
+            Err(e) => return Err(e.into()),
+        };
         // SAFETY: a valid fd.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(());
+            let meta = file.metadata()?;
+            if place.part_id()? == Some((meta.dev(), meta.ino())) {
+                return Ok((file, existed));
+            }
+            continue;
         }
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
@@ -446,14 +503,9 @@ fn open_part(
     segments_end: Option<u64>,
     want_hash: bool,
 ) -> Result<Opened, EngineError> {
-    // O_NOFOLLOW: a `.part` that became a symlink is never written through.
-    let (file, existed) = match part.open_part(false, 0) {
-        Ok(file) => (file, true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (part.open_part(true, 0)?, false),
-        Err(e) => return Err(e.into()),
-    };
-    // Before anything is cut or written: a `.part` another process holds is its own.
-    lock_part(&file, part)?;
+    // O_NOFOLLOW: a `.part` that became a symlink is never written through. Locked
+    // before anything is cut or written: a `.part` another process holds is its own.
+    let (file, existed) = open_locked(part, true)?;
     let len = file.metadata()?.len();
     // Each segment knows its own good bytes, in a file of full length.
     if let Some(end) = segments_end {

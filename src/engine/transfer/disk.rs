@@ -144,6 +144,7 @@ impl Transfer {
                 .map(|t| t.snapshot())
                 .unwrap_or_default(),
             renaming: None,
+            url: Some(self.url.clone()),
         }
     }
 

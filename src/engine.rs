@@ -283,19 +283,11 @@ impl Engine {
                 return Ok(Ended::Stopped);
             }
             let before = t.progress_mark();
-            let err = match self.attempt(job, t, ctx).await {
-                Ok(Ended::Done) => break,
-                Ok(Ended::Stopped) => return Ok(Ended::Stopped),
-                Ok(Ended::Again) => continue,
-                Ok(Ended::StartOver(why)) => {
-                    tracing::warn!(download_id = %job.id, "{why}; starting over on one connection");
-                    t.fall_back(ctx).await?;
-                    continue;
-                }
-                Ok(Ended::LinkExpired { status }) => {
-                    t.link_refused(status)?;
-                    continue;
-                }
+            let err = match self.attempt_to_the_end(job, t, ctx).await {
+                Ok(ended) => match self.go_on(job, t, ctx, ended).await? {
+                    Some(end) => return Ok(end),
+                    None => continue,
+                },
                 Err(EngineError::PartGone) => {
                     // Deleted or replaced by someone else: its bytes are not ours to
                     // trust or keep; a fresh `.part` from byte 0.
@@ -334,11 +326,43 @@ impl Engine {
             }
             (ctx.events)(EngineEvent::Resumed);
         }
-        if self.finish(job, t, ctx).await? {
-            Ok(Ended::Done)
-        } else {
-            Ok(Ended::Stopped)
+    }
+
+    /// An attempt, and when it got every byte, the end of the file (verified, renamed):
+    /// [`Ended::Done`] then, or [`Ended::Stopped`] when asked to stop before the rename.
+    /// A `.part` found deleted or written by someone else at the end is retried too.
+    async fn attempt_to_the_end(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+    ) -> Result<Ended, EngineError> {
+        match self.attempt(job, t, ctx).await? {
+            Ended::Done if self.finish(job, t, ctx).await? => Ok(Ended::Done),
+            Ended::Done => Ok(Ended::Stopped),
+            other => Ok(other),
         }
+    }
+
+    /// After an attempt that did not fail: the end of the run (`Some`), or `None` to
+    /// go on with another attempt at once.
+    async fn go_on(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+        ended: Ended,
+    ) -> Result<Option<Ended>, EngineError> {
+        match ended {
+            Ended::Done | Ended::Stopped => return Ok(Some(ended)),
+            Ended::Again => {}
+            Ended::StartOver(why) => {
+                tracing::warn!(download_id = %job.id, "{why}; starting over on one connection");
+                t.fall_back(ctx).await?;
+            }
+            Ended::LinkExpired { status } => t.link_refused(status)?,
+        }
+        Ok(None)
     }
 }
 

@@ -186,7 +186,9 @@ async fn a_part_written_by_someone_else_never_completes_with_wrong_bytes() {
     {
         for with_sha in [false, true] {
             let name = format!("t{i}-{with_sha}.bin");
-            let data = content(4 * MIB, 40 + i as u64 * 2 + u64::from(with_sha));
+            // 8 MiB, 8 s: past the first 2 MiB block (which an O_DIRECT writer keeps in
+            // memory until full, then writes whole) with time to spare.
+            let data = content(8 * MIB, 40 + i as u64 * 2 + u64::from(with_sha));
             up.add_file(&name, data.clone(), slow());
             let mut body = json!({"url": up.url(&name)});
             if with_sha {
@@ -197,7 +199,7 @@ async fn a_part_written_by_someone_else_never_completes_with_wrong_bytes() {
         }
     }
     for (id, name, _, how, _) in &runs {
-        past(&svc, id, 1_500_000).await;
+        past(&svc, id, 2_600_000).await;
         tamper(&svc.download_dir().join(format!("{name}.part")), *how);
     }
     for (id, name, data, how, with_sha) in &runs {
@@ -484,6 +486,7 @@ async fn a_folder_swapped_for_a_symlink_mid_download_leaves_nothing_outside() {
     .await;
     let outside = svc.dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
+    let moved = outside.join("r");
     let (s, v) = svc
         .post(
             "/api/downloads",
@@ -493,20 +496,17 @@ async fn a_folder_swapped_for_a_symlink_mid_download_leaves_nothing_outside() {
     assert_eq!(s, 201, "{v}");
     let id = v["id"].as_str().expect("an id").to_owned();
     past(&svc, &id, 1_000_000).await;
+    // The folder goes out of download_dir, and a link to it takes its place: the
+    // transfer's handle moved with it.
     let folder = svc.download_dir().join("o/r");
-    std::fs::rename(&folder, svc.download_dir().join("o/moved")).unwrap();
-    std::os::unix::fs::symlink(&outside, &folder).unwrap();
+    std::fs::rename(&folder, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &folder).unwrap();
     let d = ended(&svc, &id).await;
     assert_eq!(
         tree(&outside),
         Vec::<String>::new(),
-        "a file landed outside download_dir: {d}"
+        "a file was completed (or left) outside download_dir: {d}"
     );
-    if d["state"] == "completed" {
-        assert_eq!(
-            file_sha256(&svc.download_dir().join("o/moved/f.bin")),
-            sha256_hex(&data),
-            "{d}"
-        );
-    }
+    assert_eq!(d["state"], "failed", "{d}");
+    let _ = data;
 }

@@ -101,6 +101,16 @@ fn rename_into_place(place: &files::Place, ours: &std::fs::Metadata) -> Result<(
     if place.part_id()? != Some((ours.dev(), ours.ino())) {
         return Err(EngineError::PartGone);
     }
+    if !place.still_inside()? {
+        // Its folder was moved out of download_dir (a link left in its place): our
+        // bytes go, rather than complete a file out there.
+        let _ = place.remove_part();
+        return Err(EngineError::Disk(std::io::Error::other(format!(
+            "{}: a folder on the way was moved or replaced by a link during the download; \
+             the .part was removed and nothing completed outside download_dir",
+            place.path().display()
+        ))));
+    }
     place.rename_into_place()?;
     // The file is complete and verified under its name: a failed directory fsync only
     // risks the `.part` name coming back after a power loss, and that is resumed (at its

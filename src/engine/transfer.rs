@@ -401,6 +401,10 @@ impl Transfer {
     pub(super) async fn recreate(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
         self.wait_checkpoint().await.ok();
         self.close_direct().await;
+        if self.still_ours().is_ok() {
+            // Written by someone else, but still ours (and locked): cut it back to 0.
+            return self.restart(ctx).await;
+        }
         let place = self.place.clone();
         let file = tokio::task::spawn_blocking(move || -> Result<File, EngineError> {
             Ok(open_locked(&place, true)?.0)

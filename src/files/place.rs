@@ -16,6 +16,9 @@ use super::validate_relative_path;
 /// A directory handle inside `download_dir` and a file name in it.
 pub struct Place {
     dir: OwnedFd,
+    /// `download_dir` and the folders walked, to walk them again before the rename.
+    root: CString,
+    dirs: Vec<CString>,
     name: CString,
     part: CString,
     /// The final path as walked, for messages and logs only.
@@ -62,6 +65,22 @@ fn stat_at(dir: libc::c_int, name: &CString) -> io::Result<Option<libc::stat>> {
     }
 }
 
+/// Opens `download_dir` itself (the configuration's: it may be a link).
+fn open_root(root: &CString) -> io::Result<OwnedFd> {
+    let flags = libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_RDONLY;
+    // SAFETY: a NUL-terminated path.
+    let fd = check(unsafe { libc::open(root.as_ptr(), flags) })?;
+    // SAFETY: just opened, owned here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn dev_ino(fd: libc::c_int) -> io::Result<(u64, u64)> {
+    // SAFETY: zeroed is a valid `stat`; the fd is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok((st.st_dev, st.st_ino))
+}
+
 fn refuse(relative: &str, what: &str, e: io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(libc::ELOOP) => io::Error::new(
@@ -85,15 +104,8 @@ impl Place {
         std::fs::create_dir_all(root)?;
         let root = root.canonicalize()?;
         let root_c = cstr(root.as_os_str())?;
-        // SAFETY: a NUL-terminated path; the root itself is the configuration's.
-        let fd = check(unsafe {
-            libc::open(
-                root_c.as_ptr(),
-                libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_RDONLY,
-            )
-        })?;
-        // SAFETY: just opened, owned here.
-        let mut dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut dir = open_root(&root_c)?;
+        let mut walked = Vec::new();
         let components: Vec<&str> = relative.split('/').collect();
         let (file_name, dirs) = components
             .split_last()
@@ -117,12 +129,15 @@ impl Place {
             }
             .map_err(|e| refuse(relative, part, e))?;
             dir = next;
+            walked.push(c);
             path.push(part);
         }
         let name = cstr(OsStr::new(file_name))?;
         let part = cstr(OsStr::new(&format!("{file_name}.part")))?;
         let place = Place {
             dir,
+            root: root_c,
+            dirs: walked,
             name,
             part,
             path: path.join(file_name),
@@ -186,6 +201,29 @@ impl Place {
         check(unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.part.as_ptr(), 0) }).map(|_| ())
     }
 
+    /// Whether walking the same folders from `download_dir` again (without following
+    /// links) still reaches the directory of the handle: a folder moved out of
+    /// `download_dir` (and a link left in its place) takes the handle with it, and a
+    /// rename there would land outside.
+    pub fn still_inside(&self) -> io::Result<bool> {
+        let mut dir = open_root(&self.root)?;
+        for c in &self.dirs {
+            dir = match open_dir_at(dir.as_raw_fd(), c) {
+                Ok(next) => next,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ELOOP | libc::ENOENT | libc::ENOTDIR)
+                    ) =>
+                {
+                    return Ok(false)
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(dev_ino(dir.as_raw_fd())? == dev_ino(self.dir.as_raw_fd())?)
+    }
+
     /// Renames the `.part` to the final name, in the directory walked at the start.
     pub fn rename_into_place(&self) -> io::Result<()> {
         let d = self.dir.as_raw_fd();
@@ -217,10 +255,15 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let place = Place::open(root.path(), "sub/x.bin").unwrap();
+        assert!(place.still_inside().unwrap());
         std::io::Write::write_all(&mut place.open_part(true, 0).unwrap(), b"abc").unwrap();
         // The folder goes and a link to outside takes its name.
         std::fs::rename(root.path().join("sub"), root.path().join("moved")).unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("sub")).unwrap();
+        assert!(
+            !place.still_inside().unwrap(),
+            "the walk no longer reaches it"
+        );
         place.rename_into_place().unwrap();
         assert_eq!(
             std::fs::read_dir(outside.path()).unwrap().count(),

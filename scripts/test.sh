@@ -44,7 +44,7 @@ set -e
 # the binary the tests just built. Skipped when only some tests were asked for.
 fuzz=0
 if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then
-  bash scripts/fuzz_api.sh target/debug/model-manager 25 || fuzz=1
+  bash scripts/fuzz_api.sh "${CARGO_TARGET_DIR:-target}/debug/model-manager" 25 || fuzz=1
 fi
 
 # One closing line over every test binary.

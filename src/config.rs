@@ -48,6 +48,10 @@ pub struct DownloadsConfig {
     pub retry_base_delay_ms: u64,
     pub progress_interval_ms: u64,
     pub stall_timeout_secs: u64,
+    /// Slower than this (bytes/s) for `stall_timeout_secs` counts as a stall, so that a
+    /// trickle cannot hold a slot for ever; 0: only silence does.
+    #[serde(default = "default_min_speed_bps")]
+    pub min_speed_bps: u64,
     pub speed_limit_bps: u64,
     /// Hosts that downloads (and their redirects) may come from; empty: any host.
     pub allowed_hosts: Vec<String>,
@@ -100,6 +104,10 @@ impl LibraryConfig {
     }
 }
 
+fn default_min_speed_bps() -> u64 {
+    1024
+}
+
 /// `[hub]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -135,6 +143,7 @@ impl Default for DownloadsConfig {
             retry_base_delay_ms: 2000,
             progress_interval_ms: 300,
             stall_timeout_secs: 30,
+            min_speed_bps: default_min_speed_bps(),
             speed_limit_bps: 0,
             allowed_hosts: Vec::new(),
             direct_io_min_bytes: 64 * 1024 * 1024,

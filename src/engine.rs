@@ -43,6 +43,7 @@ pub use segments::SEGMENT_THRESHOLD;
 
 use crate::config::DownloadsConfig;
 use crate::files;
+use crate::http::HostList;
 use crate::hub::HubClient;
 use crate::model::{DownloadError, DownloadId};
 use crate::progress::ProgressCell;
@@ -55,13 +56,25 @@ use transfer::Transfer;
 pub struct Job {
     pub id: DownloadId,
     pub url: String,
-    /// The final path, already resolved inside `download_dir`.
+    /// The final path, already resolved inside `download_dir` (for messages).
     pub final_path: PathBuf,
+    /// The directory handle that path was resolved to, and the name: every file
+    /// operation of the transfer goes through it. Set by the download actor.
+    pub place: Option<Arc<files::Place>>,
     /// Expected digest, lower-case hex.
     pub sha256: Option<String>,
     pub settings: DownloadsConfig,
     /// Set for Hub downloads: the URL is resolved through the Hub at each (re)start.
     pub hub: Option<HubTarget>,
+}
+
+impl Job {
+    /// Where the transfer writes (see [`Job::place`]).
+    pub(crate) fn place(&self) -> Result<Arc<files::Place>, EngineError> {
+        self.place
+            .clone()
+            .ok_or_else(|| EngineError::Internal("the job's place was not resolved".into()))
+    }
 }
 
 /// A file on the HuggingFace Hub.
@@ -144,6 +157,8 @@ pub struct Engine {
     store: Store,
     /// The global speed limit, shared by every connection of every download.
     global: Arc<RateLimiter>,
+    /// `allowed_hosts`: checked again for every Hub link (the client checks redirects).
+    allowed: HostList,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -154,24 +169,17 @@ impl Engine {
         allowed_hosts: &[String],
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Engine, reqwest::Error> {
-        let allowed: Vec<String> = allowed_hosts
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect();
-        // Redirects obey the host allowlist too, and never go to another scheme than http(s).
+        let allowed = HostList::new(allowed_hosts);
+        let for_redirects = allowed.clone();
+        // Every redirect obeys the host allowlist (with its ports) too, and never goes
+        // to another scheme than http(s).
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-            let ok_scheme = matches!(attempt.url().scheme(), "http" | "https");
-            let ok_host = allowed.is_empty()
-                || attempt
-                    .url()
-                    .host_str()
-                    .is_some_and(|h| allowed.iter().any(|a| a.eq_ignore_ascii_case(h)));
             if attempt.previous().len() >= 10 {
-                attempt.error("too many redirects")
-            } else if ok_scheme && ok_host {
-                attempt.follow()
-            } else {
-                attempt.error("redirect to a host or scheme that is not allowed")
+                return attempt.error("too many redirects");
+            }
+            match for_redirects.refusal(attempt.url()) {
+                None => attempt.follow(),
+                Some(why) => attempt.error(format!("redirect not followed: {why}")),
             }
         });
         let client = reqwest::Client::builder()
@@ -184,6 +192,7 @@ impl Engine {
             client,
             store,
             global: Arc::new(RateLimiter::new(speed_limit_bps)),
+            allowed,
             metrics,
         })
     }
@@ -238,7 +247,7 @@ impl Engine {
                 // bytes themselves are wrong, which `finish` already removed). An empty
                 // `.part` (a 404, say) is no use to anyone: leave nothing behind.
                 if transfer.done_bytes() == 0 {
-                    let _ = std::fs::remove_file(files::part_path(&job.final_path));
+                    let _ = transfer.place().remove_part();
                     let _ = self.store.remove_checkpoint(&job.id);
                 } else if !matches!(e, EngineError::Checksum { .. }) {
                     if let Err(cp) = transfer.checkpoint_now(&ctx).await {
@@ -263,27 +272,41 @@ impl Engine {
         ctx: &mut RunCtx,
     ) -> Result<Ended, EngineError> {
         let mut retries = Retries::new(&job.settings);
+        // Progress is a byte added to those kept, or past the furthest one this run
+        // ever held: an upstream that cuts every answer short and ignores Range hands
+        // the same bytes again and again after starting over (or a body longer than
+        // announced, which is dropped), and that is no progress: it backs off like any
+        // failure and ends after `max_retries`.
+        let mut furthest = t.done_bytes();
         loop {
             if *ctx.stop.borrow() {
                 return Ok(Ended::Stopped);
             }
             let before = t.progress_mark();
-            let err = match self.attempt(job, t, ctx).await {
-                Ok(Ended::Done) => break,
-                Ok(Ended::Stopped) => return Ok(Ended::Stopped),
-                Ok(Ended::Again) => continue,
-                Ok(Ended::StartOver(why)) => {
-                    tracing::warn!(download_id = %job.id, "{why}; starting over on one connection");
-                    t.fall_back(ctx).await?;
+            let err = match self.attempt_to_the_end(job, t, ctx).await {
+                Ok(ended) => match self.go_on(job, t, ctx, ended).await? {
+                    Some(end) => return Ok(end),
+                    None => continue,
+                },
+                Err(EngineError::PartGone) => {
+                    // Deleted or replaced by someone else: its bytes are not ours to
+                    // trust or keep; a fresh `.part` from byte 0.
+                    tracing::warn!(download_id = %job.id, "the .part is gone; starting over");
+                    t.recreate(ctx).await?;
                     continue;
                 }
-                Ok(Ended::LinkExpired { status }) => {
-                    t.link_refused(status)?;
-                    continue;
+                Err(e @ EngineError::PartTampered(_)) => {
+                    tracing::warn!(download_id = %job.id, error = %e, "starting over");
+                    t.recreate(ctx).await?;
+                    e
                 }
                 Err(e) => e,
             };
-            let Some(wait) = retries.after(&err, t.progress_mark() != before) else {
+            let now = t.progress_mark();
+            let kept_and_added = now.0 == before.0 && now.1 > before.1;
+            let progressed = kept_and_added || now.1 > furthest;
+            furthest = furthest.max(now.1);
+            let Some(wait) = retries.after(&err, progressed) else {
                 return Err(err);
             };
             tracing::info!(download_id = %job.id, error = %err, attempt = retries.failures(), wait_ms = wait.as_millis() as u64, "attempt failed; retrying");
@@ -303,11 +326,43 @@ impl Engine {
             }
             (ctx.events)(EngineEvent::Resumed);
         }
-        if self.finish(job, t, ctx).await? {
-            Ok(Ended::Done)
-        } else {
-            Ok(Ended::Stopped)
+    }
+
+    /// An attempt, and when it got every byte, the end of the file (verified, renamed):
+    /// [`Ended::Done`] then, or [`Ended::Stopped`] when asked to stop before the rename.
+    /// A `.part` found deleted or written by someone else at the end is retried too.
+    async fn attempt_to_the_end(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+    ) -> Result<Ended, EngineError> {
+        match self.attempt(job, t, ctx).await? {
+            Ended::Done if self.finish(job, t, ctx).await? => Ok(Ended::Done),
+            Ended::Done => Ok(Ended::Stopped),
+            other => Ok(other),
         }
+    }
+
+    /// After an attempt that did not fail: the end of the run (`Some`), or `None` to
+    /// go on with another attempt at once.
+    async fn go_on(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+        ended: Ended,
+    ) -> Result<Option<Ended>, EngineError> {
+        match ended {
+            Ended::Done | Ended::Stopped => return Ok(Some(ended)),
+            Ended::Again => {}
+            Ended::StartOver(why) => {
+                tracing::warn!(download_id = %job.id, "{why}; starting over on one connection");
+                t.fall_back(ctx).await?;
+            }
+            Ended::LinkExpired { status } => t.link_refused(status)?,
+        }
+        Ok(None)
     }
 }
 

@@ -4,6 +4,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+mod place;
+
+pub use place::Place;
+
 /// Why a name or path is refused (answered with 422).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum NameError {

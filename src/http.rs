@@ -9,6 +9,85 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::header::{self, HeaderMap};
 
+/// `[downloads] allowed_hosts`: where downloads, their redirects and the Hub's file
+/// links may go. An entry is `host` (every port) or `host:port` (that port only;
+/// `[v6]:port` for an IPv6 address); empty, any host.
+#[derive(Clone, Debug, Default)]
+pub struct HostList {
+    entries: Vec<(String, Option<u16>)>,
+}
+
+impl HostList {
+    pub fn new(entries: &[String]) -> HostList {
+        let entries = entries
+            .iter()
+            .map(|e| {
+                let e = e.trim().to_ascii_lowercase();
+                match e.rsplit_once(':') {
+                    // "host:port" or "[v6]:port"; a bare IPv6 address has colons too.
+                    Some((host, port))
+                        if !port.is_empty()
+                            && port.bytes().all(|b| b.is_ascii_digit())
+                            && (!host.contains(':') || host.ends_with(']')) =>
+                    {
+                        (host.to_owned(), port.parse().ok())
+                    }
+                    _ => (e, None),
+                }
+            })
+            .map(|(host, port)| {
+                let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                    Some(inner) => inner.to_owned(),
+                    None => host,
+                };
+                (host, port)
+            })
+            .collect();
+        HostList { entries }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether `url`'s host (and port, where the entry names one) is on the list.
+    pub fn allows(&self, url: &url::Url) -> bool {
+        if self.entries.is_empty() {
+            return true;
+        }
+        let host = match url.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string().to_ascii_lowercase(),
+            None => return false,
+        };
+        let port = url.port_or_known_default();
+        self.entries
+            .iter()
+            .any(|(h, p)| *h == host && p.is_none_or(|p| Some(p) == port))
+    }
+
+    /// Why `url` may not be used, or `None` when it may: only http and https, on the list.
+    pub fn refusal(&self, url: &url::Url) -> Option<String> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Some(format!(
+                "{url}: another scheme ({}:); only http and https are followed",
+                url.scheme()
+            ));
+        }
+        if !self.allows(url) {
+            let port = url
+                .port_or_known_default()
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default();
+            return Some(format!(
+                "host {}{port} is not allowed: not in downloads.allowed_hosts",
+                url.host_str().unwrap_or("")
+            ));
+        }
+        None
+    }
+}
+
 /// Flattens a reqwest error with its sources: "error sending request" alone says nothing.
 pub fn describe(error: &reqwest::Error) -> String {
     let mut msg = error.to_string();

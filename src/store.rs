@@ -40,6 +40,10 @@ pub struct Checkpoint {
     /// modification time (ns) of the verified `.part`, which the file keeps when renamed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renaming: Option<[u64; 2]>,
+    /// The URL the bytes were fetched from: after a URL swap they are kept only when
+    /// the new one proves to serve the same file. `None` in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl Checkpoint {
@@ -54,6 +58,33 @@ impl Checkpoint {
             .map(|[start, pos, end]| (*pos).min(*end).saturating_sub(*start))
             .sum()
     }
+}
+
+thread_local! {
+    /// Set while this thread runs [`quietly`]: its panics are caught and reported as
+    /// errors, so the panic hook keeps quiet about them.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic without printing it. The panic hook is process-wide: it
+/// is wrapped once, and keeps quiet only for the thread inside `quietly`. (Swapping
+/// the hook for a silent one around the call, as before, silenced every other thread's
+/// panics meanwhile, and two threads doing it at once could leave it silent for good:
+/// a failing test then printed nothing at all.)
+fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static WRAPPED: std::sync::Once = std::sync::Once::new();
+    WRAPPED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result
 }
 
 /// The sled database behind the service; cheap to clone.
@@ -93,10 +124,7 @@ impl Store {
             .flush_every_ms(Some(500));
         // sled 0.34 can panic on some corrupt files instead of returning an error:
         // start-up must end with one clear line, not a backtrace.
-        let quiet = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
-        std::panic::set_hook(quiet);
+        let opened = quietly(move || config.open());
         let db = match opened {
             Ok(result) => result?,
             Err(panic) => {

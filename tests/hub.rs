@@ -235,8 +235,11 @@ async fn a_split_quantization_is_queued_whole_verified_and_filed_under_the_repo(
         "Big-Model-F16/Big-Model-F16-00002-of-00002.gguf",
     ] {
         let reqs = cdn.requests(&hub.cdn_path("bartowski/Big-Model-GGUF", &commit, path));
-        assert!(!reqs.is_empty());
-        assert!(reqs.iter().all(|r| r.authorization.is_none()));
+        assert!(!reqs.is_empty(), "the CDN got no request for {path}");
+        assert!(
+            reqs.iter().all(|r| r.authorization.is_none()),
+            "a token went to the CDN: {reqs:?}"
+        );
     }
 }
 
@@ -336,7 +339,7 @@ async fn a_gated_repo_with_hf_token_in_the_environment_completes_and_the_cdn_nev
         "{resolves:?}"
     );
     let cdn_reqs = cdn.requests(&hub.cdn_path("meta/gated-GGUF", &commit, "m-Q4_K_M.gguf"));
-    assert!(!cdn_reqs.is_empty());
+    assert!(!cdn_reqs.is_empty(), "the CDN got no request");
     assert!(
         cdn_reqs.iter().all(|r| r.authorization.is_none()),
         "the token reached the CDN: {cdn_reqs:?}"
@@ -536,5 +539,9 @@ async fn hub_names_are_validated() {
         )
         .await;
     assert_eq!(s, 400, "{v}");
-    assert!(tree(&svc.download_dir()).is_empty());
+    assert!(
+        tree(&svc.download_dir()).is_empty(),
+        "files were written: {:?}",
+        tree(&svc.download_dir())
+    );
 }

@@ -172,7 +172,7 @@ async fn ten_thousand_downloads_page_and_restart() {
         worst = worst.max(t.elapsed());
         assert_eq!(s, 200, "{page}");
         let ds = page["downloads"].as_array().unwrap();
-        assert!(ds.len() <= 100);
+        assert!(ds.len() <= 100, "a page of {}", ds.len());
         seen.extend(
             ds.iter()
                 .map(|d| d["file_name"].as_str().unwrap().to_owned()),

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::binary::*;
-use common::service::{content, file_sha256, sha256_hex, MIB};
+use common::service::{content, file_sha256, sha256_hex, tree, MIB};
 use common::upstream::{Behavior, Upstream};
 use serde_json::json;
 
@@ -56,7 +56,11 @@ async fn kill_9_mid_download_resumes_from_the_last_checkpoint() {
         file_sha256(&dir.path().join("downloads/big.gguf")),
         sha256_hex(&data)
     );
-    assert!(!dir.path().join("downloads/big.gguf.part").exists());
+    assert!(
+        !dir.path().join("downloads/big.gguf.part").exists(),
+        "the .part is left: {:?}",
+        tree(&dir.path().join("downloads"))
+    );
 
     let after: Vec<_> = up
         .requests("big.gguf")

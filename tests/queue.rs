@@ -105,7 +105,10 @@ async fn queue_limits_moves_pauses_resumes_cancels_and_keeps_history() {
         "the .part grew while paused"
     );
     assert_eq!(up.bytes_sent("a.bin"), sent, "bytes flowed while paused");
-    assert!(bytes_at_pause > 0 && bytes_at_pause < size as u64);
+    assert!(
+        bytes_at_pause > 0 && bytes_at_pause < size as u64,
+        "{bytes_at_pause} of {size} bytes at the pause"
+    );
 
     // The freed slot went to d (moved ahead of c).
     svc.wait_state(d, "downloading", LONG).await;
@@ -161,13 +164,19 @@ async fn queue_limits_moves_pauses_resumes_cancels_and_keeps_history() {
         .collect();
     assert_eq!(hist.len(), 4);
     for id in [a, b, c, d] {
-        assert!(hist.contains(&id.as_str()));
+        assert!(
+            hist.contains(&id.as_str()),
+            "{id} not in the history: {hist:?}"
+        );
     }
     let (_, h) = svc.get("/api/history?state=completed&limit=2").await;
     let done = h["downloads"].as_array().unwrap();
     assert_eq!(done.len(), 2);
-    assert!(done.iter().all(|v| v["state"] == "completed"));
-    assert!(done[0]["finished_at"].as_str() >= done[1]["finished_at"].as_str());
+    assert!(done.iter().all(|v| v["state"] == "completed"), "{done:?}");
+    assert!(
+        done[0]["finished_at"].as_str() >= done[1]["finished_at"].as_str(),
+        "newest first: {done:?}"
+    );
 
     // Transitions the state does not allow.
     let (status, err) = svc.action(a, "resume").await;

@@ -408,7 +408,10 @@ async fn a_public_bind_without_a_token_refuses_to_start() {
     );
     assert_one_line_about_the_token(code, &stderr, "--bind 0.0.0.0");
     // Nobody is listening on the port.
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "something listens on port {port}"
+    );
 
     // The same from the config file.
     let config = public_config(dir.path(), port, "");

@@ -307,7 +307,11 @@ async fn a_newer_download_of_the_same_name_deleted_leaves_the_old_one_to_start_o
         )
         .await;
     assert!(s == 200 || s == 204, "{s} {v}");
-    assert!(!svc.download_dir().join("model.bin.part").exists());
+    assert!(
+        !svc.download_dir().join("model.bin.part").exists(),
+        "the .part is still there: {:?}",
+        tree(&svc.download_dir())
+    );
     // A again: its old segments are not on disk any more and must not be trusted.
     retry_and_check(&svc, &a_id, &a).await;
 }
@@ -328,7 +332,11 @@ async fn a_failed_segmented_download(svc: &TestService, up: &Upstream, a: &[u8])
         .await;
     let failed = svc.wait_state(&id, "failed", LONG).await;
     assert!(failed["bytes_done"].as_u64() > Some(0), "{failed}");
-    assert!(svc.download_dir().join("model.bin.part").exists());
+    assert!(
+        svc.download_dir().join("model.bin.part").exists(),
+        "no .part: {:?}",
+        tree(&svc.download_dir())
+    );
     up.set_behavior("a.bin", Behavior::default());
     id
 }

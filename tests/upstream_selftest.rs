@@ -230,7 +230,11 @@ async fn drop_every_cuts_each_response_after_n_bytes() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
     let (body, err) = read_body(resp).await;
-    assert!(err.is_some());
+    assert!(
+        err.is_some(),
+        "the body ended cleanly after {} bytes",
+        body.len()
+    );
     assert_eq!(body, &data[100_000..200_000]);
 
     // A range shorter than the cut completes.
@@ -276,7 +280,8 @@ async fn expire_after_limits_each_link_then_403s() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    assert!(!resp.text().await.unwrap().is_empty());
+    let text = resp.text().await.unwrap();
+    assert!(!text.is_empty(), "an empty 403 body");
     let resp = c.head(link("sig=1&expires=9")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 
@@ -299,7 +304,11 @@ async fn expire_after_limits_each_link_then_403s() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
     let (body, err) = read_body(resp).await;
-    assert!(err.is_some());
+    assert!(
+        err.is_some(),
+        "the body ended cleanly after {} bytes",
+        body.len()
+    );
     assert_eq!(body, &data[50_000..60_000]);
     let resp = c.get(link("sig=2")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
@@ -307,7 +316,11 @@ async fn expire_after_limits_each_link_then_403s() {
     let resp = c.get(link("sig=1&expires=9")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let (body, err) = read_body(c.get(up.url(PATH)).send().await.unwrap()).await;
-    assert!(err.is_some());
+    assert!(
+        err.is_some(),
+        "the body ended cleanly after {} bytes",
+        body.len()
+    );
     assert_eq!(body, &data[..30_000]);
 
     let seen: Vec<_> = up
@@ -366,7 +379,11 @@ async fn expire_after_counts_only_bytes_written() {
     let url = format!("{}?sig=7", up.url(PATH));
     // Abandon the first response early: its unsent share of the budget comes back.
     let mut resp = c.get(&url).send().await.unwrap();
-    assert!(resp.chunk().await.unwrap().is_some());
+    let chunk = resp.chunk().await;
+    assert!(
+        chunk.as_ref().is_ok_and(|c| c.is_some()),
+        "no first chunk: {chunk:?}"
+    );
     drop(resp);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let spent = up.bytes_sent(PATH);
@@ -379,7 +396,11 @@ async fn expire_after_counts_only_bytes_written() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
     let (body, err) = read_body(resp).await;
-    assert!(err.is_some());
+    assert!(
+        err.is_some(),
+        "the body ended cleanly after {} bytes",
+        body.len()
+    );
     assert_eq!(body, &data[spent as usize..30_000]);
     let resp = c.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
@@ -467,7 +488,11 @@ async fn no_content_length_is_close_delimited() {
     );
     let resp = client().get(up.url(PATH)).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers().get(CONTENT_LENGTH).is_none());
+    assert!(
+        resp.headers().get(CONTENT_LENGTH).is_none(),
+        "{:?}",
+        resp.headers()
+    );
     assert_eq!(resp.content_length(), None);
     let (body, err) = read_body(resp).await;
     assert!(err.is_none(), "{err:?}");
@@ -620,9 +645,11 @@ async fn dropping_the_upstream_stops_it() {
     let up = Upstream::start();
     up.add_file(PATH, pattern(10), Behavior::default());
     let url = up.url(PATH);
-    assert!(client().get(&url).send().await.is_ok());
+    let sent = client().get(&url).send().await;
+    assert!(sent.is_ok(), "{sent:?}");
     drop(up);
-    assert!(client().get(&url).send().await.is_err());
+    let sent = client().get(&url).send().await;
+    assert!(sent.is_err(), "a stopped upstream answered: {sent:?}");
 }
 
 #[tokio::test]
@@ -643,7 +670,11 @@ async fn swap_after_a_cut_is_seen_by_an_immediate_retry() {
     let resp = c.get(up.url(PATH)).send().await.unwrap();
     let old_etag = header(&resp, ETAG).unwrap().to_string();
     let (body, err) = read_body(resp).await;
-    assert!(err.is_some());
+    assert!(
+        err.is_some(),
+        "the body ended cleanly after {} bytes",
+        body.len()
+    );
     assert_eq!(body, &old[..50_000]);
     // Resume at once, as an engine would: the stale If-Range must yield the new file in full.
     let resp = c

@@ -195,8 +195,11 @@ async fn progress_frames_are_regular_monotonic_and_honest() {
         );
     }
     let pos = |s: &str| seen.iter().position(|x| x == s).unwrap();
-    assert!(pos("queued") < pos("downloading") && pos("downloading") < pos("paused"));
-    assert!(pos("paused") < pos("completed"));
+    assert!(
+        pos("queued") < pos("downloading") && pos("downloading") < pos("paused"),
+        "{seen:?}"
+    );
+    assert!(pos("paused") < pos("completed"), "{seen:?}");
 
     // Removal is announced too.
     svc.call(

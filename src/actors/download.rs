@@ -132,7 +132,8 @@ impl Actor for DownloadActor {
     }
 }
 
-/// The job with its final path resolved inside `download_dir` (symlinks refused).
+/// The job with its final path resolved inside `download_dir` (symlinks refused), and
+/// the handle of the directory it was resolved to, which the transfer works through.
 async fn resolve(pending: PendingJob) -> Result<Job, DownloadError> {
     let PendingJob {
         mut job,
@@ -140,14 +141,15 @@ async fn resolve(pending: PendingJob) -> Result<Job, DownloadError> {
         path,
     } = pending;
     let resolved = tokio::task::spawn_blocking(move || {
-        files::resolve_inside(&download_dir, &path).map_err(|e| format!("cannot use {path}: {e}"))
+        files::Place::open(&download_dir, &path).map_err(|e| format!("cannot use {path}: {e}"))
     })
     .await
     .map_err(|e| e.to_string())
     .and_then(|r| r);
     match resolved {
-        Ok(final_path) => {
-            job.final_path = final_path;
+        Ok(place) => {
+            job.final_path = place.path().to_path_buf();
+            job.place = Some(Arc::new(place));
             Ok(job)
         }
         Err(message) => Err(DownloadError {

@@ -293,6 +293,7 @@ impl Supervisor {
             id: d.id.clone(),
             url: d.url.clone(),
             final_path: PathBuf::new(),
+            place: None,
             sha256: d.sha256.clone(),
             settings: self.settings.clone(),
             hub: match &d.source {

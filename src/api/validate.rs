@@ -4,6 +4,7 @@ use crate::error::ApiError;
 
 /// Which hosts downloads may come from (`[downloads] allowed_hosts`; empty: any), so
 /// that a service reachable by others cannot be turned against the local network.
+/// Entries are `host` (any port) or `host:port` (see [`crate::http::HostList`]).
 #[derive(Clone, Debug, Default)]
 pub struct UrlPolicy {
     pub allowed_hosts: Vec<String>,
@@ -11,20 +12,14 @@ pub struct UrlPolicy {
 
 impl UrlPolicy {
     pub fn allows(&self, url: &url::Url) -> bool {
-        self.allowed_hosts.is_empty()
-            || url
-                .host_str()
-                .is_some_and(|h| self.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h)))
+        crate::http::HostList::new(&self.allowed_hosts).allows(url)
     }
 
     /// [`validate_url`], plus the host allowlist.
     pub fn check(&self, raw: &str) -> Result<url::Url, ApiError> {
         let url = validate_url(raw)?;
-        if !self.allows(&url) {
-            return Err(ApiError::Unprocessable(format!(
-                "host {:?} is not in downloads.allowed_hosts",
-                url.host_str().unwrap_or("")
-            )));
+        if let Some(why) = crate::http::HostList::new(&self.allowed_hosts).refusal(&url) {
+            return Err(ApiError::Unprocessable(why));
         }
         Ok(url)
     }

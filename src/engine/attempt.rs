@@ -3,17 +3,15 @@
 //! connections when the file is large and the server serves ranges.
 
 use std::ops::ControlFlow;
-use std::path::Path;
 use std::time::SystemTime;
 
 use futures_util::StreamExt;
 
 use super::classify::{classify, Accepted, Asked, Known, Verdict};
-use super::request::{self, stall_timeout};
+use super::request::{self, stall_timeout, SpeedFloor};
 use super::segments::SEGMENT_THRESHOLD;
 use super::transfer::Transfer;
 use super::{limiter, Ended, Engine, EngineError, EngineEvent, Job, RunCtx};
-use crate::files;
 use crate::model::{DownloadError, ErrorKind};
 
 impl Engine {
@@ -45,6 +43,7 @@ impl Engine {
             validators: t.validators(),
             held: t.received(),
             refreshable_link: t.link().is_some() && request::refreshable(job, &url),
+            must_prove: t.must_prove(),
         };
         let verdict = classify(
             response.status().as_u16(),
@@ -63,8 +62,7 @@ impl Engine {
         (ctx.events)(EngineEvent::Total(t.total()));
         if let Some(total) = t.total() {
             let need = total.saturating_sub(t.offset());
-            let dir = job.final_path.parent().unwrap_or(Path::new("."));
-            let free = files::free_space(dir)?;
+            let free = t.place().free_space()?;
             if need > free {
                 return Err(EngineError::NoSpace { need, free });
             }
@@ -82,10 +80,7 @@ impl Engine {
                 .run_segments(job, t, ctx, (url, auth), Some(response))
                 .await;
         }
-        t.use_direct_writes(
-            &files::part_path(&job.final_path),
-            job.settings.direct_io_min_bytes,
-        );
+        t.use_direct_writes(job.settings.direct_io_min_bytes);
         self.read_body(job, t, ctx, response).await
     }
 
@@ -138,6 +133,7 @@ impl Engine {
         let mut body = response.bytes_stream();
         let mut chunks = 0u64;
         let first = t.received();
+        let mut floor = SpeedFloor::new(job, 1);
         loop {
             let next = tokio::select! {
                 n = tokio::time::timeout(stall, body.next()) => n,
@@ -159,6 +155,7 @@ impl Engine {
                 }
             }
             t.maybe_checkpoint(ctx).await?;
+            floor.check(chunk.len(), [&self.global, &ctx.limiter])?;
             if !limiter::pace(&self.global, &ctx.limiter, chunk.len(), &mut ctx.stop).await {
                 return Ok(Ended::Stopped);
             }
@@ -213,6 +210,12 @@ impl Engine {
             .link()
             .cloned()
             .ok_or_else(|| EngineError::Internal("no link".into()))?;
+        // The Hub chose this link, not the user: it obeys `allowed_hosts` like any URL.
+        if let Some(why) = self.allowed.refusal(&link) {
+            return Err(EngineError::NotAllowed(format!(
+                "the Hub's file link: {why}"
+            )));
+        }
         let auth = hub.client.auth_for(&link);
         Ok((link, auth))
     }

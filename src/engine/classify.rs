@@ -37,6 +37,9 @@ pub(super) struct Known<'a> {
     /// The URL is a presigned CDN link that the Hub can hand out again: a refusal there
     /// means it expired, not that the file is forbidden.
     pub(super) refreshable_link: bool,
+    /// The bytes held came from another URL: they are kept only when this answer has
+    /// the same strong ETag and size (else the file may be another of the same size).
+    pub(super) must_prove: bool,
 }
 
 /// What a usable response tells about the file.
@@ -91,11 +94,34 @@ pub(super) fn classify(
         416 if known.total == Some(asked.from) => Verdict::Complete,
         416 => Verdict::Unsatisfiable,
         401 | 403 | 410 if known.refreshable_link => Verdict::LinkExpired { status },
+        300..=399 if headers.contains_key(header::LOCATION) => redirect(status, headers),
         _ => Verdict::Failed(EngineError::Status {
             status,
             retry_after: crate::http::retry_wait(headers, now),
         }),
     }
+}
+
+/// A redirect that reached us was not followed (the client follows the ones it may):
+/// say where it led and why, not a bare status.
+fn redirect(status: u16, headers: &HeaderMap) -> Verdict {
+    let location = headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let scheme = location
+        .split_once(':')
+        .map(|(s, _)| s.to_ascii_lowercase());
+    let why = match scheme.as_deref() {
+        Some("http" | "https") | None => "its host is not allowed, or too many redirects".into(),
+        Some(other) => format!("another scheme ({other}:); only http and https are followed"),
+    };
+    Verdict::Failed(EngineError::Redirect {
+        status,
+        location,
+        why,
+    })
 }
 
 fn whole_file(headers: &HeaderMap, asked: Asked, known: Known<'_>) -> Verdict {
@@ -135,6 +161,13 @@ fn partial(headers: &HeaderMap, asked: Asked, known: Known<'_>) -> Verdict {
         )));
     };
     let validators = Validators::from_headers(headers);
+    if known.must_prove && !proves_same(known, &validators, range.total) {
+        return Verdict::Changed(format!(
+            "a new URL without the same strong validator and size ({} -> {})",
+            known.validators.describe(),
+            validators.describe()
+        ));
+    }
     if known.validators.changed_to(&validators) {
         // No If-Range support upstream, but the validator tells: another file.
         return Verdict::Changed(format!(
@@ -155,6 +188,15 @@ fn partial(headers: &HeaderMap, asked: Asked, known: Known<'_>) -> Verdict {
         validators,
         ranges: true,
     })
+}
+
+/// The same strong ETag, and the same size: the same file, whatever the URL.
+fn proves_same(known: Known<'_>, now: &Validators, total: Option<u64>) -> bool {
+    let strong = |v: &Validators| v.etag.clone().filter(|t| !t.starts_with("W/"));
+    strong(known.validators).is_some()
+        && strong(known.validators) == strong(now)
+        && known.total.is_some()
+        && known.total == total
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -466,6 +508,7 @@ mod tests {
                 validators: &validators,
                 held: row.held,
                 refreshable_link: row.refreshable,
+                must_prove: false,
             };
             let got = short(&classify(row.status, &headers, asked, known, now));
             assert_eq!(got, row.want, "{}", row.what);
@@ -481,6 +524,7 @@ mod tests {
             validators: &Validators::default(),
             held: 0,
             refreshable_link: false,
+            must_prove: false,
         };
         let asked = Asked {
             from: 50,

@@ -17,10 +17,9 @@
 //! the byte loop only awaits buffers coming back, so a slow disk never blocks the thread
 //! that runs the other downloads.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
 
@@ -92,14 +91,14 @@ pub struct DirectWriter {
 }
 
 impl DirectWriter {
-    /// A writer that appends at `at` to the file at `path` (open as `buffered`).
-    /// `None` when the filesystem does not take `O_DIRECT`.
-    pub fn open(path: &Path, buffered: &File, at: u64) -> io::Result<Option<DirectWriter>> {
-        let direct = match OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW)
-            .open(path)
-        {
+    /// A writer that appends at `at` to the file `open` opens with `O_DIRECT` (open
+    /// as `buffered`). `None` when the filesystem does not take `O_DIRECT`.
+    pub fn open(
+        open: impl FnOnce() -> io::Result<File>,
+        buffered: &File,
+        at: u64,
+    ) -> io::Result<Option<DirectWriter>> {
+        let direct = match open() {
             Ok(f) => f,
             Err(e) if refuses_direct(&e) => return Ok(None),
             Err(e) => return Err(e),
@@ -314,11 +313,23 @@ fn write_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::Path;
 
     fn pattern(len: usize, seed: u32) -> Vec<u8> {
         (0..len as u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13 ^ seed) as u8)
             .collect()
+    }
+
+    fn direct_opener(path: &Path) -> impl FnOnce() -> io::Result<File> + '_ {
+        move || {
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW)
+                .open(path)
+        }
     }
 
     fn open_rw(path: &Path) -> File {
@@ -338,7 +349,9 @@ mod tests {
         let head = pattern(5_000, 1);
         std::fs::write(&path, &head).unwrap();
         let file = open_rw(&path);
-        let Some(mut w) = DirectWriter::open(&path, &file, head.len() as u64).unwrap() else {
+        let Some(mut w) =
+            DirectWriter::open(direct_opener(&path), &file, head.len() as u64).unwrap()
+        else {
             eprintln!("no O_DIRECT on this filesystem; nothing to test");
             return;
         };
@@ -363,7 +376,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.part");
         let file = open_rw(&path);
-        let Some(mut w) = DirectWriter::open(&path, &file, 0).unwrap() else {
+        let Some(mut w) = DirectWriter::open(direct_opener(&path), &file, 0).unwrap() else {
             return;
         };
         let body = pattern(3 * BUF_SIZE + 70_000, 3);
@@ -397,7 +410,7 @@ mod tests {
         let path = dir.path().join("f.part");
         let file = open_rw(&path);
         // 1 PiB is past the largest file ext4 (and most filesystems) can hold: EFBIG.
-        let Some(mut w) = DirectWriter::open(&path, &file, 1 << 50).unwrap() else {
+        let Some(mut w) = DirectWriter::open(direct_opener(&path), &file, 1 << 50).unwrap() else {
             return;
         };
         let body = pattern(BUF_SIZE * BUFFERS + 1000, 5);

@@ -18,6 +18,22 @@ pub enum EngineError {
     Network(String),
     #[error("no data for {0} s: connection stalled")]
     Stalled(u64),
+    #[error("{bps} bytes/s for {secs} s, below min_speed_bps ({min}): connection stalled")]
+    TooSlow { bps: u64, min: u64, secs: u64 },
+    #[error("HTTP {status}: a redirect to {location:?}, which is not followed: {why}")]
+    Redirect {
+        status: u16,
+        location: String,
+        why: String,
+    },
+    #[error("{0}")]
+    NotAllowed(String),
+    #[error("the .part was deleted or replaced under the transfer; starting over")]
+    PartGone,
+    #[error("the .part does not hold the bytes received ({0}): something else wrote it")]
+    PartTampered(String),
+    #[error("{0} is being written by another download or process")]
+    PartBusy(String),
     #[error("server answered a range we did not ask for: {0}")]
     BadContentRange(String),
     #[error("body ended after {got} of {expected} bytes")]
@@ -56,12 +72,18 @@ impl EngineError {
             }
             EngineError::Network(_)
             | EngineError::Stalled(_)
+            | EngineError::TooSlow { .. }
+            | EngineError::PartGone
+            | EngineError::PartTampered(_)
             | EngineError::BadContentRange(_)
             | EngineError::Truncated { .. }
             | EngineError::Overlong { .. } => true,
             EngineError::Hub(h) => h.is_transient(),
             EngineError::Disk(_)
             | EngineError::NoSpace { .. }
+            | EngineError::Redirect { .. }
+            | EngineError::NotAllowed(_)
+            | EngineError::PartBusy(_)
             | EngineError::Checksum { .. }
             | EngineError::Store(_)
             | EngineError::Internal(_) => false,
@@ -85,14 +107,21 @@ impl EngineError {
             EngineError::Status {
                 status: 401 | 403, ..
             } => ErrorKind::Unauthorized,
-            EngineError::Status { .. } | EngineError::BadContentRange(_) => ErrorKind::HttpStatus,
+            EngineError::Status { .. }
+            | EngineError::BadContentRange(_)
+            | EngineError::Redirect { .. }
+            | EngineError::NotAllowed(_) => ErrorKind::HttpStatus,
             EngineError::Network(_)
             | EngineError::Stalled(_)
+            | EngineError::TooSlow { .. }
             | EngineError::Truncated { .. }
             | EngineError::Overlong { .. } => ErrorKind::Network,
-            EngineError::Disk(_) | EngineError::NoSpace { .. } | EngineError::Store(_) => {
-                ErrorKind::Disk
-            }
+            EngineError::Disk(_)
+            | EngineError::NoSpace { .. }
+            | EngineError::Store(_)
+            | EngineError::PartGone
+            | EngineError::PartTampered(_)
+            | EngineError::PartBusy(_) => ErrorKind::Disk,
             EngineError::Checksum { .. } => ErrorKind::ChecksumMismatch,
             EngineError::Internal(_) => ErrorKind::Internal,
             EngineError::Hub(h) => match h {

@@ -2,8 +2,6 @@
 //! its identity), rename it into place; and, at the next start, recognise a file that a
 //! crash caught right after that rename.
 
-use std::path::Path;
-
 use super::transfer::Transfer;
 use super::{Engine, EngineError, EngineEvent, Job, RunCtx};
 use crate::files;
@@ -18,12 +16,10 @@ impl Engine {
         let cp = self.store.checkpoint(&job.id).ok()??;
         let total = cp.total?;
         let renamed = cp.renaming?;
-        let meta = std::fs::symlink_metadata(&job.final_path)
-            .ok()
-            .filter(|m| m.is_file())?;
-        let part = files::part_path(&job.final_path);
-        let ours = file_identity(&meta) == renamed && meta.len() == total;
-        (ours && !part.exists()).then_some(total)
+        let place = job.place().ok()?;
+        let (identity, len) = place.final_identity().ok()??;
+        let ours = identity == renamed && len == total;
+        (ours && place.part_id().ok()?.is_none()).then_some(total)
     }
 
     /// Verifies (when a digest is known), fsyncs and renames into place.
@@ -38,12 +34,11 @@ impl Engine {
         t.wait_checkpoint().await?;
         // Writes what is left (on either path) and gives a direct-written file its length.
         t.end_direct_writes().await?;
-        let part = files::part_path(&job.final_path);
         // The fsync before the rename runs while the digest is taken: one writes back
         // what the page cache holds, the other reads it, on two cores.
         let for_sync = t.file().try_clone()?;
         let syncing = tokio::task::spawn_blocking(move || for_sync.sync_all());
-        self.verify(job, t, ctx, &part).await?;
+        self.verify(job, t, ctx).await?;
         if *ctx.stop.borrow() {
             return Ok(false);
         }
@@ -61,8 +56,8 @@ impl Engine {
         record.renaming = Some(file_identity(&ours));
         self.store.put_checkpoint(&job.id, &record)?;
         self.store.flush().await?;
-        let final_path = job.final_path.clone();
-        tokio::task::spawn_blocking(move || rename_into_place(&part, &final_path, &ours))
+        let place = job.place()?;
+        tokio::task::spawn_blocking(move || rename_into_place(&place, &ours))
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))??;
         // The checkpoint goes when the supervisor records `completed`, not before.
@@ -70,20 +65,18 @@ impl Engine {
         Ok(true)
     }
 
-    /// Compares the digest of the `.part` with the expected one, when there is one. A
-    /// mismatch removes the file: its bytes are wrong, and none are worth resuming.
-    async fn verify(
-        &self,
-        job: &Job,
-        t: &mut Transfer,
-        ctx: &RunCtx,
-        part: &Path,
-    ) -> Result<(), EngineError> {
-        let Some(expected) = t.expected_sha256().map(str::to_owned) else {
+    /// Checks what is on disk (see [`Transfer::settle`]) and compares its digest with
+    /// the expected one, when there is one. A mismatch removes the file: its bytes are
+    /// wrong, and none are worth resuming.
+    async fn verify(&self, job: &Job, t: &mut Transfer, ctx: &RunCtx) -> Result<(), EngineError> {
+        let expected = t.expected_sha256().map(str::to_owned);
+        if expected.is_some() {
+            (ctx.events)(EngineEvent::Verifying);
+        }
+        let actual = t.settle(expected.is_some()).await?;
+        let (Some(expected), Some(actual)) = (expected, actual) else {
             return Ok(());
         };
-        (ctx.events)(EngineEvent::Verifying);
-        let actual = t.digest(part).await?;
         if actual == expected {
             return Ok(());
         }
@@ -92,35 +85,38 @@ impl Engine {
         // complete beside no `.part`.
         self.store.remove_checkpoint(&job.id)?;
         self.store.flush().await?;
-        let _ = std::fs::remove_file(part);
+        let _ = t.place().remove_part();
         t.reset_after_delete();
         Err(EngineError::Checksum { expected, actual })
     }
 }
 
-/// Renames the verified `.part` to its final name (blocking).
-fn rename_into_place(
-    part: &Path,
-    final_path: &Path,
-    ours: &std::fs::Metadata,
-) -> std::io::Result<()> {
+/// Renames the verified `.part` to its final name, in the directory walked when the
+/// transfer started (blocking).
+fn rename_into_place(place: &files::Place, ours: &std::fs::Metadata) -> Result<(), EngineError> {
+    use std::os::unix::fs::MetadataExt;
     // The rename is by name: make sure the name is still our file, not the `.part` of a
-    // newer download of the same name (after a cancel that gave up waiting for this
-    // engine, say).
-    let named = std::fs::symlink_metadata(part)?;
-    if !files::same_file(&named, ours) {
-        return Err(std::io::Error::other(
-            "the .part was replaced by another file; not renaming it",
-        ));
+    // newer download of the same name, nor one that replaced a deleted one: then the
+    // transfer starts over.
+    if place.part_id()? != Some((ours.dev(), ours.ino())) {
+        return Err(EngineError::PartGone);
     }
-    std::fs::rename(part, final_path)?;
-    if let Some(dir) = final_path.parent() {
-        // The file is complete and verified under its name: a failed directory fsync
-        // only risks the `.part` name coming back after a power loss, and that is
-        // resumed (at its end) and renamed again.
-        if let Err(e) = files::sync_dir(dir) {
-            tracing::warn!(error = %e, dir = %dir.display(), "directory fsync after the rename failed");
-        }
+    if !place.still_inside()? {
+        // Its folder was moved out of download_dir (a link left in its place): our
+        // bytes go, rather than complete a file out there.
+        let _ = place.remove_part();
+        return Err(EngineError::Disk(std::io::Error::other(format!(
+            "{}: a folder on the way was moved or replaced by a link during the download; \
+             the .part was removed and nothing completed outside download_dir",
+            place.path().display()
+        ))));
+    }
+    place.rename_into_place()?;
+    // The file is complete and verified under its name: a failed directory fsync only
+    // risks the `.part` name coming back after a power loss, and that is resumed (at its
+    // end) and renamed again.
+    if let Err(e) = place.sync() {
+        tracing::warn!(error = %e, dir = %place.path().display(), "directory fsync after the rename failed");
     }
     Ok(())
 }

@@ -40,6 +40,14 @@ fn hash_range(
     Ok(())
 }
 
+/// Hashes bytes `[from, to)` of `file` (blocking).
+pub(super) fn hash_range_of(file: &File, from: u64, to: u64) -> std::io::Result<Sha256> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; READ_BUF];
+    hash_range(file, &mut hasher, &mut buf, from, to)?;
+    Ok(hasher)
+}
+
 /// Hashes the first `len` bytes of `file` (blocking).
 pub(super) fn hash_prefix(file: &File, len: u64) -> std::io::Result<Sha256> {
     let mut hasher = Sha256::new();

@@ -8,6 +8,7 @@ use reqwest::header;
 use tokio::sync::watch;
 
 use super::classify::Asked;
+use super::limiter::RateLimiter;
 use super::validators::Validators;
 use super::{EngineError, Job};
 
@@ -60,4 +61,53 @@ pub(super) fn refreshable(job: &Job, url: &url::Url) -> bool {
 /// How long a connection may go without a byte before it is taken for dead.
 pub(super) fn stall_timeout(job: &Job) -> Duration {
     Duration::from_secs(job.settings.stall_timeout_secs)
+}
+
+/// The slowest a connection may be, over a whole stall window, before it is taken for
+/// stalled too: a trickle of a byte a second is never silent, yet holds a slot for ever.
+pub(super) struct SpeedFloor {
+    /// `min_speed_bps` of this connection's share (0: off).
+    min: u64,
+    window: Duration,
+    since: std::time::Instant,
+    bytes: u64,
+}
+
+impl SpeedFloor {
+    /// The floor of one of `share` connections of `job`.
+    pub(super) fn new(job: &Job, share: usize) -> SpeedFloor {
+        SpeedFloor {
+            min: job.settings.min_speed_bps / share.max(1) as u64,
+            window: stall_timeout(job),
+            since: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `n` bytes received; at the end of each window, an error when fewer came
+    /// than the floor asks. Our own speed limits lower the floor (to half of what they
+    /// allow), so that a cap the user set is never taken for a stall.
+    pub(super) fn check(&mut self, n: usize, limits: [&RateLimiter; 2]) -> Result<(), EngineError> {
+        self.bytes += n as u64;
+        let elapsed = self.since.elapsed();
+        if self.min == 0 || elapsed < self.window {
+            return Ok(());
+        }
+        let min = limits
+            .iter()
+            .map(|l| l.rate())
+            .filter(|&r| r > 0)
+            .fold(self.min, |m, r| m.min(r / 2));
+        let bps = (self.bytes as f64 / elapsed.as_secs_f64()) as u64;
+        self.since = std::time::Instant::now();
+        self.bytes = 0;
+        if bps < min {
+            return Err(EngineError::TooSlow {
+                bps,
+                min,
+                secs: elapsed.as_secs(),
+            });
+        }
+        Ok(())
+    }
 }

@@ -65,6 +65,9 @@ impl Retries {
         if !err.is_transient() {
             return None;
         }
+        // A trickle delivers a few bytes each time: were that progress, it would be
+        // resumed at once for ever and hold its slot. It backs off like a failure.
+        let progressed = progressed && !matches!(err, EngineError::TooSlow { .. });
         self.failures = if progressed { 1 } else { self.failures + 1 };
         if self.failures > self.max {
             return None;

@@ -20,7 +20,7 @@ use super::block::{WriteBlock, WRITE_BLOCK};
 use super::classify::{classify, Asked, Known, Verdict};
 use super::hashing::Follower;
 use super::limiter::RateLimiter;
-use super::request::{self, stall_timeout};
+use super::request::{self, stall_timeout, SpeedFloor};
 use super::retry::{sleep_unless_stopped, LinkBudget, Retries};
 use super::segment_table::{Segment, SegmentTable};
 use super::transfer::{Transfer, CHECKPOINT_EVERY};
@@ -42,6 +42,8 @@ struct Shared<'a> {
     /// The pinned commit, to resolve a Hub file again.
     commit: Option<String>,
     validators: Validators,
+    /// The bytes came from another URL: every answer must prove the file the same.
+    must_prove: bool,
     /// The file's size as this run knows it.
     total: u64,
     progress: Arc<ProgressCell>,
@@ -88,6 +90,7 @@ impl Engine {
             }),
             commit: t.commit().map(str::to_owned),
             validators: t.validators().clone(),
+            must_prove: t.must_prove(),
             total,
             progress: ctx.progress.clone(),
             limiter: ctx.limiter.clone(),
@@ -232,6 +235,11 @@ async fn refresh_link(s: &Shared<'_>, seen: u64) -> Result<(), EngineError> {
     }
     let revision = s.commit.as_deref().unwrap_or(&hub.revision);
     let resolved = hub.client.resolve(&hub.repo, revision, &hub.file).await?;
+    if let Some(why) = s.engine.allowed.refusal(&resolved.location) {
+        return Err(EngineError::NotAllowed(format!(
+            "the Hub's file link: {why}"
+        )));
+    }
     tracing::info!(download_id = %s.job.id, "CDN link refused; resolved a fresh one");
     link.auth = hub.client.auth_for(&resolved.location);
     link.url = resolved.location;
@@ -263,6 +271,7 @@ async fn fetch(s: &Shared<'_>, seg: &Segment, link: &Link) -> Result<Ended, Engi
         // A ranged request: a whole file sent back is never taken for it anyway.
         held: 0,
         refreshable_link: request::refreshable(s.job, &link.url),
+        must_prove: s.must_prove,
     };
     let verdict = classify(
         resp.status().as_u16(),
@@ -297,6 +306,7 @@ async fn pump(
     let mut block = WriteBlock::default();
     let mut stop = s.stop.clone();
     let started = Instant::now();
+    let mut floor = SpeedFloor::new(s.job, s.job.settings.connections_per_download);
     loop {
         let next = tokio::select! {
             n = tokio::time::timeout(stall, body.next()) => n,
@@ -336,6 +346,10 @@ async fn pump(
             flush(s, seg, &mut block)?;
         }
         // Every byte received counts against the limits, the last one of a piece too.
+        if let Err(e) = floor.check(chunk.len(), [&s.engine.global, &s.limiter]) {
+            flush(s, seg, &mut block)?;
+            return Err(e);
+        }
         if !super::limiter::pace(&s.engine.global, &s.limiter, chunk.len(), &mut stop).await {
             flush(s, seg, &mut block)?;
             return Ok(Ended::Stopped);

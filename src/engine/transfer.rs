@@ -8,9 +8,7 @@ mod disk;
 
 pub(super) use disk::CHECKPOINT_EVERY;
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::fs::File;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,7 +28,14 @@ use crate::store::{Checkpoint, Store};
 
 /// The `.part` file and what is known about it.
 pub(super) struct Transfer {
+    /// The `.part`, locked (`flock`) for the transfer's life: another process (a second
+    /// instance on the same `download_dir`) cannot take it over meanwhile.
     file: File,
+    /// The directory handle and name every file operation goes through.
+    place: Arc<files::Place>,
+    /// Where the running hash (`hasher`) starts: 0 with an expected digest, else the
+    /// offset this run resumed from. The end compares it with what is on disk.
+    hashed_from: u64,
     /// Bytes on disk (written, contiguous from 0).
     written: u64,
     /// Received but not yet written.
@@ -60,6 +65,12 @@ pub(super) struct Transfer {
     writeback_from: u64,
     /// The digest of the whole file, when it was taken during the transfer.
     digest_ready: Option<Sha256>,
+    /// The URL this run fetches (recorded in every checkpoint).
+    url: String,
+    /// The bytes held came from another URL (a `PATCH url`), with no expected digest:
+    /// until an answer proves the file the same (strong ETag and size), they are not
+    /// trusted (see `Known::must_prove`).
+    must_prove: bool,
     /// Parallel connections failed once (a server that ignores some ranges): this run
     /// stays on one connection.
     one_connection: bool,
@@ -77,9 +88,11 @@ impl Transfer {
     /// Opens the `.part` and puts it back at its last checkpoint: bytes past the
     /// checkpoint may not have reached the disk, so they are not trusted.
     pub(super) async fn open(store: &Store, job: &Job) -> Result<Transfer, EngineError> {
-        let part = files::part_path(&job.final_path);
-        let checkpoint = store.checkpoint(&job.id)?.unwrap_or_default();
+        let place = job.place()?;
+        let (checkpoint, must_prove) =
+            after_url_swap(store.checkpoint(&job.id)?.unwrap_or_default(), job);
         let want_hash = job.sha256.is_some();
+        let part = place.clone();
         let good = checkpoint.offset;
         let segments_end = checkpoint.segments.iter().map(|t| t[2]).max();
         let (for_store, id) = (store.clone(), job.id.clone());
@@ -94,7 +107,10 @@ impl Transfer {
             hasher,
             segmented,
         } = opened;
-        let hasher = hasher.map(HashPipe::start).transpose()?;
+        // One connection always follows what it receives, so that the end can compare
+        // it with what is on disk; without an expected digest, from where it resumes.
+        let hashed_from = if hasher.is_some() { 0 } else { offset };
+        let hasher = Some(HashPipe::start(hasher.unwrap_or_default())?);
         let checkpoint = if !segmented && !checkpoint.segments.is_empty() {
             Checkpoint::default()
         } else {
@@ -103,6 +119,8 @@ impl Transfer {
         tracing::debug!(download_id = %job.id, offset, segmented, "transfer opened at its checkpoint");
         Ok(Transfer {
             file,
+            place,
+            hashed_from,
             written: offset,
             block: block::WriteBlock::default(),
             direct: None,
@@ -124,6 +142,8 @@ impl Transfer {
             writeback_from: offset,
             digest_ready: None,
             one_connection: false,
+            url: job.url.clone(),
+            must_prove,
             segments: segmented
                 .then(|| Arc::new(SegmentTable::from_checkpoint(&checkpoint.segments))),
         })
@@ -151,10 +171,10 @@ impl Transfer {
         self.written + pending
     }
 
-    /// Changes whenever bytes arrive or the transfer starts over: an attempt that did
-    /// not change it delivered nothing.
+    /// How many times the transfer started over, and the bytes it has: an attempt
+    /// that kept the first and grew the second delivered something.
     pub(super) fn progress_mark(&self) -> (u64, u64) {
-        (self.generation, self.received())
+        (self.generation, self.done_bytes())
     }
 
     pub(super) fn total(&self) -> Option<u64> {
@@ -170,10 +190,17 @@ impl Transfer {
         &self.validators
     }
 
-    /// A response was taken: its size and validators are what is known now.
+    /// A response was taken: its size and validators are what is known now (and,
+    /// after a URL swap, proved the bytes held to be of the same file).
     pub(super) fn accept(&mut self, total: Option<u64>, validators: Validators) {
         self.total = total;
         self.validators = validators;
+        self.must_prove = false;
+    }
+
+    /// Whether the bytes held still have to be proved of the same file (a URL swap).
+    pub(super) fn must_prove(&self) -> bool {
+        self.must_prove
     }
 
     /// The digest to verify, lower-case hex.
@@ -211,9 +238,11 @@ impl Transfer {
         let learned_digest = self.expected_sha256.is_none() && resolved.sha256.is_some();
         if learned_digest {
             self.expected_sha256 = resolved.sha256;
-            // From byte 0 the digest can run along; later it is taken by reading back.
-            if self.written == 0 {
+            // The running hash covers what this run received; the end reads the file
+            // back from byte 0 to take the whole digest.
+            if self.written == 0 && self.segments.is_none() {
                 self.hasher = Some(HashPipe::start(Sha256::new())?);
+                self.hashed_from = 0;
             }
         }
         self.link = Some(resolved.location);
@@ -295,15 +324,15 @@ impl Transfer {
         self.writeback_from = 0;
         self.total = None;
         self.validators = Validators::default();
+        self.must_prove = false;
         self.segments = None;
         self.digest_ready = None;
         self.store
             .put_checkpoint(&self.id, &self.checkpoint_record(ctx))?;
         self.store.flush().await?;
         self.file.set_len(0)?;
-        if self.hasher.is_some() {
-            self.hasher = Some(HashPipe::start(Sha256::new())?);
-        }
+        self.hasher = Some(HashPipe::start(Sha256::new())?);
+        self.hashed_from = 0;
         self.generation += 1;
         ctx.progress.set_done(0);
         Ok(())
@@ -316,29 +345,154 @@ impl Transfer {
         self.block.clear();
     }
 
-    /// The digest of the whole file: from the running hash when it covers every byte,
-    /// else by reading the file back on a blocking thread.
-    pub(super) async fn digest(&mut self, part: &Path) -> Result<String, EngineError> {
+    /// What is on disk, checked: on one connection the file is read back (through
+    /// our own handle) and compared with the running hash of what was received, so a
+    /// `.part` truncated, extended or overwritten meanwhile is never taken for the
+    /// download; parallel connections read it back already. With `whole`, the digest
+    /// of the whole file as it is on disk.
+    pub(super) async fn settle(&mut self, whole: bool) -> Result<Option<String>, EngineError> {
         if let Some(h) = self.digest_ready.take() {
-            return Ok(hex(&h.finalize()));
+            return Ok(Some(hex(&h.finalize())));
         }
-        if let Some(pipe) = self.hasher.take() {
-            let digest = tokio::task::spawn_blocking(move || pipe.finish())
+        let received = match self.hasher.take() {
+            Some(pipe) => tokio::task::spawn_blocking(move || pipe.finish())
                 .await
-                .map_err(|e| EngineError::Internal(e.to_string()))?;
-            if let Some(h) = digest {
-                return Ok(hex(&h.finalize()));
-            }
-            // The hashing thread died: read the file back instead.
-        }
-        let part = part.to_path_buf();
-        tokio::task::spawn_blocking(move || -> Result<String, EngineError> {
-            let file = File::open(&part)?;
+                .map_err(|e| EngineError::Internal(e.to_string()))?,
+            None => None,
+        };
+        let (file, from, total) = (self.file.try_clone()?, self.hashed_from, self.total);
+        let one_connection = self.segments.is_none();
+        tokio::task::spawn_blocking(move || -> Result<Option<String>, EngineError> {
             let len = file.metadata()?.len();
-            Ok(hex(&hash_prefix(&file, len)?.finalize()))
+            if one_connection && total.is_some_and(|t| t != len) {
+                return Err(EngineError::PartTampered(format!(
+                    "{len} bytes on disk, {} received",
+                    total.unwrap_or(0)
+                )));
+            }
+            let on_disk = match &received {
+                Some(_) => Some(super::hashing::hash_range_of(&file, from, len)?.finalize()),
+                None => None,
+            };
+            if let (Some(got), Some(disk)) = (received, &on_disk) {
+                if got.finalize() != *disk {
+                    return Err(EngineError::PartTampered("its digest differs".into()));
+                }
+            }
+            if !whole {
+                return Ok(None);
+            }
+            match on_disk {
+                Some(d) if from == 0 => Ok(Some(hex(&d))),
+                _ => Ok(Some(hex(&hash_prefix(&file, len)?.finalize()))),
+            }
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))?
+    }
+
+    /// The directory handle and name of the `.part`.
+    pub(super) fn place(&self) -> &files::Place {
+        &self.place
+    }
+
+    /// The `.part` was deleted, replaced or written by someone else: a new one (locked
+    /// like the first), and the transfer from byte 0.
+    pub(super) async fn recreate(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
+        self.wait_checkpoint().await.ok();
+        self.close_direct().await;
+        if self.still_ours().is_ok() {
+            // Written by someone else, but still ours (and locked): cut it back to 0.
+            return self.restart(ctx).await;
+        }
+        let place = self.place.clone();
+        let file = tokio::task::spawn_blocking(move || -> Result<File, EngineError> {
+            Ok(open_locked(&place, true)?.0)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))??;
+        self.file = file;
+        self.restart(ctx).await
+    }
+
+    /// Whether the `.part` name still holds our file (a deleted or replaced one does not).
+    pub(super) fn still_ours(&self) -> Result<(), EngineError> {
+        use std::os::unix::fs::MetadataExt;
+        let ours = self.file.metadata()?;
+        match self.place.part_id()? {
+            Some(id) if id == (ours.dev(), ours.ino()) => Ok(()),
+            _ => Err(EngineError::PartGone),
+        }
+    }
+}
+
+/// What of a checkpoint may be kept when the URL changed since it was written (a
+/// `PATCH url`): everything with an expected digest (the end checks it); with a strong
+/// ETag, the bytes and that ETag alone, to be proved by the new URL's answer (true);
+/// else nothing: a file of the same size elsewhere may be another file.
+fn after_url_swap(checkpoint: Checkpoint, job: &Job) -> (Checkpoint, bool) {
+    let swapped = checkpoint.url.as_deref().is_some_and(|u| u != job.url);
+    if !swapped || job.sha256.is_some() {
+        return (checkpoint, false);
+    }
+    let strong = checkpoint.etag.clone().filter(|t| !t.starts_with("W/"));
+    if strong.is_some() && checkpoint.total.is_some() {
+        tracing::info!(download_id = %job.id, "new URL: the bytes done are kept if it proves the same file");
+        let kept = Checkpoint {
+            last_modified: None,
+            ..checkpoint
+        };
+        return (kept, true);
+    }
+    tracing::info!(download_id = %job.id, "new URL and nothing to prove the file the same: starting over");
+    let fresh = Checkpoint {
+        elapsed_secs: checkpoint.elapsed_secs,
+        url: checkpoint.url,
+        ..Checkpoint::default()
+    };
+    (fresh, false)
+}
+
+/// How long a `.part` locked by someone else is waited for: a download of the same name
+/// that was just cancelled or paused lets go within moments; another process does not.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the `.part` (`create`: made when missing) and takes its exclusive `flock`,
+/// waiting [`LOCK_WAIT`] at most (blocking); true when it existed. The lock goes with
+/// the file (or the process, after a crash): nothing is left to clean up. A file renamed
+/// or replaced while its lock was awaited (the holder completed it) is not ours: the
+/// name is opened again.
+fn open_locked(place: &files::Place, create: bool) -> Result<(File, bool), EngineError> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let (file, existed) = match place.open_part(false, 0) {
+            Ok(file) => (file, true),
+            Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
+                (place.open_part(true, 0)?, false)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // SAFETY: a valid fd.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            let meta = file.metadata()?;
+            if place.part_id()? == Some((meta.dev(), meta.ino())) {
+                return Ok((file, existed));
+            }
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e.into());
+        }
+        if Instant::now() >= deadline {
+            return Err(EngineError::PartBusy(format!(
+                "{}.part",
+                place.path().display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
@@ -346,28 +500,16 @@ impl Transfer {
 /// vouches for: `good` bytes on one connection, or the segments of a file of
 /// `segments_end` bytes (blocking). With `want_hash`, the digest of the bytes kept.
 fn open_part(
-    part: &Path,
+    part: &files::Place,
     store: &Store,
     id: &DownloadId,
     good: u64,
     segments_end: Option<u64>,
     want_hash: bool,
 ) -> Result<Opened, EngineError> {
-    // O_NOFOLLOW: a `.part` that became a symlink is never written through.
-    let open = |create: bool| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(part)
-    };
-    let (file, existed) = match open(false) {
-        Ok(file) => (file, true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (open(true)?, false),
-        Err(e) => return Err(e.into()),
-    };
+    // O_NOFOLLOW: a `.part` that became a symlink is never written through. Locked
+    // before anything is cut or written: a `.part` another process holds is its own.
+    let (file, existed) = open_locked(part, true)?;
     let len = file.metadata()?.len();
     // Each segment knows its own good bytes, in a file of full length.
     if let Some(end) = segments_end {

@@ -107,7 +107,10 @@ impl TestService {
     pub async fn add(&self, body: Value) -> String {
         let (status, v) = self.post("/api/downloads", body).await;
         assert_eq!(status, 201, "add failed: {v}");
-        v["id"].as_str().expect("id").to_owned()
+        v["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an add without an id: {v}"))
+            .to_owned()
     }
 
     pub async fn download(&self, id: &str) -> Value {

@@ -2,7 +2,6 @@
 //! block (or the `O_DIRECT` writer of a large file), early writeback, and checkpoints
 //! taken in the background so that the byte loop never waits on an fsync.
 
-use std::path::Path;
 use std::time::Instant;
 
 use super::Transfer;
@@ -41,7 +40,7 @@ impl Transfer {
     /// Switches a single-connection transfer with at least `min` bytes left (0: never)
     /// to `O_DIRECT` writes, where the filesystem takes them; smaller ones are not worth
     /// the writer's buffers. Called with the write block empty.
-    pub(in crate::engine) fn use_direct_writes(&mut self, part: &Path, min: u64) {
+    pub(in crate::engine) fn use_direct_writes(&mut self, min: u64) {
         let left = self
             .total
             .map(|total| total.saturating_sub(self.written))
@@ -49,7 +48,9 @@ impl Transfer {
         if min == 0 || left < min || self.direct.is_some() || !self.block.is_empty() {
             return;
         }
-        match direct::DirectWriter::open(part, &self.file, self.written) {
+        let place = self.place.clone();
+        let open = move || place.open_part(false, libc::O_DIRECT);
+        match direct::DirectWriter::open(open, &self.file, self.written) {
             Ok(Some(writer)) => self.direct = Some(writer),
             Ok(None) => {
                 tracing::debug!(download_id = %self.id, "no O_DIRECT here; writing through the page cache")
@@ -143,6 +144,7 @@ impl Transfer {
                 .map(|t| t.snapshot())
                 .unwrap_or_default(),
             renaming: None,
+            url: Some(self.url.clone()),
         }
     }
 
@@ -192,6 +194,7 @@ impl Transfer {
         &mut self,
         ctx: &RunCtx,
     ) -> Result<(), EngineError> {
+        self.still_ours()?;
         self.start_checkpoint(ctx)
     }
 
@@ -204,6 +207,9 @@ impl Transfer {
         if self.last_checkpoint.elapsed() < CHECKPOINT_EVERY {
             return Ok(());
         }
+        // Once a checkpoint's time: a `.part` deleted (or replaced) under us is found
+        // here, not at the rename after the last byte.
+        self.still_ours()?;
         if self
             .pending_checkpoint
             .as_ref()

@@ -62,21 +62,27 @@ impl Queue {
     /// A queue of stored records, each keeping its order key.
     pub fn load(records: Vec<Download>) -> Queue {
         let mut q = Queue::default();
+        // The records first, the indexes after the loaded vector is gone: building all
+        // at once raised the start-up peak by a quarter of a KiB per download.
+        q.records.reserve(records.len());
         for d in records {
             q.next_order = q.next_order.max(d.order + ORDER_STEP);
-            q.insert(d);
+            q.records.insert(d.id.clone(), Box::new(d));
+        }
+        let Queue {
+            records,
+            by_path,
+            waiting,
+            ..
+        } = &mut q;
+        for d in records.values() {
+            index(by_path, waiting, d);
         }
         q
     }
 
     fn insert(&mut self, d: Download) {
-        self.by_path
-            .entry(d.path.clone())
-            .or_default()
-            .push(d.id.clone());
-        if d.state == State::Queued {
-            self.waiting.insert(d.order, d.id.clone());
-        }
+        index(&mut self.by_path, &mut self.waiting, &d);
         self.records.insert(d.id.clone(), Box::new(d));
     }
 
@@ -345,6 +351,22 @@ impl Queue {
         self.next_order = (ids.len() as u64 + 1) * ORDER_STEP;
         ids
     }
+}
+
+/// Adds a record to the path index (one id per path is the rule: room for one) and,
+/// when queued, to the waiting line.
+fn index(
+    by_path: &mut HashMap<String, Vec<DownloadId>>,
+    waiting: &mut BTreeMap<u64, DownloadId>,
+    d: &Download,
+) {
+    if d.state == State::Queued {
+        waiting.insert(d.order, d.id.clone());
+    }
+    by_path
+        .entry(d.path.clone())
+        .or_insert_with(|| Vec::with_capacity(1))
+        .push(d.id.clone());
 }
 
 #[cfg(test)]

@@ -377,6 +377,18 @@ class Service:
                 if attempt:
                     raise
 
+    def latency_ms(self, path, n):
+        """p50 and p99 in ms of `n` GETs of `path` over one keep-alive connection."""
+        lat = []
+        for _ in range(n):
+            t = time.monotonic()
+            s, _ = self.raw("GET", path)
+            lat.append(time.monotonic() - t)
+            if s != 200:
+                raise BenchError(f"GET {path}: {s}")
+        lat.sort()
+        return lat[len(lat) // 2] * 1000, lat[math.ceil(0.99 * len(lat)) - 1] * 1000
+
     def api(self, method, path, body=None):
         status, data = self.raw(method, path, body)
         try:
@@ -714,16 +726,7 @@ class Bench:
                     raise BenchError(f"GET /api/downloads?limit=100: {s} {body[:200]!r}")
                 m["returned"] = len(json.loads(body)["downloads"])
                 m["body_kib"] = len(body) / 1024
-                lat = []
-                for _ in range(LIST_REQUESTS):
-                    t = time.monotonic()
-                    s, body = svc.raw("GET", "/api/downloads?limit=100")
-                    lat.append(time.monotonic() - t)
-                    if s != 200:
-                        raise BenchError(f"GET /api/downloads?limit=100: {s}")
-                lat.sort()
-                m["p50_ms"] = lat[len(lat) // 2] * 1000
-                m["p99_ms"] = lat[math.ceil(0.99 * len(lat)) - 1] * 1000
+                m["p50_ms"], m["p99_ms"] = svc.latency_ms("/api/downloads?limit=100", LIST_REQUESTS)
                 m["list_cpu"] = svc.cpu_secs() - cpu0
                 m["cpu"] = svc.cpu_secs()
                 m["rss_mib"] = svc.status_kib("VmHWM") / 1024
@@ -776,16 +779,7 @@ class Bench:
                 if listed != LIBRARY_SIZE:
                     raise BenchError(f"{listed} files listed, not {LIBRARY_SIZE}")
                 m["body_kib"] = len(body) / 1024
-                lat = []
-                for _ in range(LIBRARY_REQUESTS):
-                    t = time.monotonic()
-                    s, body = svc.raw("GET", "/api/library")
-                    lat.append(time.monotonic() - t)
-                    if s != 200:
-                        raise BenchError(f"GET /api/library: {s}")
-                lat.sort()
-                m["p50_ms"] = lat[len(lat) // 2] * 1000
-                m["p99_ms"] = lat[math.ceil(0.99 * len(lat)) - 1] * 1000
+                m["p50_ms"], m["p99_ms"] = svc.latency_ms("/api/library", LIBRARY_REQUESTS)
                 m["rss_mib"] = svc.status_kib("VmHWM") / 1024
             except BenchError as e:
                 m.update(error=str(e), wall=m.get("wall"))

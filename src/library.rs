@@ -126,11 +126,6 @@ impl LibraryHandle {
         }
     }
 
-    /// One file of the library.
-    pub fn get(&self, path: &str) -> Option<LibraryFile> {
-        self.inner.read().get(path).map(|r| r.view(path))
-    }
-
     /// Walks `download_dir` and brings the index up to date; how many files it holds.
     pub async fn rescan(&self) -> Result<usize, LibraryError> {
         let _one = self.inner.scanning.lock().await;

@@ -8,15 +8,13 @@ use std::sync::Arc;
 use actix::Addr;
 use tokio::sync::mpsc;
 
-use crate::actors::frames::{ClientFrame, Frame};
+use crate::actors::frames::ClientFrame;
 use crate::actors::queue_error::QueueError;
 use crate::actors::supervisor::commands::{
     Add, All, ClearHistory, Control, Delete, Move, Patch, PatchSettings, Shutdown,
 };
 use crate::actors::supervisor::follow::{FollowCompletions, NoteDigest, WriterOf};
-use crate::actors::supervisor::queries::{
-    Events, Get, GetSettings, GetStats, History, List, Subscribe,
-};
+use crate::actors::supervisor::queries::{Events, Get, GetSettings, GetStats, History, List};
 use crate::actors::supervisor::Supervisor;
 use crate::config::{DownloadsConfig, SettingsPatch};
 use crate::lifecycle::{Action, State};
@@ -158,11 +156,6 @@ impl QueueHandle {
     /// Changes some run-time settings and persists them; the merged result.
     pub async fn patch_settings(&self, patch: SettingsPatch) -> Result<DownloadsConfig> {
         self.addr.send(PatchSettings(patch)).await?
-    }
-
-    /// The frames for one websocket client: a snapshot, then every change.
-    pub async fn subscribe(&self) -> Result<mpsc::Receiver<Frame>> {
-        Ok(self.addr.send(Subscribe).await?)
     }
 
     /// Every download that completes from now on, as its record.

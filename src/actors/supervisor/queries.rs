@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::{Reply, Supervisor};
 use crate::actors::broadcaster::{AddClient, BuildSnapshot, SnapshotBuilt, CLIENT_QUEUE};
-use crate::actors::frames::{self, ClientFrame, Frame};
+use crate::actors::frames::{self, ClientFrame};
 use crate::actors::queue_error::QueueError;
 use crate::config::DownloadsConfig;
 use crate::lifecycle::State;
@@ -50,11 +50,6 @@ pub struct GetSettings;
 #[derive(Message)]
 #[rtype(result = "mpsc::Receiver<ClientFrame>")]
 pub struct Events;
-
-/// [`Events`] with the snapshot as one text frame (built whole for this client).
-#[derive(Message)]
-#[rtype(result = "mpsc::Receiver<Frame>")]
-pub struct Subscribe;
 
 impl Supervisor {
     fn page(
@@ -169,26 +164,5 @@ impl Handler<BuildSnapshot> for Supervisor {
         // Not as this message's answer: through the broadcaster's mailbox, behind
         // every frame published before it, so that the clients it is given miss none.
         self.broadcaster.do_send(SnapshotBuilt(snapshot));
-    }
-}
-
-impl Handler<Subscribe> for Supervisor {
-    type Result = MessageResult<Subscribe>;
-
-    fn handle(&mut self, _: Subscribe, ctx: &mut Self::Context) -> Self::Result {
-        let MessageResult(mut events) = Handler::<Events>::handle(self, Events, ctx);
-        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
-        actix::spawn(async move {
-            while let Some(frame) = events.recv().await {
-                let text = match frame {
-                    ClientFrame::Text(t) => t,
-                    ClientFrame::Snapshot(s) => s.to_text(),
-                };
-                if tx.send(text).await.is_err() {
-                    break;
-                }
-            }
-        });
-        MessageResult(rx)
     }
 }

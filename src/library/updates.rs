@@ -33,7 +33,9 @@ pub(super) async fn check(inner: &Inner) -> Result<CheckReport, LibraryError> {
         return Err(LibraryError::NoHub);
     };
     let mut report = CheckReport::default();
-    for ((repo, revision), paths) in groups(&inner.read()) {
+    // Collected first: the read guard must be gone before `change` takes the write lock.
+    let groups = groups(&inner.read());
+    for ((repo, revision), paths) in groups {
         report.repos += 1;
         let outcome = repo_revision(&hub, &repo, &revision).await;
         if let Err(e) = &outcome {

@@ -113,6 +113,7 @@ function modelOf(key, parts) {
     lmstudio: parts.map((f) => f.runtimes && f.runtimes.lmstudio).filter(Boolean),
     notPublished: Object.assign({}, ...parts.map((f) => (f.runtimes && f.runtimes.not_published) || {})),
     update: (parts.find((f) => f.update) || {}).update || null,
+    updateError: (parts.find((f) => f.update_error) || {}).update_error || null,
     hashing: parts.some((f) => !f.sha256),
     sha256: parts.length === 1 ? parts[0].sha256 || null : null,
   };

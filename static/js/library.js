@@ -15,6 +15,7 @@ const ui = {
   summary: el('library-summary'),
   count: el('count-library'),
   rescan: el('library-rescan'),
+  check: el('library-check'),
   bar: el('disk-bar'),
   fill: el('disk-fill'),
   total: el('disk-library'),
@@ -27,6 +28,7 @@ const ui = {
   note: el('lib-confirm-note'),
 };
 const deleting = new Set(); // model keys being deleted
+const updating = new Set(); // model keys whose update is being queued
 
 function libError(message) {
   setText(ui.error, message || '');
@@ -126,6 +128,9 @@ function badges(m) {
       text: 'update',
     }));
   }
+  if (m.updateError) {
+    out.push(node('span', { class: 'badge off', 'data-testid': 'lib-update-error', title: m.updateError, text: 'not checked' }));
+  }
   return out;
 }
 
@@ -147,6 +152,15 @@ function modelRow(m) {
   });
   del.disabled = busy;
   del.addEventListener('click', () => askDelete(m));
+  const upd = m.update ? node('button', {
+    class: 'btn sm primary', type: 'button', 'data-testid': 'lib-update-button',
+    title: 'Download the newer file; the one on disk stays until the new one is verified',
+    text: updating.has(m.key) ? 'Queuing…' : 'Update',
+  }) : null;
+  if (upd) {
+    upd.disabled = updating.has(m.key);
+    upd.addEventListener('click', () => askUpdate(m));
+  }
   const g = m.gguf;
   const facts = node('div', { class: 'lib-facts' },
     fact('arch', 'lib-arch', g && g.architecture),
@@ -168,7 +182,7 @@ function modelRow(m) {
       node('span', { class: 'lib-name', 'data-testid': 'lib-name', title: paths, text: m.name }),
       node('span', { class: 'lib-sub', 'data-testid': 'lib-sub', text: subline(m) })),
     facts),
-  node('div', { class: 'lib-side' }, ...badges(m), del),
+  node('div', { class: 'lib-side' }, ...badges(m), upd, del),
   ...errors);
 }
 
@@ -250,6 +264,36 @@ async function askDelete(m) {
   }
 }
 
+/** Queues the newer file of every part that has one (the Downloads tab shows it). */
+async function askUpdate(m) {
+  if (updating.has(m.key)) return;
+  updating.add(m.key);
+  render();
+  try {
+    for (const f of m.parts.filter((p) => p.update)) await api('POST', 'api/library/update', { path: f.path });
+    libError('');
+  } catch (e) {
+    libError(`Could not queue the update: ${e.message}`);
+  } finally {
+    updating.delete(m.key);
+    render();
+  }
+}
+
+async function checkUpdates() {
+  ui.check.disabled = true;
+  setText(ui.check, 'Checking…');
+  try {
+    await api('POST', 'api/library/check-updates', {});
+    libError('');
+  } catch (e) {
+    libError(`The update check failed: ${e.message}`);
+  } finally {
+    // The result arrives as a `library` frame; the button comes back at once.
+    setTimeout(() => { ui.check.disabled = false; setText(ui.check, 'Check for updates'); }, 1000);
+  }
+}
+
 async function rescan() {
   ui.rescan.disabled = true;
   setText(ui.rescan, 'Rescanning…');
@@ -267,6 +311,7 @@ async function rescan() {
 
 export function initLibrary() {
   ui.rescan.addEventListener('click', rescan);
+  ui.check.addEventListener('click', checkUpdates);
   // A click on the backdrop (outside the form) cancels, as Escape does.
   ui.dialog.addEventListener('click', (e) => { if (e.target === ui.dialog) ui.dialog.close('cancel'); });
   render();

@@ -190,7 +190,13 @@ impl Config {
         let mut figment =
             Figment::from(Serialized::defaults(Config::default()))
                 .merge(Toml::file(&file))
-                .merge(Env::prefixed("MM_").split("__"))
+                // MM_SERVER and MM_TOKEN are the terminal client's (the service's URL
+                // and its token), not config keys.
+                .merge(
+                    Env::prefixed("MM_")
+                        .ignore(&["server", "token"])
+                        .split("__"),
+                )
                 // The Hub's own conventions: HF_ENDPOINT and HF_TOKEN win over the file.
                 .merge(Env::raw().only(&["HF_ENDPOINT", "HF_TOKEN"]).map(
                     |key| match key.as_str() {

@@ -70,8 +70,10 @@ async fn pull_in_a_terminal_draws_a_bar_whose_numbers_move_at_the_service_cadenc
     // Every drawing that differs from the one before is a change; none may be more
     // than 500 ms after the previous one while the download runs.
     let mut last = running[0];
+    let mut longest = 0.0f64;
     for line in &running[1..] {
         if line.text != last.text {
+            longest = longest.max(line.t - last.t);
             assert!(
                 line.t - last.t <= 0.5,
                 "the bar stood still for {:.2} s: {:?} then {:?}",
@@ -92,10 +94,11 @@ async fn pull_in_a_terminal_draws_a_bar_whose_numbers_move_at_the_service_cadenc
     assert!(distinct(|l| l.speed.clone()) >= 2, "{running:#?}");
     assert!(distinct(|l| l.eta.clone()) >= 2, "{running:#?}");
     println!(
-        "{} drawings of the bar over {:.1} s, {} distinct",
+        "{} drawings of the bar over {:.1} s, {} distinct, at most {:.0} ms between changes",
         running.len(),
         running[running.len() - 1].t - running[0].t,
-        distinct(|l| l.text.clone())
+        distinct(|l| l.text.clone()),
+        longest * 1000.0
     );
 }
 
@@ -419,13 +422,10 @@ fn id_of(stdout: &str) -> String {
 }
 
 #[tokio::test]
-async fn every_other_command_prints_what_it_did_and_does_it() {
+async fn queue_commands_print_the_download_they_changed_and_change_it() {
     let up = Upstream::start();
     up.add_file("slow.bin", content(8 * MIB, 51), slow(MIB));
-    up.add_file("done.bin", content(100_000, 52), Behavior::default());
-    let (hub, _) = hub_with_quantizations();
-    let extra = format!("{ONE_CONNECTION}{}", hub_config(&hub));
-    let (dir, config, _port, p) = Proc::start(&extra).await;
+    let (dir, config, _port, p) = Proc::start(ONE_CONNECTION).await;
     let c = cfg(&config);
     let at = dir.path();
 
@@ -495,6 +495,16 @@ async fn every_other_command_prints_what_it_did_and_does_it() {
     let out = run(&["--config", c, "pause", &id], at).await;
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("not_found"), "{out:?}");
+}
+
+#[tokio::test]
+async fn search_files_and_library_print_aligned_tables() {
+    let up = Upstream::start();
+    up.add_file("done.bin", content(100_000, 52), Behavior::default());
+    let (hub, _) = hub_with_quantizations();
+    let (dir, config, _port, _p) = Proc::start(&hub_config(&hub)).await;
+    let c = cfg(&config);
+    let at = dir.path();
 
     let search = run(&["--config", c, "search", "split"], at).await;
     assert_eq!(search.code, Some(0), "{search:?}");

@@ -63,7 +63,7 @@ pub enum Event {
         updates: Vec<Update>,
     },
     State {
-        download: Dl,
+        download: Box<Dl>,
     },
     Removed {
         id: String,

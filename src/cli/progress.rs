@@ -168,7 +168,7 @@ impl Bars {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
         let bar = |name: &str| {
-            let b = multi.add(ProgressBar::new(0).with_style(style.clone()));
+            let b = multi.add(ProgressBar::no_length().with_style(style.clone()));
             b.set_prefix(name.to_owned());
             b
         };
@@ -188,7 +188,7 @@ impl Bars {
     fn show(&mut self, i: usize, all: &[Dl]) {
         let d = &all[i];
         let bar = &self.files[i];
-        bar.set_length(d.bytes_total.unwrap_or(0));
+        set_length(bar, d.bytes_total);
         bar.set_position(d.bytes_done);
         bar.set_message(numbers(
             d.bytes_done,
@@ -207,7 +207,7 @@ impl Bars {
         let eta = total
             .filter(|_| speed > 0)
             .map(|t| t.saturating_sub(done).div_ceil(speed));
-        self.total.set_length(total.unwrap_or(0));
+        set_length(&self.total, total);
         self.total.set_position(done);
         self.total.set_message(numbers(done, total, speed, eta));
         if live.is_empty() {
@@ -232,5 +232,13 @@ impl Bars {
             }
             _ => bar.set_message(describe_state(d)),
         }
+    }
+}
+
+/// A bar whose total is unknown is drawn empty (with a length of 0 it would be full).
+fn set_length(bar: &ProgressBar, total: Option<u64>) {
+    match total {
+        Some(t) => bar.set_length(t),
+        None => bar.unset_length(),
     }
 }

@@ -172,7 +172,7 @@ fn apply(text: &str, pulled: &mut [Dl], display: &mut Display) {
         Event::State { download } => {
             if let Some(i) = index(pulled, &download.id) {
                 let changed = pulled[i].state != download.state;
-                pulled[i] = download;
+                pulled[i] = *download;
                 if changed || pulled[i].state == "retrying" {
                     display.state(i, pulled);
                 }

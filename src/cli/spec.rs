@@ -35,7 +35,7 @@ pub fn parse(raw: &str) -> Result<Spec, CliError> {
         ))
     };
     let (path, quantization) = match bare.rsplit_once(':') {
-        Some((_, q)) if q.is_empty() => return Err(bad("the quantization after ':' is empty")),
+        Some((_, "")) => return Err(bad("the quantization after ':' is empty")),
         Some((path, q)) => (path, Some(q)),
         None => (bare, None),
     };

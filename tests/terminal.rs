@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::binary::*;
 use common::hub::{HubEmu, RepoOptions};
 use common::service::{content, file_sha256, sha256_hex, MIB};
-use common::terminal::{bar_lines, finish, run, run_in_pty, spawn, strip_ansi};
+use common::terminal::{bar_lines, finish, run, run_env, run_in_pty, spawn, strip_ansi};
 use common::upstream::{Behavior, Upstream};
 use serde_json::Value;
 
@@ -352,6 +352,36 @@ async fn failures_exit_1_with_their_kind_an_unreachable_server_3_and_bad_usage_2
         assert_eq!(out.code, Some(2), "{bad:?}: {out:?}");
         assert!(!out.stderr.is_empty(), "{bad:?} says nothing");
     }
+}
+
+#[tokio::test]
+async fn the_token_comes_from_mm_token_or_the_config_and_mm_server_names_the_service() {
+    let up = Upstream::start();
+    up.add_file("t.bin", content(1000, 61), Behavior::default());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let config = write_config(dir.path(), port, "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replacen("[server]\n", "[server]\napi_token = \"s3cret\"\n", 1);
+    std::fs::write(&config, text).expect("config");
+    let mut p = Proc::spawn(&config, port);
+    p.wait_healthy().await;
+    let at = dir.path();
+    // The config the service reads has the token: a client reading it needs nothing else.
+    let out = run(&["--config", cfg(&config), "ls"], at).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // A client with another config (none: a folder without config.toml) finds it by
+    // MM_SERVER and needs MM_TOKEN.
+    let elsewhere = at.join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("dir");
+    let server = format!("http://127.0.0.1:{port}");
+    let out = run_env(&["ls"], &[("MM_SERVER", &server)], &elsewhere).await;
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("MM_TOKEN"), "{out:?}");
+    let env = [("MM_SERVER", server.as_str()), ("MM_TOKEN", "s3cret")];
+    let out = run_env(&["pull", &up.url("t.bin")], &env, &elsewhere).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(at.join("downloads/t.bin").exists(), "pulled by the service");
 }
 
 /// Starts `pull URL` (plus `extra`) through a pipe and waits for the service to show it

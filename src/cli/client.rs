@@ -159,12 +159,28 @@ impl Remote {
             return serde_json::from_str(&text)
                 .map_err(|e| CliError::Protocol(format!("{path}: not JSON: {e}")));
         }
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(self.refused_token());
+        }
         let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let field = |k: &str| error["error"][k].as_str().map(str::to_owned);
         Err(CliError::Api {
             code: field("code").unwrap_or_else(|| status.as_u16().to_string()),
             message: field("message").unwrap_or(text),
         })
+    }
+
+    /// 401 from our own service: a config problem of the client (exit 2).
+    fn refused_token(&self) -> CliError {
+        let why = if self.token.is_some() {
+            "refused the token"
+        } else {
+            "needs a token"
+        };
+        CliError::Usage(format!(
+            "the service at {} {why}: set MM_TOKEN (or server.api_token in the config)",
+            self.base
+        ))
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> CliError {
@@ -198,6 +214,9 @@ impl Remote {
             tokio_tungstenite::connect_async(request)
                 .await
                 .map_err(|e| match e {
+                    tungstenite::Error::Http(r) if r.status().as_u16() == 401 => {
+                        self.refused_token()
+                    }
                     tungstenite::Error::Http(r) => CliError::Api {
                         code: r.status().as_u16().to_string(),
                         message: "the websocket was refused".into(),

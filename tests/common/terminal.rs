@@ -64,14 +64,19 @@ pub fn finish(mut child: Child, timeout: Duration) -> Run {
 
 /// Runs the client to its exit through pipes, off the async runtime's thread.
 pub async fn run(args: &[&str], cwd: &Path) -> Run {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let cwd = cwd.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        finish(spawn(&args, &cwd), Duration::from_secs(60))
-    })
-    .await
-    .expect("client thread")
+    run_env(args, &[], cwd).await
+}
+
+/// [`run`] with `envs` set.
+pub async fn run_env(args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> Run {
+    let mut cmd = command(args, cwd);
+    cmd.envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn model-manager");
+    tokio::task::spawn_blocking(move || finish(child, Duration::from_secs(60)))
+        .await
+        .expect("client thread")
 }
 
 /// One read from the pseudo-terminal: `t` seconds after the start.

@@ -19,6 +19,38 @@ use crate::error::ApiError;
 use crate::hub::HubClient;
 use crate::model::DownloadView;
 
+/// The same requests as `POST /api/downloads` and `POST /api/hub/models/{owner}/{name}/download`
+/// for a front door that runs in-process (the terminal's embedded mode): the same JSON
+/// bodies, the same checks, the same errors; the caller queues what they return.
+pub mod in_process {
+    use super::*;
+    use crate::model::NewDownload;
+
+    fn parse<T: serde::de::DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
+        serde_json::from_value(body).map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+
+    /// One download, from the body of `POST /api/downloads` (without `downloads`).
+    pub fn new_download(
+        body: serde_json::Value,
+        hub: &HubClient,
+        policy: &UrlPolicy,
+    ) -> Result<NewDownload, ApiError> {
+        downloads::new_download(parse(body)?, hub, policy)
+    }
+
+    /// Every file of one quantization, from the body of the Hub download route.
+    pub async fn quantization(
+        hub: &HubClient,
+        owner: &str,
+        name: &str,
+        body: serde_json::Value,
+    ) -> Result<Vec<NewDownload>, ApiError> {
+        let path = (owner.to_owned(), name.to_owned());
+        hub::quantization_downloads(hub, &path, &parse(body)?).await
+    }
+}
+
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1024 * 1024;
 

@@ -215,10 +215,22 @@ impl Config {
             Some(path) => path.to_path_buf(),
             None => PathBuf::from("config.toml"),
         };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        // `file_exact`, and only when it is there: `Toml::file` would also search every
+        // parent folder for a config.toml, and a client run in a sub-folder would take
+        // another service's.
+        if file.is_file() {
+            figment = figment.merge(Toml::file_exact(&file));
+        }
         let mut figment =
-            Figment::from(Serialized::defaults(Config::default()))
-                .merge(Toml::file(&file))
-                .merge(Env::prefixed("MM_").split("__"))
+            figment
+                // MM_SERVER and MM_TOKEN are the terminal client's (the service's URL
+                // and its token), not config keys.
+                .merge(
+                    Env::prefixed("MM_")
+                        .ignore(&["server", "token"])
+                        .split("__"),
+                )
                 // The Hub's own conventions: HF_ENDPOINT and HF_TOKEN win over the file.
                 .merge(Env::raw().only(&["HF_ENDPOINT", "HF_TOKEN"]).map(
                     |key| match key.as_str() {

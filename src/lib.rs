@@ -7,6 +7,7 @@
 
 pub mod actors;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -49,6 +50,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    InUse(StoreError),
     #[error("cannot open the database in {path}: {source}")]
     Store { path: PathBuf, source: StoreError },
     #[error("cannot use download_dir {path}: {source}")]
@@ -84,18 +87,8 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
     if !addr.ip().is_loopback() && config.server.api_token.is_empty() {
         return Err(StartError::NoTokenOnPublicBind(addr));
     }
-    let download_dir = config.storage.download_dir.clone();
-    std::fs::create_dir_all(&download_dir)
-        .and_then(|_| download_dir.canonicalize())
-        .map_err(|source| StartError::DownloadDir {
-            path: download_dir.clone(),
-            source,
-        })?;
-    let (store, records) =
-        Store::open_and_load(&config.storage.data_dir).map_err(|source| StartError::Store {
-            path: config.storage.data_dir.clone(),
-            source,
-        })?;
+    let download_dir = ensure_download_dir(&config)?;
+    let (store, records) = open_store(&config)?;
     let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
     Ok(Prepared {
         config,
@@ -103,6 +96,30 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
         store,
         records,
         download_dir,
+    })
+}
+
+/// Creates `download_dir` when missing and checks that it can be used.
+pub fn ensure_download_dir(config: &Config) -> Result<PathBuf, StartError> {
+    let download_dir = config.storage.download_dir.clone();
+    std::fs::create_dir_all(&download_dir)
+        .and_then(|_| download_dir.canonicalize())
+        .map_err(|source| StartError::DownloadDir {
+            path: download_dir.clone(),
+            source,
+        })?;
+    Ok(download_dir)
+}
+
+/// Opens the database of `config` and reads every record; another process holding it
+/// is said plainly (its own error, not a sled lock message).
+pub fn open_store(config: &Config) -> Result<(Store, Vec<model::Download>), StartError> {
+    Store::open_and_load(&config.storage.data_dir).map_err(|source| match source {
+        StoreError::InUse(_) => StartError::InUse(source),
+        source => StartError::Store {
+            path: config.storage.data_dir.clone(),
+            source,
+        },
     })
 }
 
@@ -126,6 +143,20 @@ pub struct Core {
     pub metrics: Arc<metrics::Metrics>,
     broadcaster: Addr<Broadcaster>,
     transfers: Arbiter,
+}
+
+impl Core {
+    /// Checkpoints every transfer (their states are kept, so the next start resumes
+    /// them), flushes the database and stops the transfers thread: the end of a
+    /// front door that runs the core in-process.
+    pub async fn shutdown(self, store: &Store) {
+        self.broadcaster.do_send(DisconnectAll);
+        self.queue.shutdown().await;
+        if let Err(e) = store.flush().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        self.transfers.stop();
+    }
 }
 
 /// Starts the broadcaster, the supervisor and the transfers thread.

@@ -21,6 +21,10 @@ pub enum StoreError {
     Join(String),
     #[error("database is unreadable (corrupt?): {0}")]
     Unreadable(String),
+    /// sled holds an exclusive file lock on its database while open: another process
+    /// (a running service, or a `pull` without one) has this data dir.
+    #[error("data dir {} is in use by another model-manager", .0.display())]
+    InUse(std::path::PathBuf),
 }
 
 /// What the engine needs to resume a transfer: how many bytes of the `.part` are known
@@ -127,6 +131,9 @@ impl Store {
         // start-up must end with one clear line, not a backtrace.
         let opened = quietly(move || config.open());
         let db = match opened {
+            Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
+                return Err(StoreError::InUse(data_dir.to_owned()));
+            }
             Ok(result) => result?,
             Err(panic) => {
                 let why = panic
@@ -172,10 +179,7 @@ impl Store {
         let mut waited = false;
         loop {
             match Store::open(data_dir) {
-                Err(StoreError::Sled(sled::Error::Io(e)))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
+                Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
                     if !waited {
                         tracing::warn!(
                             "waiting for sled to release the database after the start-up scan"

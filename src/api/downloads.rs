@@ -239,7 +239,7 @@ pub(super) async fn add(
 }
 
 /// Validates one item of an add request (everything but name conflicts).
-fn new_download(
+pub(super) fn new_download(
     body: AddBody,
     client: &HubClient,
     policy: &UrlPolicy,

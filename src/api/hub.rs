@@ -140,14 +140,34 @@ pub(super) async fn hub_download(
     path: web::Path<(String, String)>,
     body: web::Json<QuantizationBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let repo = repo_of(&path)?;
+    let news = quantization_downloads(&client, &path, &body).await?;
+    let downloads = queue.add(news).await?;
+    Ok(HttpResponse::Created().json(DownloadList { downloads }))
+}
+
+/// The new downloads of one quantization of `owner/name` (what the route above queues).
+/// An unknown quantization is refused with the names of those the repo has.
+pub(super) async fn quantization_downloads(
+    client: &HubClient,
+    path: &(String, String),
+    body: &QuantizationBody,
+) -> Result<Vec<NewDownload>, ApiError> {
+    let repo = repo_of(path)?;
     let revision = validate_revision(body.revision.as_deref())?;
     let files = client.list_files(&repo, revision).await?;
     let wanted = body.quantization.trim().to_ascii_uppercase();
-    let group = hub::group_quantizations(&files)
-        .into_iter()
-        .find(|q| q.name == wanted)
-        .ok_or_else(|| ApiError::NotFound(format!("{repo} has no {wanted} quantization")))?;
+    let groups = hub::group_quantizations(&files);
+    let Some(group) = groups.iter().find(|q| q.name == wanted) else {
+        let names: Vec<&str> = groups.iter().map(|q| q.name.as_str()).collect();
+        let has = if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        };
+        return Err(ApiError::NotFound(format!(
+            "{repo} has no {wanted} quantization; it has: {has}"
+        )));
+    };
     // One commit for every part: resolve the first file now. A gated repo without a
     // token cannot be resolved; its downloads then fail with `unauthorized` on start.
     let commit = match client.resolve(&repo, revision, &group.files[0]).await {
@@ -158,7 +178,7 @@ pub(super) async fn hub_download(
         }
         Err(e) => return Err(e.into()),
     };
-    let news = group
+    group
         .files
         .iter()
         .map(|f| {
@@ -167,7 +187,7 @@ pub(super) async fn hub_download(
                 .find(|x| &x.path == f)
                 .and_then(|x| x.sha256.clone());
             hub_download_new(
-                &client,
+                client,
                 &repo,
                 f,
                 revision,
@@ -177,7 +197,5 @@ pub(super) async fn hub_download(
                 body.overwrite,
             )
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let downloads = queue.add(news).await?;
-    Ok(HttpResponse::Created().json(DownloadList { downloads }))
+        .collect()
 }

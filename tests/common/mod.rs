@@ -3,5 +3,6 @@
 pub mod binary;
 pub mod hub;
 pub mod service;
+pub mod terminal;
 pub mod tmpfs;
 pub mod upstream;

@@ -1,0 +1,160 @@
+//! The command line: `serve` (the default) and the client's subcommands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A self-hosted download orchestrator for large files.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    /// With none, `serve`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Flags every subcommand takes.
+#[derive(Args, Clone, Default)]
+pub struct Global {
+    /// Config file (default: ./config.toml when present).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Address to serve on, e.g. 127.0.0.1:8080 (the client talks to it too).
+    #[arg(long, global = true)]
+    pub bind: Option<String>,
+    /// Where the database lives.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Where downloads land.
+    #[arg(long, global = true)]
+    pub download_dir: Option<PathBuf>,
+    /// The service to talk to (else MM_SERVER, else the config's bind); given and
+    /// unreachable: exit 3.
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the service (what no subcommand does).
+    Serve,
+    /// Download a URL or a Hub model and follow it; without a service, run one in-process.
+    Pull(PullArgs),
+    /// Queue a URL and return.
+    Add(AddArgs),
+    /// List the downloads.
+    Ls(LsArgs),
+    /// Pause downloads.
+    Pause(Ids),
+    /// Resume paused downloads.
+    Resume(Ids),
+    /// Cancel downloads (their partial files are removed).
+    Cancel(Ids),
+    /// Queue failed or cancelled downloads again.
+    Retry(Ids),
+    /// Forget downloads.
+    Rm(RmArgs),
+    /// Search the HuggingFace Hub.
+    Search(SearchArgs),
+    /// A Hub repo's quantizations, with their sizes.
+    Files(FilesArgs),
+    /// The model files in download_dir.
+    Library(JsonFlag),
+}
+
+/// `pull SPEC`
+#[derive(Args)]
+pub struct PullArgs {
+    /// A URL, owner/name:QUANT, hf.co/owner/name:QUANT, or owner/name/file.
+    pub spec: String,
+    /// The branch, tag or commit of a Hub spec.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// The expected sha256 of a URL's file (64 hex digits); Hub files have theirs.
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// Replace a file of the same name.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// On Ctrl-C, cancel the downloads (else they stay queued).
+    #[arg(long)]
+    pub cancel: bool,
+    /// One JSON object per event instead of progress bars.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `add URL`
+#[derive(Args)]
+pub struct AddArgs {
+    pub url: String,
+    /// The file name in download_dir (default: from the URL).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The expected sha256 (64 hex digits).
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// Queue it paused.
+    #[arg(long)]
+    pub paused: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ls`
+#[derive(Args)]
+pub struct LsArgs {
+    /// Only downloads in this state (queued, downloading, completed, failed, ...).
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One or more download ids.
+#[derive(Args)]
+pub struct Ids {
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rm ID…`
+#[derive(Args)]
+pub struct RmArgs {
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Remove the finished file too.
+    #[arg(long)]
+    pub delete_file: bool,
+}
+
+/// `search QUERY`
+#[derive(Args)]
+pub struct SearchArgs {
+    pub query: String,
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub limit: u16,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `files owner/name`
+#[derive(Args)]
+pub struct FilesArgs {
+    pub repo: String,
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Just `--json`.
+#[derive(Args)]
+pub struct JsonFlag {
+    #[arg(long)]
+    pub json: bool,
+}

@@ -19,6 +19,16 @@ pub struct Config {
     pub downloads: DownloadsConfig,
     pub hub: HubConfig,
     pub library: LibraryConfig,
+    pub aria2: Aria2Config,
+}
+
+/// `[aria2]`: the aria2 JSON-RPC front door (`/jsonrpc` is always on the main port).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Aria2Config {
+    /// A listener of its own for `/jsonrpc` (aria2 front-ends default to port 6800);
+    /// empty: none.
+    pub bind: String,
 }
 
 /// `[server]`
@@ -28,6 +38,9 @@ pub struct ServerConfig {
     pub bind: String,
     /// Empty: no authentication, allowed only on a loopback bind.
     pub api_token: String,
+    /// Origins besides our own whose pages may drive the API, the RPC and the
+    /// websockets (`http://host:port`, as browsers send `Origin`).
+    pub allowed_origins: Vec<String>,
 }
 
 /// `[storage]`
@@ -121,6 +134,7 @@ impl Default for ServerConfig {
         Self {
             bind: "127.0.0.1:8080".into(),
             api_token: String::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -224,6 +238,19 @@ impl Config {
             return bad(format!(
                 "server.bind: {:?} is not an address like 127.0.0.1:8080",
                 self.server.bind
+            ));
+        }
+        if !self.aria2.bind.is_empty() && self.aria2.bind.parse::<SocketAddr>().is_err() {
+            return bad(format!(
+                "aria2.bind: {:?} is not an address like 127.0.0.1:6800",
+                self.aria2.bind
+            ));
+        }
+        if let Some(o) = self.server.allowed_origins.iter().find(|o| {
+            !(o.starts_with("http://") || o.starts_with("https://") || o.contains("-extension://"))
+        }) {
+            return bad(format!(
+                "server.allowed_origins: {o:?} is not an origin like http://host:port"
             ));
         }
         self.downloads.validate().map_err(ConfigError::Invalid)?;

@@ -7,6 +7,7 @@
 
 pub mod actors;
 pub mod api;
+pub mod aria2;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -72,6 +73,8 @@ pub enum StartError {
 pub struct Prepared {
     pub config: Config,
     pub listener: TcpListener,
+    /// `[aria2] bind`: the JSON-RPC's own listener, when set.
+    pub rpc_listener: Option<TcpListener>,
     pub store: Store,
     /// Every download record, read once at start-up.
     pub records: Vec<model::Download>,
@@ -97,13 +100,31 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
             source,
         })?;
     let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    let rpc_listener = bind_rpc(&config)?;
     Ok(Prepared {
         config,
         listener,
+        rpc_listener,
         store,
         records,
         download_dir,
     })
+}
+
+/// Binds `[aria2] bind` when set (the same rule as the main bind: no public
+/// address without a token).
+fn bind_rpc(config: &Config) -> Result<Option<TcpListener>, StartError> {
+    if config.aria2.bind.is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr = config.aria2.bind.parse().map_err(|_| {
+        ConfigError::Invalid(format!("aria2.bind: {:?} is not an address", config.aria2.bind))
+    })?;
+    if !addr.ip().is_loopback() && config.server.api_token.is_empty() {
+        return Err(StartError::NoTokenOnPublicBind(addr));
+    }
+    let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    Ok(Some(listener))
 }
 
 /// A running service.
@@ -116,6 +137,11 @@ pub struct Service {
     transfers: Arbiter,
     store: Store,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The `[aria2] bind` server, when there is one.
+    rpc_server: Option<(
+        actix_web::dev::ServerHandle,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
 }
 
 /// The core without any front door: the queue and what it runs on. Every door (the
@@ -182,6 +208,7 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     let Prepared {
         config,
         listener,
+        rpc_listener,
         store,
         records,
         download_dir,
@@ -210,6 +237,16 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     .map_err(StartError::Server)?;
     let handle = server.handle();
     let server_task = tokio::task::spawn_local(server);
+    let rpc_server = match rpc_listener {
+        Some(l) => {
+            let rpc_addr = l.local_addr().map_err(StartError::Server)?;
+            let s = web::serve_rpc(l, core.queue.clone(), &config, rpc_addr.ip().is_loopback())
+                .map_err(StartError::Server)?;
+            tracing::info!(addr = %rpc_addr, "aria2 JSON-RPC listening");
+            Some((s.handle(), tokio::task::spawn_local(s)))
+        }
+        None => None,
+    };
     tracing::info!(%addr, download_dir = %download_dir.display(), "model-manager listening");
     Ok(Service {
         addr,
@@ -219,6 +256,7 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         transfers: core.transfers,
         store,
         server_task,
+        rpc_server,
     })
 }
 
@@ -228,6 +266,10 @@ impl Service {
     pub async fn shutdown(self) {
         self.broadcaster.do_send(DisconnectAll);
         self.server.stop(true).await;
+        if let Some((handle, task)) = self.rpc_server {
+            handle.stop(true).await;
+            let _ = task.await;
+        }
         self.queue.shutdown().await;
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final flush failed");

@@ -16,6 +16,8 @@ pub struct Guard {
     pub token: Option<String>,
     /// Bound to a loopback address: only loopback `Host` names are accepted.
     pub loopback: bool,
+    /// `[server] allowed_origins`: other origins whose pages may drive the service.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Guard {
@@ -39,10 +41,14 @@ impl Guard {
         let needs_token = is_api || path == "/metrics";
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        // Every `/jsonrpc` request may change state (aria2's GET carries calls too), and
+        // its preflight is answered only for the origins that may drive it.
+        let is_rpc = path == "/jsonrpc";
         if let Some(origin) = header_str(req, header::ORIGIN) {
-            if (changes_state || upgrade) && !same_origin(origin, host) {
+            if (changes_state || upgrade || is_rpc) && !self.origin_allowed(origin, host) {
                 return Err(ApiError::Forbidden(format!(
-                    "requests from origin {origin:?} are refused: only this service's own page may drive it"
+                    "requests from origin {origin:?} are refused: only this service's own page \
+                     and server.allowed_origins may drive it"
                 )));
             }
         }
@@ -64,6 +70,21 @@ impl Guard {
             }
         }
         Ok(())
+    }
+}
+
+impl Guard {
+    /// The service's own origin, or one listed in `allowed_origins`.
+    pub fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        same_origin(origin, host) || self.is_listed(origin)
+    }
+
+    /// Listed in `allowed_origins` (compared without a trailing `/`, case aside).
+    pub fn is_listed(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        self.allowed_origins
+            .iter()
+            .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
     }
 }
 

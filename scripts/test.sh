@@ -18,10 +18,12 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm install --no-audit --no-fund --silent)
 fi
 # The real clients our compatibility claims are tested with (PyPI): llama.cpp's gguf
-# package (writes and reads test GGUF files), huggingface_hub (reads the HF cache).
-python3 -c 'import gguf, huggingface_hub' >/dev/null 2>&1 || {
-  echo "installing gguf and huggingface_hub (PyPI) for the library tests"
-  python3 -m pip install --quiet --disable-pip-version-check gguf huggingface_hub
+# package (writes and reads test GGUF files), huggingface_hub (reads the HF cache),
+# aria2p (an aria2 JSON-RPC library and CLI; its add/show/pause/resume/remove need no
+# [tui] extra).
+python3 -c 'import gguf, huggingface_hub, aria2p' >/dev/null 2>&1 && command -v aria2p >/dev/null 2>&1 || {
+  echo "installing gguf, huggingface_hub and aria2p (PyPI) for the library and aria2 tests"
+  python3 -m pip install --quiet --disable-pip-version-check gguf huggingface_hub aria2p
 }
 
 # No function of src/ over 80 lines (clippy.toml; test code may opt out). Only on a

@@ -14,7 +14,8 @@ mod ws;
 
 use std::path::PathBuf;
 
-use actix_web::{http::Method, web};
+use actix_web::http::{header, Method};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::actors::handle::QueueHandle;
 use crate::api::UrlPolicy;
@@ -86,6 +87,18 @@ impl Aria2 {
 /// Mounts `/jsonrpc` (POST, GET and websocket, OPTIONS for the CORS preflight).
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/jsonrpc", web::post().to(rpc::post))
-        .route("/jsonrpc", web::get().to(rpc::get))
+        .route("/jsonrpc", web::get().to(get))
         .route("/jsonrpc", web::method(Method::OPTIONS).to(rpc::preflight));
+}
+
+/// `GET /jsonrpc`: the websocket, or a call in the query.
+async fn get(
+    req: HttpRequest,
+    payload: web::Payload,
+    aria2: web::Data<Aria2>,
+) -> Result<HttpResponse, actix_web::Error> {
+    if req.headers().contains_key(header::UPGRADE) {
+        return ws::open(req, payload, aria2).await;
+    }
+    Ok(rpc::get(req, aria2).await)
 }

@@ -118,7 +118,10 @@ fn bind_rpc(config: &Config) -> Result<Option<TcpListener>, StartError> {
         return Ok(None);
     }
     let addr: SocketAddr = config.aria2.bind.parse().map_err(|_| {
-        ConfigError::Invalid(format!("aria2.bind: {:?} is not an address", config.aria2.bind))
+        ConfigError::Invalid(format!(
+            "aria2.bind: {:?} is not an address",
+            config.aria2.bind
+        ))
     })?;
     if !addr.ip().is_loopback() && config.server.api_token.is_empty() {
         return Err(StartError::NoTokenOnPublicBind(addr));

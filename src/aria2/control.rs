@@ -15,7 +15,10 @@ impl Aria2 {
     /// `pause`: a waiting or active download becomes paused; the GID.
     pub(super) async fn pause(&self, gid: &str) -> Result<Value> {
         let v = self.resolve(gid).await?;
-        if !matches!(v.state, State::Queued | State::Downloading | State::Retrying) {
+        if !matches!(
+            v.state,
+            State::Queued | State::Downloading | State::Retrying
+        ) {
             return Err(cannot(&v.id, "paused"));
         }
         self.queue.pause(&v.id).await?;
@@ -59,7 +62,10 @@ impl Aria2 {
     /// `POS_END` from the tail, clamped to the queue; the position it lands at.
     pub(super) async fn change_position(&self, gid: &str, pos: i64, how: &str) -> Result<Value> {
         let v = self.resolve(gid).await?;
-        let (waiting, _) = self.queue.list(Some(State::Queued), None, usize::MAX).await?;
+        let (waiting, _) = self
+            .queue
+            .list(Some(State::Queued), None, usize::MAX)
+            .await?;
         let Some(current) = waiting.iter().position(|w| w.id == v.id) else {
             return Err(RpcError::method(format!(
                 "GID#{} is {}: only waiting downloads can be moved",
@@ -103,7 +109,10 @@ impl Aria2 {
         let v = self.resolve(gid).await?;
         let given = options::object(opts)?;
         let o = DownloadOptions::parse(&self.download_dir, &given)?;
-        if let Some(key) = ["out", "dir", "checksum"].iter().find(|k| given.contains_key(**k)) {
+        if let Some(key) = ["out", "dir", "checksum"]
+            .iter()
+            .find(|k| given.contains_key(**k))
+        {
             return Err(RpcError::method(format!(
                 "{key} cannot be changed once a download is added"
             )));

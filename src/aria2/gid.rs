@@ -75,7 +75,9 @@ mod tests {
     fn gids_are_sixteen_hex_digits_and_depend_only_on_the_id() {
         let a = gid_of("dl_01JD3ZZZZZZZZZZZZZZZZZZZZZ");
         assert_eq!(a.len(), 16);
-        assert!(a.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(a
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_eq!(a, gid_of("dl_01JD3ZZZZZZZZZZZZZZZZZZZZZ"));
         assert_ne!(a, gid_of("dl_01JD3ZZZZZZZZZZZZZZZZZZZZY"));
     }

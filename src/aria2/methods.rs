@@ -81,16 +81,18 @@ impl Params {
     fn str(&self, i: usize) -> Result<&str> {
         match self.get(i) {
             Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(RpcError::method(format!("The parameter at {i} must be a string."))),
+            Some(_) => Err(RpcError::method(format!(
+                "The parameter at {i} must be a string."
+            ))),
             None => Err(Self::missing(i)),
         }
     }
 
     fn int(&self, i: usize) -> Result<i64> {
         match self.get(i) {
-            Some(v) => v
-                .as_i64()
-                .ok_or_else(|| RpcError::method(format!("The parameter at {i} must be an integer."))),
+            Some(v) => v.as_i64().ok_or_else(|| {
+                RpcError::method(format!("The parameter at {i} must be an integer."))
+            }),
             None => Err(Self::missing(i)),
         }
     }
@@ -104,7 +106,9 @@ impl Params {
                 .filter_map(|k| k.as_str().map(str::to_owned))
                 .collect()),
             Some(Value::String(s)) => Ok(vec![s.clone()]),
-            Some(_) => Err(RpcError::method(format!("The parameter at {i} must be a list of keys."))),
+            Some(_) => Err(RpcError::method(format!(
+                "The parameter at {i} must be a list of keys."
+            ))),
         }
     }
 }
@@ -137,8 +141,15 @@ impl Aria2 {
         if method != "system.multicall" {
             return self.call(method, params).await;
         }
-        let Some(Value::Array(calls)) = params.into_iter().next() else {
-            return Err(RpcError::method("system.multicall expected a list of structs."));
+        // Each inner call carries its own token; one given to multicall itself (as some
+        // clients send) is passed over.
+        let mut params = params
+            .into_iter()
+            .skip_while(|p| p.as_str().is_some_and(|s| s.starts_with("token:")));
+        let Some(Value::Array(calls)) = params.next() else {
+            return Err(RpcError::method(
+                "system.multicall expected a list of structs.",
+            ));
         };
         let mut out = Vec::with_capacity(calls.len());
         for c in calls {
@@ -148,7 +159,9 @@ impl Aria2 {
                 _ => Vec::new(),
             };
             let result = match name {
-                None if !c.is_object() => Err(RpcError::method("system.multicall expected struct.")),
+                None if !c.is_object() => {
+                    Err(RpcError::method("system.multicall expected struct."))
+                }
                 None => Err(RpcError::method("Missing methodName.")),
                 Some("system.multicall") => {
                     Err(RpcError::method("Recursive system.multicall forbidden."))
@@ -183,13 +196,22 @@ impl Aria2 {
             "aria2.saveSession" => Ok(json!("OK")),
             "aria2.getGlobalStat" => self.global_stat().await,
             "aria2.tellActive" => self.tell_active(&p.keys(0)?).await,
-            "aria2.tellWaiting" => self.tell_page(false, p.int(0)?, p.int(1)?, &p.keys(2)?).await,
-            "aria2.tellStopped" => self.tell_page(true, p.int(0)?, p.int(1)?, &p.keys(2)?).await,
+            "aria2.tellWaiting" => {
+                self.tell_page(false, p.int(0)?, p.int(1)?, &p.keys(2)?)
+                    .await
+            }
+            "aria2.tellStopped" => {
+                self.tell_page(true, p.int(0)?, p.int(1)?, &p.keys(2)?)
+                    .await
+            }
             "aria2.tellStatus" => {
                 let v = self.resolve(p.str(0)?).await?;
                 Ok(status::filtered(&self.download_dir, &v, &p.keys(1)?))
             }
-            "aria2.getFiles" => Ok(status::files(&self.download_dir, &self.resolve(p.str(0)?).await?)),
+            "aria2.getFiles" => Ok(status::files(
+                &self.download_dir,
+                &self.resolve(p.str(0)?).await?,
+            )),
             "aria2.getUris" => Ok(status::uris(&self.resolve(p.str(0)?).await?)),
             "aria2.getPeers" | "aria2.getServers" => {
                 self.resolve(p.str(0)?).await?;
@@ -277,7 +299,13 @@ impl Aria2 {
     /// `tellWaiting` (queued and paused, in queue order) or `tellStopped` (finished,
     /// oldest first), paged as aria2 pages: a negative offset counts from the end and
     /// the page comes in reverse order.
-    async fn tell_page(&self, stopped: bool, offset: i64, num: i64, keys: &[String]) -> Result<Value> {
+    async fn tell_page(
+        &self,
+        stopped: bool,
+        offset: i64,
+        num: i64,
+        keys: &[String],
+    ) -> Result<Value> {
         let all = self.all().await?;
         let mut items: Vec<&DownloadView> = if stopped {
             let mut done: Vec<&DownloadView> =
@@ -303,7 +331,11 @@ impl Aria2 {
     async fn add_uri(&self, p: &Params) -> Result<Value> {
         let uris: Vec<&str> = match p.get(0) {
             Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-            _ => return Err(RpcError::method("addUri: the first parameter must be a list of URIs")),
+            _ => {
+                return Err(RpcError::method(
+                    "addUri: the first parameter must be a list of URIs",
+                ))
+            }
         };
         let Some(raw) = uris.first() else {
             return Err(RpcError::method("addUri: no URI given"));
@@ -315,7 +347,8 @@ impl Aria2 {
             None => crate::files::name_from_url(&url)
                 .ok_or_else(|| RpcError::method(format!("{raw} names no file; give \"out\"")))?,
         };
-        crate::files::validate_name(&file_name).map_err(|e| RpcError::method(format!("out: {e}")))?;
+        crate::files::validate_name(&file_name)
+            .map_err(|e| RpcError::method(format!("out: {e}")))?;
         let path = match &opts.dir {
             Some(dir) => format!("{dir}/{file_name}"),
             None => file_name.clone(),
@@ -340,7 +373,8 @@ impl Aria2 {
             self.queue.patch(&added.id, patch).await?;
         }
         if let Some(pos) = p.get(2).and_then(Value::as_i64) {
-            let pos = usize::try_from(pos).map_err(|_| RpcError::method("Position must be greater than or equal to 0."))?;
+            let pos = usize::try_from(pos)
+                .map_err(|_| RpcError::method("Position must be greater than or equal to 0."))?;
             if added.state == State::Queued {
                 self.queue.move_to(&added.id, pos).await?;
             }

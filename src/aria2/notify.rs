@@ -91,7 +91,11 @@ mod tests {
     use super::*;
 
     fn state(id: &str, state: &str) -> ClientFrame {
-        ClientFrame::Text(json!({"type": "state", "download": {"id": id, "state": state}}).to_string().into())
+        ClientFrame::Text(
+            json!({"type": "state", "download": {"id": id, "state": state}})
+                .to_string()
+                .into(),
+        )
     }
 
     #[test]
@@ -100,18 +104,38 @@ mod tests {
         let told = |t: &mut Tracker, f| -> Vec<String> {
             t.notifications(&f)
                 .iter()
-                .map(|n| serde_json::from_str::<Value>(n).unwrap()["method"].as_str().unwrap().to_owned())
+                .map(|n| {
+                    serde_json::from_str::<Value>(n).unwrap()["method"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
                 .collect()
         };
         assert!(told(&mut t, state("dl_1", "queued")).is_empty());
-        assert_eq!(told(&mut t, state("dl_1", "downloading")), ["aria2.onDownloadStart"]);
+        assert_eq!(
+            told(&mut t, state("dl_1", "downloading")),
+            ["aria2.onDownloadStart"]
+        );
         // downloading ⇄ retrying → verifying is all `active`: no second start.
         assert!(told(&mut t, state("dl_1", "retrying")).is_empty());
         assert!(told(&mut t, state("dl_1", "verifying")).is_empty());
-        assert_eq!(told(&mut t, state("dl_1", "completed")), ["aria2.onDownloadComplete"]);
-        assert_eq!(told(&mut t, state("dl_2", "paused")), ["aria2.onDownloadPause"]);
-        assert_eq!(told(&mut t, state("dl_2", "cancelled")), ["aria2.onDownloadStop"]);
-        assert_eq!(told(&mut t, state("dl_3", "failed")), ["aria2.onDownloadError"]);
+        assert_eq!(
+            told(&mut t, state("dl_1", "completed")),
+            ["aria2.onDownloadComplete"]
+        );
+        assert_eq!(
+            told(&mut t, state("dl_2", "paused")),
+            ["aria2.onDownloadPause"]
+        );
+        assert_eq!(
+            told(&mut t, state("dl_2", "cancelled")),
+            ["aria2.onDownloadStop"]
+        );
+        assert_eq!(
+            told(&mut t, state("dl_3", "failed")),
+            ["aria2.onDownloadError"]
+        );
         let progress = ClientFrame::Text(r#"{"type":"progress","updates":[]}"#.into());
         assert!(told(&mut t, progress).is_empty());
     }

@@ -31,7 +31,9 @@ fn text(key: &str, v: &Value) -> Result<String, RpcError> {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
-        _ => Err(RpcError::method(format!("{key}: the value must be a string"))),
+        _ => Err(RpcError::method(format!(
+            "{key}: the value must be a string"
+        ))),
     }
 }
 
@@ -186,7 +188,13 @@ mod tests {
         assert_eq!(relative_dir(root, "/srv/dl"), Ok(None));
         assert_eq!(relative_dir(root, "/srv/dl/a/b"), Ok(Some("a/b".into())));
         assert_eq!(relative_dir(root, "a/./b"), Ok(Some("a/b".into())));
-        for bad in ["/srv/other", "../x", "a/../../x", "/srv/dl/../x", "a/.hidden"] {
+        for bad in [
+            "/srv/other",
+            "../x",
+            "a/../../x",
+            "/srv/dl/../x",
+            "a/.hidden",
+        ] {
             assert!(relative_dir(root, bad).is_err(), "{bad}");
         }
     }

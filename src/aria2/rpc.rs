@@ -101,22 +101,16 @@ pub async fn post(req: HttpRequest, body: Bytes, aria2: web::Data<Aria2>) -> Htt
     respond(&req, &aria2, reply, None)
 }
 
-/// `GET /jsonrpc`: the websocket, or a call in the query (`params` base64 JSON; with
+/// `GET /jsonrpc` without an upgrade: a call in the query (`params` base64 JSON; with
 /// neither `method` nor `id`, `params` is a whole batch), optionally JSONP.
-pub async fn get(
-    req: HttpRequest,
-    payload: web::Payload,
-    aria2: web::Data<Aria2>,
-) -> Result<HttpResponse, actix_web::Error> {
-    if req.headers().contains_key(header::UPGRADE) {
-        return super::ws::open(req, payload, aria2).await;
-    }
+pub async fn get(req: HttpRequest, aria2: web::Data<Aria2>) -> HttpResponse {
     let (text, callback) = match request_from_query(req.query_string()) {
         Ok(parts) => parts,
+        // Not JSON: answered as a parse error.
         Err(()) => (Vec::from(&b"\0"[..]), None),
     };
     let reply = answer(&aria2, &text).await;
-    Ok(respond(&req, &aria2, reply, callback))
+    respond(&req, &aria2, reply, callback)
 }
 
 /// aria2's `decodeGetParams`: the JSON text of the request a query carries.
@@ -134,7 +128,9 @@ fn request_from_query(query: &str) -> Result<(Vec<u8>, Option<String>), ()> {
         None => None,
     };
     let callback = q.get("jsoncallback").cloned().filter(|c| {
-        !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
     });
     let (method, id) = (q.get("method"), q.get("id"));
     let request = if method.is_none() && id.is_none() {
@@ -158,7 +154,12 @@ fn request_from_query(query: &str) -> Result<(Vec<u8>, Option<String>), ()> {
 
 /// The reply as aria2 sends it: `application/json-rpc` (JSONP: a script), with CORS
 /// for a listed origin.
-fn respond(req: &HttpRequest, aria2: &Aria2, reply: Reply, callback: Option<String>) -> HttpResponse {
+fn respond(
+    req: &HttpRequest,
+    aria2: &Aria2,
+    reply: Reply,
+    callback: Option<String>,
+) -> HttpResponse {
     let mut res = HttpResponse::build(reply.status);
     if let Some(origin) = listed_origin(req, aria2) {
         res.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin));
@@ -204,13 +205,20 @@ mod tests {
 
     #[test]
     fn a_query_carries_one_call_or_a_batch() {
-        let q = format!("method=aria2.tellActive&id=q1&params={}", b64(r#"[["gid"]]"#));
+        let q = format!(
+            "method=aria2.tellActive&id=q1&params={}",
+            b64(r#"[["gid"]]"#)
+        );
         let (text, cb) = request_from_query(&q).expect("decodes");
         let v: Value = serde_json::from_slice(&text).unwrap();
-        assert_eq!(v, json!({"method": "aria2.tellActive", "id": "q1", "params": [["gid"]]}));
+        assert_eq!(
+            v,
+            json!({"method": "aria2.tellActive", "id": "q1", "params": [["gid"]]})
+        );
         assert_eq!(cb, None);
         let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"system.listMethods"}]"#;
-        let (text, _) = request_from_query(&format!("params={}&jsoncallback=cb", b64(batch))).unwrap();
+        let (text, _) =
+            request_from_query(&format!("params={}&jsoncallback=cb", b64(batch))).unwrap();
         assert!(serde_json::from_slice::<Value>(&text).unwrap().is_array());
         assert!(request_from_query("method=x&id=1&params=!!!").is_err());
     }

@@ -149,9 +149,16 @@ mod tests {
     fn a_failed_download_carries_its_error_and_keys_filter() {
         let v = view("failed");
         let s = full(Path::new("/d"), &v);
-        assert_eq!((s["status"].as_str(), s["errorCode"].as_str()), (Some("error"), Some("32")));
+        assert_eq!(
+            (s["status"].as_str(), s["errorCode"].as_str()),
+            (Some("error"), Some("32"))
+        );
         assert_eq!(s["errorMessage"], "bad digest");
-        let f = filtered(Path::new("/d"), &v, &["gid".into(), "status".into(), "nope".into()]);
+        let f = filtered(
+            Path::new("/d"),
+            &v,
+            &["gid".into(), "status".into(), "nope".into()],
+        );
         assert_eq!(f.as_object().map(|o| o.len()), Some(2));
     }
 }

@@ -1,6 +1,8 @@
 //! A JSON-RPC client for the aria2 tests: aria2's envelope, sent as aria2 clients send
 //! it (a POST without `Content-Type`).
 
+#![allow(dead_code)]
+
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -22,7 +24,13 @@ impl Rpc {
 
     /// POSTs a raw body; status and JSON answer.
     pub async fn raw(&self, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let resp = self.client.post(&self.url).body(body).send().await.expect("post");
+        let resp = self
+            .client
+            .post(&self.url)
+            .body(body)
+            .send()
+            .await
+            .expect("post");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
@@ -39,7 +47,8 @@ impl Rpc {
 
     /// One call; the whole answer.
     pub async fn call(&self, method: &str, params: Value) -> (u16, Value) {
-        let body = json!({"jsonrpc": "2.0", "id": "t1", "method": method, "params": self.params(params)});
+        let body =
+            json!({"jsonrpc": "2.0", "id": "t1", "method": method, "params": self.params(params)});
         self.raw(body.to_string()).await
     }
 
@@ -54,8 +63,15 @@ impl Rpc {
     /// One call that must fail with code 1; its message.
     pub async fn fails(&self, method: &str, params: Value) -> String {
         let (status, v) = self.call(method, params).await;
-        assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(1)), "{method}: {v}");
-        v["error"]["message"].as_str().unwrap_or_default().to_owned()
+        assert_eq!(
+            (status, v["error"]["code"].as_i64()),
+            (400, Some(1)),
+            "{method}: {v}"
+        );
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     pub async fn status(&self, gid: &str) -> Value {
@@ -70,7 +86,10 @@ impl Rpc {
             if s["status"] == want {
                 return s;
             }
-            assert!(Instant::now() < deadline, "waiting for {gid} to be {want}: {s}");
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {gid} to be {want}: {s}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -387,6 +387,26 @@ mod tests {
     }
 
     #[test]
+    fn aria2_bind_and_allowed_origins_are_checked() {
+        let mut c = Config::default();
+        c.aria2.bind = "127.0.0.1:6800".into();
+        c.server.allowed_origins = vec![
+            "http://127.0.0.1:6880".into(),
+            "chrome-extension://abc".into(),
+        ];
+        c.validate().expect("valid");
+        c.aria2.bind = "6800".into();
+        assert!(c.validate().unwrap_err().to_string().contains("aria2.bind"));
+        c.aria2.bind = String::new();
+        c.server.allowed_origins = vec!["*".into()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("allowed_origins"));
+    }
+
+    #[test]
     fn bad_ranges_are_refused() {
         let d = DownloadsConfig {
             max_concurrent: 0,

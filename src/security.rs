@@ -52,6 +52,18 @@ impl Guard {
                 )));
             }
         }
+        // A GET of `/jsonrpc` can carry a call, and a page can make a browser send one
+        // from a `<script>` or `<img>` without any `Origin`: refuse what the browser
+        // says came from another site, unless from a listed origin.
+        if is_rpc && *req.method() == Method::GET && !upgrade {
+            let site = header_str(req, header::HeaderName::from_static("sec-fetch-site"));
+            let listed = header_str(req, header::ORIGIN).is_some_and(|o| self.is_listed(o));
+            if site.is_some_and(|s| !matches!(s, "same-origin" | "none")) && !listed {
+                return Err(ApiError::Forbidden(
+                    "a GET of /jsonrpc from another site's page is refused".into(),
+                ));
+            }
+        }
         if needs_token {
             if let Some(token) = &self.token {
                 if !has_token(req, token) {

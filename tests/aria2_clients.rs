@@ -265,6 +265,41 @@ async fn origins_cors_and_the_token() {
         Some(LISTED)
     );
     assert_eq!(r.json::<Value>().await.unwrap()["result"][0]["gid"], gid);
+    // A GET carries calls too: a foreign page's, and one a <script> or <img> of another
+    // site makes (no Origin; the browser says where it came from), are refused.
+    let query = format!(
+        "{url}?method=aria2.getGlobalStat&id=1&params={}",
+        base64::engine::general_purpose::STANDARD.encode(format!("[\"token:{TOKEN}\"]"))
+    );
+    let r = c
+        .get(&query)
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = c
+        .get(&query)
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = c
+        .get(&query)
+        .header("sec-fetch-site", "cross-site")
+        .header("origin", LISTED)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = c
+        .get(&query)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     let preflight = |origin: &'static str| {
         c.request(reqwest::Method::OPTIONS, &url)
             .header("origin", origin)

@@ -98,23 +98,22 @@ pub async fn answer(aria2: &Aria2, text: &[u8]) -> Reply {
 /// `POST /jsonrpc`: any `Content-Type` (aria2 clients send none).
 pub async fn post(req: HttpRequest, body: Bytes, aria2: web::Data<Aria2>) -> HttpResponse {
     let reply = answer(&aria2, &body).await;
-    respond(&req, &aria2, reply, None)
+    respond(&req, &aria2, reply)
 }
 
 /// `GET /jsonrpc` without an upgrade: a call in the query (`params` base64 JSON; with
-/// neither `method` nor `id`, `params` is a whole batch), optionally JSONP.
+/// neither `method` nor `id`, `params` is a whole batch). aria2's JSONP
+/// (`jsoncallback`) is left out on purpose: it exists to let other sites' pages read
+/// the answers.
 pub async fn get(req: HttpRequest, aria2: web::Data<Aria2>) -> HttpResponse {
-    let (text, callback) = match request_from_query(req.query_string()) {
-        Ok(parts) => parts,
-        // Not JSON: answered as a parse error.
-        Err(()) => (Vec::from(&b"\0"[..]), None),
-    };
+    // Not decodable: answered as a parse error.
+    let text = request_from_query(req.query_string()).unwrap_or_else(|()| b"\0".to_vec());
     let reply = answer(&aria2, &text).await;
-    respond(&req, &aria2, reply, callback)
+    respond(&req, &aria2, reply)
 }
 
 /// aria2's `decodeGetParams`: the JSON text of the request a query carries.
-fn request_from_query(query: &str) -> Result<(Vec<u8>, Option<String>), ()> {
+fn request_from_query(query: &str) -> Result<Vec<u8>, ()> {
     let q = web::Query::<std::collections::HashMap<String, String>>::from_query(query)
         .map_err(|_| ())?
         .into_inner();
@@ -127,11 +126,6 @@ fn request_from_query(query: &str) -> Result<(Vec<u8>, Option<String>), ()> {
         }
         None => None,
     };
-    let callback = q.get("jsoncallback").cloned().filter(|c| {
-        !c.is_empty()
-            && c.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-    });
     let (method, id) = (q.get("method"), q.get("id"));
     let request = if method.is_none() && id.is_none() {
         params.unwrap_or(Value::Null)
@@ -148,30 +142,17 @@ fn request_from_query(query: &str) -> Result<(Vec<u8>, Option<String>), ()> {
         }
         Value::Object(r)
     };
-    let text = serde_json::to_vec(&request).map_err(|_| ())?;
-    Ok((text, callback))
+    serde_json::to_vec(&request).map_err(|_| ())
 }
 
-/// The reply as aria2 sends it: `application/json-rpc` (JSONP: a script), with CORS
-/// for a listed origin.
-fn respond(
-    req: &HttpRequest,
-    aria2: &Aria2,
-    reply: Reply,
-    callback: Option<String>,
-) -> HttpResponse {
+/// The reply as aria2 sends it (`application/json-rpc`), with CORS for a listed origin.
+fn respond(req: &HttpRequest, aria2: &Aria2, reply: Reply) -> HttpResponse {
     let mut res = HttpResponse::build(reply.status);
     if let Some(origin) = listed_origin(req, aria2) {
         res.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin));
     }
-    match callback {
-        Some(cb) => res
-            .content_type("text/javascript")
-            .body(format!("{cb}({})", reply.body)),
-        None => res
-            .content_type("application/json-rpc")
-            .body(reply.body.to_string()),
-    }
+    res.content_type("application/json-rpc")
+        .body(reply.body.to_string())
 }
 
 /// The request's `Origin` when it is one of `allowed_origins`.

@@ -184,7 +184,7 @@ async fn each_method_answers_in_aria2_shapes() {
 #[actix_web::test]
 async fn download_options_map_and_bad_ones_are_refused() {
     let (svc, up, rpc) = setup(|_| {}).await;
-    let opts = json!({"max-download-limit": "500K", "pause": "true"});
+    let opts = json!({"max-download-limit": "500K", "pause": "true", "split": "2"});
     let gid = rpc
         .ok("aria2.addUri", json!([[up.url("slow0.bin")], opts]))
         .await;
@@ -192,10 +192,15 @@ async fn download_options_map_and_bad_ones_are_refused() {
     let (_, list) = svc.get("/api/downloads").await;
     let d = &list["downloads"][0];
     assert_eq!(
-        (d["state"].as_str(), d["speed_limit_bps"].as_u64()),
-        (Some("paused"), Some(500 * 1024)),
+        (
+            d["state"].as_str(),
+            d["speed_limit_bps"].as_u64(),
+            d["connections"].as_u64()
+        ),
+        (Some("paused"), Some(500 * 1024), Some(2)),
         "{d}"
     );
+    assert_eq!(rpc.ok("aria2.getOption", json!([gid])).await["split"], "2");
     assert_eq!(
         rpc.ok(
             "aria2.changeOption",
@@ -563,4 +568,34 @@ async fn a_gid_survives_a_restart_of_the_binary() {
     assert_eq!(own.ok("aria2.unpause", json!([gid])).await, gid);
     proc.sigterm();
     assert!(proc.wait_exit(Duration::from_secs(15)).success());
+}
+
+/// `split` on addUri is the download's own connection count: a file big enough for
+/// parallel ranges comes on one connection with `split=1`, on several without.
+#[actix_web::test]
+async fn split_sets_one_downloads_connections() {
+    let (_svc, up, rpc) = setup(|c| c.downloads.connections_per_download = 4).await;
+    let big = content(17 * MIB, 7);
+    up.add_file("one.bin", big.clone(), Behavior::default());
+    up.add_file("many.bin", big, Behavior::default());
+    let one = rpc
+        .ok("aria2.addUri", json!([[up.url("one.bin")], {"split": "1"}]))
+        .await;
+    let many = rpc.ok("aria2.addUri", json!([[up.url("many.bin")]])).await;
+    for gid in [&one, &many] {
+        rpc.wait_status(gid.as_str().unwrap(), "complete", WAIT)
+            .await;
+    }
+    let gets = |path: &str| {
+        up.requests(path)
+            .iter()
+            .filter(|r| r.method == "GET")
+            .count()
+    };
+    assert_eq!(gets("one.bin"), 1, "split=1: one connection");
+    assert!(
+        gets("many.bin") > 1,
+        "the setting's 4 connections: {}",
+        gets("many.bin")
+    );
 }

@@ -97,6 +97,9 @@ impl Aria2 {
             "out": v.file_name,
             "max-download-limit": v.speed_limit_bps.unwrap_or(0).to_string(),
         });
+        if let Some(n) = v.connections {
+            o["split"] = json!(n.to_string());
+        }
         if let Some(sha) = &v.sha256 {
             o["checksum"] = json!(format!("sha-256={sha}"));
         }

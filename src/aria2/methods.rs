@@ -6,7 +6,7 @@ use super::options::{self, DownloadOptions};
 use super::status;
 use super::{Aria2, RpcError};
 use crate::lifecycle::State;
-use crate::model::{DownloadPatch, DownloadView, NewDownload, Source};
+use crate::model::{DownloadView, NewDownload, Source};
 
 type Result<T> = std::result::Result<T, RpcError>;
 
@@ -363,15 +363,10 @@ impl Aria2 {
                 start_paused: opts.pause,
                 overwrite: false,
                 source: Source::Url,
+                speed_limit_bps: opts.max_download_limit.filter(|&n| n > 0),
+                connections: opts.split,
             })
             .await?;
-        if let Some(limit) = opts.max_download_limit.filter(|&n| n > 0) {
-            let patch = DownloadPatch {
-                speed_limit_bps: Some(Some(limit)),
-                url: None,
-            };
-            self.queue.patch(&added.id, patch).await?;
-        }
         if let Some(pos) = p.get(2).and_then(Value::as_i64) {
             let pos = usize::try_from(pos)
                 .map_err(|_| RpcError::method("Position must be greater than or equal to 0."))?;

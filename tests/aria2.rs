@@ -367,8 +367,19 @@ async fn the_queue_pages_moves_and_steers_as_aria2s() {
         gids_of(&rpc, "aria2.tellStopped", json!([-1, 1])).await,
         [stopped[1].clone()]
     );
-    let active = rpc.ok("aria2.tellActive", json!([])).await;
-    let live = active[0]["gid"].as_str().unwrap().to_owned();
+    // The next one in line takes the freed slot (a moment after the remove).
+    let deadline = std::time::Instant::now() + WAIT;
+    let live = loop {
+        let active = rpc.ok("aria2.tellActive", json!([])).await;
+        if let Some(g) = active[0]["gid"].as_str() {
+            break g.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing became active"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(rpc
         .fails("aria2.removeDownloadResult", json!([live]))
         .await

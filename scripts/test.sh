@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# The real aria2c: tests/aria2_vs_aria2c.rs asks it what it asks us.
+command -v aria2c >/dev/null 2>&1 || need_apt+=(aria2)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "installing ${need_apt[*]} (Debian packages) for the browser tests"
+  echo "installing ${need_apt[*]} (Debian packages) for the browser and aria2 tests"
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -61,6 +61,10 @@ impl Aria2 {
     /// `changePosition`: `POS_SET` from the head, `POS_CUR` from where it is,
     /// `POS_END` from the tail, clamped to the queue; the position it lands at.
     pub(super) async fn change_position(&self, gid: &str, pos: i64, how: &str) -> Result<Value> {
+        // As aria2: the mode is checked before the download is looked at.
+        if !matches!(how, "POS_SET" | "POS_CUR" | "POS_END") {
+            return Err(RpcError::method("Illegal argument."));
+        }
         let v = self.resolve(gid).await?;
         let (waiting, _) = self
             .queue
@@ -78,11 +82,9 @@ impl Aria2 {
         let target = match how {
             "POS_SET" => pos,
             "POS_CUR" => current.saturating_add(pos),
-            "POS_END" => last.saturating_add(pos),
-            _ => return Err(RpcError::method("Illegal argument.")),
+            _ => last.saturating_add(pos),
         };
-        let target = target.clamp(0, last.max(0));
-        let at = usize::try_from(target).unwrap_or(0);
+        let at = usize::try_from(target.clamp(0, last.max(0))).unwrap_or(0);
         self.queue.move_to(&v.id, at).await?;
         Ok(json!(at))
     }

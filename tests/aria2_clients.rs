@@ -417,6 +417,15 @@ async fn origins_cors_and_the_token() {
         Rpc::new(&svc.base, None).ok("system.multicall", good).await,
         json!([[{"status": "paused"}]])
     );
+    // DNS rebinding: a page of evil.example resolved to 127.0.0.1 is refused too.
+    let r = c
+        .post(&url)
+        .header("host", "evil.example:6800")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
     // aria2 clients send no Content-Type: accepted here (the REST API wants JSON).
     let r = c
         .post(&url)

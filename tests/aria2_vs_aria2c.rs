@@ -178,6 +178,61 @@ async fn our_answers_have_the_shape_of_real_aria2c() {
     }
     assert_eq!(stat, their_stat, "same queue, same stat");
 
+    // Pages of the waiting list, negative offsets included, in the same order.
+    let mut index = Vec::new();
+    for rpc in [&ours, &theirs] {
+        let mut gids = vec![rpc
+            .status(if index.is_empty() {
+                ours_paused
+            } else {
+                their_paused
+            })
+            .await["gid"]
+            .as_str()
+            .unwrap()
+            .to_owned()];
+        for i in 0..3 {
+            let url = up.url(&format!("slow.bin?{i}"));
+            let g = rpc
+                .ok(
+                    "aria2.addUri",
+                    json!([[url], {"pause": "true", "out": format!("p{i}.bin")}]),
+                )
+                .await;
+            gids.push(g.as_str().unwrap().to_owned());
+        }
+        index.push(gids);
+    }
+    for (offset, num) in [
+        (0, 10),
+        (1, 2),
+        (-1, 2),
+        (-1, 10),
+        (-2, 1),
+        (3, 5),
+        (-5, 2),
+        (0, 0),
+    ] {
+        let mut pages = Vec::new();
+        for (rpc, gids) in [(&ours, &index[0]), (&theirs, &index[1])] {
+            let page = rpc
+                .ok("aria2.tellWaiting", json!([offset, num, ["gid"]]))
+                .await;
+            let at: Vec<usize> = page
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    gids.iter()
+                        .position(|g| s["gid"] == g.as_str())
+                        .expect("one of ours")
+                })
+                .collect();
+            pages.push(at);
+        }
+        assert_eq!(pages[0], pages[1], "tellWaiting({offset}, {num})");
+    }
+
     // The same errors, in code, message and HTTP status.
     for (method, params) in [
         ("aria2.nope", json!([])),

@@ -32,24 +32,26 @@ impl Drop for Aria2c {
 
 async fn aria2c(dir: &std::path::Path) -> (Aria2c, Rpc) {
     let port = free_port();
-    let child = Command::new("aria2c")
-        .args([
-            "--enable-rpc",
-            "--no-conf",
-            "--quiet",
-            "--rpc-listen-all=false",
-        ])
-        .arg(format!("--rpc-listen-port={port}"))
-        .arg(format!("--rpc-secret={TOKEN}"))
-        .arg(format!("--dir={}", dir.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("aria2c (Debian's aria2) is installed by scripts/test.sh");
+    let child = Aria2c(
+        Command::new("aria2c")
+            .args([
+                "--enable-rpc",
+                "--no-conf",
+                "--quiet",
+                "--rpc-listen-all=false",
+            ])
+            .arg(format!("--rpc-listen-port={port}"))
+            .arg(format!("--rpc-secret={TOKEN}"))
+            .arg(format!("--dir={}", dir.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("aria2c (Debian's aria2) is installed by scripts/test.sh"),
+    );
     let rpc = Rpc::new(&format!("http://127.0.0.1:{port}"), Some(TOKEN));
     for _ in 0..100 {
         if rpc.client.post(&rpc.url).body("{}").send().await.is_ok() {
-            return (Aria2c(child), rpc);
+            return (child, rpc);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

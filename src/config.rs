@@ -115,6 +115,34 @@ impl LibraryConfig {
             path => Some(PathBuf::from(path)),
         }
     }
+
+    /// Ollama's models folder, when publishing there is on.
+    pub fn ollama_models_dir(&self) -> Option<PathBuf> {
+        match self.ollama_models.as_str() {
+            "" => None,
+            "auto" => env_dir("OLLAMA_MODELS").or_else(|| home().map(|h| h.join(".ollama/models"))),
+            path => Some(PathBuf::from(path)),
+        }
+    }
+
+    /// LM Studio's models folder, when publishing there is on.
+    pub fn lmstudio_models_dir(&self) -> Option<PathBuf> {
+        match self.lmstudio_models.as_str() {
+            "" => None,
+            "auto" => home().map(|h| h.join(".lmstudio/models")),
+            path => Some(PathBuf::from(path)),
+        }
+    }
+}
+
+fn env_dir(key: &str) -> Option<PathBuf> {
+    std::env::var_os(key)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn home() -> Option<PathBuf> {
+    env_dir("HOME")
 }
 
 fn default_min_speed_bps() -> u64 {

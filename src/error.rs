@@ -130,7 +130,8 @@ impl From<crate::library::LibraryError> for ApiError {
         let message = e.to_string();
         match e {
             L::NotFound(_) => ApiError::NotFound(message),
-            L::Busy { .. } => ApiError::Conflict(message),
+            L::Busy { .. } | L::NoUpdate(_) => ApiError::Conflict(message),
+            L::NoHub => ApiError::Unavailable(message),
             L::BadPath(..) => ApiError::Unprocessable(message),
             L::Store(s) => s.into(),
             L::Queue(q) => q.into(),

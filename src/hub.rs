@@ -4,7 +4,10 @@
 //! The token goes to the Hub's own host only: the client never follows redirects by
 //! itself, so a presigned CDN link is fetched by the engine without credentials.
 
+mod info;
 pub mod quant;
+
+pub use info::RepoRevision;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};

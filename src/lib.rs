@@ -222,7 +222,15 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         download_dir.clone(),
         store.clone(),
         core.queue.clone(),
-        config.library.hf_cache_dir(),
+        library::Options {
+            folders: library::Folders {
+                hf_cache: config.library.hf_cache_dir(),
+                ollama: config.library.ollama_models_dir(),
+                lmstudio: config.library.lmstudio_models_dir(),
+            },
+            hub: Some(core.hub.clone()),
+            check_updates_hours: config.library.check_updates_hours,
+        },
         Some(core.broadcaster.clone().recipient()),
     )
     .map_err(|e| StartError::Library(e.to_string()))?;

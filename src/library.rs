@@ -11,9 +11,13 @@
 mod hasher;
 pub mod hf_cache;
 mod links;
+mod lmstudio;
 mod notify;
+pub mod ollama;
+mod publish;
 mod record;
 mod scan;
+mod updates;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -25,7 +29,9 @@ use crate::actors::handle::QueueHandle;
 use crate::model::Download;
 use crate::store::{Store, StoreError};
 
-pub use record::{LibraryFile, Published, Record};
+pub use publish::Folders;
+pub use record::{LibraryFile, Published, Record, Update};
+pub use updates::CheckReport;
 
 /// Why a library operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,19 @@ pub enum LibraryError {
     Join(String),
     #[error(transparent)]
     Queue(#[from] crate::actors::queue_error::QueueError),
+    #[error("no Hub is configured to check for updates")]
+    NoHub,
+    #[error("{0}: the last update check found nothing newer on the Hub")]
+    NoUpdate(String),
+}
+
+/// What the library publishes to and checks against.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub folders: Folders,
+    pub hub: Option<crate::hub::HubClient>,
+    /// 0 = never check on its own.
+    pub check_updates_hours: u64,
 }
 
 /// `GET /api/library`.
@@ -69,10 +88,13 @@ struct Inner {
     root: PathBuf,
     store: Store,
     queue: QueueHandle,
-    hf_cache: Option<PathBuf>,
+    folders: Folders,
+    hub: Option<crate::hub::HubClient>,
     index: RwLock<BTreeMap<String, Record>>,
     /// One scan at a time.
     scanning: tokio::sync::Mutex<()>,
+    /// One update check at a time.
+    checking: tokio::sync::Mutex<()>,
     hasher: hasher::Hasher,
     notifier: notify::Notifier,
 }
@@ -84,7 +106,7 @@ impl LibraryHandle {
         root: PathBuf,
         store: Store,
         queue: QueueHandle,
-        hf_cache: Option<PathBuf>,
+        options: Options,
         frames: Option<actix::Recipient<crate::actors::broadcaster::Announce>>,
     ) -> Result<LibraryHandle, LibraryError> {
         let root = root.canonicalize()?;
@@ -94,9 +116,11 @@ impl LibraryHandle {
                 root,
                 store,
                 queue,
-                hf_cache,
+                folders: options.folders,
+                hub: options.hub,
                 index: RwLock::new(records),
                 scanning: tokio::sync::Mutex::new(()),
+                checking: tokio::sync::Mutex::new(()),
                 hasher: hasher::Hasher::start(weak.clone()),
                 notifier: notify::Notifier::new(frames),
             }),
@@ -108,6 +132,9 @@ impl LibraryHandle {
             }
             first.follow_completions().await;
         });
+        if options.check_updates_hours > 0 && handle.inner.hub.is_some() {
+            actix_web::rt::spawn(updates::watch(handle.clone(), options.check_updates_hours));
+        }
         Ok(handle)
     }
 
@@ -154,6 +181,23 @@ impl LibraryHandle {
         tokio::task::spawn_blocking(move || inner.remove_file(&path))
             .await
             .map_err(|e| LibraryError::Join(e.to_string()))?
+    }
+
+    /// Asks the Hub, one request per repo, which files it has newer than ours.
+    pub async fn check_updates(&self) -> Result<CheckReport, LibraryError> {
+        let _one = self.inner.checking.lock().await;
+        updates::check(&self.inner).await
+    }
+
+    /// Queues the newer file the last check found for `path`, under the same name.
+    pub async fn update(&self, path: &str) -> Result<crate::model::DownloadView, LibraryError> {
+        crate::files::validate_relative_path(path)
+            .map_err(|e| LibraryError::BadPath(path.to_owned(), e.to_string()))?;
+        let record = self.inner.read().get(path).cloned();
+        let record = record.ok_or_else(|| LibraryError::NotFound(path.to_owned()))?;
+        let hub = self.inner.hub.as_ref().ok_or(LibraryError::NoHub)?;
+        let new = updates::newer_download(hub, path, &record)?;
+        Ok(self.inner.queue.add_one(new).await?)
     }
 
     /// Each completed download: its file is read (and published) at once.
@@ -225,11 +269,9 @@ impl Inner {
             if record.sha256.is_none() {
                 record.sha256.clone_from(&now.sha256);
             }
-            if record.published.hf_cache.is_none() {
-                record
-                    .published
-                    .hf_cache
-                    .clone_from(&now.published.hf_cache);
+            record.published.fill_from(&now.published);
+            if record.same_at.is_none() {
+                record.same_at.clone_from(&now.same_at);
             }
         }
         self.store.put_library(path, &record)?;
@@ -237,6 +279,27 @@ impl Inner {
         drop(index);
         self.notifier.changed(path);
         Ok(())
+    }
+
+    /// Changes the record of `path` (when there is one) and stores it when it changed.
+    fn change(
+        &self,
+        path: &str,
+        edit: impl FnOnce(&mut Record),
+    ) -> Result<Option<Record>, StoreError> {
+        let mut index = self.write();
+        let Some(record) = index.get_mut(path) else {
+            return Ok(None);
+        };
+        let before = record.clone();
+        edit(record);
+        let after = record.clone();
+        if after != before {
+            self.store.put_library(path, &after)?;
+            drop(index);
+            self.notifier.changed(path);
+        }
+        Ok(Some(after))
     }
 
     fn forget(&self, path: &str) -> Result<(), StoreError> {
@@ -253,9 +316,7 @@ impl Inner {
             return Err(LibraryError::NotFound(path.to_owned()));
         };
         let file = crate::files::resolve_inside(&self.root, path)?;
-        if let (Some(cache), Some(published)) = (&self.hf_cache, &record.published.hf_cache) {
-            hf_cache::unpublish(cache, published, &file);
-        }
+        publish::unpublish(&self.folders, &record.published, &file);
         match std::fs::remove_file(&file) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

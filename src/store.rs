@@ -100,6 +100,7 @@ pub struct Store {
 }
 
 const SETTINGS_KEY: &[u8] = b"settings";
+const LAST_UPDATE_CHECK_KEY: &[u8] = b"library.last_update_check";
 
 /// From how many records on a start-up scan gives back more memory than a second open
 /// of the database costs (see [`Store::open_and_load`]).
@@ -279,6 +280,20 @@ impl Store {
     pub fn put_settings(&self, settings: &DownloadsConfig) -> Result<(), StoreError> {
         self.meta
             .insert(SETTINGS_KEY, serde_json::to_vec(settings)?)?;
+        Ok(())
+    }
+
+    /// When the library last asked the Hub for newer files (seconds since the epoch).
+    pub fn last_update_check(&self) -> Result<Option<u64>, StoreError> {
+        match self.meta.get(LAST_UPDATE_CHECK_KEY)? {
+            Some(v) => Ok(serde_json::from_slice(&v).ok()),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_last_update_check(&self, secs: u64) -> Result<(), StoreError> {
+        self.meta
+            .insert(LAST_UPDATE_CHECK_KEY, serde_json::to_vec(&secs)?)?;
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! `/api/library`: the models on disk.
 
 use actix_web::{web, HttpResponse};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::library::{LibraryHandle, Listing};
@@ -12,6 +12,8 @@ pub(super) fn routes(scope: actix_web::Scope) -> actix_web::Scope {
     scope
         .route("/library", web::get().to(list))
         .route("/library/rescan", web::post().to(rescan))
+        .route("/library/check-updates", web::post().to(check_updates))
+        .route("/library/update", web::post().to(update))
         .route("/library/{path:.*}", web::delete().to(delete))
 }
 
@@ -42,4 +44,34 @@ pub(super) async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     library.delete(&path).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /api/library/check-updates`: asks the Hub in the background (one request per
+/// repo); the result shows in each file's `update` and in a `library` websocket frame.
+#[utoipa::path(post, path = "/api/library/check-updates", responses((status = 202, description = "checking")))]
+pub(super) async fn check_updates(library: Library) -> HttpResponse {
+    let library = library.get_ref().clone();
+    actix_web::rt::spawn(async move {
+        if let Err(e) = library.check_updates().await {
+            tracing::warn!(error = %e, "the library update check failed");
+        }
+    });
+    HttpResponse::Accepted().json(serde_json::json!({"checking": true}))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateBody {
+    path: String,
+}
+
+/// `POST /api/library/update`: queues the newer file the last check found; the old one
+/// keeps its name until the new one is verified. 201 with the download.
+#[utoipa::path(post, path = "/api/library/update", request_body = UpdateBody, responses((status = 201, body = crate::model::DownloadView)))]
+pub(super) async fn update(
+    library: Library,
+    body: web::Json<UpdateBody>,
+) -> Result<HttpResponse, ApiError> {
+    let download = library.update(&body.path).await?;
+    Ok(HttpResponse::Created().json(download))
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use sha2::{Digest, Sha256};
 
-use super::{links, scan, Inner};
+use super::{links, publish, Inner};
 
 /// The queue of paths to hash.
 pub(super) struct Hasher {
@@ -98,7 +98,7 @@ fn hash_one(inner: &Inner, path: &str) {
     }
     record.sha256 = Some(digest);
     links::dedupe(inner, path, &mut record);
-    scan::publish(inner, path, &mut record);
+    publish::publish(inner, path, &mut record, None);
     if let Err(e) = inner.put(path, record) {
         tracing::warn!(%path, error = %e, "cannot store a library digest");
     }

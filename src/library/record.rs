@@ -1,5 +1,7 @@
 //! What the library keeps of one file (stored in sled), and how the API shows it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::hf_cache::Entry;
@@ -12,6 +14,50 @@ pub struct Published {
     /// The HuggingFace cache entry, when published there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hf_cache: Option<Entry>,
+    /// Snapshot entries of later commits that have the same bytes (made when an
+    /// update of a sibling file moved `refs/main`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hf_cache_more: Vec<Entry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ollama: Option<super::ollama::Entry>,
+    /// The hard link in LM Studio's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lmstudio: Option<std::path::PathBuf>,
+    /// Why a runtime does not have it, by runtime.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_published: BTreeMap<String, String>,
+}
+
+impl Published {
+    /// What a later read of the same file keeps from this one.
+    pub fn fill_from(&mut self, earlier: &Published) {
+        if self.hf_cache.is_none() {
+            self.hf_cache.clone_from(&earlier.hf_cache);
+        }
+        for e in &earlier.hf_cache_more {
+            if !self.hf_cache_more.contains(e) {
+                self.hf_cache_more.push(e.clone());
+            }
+        }
+        if self.ollama.is_none() {
+            self.ollama.clone_from(&earlier.ollama);
+        }
+        if self.lmstudio.is_none() {
+            self.lmstudio.clone_from(&earlier.lmstudio);
+        }
+        if self.not_published.is_empty() {
+            self.not_published.clone_from(&earlier.not_published);
+        }
+    }
+}
+
+/// A newer file on the Hub than the one on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Update {
+    /// The commit the revision points to now.
+    pub revision: String,
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// One file as the library knows it.
@@ -44,6 +90,15 @@ pub struct Record {
     pub download_id: Option<String>,
     #[serde(default)]
     pub published: Published,
+    /// What the last update check found newer on the Hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<Update>,
+    /// Why the last update check could not tell (the repo is gone, or became gated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_error: Option<String>,
+    /// The newest commit the last check found this very file at (same sha256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_at: Option<String>,
 }
 
 /// The download that fetched a file, as far as the library cares.
@@ -96,7 +151,7 @@ pub struct Runtimes {
     pub lmstudio: Option<String>,
     /// Why a runtime does not have it, by runtime.
     #[schema(value_type = std::collections::HashMap<String, String>)]
-    pub not_published: std::collections::BTreeMap<&'static str, String>,
+    pub not_published: BTreeMap<String, String>,
 }
 
 /// A library file as `GET /api/library` shows it.
@@ -114,9 +169,11 @@ pub struct LibraryFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub runtimes: Runtimes,
-    /// A newer file on the Hub (not checked yet: always null).
-    #[schema(value_type = Option<Object>)]
-    pub update: Option<serde_json::Value>,
+    /// A newer file on the Hub, when the last check found one.
+    pub update: Option<Update>,
+    /// Why the last update check could not tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_error: Option<String>,
     pub download_id: Option<String>,
 }
 
@@ -138,9 +195,16 @@ impl Record {
             error: self.error.clone(),
             runtimes: Runtimes {
                 hf_cache,
-                ..Runtimes::default()
+                ollama: self.published.ollama.as_ref().map(|e| e.name.clone()),
+                lmstudio: self
+                    .published
+                    .lmstudio
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+                not_published: self.published.not_published.clone(),
             },
-            update: None,
+            update: self.update.clone(),
+            update_error: self.update_error.clone(),
             download_id: self.download_id.clone(),
         }
     }

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use super::record::{identity, Origin, Record};
-use super::{hf_cache, links, relative, Inner, LibraryError};
+use super::{links, publish, relative, Inner, LibraryError};
 use crate::model::{Download, DownloadView};
 
 /// At most this many files are listed (a runaway tree must not eat the memory).
@@ -63,9 +63,12 @@ fn refresh(
     origin: Option<&Origin>,
 ) -> Result<(), LibraryError> {
     let known = inner.read().get(path).cloned();
-    let mut record = match known {
-        Some(r) if r.matches(meta) => r,
-        _ => read_record(&inner.full_path(path), path, meta),
+    let (mut record, replaced) = match known {
+        Some(r) if r.matches(meta) => (r, None),
+        earlier => (
+            read_record(&inner.full_path(path), path, meta),
+            earlier.map(|r| r.published),
+        ),
     };
     if let Some(o) = origin {
         adopt(&mut record, o);
@@ -74,7 +77,7 @@ fn refresh(
         inner.hasher.enqueue(path);
     } else {
         links::dedupe(inner, path, &mut record);
-        publish(inner, path, &mut record);
+        publish::publish(inner, path, &mut record, replaced.as_ref());
     }
     if inner.read().get(path) != Some(&record) {
         inner.put(path, record)?;
@@ -123,32 +126,9 @@ pub(super) fn read_record(full: &Path, path: &str, meta: &fs::Metadata) -> Recor
         asked_revision: None,
         download_id: None,
         published: Default::default(),
-    }
-}
-
-/// Publishes a Hub file into the HF cache once its digest and commit are known.
-pub(super) fn publish(inner: &Inner, path: &str, record: &mut Record) {
-    let Some(cache) = &inner.hf_cache else { return };
-    if record.published.hf_cache.is_some() {
-        return;
-    }
-    let (Some(repo), Some(commit), Some(sha256)) = (&record.repo, &record.revision, &record.sha256)
-    else {
-        return;
-    };
-    let Some(file) = path.strip_prefix(&format!("{repo}/")) else {
-        return;
-    };
-    let target = hf_cache::Target {
-        repo,
-        file,
-        commit,
-        revision: record.asked_revision.as_deref(),
-        sha256,
-    };
-    match hf_cache::publish(cache, &target, &inner.full_path(path)) {
-        Ok(entry) => record.published.hf_cache = Some(entry),
-        Err(e) => tracing::warn!(%path, error = %e, "cannot publish into the HF cache"),
+        update: None,
+        update_error: None,
+        same_at: None,
     }
 }
 

@@ -1,0 +1,206 @@
+//! The update watch: one Hub request per repo (model info at the revision the files
+//! were fetched from, with every file's sha256) tells which of our files the Hub now
+//! has newer; `update` queues the newer file under the same name, and the download's
+//! own rename replaces the old one only once the new one is verified.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::record::{Record, Update};
+use super::{Inner, LibraryError};
+use crate::hub::{HubError, RepoRevision};
+use crate::model::{NewDownload, Source};
+
+/// Tries per repo when the Hub asks to slow down or cannot be reached.
+const TRIES: u32 = 5;
+/// The longest wait the Hub may ask of one check (a longer one ends the repo's check).
+const MAX_WAIT: Duration = Duration::from_secs(600);
+/// The wait when a 429 names none.
+const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+
+/// What one check did.
+#[derive(Debug, Default, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct CheckReport {
+    pub repos: usize,
+    pub updates: usize,
+    /// Repos the check could not tell about, with why.
+    pub errors: BTreeMap<String, String>,
+}
+
+/// Checks every Hub file of the library against its repo's current revision.
+pub(super) async fn check(inner: &Inner) -> Result<CheckReport, LibraryError> {
+    let Some(hub) = inner.hub.clone() else {
+        return Err(LibraryError::NoHub);
+    };
+    let mut report = CheckReport::default();
+    for ((repo, revision), paths) in groups(&inner.read()) {
+        report.repos += 1;
+        let outcome = repo_revision(&hub, &repo, &revision).await;
+        if let Err(e) = &outcome {
+            report.errors.insert(repo.clone(), e.to_string());
+        }
+        for path in paths {
+            let changed =
+                inner.change(&path, |r| judge(r, &path, &repo, &outcome, hub.has_token()))?;
+            if changed.is_some_and(|r| r.update.is_some()) {
+                report.updates += 1;
+            }
+        }
+    }
+    inner.announce();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    inner.store.put_last_update_check(now.as_secs())?;
+    tracing::info!(
+        repos = report.repos,
+        updates = report.updates,
+        errors = report.errors.len(),
+        "library update check done"
+    );
+    Ok(report)
+}
+
+/// Hub files by (repo, the revision asked for): one request answers each group.
+fn groups(index: &BTreeMap<String, Record>) -> BTreeMap<(String, String), Vec<String>> {
+    let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (path, r) in index {
+        if let (Some(repo), Some(_), Some(_)) = (&r.repo, &r.revision, &r.sha256) {
+            let revision = r.asked_revision.clone().unwrap_or_else(|| "main".into());
+            groups
+                .entry((repo.clone(), revision))
+                .or_default()
+                .push(path.clone());
+        }
+    }
+    groups
+}
+
+/// Model info, waiting out 429s (Retry-After or RateLimit) and network failures.
+async fn repo_revision(
+    hub: &crate::hub::HubClient,
+    repo: &str,
+    revision: &str,
+) -> Result<RepoRevision, HubError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match hub.repo_revision(repo, revision).await {
+            Err(e) if e.is_transient() && tries < TRIES => {
+                let wait = e.retry_after().unwrap_or(DEFAULT_WAIT * tries);
+                if wait > MAX_WAIT {
+                    return Err(e);
+                }
+                tracing::info!(%repo, wait_secs = wait.as_secs_f64(), error = %e, "update check waits");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What the Hub's answer means for one file: newer, the same, or cannot tell.
+fn judge(
+    r: &mut Record,
+    path: &str,
+    repo: &str,
+    outcome: &Result<RepoRevision, HubError>,
+    has_token: bool,
+) {
+    let info = match outcome {
+        Ok(info) => info,
+        Err(HubError::NotFound(_)) => {
+            r.update_error = Some(format!(
+                "{repo} is gone from the Hub (deleted, renamed or private)"
+            ));
+            return;
+        }
+        Err(HubError::Unauthorized(_)) => {
+            r.update_error = Some(format!(
+                "{repo} is gated or private now: set HF_TOKEN to check it"
+            ));
+            return;
+        }
+        Err(e) => {
+            r.update_error = Some(format!("the check could not reach {repo}: {e}"));
+            return;
+        }
+    };
+    let file = path.strip_prefix(&format!("{repo}/")).unwrap_or(path);
+    r.update_error = (info.gated && !has_token)
+        .then(|| format!("{repo} is gated now: set HF_TOKEN to download from it"));
+    match info.files.iter().find(|f| f.path == file) {
+        None => {
+            r.update = None;
+            r.update_error = Some(format!("{file} is no longer in {repo} at {}", info.commit));
+        }
+        Some(f) if f.sha256.is_some() && f.sha256 == r.sha256 => {
+            r.update = None;
+            r.same_at = Some(info.commit.clone());
+        }
+        Some(f) => {
+            r.update = f.sha256.clone().map(|sha256| Update {
+                revision: info.commit.clone(),
+                sha256,
+                size: f.size,
+            });
+        }
+    }
+}
+
+/// The download that fetches the newer file into the same path; the old file stays
+/// until the new one is verified and renamed over it.
+pub(super) fn newer_download(
+    hub: &crate::hub::HubClient,
+    path: &str,
+    r: &Record,
+) -> Result<NewDownload, LibraryError> {
+    let (Some(update), Some(repo)) = (&r.update, &r.repo) else {
+        return Err(LibraryError::NoUpdate(path.to_owned()));
+    };
+    let file = path
+        .strip_prefix(&format!("{repo}/"))
+        .ok_or_else(|| LibraryError::NoUpdate(path.to_owned()))?;
+    let url = hub
+        .resolve_url(repo, &update.revision, file)
+        .map_err(|e| LibraryError::BadPath(path.to_owned(), e.to_string()))?;
+    Ok(NewDownload {
+        url: url.to_string(),
+        file_name: file.rsplit('/').next().unwrap_or(file).to_owned(),
+        path: path.to_owned(),
+        sha256: Some(update.sha256.clone()),
+        start_paused: false,
+        overwrite: true,
+        source: Source::Hub {
+            repo: repo.clone(),
+            revision: r.asked_revision.clone().unwrap_or_else(|| "main".into()),
+            file: file.to_owned(),
+            commit: Some(update.revision.clone()),
+        },
+    })
+}
+
+/// Checks every `hours`, counted from the last check (kept across restarts).
+pub(super) async fn watch(handle: super::LibraryHandle, hours: u64) {
+    let every = Duration::from_secs(hours.saturating_mul(3600));
+    loop {
+        let last = handle
+            .inner
+            .store
+            .last_update_check()
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let due = Duration::from_secs(last).saturating_add(every);
+        // A minute after start-up at the earliest: the first scan goes first.
+        let wait = due.saturating_sub(now).max(Duration::from_secs(60));
+        tokio::time::sleep(wait).await;
+        if let Err(e) = handle.check_updates().await {
+            tracing::warn!(error = %e, "the library update check failed");
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
+}

@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# The real aria2c: tests/aria2_vs_aria2c.rs asks it what it asks us.
+command -v aria2c >/dev/null 2>&1 || need_apt+=(aria2)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "installing ${need_apt[*]} (Debian packages) for the browser tests"
+  echo "installing ${need_apt[*]} (Debian packages) for the browser and aria2 tests"
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -18,10 +20,12 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm install --no-audit --no-fund --silent)
 fi
 # The real clients our compatibility claims are tested with (PyPI): llama.cpp's gguf
-# package (writes and reads test GGUF files), huggingface_hub (reads the HF cache).
-python3 -c 'import gguf, huggingface_hub' >/dev/null 2>&1 || {
-  echo "installing gguf and huggingface_hub (PyPI) for the library tests"
-  python3 -m pip install --quiet --disable-pip-version-check gguf huggingface_hub
+# package (writes and reads test GGUF files), huggingface_hub (reads the HF cache),
+# aria2p (an aria2 JSON-RPC library and CLI; its add/show/pause/resume/remove need no
+# [tui] extra).
+python3 -c 'import gguf, huggingface_hub, aria2p' >/dev/null 2>&1 && command -v aria2p >/dev/null 2>&1 || {
+  echo "installing gguf, huggingface_hub and aria2p (PyPI) for the library and aria2 tests"
+  python3 -m pip install --quiet --disable-pip-version-check gguf huggingface_hub aria2p
 }
 
 # No function of src/ over 80 lines (clippy.toml; test code may opt out). Only on a

@@ -19,6 +19,16 @@ pub struct Config {
     pub downloads: DownloadsConfig,
     pub hub: HubConfig,
     pub library: LibraryConfig,
+    pub aria2: Aria2Config,
+}
+
+/// `[aria2]`: the aria2 JSON-RPC front door (`/jsonrpc` is always on the main port).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Aria2Config {
+    /// A listener of its own for `/jsonrpc` (aria2 front-ends default to port 6800);
+    /// empty: none.
+    pub bind: String,
 }
 
 /// `[server]`
@@ -28,6 +38,9 @@ pub struct ServerConfig {
     pub bind: String,
     /// Empty: no authentication, allowed only on a loopback bind.
     pub api_token: String,
+    /// Origins besides our own whose pages may drive the API, the RPC and the
+    /// websockets (`http://host:port`, as browsers send `Origin`).
+    pub allowed_origins: Vec<String>,
 }
 
 /// `[storage]`
@@ -149,6 +162,7 @@ impl Default for ServerConfig {
         Self {
             bind: "127.0.0.1:8080".into(),
             api_token: String::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -264,6 +278,19 @@ impl Config {
             return bad(format!(
                 "server.bind: {:?} is not an address like 127.0.0.1:8080",
                 self.server.bind
+            ));
+        }
+        if !self.aria2.bind.is_empty() && self.aria2.bind.parse::<SocketAddr>().is_err() {
+            return bad(format!(
+                "aria2.bind: {:?} is not an address like 127.0.0.1:6800",
+                self.aria2.bind
+            ));
+        }
+        if let Some(o) = self.server.allowed_origins.iter().find(|o| {
+            !(o.starts_with("http://") || o.starts_with("https://") || o.contains("-extension://"))
+        }) {
+            return bad(format!(
+                "server.allowed_origins: {o:?} is not an origin like http://host:port"
             ));
         }
         self.downloads.validate().map_err(ConfigError::Invalid)?;
@@ -397,6 +424,26 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn aria2_bind_and_allowed_origins_are_checked() {
+        let mut c = Config::default();
+        c.aria2.bind = "127.0.0.1:6800".into();
+        c.server.allowed_origins = vec![
+            "http://127.0.0.1:6880".into(),
+            "chrome-extension://abc".into(),
+        ];
+        c.validate().expect("valid");
+        c.aria2.bind = "6800".into();
+        assert!(c.validate().unwrap_err().to_string().contains("aria2.bind"));
+        c.aria2.bind = String::new();
+        c.server.allowed_origins = vec!["*".into()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("allowed_origins"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod actors;
 pub mod api;
 pub mod cli;
+pub mod aria2;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -75,6 +76,8 @@ pub enum StartError {
 pub struct Prepared {
     pub config: Config,
     pub listener: TcpListener,
+    /// `[aria2] bind`: the JSON-RPC's own listener, when set.
+    pub rpc_listener: Option<TcpListener>,
     pub store: Store,
     /// Every download record, read once at start-up.
     pub records: Vec<model::Download>,
@@ -90,9 +93,11 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
     let download_dir = ensure_download_dir(&config)?;
     let (store, records) = open_store(&config)?;
     let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    let rpc_listener = bind_rpc(&config)?;
     Ok(Prepared {
         config,
         listener,
+        rpc_listener,
         store,
         records,
         download_dir,
@@ -123,6 +128,25 @@ pub fn open_store(config: &Config) -> Result<(Store, Vec<model::Download>), Star
     })
 }
 
+/// Binds `[aria2] bind` when set (the same rule as the main bind: no public
+/// address without a token).
+fn bind_rpc(config: &Config) -> Result<Option<TcpListener>, StartError> {
+    if config.aria2.bind.is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr = config.aria2.bind.parse().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "aria2.bind: {:?} is not an address",
+            config.aria2.bind
+        ))
+    })?;
+    if !addr.ip().is_loopback() && config.server.api_token.is_empty() {
+        return Err(StartError::NoTokenOnPublicBind(addr));
+    }
+    let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    Ok(Some(listener))
+}
+
 /// A running service.
 pub struct Service {
     pub addr: SocketAddr,
@@ -133,6 +157,11 @@ pub struct Service {
     transfers: Arbiter,
     store: Store,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The `[aria2] bind` server, when there is one.
+    rpc_server: Option<(
+        actix_web::dev::ServerHandle,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
 }
 
 /// The core without any front door: the queue and what it runs on. Every door (the
@@ -213,6 +242,7 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     let Prepared {
         config,
         listener,
+        rpc_listener,
         store,
         records,
         download_dir,
@@ -249,6 +279,16 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     .map_err(StartError::Server)?;
     let handle = server.handle();
     let server_task = tokio::task::spawn_local(server);
+    let rpc_server = match rpc_listener {
+        Some(l) => {
+            let rpc_addr = l.local_addr().map_err(StartError::Server)?;
+            let s = web::serve_rpc(l, core.queue.clone(), &config, rpc_addr.ip().is_loopback())
+                .map_err(StartError::Server)?;
+            tracing::info!(addr = %rpc_addr, "aria2 JSON-RPC listening");
+            Some((s.handle(), tokio::task::spawn_local(s)))
+        }
+        None => None,
+    };
     tracing::info!(%addr, download_dir = %download_dir.display(), "model-manager listening");
     Ok(Service {
         addr,
@@ -258,6 +298,7 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         transfers: core.transfers,
         store,
         server_task,
+        rpc_server,
     })
 }
 
@@ -267,6 +308,10 @@ impl Service {
     pub async fn shutdown(self) {
         self.broadcaster.do_send(DisconnectAll);
         self.server.stop(true).await;
+        if let Some((handle, task)) = self.rpc_server {
+            handle.stop(true).await;
+            let _ = task.await;
+        }
         self.queue.shutdown().await;
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final flush failed");

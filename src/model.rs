@@ -98,6 +98,9 @@ pub struct Download {
     pub source: Source,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed_limit_bps: Option<u64>,
+    /// Parallel connections for this download (aria2's `split`); `None`: the setting's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
@@ -135,6 +138,8 @@ pub struct DownloadView {
     pub error: Option<DownloadError>,
     pub source: Source,
     pub speed_limit_bps: Option<u64>,
+    /// Parallel connections for this download, when not the setting's.
+    pub connections: Option<usize>,
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -204,6 +209,7 @@ impl Download {
             error: self.error.clone(),
             source: self.source.clone(),
             speed_limit_bps: self.speed_limit_bps,
+            connections: self.connections,
             created_at: self.created_at.clone(),
             started_at: self.started_at.clone(),
             finished_at: self.finished_at.clone(),
@@ -223,6 +229,10 @@ pub struct NewDownload {
     pub start_paused: bool,
     pub overwrite: bool,
     pub source: Source,
+    /// A cap of its own in bytes/s (aria2's `max-download-limit`).
+    pub speed_limit_bps: Option<u64>,
+    /// Parallel connections of its own (aria2's `split`).
+    pub connections: Option<usize>,
 }
 
 /// A change to one download (`PATCH /api/downloads/{id}`).

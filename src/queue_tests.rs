@@ -19,6 +19,7 @@ fn record(id: &str, path: &str, state: State) -> Download {
         error: None,
         source: Source::Url,
         speed_limit_bps: None,
+        connections: None,
         created_at: "2026-12-01T00:00:00Z".into(),
         started_at: None,
         finished_at: None,

@@ -16,6 +16,8 @@ pub struct Guard {
     pub token: Option<String>,
     /// Bound to a loopback address: only loopback `Host` names are accepted.
     pub loopback: bool,
+    /// `[server] allowed_origins`: other origins whose pages may drive the service.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Guard {
@@ -39,11 +41,27 @@ impl Guard {
         let needs_token = is_api || path == "/metrics";
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        // Every `/jsonrpc` request may change state (aria2's GET carries calls too), and
+        // its preflight is answered only for the origins that may drive it.
+        let is_rpc = path == "/jsonrpc";
         if let Some(origin) = header_str(req, header::ORIGIN) {
-            if (changes_state || upgrade) && !same_origin(origin, host) {
+            if (changes_state || upgrade || is_rpc) && !self.origin_allowed(origin, host) {
                 return Err(ApiError::Forbidden(format!(
-                    "requests from origin {origin:?} are refused: only this service's own page may drive it"
+                    "requests from origin {origin:?} are refused: only this service's own page \
+                     and server.allowed_origins may drive it"
                 )));
+            }
+        }
+        // A GET of `/jsonrpc` can carry a call, and a page can make a browser send one
+        // from a `<script>` or `<img>` without any `Origin`: refuse what the browser
+        // says came from another site, unless from a listed origin.
+        if is_rpc && *req.method() == Method::GET && !upgrade {
+            let site = header_str(req, header::HeaderName::from_static("sec-fetch-site"));
+            let listed = header_str(req, header::ORIGIN).is_some_and(|o| self.is_listed(o));
+            if site.is_some_and(|s| !matches!(s, "same-origin" | "none")) && !listed {
+                return Err(ApiError::Forbidden(
+                    "a GET of /jsonrpc from another site's page is refused".into(),
+                ));
             }
         }
         if needs_token {
@@ -64,6 +82,21 @@ impl Guard {
             }
         }
         Ok(())
+    }
+}
+
+impl Guard {
+    /// The service's own origin, or one listed in `allowed_origins`.
+    pub fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        same_origin(origin, host) || self.is_listed(origin)
+    }
+
+    /// Listed in `allowed_origins` (compared without a trailing `/`, case aside).
+    pub fn is_listed(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        self.allowed_origins
+            .iter()
+            .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
     }
 }
 

@@ -10,7 +10,7 @@ use actix_web::{dev::Server, middleware, web, App, HttpResponse, HttpServer};
 
 use crate::actors::handle::QueueHandle;
 use crate::config::Config;
-use crate::{api, error, hub, metrics, security};
+use crate::{api, aria2, error, hub, metrics, security};
 
 /// A connection whose peer has taken none of what was written to it for this long is
 /// dropped (by the kernel: `TCP_USER_TIMEOUT`). Nothing in the HTTP stack bounds a
@@ -41,14 +41,21 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
     let guard = security::Guard {
         token: Some(config.server.api_token.clone()).filter(|t| !t.is_empty()),
         loopback: parts.loopback,
+        allowed_origins: config.server.allowed_origins.clone(),
     };
     let static_dir = static_dir();
-    let queue_data = web::Data::new(parts.queue);
+    let queue_data = web::Data::new(parts.queue.clone());
     let library_data = web::Data::new(parts.library);
     let hub_data = web::Data::new(parts.hub);
     let policy_data = web::Data::new(api::UrlPolicy {
         allowed_hosts: config.downloads.allowed_hosts.clone(),
     });
+    let aria2_data = web::Data::new(aria2::Aria2::new(
+        parts.queue.clone(),
+        config.storage.download_dir.clone(),
+        policy_data.get_ref().clone(),
+        guard.clone(),
+    ));
     let guard_data = web::Data::new(guard);
     let metrics_data = web::Data::from(parts.metrics);
     Ok(HttpServer::new(move || {
@@ -59,6 +66,7 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
             .app_data(policy_data.clone())
             .app_data(guard_data.clone())
             .app_data(metrics_data.clone())
+            .app_data(aria2_data.clone())
             .wrap(middleware::from_fn(security::guard))
             .wrap(middleware::from_fn(time_requests))
             .wrap(tracing_actix_web::TracingLogger::default())
@@ -69,6 +77,7 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
             )
             .route("/metrics", web::get().to(metrics_text))
             .configure(api::routes)
+            .configure(aria2::routes)
             .service(actix_files::Files::new("/", &static_dir).index_file("index.html"))
     })
     .on_connect(|conn, _| {
@@ -77,6 +86,48 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
         }
     })
     .workers(2)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .listen(listener)?
+    .run())
+}
+
+/// The `[aria2] bind` listener: `/jsonrpc` alone, behind the same guard.
+pub fn serve_rpc(
+    listener: TcpListener,
+    queue: QueueHandle,
+    config: &Config,
+    loopback: bool,
+) -> std::io::Result<Server> {
+    let guard = security::Guard {
+        token: Some(config.server.api_token.clone()).filter(|t| !t.is_empty()),
+        loopback,
+        allowed_origins: config.server.allowed_origins.clone(),
+    };
+    let policy = api::UrlPolicy {
+        allowed_hosts: config.downloads.allowed_hosts.clone(),
+    };
+    let aria2_data = web::Data::new(aria2::Aria2::new(
+        queue,
+        config.storage.download_dir.clone(),
+        policy,
+        guard.clone(),
+    ));
+    let guard_data = web::Data::new(guard);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(aria2_data.clone())
+            .app_data(guard_data.clone())
+            .wrap(middleware::from_fn(security::guard))
+            .wrap(tracing_actix_web::TracingLogger::default())
+            .configure(aria2::routes)
+    })
+    .on_connect(|conn, _| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            bound_connection(tcp);
+        }
+    })
+    .workers(1)
     .disable_signals()
     .shutdown_timeout(2)
     .listen(listener)?

@@ -295,7 +295,13 @@ impl Supervisor {
             final_path: PathBuf::new(),
             place: None,
             sha256: d.sha256.clone(),
-            settings: self.settings.clone(),
+            settings: match d.connections {
+                Some(n) => DownloadsConfig {
+                    connections_per_download: n,
+                    ..self.settings.clone()
+                },
+                None => self.settings.clone(),
+            },
             hub: match &d.source {
                 Source::Url => None,
                 Source::Hub {

@@ -288,6 +288,8 @@ pub(super) fn new_download(
         start_paused: body.start_paused,
         overwrite: body.overwrite,
         source: Source::Url,
+        speed_limit_bps: None,
+        connections: None,
     })
 }
 

@@ -42,6 +42,8 @@ pub(super) fn hub_download_new(
             file: file.to_owned(),
             commit,
         },
+        speed_limit_bps: None,
+        connections: None,
     })
 }
 

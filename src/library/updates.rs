@@ -179,6 +179,8 @@ pub(super) fn newer_download(
             file: file.to_owned(),
             commit: Some(update.revision.clone()),
         },
+        speed_limit_bps: None,
+        connections: None,
     })
 }
 

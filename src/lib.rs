@@ -7,8 +7,8 @@
 
 pub mod actors;
 pub mod api;
-pub mod cli;
 pub mod aria2;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -39,12 +39,9 @@ pub(super) fn publish(inner: &Inner, path: &str, record: &mut Record, earlier: O
             }
             let result = ollama_target(record, &repo, &sha256)
                 .and_then(|t| ollama::publish(models, &t, &full));
-            note(
-                record,
-                "ollama",
-                result.map(|e| record_ollama(e)),
-                |p, e| p.ollama = Some(e),
-            );
+            note(record, "ollama", result.map(record_ollama), |p, e| {
+                p.ollama = Some(e)
+            });
         }
     }
     if let Some(models) = &inner.folders.lmstudio {

@@ -56,7 +56,7 @@ impl CliError {
 /// Runs the command line: the service, or one client command.
 pub fn main(cli: Cli) -> ExitCode {
     let serving = matches!(cli.command, None | Some(Command::Serve));
-    init_tracing(if serving { "info" } else { "error" });
+    init_tracing(serving);
     let config = Config::load(cli.global.config.as_deref(), flags(&cli.global));
     if serving {
         let result = config
@@ -84,14 +84,23 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-fn init_tracing(default: &str) {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default.into()),
-        )
-        .init();
+/// The service logs to stdout at `info`, as it always has (stderr keeps its one-line
+/// start-up errors); the client logs errors only, to stderr, so that its stdout is its
+/// output (tables, `--json`).
+fn init_tracing(serving: bool) {
+    let filter = |default: &str| {
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into())
+    };
+    if serving {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter("info"))
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter("error"))
+            .init();
+    }
 }
 
 fn flags(global: &Global) -> FlagOverrides {

@@ -133,7 +133,10 @@ impl LibraryHandle {
             first.follow_completions().await;
         });
         if options.check_updates_hours > 0 && handle.inner.hub.is_some() {
-            actix_web::rt::spawn(updates::watch(handle.clone(), options.check_updates_hours));
+            actix_web::rt::spawn(updates::watch(
+                Arc::downgrade(&handle.inner),
+                options.check_updates_hours,
+            ));
         }
         Ok(handle)
     }

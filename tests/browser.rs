@@ -1,7 +1,7 @@
 //! The page in real headless Chromium against the real binary: add a URL through the
 //! form, watch it move, pause, resume, survive a service restart without a reload
 //! (page.mjs); the Hub tab (hub.mjs); every row's buttons follow its `actions`
-//! (actions.mjs); the Library tab (library.mjs). `scripts/test.sh` installs Chromium,
+//! (actions.mjs); the Library tab (library.mjs) and its update watch (library_update.mjs). `scripts/test.sh` installs Chromium,
 //! playwright-core and the `gguf` Python package.
 
 mod common;
@@ -302,6 +302,61 @@ async fn the_library_tab_shows_each_models_metadata_and_deletes_after_a_confirma
     for path in by_hand {
         assert!(downloads.join(path).is_file(), "{path} was touched");
     }
+    service.kill9();
+}
+
+#[tokio::test]
+async fn the_library_tab_shows_an_update_and_its_button_replaces_the_file() {
+    use common::hub::{HubEmu, RepoOptions};
+    use std::sync::Arc;
+    let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    assert!(
+        std::path::Path::new(driver).join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run scripts/test.sh (it installs Chromium and playwright-core)"
+    );
+    let cdn = Arc::new(Upstream::start());
+    let hub = HubEmu::start(cdn.clone());
+    let repo = "bartowski/Tiny-GGUF";
+    let file = "Tiny-Q4_K_M.gguf";
+    hub.add_repo(repo, RepoOptions::default());
+    hub.put_file(repo, file, content(300_000, 1));
+    let extra = format!(
+        "[hub]\nendpoint = \"{}\"\n\n[library]\ncheck_updates_hours = 0\n",
+        hub.endpoint()
+    );
+    let (dir, _config, _port, mut service) = Proc::start(&extra).await;
+    let (status, v) = service
+        .post(
+            "/api/downloads",
+            serde_json::json!({"hub": {"repo": repo, "file": file}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    service
+        .wait_download(&id, Duration::from_secs(30), |d| d["state"] == "completed")
+        .await;
+    let newer = content(500_000, 2);
+    let commit = hub.put_file(repo, file, newer.clone());
+    let path = format!("{repo}/{file}");
+    let out = Command::new("node")
+        .arg("library_update.mjs")
+        .current_dir(driver)
+        .env("MM_BASE", &service.base)
+        .env("MM_PATH", &path)
+        .env("MM_NEW_SHA", sha256_hex(&newer))
+        .env("MM_NEW_COMMIT", &commit)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node (run scripts/test.sh to install it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("STEP done"),
+        "the update driver failed: {stdout}"
+    );
+    let on_disk = dir.path().join("downloads").join(&path);
+    assert_eq!(file_sha256(&on_disk), sha256_hex(&newer));
     service.kill9();
 }
 

@@ -184,17 +184,16 @@ pub(super) fn newer_download(
     })
 }
 
-/// Checks every `hours`, counted from the last check (kept across restarts).
-pub(super) async fn watch(handle: super::LibraryHandle, hours: u64) {
+/// Checks every `hours`, counted from the last check (kept across restarts). Holds the
+/// library weakly while it sleeps: a stopped service's store (and sled's lock on it)
+/// must not be kept alive by a timer.
+pub(super) async fn watch(library: std::sync::Weak<Inner>, hours: u64) {
     let every = Duration::from_secs(hours.saturating_mul(3600));
     loop {
-        let last = handle
-            .inner
-            .store
-            .last_update_check()
-            .ok()
-            .flatten()
-            .unwrap_or(0);
+        let Some(last) = library.upgrade().map(|i| i.store.last_update_check()) else {
+            return;
+        };
+        let last = last.ok().flatten().unwrap_or(0);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -202,7 +201,15 @@ pub(super) async fn watch(handle: super::LibraryHandle, hours: u64) {
         // A minute after start-up at the earliest: the first scan goes first.
         let wait = due.saturating_sub(now).max(Duration::from_secs(60));
         tokio::time::sleep(wait).await;
-        if let Err(e) = handle.check_updates().await {
+        let Some(inner) = library.upgrade() else {
+            return;
+        };
+        let checked = {
+            let _one = inner.checking.lock().await;
+            check(&inner).await
+        };
+        drop(inner);
+        if let Err(e) = checked {
             tracing::warn!(error = %e, "the library update check failed");
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }

@@ -47,7 +47,7 @@ impl TestService {
         let prepared = loop {
             match model_manager::prepare(config.clone()) {
                 Ok(p) => break p,
-                Err(e) if Instant::now() < deadline && e.to_string().contains("lock") => {
+                Err(e) if Instant::now() < deadline && e.to_string().contains("in use") => {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
                 Err(e) => panic!("prepare: {e}"),

@@ -103,6 +103,9 @@ pub struct Resolved {
     /// sha256 of an LFS file (`X-Linked-Etag`).
     pub sha256: Option<String>,
     pub size: Option<u64>,
+    /// The validator the Hub gave (`X-Linked-Etag`, else `ETag`), quotes included: the
+    /// git blob id of a small file that is not stored with LFS.
+    pub etag: Option<String>,
     /// Where the bytes are: the CDN link of a redirect, or the resolve URL itself.
     pub location: url::Url,
 }
@@ -330,8 +333,12 @@ impl HubClient {
         Ok(Resolved {
             commit: text("x-repo-commit"),
             sha256,
-            // Never a redirect's Content-Length: the Hub says the real size here.
-            size: text("x-linked-size").and_then(|s| s.parse().ok()),
+            // Never a redirect's Content-Length: the Hub says the real size in
+            // X-Linked-Size; a small file answered directly has its own length.
+            size: text("x-linked-size")
+                .or_else(|| (status < 300).then(|| text("content-length")).flatten())
+                .and_then(|s| s.parse().ok()),
+            etag: text("x-linked-etag").or_else(|| text("etag")),
             location,
         })
     }
@@ -350,6 +357,84 @@ impl HubClient {
             file.join("/")
         ))
     }
+}
+
+/// The answer of the upstream Hub to an API request, kept for the mirror to pass on.
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    pub status: u16,
+    pub content_type: Option<String>,
+    /// `Link` (the tree's pagination), still pointing at the upstream.
+    pub link: Option<String>,
+    /// `X-Error-Code`, which `huggingface_hub` turns into its typed errors.
+    pub error_code: Option<String>,
+    pub body: bytes::Bytes,
+}
+
+/// The most an API answer relayed by the mirror may hold (a model info of a repo with
+/// tens of thousands of files is a few MiB).
+pub const MAX_RELAYED: usize = 32 * 1024 * 1024;
+
+impl HubClient {
+    /// `GET {endpoint}/api/models/{repo}/{rest}?{query}` with the service's own token
+    /// (never a client's), for the mirror. `rest` is already escaped.
+    pub async fn relay_api(
+        &self,
+        repo: &str,
+        rest: &str,
+        query: &str,
+    ) -> Result<Relayed, HubError> {
+        let path = if rest.is_empty() {
+            format!("/api/models/{repo}")
+        } else {
+            format!("/api/models/{repo}/{rest}")
+        };
+        let mut url = self.url(&path)?;
+        url.set_query(Some(query).filter(|q| !q.is_empty()));
+        let mut resp = self.get(url, reqwest::Method::GET).await?;
+        let text = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (content_type, link, error_code) =
+            (text("content-type"), text("link"), text("x-error-code"));
+        let status = resp.status().as_u16();
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_RELAYED as u64)
+        {
+            return Err(HubError::Invalid(format!(
+                "an answer of more than {MAX_RELAYED} bytes"
+            )));
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| HubError::Network(crate::http::describe(&e)))?
+        {
+            if body.len() + chunk.len() > MAX_RELAYED {
+                return Err(HubError::Invalid(format!(
+                    "an answer of more than {MAX_RELAYED} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Relayed {
+            status,
+            content_type,
+            link,
+            error_code,
+            body: body.freeze(),
+        })
+    }
+}
+
+/// One path segment escaped as the Hub's URLs escape it.
+pub fn encode_segment(segment: &str) -> String {
+    encode(segment)
 }
 
 fn encode(segment: &str) -> String {

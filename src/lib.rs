@@ -17,6 +17,7 @@ pub mod hub;
 pub mod library;
 pub mod lifecycle;
 pub mod metrics;
+pub mod mirror;
 pub mod model;
 pub mod progress;
 pub mod queue;

@@ -12,7 +12,7 @@ use crate::model::{NewDownload, Source};
 
 /// A Hub file as a new download, landing in `download_dir/<owner>/<name>/<file>`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn hub_download_new(
+pub(crate) fn hub_download_new(
     client: &HubClient,
     repo: &str,
     file: &str,

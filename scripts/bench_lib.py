@@ -60,6 +60,7 @@ LIST_REQUESTS = 200
 MIRROR_CASE = "1 GiB library file to hf_hub_download"
 MIRROR_REPO = "bench/Big-GGUF"
 MIRROR_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+MIRROR_RAW_CASE = "1 GiB library file to curl -o /dev/null"
 MIRROR_RUNS_MIN = 3   # even --quick: one run of a page-cache-bound transfer is noise
 # hf_hub_download (huggingface_hub from PyPI) timed around the call only: the
 # import and the interpreter's start are not the server's.
@@ -844,6 +845,10 @@ class Bench:
                       hub_endpoint=self.ng.hub_url())
         ng_row = self.row(MIRROR_CASE, "nginx (sendfile) → hf_hub_download", 1.0, anchor=True)
         mm_row = self.row(MIRROR_CASE, "model-manager /hf → hf_hub_download", 1.0)
+        # The same file to a client that writes nothing: what each server can send.
+        ng_raw = self.row(MIRROR_RAW_CASE, "nginx (sendfile) → curl", 1.0, anchor=True,
+                          note="server-bound, for information")
+        mm_raw = self.row(MIRROR_RAW_CASE, "model-manager /hf → curl", 1.0)
         try:
             svc.start()
             self._mirror_fill(svc)
@@ -859,8 +864,22 @@ class Bench:
                            if m.get("wall") else "-")
                         + ("" if m["ok"] else f"  FAILED: {m['error']}"))
                     sync_and_settle()
+                raw = [(ng_raw, self.ng.url("big.bin"), None),
+                       (mm_raw, f"http://127.0.0.1:{svc.port}/hf/{MIRROR_REPO}/resolve/main/big.bin", svc)]
+                for row, url, served_by in raw[rep % 2:] + raw[:rep % 2]:
+                    cpu0 = served_by.cpu_secs() if served_by else None
+                    m = timed(["curl", "-sSf", "-o", "/dev/null", url], self.work, "mirror-curl")
+                    if served_by:
+                        m["cpu"] = served_by.cpu_secs() - cpu0
+                        m["rss_mib"] = served_by.status_kib("VmHWM") / 1024
+                    else:
+                        m["cpu"], m["rss_mib"] = None, None
+                    m["ok"] = not m["error"]
+                    row["runs"].append(m)
+                    log(f"{MIRROR_RAW_CASE} | {row['tool']} | run {rep + 1}: {m['wall']:.3f} s "
+                        f"({BIG_SIZE / MiB / m['wall']:.0f} MiB/s)" + ("" if m["ok"] else f"  FAILED: {m['error']}"))
         except BenchError as e:
-            for row in (ng_row, mm_row):
+            for row in (ng_row, mm_row, ng_raw, mm_raw):
                 row["runs"].append({"wall": None, "cpu": None, "rss_mib": None,
                                     "error": str(e), "ok": False})
         finally:
@@ -1150,6 +1169,12 @@ def acceptance(S):
                  f"{BIG_SIZE / MiB / ng['wall']:.0f} MiB/s = {rate:.2f}× (target ≥ 0.9×)")
         else:
             line(None, f"{MIRROR_CASE}: not measured")
+    ng, mm = (get(MIRROR_RAW_CASE, "nginx (sendfile) → curl"),
+              get(MIRROR_RAW_CASE, "model-manager /hf → curl"))
+    if ng and mm and ng["wall"] and mm["wall"]:
+        line(None, f"{MIRROR_RAW_CASE} (what the servers can send, for information): "
+                   f"{BIG_SIZE / MiB / mm['wall']:.0f} MiB/s vs nginx {BIG_SIZE / MiB / ng['wall']:.0f} MiB/s "
+                   f"= {ng['wall'] / mm['wall']:.2f}×")
     s = get("10 MiB/s global limit, 3 downloads", "model-manager")
     if s:
         r = s["row"]

@@ -8,6 +8,7 @@
 pub mod actors;
 pub mod api;
 pub mod config;
+pub mod conn;
 pub mod engine;
 pub mod error;
 pub mod files;

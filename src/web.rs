@@ -10,7 +10,7 @@ use actix_web::{dev::Server, middleware, web, App, HttpResponse, HttpServer};
 
 use crate::actors::handle::QueueHandle;
 use crate::config::Config;
-use crate::{api, error, hub, metrics, mirror, security};
+use crate::{api, conn, error, hub, metrics, mirror, security};
 
 /// A connection whose peer has taken none of what was written to it for this long is
 /// dropped (by the kernel: `TCP_USER_TIMEOUT`). Nothing in the HTTP stack bounds a
@@ -78,9 +78,10 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
             .configure(mirror::routes)
             .service(actix_files::Files::new("/", &static_dir).index_file("index.html"))
     })
-    .on_connect(|conn, _| {
+    .on_connect(|conn, data| {
         if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
             bound_connection(tcp);
+            data.insert(conn::Socket(std::os::fd::AsRawFd::as_raw_fd(tcp)));
         }
     })
     .workers(2)

@@ -175,8 +175,29 @@ async fn library_files_are_served_to_huggingface_hub_without_the_upstream() {
     assert_eq!(part.status(), 206);
     assert_eq!(part.bytes().await.unwrap(), q4[1000..2000]);
 
-    // Without the upstream, model info comes from the library.
+    let tree = |svc: &TestService| {
+        let url = svc.url(&format!("/hf/api/models/{REPO}/tree/main?recursive=true"));
+        let client = svc.client.clone();
+        async move {
+            let v: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            let mut paths: Vec<String> = v
+                .as_array()
+                .unwrap_or_else(|| panic!("a tree: {v}"))
+                .iter()
+                .map(|e| e["path"].as_str().unwrap().to_owned())
+                .collect();
+            paths.sort();
+            paths
+        }
+    };
+    assert_eq!(
+        tree(&svc).await,
+        ["Tiny-Q4_K_M.gguf", "Tiny-Q8_0.gguf", "config.json"]
+    );
+
+    // Without the upstream, model info and trees come from the library.
     drop(hub);
+    assert_eq!(tree(&svc).await, ["Tiny-Q4_K_M.gguf", "config.json"]);
     let info = client(&svc, None, &["info", REPO]).await;
     assert_eq!(info["sha"], commit.as_str(), "offline: {info}");
     assert_eq!(info["siblings"], json!(["Tiny-Q4_K_M.gguf", "config.json"]));

@@ -60,6 +60,7 @@ pub(super) async fn serve_miss(
         return Ok(response);
     }
     let id = download_of(mirror, repo, rev, file, &up).await?;
+    crate::conn::widen_send_buffer(req);
     let path = format!("{repo}/{file}");
     let growing = Growing {
         queue: mirror.queue.clone(),

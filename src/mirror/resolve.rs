@@ -122,6 +122,7 @@ async fn serve(req: &HttpRequest, hit: Hit) -> Result<HttpResponse, MirrorError>
         .use_last_modified(false)
         .disable_content_disposition()
         .set_content_type(actix_web::mime::APPLICATION_OCTET_STREAM);
+    crate::conn::widen_send_buffer(req);
     let mut response = named.into_response(req);
     let etag = match &hit.record.sha256 {
         Some(sha) => format!("\"{sha}\""),

@@ -11,7 +11,6 @@ mod validate;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
-pub(crate) use hub::hub_download_new;
 pub use openapi::ApiDoc;
 pub use validate::{validate_sha256, validate_url, UrlPolicy};
 

@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::actors::queue_error::QueueError;
+use crate::mirror::MirrorError;
 use crate::store::StoreError;
 
 /// An error answered to an API client.
@@ -236,5 +237,32 @@ impl ResponseError for crate::mirror::MirrorError {
             _ => {}
         }
         response.json(serde_json::json!({ "error": message }))
+    }
+}
+
+impl From<crate::error::ApiError> for MirrorError {
+    fn from(e: crate::error::ApiError) -> Self {
+        use crate::error::ApiError as A;
+        let message = e.to_string();
+        match e {
+            A::Unauthorized => MirrorError::Unauthorized,
+            A::Forbidden(_) | A::HubUnauthorized(_) => MirrorError::Forbidden(message),
+            A::NotFound(_) => MirrorError::EntryNotFound(message),
+            A::Conflict(_) => MirrorError::Conflict(message),
+            A::RateLimited(_) => MirrorError::RateLimited(message),
+            A::BadGateway(_) => MirrorError::Upstream(message),
+            A::Unavailable(_) => MirrorError::Unavailable(message),
+            A::BadRequest(_)
+            | A::PayloadTooLarge(_)
+            | A::UnsupportedMediaType
+            | A::Unprocessable(_) => MirrorError::BadRequest(message),
+            A::Internal(_) => MirrorError::Internal(message),
+        }
+    }
+}
+
+impl From<crate::actors::queue_error::QueueError> for MirrorError {
+    fn from(e: crate::actors::queue_error::QueueError) -> Self {
+        crate::error::ApiError::from(e).into()
     }
 }

@@ -4,7 +4,9 @@
 //! The token goes to the Hub's own host only: the client never follows redirects by
 //! itself, so a presigned CDN link is fetched by the engine without credentials.
 
+mod download;
 pub mod quant;
+mod relay;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -12,6 +14,9 @@ use std::time::{Duration, SystemTime};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use reqwest::header::{self, HeaderMap};
 use serde::{Deserialize, Serialize};
+
+pub use download::{new_download, Wanted};
+pub use relay::{Relayed, MAX_RELAYED};
 
 /// Characters escaped in one path segment of a Hub URL.
 const SEGMENT: &AsciiSet = &CONTROLS
@@ -356,79 +361,6 @@ impl HubClient {
             encode(revision),
             file.join("/")
         ))
-    }
-}
-
-/// The answer of the upstream Hub to an API request, kept for the mirror to pass on.
-#[derive(Debug, Clone)]
-pub struct Relayed {
-    pub status: u16,
-    pub content_type: Option<String>,
-    /// `Link` (the tree's pagination), still pointing at the upstream.
-    pub link: Option<String>,
-    /// `X-Error-Code`, which `huggingface_hub` turns into its typed errors.
-    pub error_code: Option<String>,
-    pub body: bytes::Bytes,
-}
-
-/// The most an API answer relayed by the mirror may hold (a model info of a repo with
-/// tens of thousands of files is a few MiB).
-pub const MAX_RELAYED: usize = 32 * 1024 * 1024;
-
-impl HubClient {
-    /// `GET {endpoint}/api/models/{repo}/{rest}?{query}` with the service's own token
-    /// (never a client's), for the mirror. `rest` is already escaped.
-    pub async fn relay_api(
-        &self,
-        repo: &str,
-        rest: &str,
-        query: &str,
-    ) -> Result<Relayed, HubError> {
-        let path = if rest.is_empty() {
-            format!("/api/models/{repo}")
-        } else {
-            format!("/api/models/{repo}/{rest}")
-        };
-        let mut url = self.url(&path)?;
-        url.set_query(Some(query).filter(|q| !q.is_empty()));
-        let mut resp = self.get(url, reqwest::Method::GET).await?;
-        let text = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let (content_type, link, error_code) =
-            (text("content-type"), text("link"), text("x-error-code"));
-        let status = resp.status().as_u16();
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_RELAYED as u64)
-        {
-            return Err(HubError::Invalid(format!(
-                "an answer of more than {MAX_RELAYED} bytes"
-            )));
-        }
-        let mut body = bytes::BytesMut::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| HubError::Network(crate::http::describe(&e)))?
-        {
-            if body.len() + chunk.len() > MAX_RELAYED {
-                return Err(HubError::Invalid(format!(
-                    "an answer of more than {MAX_RELAYED} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(Relayed {
-            status,
-            content_type,
-            link,
-            error_code,
-            body: body.freeze(),
-        })
     }
 }
 

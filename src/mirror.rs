@@ -8,6 +8,7 @@
 //! answers (with the service's own token, never a client's), else from the library.
 //! The mirror only reads: nothing here changes the queue but adding a download.
 
+mod headers;
 mod info;
 mod local;
 mod pull;
@@ -31,7 +32,8 @@ pub struct Mirror {
 
 /// A refusal of the mirror, answered in the Hub's own error form (`{"error": "..."}`
 /// with `X-Error-Code` and `X-Error-Message`), which `huggingface_hub` turns into its
-/// typed exceptions (see `crate::error`).
+/// typed exceptions (`crate::error` makes the answer, and lifts the other layers'
+/// errors into it).
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
     #[error("Invalid credentials in Authorization header: send this service's api_token as your HF_TOKEN")]
@@ -74,33 +76,6 @@ impl From<HubError> for MirrorError {
                 MirrorError::Upstream(message)
             }
         }
-    }
-}
-
-impl From<crate::error::ApiError> for MirrorError {
-    fn from(e: crate::error::ApiError) -> Self {
-        use crate::error::ApiError as A;
-        let message = e.to_string();
-        match e {
-            A::Unauthorized => MirrorError::Unauthorized,
-            A::Forbidden(_) | A::HubUnauthorized(_) => MirrorError::Forbidden(message),
-            A::NotFound(_) => MirrorError::EntryNotFound(message),
-            A::Conflict(_) => MirrorError::Conflict(message),
-            A::RateLimited(_) => MirrorError::RateLimited(message),
-            A::BadGateway(_) => MirrorError::Upstream(message),
-            A::Unavailable(_) => MirrorError::Unavailable(message),
-            A::BadRequest(_)
-            | A::PayloadTooLarge(_)
-            | A::UnsupportedMediaType
-            | A::Unprocessable(_) => MirrorError::BadRequest(message),
-            A::Internal(_) => MirrorError::Internal(message),
-        }
-    }
-}
-
-impl From<crate::actors::queue_error::QueueError> for MirrorError {
-    fn from(e: crate::actors::queue_error::QueueError) -> Self {
-        crate::error::ApiError::from(e).into()
     }
 }
 

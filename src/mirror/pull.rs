@@ -5,8 +5,8 @@
 use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse};
 
+use super::headers::FileHeaders;
 use super::range::{wanted, Wanted};
-use super::resolve::FileHeaders;
 use super::stream::{self, Growing};
 use super::{Mirror, MirrorError};
 use crate::actors::queue_error::QueueError;
@@ -86,16 +86,15 @@ async fn download_of(
     if let Some(id) = mirror.queue.writer_of(&path).await? {
         return Ok(id);
     }
-    let new = crate::api::hub_download_new(
-        &mirror.hub,
+    let wanted = crate::hub::Wanted {
         repo,
         file,
-        rev,
-        up.commit.clone(),
-        up.sha256.clone(),
-        false,
-        false,
-    )?;
+        revision: rev,
+        commit: up.commit.clone(),
+        sha256: up.sha256.clone(),
+    };
+    let new = crate::hub::new_download(&mirror.hub, wanted, false, false)
+        .map_err(MirrorError::BadRequest)?;
     match mirror.queue.add_one(new).await {
         Ok(view) => {
             tracing::info!(download_id = %view.id, %repo, %file, "mirror: fetching a miss");

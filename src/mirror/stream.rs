@@ -18,8 +18,8 @@ use actix_web::HttpResponse;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::headers::FileHeaders;
 use super::range::Wanted;
-use super::resolve::FileHeaders;
 use crate::actors::handle::QueueHandle;
 use crate::lifecycle::State;
 use crate::model::DownloadId;

@@ -18,9 +18,10 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm install --no-audit --no-fund --silent)
 fi
 # The real clients our compatibility claims are tested with (PyPI): llama.cpp's gguf
-# package (writes and reads test GGUF files), huggingface_hub (reads the HF cache).
+# package (writes and reads test GGUF files), huggingface_hub (reads the HF cache, and
+# downloads through the LAN mirror with HF_ENDPOINT: tests/mirror.rs).
 python3 -c 'import gguf, huggingface_hub' >/dev/null 2>&1 || {
-  echo "installing gguf and huggingface_hub (PyPI) for the library tests"
+  echo "installing gguf and huggingface_hub (PyPI) for the library and mirror tests"
   python3 -m pip install --quiet --disable-pip-version-check gguf huggingface_hub
 }
 

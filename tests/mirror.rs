@@ -388,3 +388,50 @@ async fn with_an_api_token_clients_need_it_and_the_upstream_never_sees_it() {
         "no token to the CDN: {cdn_auth:?}"
     );
 }
+
+#[actix_web::test]
+async fn a_miss_fetched_on_parallel_connections_streams_its_contiguous_prefix() {
+    let (cdn, hub, svc) = setup(RepoOptions::default(), |c| {
+        c.downloads.connections_per_download = 4;
+    })
+    .await;
+    // Past the segment threshold (16 MiB): the download splits; the client must still
+    // get the bytes in order, each only once it and all before it are on disk.
+    let data = content(17 * 1024 * 1024 + 5, 13);
+    let file = "Tiny-Q3_K_M.gguf";
+    hub.put_file(REPO, file, data.clone());
+    let commit = hub.commit(REPO);
+    hub.set_cdn_behavior(
+        REPO,
+        file,
+        Behavior {
+            rate_bps: Some(6 * 1024 * 1024),
+            ..Behavior::default()
+        },
+    );
+    let url = svc.url(&format!("/hf/{REPO}/resolve/main/{file}"));
+    let got = svc.client.get(&url).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    let got = got.bytes().await.unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the streamed bytes differ");
+    let cdn_path = hub.cdn_path(REPO, &commit, file);
+    let ranged = cdn
+        .requests(&cdn_path)
+        .iter()
+        .filter(|r| r.method == "GET" && r.range_start.is_some_and(|s| s > 0))
+        .count();
+    assert!(
+        ranged >= 1,
+        "the download did not split: {:?}",
+        cdn.requests(&cdn_path)
+    );
+    // One transfer: the first connection may overshoot where the next segment starts
+    // by what was in flight when the split happened (the engine's, not the mirror's).
+    let sent = cdn.bytes_sent(&cdn_path);
+    let size = data.len() as u64;
+    assert!(
+        sent >= size && sent < size + 1024 * 1024,
+        "{sent} bytes sent for {size}"
+    );
+}

@@ -435,3 +435,84 @@ async fn a_miss_fetched_on_parallel_connections_streams_its_contiguous_prefix() 
         "{sent} bytes sent for {size}"
     );
 }
+
+#[actix_web::test]
+async fn bad_requests_get_the_hubs_error_form_and_change_nothing() {
+    let (_cdn, hub, svc) = setup(RepoOptions::default(), |_| {}).await;
+    hub.put_file(REPO, "Tiny-Q4_0.gguf", content(1000, 3));
+    let cases = [
+        // (method, path, status, X-Error-Code)
+        (
+            "GET",
+            "/hf/nobody/none/resolve/main/x.gguf",
+            404,
+            Some("EntryNotFound"),
+        ),
+        (
+            "HEAD",
+            format!("/hf/{REPO}/resolve/main/absent.gguf").leak() as &str,
+            404,
+            Some("EntryNotFound"),
+        ),
+        (
+            "GET",
+            format!("/hf/{REPO}/resolve/main/.hidden").leak(),
+            404,
+            Some("EntryNotFound"),
+        ),
+        (
+            "GET",
+            format!("/hf/{REPO}/resolve/main/a%2F..%2F..%2Fx").leak(),
+            404,
+            Some("EntryNotFound"),
+        ),
+        (
+            "GET",
+            "/hf/bad%20owner/name/resolve/main/x.gguf",
+            404,
+            Some("RepoNotFound"),
+        ),
+        (
+            "GET",
+            "/hf/api/models/nobody/none",
+            404,
+            Some("RepoNotFound"),
+        ),
+        ("GET", "/hf/api/nothing-here", 404, Some("EntryNotFound")),
+        (
+            "POST",
+            format!("/hf/{REPO}/resolve/main/Tiny-Q4_0.gguf").leak(),
+            404,
+            Some("EntryNotFound"),
+        ),
+    ];
+    for (method, path, status, code) in cases {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = svc
+            .client
+            .request(method.clone(), svc.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{method} {path}");
+        let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(h("x-error-code").as_deref(), code, "{method} {path}");
+        assert!(h("x-error-message").is_some(), "{method} {path}");
+        if method != reqwest::Method::HEAD {
+            let body: Value = r.json().await.unwrap();
+            assert!(body["error"].is_string(), "{method} {path}: {body}");
+        }
+    }
+    let range = svc
+        .client
+        .get(svc.url(&format!("/hf/{REPO}/resolve/main/Tiny-Q4_0.gguf")))
+        .header("Range", "bytes=5000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(range.status(), 416);
+    assert_eq!(range.headers()["content-range"], "bytes */1000");
+    let (_, list) = svc.get("/api/downloads").await;
+    assert_eq!(list["downloads"], json!([]), "nothing was queued");
+    assert!(tree(&svc.download_dir()).is_empty(), "nothing was written");
+}

@@ -11,6 +11,8 @@ pub struct Relayed {
     pub link: Option<String>,
     /// `X-Error-Code`, which `huggingface_hub` turns into its typed errors.
     pub error_code: Option<String>,
+    /// `X-Error-Message`, what it shows of them.
+    pub error_message: Option<String>,
     pub body: bytes::Bytes,
 }
 
@@ -41,8 +43,8 @@ impl HubClient {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let (content_type, link, error_code) =
-            (text("content-type"), text("link"), text("x-error-code"));
+        let (content_type, link) = (text("content-type"), text("link"));
+        let (error_code, error_message) = (text("x-error-code"), text("x-error-message"));
         let status = resp.status().as_u16();
         if resp
             .content_length()
@@ -70,6 +72,7 @@ impl HubClient {
             content_type,
             link,
             error_code,
+            error_message,
             body: body.freeze(),
         })
     }

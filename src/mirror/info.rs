@@ -137,8 +137,13 @@ fn relay(answer: Relayed, rewrite: Option<(&str, &str)>) -> HttpResponse {
             .content_type
             .unwrap_or_else(|| "application/json".to_owned()),
     );
-    if let Some(code) = answer.error_code {
-        response.insert_header(("X-Error-Code", code));
+    for (name, value) in [
+        ("X-Error-Code", answer.error_code),
+        ("X-Error-Message", answer.error_message),
+    ] {
+        if let Some(value) = value {
+            response.insert_header((name, value));
+        }
     }
     if let (Some(link), Some((theirs, ours))) = (answer.link, rewrite) {
         response.insert_header((

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The performance benchmark: nginx on loopback serving generated files; curl,
-# aria2c and model-manager on the same cases in the same run; a markdown table of
+# aria2c and model-manager on the same cases in the same run (and hf_hub_download
+# from nginx and from the service's LAN mirror); a markdown table of
 # wall time, CPU s/GiB, peak RSS and ratio to the best anchor, then the pass/fail
 # of every acceptance line. See BENCHMARKS.md.
 #
@@ -46,6 +47,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "${cleanup_policy:-0}" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
+# The mirror case's client: huggingface_hub from PyPI, as users run it.
+python3 -c 'import huggingface_hub' >/dev/null 2>&1 || {
+  echo "installing huggingface_hub (PyPI) for the mirror case" >&2
+  python3 -m pip install --quiet --disable-pip-version-check huggingface_hub
+}
 
 if [ "$build" = 1 ]; then
   echo "cargo build --release" >&2

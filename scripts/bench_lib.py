@@ -57,6 +57,20 @@ QUEUE_SIZE = 10_000
 LIBRARY_SIZE = 10_000
 LIBRARY_REQUESTS = 100
 LIST_REQUESTS = 200
+MIRROR_CASE = "1 GiB library file to hf_hub_download"
+MIRROR_REPO = "bench/Big-GGUF"
+MIRROR_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+MIRROR_RAW_CASE = "1 GiB library file to curl -o /dev/null"
+MIRROR_RUNS_MIN = 3   # even --quick: one run of a page-cache-bound transfer is noise
+# hf_hub_download (huggingface_hub from PyPI) timed around the call only: the
+# import and the interpreter's start are not the server's.
+HF_CLIENT = r"""
+import os, sys, time
+from huggingface_hub import hf_hub_download
+t = time.monotonic()
+path = hf_hub_download(sys.argv[1], "big.bin", cache_dir=sys.argv[2])
+print(time.monotonic() - t, os.path.realpath(path))
+"""
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -222,14 +236,34 @@ def verify(paths_and_sums):
 
 
 class Nginx:
-    def __init__(self, root, workdir):
+    def __init__(self, root, workdir, big_sha256=None):
         self.root = root
         self.dir = os.path.join(workdir, "nginx")
         os.makedirs(self.dir, exist_ok=True)
         os.chmod(self.dir, 0o755)
         self.port = free_port()
         self.capped_port = free_port()
+        self.hub_port = free_port()
+        self.big_sha256 = big_sha256 or "0" * 64
         self.proc = None
+
+    def hub_server(self):
+        """A stand-in for huggingface.co in front of the plain server: `resolve` of
+        MIRROR_REPO/big.bin answers as the Hub does for an LFS file (302 to the CDN,
+        here the plain server, with X-Repo-Commit, X-Linked-Etag, X-Linked-Size)."""
+        etag = f'"\\"{self.big_sha256}\\""'
+        return f"""  server {{ listen 127.0.0.1:{self.hub_port};
+    location ~ ^/{MIRROR_REPO}/resolve/[^/]+/big\\.bin$ {{
+      add_header X-Repo-Commit {MIRROR_COMMIT} always;
+      add_header X-Linked-Etag {etag} always;
+      add_header X-Linked-Size {BIG_SIZE} always;
+      add_header ETag {etag} always;
+      return 302 http://127.0.0.1:{self.port}/big.bin;
+    }}
+  }}"""
+
+    def hub_url(self):
+        return f"http://127.0.0.1:{self.hub_port}"
 
     def start(self):
         d = self.dir
@@ -254,6 +288,7 @@ http {{
 {temp}
   server {{ listen 127.0.0.1:{self.port}; root {self.root}; }}
   server {{ listen 127.0.0.1:{self.capped_port}; root {self.root}; limit_rate {CAP_PER_CONN}; }}
+{self.hub_server()}
 }}
 """)
         err = os.path.join(d, "error.log")
@@ -265,6 +300,7 @@ http {{
                           stdout=subprocess.DEVNULL, stderr=open(err, "a"))
         wait_port(self.port, self.proc)
         wait_port(self.capped_port, self.proc)
+        wait_port(self.hub_port, self.proc)
         log(f"nginx on 127.0.0.1:{self.port} (plain) and :{self.capped_port} (limit_rate {CAP_PER_CONN})")
 
     def url(self, name, capped=False):
@@ -307,7 +343,8 @@ def timed(cmd, workdir, label):
 class Service:
     """One model-manager process with its own config, data dir and download dir."""
 
-    def __init__(self, binary, base, settings, data_dir=None):
+    def __init__(self, binary, base, settings, data_dir=None, hub_endpoint=None):
+        self.hub_endpoint = hub_endpoint
         self.binary = binary
         self.base = base
         os.makedirs(base, exist_ok=True)
@@ -326,6 +363,8 @@ class Service:
                  f'data_dir = "{self.data_dir}"', f'download_dir = "{self.dl_dir}"', "",
                  "[downloads]"]
         lines += [f"{k} = {v}" for k, v in self.settings.items()]
+        if self.hub_endpoint:
+            lines += ["", "[hub]", f'endpoint = "{self.hub_endpoint}"']
         with open(cfg, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.log = os.path.join(self.base, "service.log")
@@ -795,6 +834,99 @@ class Bench:
         shutil.rmtree(base, ignore_errors=True)
         sync_and_settle()
 
+    # -- the LAN mirror -----------------------------------------------------
+    def case_mirror(self, reps):
+        """A 1 GiB file of the library, fetched by hf_hub_download (PyPI) from the
+        service's /hf, against the same client fetching the same file from nginx
+        (through a Hub stand-in that redirects to it, as huggingface.co does to its
+        CDN). Both read it from the page cache and write it to the same disk."""
+        base = self.rundir()
+        svc = Service(self.binary, os.path.join(base, "svc"), {},
+                      hub_endpoint=self.ng.hub_url())
+        ng_row = self.row(MIRROR_CASE, "nginx (sendfile) → hf_hub_download", 1.0, anchor=True)
+        mm_row = self.row(MIRROR_CASE, "model-manager /hf → hf_hub_download", 1.0)
+        # The same file to a client that writes nothing: what each server can send.
+        ng_raw = self.row(MIRROR_RAW_CASE, "nginx (sendfile) → curl", 1.0, anchor=True,
+                          note="server-bound, for information")
+        mm_raw = self.row(MIRROR_RAW_CASE, "model-manager /hf → curl", 1.0)
+        try:
+            svc.start()
+            self._mirror_fill(svc)
+            for rep in range(max(reps, MIRROR_RUNS_MIN)):
+                pair = [(ng_row, self.ng.hub_url(), None),
+                        (mm_row, f"http://127.0.0.1:{svc.port}/hf", svc)]
+                for row, endpoint, served_by in pair[rep % 2:] + pair[:rep % 2]:
+                    m = self._hf_fetch(endpoint, served_by)
+                    m["ok"] = not m["error"]
+                    row["runs"].append(m)
+                    log(f"{MIRROR_CASE} | {row['tool']} | run {rep + 1}: "
+                        + (f"{m['wall']:.3f} s ({BIG_SIZE / MiB / m['wall']:.0f} MiB/s)"
+                           if m.get("wall") else "-")
+                        + ("" if m["ok"] else f"  FAILED: {m['error']}"))
+                    sync_and_settle()
+                raw = [(ng_raw, self.ng.url("big.bin"), None),
+                       (mm_raw, f"http://127.0.0.1:{svc.port}/hf/{MIRROR_REPO}/resolve/main/big.bin", svc)]
+                for row, url, served_by in raw[rep % 2:] + raw[:rep % 2]:
+                    cpu0 = served_by.cpu_secs() if served_by else None
+                    m = timed(["curl", "-sSf", "-o", "/dev/null", url], self.work, "mirror-curl")
+                    if served_by:
+                        m["cpu"] = served_by.cpu_secs() - cpu0
+                        m["rss_mib"] = served_by.status_kib("VmHWM") / 1024
+                    else:
+                        m["cpu"], m["rss_mib"] = None, None
+                    m["ok"] = not m["error"]
+                    row["runs"].append(m)
+                    log(f"{MIRROR_RAW_CASE} | {row['tool']} | run {rep + 1}: {m['wall']:.3f} s "
+                        f"({BIG_SIZE / MiB / m['wall']:.0f} MiB/s)" + ("" if m["ok"] else f"  FAILED: {m['error']}"))
+        except BenchError as e:
+            for row in (ng_row, mm_row, ng_raw, mm_raw):
+                row["runs"].append({"wall": None, "cpu": None, "rss_mib": None,
+                                    "error": str(e), "ok": False})
+        finally:
+            svc.stop()
+            shutil.rmtree(base, ignore_errors=True)
+            sync_and_settle()
+
+    def _mirror_fill(self, svc):
+        """The big file into the service's library, as a Hub download."""
+        s, j = svc.api("POST", "/api/downloads", {"hub": {"repo": MIRROR_REPO, "file": "big.bin"}})
+        if s != 201:
+            raise BenchError(f"POST /api/downloads (hub): {s} {j}")
+        path = f"{MIRROR_REPO}/big.bin"
+        end = time.monotonic() + 300
+        while time.monotonic() < end:
+            s, lib = svc.api("GET", "/api/library")
+            if s == 200 and any(f["path"] == path and f.get("sha256") for f in lib["files"]):
+                warm_cache(svc.dl_dir, [path])
+                return
+            s, d = svc.api("GET", f"/api/downloads/{j['id']}")
+            if d.get("state") in ("failed", "cancelled"):
+                raise BenchError(f"the library file's download ended {d['state']}: {d.get('error')}")
+            time.sleep(0.2)
+        raise BenchError("the library file did not arrive in 300 s")
+
+    def _hf_fetch(self, endpoint, svc):
+        """One hf_hub_download into a fresh cache; wall timed inside the client."""
+        d = self.rundir()
+        env = clean_env()
+        env.update(HF_ENDPOINT=endpoint, HF_HOME=os.path.join(d, "home"),
+                   HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1",
+                   HF_HUB_DISABLE_XET="1")
+        cpu0 = svc.cpu_secs() if svc else None
+        try:
+            p = subprocess.run([sys.executable, "-c", HF_CLIENT, MIRROR_REPO, os.path.join(d, "cache")],
+                               env=env, capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                return {"wall": None, "cpu": None, "rss_mib": None,
+                        "error": f"hf_hub_download: {p.stderr.strip()[-300:]}"}
+            wall, path = p.stdout.split()
+            m = {"wall": float(wall), "rss_mib": svc.status_kib("VmHWM") / 1024 if svc else None,
+                 "cpu": svc.cpu_secs() - cpu0 if svc else None}
+            m["error"] = verify([(path, self.sums["big.bin"])])
+            return m
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
     # -- global speed limit ------------------------------------------------
     def case_speed(self, reps):
         case = "10 MiB/s global limit, 3 downloads"
@@ -1027,6 +1159,22 @@ def acceptance(S):
         line(lib["ok"] and r.get("p99") is not None and r["p99"] < 50,
              f"10,000 library files: `GET /api/library` p99 {fmt(r.get('p99'))} ms, "
              f"p50 {fmt(r.get('p50'))} ms after the first scan (target p99 < 50 ms)")
+    ng, mm = (get(MIRROR_CASE, "nginx (sendfile) → hf_hub_download"),
+              get(MIRROR_CASE, "model-manager /hf → hf_hub_download"))
+    if ng or mm:
+        if ng and mm and ng["wall"] and mm["wall"]:
+            rate = ng["wall"] / mm["wall"]
+            line(mm["ok"] and ng["ok"] and rate >= 0.9,
+                 f"{MIRROR_CASE}: {BIG_SIZE / MiB / mm['wall']:.0f} MiB/s vs nginx "
+                 f"{BIG_SIZE / MiB / ng['wall']:.0f} MiB/s = {rate:.2f}× (target ≥ 0.9×)")
+        else:
+            line(None, f"{MIRROR_CASE}: not measured")
+    ng, mm = (get(MIRROR_RAW_CASE, "nginx (sendfile) → curl"),
+              get(MIRROR_RAW_CASE, "model-manager /hf → curl"))
+    if ng and mm and ng["wall"] and mm["wall"]:
+        line(None, f"{MIRROR_RAW_CASE} (what the servers can send, for information): "
+                   f"{BIG_SIZE / MiB / mm['wall']:.0f} MiB/s vs nginx {BIG_SIZE / MiB / ng['wall']:.0f} MiB/s "
+                   f"= {ng['wall'] / mm['wall']:.2f}×")
     s = get("10 MiB/s global limit, 3 downloads", "model-manager")
     if s:
         r = s["row"]
@@ -1101,15 +1249,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one run per case, no curl in the capped case")
     ap.add_argument("--reps", type=int, help="runs per case (default 3; 5 for the 1 GiB case, 2 for the speed-limit case)")
-    ap.add_argument("--cases", default="big,capped,strict,small,queue,library,speed",
-                    help="comma-separated subset of big,capped,strict,small,queue,library,speed")
+    ap.add_argument("--cases", default="big,capped,strict,small,queue,library,mirror,speed",
+                    help="comma-separated subset of big,capped,strict,small,queue,library,mirror,speed")
     ap.add_argument("--binary", default=os.path.join(REPO, "target/release/model-manager"))
     ap.add_argument("--files", default=os.environ.get("MM_BENCH_FILES", "/tmp/mm-bench-files"))
     ap.add_argument("--results", default=os.path.join(REPO, "target/bench"),
                     help="where the markdown and JSON of the run are kept")
     args = ap.parse_args()
     cases = set(args.cases.split(","))
-    unknown = cases - {"big", "capped", "strict", "small", "queue", "library", "speed"}
+    unknown = cases - {"big", "capped", "strict", "small", "queue", "library", "mirror", "speed"}
     if unknown:
         ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     if not os.access(args.binary, os.X_OK):
@@ -1133,7 +1281,7 @@ def main():
         sums = ensure_files(args.files)
         warm_cache(args.files, sorted(sums))
         sync_and_settle()  # no writeback of freshly generated files during the first run
-        ng = Nginx(args.files, workdir)
+        ng = Nginx(args.files, workdir, sums.get("big.bin"))
         ng.start()
         b = Bench(args, args.files, sums, ng, workdir)
         t0 = time.monotonic()
@@ -1149,6 +1297,8 @@ def main():
             b.case_queue(reps)
         if "library" in cases:
             b.case_library(reps)
+        if "mirror" in cases:
+            b.case_mirror(reps)
         if "speed" in cases:
             b.case_speed(reps_slow)
         log(f"all cases in {time.monotonic() - t0:.0f} s")

@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::actors::queue_error::QueueError;
+use crate::mirror::MirrorError;
 use crate::store::StoreError;
 
 /// An error answered to an API client.
@@ -184,4 +185,85 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
+}
+
+impl ResponseError for crate::mirror::MirrorError {
+    fn status_code(&self) -> StatusCode {
+        use crate::mirror::MirrorError as M;
+        match self {
+            M::Unauthorized => StatusCode::UNAUTHORIZED,
+            M::Forbidden(_) | M::Gated(_) => StatusCode::FORBIDDEN,
+            M::BadRequest(_) => StatusCode::BAD_REQUEST,
+            M::RepoNotFound(_) | M::RevisionNotFound(_) | M::EntryNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            M::Conflict(_) => StatusCode::CONFLICT,
+            M::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            M::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            M::Upstream(_) => StatusCode::BAD_GATEWAY,
+            M::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            M::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The Hub's own form: `huggingface_hub` reads `X-Error-Code` (its typed errors)
+    /// and `X-Error-Message` (a HEAD has no body) before the JSON `error`.
+    fn error_response(&self) -> HttpResponse {
+        use crate::mirror::MirrorError as M;
+        let code = match self {
+            M::RepoNotFound(_) => Some("RepoNotFound"),
+            M::RevisionNotFound(_) => Some("RevisionNotFound"),
+            M::EntryNotFound(_) => Some("EntryNotFound"),
+            M::Gated(_) => Some("GatedRepo"),
+            _ => None,
+        };
+        let message = self.to_string();
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(code) = code {
+            response.insert_header(("X-Error-Code", code));
+        }
+        // A header value holds visible ASCII only.
+        let one_line: String = message
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .collect();
+        response.insert_header(("X-Error-Message", one_line));
+        match self {
+            M::Unauthorized => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            M::RangeNotSatisfiable(size) => {
+                response.insert_header(("Content-Range", format!("bytes */{size}")));
+            }
+            _ => {}
+        }
+        response.json(serde_json::json!({ "error": message }))
+    }
+}
+
+impl From<crate::error::ApiError> for MirrorError {
+    fn from(e: crate::error::ApiError) -> Self {
+        use crate::error::ApiError as A;
+        let message = e.to_string();
+        match e {
+            A::Unauthorized => MirrorError::Unauthorized,
+            A::Forbidden(_) | A::HubUnauthorized(_) => MirrorError::Forbidden(message),
+            A::NotFound(_) => MirrorError::EntryNotFound(message),
+            A::Conflict(_) => MirrorError::Conflict(message),
+            A::RateLimited(_) => MirrorError::RateLimited(message),
+            A::BadGateway(_) => MirrorError::Upstream(message),
+            A::Unavailable(_) => MirrorError::Unavailable(message),
+            A::BadRequest(_)
+            | A::PayloadTooLarge(_)
+            | A::UnsupportedMediaType
+            | A::Unprocessable(_) => MirrorError::BadRequest(message),
+            A::Internal(_) => MirrorError::Internal(message),
+        }
+    }
+}
+
+impl From<crate::actors::queue_error::QueueError> for MirrorError {
+    fn from(e: crate::actors::queue_error::QueueError) -> Self {
+        crate::error::ApiError::from(e).into()
+    }
 }

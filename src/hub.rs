@@ -4,8 +4,10 @@
 //! The token goes to the Hub's own host only: the client never follows redirects by
 //! itself, so a presigned CDN link is fetched by the engine without credentials.
 
+mod download;
 mod info;
 pub mod quant;
+mod relay;
 
 pub use info::RepoRevision;
 
@@ -15,6 +17,9 @@ use std::time::{Duration, SystemTime};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use reqwest::header::{self, HeaderMap};
 use serde::{Deserialize, Serialize};
+
+pub use download::{new_download, Wanted};
+pub use relay::{Relayed, MAX_RELAYED};
 
 /// Characters escaped in one path segment of a Hub URL.
 const SEGMENT: &AsciiSet = &CONTROLS
@@ -106,6 +111,9 @@ pub struct Resolved {
     /// sha256 of an LFS file (`X-Linked-Etag`).
     pub sha256: Option<String>,
     pub size: Option<u64>,
+    /// The validator the Hub gave (`X-Linked-Etag`, else `ETag`), quotes included: the
+    /// git blob id of a small file that is not stored with LFS.
+    pub etag: Option<String>,
     /// Where the bytes are: the CDN link of a redirect, or the resolve URL itself.
     pub location: url::Url,
 }
@@ -333,8 +341,12 @@ impl HubClient {
         Ok(Resolved {
             commit: text("x-repo-commit"),
             sha256,
-            // Never a redirect's Content-Length: the Hub says the real size here.
-            size: text("x-linked-size").and_then(|s| s.parse().ok()),
+            // Never a redirect's Content-Length: the Hub says the real size in
+            // X-Linked-Size; a small file answered directly has its own length.
+            size: text("x-linked-size")
+                .or_else(|| (status < 300).then(|| text("content-length")).flatten())
+                .and_then(|s| s.parse().ok()),
+            etag: text("x-linked-etag").or_else(|| text("etag")),
             location,
         })
     }
@@ -353,6 +365,11 @@ impl HubClient {
             file.join("/")
         ))
     }
+}
+
+/// One path segment escaped as the Hub's URLs escape it.
+pub fn encode_segment(segment: &str) -> String {
+    encode(segment)
 }
 
 fn encode(segment: &str) -> String {

@@ -156,6 +156,31 @@ impl LibraryHandle {
         }
     }
 
+    /// The file `file` of Hub repo `repo` (`download_dir/<repo>/<file>`, fetched from
+    /// that repo): where it is on disk and what the library knows of it.
+    pub fn hub_file(&self, repo: &str, file: &str) -> Option<(PathBuf, Record)> {
+        let path = format!("{repo}/{file}");
+        let record = self.inner.read().get(&path).cloned()?;
+        (record.repo.as_deref() == Some(repo)).then(|| (self.inner.full_path(&path), record))
+    }
+
+    /// `download_dir/<path>`, for a path relative to it (already validated).
+    pub fn full_path(&self, path: &str) -> PathBuf {
+        self.inner.full_path(path)
+    }
+
+    /// Every file of the library fetched from Hub repo `repo`, by its path in the repo.
+    pub fn repo_files(&self, repo: &str) -> Vec<(String, Record)> {
+        let prefix = format!("{repo}/");
+        self.inner
+            .read()
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .filter(|(_, r)| r.repo.as_deref() == Some(repo))
+            .map(|(p, r)| (p[prefix.len()..].to_owned(), r.clone()))
+            .collect()
+    }
+
     /// Walks `download_dir` and brings the index up to date; how many files it holds.
     pub async fn rescan(&self) -> Result<usize, LibraryError> {
         let _one = self.inner.scanning.lock().await;

@@ -1,4 +1,5 @@
-//! Request guards of the contract's security section: API token, foreign origins,
+//! Request guards of the contract's security section: API token (also for the LAN
+//! mirror under `/hf`), foreign origins,
 //! DNS rebinding and non-JSON bodies. Applied to every request before routing.
 
 use actix_web::body::MessageBody;
@@ -38,7 +39,8 @@ impl Guard {
         let is_api = path.starts_with("/api/") || path == "/api";
         // /metrics tells who uses the service and how: behind the token too (Prometheus
         // sends it with `authorization: {credentials: ...}`).
-        let needs_token = is_api || path == "/metrics";
+        // The LAN mirror: its clients send the token as their HF_TOKEN.
+        let needs_token = is_api || path == "/metrics" || crate::mirror::is_mirror_path(&path);
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         // Every `/jsonrpc` request may change state (aria2's GET carries calls too), and
@@ -106,7 +108,13 @@ pub async fn guard(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if let Some(g) = req.app_data::<web::Data<Guard>>() {
-        g.check(req.request())?;
+        if let Err(e) = g.check(req.request()) {
+            // The mirror's clients are HuggingFace tools: they read the Hub's error form.
+            if crate::mirror::is_mirror_path(&normalized_path(req.path())) {
+                return Err(crate::mirror::MirrorError::from(e).into());
+            }
+            return Err(e.into());
+        }
     }
     next.call(req).await
 }

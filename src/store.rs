@@ -62,6 +62,30 @@ impl Checkpoint {
             .map(|[start, pos, end]| (*pos).min(*end).saturating_sub(*start))
             .sum()
     }
+
+    /// The bytes from the start of the file that are all on disk (fsynced before this
+    /// checkpoint was written): the offset on one connection; on several, up to the
+    /// first segment that has not reached its end. What a reader of the growing
+    /// `.part` may trust.
+    pub fn contiguous_prefix(&self) -> u64 {
+        if self.segments.is_empty() {
+            return self.offset;
+        }
+        let mut segments = self.segments.clone();
+        segments.sort_unstable_by_key(|s| s[0]);
+        let mut prefix = 0;
+        for [start, pos, end] in segments {
+            if start > prefix {
+                break;
+            }
+            let reached = pos.min(end);
+            prefix = prefix.max(reached);
+            if reached < end {
+                break;
+            }
+        }
+        prefix
+    }
 }
 
 thread_local! {
@@ -363,5 +387,24 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(many.bytes_done(), 100 + 50 + 50);
+    }
+
+    #[test]
+    fn the_contiguous_prefix_stops_at_the_first_unfinished_segment() {
+        let many = Checkpoint {
+            segments: vec![[100, 150, 200], [0, 100, 100], [200, 260, 250]],
+            ..Default::default()
+        };
+        assert_eq!(many.contiguous_prefix(), 150);
+        let first_open = Checkpoint {
+            segments: vec![[0, 10, 100], [100, 200, 200]],
+            ..Default::default()
+        };
+        assert_eq!(first_open.contiguous_prefix(), 10);
+        let one = Checkpoint {
+            offset: 77,
+            ..Default::default()
+        };
+        assert_eq!(one.contiguous_prefix(), 77);
     }
 }

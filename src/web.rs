@@ -1,5 +1,5 @@
-//! The HTTP front door: the REST API, the websocket, the page, `/healthz` and
-//! `/metrics`, behind the security guard. It reaches the queue only by its handle.
+//! The HTTP front door: the REST API, the websocket, the LAN mirror (`/hf`), the page,
+//! `/healthz` and `/metrics`, behind the security guard. It reaches the queue only by its handle.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use actix_web::{dev::Server, middleware, web, App, HttpResponse, HttpServer};
 
 use crate::actors::handle::QueueHandle;
 use crate::config::Config;
-use crate::{api, aria2, error, hub, metrics, security};
+use crate::{api, aria2, conn, error, hub, metrics, mirror, security};
 
 /// A connection whose peer has taken none of what was written to it for this long is
 /// dropped (by the kernel: `TCP_USER_TIMEOUT`). Nothing in the HTTP stack bounds a
@@ -44,6 +44,11 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
         allowed_origins: config.server.allowed_origins.clone(),
     };
     let static_dir = static_dir();
+    let mirror_data = web::Data::new(mirror::Mirror {
+        queue: parts.queue.clone(),
+        library: parts.library.clone(),
+        hub: parts.hub.clone(),
+    });
     let queue_data = web::Data::new(parts.queue.clone());
     let library_data = web::Data::new(parts.library);
     let hub_data = web::Data::new(parts.hub);
@@ -67,6 +72,7 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
             .app_data(guard_data.clone())
             .app_data(metrics_data.clone())
             .app_data(aria2_data.clone())
+            .app_data(mirror_data.clone())
             .wrap(middleware::from_fn(security::guard))
             .wrap(middleware::from_fn(time_requests))
             .wrap(tracing_actix_web::TracingLogger::default())
@@ -78,11 +84,13 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
             .route("/metrics", web::get().to(metrics_text))
             .configure(api::routes)
             .configure(aria2::routes)
+            .configure(mirror::routes)
             .service(actix_files::Files::new("/", &static_dir).index_file("index.html"))
     })
-    .on_connect(|conn, _| {
+    .on_connect(|conn, data| {
         if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
             bound_connection(tcp);
+            data.insert(conn::Socket(std::os::fd::AsRawFd::as_raw_fd(tcp)));
         }
     })
     .workers(2)

@@ -13,7 +13,7 @@ use crate::actors::queue_error::QueueError;
 use crate::actors::supervisor::commands::{
     Add, All, ClearHistory, Control, Delete, Move, Patch, PatchSettings, Shutdown,
 };
-use crate::actors::supervisor::follow::{FollowCompletions, NoteDigest, WriterOf};
+use crate::actors::supervisor::follow::{DurablePrefix, FollowCompletions, NoteDigest, WriterOf};
 use crate::actors::supervisor::queries::{Events, Get, GetSettings, GetStats, History, List};
 use crate::actors::supervisor::Supervisor;
 use crate::config::{DownloadsConfig, SettingsPatch};
@@ -172,6 +172,13 @@ impl QueueHandle {
     /// The live download that writes `path` (relative to `download_dir`), if any.
     pub async fn writer_of(&self, path: &str) -> Result<Option<DownloadId>> {
         Ok(self.addr.send(WriterOf(path.to_owned())).await?)
+    }
+
+    /// The bytes from the start of a running download's `.part` that are on disk for
+    /// good (fsynced and checkpointed); `None` before its first checkpoint and after it
+    /// finished. A reader of the growing file (the LAN mirror) reads no further.
+    pub async fn durable_prefix(&self, id: &str) -> Result<Option<u64>> {
+        Ok(self.addr.send(DurablePrefix(id.to_owned())).await?)
     }
 
     /// Records the sha256 of a completed download's file, learned after the fact (no

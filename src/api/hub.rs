@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 use super::validate::validate_revision;
 use super::{DownloadList, Hub, Queue};
 use crate::error::ApiError;
-use crate::files;
-use crate::hub::{self, HubClient};
-use crate::model::{NewDownload, Source};
 
-/// A Hub file as a new download, landing in `download_dir/<owner>/<name>/<file>`.
+use crate::hub::{self, HubClient};
+use crate::model::NewDownload;
+
+/// A Hub file as a new download (see [`hub::new_download`]); a refused name is 422.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn hub_download_new(
     client: &HubClient,
@@ -22,29 +22,19 @@ pub(super) fn hub_download_new(
     start_paused: bool,
     overwrite: bool,
 ) -> Result<NewDownload, ApiError> {
-    hub::validate_repo(repo).map_err(ApiError::Unprocessable)?;
-    files::validate_relative_path(file)
-        .map_err(|e| ApiError::Unprocessable(format!("file {file:?}: {e}")))?;
-    let url = client
-        .resolve_url(repo, commit.as_deref().unwrap_or(revision), file)
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    let file_name = file.rsplit('/').next().unwrap_or(file).to_owned();
-    Ok(NewDownload {
-        url: url.to_string(),
-        file_name,
-        path: format!("{repo}/{file}"),
-        sha256,
+    hub::new_download(
+        client,
+        hub::Wanted {
+            repo,
+            file,
+            revision,
+            commit,
+            sha256,
+        },
         start_paused,
         overwrite,
-        source: Source::Hub {
-            repo: repo.to_owned(),
-            revision: revision.to_owned(),
-            file: file.to_owned(),
-            commit,
-        },
-        speed_limit_bps: None,
-        connections: None,
-    })
+    )
+    .map_err(ApiError::Unprocessable)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::record::{Record, Update};
 use super::{Inner, LibraryError};
 use crate::hub::{HubError, RepoRevision};
-use crate::model::{NewDownload, Source};
+use crate::model::NewDownload;
 
 /// Tries per repo when the Hub asks to slow down or cannot be reached.
 const TRIES: u32 = 5;
@@ -163,25 +163,16 @@ pub(super) fn newer_download(
     let file = path
         .strip_prefix(&format!("{repo}/"))
         .ok_or_else(|| LibraryError::NoUpdate(path.to_owned()))?;
-    let url = hub
-        .resolve_url(repo, &update.revision, file)
-        .map_err(|e| LibraryError::BadPath(path.to_owned(), e.to_string()))?;
-    Ok(NewDownload {
-        url: url.to_string(),
-        file_name: file.rsplit('/').next().unwrap_or(file).to_owned(),
-        path: path.to_owned(),
+    let revision = r.asked_revision.clone().unwrap_or_else(|| "main".into());
+    let wanted = crate::hub::Wanted {
+        repo,
+        file,
+        revision: &revision,
+        commit: Some(update.revision.clone()),
         sha256: Some(update.sha256.clone()),
-        start_paused: false,
-        overwrite: true,
-        source: Source::Hub {
-            repo: repo.clone(),
-            revision: r.asked_revision.clone().unwrap_or_else(|| "main".into()),
-            file: file.to_owned(),
-            commit: Some(update.revision.clone()),
-        },
-        speed_limit_bps: None,
-        connections: None,
-    })
+    };
+    crate::hub::new_download(hub, wanted, false, true)
+        .map_err(|why| LibraryError::BadPath(path.to_owned(), why))
 }
 
 /// Checks every `hours`, counted from the last check (kept across restarts). Holds the

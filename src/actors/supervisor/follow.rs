@@ -58,3 +58,24 @@ impl Handler<NoteDigest> for Supervisor {
         self.save(&msg.id);
     }
 }
+
+/// How many bytes from the start of a running download's `.part` are durable (from
+/// its last checkpoint): what the LAN mirror may stream to its clients already.
+/// `None` when it has no checkpoint (not started yet, or finished).
+#[derive(Message)]
+#[rtype(result = "Option<u64>")]
+pub struct DurablePrefix(pub DownloadId);
+
+impl Handler<DurablePrefix> for Supervisor {
+    type Result = Option<u64>;
+    fn handle(&mut self, msg: DurablePrefix, _: &mut Self::Context) -> Self::Result {
+        // A sled read of one small key, from its page cache: no blocking worth a thread.
+        match self.store.checkpoint(&msg.0) {
+            Ok(c) => c.map(|c| c.contiguous_prefix()),
+            Err(e) => {
+                tracing::warn!(download_id = %msg.0, error = %e, "cannot read a checkpoint");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Model info and trees: relayed from the upstream Hub when it answers (so that
+//! `snapshot_download` sees every file, also those not fetched yet), else made from
+//! what the library knows of the repo (a mirror that lost its uplink still serves).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::{checked, local, Mirror, MirrorError};
+use crate::hub::{encode_segment, Relayed};
+
+type Repo = web::Path<(String, String)>;
+type AtRev = web::Path<(String, String, String)>;
+
+/// `GET /hf/api/models/{owner}/{name}`: the default branch.
+pub(super) async fn model_info(
+    req: HttpRequest,
+    path: Repo,
+    mirror: web::Data<Mirror>,
+) -> Result<HttpResponse, MirrorError> {
+    let (owner, name) = path.into_inner();
+    info(&req, &mirror, &owner, &name, None).await
+}
+
+/// `GET /hf/api/models/{owner}/{name}/revision/{rev}`.
+pub(super) async fn model_info_at(
+    req: HttpRequest,
+    path: AtRev,
+    mirror: web::Data<Mirror>,
+) -> Result<HttpResponse, MirrorError> {
+    let (owner, name, rev) = path.into_inner();
+    info(&req, &mirror, &owner, &name, Some(&rev)).await
+}
+
+async fn info(
+    req: &HttpRequest,
+    mirror: &Mirror,
+    owner: &str,
+    name: &str,
+    rev: Option<&str>,
+) -> Result<HttpResponse, MirrorError> {
+    let repo = checked(owner, name, None)?;
+    let rest = rev.map_or_else(String::new, |r| format!("revision/{}", encode_segment(r)));
+    let upstream = mirror.hub.relay_api(&repo, &rest, req.query_string()).await;
+    let files = mirror.library.repo_files(&repo);
+    if let Some(answer) = usable(upstream, !files.is_empty(), &repo)? {
+        return Ok(relay(answer, None));
+    }
+    let info = local::model_info(&repo, rev.unwrap_or("main"), &files)
+        .ok_or_else(|| MirrorError::RevisionNotFound(format!("{repo}: no such revision here")))?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// `GET /hf/api/models/{owner}/{name}/tree/{rev}`.
+pub(super) async fn tree_root(
+    req: HttpRequest,
+    path: AtRev,
+    mirror: web::Data<Mirror>,
+) -> Result<HttpResponse, MirrorError> {
+    let (owner, name, rev) = path.into_inner();
+    tree_of(&req, &mirror, (&owner, &name), &rev, "").await
+}
+
+/// `GET /hf/api/models/{owner}/{name}/tree/{rev}/{path}`.
+pub(super) async fn tree(
+    req: HttpRequest,
+    path: web::Path<(String, String, String, String)>,
+    mirror: web::Data<Mirror>,
+) -> Result<HttpResponse, MirrorError> {
+    let (owner, name, rev, dir) = path.into_inner();
+    tree_of(&req, &mirror, (&owner, &name), &rev, dir.trim_matches('/')).await
+}
+
+async fn tree_of(
+    req: &HttpRequest,
+    mirror: &Mirror,
+    (owner, name): (&str, &str),
+    rev: &str,
+    dir: &str,
+) -> Result<HttpResponse, MirrorError> {
+    let repo = checked(owner, name, (!dir.is_empty()).then_some(dir))?;
+    let mut rest = format!("tree/{}", encode_segment(rev));
+    for segment in dir.split('/').filter(|s| !s.is_empty()) {
+        rest.push('/');
+        rest.push_str(&encode_segment(segment));
+    }
+    let upstream = mirror.hub.relay_api(&repo, &rest, req.query_string()).await;
+    let files = mirror.library.repo_files(&repo);
+    if let Some(answer) = usable(upstream, !files.is_empty(), &repo)? {
+        let ours = format!("{}/hf", base_url(req));
+        let theirs = mirror
+            .hub
+            .endpoint()
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned();
+        return Ok(relay(answer, Some((&theirs, &ours))));
+    }
+    let recursive =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.get("recursive").cloned())
+            .is_some_and(|v| v == "true" || v == "1" || v == "True");
+    let entries = local::tree(rev, dir, recursive, &files)
+        .ok_or_else(|| MirrorError::EntryNotFound(format!("{repo}: no such folder here")))?;
+    Ok(HttpResponse::Ok().json(entries))
+}
+
+/// The upstream's answer when it is one to pass on: any answer below 500, except a
+/// "not found" or "not allowed" for a repo the library holds files of (a private or
+/// gone repo is still served from here). `None`: answer from the library.
+fn usable(
+    upstream: Result<Relayed, crate::hub::HubError>,
+    have_files: bool,
+    repo: &str,
+) -> Result<Option<Relayed>, MirrorError> {
+    match upstream {
+        Ok(r) if r.status < 400 => Ok(Some(r)),
+        Ok(r) if r.status < 500 && !have_files => Ok(Some(r)),
+        Ok(r) => {
+            tracing::info!(%repo, status = r.status, "upstream Hub refused; answering from the library");
+            Ok(None)
+        }
+        Err(e) if have_files => {
+            tracing::info!(%repo, error = %e, "upstream Hub unreachable; answering from the library");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The upstream's answer as it came, its pagination links pointed at the mirror.
+fn relay(answer: Relayed, rewrite: Option<(&str, &str)>) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(answer.status)
+        .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
+    let mut response = HttpResponse::build(status);
+    response.content_type(
+        answer
+            .content_type
+            .unwrap_or_else(|| "application/json".to_owned()),
+    );
+    for (name, value) in [
+        ("X-Error-Code", answer.error_code),
+        ("X-Error-Message", answer.error_message),
+    ] {
+        if let Some(value) = value {
+            response.insert_header((name, value));
+        }
+    }
+    if let (Some(link), Some((theirs, ours))) = (answer.link, rewrite) {
+        response.insert_header((
+            actix_web::http::header::LINK,
+            link.replace(&format!("<{theirs}/"), &format!("<{ours}/")),
+        ));
+    }
+    response.body(answer.body)
+}
+
+/// `scheme://host` as the client reached us.
+fn base_url(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    format!("{}://{}", info.scheme(), info.host())
+}

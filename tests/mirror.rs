@@ -1,0 +1,518 @@
+//! The LAN mirror with the real HuggingFace client: `huggingface_hub` (PyPI) pointed at
+//! the service by `HF_ENDPOINT` downloads library files without the upstream Hub, misses
+//! are fetched once (as downloads of the queue) for every client asking at once, a
+//! client that dropped resumes with `Range`, and the API token guards it all without ever
+//! reaching the upstream.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::hub::{HubEmu, RepoOptions};
+use common::service::*;
+use common::upstream::{Behavior, Upstream};
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(60);
+const REPO: &str = "bartowski/Tiny-GGUF";
+
+/// Runs `tests/mirror/client.py` with `HF_ENDPOINT` at the service, on a blocking thread
+/// (the service runs on this test's own thread), and returns its JSON.
+async fn client(svc: &TestService, token: Option<&str>, args: &[&str]) -> Value {
+    let home = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new("python3");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/mirror/client.py"
+    ))
+    .args(args)
+    .env("HF_ENDPOINT", svc.url("/hf"))
+    // No token of the machine's own, no telemetry, no progress bars in the output.
+    .env("HF_HOME", home.path())
+    .env_remove("HF_TOKEN")
+    .env("HF_HUB_DISABLE_TELEMETRY", "1")
+    .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    .env("HF_HUB_DISABLE_XET", "1");
+    if let Some(t) = token {
+        cmd.env("HF_TOKEN", t);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("python3 runs (install Python 3)");
+    drop(home);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("ModuleNotFoundError"),
+        "huggingface_hub is missing: run `python3 -m pip install huggingface_hub` (scripts/test.sh does): {stderr}"
+    );
+    assert!(out.status.success(), "client.py {args:?} failed: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"))
+}
+
+/// A Hub with `REPO`, its CDN, and the service using that Hub.
+async fn setup(
+    opts: RepoOptions,
+    tweak: impl FnOnce(&mut model_manager::config::Config),
+) -> (Arc<Upstream>, HubEmu, TestService) {
+    let cdn = Arc::new(Upstream::start());
+    let hub = HubEmu::start(cdn.clone());
+    hub.add_repo(REPO, opts);
+    let endpoint = hub.endpoint();
+    let svc = TestService::start(move |c| {
+        c.hub.endpoint = endpoint;
+        tweak(c);
+    })
+    .await;
+    (cdn, hub, svc)
+}
+
+fn digest(data: &[u8]) -> Value {
+    json!({ "sha256": sha256_hex(data), "size": data.len() })
+}
+
+/// Requests the Hub saw for files (`resolve`), from the `from`th request on.
+fn resolves_since(hub: &HubEmu, from: usize) -> Vec<String> {
+    hub.requests()[from..]
+        .iter()
+        .filter(|r| r.path.contains("/resolve/"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+async fn wait_in_library(svc: &TestService, path: &str) -> Value {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let (_, lib) = svc.get("/api/library").await;
+        let found = lib["files"].as_array().and_then(|fs| {
+            fs.iter()
+                .find(|f| f["path"] == path && f["sha256"].is_string())
+        });
+        if let Some(f) = found {
+            return f.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} not in the library: {lib}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_web::test]
+async fn library_files_are_served_to_huggingface_hub_without_the_upstream() {
+    let (cdn, hub, svc) = setup(RepoOptions::default(), |_| {}).await;
+    let q4 = content(3 * 1024 * 1024 + 17, 1);
+    let q8 = content(200_000, 2);
+    let config = br#"{"model_type": "llama"}"#.to_vec();
+    hub.put_file(REPO, "Tiny-Q4_K_M.gguf", q4.clone());
+    hub.put_file(REPO, "Tiny-Q8_0.gguf", q8.clone());
+    hub.put_file(REPO, "config.json", config.clone());
+    let commit = hub.commit(REPO);
+    for file in ["Tiny-Q4_K_M.gguf", "config.json"] {
+        let id = svc
+            .add(json!({ "hub": { "repo": REPO, "file": file } }))
+            .await;
+        svc.wait_state(&id, "completed", LONG).await;
+        wait_in_library(&svc, &format!("{REPO}/{file}")).await;
+    }
+    let seen = hub.requests().len();
+    let cdn_bytes = cdn.bytes_sent(&hub.cdn_path(REPO, &commit, "Tiny-Q4_K_M.gguf"));
+
+    let got = client(&svc, None, &["download", REPO, "Tiny-Q4_K_M.gguf"]).await;
+    assert_eq!(got, digest(&q4));
+    let got = client(&svc, None, &["download", REPO, "Tiny-Q4_K_M.gguf", &commit]).await;
+    assert_eq!(got, digest(&q4), "by commit");
+    let snap = client(&svc, None, &["snapshot", REPO, "*Q4_K_M*", "*.json"]).await;
+    assert_eq!(
+        snap["files"],
+        json!({ "Tiny-Q4_K_M.gguf": sha256_hex(&q4), "config.json": sha256_hex(&config) }),
+        "{snap}"
+    );
+    let info = client(&svc, None, &["info", REPO]).await;
+    assert_eq!(info["sha"], commit.as_str(), "{info}");
+    assert_eq!(
+        info["siblings"],
+        json!(["Tiny-Q4_K_M.gguf", "Tiny-Q8_0.gguf", "config.json"])
+    );
+    assert_eq!(
+        resolves_since(&hub, seen),
+        Vec::<String>::new(),
+        "library files were asked of the Hub"
+    );
+    assert_eq!(
+        cdn.bytes_sent(&hub.cdn_path(REPO, &commit, "Tiny-Q4_K_M.gguf")),
+        cdn_bytes
+    );
+
+    // The Hub's headers, HEAD without a body, Range → 206.
+    let url = svc.url(&format!("/hf/{REPO}/resolve/main/Tiny-Q4_K_M.gguf"));
+    let head = svc.client.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    let h = |name: &str| {
+        head.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let quoted = format!("\"{}\"", sha256_hex(&q4));
+    assert_eq!(h("etag"), Some(quoted.clone()));
+    assert_eq!(h("x-linked-etag"), Some(quoted));
+    assert_eq!(h("x-repo-commit"), Some(commit.clone()));
+    assert_eq!(h("x-linked-size"), Some(q4.len().to_string()));
+    assert_eq!(h("content-length"), Some(q4.len().to_string()));
+    assert_eq!(h("accept-ranges").as_deref(), Some("bytes"));
+    assert!(head.bytes().await.unwrap().is_empty());
+    let part = svc
+        .client
+        .get(&url)
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap(), q4[1000..2000]);
+
+    let tree = |svc: &TestService| {
+        let url = svc.url(&format!("/hf/api/models/{REPO}/tree/main?recursive=true"));
+        let client = svc.client.clone();
+        async move {
+            let v: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            let mut paths: Vec<String> = v
+                .as_array()
+                .unwrap_or_else(|| panic!("a tree: {v}"))
+                .iter()
+                .map(|e| e["path"].as_str().unwrap().to_owned())
+                .collect();
+            paths.sort();
+            paths
+        }
+    };
+    assert_eq!(
+        tree(&svc).await,
+        ["Tiny-Q4_K_M.gguf", "Tiny-Q8_0.gguf", "config.json"]
+    );
+
+    // Without the upstream, model info and trees come from the library.
+    drop(hub);
+    assert_eq!(tree(&svc).await, ["Tiny-Q4_K_M.gguf", "config.json"]);
+    let info = client(&svc, None, &["info", REPO]).await;
+    assert_eq!(info["sha"], commit.as_str(), "offline: {info}");
+    assert_eq!(info["siblings"], json!(["Tiny-Q4_K_M.gguf", "config.json"]));
+    let got = client(&svc, None, &["download", REPO, "Tiny-Q4_K_M.gguf"]).await;
+    assert_eq!(got, digest(&q4), "offline");
+}
+
+#[actix_web::test]
+async fn a_miss_asked_by_two_clients_is_fetched_once_and_lands_in_the_library() {
+    let (cdn, hub, svc) = setup(RepoOptions::default(), |_| {}).await;
+    let data = content(4 * 1024 * 1024 + 3, 7);
+    let file = "Tiny-Q5_K_M.gguf";
+    hub.put_file(REPO, file, data.clone());
+    let commit = hub.commit(REPO);
+    // Slow enough that the second client arrives while the first one's download runs.
+    hub.set_cdn_behavior(
+        REPO,
+        file,
+        Behavior {
+            rate_bps: Some(2 * 1024 * 1024),
+            ..Behavior::default()
+        },
+    );
+    let out = client(&svc, None, &["two", REPO, file]).await;
+    assert_eq!(
+        out["clients"],
+        json!([digest(&data), digest(&data)]),
+        "{out}"
+    );
+    let cdn_path = hub.cdn_path(REPO, &commit, file);
+    assert_eq!(
+        cdn.bytes_sent(&cdn_path),
+        data.len() as u64,
+        "the CDN served the file once"
+    );
+    let gets = cdn
+        .requests(&cdn_path)
+        .iter()
+        .filter(|r| r.method == "GET")
+        .count();
+    assert!(gets >= 1, "{gets}");
+
+    let entry = wait_in_library(&svc, &format!("{REPO}/{file}")).await;
+    assert_eq!(entry["sha256"], sha256_hex(&data));
+    assert_eq!(entry["revision"], commit.as_str());
+    let (_, history) = svc.get("/api/history?state=completed").await;
+    let ours: Vec<&Value> = history["downloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["path"] == format!("{REPO}/{file}"))
+        .collect();
+    assert_eq!(ours.len(), 1, "one download in the history: {history}");
+    assert_eq!(ours[0]["source"]["kind"], "hub");
+}
+
+#[actix_web::test]
+async fn a_client_that_drops_halfway_resumes_with_range() {
+    let (_cdn, hub, svc) = setup(RepoOptions::default(), |_| {}).await;
+    let data = content(4 * 1024 * 1024, 9);
+    let file = "Tiny-Q6_K.gguf";
+    hub.put_file(REPO, file, data.clone());
+    hub.set_cdn_behavior(
+        REPO,
+        file,
+        Behavior {
+            rate_bps: Some(1024 * 1024),
+            ..Behavior::default()
+        },
+    );
+    let url = svc.url(&format!("/hf/{REPO}/resolve/main/{file}"));
+    let mut first = svc.client.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let mut got = Vec::new();
+    while got.len() < data.len() / 4 {
+        let chunk = first.chunk().await.unwrap().expect("more bytes");
+        got.extend_from_slice(&chunk);
+    }
+    drop(first);
+    assert_eq!(got, data[..got.len()]);
+
+    // While the download still runs: the rest, from the growing file.
+    let (_, list) = svc.get("/api/downloads").await;
+    let d = list["downloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"] == format!("{REPO}/{file}"))
+        .cloned()
+        .expect("the miss is a download of the queue");
+    assert_ne!(
+        d["state"], "completed",
+        "too fast to test a resume while running: {d}"
+    );
+    let rest = svc
+        .client
+        .get(&url)
+        .header("Range", format!("bytes={}-", got.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), 206);
+    assert_eq!(
+        rest.headers()["content-range"].to_str().unwrap(),
+        format!("bytes {}-{}/{}", got.len(), data.len() - 1, data.len())
+    );
+    let rest = rest.bytes().await.unwrap();
+    assert_eq!(rest.len(), data.len() - got.len());
+    assert!(rest == data[got.len()..], "the resumed bytes differ");
+
+    // The drop cancelled nothing; once in the library, Range is answered from disk.
+    let id = d["id"].as_str().unwrap();
+    svc.wait_state(id, "completed", LONG).await;
+    wait_in_library(&svc, &format!("{REPO}/{file}")).await;
+    let tail = svc
+        .client
+        .get(&url)
+        .header("Range", "bytes=3000000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), 206);
+    assert_eq!(tail.bytes().await.unwrap(), data[3_000_000..]);
+}
+
+#[actix_web::test]
+async fn with_an_api_token_clients_need_it_and_the_upstream_never_sees_it() {
+    let gated = RepoOptions {
+        gated_token: Some("hub-secret".into()),
+        ..RepoOptions::default()
+    };
+    let (cdn, hub, mut svc) = setup(gated, |c| {
+        c.server.api_token = "lan-secret".into();
+        c.hub.token = "hub-secret".into();
+    })
+    .await;
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert("authorization", "Bearer lan-secret".parse().unwrap());
+    svc.client = reqwest::Client::builder()
+        .default_headers(auth)
+        .build()
+        .unwrap();
+    let data = content(300_000, 11);
+    let file = "Tiny-Q2_K.gguf";
+    hub.put_file(REPO, file, data.clone());
+    let commit = hub.commit(REPO);
+
+    let refused = client(&svc, None, &["download", REPO, file]).await;
+    assert_eq!(refused["status"], 401, "{refused}");
+    let wrong = client(&svc, Some("guess"), &["download", REPO, file]).await;
+    assert_eq!(wrong["status"], 401, "{wrong}");
+    let plain = reqwest::get(svc.url(&format!("/hf/api/models/{REPO}")))
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 401);
+    assert!(plain.headers().contains_key("x-error-message"));
+    let body: Value = plain.json().await.unwrap();
+    assert!(body["error"].is_string(), "the Hub's error form: {body}");
+
+    let got = client(&svc, Some("lan-secret"), &["download", REPO, file]).await;
+    assert_eq!(got, digest(&data), "{got}");
+    wait_in_library(&svc, &format!("{REPO}/{file}")).await;
+
+    let hub_auth: Vec<Option<String>> = hub
+        .requests()
+        .into_iter()
+        .map(|r| r.authorization)
+        .collect();
+    let cdn_auth: Vec<Option<String>> = cdn
+        .requests(&hub.cdn_path(REPO, &commit, file))
+        .into_iter()
+        .map(|r| r.authorization)
+        .collect();
+    for a in hub_auth.iter().chain(&cdn_auth).flatten() {
+        assert!(
+            !a.contains("lan-secret"),
+            "the client's token went upstream: {a}"
+        );
+    }
+    assert!(
+        hub_auth
+            .iter()
+            .any(|a| a.as_deref() == Some("Bearer hub-secret")),
+        "the service's own token opened the gated repo: {hub_auth:?}"
+    );
+    assert!(
+        cdn_auth.iter().all(Option::is_none),
+        "no token to the CDN: {cdn_auth:?}"
+    );
+}
+
+#[actix_web::test]
+async fn a_miss_fetched_on_parallel_connections_streams_its_contiguous_prefix() {
+    let (cdn, hub, svc) = setup(RepoOptions::default(), |c| {
+        c.downloads.connections_per_download = 4;
+    })
+    .await;
+    // Past the segment threshold (16 MiB): the download splits; the client must still
+    // get the bytes in order, each only once it and all before it are on disk.
+    let data = content(17 * 1024 * 1024 + 5, 13);
+    let file = "Tiny-Q3_K_M.gguf";
+    hub.put_file(REPO, file, data.clone());
+    let commit = hub.commit(REPO);
+    hub.set_cdn_behavior(
+        REPO,
+        file,
+        Behavior {
+            rate_bps: Some(6 * 1024 * 1024),
+            ..Behavior::default()
+        },
+    );
+    let url = svc.url(&format!("/hf/{REPO}/resolve/main/{file}"));
+    let got = svc.client.get(&url).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    let got = got.bytes().await.unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the streamed bytes differ");
+    let cdn_path = hub.cdn_path(REPO, &commit, file);
+    let ranged = cdn
+        .requests(&cdn_path)
+        .iter()
+        .filter(|r| r.method == "GET" && r.range_start.is_some_and(|s| s > 0))
+        .count();
+    assert!(
+        ranged >= 1,
+        "the download did not split: {:?}",
+        cdn.requests(&cdn_path)
+    );
+    // One transfer: the first connection may overshoot where the next segment starts
+    // by what was in flight when the split happened (the engine's, not the mirror's).
+    let sent = cdn.bytes_sent(&cdn_path);
+    let size = data.len() as u64;
+    assert!(
+        sent >= size && sent < size + 1024 * 1024,
+        "{sent} bytes sent for {size}"
+    );
+}
+
+#[actix_web::test]
+async fn bad_requests_get_the_hubs_error_form_and_change_nothing() {
+    let (_cdn, hub, svc) = setup(RepoOptions::default(), |_| {}).await;
+    hub.put_file(REPO, "Tiny-Q4_0.gguf", content(1000, 3));
+    let cases = [
+        // (method, path, status, X-Error-Code)
+        (
+            "GET",
+            "/hf/nobody/none/resolve/main/x.gguf",
+            404,
+            Some("EntryNotFound"),
+        ),
+        (
+            "HEAD",
+            format!("/hf/{REPO}/resolve/main/absent.gguf").leak() as &str,
+            404,
+            Some("EntryNotFound"),
+        ),
+        (
+            "GET",
+            format!("/hf/{REPO}/resolve/main/.hidden").leak(),
+            404,
+            Some("EntryNotFound"),
+        ),
+        (
+            "GET",
+            format!("/hf/{REPO}/resolve/main/a%2F..%2F..%2Fx").leak(),
+            404,
+            Some("EntryNotFound"),
+        ),
+        (
+            "GET",
+            "/hf/bad%20owner/name/resolve/main/x.gguf",
+            404,
+            Some("RepoNotFound"),
+        ),
+        (
+            "GET",
+            "/hf/api/models/nobody/none",
+            404,
+            Some("RepoNotFound"),
+        ),
+        ("GET", "/hf/api/nothing-here", 404, Some("EntryNotFound")),
+        (
+            "POST",
+            format!("/hf/{REPO}/resolve/main/Tiny-Q4_0.gguf").leak(),
+            404,
+            Some("EntryNotFound"),
+        ),
+    ];
+    for (method, path, status, code) in cases {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = svc
+            .client
+            .request(method.clone(), svc.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{method} {path}");
+        let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(h("x-error-code").as_deref(), code, "{method} {path}");
+        assert!(h("x-error-message").is_some(), "{method} {path}");
+        if method != reqwest::Method::HEAD {
+            let body: Value = r.json().await.unwrap();
+            assert!(body["error"].is_string(), "{method} {path}: {body}");
+        }
+    }
+    let range = svc
+        .client
+        .get(svc.url(&format!("/hf/{REPO}/resolve/main/Tiny-Q4_0.gguf")))
+        .header("Range", "bytes=5000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(range.status(), 416);
+    assert_eq!(range.headers()["content-range"], "bytes */1000");
+    let (_, list) = svc.get("/api/downloads").await;
+    assert_eq!(list["downloads"], json!([]), "nothing was queued");
+    assert!(tree(&svc.download_dir()).is_empty(), "nothing was written");
+}

@@ -5,8 +5,9 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use super::links::same_inode;
 
 /// Why a file cannot be published (shown in `runtimes.not_published.lmstudio`).
 #[derive(Debug, thiserror::Error)]
@@ -70,13 +71,6 @@ pub fn unpublish(models: &Path, at: &Path, file: &Path) {
             return;
         }
         dir = d.parent();
-    }
-}
-
-fn same_inode(a: &Path, b: &Path) -> bool {
-    match (fs::symlink_metadata(a), fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.is_file() && (a.dev(), a.ino()) == (b.dev(), b.ino()),
-        _ => false,
     }
 }
 

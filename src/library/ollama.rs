@@ -15,10 +15,11 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::links::same_inode;
 
 /// The registry host Ollama uses for Hub models (`ollama run hf.co/o/n:Q4_K_M`).
 pub const HOST: &str = "hf.co";
@@ -301,13 +302,6 @@ fn digests_in_use(manifests: &Path) -> std::collections::HashSet<String> {
         used.extend(m.layers.into_iter().map(|l| l.digest));
     }
     used
-}
-
-fn same_inode(a: &Path, b: &Path) -> bool {
-    match (fs::symlink_metadata(a), fs::metadata(b)) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-        _ => false,
-    }
 }
 
 /// Removes the folders above `file` that are empty, up to (not including) `top`.

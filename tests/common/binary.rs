@@ -29,6 +29,15 @@ pub fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     path
 }
 
+/// An HTTP client whose requests give up after a minute: a service that hangs fails
+/// the test that waits on it, instead of the whole suite.
+pub fn test_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("reqwest client")
+}
+
 /// A running binary; killed (SIGKILL) when dropped.
 pub struct Proc {
     pub child: Child,
@@ -145,7 +154,9 @@ impl Proc {
     }
 
     pub async fn get(&self, path: &str) -> Value {
-        reqwest::get(format!("{}{path}", self.base))
+        test_client()
+            .get(format!("{}{path}", self.base))
+            .send()
             .await
             .expect("get")
             .json()
@@ -154,7 +165,7 @@ impl Proc {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = reqwest::Client::new()
+        let r = test_client()
             .post(format!("{}{path}", self.base))
             .json(&body)
             .send()

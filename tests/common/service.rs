@@ -56,7 +56,10 @@ impl TestService {
         let service = model_manager::start(prepared).await.expect("start");
         TestService {
             base: format!("http://{}", service.addr),
-            client: reqwest::Client::new(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("reqwest client"),
             dir,
             service: Some(service),
         }

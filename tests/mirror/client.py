@@ -18,6 +18,14 @@ from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 
 
+# Every cache of this run lives in one scratch folder, removed when the run ends.
+SCRATCH = tempfile.TemporaryDirectory(prefix="mm-mirror-client-")
+
+
+def fresh_cache():
+    return tempfile.mkdtemp(dir=SCRATCH.name)
+
+
 def digest(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -28,7 +36,7 @@ def digest(path):
 
 def download(repo, filename, revision=None, cache=None):
     try:
-        path = hf_hub_download(repo, filename, revision=revision, cache_dir=cache or tempfile.mkdtemp())
+        path = hf_hub_download(repo, filename, revision=revision, cache_dir=cache or fresh_cache())
         return digest(path)
     except HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else None
@@ -39,7 +47,7 @@ def two(repo, filename):
     out = [None, None]
 
     def run(i):
-        out[i] = download(repo, filename, cache=tempfile.mkdtemp())
+        out[i] = download(repo, filename, cache=fresh_cache())
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
@@ -50,7 +58,7 @@ def two(repo, filename):
 
 
 def snapshot(repo, patterns):
-    root = snapshot_download(repo, allow_patterns=patterns, cache_dir=tempfile.mkdtemp())
+    root = snapshot_download(repo, allow_patterns=patterns, cache_dir=fresh_cache())
     files = {}
     for dirpath, _, names in os.walk(root):
         for n in names:

@@ -10,6 +10,7 @@
 
 mod hasher;
 pub mod hf_cache;
+mod inode;
 mod links;
 mod lmstudio;
 mod notify;

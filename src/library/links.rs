@@ -56,12 +56,3 @@ fn link_over(theirs: &Path, mine: &Path) -> std::io::Result<fs::Metadata> {
     }
     fs::symlink_metadata(mine)
 }
-
-/// `link` is a regular file with the same inode as `file` (a hard link we made to it).
-pub(super) fn same_inode(link: &Path, file: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (fs::symlink_metadata(link), fs::metadata(file)) {
-        (Ok(l), Ok(f)) => l.is_file() && (l.dev(), l.ino()) == (f.dev(), f.ino()),
-        _ => false,
-    }
-}

@@ -7,7 +7,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::links::same_inode;
+use super::inode::same_inode;
 
 /// Why a file cannot be published (shown in `runtimes.not_published.lmstudio`).
 #[derive(Debug, thiserror::Error)]

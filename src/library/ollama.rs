@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::links::same_inode;
+use super::inode::same_inode;
 
 /// The registry host Ollama uses for Hub models (`ollama run hf.co/o/n:Q4_K_M`).
 pub const HOST: &str = "hf.co";

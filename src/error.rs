@@ -132,7 +132,6 @@ impl From<crate::library::LibraryError> for ApiError {
         match e {
             L::NotFound(_) => ApiError::NotFound(message),
             L::Busy { .. } | L::NoUpdate(_) => ApiError::Conflict(message),
-            L::NoHub => ApiError::Unavailable(message),
             L::BadPath(..) => ApiError::Unprocessable(message),
             L::Store(s) => s.into(),
             L::Queue(q) => q.into(),

@@ -261,7 +261,7 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
                 ollama: config.library.ollama_models_dir(),
                 lmstudio: config.library.lmstudio_models_dir(),
             },
-            hub: Some(core.hub.clone()),
+            hub: core.hub.clone(),
             check_updates_hours: config.library.check_updates_hours,
         },
         Some(core.broadcaster.clone().recipient()),

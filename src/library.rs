@@ -51,17 +51,15 @@ pub enum LibraryError {
     Join(String),
     #[error(transparent)]
     Queue(#[from] crate::actors::queue_error::QueueError),
-    #[error("no Hub is configured to check for updates")]
-    NoHub,
     #[error("{0}: the last update check found nothing newer on the Hub")]
     NoUpdate(String),
 }
 
 /// What the library publishes to and checks against.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Options {
     pub folders: Folders,
-    pub hub: Option<crate::hub::HubClient>,
+    pub hub: crate::hub::HubClient,
     /// 0 = never check on its own.
     pub check_updates_hours: u64,
 }
@@ -90,7 +88,7 @@ struct Inner {
     store: Store,
     queue: QueueHandle,
     folders: Folders,
-    hub: Option<crate::hub::HubClient>,
+    hub: crate::hub::HubClient,
     index: RwLock<BTreeMap<String, Record>>,
     /// One scan at a time.
     scanning: tokio::sync::Mutex<()>,
@@ -133,7 +131,7 @@ impl LibraryHandle {
             }
             first.follow_completions().await;
         });
-        if options.check_updates_hours > 0 && handle.inner.hub.is_some() {
+        if options.check_updates_hours > 0 {
             actix_web::rt::spawn(updates::watch(
                 Arc::downgrade(&handle.inner),
                 options.check_updates_hours,
@@ -224,8 +222,7 @@ impl LibraryHandle {
             .map_err(|e| LibraryError::BadPath(path.to_owned(), e.to_string()))?;
         let record = self.inner.read().get(path).cloned();
         let record = record.ok_or_else(|| LibraryError::NotFound(path.to_owned()))?;
-        let hub = self.inner.hub.as_ref().ok_or(LibraryError::NoHub)?;
-        let new = updates::newer_download(hub, path, &record)?;
+        let new = updates::newer_download(&self.inner.hub, path, &record)?;
         Ok(self.inner.queue.add_one(new).await?)
     }
 

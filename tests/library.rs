@@ -134,17 +134,7 @@ async fn hub_downloads_are_found_by_huggingface_hub_offline_and_a_delete_leaves_
     })
     .await;
     for quant in ["Q4_K_M", "Q8_0"] {
-        let (s, v) = svc
-            .post(
-                &format!("/api/hub/models/{REPO}/download"),
-                json!({ "quantization": quant }),
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
-        for d in v["downloads"].as_array().unwrap() {
-            svc.wait_state(d["id"].as_str().unwrap(), "completed", LONG)
-                .await;
-        }
+        svc.fetch_quantization(REPO, quant, LONG).await;
     }
     for f in files {
         let path = format!("{REPO}/{f}");

@@ -80,17 +80,7 @@ async fn ollama_and_lm_studio_get_hard_links_and_a_delete_takes_them_back() {
     })
     .await;
     for quant in ["Q4_K_M", "Q8_0"] {
-        let (s, v) = svc
-            .post(
-                &format!("/api/hub/models/{REPO}/download"),
-                json!({ "quantization": quant }),
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
-        for d in v["downloads"].as_array().unwrap() {
-            svc.wait_state(d["id"].as_str().unwrap(), "completed", LONG)
-                .await;
-        }
+        svc.fetch_quantization(REPO, quant, LONG).await;
     }
     let ours = svc.download_dir().join(REPO).join(SINGLE);
     let e = entry(&svc, &format!("{REPO}/{SINGLE}"), |f| {

@@ -39,8 +39,9 @@ pub(super) fn publish(inner: &Inner, path: &str, record: &mut Record, earlier: O
             }
             let result = ollama_target(record, &repo, &sha256)
                 .and_then(|t| ollama::publish(models, &t, &full));
-            note(record, "ollama", result.map(record_ollama), |p, e| {
-                p.ollama = Some(e)
+            note(record, "ollama", result, |p, e| {
+                tracing::info!(name = %e.name, "published for Ollama");
+                p.ollama = Some(e);
             });
         }
     }
@@ -53,11 +54,6 @@ pub(super) fn publish(inner: &Inner, path: &str, record: &mut Record, earlier: O
             note(record, "lmstudio", result, |p, at| p.lmstudio = Some(at));
         }
     }
-}
-
-fn record_ollama(e: ollama::Entry) -> ollama::Entry {
-    tracing::info!(name = %e.name, "published for Ollama");
-    e
 }
 
 /// Keeps what a runtime made, or why it could not.

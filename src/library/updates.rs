@@ -19,7 +19,7 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 
 /// What one check did.
-#[derive(Debug, Default, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Clone)]
 pub struct CheckReport {
     pub repos: usize,
     pub updates: usize,
@@ -29,15 +29,13 @@ pub struct CheckReport {
 
 /// Checks every Hub file of the library against its repo's current revision.
 pub(super) async fn check(inner: &Inner) -> Result<CheckReport, LibraryError> {
-    let Some(hub) = inner.hub.clone() else {
-        return Err(LibraryError::NoHub);
-    };
+    let hub = &inner.hub;
     let mut report = CheckReport::default();
     // Collected first: the read guard must be gone before `change` takes the write lock.
     let groups = groups(&inner.read());
     for ((repo, revision), paths) in groups {
         report.repos += 1;
-        let outcome = repo_revision(&hub, &repo, &revision).await;
+        let outcome = repo_revision(hub, &repo, &revision).await;
         if let Err(e) = &outcome {
             report.errors.insert(repo.clone(), e.to_string());
         }

@@ -116,6 +116,21 @@ impl TestService {
             .to_owned()
     }
 
+    /// Queues every file of a Hub repo's quantization and waits until each completed.
+    pub async fn fetch_quantization(&self, repo: &str, quant: &str, timeout: Duration) {
+        let (s, v) = self
+            .post(
+                &format!("/api/hub/models/{repo}/download"),
+                json!({ "quantization": quant }),
+            )
+            .await;
+        assert_eq!(s, 201, "queuing {repo}:{quant}: {v}");
+        for d in v["downloads"].as_array().expect("downloads") {
+            let id = d["id"].as_str().expect("an id");
+            self.wait_state(id, "completed", timeout).await;
+        }
+    }
+
     pub async fn download(&self, id: &str) -> Value {
         let (status, v) = self.get(&format!("/api/downloads/{id}")).await;
         assert_eq!(status, 200, "get {id}: {v}");

@@ -8,7 +8,8 @@
 //! a run; `attempt` is one request on one connection, `segments` the parallel
 //! connections (over a `segment_table`). Both send through `request`, judge every
 //! answer with the one classifier of `classify`, and retry with the policy of `retry`.
-//! `transfer` owns the `.part` and what is known about it; `finish` verifies and
+//! `transfer` owns the `.part` and what is known about it, `lease` its write lease (so
+//! that the end knows whether anything else can have written it); `finish` verifies and
 //! renames it; `hashing` reads files back into SHA-256.
 
 mod attempt;
@@ -19,6 +20,7 @@ mod error;
 mod finish;
 mod hashing;
 mod hashpipe;
+mod lease;
 mod limiter;
 mod range;
 mod request;
@@ -338,8 +340,7 @@ impl Engine {
         ctx: &mut RunCtx,
     ) -> Result<Ended, EngineError> {
         match self.attempt(job, t, ctx).await? {
-            Ended::Done if self.finish(job, t, ctx).await? => Ok(Ended::Done),
-            Ended::Done => Ok(Ended::Stopped),
+            Ended::Done => self.finish(job, t, ctx).await,
             other => Ok(other),
         }
     }

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub bytes_downloaded: AtomicU64,
     pub active_connections: AtomicI64,
     pub websocket_clients: AtomicI64,
+    /// Finished transfers whose bytes the `.part`'s write lease vouched for, and those
+    /// that were read back from disk.
+    part_checks: [AtomicU64; 2],
     retries: Mutex<BTreeMap<&'static str, u64>>,
     http: Mutex<BTreeMap<String, Histogram>>,
 }
@@ -29,6 +32,12 @@ struct Histogram {
     buckets: [u64; BUCKETS.len()],
     count: u64,
     sum: f64,
+}
+
+/// The `# HELP` and `# TYPE` lines of one metric.
+fn describe(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -58,6 +67,11 @@ impl Metrics {
         self.bytes_downloaded.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// A finished transfer was checked: by its lease, or by reading it back.
+    pub fn part_checked(&self, by_lease: bool) {
+        self.part_checks[usize::from(!by_lease)].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn retry(&self, kind: &'static str) {
         *lock(&self.retries).entry(kind).or_default() += 1;
     }
@@ -77,54 +91,78 @@ impl Metrics {
     /// The exposition text; `states` are the current downloads by state.
     pub fn render(&self, states: &[(&str, usize)]) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP mm_downloaded_bytes_total Bytes received from upstreams."
+        describe(
+            &mut out,
+            "mm_downloaded_bytes_total",
+            "counter",
+            "Bytes received from upstreams.",
         );
-        let _ = writeln!(out, "# TYPE mm_downloaded_bytes_total counter");
         let _ = writeln!(
             out,
             "mm_downloaded_bytes_total {}",
             self.bytes_downloaded.load(Ordering::Relaxed)
         );
-        let _ = writeln!(out, "# HELP mm_downloads Downloads by state.");
-        let _ = writeln!(out, "# TYPE mm_downloads gauge");
+        describe(&mut out, "mm_downloads", "gauge", "Downloads by state.");
         for (state, n) in states {
             let _ = writeln!(out, "mm_downloads{{state=\"{state}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP mm_retries_total Attempts that failed and were retried, by error kind."
+        describe(
+            &mut out,
+            "mm_retries_total",
+            "counter",
+            "Attempts that failed and were retried, by error kind.",
         );
-        let _ = writeln!(out, "# TYPE mm_retries_total counter");
         for (kind, n) in lock(&self.retries).iter() {
             let _ = writeln!(out, "mm_retries_total{{kind=\"{kind}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP mm_active_connections Open HTTP connections to upstreams."
+        describe(
+            &mut out,
+            "mm_part_checks_total",
+            "counter",
+            "Finished transfers, by how their bytes on disk were \
+             checked: the .part's write lease held (nothing else opened it), or read back.",
         );
-        let _ = writeln!(out, "# TYPE mm_active_connections gauge");
+        for (how, n) in ["lease", "read_back"].iter().zip(&self.part_checks) {
+            let _ = writeln!(
+                out,
+                "mm_part_checks_total{{how=\"{how}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        describe(
+            &mut out,
+            "mm_active_connections",
+            "gauge",
+            "Open HTTP connections to upstreams.",
+        );
         let _ = writeln!(
             out,
             "mm_active_connections {}",
             self.active_connections.load(Ordering::Relaxed).max(0)
         );
-        let _ = writeln!(
-            out,
-            "# HELP mm_websocket_clients Connected websocket clients."
+        describe(
+            &mut out,
+            "mm_websocket_clients",
+            "gauge",
+            "Connected websocket clients.",
         );
-        let _ = writeln!(out, "# TYPE mm_websocket_clients gauge");
         let _ = writeln!(
             out,
             "mm_websocket_clients {}",
             self.websocket_clients.load(Ordering::Relaxed).max(0)
         );
-        let _ = writeln!(
+        self.render_http(&mut out);
+        out
+    }
+
+    /// The request-duration histogram, one series per route.
+    fn render_http(&self, out: &mut String) {
+        describe(
             out,
-            "# HELP mm_http_request_duration_seconds API request durations."
+            "mm_http_request_duration_seconds",
+            "histogram",
+            "API request durations.",
         );
-        let _ = writeln!(out, "# TYPE mm_http_request_duration_seconds histogram");
         for (route, h) in lock(&self.http).iter() {
             let route = route.replace('\\', "\\\\").replace('"', "\\\"");
             for (i, bound) in BUCKETS.iter().enumerate() {
@@ -146,7 +184,6 @@ impl Metrics {
                 h.count
             );
         }
-        out
     }
 }
 

@@ -25,6 +25,9 @@ impl Engine {
         // Bytes received before a drop are still in the write block; put them on disk
         // so that the next Range starts right after the last byte we have.
         t.flush_block().await?;
+        // Someone opened the `.part` between attempts: this one starts where the bytes
+        // the lease's keeper vouched for end.
+        t.after_lease_break(ctx).await?;
         let (url, auth) = self.target(job, t, ctx).await?;
         if t.segments().is_some() {
             return self.run_segments(job, t, ctx, (url, auth), None).await;
@@ -147,6 +150,9 @@ impl Engine {
             };
             chunks += 1;
             t.append(&chunk).await?;
+            if t.after_lease_break(ctx).await? {
+                return Ok(Ended::Again);
+            }
             ctx.progress.set_done(t.received());
             if let Some(total) = t.total() {
                 if t.received() > total {

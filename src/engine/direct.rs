@@ -91,33 +91,28 @@ pub struct DirectWriter {
 }
 
 impl DirectWriter {
-    /// A writer that appends at `at` to the file `open` opens with `O_DIRECT` (open
-    /// as `buffered`). `None` when the filesystem does not take `O_DIRECT`.
-    pub fn open(
-        open: impl FnOnce() -> io::Result<File>,
-        buffered: &File,
-        at: u64,
-    ) -> io::Result<Option<DirectWriter>> {
-        let direct = match open() {
-            Ok(f) => f,
-            Err(e) if refuses_direct(&e) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        // Opened by name: make sure it is the very file the transfer has open.
-        if !crate::files::same_file(&direct.metadata()?, &buffered.metadata()?) {
-            return Ok(None);
-        }
+    /// A writer that appends at `at` to `file`, through the same open file description
+    /// put in `O_DIRECT` mode (so that the transfer keeps one description, which its
+    /// write lease needs; the mode goes when the writer's thread ends). `None` when
+    /// the filesystem does not take `O_DIRECT`.
+    pub fn open(file: &File, at: u64) -> io::Result<Option<DirectWriter>> {
         let mut cur = AlignedBuf::new();
         let cur_start = at - at % ALIGN as u64;
         let fill = (at - cur_start) as usize;
         // The bytes between the aligned start and `at` are rewritten with the first
-        // block: read them from the file.
-        buffered.read_exact_at(&mut cur.bytes_mut()[..fill], cur_start)?;
+        // block: read them from the file (before the direct mode, which would refuse
+        // a read of that length).
+        file.read_exact_at(&mut cur.bytes_mut()[..fill], cur_start)?;
+        let direct = file.try_clone()?;
+        match set_direct(&direct, true) {
+            Ok(()) => {}
+            Err(e) if refuses_direct(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        }
         let (jobs, worker_rx) = sync_channel::<WriteJob>(BUFFERS);
         // Room for every buffer: the writer thread never waits to hand one back.
         let (done_tx, done) = mpsc::channel::<(AlignedBuf, io::Result<()>)>(BUFFERS);
-        let buffered = buffered.try_clone()?;
-        let worker = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("direct-write".into())
             .spawn(move || {
                 // Once O_DIRECT was refused for a write, every later write is buffered.
@@ -125,12 +120,25 @@ impl DirectWriter {
                 for job in worker_rx {
                     let data = &job.buf.bytes()[job.from..job.len];
                     let at = job.at + job.from as u64;
-                    let result = write_all(&direct, &buffered, &mut refused, data, at);
+                    let result = write_all(&direct, &mut refused, data, at);
                     if done_tx.blocking_send((job.buf, result)).is_err() {
                         break;
                     }
                 }
-            })?;
+                // Before the last buffer is seen back: the description is buffered again
+                // once `close` (or the drop) returns.
+                if let Err(e) = set_direct(&direct, false) {
+                    tracing::warn!(error = %e, "could not end O_DIRECT mode on the .part");
+                }
+                drop(done_tx);
+            });
+        let worker = match spawned {
+            Ok(worker) => worker,
+            Err(e) => {
+                set_direct(file, false)?;
+                return Err(e);
+            }
+        };
         Ok(Some(DirectWriter {
             cur,
             cur_start,
@@ -290,46 +298,53 @@ fn refuses_direct(e: &io::Error) -> bool {
     )
 }
 
-/// Writes `data` at `at` with `O_DIRECT`, or buffered once the filesystem refused that.
-fn write_all(
-    direct: &File,
-    buffered: &File,
-    refused: &mut bool,
-    data: &[u8],
-    at: u64,
-) -> io::Result<()> {
+/// Puts the open file description of `file` in `O_DIRECT` mode, or takes it out.
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: a valid fd; F_GETFL/F_SETFL take and give ints.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let wanted = if on {
+        flags | libc::O_DIRECT
+    } else {
+        flags & !libc::O_DIRECT
+    };
+    // SAFETY: as above.
+    if wanted != flags && unsafe { libc::fcntl(fd, libc::F_SETFL, wanted) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes `data` at `at` with `O_DIRECT`, or buffered once the filesystem refused that
+/// (the description then leaves direct mode for good).
+fn write_all(file: &File, refused: &mut bool, data: &[u8], at: u64) -> io::Result<()> {
     if !*refused {
-        match direct.write_all_at(data, at) {
+        match file.write_all_at(data, at) {
             Err(e) if refuses_direct(&e) => {
                 tracing::debug!(error = %e, "O_DIRECT write refused; writing through the page cache");
                 *refused = true;
+                set_direct(file, false)?;
             }
             other => return other,
         }
     }
-    buffered.write_all_at(data, at)
+    file.write_all_at(data, at)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs::OpenOptions;
-    use std::os::unix::fs::OpenOptionsExt;
     use std::path::Path;
 
     fn pattern(len: usize, seed: u32) -> Vec<u8> {
         (0..len as u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13 ^ seed) as u8)
             .collect()
-    }
-
-    fn direct_opener(path: &Path) -> impl FnOnce() -> io::Result<File> + '_ {
-        move || {
-            OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW)
-                .open(path)
-        }
     }
 
     fn open_rw(path: &Path) -> File {
@@ -349,9 +364,7 @@ mod tests {
         let head = pattern(5_000, 1);
         std::fs::write(&path, &head).unwrap();
         let file = open_rw(&path);
-        let Some(mut w) =
-            DirectWriter::open(direct_opener(&path), &file, head.len() as u64).unwrap()
-        else {
+        let Some(mut w) = DirectWriter::open(&file, head.len() as u64).unwrap() else {
             eprintln!("no O_DIRECT on this filesystem; nothing to test");
             return;
         };
@@ -376,7 +389,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.part");
         let file = open_rw(&path);
-        let Some(mut w) = DirectWriter::open(direct_opener(&path), &file, 0).unwrap() else {
+        let Some(mut w) = DirectWriter::open(&file, 0).unwrap() else {
             return;
         };
         let body = pattern(3 * BUF_SIZE + 70_000, 3);
@@ -410,7 +423,7 @@ mod tests {
         let path = dir.path().join("f.part");
         let file = open_rw(&path);
         // 1 PiB is past the largest file ext4 (and most filesystems) can hold: EFBIG.
-        let Some(mut w) = DirectWriter::open(direct_opener(&path), &file, 1 << 50).unwrap() else {
+        let Some(mut w) = DirectWriter::open(&file, 1 << 50).unwrap() else {
             return;
         };
         let body = pattern(BUF_SIZE * BUFFERS + 1000, 5);
@@ -442,14 +455,42 @@ mod tests {
         let file = open_rw(&path);
         let mut refused = false;
         // An unaligned length is refused by O_DIRECT on every filesystem that takes it.
-        let direct = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path);
-        let Ok(direct) = direct else { return };
+        let direct = file.try_clone().unwrap();
+        if set_direct(&direct, true).is_err() {
+            return;
+        }
         let data = pattern(1000, 4);
-        write_all(&direct, &file, &mut refused, &data, 0).unwrap();
+        write_all(&direct, &mut refused, &data, 0).unwrap();
         assert!(refused);
         assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn the_transfer_keeps_one_description_buffered_again_after_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.part");
+        let file = open_rw(&path);
+        let Some(mut w) = DirectWriter::open(&file, 0).unwrap() else {
+            return;
+        };
+        let flags =
+            || unsafe { libc::fcntl(std::os::unix::io::AsRawFd::as_raw_fd(&file), libc::F_GETFL) };
+        assert_ne!(
+            flags() & libc::O_DIRECT,
+            0,
+            "the writer uses the transfer's own description"
+        );
+        w.push(&pattern(5000, 6)).await.unwrap();
+        w.flush().await.unwrap();
+        w.close().await;
+        assert_eq!(
+            flags() & libc::O_DIRECT,
+            0,
+            "buffered again once the writer is closed"
+        );
+        // An unaligned buffered read works again on the transfer's handle.
+        let mut back = [0u8; 7];
+        file.read_exact_at(&mut back, 3).unwrap();
+        assert_eq!(&back[..], &pattern(5000, 6)[3..10]);
     }
 }

@@ -3,7 +3,7 @@
 //! crash caught right after that rename.
 
 use super::transfer::Transfer;
-use super::{Engine, EngineError, EngineEvent, Job, RunCtx};
+use super::{Ended, Engine, EngineError, EngineEvent, Job, RunCtx};
 use crate::files;
 
 impl Engine {
@@ -22,25 +22,30 @@ impl Engine {
         (ours && place.part_id().ok()?.is_none()).then_some(total)
     }
 
-    /// Verifies (when a digest is known), fsyncs and renames into place.
-    /// Returns false when asked to stop before the rename (a cancel during
-    /// verification must not leave a file under its final name).
+    /// Verifies (when a digest is known), fsyncs and renames into place: [`Ended::Done`].
+    /// [`Ended::Stopped`] when asked to stop before the rename (a cancel during
+    /// verification must not leave a file under its final name); [`Ended::Again`] when
+    /// someone opened the `.part` since the byte loop last looked (see
+    /// [`Transfer::after_lease_break`]).
     pub(super) async fn finish(
         &self,
         job: &Job,
         t: &mut Transfer,
         ctx: &mut RunCtx,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Ended, EngineError> {
         t.wait_checkpoint().await?;
         // Writes what is left (on either path) and gives a direct-written file its length.
         t.end_direct_writes().await?;
+        if t.after_lease_break(ctx).await? {
+            return Ok(Ended::Again);
+        }
         // The fsync before the rename runs while the digest is taken: one writes back
         // what the page cache holds, the other reads it, on two cores.
         let for_sync = t.file().try_clone()?;
         let syncing = tokio::task::spawn_blocking(move || for_sync.sync_all());
         self.verify(job, t, ctx).await?;
         if *ctx.stop.borrow() {
-            return Ok(false);
+            return Ok(Ended::Stopped);
         }
         // The bytes are on disk before a checkpoint says that all of them are: a power
         // loss in between would otherwise leave a record of a whole file over a `.part`
@@ -62,7 +67,7 @@ impl Engine {
             .map_err(|e| EngineError::Internal(e.to_string()))??;
         // The checkpoint goes when the supervisor records `completed`, not before.
         tracing::info!(download_id = %job.id, bytes = t.offset(), path = %job.final_path.display(), "download completed");
-        Ok(true)
+        Ok(Ended::Done)
     }
 
     /// Checks what is on disk (see [`Transfer::settle`]) and compares its digest with
@@ -73,10 +78,11 @@ impl Engine {
         if expected.is_some() {
             (ctx.events)(EngineEvent::Verifying);
         }
-        // The digest of the whole file as it is on disk: it costs nothing more on a
-        // run from byte 0 (the read-back computes it), and a download without an
-        // expected digest records it as the sha256 of what it fetched.
-        let actual = t.settle(true).await?;
+        // A download without an expected digest records the digest when it was taken
+        // anyway (a read-back); else the library's hasher takes it later.
+        let settled = t.settle().await?;
+        self.metrics.part_checked(settled.by_lease);
+        let actual = settled.digest;
         let Some(expected) = expected else {
             if actual.is_some() {
                 (ctx.events)(EngineEvent::Pinned {

@@ -4,6 +4,7 @@
 //! this module's alone; the single connection, the segments and the end of a run go
 //! through the methods here (and in [`disk`], how bytes and checkpoints reach the disk).
 
+mod check;
 mod disk;
 
 pub(super) use disk::CHECKPOINT_EVERY;
@@ -15,8 +16,9 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
-use super::hashing::{hash_prefix, hex};
+use super::hashing::hash_prefix;
 use super::hashpipe::HashPipe;
+use super::lease::Lease;
 use super::retry::LinkBudget;
 use super::segment_table::SegmentTable;
 use super::validators::Validators;
@@ -31,6 +33,9 @@ pub(super) struct Transfer {
     /// The `.part`, locked (`flock`) for the transfer's life: another process (a second
     /// instance on the same `download_dir`) cannot take it over meanwhile.
     file: File,
+    /// The write lease on `file`: while intact, nothing else has opened the file since
+    /// the transfer did, so what it wrote is what is on disk (see [`Lease`]).
+    lease: Lease,
     /// The directory handle and name every file operation goes through.
     place: Arc<files::Place>,
     /// Where the running hash (`hasher`) starts: 0 with an expected digest, else the
@@ -44,7 +49,9 @@ pub(super) struct Transfer {
     direct: Option<direct::DirectWriter>,
     total: Option<u64>,
     validators: Validators,
-    /// Digest of bytes `[0, written + block.len())`, when a digest is expected.
+    /// Digest of the bytes received from `hashed_from`: with an expected digest (from
+    /// 0), or when the lease cannot vouch for the file (then the end compares it with
+    /// the file read back).
     hasher: Option<HashPipe>,
     /// Counts restarts, so "progress" also covers starting over after a change.
     generation: u64,
@@ -75,6 +82,12 @@ pub(super) struct Transfer {
     /// stays on one connection.
     one_connection: bool,
 }
+
+/// A file smaller than this without an expected digest is hashed as it arrives (which
+/// costs next to nothing), so that its digest is recorded as it completes; a larger one
+/// is hashed afterwards by the library, at the lowest CPU priority, rather than have
+/// SHA-256 cost every multi-GB transfer a core.
+const HASHED_AS_RECEIVED_BELOW: u64 = 64 * 1024 * 1024;
 
 /// What [`open_part`] found on disk.
 struct Opened {
@@ -107,10 +120,17 @@ impl Transfer {
             hasher,
             segmented,
         } = opened;
-        // One connection always follows what it receives, so that the end can compare
-        // it with what is on disk; without an expected digest, from where it resumes.
+        let lease = Lease::take(&file, offset, hasher.is_some());
+        // Without an expected digest and with the lease, nothing is hashed: nothing else
+        // can write the file unseen. Without the lease, one connection follows what it
+        // receives (from where it resumes), so that the end can compare it with what
+        // is on disk.
         let hashed_from = if hasher.is_some() { 0 } else { offset };
-        let hasher = Some(HashPipe::start(hasher.unwrap_or_default())?);
+        let hasher = match hasher {
+            Some(h) => Some(HashPipe::start(h)?),
+            None if lease.intact() => None,
+            None => Some(HashPipe::start(Sha256::new())?),
+        };
         let checkpoint = if !segmented && !checkpoint.segments.is_empty() {
             Checkpoint::default()
         } else {
@@ -119,6 +139,7 @@ impl Transfer {
         tracing::debug!(download_id = %job.id, offset, segmented, "transfer opened at its checkpoint");
         Ok(Transfer {
             file,
+            lease,
             place,
             hashed_from,
             written: offset,
@@ -196,6 +217,13 @@ impl Transfer {
         self.total = total;
         self.validators = validators;
         self.must_prove = false;
+        let small = total.is_some_and(|t| t < HASHED_AS_RECEIVED_BELOW);
+        if small && self.hasher.is_none() && self.written == 0 && self.segments.is_none() {
+            // Best effort: without it, the library's hasher takes the digest later.
+            self.hasher = HashPipe::start(Sha256::new()).ok();
+            self.hashed_from = 0;
+            self.lease.set_hashing(self.hasher.is_some());
+        }
     }
 
     /// Whether the bytes held still have to be proved of the same file (a URL swap).
@@ -243,6 +271,7 @@ impl Transfer {
             if self.written == 0 && self.segments.is_none() {
                 self.hasher = Some(HashPipe::start(Sha256::new())?);
                 self.hashed_from = 0;
+                self.lease.set_hashing(true);
             }
         }
         self.link = Some(resolved.location);
@@ -286,6 +315,7 @@ impl Transfer {
             self.segments = Some(Arc::new(SegmentTable::whole(self.written, total)));
             // Bytes arrive out of order: the digest is taken by reading the file back.
             self.hasher = None;
+            self.lease.set_hashing(false);
         }
         let table = self
             .segments
@@ -330,8 +360,19 @@ impl Transfer {
         self.store
             .put_checkpoint(&self.id, &self.checkpoint_record(ctx))?;
         self.store.flush().await?;
+        self.lease.cutting(0);
         self.file.set_len(0)?;
-        self.hasher = Some(HashPipe::start(Sha256::new())?);
+        if !self.lease.intact() {
+            // From byte 0 again: a lease taken now vouches for everything from here
+            // (refused while whoever broke the last one still has the file open).
+            self.lease.release();
+            self.lease = Lease::take(&self.file, 0, true);
+        }
+        self.hasher = match self.expected_sha256.is_some() || !self.lease.intact() {
+            true => Some(HashPipe::start(Sha256::new())?),
+            false => None,
+        };
+        self.lease.set_hashing(self.hasher.is_some());
         self.hashed_from = 0;
         self.generation += 1;
         ctx.progress.set_done(0);
@@ -343,52 +384,6 @@ impl Transfer {
         self.written = 0;
         self.writeback_from = 0;
         self.block.clear();
-    }
-
-    /// What is on disk, checked: on one connection the file is read back (through
-    /// our own handle) and compared with the running hash of what was received, so a
-    /// `.part` truncated, extended or overwritten meanwhile is never taken for the
-    /// download; parallel connections read it back already. With `whole`, the digest
-    /// of the whole file as it is on disk.
-    pub(super) async fn settle(&mut self, whole: bool) -> Result<Option<String>, EngineError> {
-        if let Some(h) = self.digest_ready.take() {
-            return Ok(Some(hex(&h.finalize())));
-        }
-        let received = match self.hasher.take() {
-            Some(pipe) => tokio::task::spawn_blocking(move || pipe.finish())
-                .await
-                .map_err(|e| EngineError::Internal(e.to_string()))?,
-            None => None,
-        };
-        let (file, from, total) = (self.file.try_clone()?, self.hashed_from, self.total);
-        let one_connection = self.segments.is_none();
-        tokio::task::spawn_blocking(move || -> Result<Option<String>, EngineError> {
-            let len = file.metadata()?.len();
-            if one_connection && total.is_some_and(|t| t != len) {
-                return Err(EngineError::PartTampered(format!(
-                    "{len} bytes on disk, {} received",
-                    total.unwrap_or(0)
-                )));
-            }
-            let on_disk = match &received {
-                Some(_) => Some(super::hashing::hash_range_of(&file, from, len)?.finalize()),
-                None => None,
-            };
-            if let (Some(got), Some(disk)) = (received, &on_disk) {
-                if got.finalize() != *disk {
-                    return Err(EngineError::PartTampered("its digest differs".into()));
-                }
-            }
-            if !whole {
-                return Ok(None);
-            }
-            match on_disk {
-                Some(d) if from == 0 => Ok(Some(hex(&d))),
-                _ => Ok(Some(hex(&hash_prefix(&file, len)?.finalize()))),
-            }
-        })
-        .await
-        .map_err(|e| EngineError::Internal(e.to_string()))?
     }
 
     /// The directory handle and name of the `.part`.
@@ -411,7 +406,9 @@ impl Transfer {
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))??;
+        self.lease.release();
         self.file = file;
+        self.lease = Lease::take(&self.file, 0, true);
         self.restart(ctx).await
     }
 

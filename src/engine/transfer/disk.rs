@@ -48,9 +48,7 @@ impl Transfer {
         if min == 0 || left < min || self.direct.is_some() || !self.block.is_empty() {
             return;
         }
-        let place = self.place.clone();
-        let open = move || place.open_part(false, libc::O_DIRECT);
-        match direct::DirectWriter::open(open, &self.file, self.written) {
+        match direct::DirectWriter::open(&self.file, self.written) {
             Ok(Some(writer)) => self.direct = Some(writer),
             Ok(None) => {
                 tracing::debug!(download_id = %self.id, "no O_DIRECT here; writing through the page cache")
@@ -95,7 +93,10 @@ impl Transfer {
     pub(in crate::engine) async fn flush_block(&mut self) -> Result<(), EngineError> {
         if let Some(direct) = &mut self.direct {
             match direct.flush().await {
-                Ok(end) => self.written = end,
+                Ok(end) => {
+                    self.written = end;
+                    self.lease.set_on_disk(end);
+                }
                 Err(e) => return Err(self.end_direct_after(e).await),
             }
             return Ok(());
@@ -104,6 +105,7 @@ impl Transfer {
             let n = self.block.len();
             self.block.write_at(&self.file, self.written, n)?;
             self.written += n as u64;
+            self.lease.set_on_disk(self.written);
             self.start_writeback();
         }
         Ok(())

@@ -641,6 +641,43 @@ async fn swap_and_ignore_range_after() {
 }
 
 #[tokio::test]
+async fn swap_at_request_n_is_seen_by_request_n_whatever_the_others_do() {
+    let up = Upstream::start();
+    let first = pattern(4_000);
+    let second: Vec<u8> = pattern(5_000).into_iter().rev().collect();
+    up.add_file(
+        PATH,
+        first.clone(),
+        Behavior {
+            swap_at_request: Some((1, second.clone())),
+            ..Default::default()
+        },
+    );
+    let c = client();
+    let etag1 = up.etag(PATH).unwrap();
+    // Request 0 is answered with the old content; its body is not even read yet.
+    let r0 = c.get(up.url(PATH)).send().await.unwrap();
+    assert_eq!(header(&r0, ETAG), Some(etag1.as_str()));
+    // Request 1, with the old validator: the new content, whole.
+    let r1 = c
+        .get(up.url(PATH))
+        .header(RANGE, "bytes=10-")
+        .header(IF_RANGE, etag1.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r1.status(), StatusCode::OK);
+    assert_ne!(header(&r1, ETAG), Some(etag1.as_str()));
+    assert_eq!(read_body(r1).await.0, second);
+    assert_eq!(
+        read_body(r0).await.0,
+        first,
+        "request 0 goes on with what it had"
+    );
+    assert_eq!(up.version(PATH), Some(2));
+}
+
+#[tokio::test]
 async fn dropping_the_upstream_stops_it() {
     let up = Upstream::start();
     up.add_file(PATH, pattern(10), Behavior::default());

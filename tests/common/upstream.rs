@@ -100,6 +100,11 @@ pub struct Behavior {
     /// Once the first GET response has ended (completed, cut or abandoned), replace the content
     /// with this (new version: new ETag and Last-Modified).
     pub swap_after_first: Option<Vec<u8>>,
+    /// When request N arrives (0-based, every request recorded for this path, as
+    /// `ignore_range_after` counts), replace the content with this before answering it (a
+    /// new version: new ETag and Last-Modified). Unlike `swap_after_first`, the moment
+    /// does not depend on how fast anything is sent: request N always sees the new file.
+    pub swap_at_request: Option<(usize, Vec<u8>)>,
     /// Answer GET/HEAD with `302 Found` and this `Location` (checked after fail_first and
     /// require_auth, as the Hub does before redirecting to its CDN).
     pub redirect_to: Option<String>,
@@ -410,6 +415,13 @@ impl FileEntry {
             let mut plan = Plan::text(405, "method not allowed\n");
             plan.header("Allow", "GET, HEAD");
             return plan;
+        }
+        let swap_now = match &self.behavior.swap_at_request {
+            Some((n, data)) if *n == index => Some(data.clone()),
+            _ => None,
+        };
+        if let Some(data) = swap_now {
+            self.replace(data);
         }
         let link = req.query.clone();
         let link_used = self.link_bytes.get(&link).copied().unwrap_or(0);

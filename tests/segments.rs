@@ -131,13 +131,13 @@ async fn a_file_changed_midway_ends_as_the_new_file() {
     let old = content(32 * MIB, 4);
     let new = content(33 * MIB, 5);
     // The file changes when the first ranged request of the parallel connections arrives
-    // (request 1; request 0 is the GET whose answer started the download), and the first
-    // answer is cut short too. With the change tied to the end of that first answer
-    // instead (`swap_after_first`), a loaded machine could let the other connections take
-    // every byte of the old file before it ended: the old file then completed, whole and
-    // correct, and this test failed (about once in 250 runs with two CPU hogs).
+    // (request 1; request 0 is the GET whose answer started the download). With the
+    // change tied to the end of that first answer instead (`swap_after_first`), which the
+    // client abandons after its first piece and the server notices when it notices, a
+    // loaded machine could let the connections take every piece of the old file first:
+    // the old file then completed, whole and correct, and this test failed (about once
+    // in 300 runs with two CPU hogs).
     let behavior = Behavior {
-        short_body_once: Some(5 * MIB as u64),
         swap_at_request: Some((1, new.clone())),
         rate_bps: Some(64 * MIB as u64),
         ..Default::default()
@@ -392,7 +392,8 @@ async fn a_new_size_without_validators_midway_ends_as_the_new_file() {
         Behavior {
             no_validators: true,
             rate_bps: Some(16 * MIB as u64),
-            swap_after_first: Some(new.clone()),
+            // Request 1 is the first of the parallel connections (see the test above).
+            swap_at_request: Some((1, new.clone())),
             ..Default::default()
         },
     );

@@ -98,7 +98,9 @@ pub struct Behavior {
     /// If `Some(token)`: requests without `Authorization: Bearer <token>` get 401.
     pub require_auth: Option<String>,
     /// Once the first GET response has ended (completed, cut or abandoned), replace the content
-    /// with this (new version: new ETag and Last-Modified).
+    /// with this (new version: new ETag and Last-Modified). A response the client abandons
+    /// ends when the server notices (its writes can run ahead of the client's reads): for a
+    /// change at a moment the client's next request is sure to see, use `swap_at_request`.
     pub swap_after_first: Option<Vec<u8>>,
     /// When request N arrives (0-based, every request recorded for this path, as
     /// `ignore_range_after` counts), replace the content with this before answering it (a

@@ -43,7 +43,11 @@ impl Engine {
         // what the page cache holds, the other reads it, on two cores.
         let for_sync = t.file().try_clone()?;
         let syncing = tokio::task::spawn_blocking(move || for_sync.sync_all());
-        self.verify(job, t, ctx).await?;
+        if !self.verify(job, t, ctx).await? {
+            // Someone opened the `.part` just now: as in the byte loop.
+            t.after_lease_break(ctx).await?;
+            return Ok(Ended::Again);
+        }
         if *ctx.stop.borrow() {
             return Ok(Ended::Stopped);
         }
@@ -72,15 +76,18 @@ impl Engine {
 
     /// Checks what is on disk (see [`Transfer::settle`]) and compares its digest with
     /// the expected one, when there is one. A mismatch removes the file: its bytes are
-    /// wrong, and none are worth resuming.
-    async fn verify(&self, job: &Job, t: &mut Transfer, ctx: &RunCtx) -> Result<(), EngineError> {
+    /// wrong, and none are worth resuming. False: someone opened the `.part` since the
+    /// transfer last looked, and it has to go again first.
+    async fn verify(&self, job: &Job, t: &mut Transfer, ctx: &RunCtx) -> Result<bool, EngineError> {
         let expected = t.expected_sha256().map(str::to_owned);
         if expected.is_some() {
             (ctx.events)(EngineEvent::Verifying);
         }
         // A download without an expected digest records the digest when it was taken
         // anyway (a read-back); else the library's hasher takes it later.
-        let settled = t.settle().await?;
+        let Some(settled) = t.settle().await? else {
+            return Ok(false);
+        };
         self.metrics.part_checked(settled.by_lease);
         let actual = settled.digest;
         let Some(expected) = expected else {
@@ -90,13 +97,13 @@ impl Engine {
                     sha256: actual,
                 });
             }
-            return Ok(());
+            return Ok(true);
         };
         let Some(actual) = actual else {
-            return Ok(());
+            return Ok(true);
         };
         if actual == expected {
-            return Ok(());
+            return Ok(true);
         }
         tracing::warn!(download_id = %job.id, %expected, %actual, "checksum mismatch; removing the file");
         // The checkpoint goes first: a crash in between must not leave one that says

@@ -125,6 +125,15 @@ impl Lease {
                 .is_some_and(|s| lock(&s.broken).is_none())
     }
 
+    /// Whether the keeper met a break that the transfer has not taken yet.
+    pub(super) fn break_pending(&self) -> bool {
+        !self.spent
+            && self
+                .shared
+                .as_ref()
+                .is_some_and(|s| lock(&s.broken).is_some())
+    }
+
     /// The break the keeper met, once (then the lease is spent for good).
     pub(super) fn take_break(&mut self) -> Option<Break> {
         if self.spent {
@@ -147,8 +156,9 @@ impl Lease {
     /// The transfer is about to cut the file to `len`.
     pub(super) fn cutting(&self, len: u64) {
         if let Some(s) = &self.shared {
-            s.cuts.fetch_add(1, Ordering::AcqRel);
+            // In this order: a keeper that sees the new count sees the new length too.
             s.on_disk.store(len, Ordering::Release);
+            s.cuts.fetch_add(1, Ordering::AcqRel);
         }
     }
 

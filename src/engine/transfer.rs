@@ -92,6 +92,8 @@ const HASHED_AS_RECEIVED_BELOW: u64 = 64 * 1024 * 1024;
 /// What [`open_part`] found on disk.
 struct Opened {
     file: File,
+    /// Taken as soon as the file was opened, before anything was cut or hashed.
+    lease: Lease,
     offset: u64,
     hasher: Option<Sha256>,
     segmented: bool,
@@ -116,11 +118,14 @@ impl Transfer {
         .map_err(|e| EngineError::Internal(e.to_string()))??;
         let Opened {
             file,
+            lease,
             offset,
             hasher,
             segmented,
         } = opened;
-        let lease = Lease::take(&file, offset, hasher.is_some());
+        // A segmented file is read back whole at the end if the lease broke: no prefix.
+        lease.set_hashing(hasher.is_some() || segmented);
+        lease.set_on_disk(offset);
         // Without an expected digest and with the lease, nothing is hashed: nothing else
         // can write the file unseen. Without the lease, one connection follows what it
         // receives (from where it resumes), so that the end can compare it with what
@@ -313,9 +318,10 @@ impl Transfer {
         if fresh {
             self.end_direct_writes().await?;
             self.segments = Some(Arc::new(SegmentTable::whole(self.written, total)));
-            // Bytes arrive out of order: the digest is taken by reading the file back.
+            // Bytes arrive out of order: the digest is taken by reading the file back
+            // (the whole file, when the lease broke: a break needs no prefix).
             self.hasher = None;
-            self.lease.set_hashing(false);
+            self.lease.set_hashing(true);
         }
         let table = self
             .segments
@@ -360,15 +366,17 @@ impl Transfer {
         self.store
             .put_checkpoint(&self.id, &self.checkpoint_record(ctx))?;
         self.store.flush().await?;
+        let will_hash = self.expected_sha256.is_some();
+        if !self.lease.intact() {
+            // From byte 0 again: a lease taken now, before the cut, vouches for
+            // everything from here (refused while whoever broke the last one still has
+            // the file open).
+            self.lease.release();
+            self.lease = Lease::take(&self.file, 0, will_hash);
+        }
         self.lease.cutting(0);
         self.file.set_len(0)?;
-        if !self.lease.intact() {
-            // From byte 0 again: a lease taken now vouches for everything from here
-            // (refused while whoever broke the last one still has the file open).
-            self.lease.release();
-            self.lease = Lease::take(&self.file, 0, true);
-        }
-        self.hasher = match self.expected_sha256.is_some() || !self.lease.intact() {
+        self.hasher = match will_hash || !self.lease.intact() {
             true => Some(HashPipe::start(Sha256::new())?),
             false => None,
         };
@@ -408,7 +416,7 @@ impl Transfer {
         .map_err(|e| EngineError::Internal(e.to_string()))??;
         self.lease.release();
         self.file = file;
-        self.lease = Lease::take(&self.file, 0, true);
+        self.lease = Lease::take(&self.file, 0, self.expected_sha256.is_some());
         self.restart(ctx).await
     }
 
@@ -507,12 +515,16 @@ fn open_part(
     // O_NOFOLLOW: a `.part` that became a symlink is never written through. Locked
     // before anything is cut or written: a `.part` another process holds is its own.
     let (file, existed) = open_locked(part, true)?;
+    // Before anything is cut or hashed: a write by someone else after this is seen. Until
+    // the transfer says what it keeps, a break vouches for no byte.
+    let lease = Lease::take(&file, 0, false);
     let len = file.metadata()?.len();
     // Each segment knows its own good bytes, in a file of full length.
     if let Some(end) = segments_end {
         if existed && len >= end {
             return Ok(Opened {
                 file,
+                lease,
                 offset: 0,
                 hasher: None,
                 segmented: true,
@@ -541,6 +553,7 @@ fn open_part(
     };
     Ok(Opened {
         file,
+        lease,
         offset,
         hasher,
         segmented: false,

@@ -31,14 +31,21 @@ impl Transfer {
     /// compared with the running hash of what was received, so a `.part` truncated,
     /// extended or overwritten meanwhile is never taken for the download. Parallel
     /// connections read it back already (again when the lease broke meanwhile).
-    pub(in crate::engine) async fn settle(&mut self) -> Result<Settled, EngineError> {
+    /// `None`: someone opened the `.part` since the transfer last looked, and nothing
+    /// follows what was received: meet that break ([`Transfer::after_lease_break`]) and
+    /// go again.
+    pub(in crate::engine) async fn settle(&mut self) -> Result<Option<Settled>, EngineError> {
+        let one_connection = self.segments.is_none();
+        if one_connection && self.hasher.is_none() && self.lease.break_pending() {
+            return Ok(None);
+        }
         let intact = self.lease.intact();
         let late_break = self.lease.take_break();
         // Checked from here on: an opener waits no longer.
         self.lease.release();
         let want_digest = self.expected_sha256.is_some();
         if let Some(h) = self.digest_ready.take().filter(|_| intact) {
-            return Ok(Settled::new(Some(hex(&h.finalize())), true));
+            return Ok(Some(Settled::new(Some(hex(&h.finalize())), true)));
         }
         let received = match self.hasher.take() {
             Some(pipe) => tokio::task::spawn_blocking(move || pipe.finish())
@@ -46,7 +53,6 @@ impl Transfer {
                 .map_err(|e| EngineError::Internal(e.to_string()))?,
             None => None,
         };
-        let one_connection = self.segments.is_none();
         if one_connection && !intact && received.is_none() {
             tracing::debug!(download_id = %self.id, ?late_break, "opened by someone else at the very end");
             return Err(EngineError::PartTampered(
@@ -54,7 +60,7 @@ impl Transfer {
             ));
         }
         let (file, from, total) = (self.file.try_clone()?, self.hashed_from, self.total);
-        tokio::task::spawn_blocking(move || -> Result<Settled, EngineError> {
+        let checked = tokio::task::spawn_blocking(move || -> Result<Settled, EngineError> {
             let len = file.metadata()?.len();
             if one_connection && total.is_some_and(|t| t != len) {
                 return Err(EngineError::PartTampered(format!(
@@ -86,7 +92,8 @@ impl Transfer {
             Ok(Settled::new(Some(hex(&digest)), false))
         })
         .await
-        .map_err(|e| EngineError::Internal(e.to_string()))?
+        .map_err(|e| EngineError::Internal(e.to_string()))??;
+        Ok(Some(checked))
     }
 
     /// Meets a break of the lease (someone opened the `.part`) that the keeper found.
@@ -106,13 +113,13 @@ impl Transfer {
             return Ok(false);
         }
         match found {
-            Break::Hashing => Ok(false),
+            Break::Hashing if self.hasher.is_some() => Ok(false),
             // A prefix longer than what is written was hashed before a cut.
             Break::Prefix { len, digest } if len <= self.written => {
                 self.rewind(len, digest, ctx).await?;
                 Ok(true)
             }
-            Break::Prefix { .. } | Break::Nothing => {
+            Break::Hashing | Break::Prefix { .. } | Break::Nothing => {
                 self.restart(ctx).await?;
                 Ok(true)
             }

@@ -47,23 +47,6 @@ async fn service() -> TestService {
     .await
 }
 
-async fn ended(svc: &TestService, id: &str) -> Value {
-    svc.wait_until(id, WAIT, "an end (completed, failed or cancelled)", |d| {
-        matches!(
-            d["state"].as_str(),
-            Some("completed" | "failed" | "cancelled")
-        )
-    })
-    .await
-}
-
-async fn past(svc: &TestService, id: &str, bytes: u64) {
-    svc.wait_until(id, WAIT, &format!("more than {bytes} bytes done"), |d| {
-        d["bytes_done"].as_u64().unwrap_or(0) > bytes
-    })
-    .await;
-}
-
 fn assert_file(svc: &TestService, name: &str, data: &[u8], d: &Value) {
     assert_eq!(d["state"], "completed", "{name}: {d}");
     let got = std::fs::read(svc.download_dir().join(name)).unwrap();
@@ -96,7 +79,7 @@ async fn a_transfer_nobody_else_opened_is_vouched_for_by_its_lease_not_read_back
         }
     }
     for (id, name, data, _) in &runs {
-        let d = ended(&svc, id).await;
+        let d = svc.wait_state(id, "completed", WAIT).await;
         assert_file(&svc, name, data, &d);
         // Without an expected digest too: a file this small is hashed as it arrives.
         assert_eq!(d["sha256"], json!(sha256_hex(data)), "{name}: {d}");
@@ -123,7 +106,7 @@ async fn a_reader_of_the_part_waits_a_moment_and_costs_only_the_bytes_after_it()
         runs.push((svc.add(json!({"url": up.url(&name)})).await, name, data));
     }
     for (id, name, data) in &runs {
-        past(&svc, id, 3 * MIB as u64).await;
+        svc.wait_past(id, 3 * MIB as u64, WAIT).await;
         let part = svc.download_dir().join(format!("{name}.part"));
         let (waited, head) = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -142,7 +125,7 @@ async fn a_reader_of_the_part_waits_a_moment_and_costs_only_the_bytes_after_it()
         assert!(head == data[..MIB], "{name}: the reader read the first MiB");
     }
     for (id, name, data) in &runs {
-        let d = ended(&svc, id).await;
+        let d = svc.wait_state(id, "completed", WAIT).await;
         assert_file(&svc, name, data, &d);
         // A start from byte 0 would fetch the 3 MiB and more done again.
         let sent = up.bytes_sent(name);
@@ -177,7 +160,7 @@ async fn a_part_overwritten_in_direct_mode_never_completes_with_wrong_bytes() {
     }
     for (id, name, _) in &runs {
         // Past the first 2 MiB buffer of the O_DIRECT writer, which it writes whole.
-        past(&svc, id, 2_600_000).await;
+        svc.wait_past(id, 2_600_000, WAIT).await;
         let part = svc.download_dir().join(format!("{name}.part"));
         tokio::task::spawn_blocking(move || {
             let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
@@ -187,7 +170,7 @@ async fn a_part_overwritten_in_direct_mode_never_completes_with_wrong_bytes() {
         .unwrap();
     }
     for (id, name, data) in &runs {
-        let d = ended(&svc, id).await;
+        let d = svc.wait_state(id, "completed", WAIT).await;
         assert_file(&svc, name, data, &d);
         let sent = up.bytes_sent(name);
         assert!(

@@ -27,14 +27,6 @@ fn slow() -> Behavior {
     }
 }
 
-/// Waits until the download has more than `bytes` done.
-async fn past(svc: &TestService, id: &str, bytes: u64) -> Value {
-    svc.wait_until(id, WAIT, &format!("more than {bytes} bytes done"), |d| {
-        d["bytes_done"].as_u64().unwrap_or(0) > bytes
-    })
-    .await
-}
-
 /// Waits for the download to end, in whatever state.
 async fn ended(svc: &TestService, id: &str) -> Value {
     svc.wait_until(id, WAIT, "an end (completed, failed or cancelled)", |d| {
@@ -199,7 +191,7 @@ async fn a_part_written_by_someone_else_never_completes_with_wrong_bytes() {
         }
     }
     for (id, name, _, how, _) in &runs {
-        past(&svc, id, 2_600_000).await;
+        svc.wait_past(id, 2_600_000, WAIT).await;
         tamper(&svc.download_dir().join(format!("{name}.part")), *how);
     }
     for (id, name, data, how, with_sha) in &runs {
@@ -238,7 +230,7 @@ async fn a_second_instance_on_the_same_download_dir_refuses_a_part_held_by_the_f
     let shared = first.download_dir();
     let second = TestService::start(move |c| c.storage.download_dir = shared).await;
     let a = first.add(json!({"url": up.url("same.bin")})).await;
-    past(&first, &a, 500_000).await;
+    first.wait_past(&a, 500_000, WAIT).await;
     let b = second.add(json!({"url": up.url("same.bin")})).await;
     let d = ended(&second, &b).await;
     assert_eq!(
@@ -303,7 +295,7 @@ async fn a_url_swapped_for_another_file_of_the_same_size_ends_as_the_new_file() 
     let id = svc
         .add(json!({"url": up.url("old.bin"), "file_name": "model.bin"}))
         .await;
-    past(&svc, &id, 1_500_000).await;
+    svc.wait_past(&id, 1_500_000, WAIT).await;
     let (s, v) = svc
         .call(
             reqwest::Method::PATCH,
@@ -337,7 +329,7 @@ async fn a_url_swap_keeps_the_bytes_when_a_strong_etag_proves_the_same_file() {
     let id = svc
         .add(json!({"url": up.url("a.bin"), "file_name": "m.bin"}))
         .await;
-    past(&svc, &id, 1_500_000).await;
+    svc.wait_past(&id, 1_500_000, WAIT).await;
     let (s, v) = svc
         .call(
             reqwest::Method::PATCH,
@@ -370,7 +362,7 @@ async fn a_part_deleted_under_a_running_transfer_starts_it_over() {
     let data = content(4 * MIB, 80);
     up.add_file("del.bin", data.clone(), slow());
     let id = svc.add(json!({"url": up.url("del.bin")})).await;
-    past(&svc, &id, 1_500_000).await;
+    svc.wait_past(&id, 1_500_000, WAIT).await;
     std::fs::remove_file(svc.download_dir().join("del.bin.part")).unwrap();
     let d = ended(&svc, &id).await;
     assert_eq!(d["state"], "completed", "{d}");
@@ -495,7 +487,7 @@ async fn a_folder_swapped_for_a_symlink_mid_download_leaves_nothing_outside() {
         .await;
     assert_eq!(s, 201, "{v}");
     let id = v["id"].as_str().expect("an id").to_owned();
-    past(&svc, &id, 1_000_000).await;
+    svc.wait_past(&id, 1_000_000, WAIT).await;
     // The folder goes out of download_dir, and a link to it takes its place: the
     // transfer's handle moved with it.
     let folder = svc.download_dir().join("o/r");

@@ -36,15 +36,12 @@ impl Engine {
         t.wait_checkpoint().await?;
         // Writes what is left (on either path) and gives a direct-written file its length.
         t.end_direct_writes().await?;
-        if t.after_lease_break(ctx).await? {
-            return Ok(Ended::Again);
-        }
         // The fsync before the rename runs while the digest is taken: one writes back
         // what the page cache holds, the other reads it, on two cores.
         let for_sync = t.file().try_clone()?;
         let syncing = tokio::task::spawn_blocking(move || for_sync.sync_all());
         if !self.verify(job, t, ctx).await? {
-            // Someone opened the `.part` just now: as in the byte loop.
+            // Someone opened the `.part` since the byte loop last looked: as there.
             t.after_lease_break(ctx).await?;
             return Ok(Ended::Again);
         }

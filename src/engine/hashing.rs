@@ -1,6 +1,7 @@
 //! Reading a file back into SHA-256: the digest of the bytes a resume starts after, of a
-//! whole file whose running hash was lost, and of the prefix that parallel connections
-//! fill (followed while they fill it). One reader serves all three.
+//! whole file whose running hash was lost, of the prefix that parallel connections
+//! fill (followed while they fill it), and of what the lease's keeper vouches for (on a
+//! description that may be in `O_DIRECT` mode). One reader serves all four.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -12,38 +13,76 @@ use sha2::{Digest, Sha256};
 
 use super::segment_table::SegmentTable;
 
-/// One read of the file: large, so that reading back is bound by the disk, not syscalls.
+/// One read of the file: large, so that reading back is bound by the disk, not syscalls;
+/// a multiple of [`ALIGN`].
 const READ_BUF: usize = 1 << 20;
+/// Reads are aligned (memory, length and, from an aligned start, offset): a description in
+/// `O_DIRECT` mode takes no other.
+const ALIGN: usize = 4096;
 
-/// Feeds bytes `[from, to)` of `file` to `hasher` through `buf` (blocking). A file
-/// that ends early is an error: its checkpoint promised those bytes.
-fn hash_range(
+/// A [`READ_BUF`]-byte buffer aligned to [`ALIGN`], inside a slightly larger `Vec`.
+pub(super) struct ReadBuf {
+    raw: Vec<u8>,
+    start: usize,
+}
+
+impl ReadBuf {
+    pub(super) fn new() -> ReadBuf {
+        let raw = vec![0u8; READ_BUF + ALIGN];
+        let start = raw.as_ptr().align_offset(ALIGN);
+        ReadBuf { raw, start }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + READ_BUF]
+    }
+}
+
+/// Feeds bytes `[from, to)` of `file` to `hasher` through `buf` (blocking), while
+/// `go_on` allows another read; returns where it stopped. A file that ends early is an
+/// error: its checkpoint promised those bytes.
+pub(super) fn hash_while(
     file: &File,
     hasher: &mut Sha256,
-    buf: &mut [u8],
+    buf: &mut ReadBuf,
     from: u64,
     to: u64,
-) -> std::io::Result<()> {
+    mut go_on: impl FnMut() -> bool,
+) -> std::io::Result<u64> {
     let mut pos = from;
-    while pos < to {
-        let want = ((to - pos) as usize).min(buf.len());
-        let n = file.read_at(&mut buf[..want], pos)?;
+    while pos < to && go_on() {
+        let want = ((to - pos) as usize).min(READ_BUF);
+        // Rounded up to the alignment: what is read past `to` is not hashed.
+        let bytes = buf.bytes_mut();
+        let n = file.read_at(&mut bytes[..want.next_multiple_of(ALIGN)], pos)?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "file shorter than its checkpoint",
             ));
         }
-        hasher.update(&buf[..n]);
+        let n = n.min(want);
+        hasher.update(&bytes[..n]);
         pos += n as u64;
     }
-    Ok(())
+    Ok(pos)
+}
+
+/// Feeds bytes `[from, to)` of `file` to `hasher` through `buf` (blocking).
+fn hash_range(
+    file: &File,
+    hasher: &mut Sha256,
+    buf: &mut ReadBuf,
+    from: u64,
+    to: u64,
+) -> std::io::Result<()> {
+    hash_while(file, hasher, buf, from, to, || true).map(|_| ())
 }
 
 /// Hashes bytes `[from, to)` of `file` (blocking).
 pub(super) fn hash_range_of(file: &File, from: u64, to: u64) -> std::io::Result<Sha256> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; READ_BUF];
+    let mut buf = ReadBuf::new();
     hash_range(file, &mut hasher, &mut buf, from, to)?;
     Ok(hasher)
 }
@@ -51,7 +90,7 @@ pub(super) fn hash_range_of(file: &File, from: u64, to: u64) -> std::io::Result<
 /// Hashes the first `len` bytes of `file` (blocking).
 pub(super) fn hash_prefix(file: &File, len: u64) -> std::io::Result<Sha256> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; READ_BUF];
+    let mut buf = ReadBuf::new();
     hash_range(file, &mut hasher, &mut buf, 0, len)?;
     Ok(hasher)
 }
@@ -80,7 +119,7 @@ impl Follower {
             .name("sha256-follow".into())
             .spawn(move || {
                 let mut hasher = Sha256::new();
-                let mut buf = vec![0u8; READ_BUF];
+                let mut buf = ReadBuf::new();
                 let mut at = 0u64;
                 loop {
                     let prefix = table.prefix();

@@ -15,7 +15,6 @@
 //! opener so waits a few milliseconds, plus the time to hash what is on disk.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
@@ -24,12 +23,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use super::hashing::{hash_while, ReadBuf};
+
 /// How often the keeper looks at the lease.
 const POLL: Duration = Duration::from_millis(10);
-/// One read of the prefix hash: a multiple of the `O_DIRECT` alignment, since the
-/// transfer's description may be in direct mode.
-const READ_BUF: usize = 1 << 20;
-const ALIGN: usize = 4096;
 /// How long the kernel lets an opener wait before it breaks the lease itself, when
 /// `/proc/sys/fs/lease-break-time` cannot be read (its default).
 const DEFAULT_BREAK_TIME: Duration = Duration::from_secs(45);
@@ -118,20 +115,18 @@ impl Lease {
 
     /// True while the lease has held since the file was opened: nothing else wrote it.
     pub(super) fn intact(&self) -> bool {
-        !self.spent
-            && self
-                .shared
-                .as_ref()
-                .is_some_and(|s| lock(&s.broken).is_none())
+        self.broken() == Some(false)
     }
 
     /// Whether the keeper met a break that the transfer has not taken yet.
     pub(super) fn break_pending(&self) -> bool {
-        !self.spent
-            && self
-                .shared
-                .as_ref()
-                .is_some_and(|s| lock(&s.broken).is_some())
+        self.broken() == Some(true)
+    }
+
+    /// Whether the keeper met a break; `None` once the lease is spent (or never held).
+    fn broken(&self) -> Option<bool> {
+        let s = self.shared.as_ref().filter(|_| !self.spent)?;
+        Some(lock(&s.broken).is_some())
     }
 
     /// The break the keeper met, once (then the lease is spent for good).
@@ -269,32 +264,22 @@ fn longest_wait() -> Duration {
 }
 
 /// The digest of the first `len` bytes, or of as many as were hashed by `deadline`
-/// (their count comes with it), in aligned reads into an aligned buffer (the
-/// description may be in `O_DIRECT` mode); gives up when `stop` is set.
+/// (their count comes with it), in aligned reads (the description may be in `O_DIRECT`
+/// mode); gives up when `stop` is set.
 fn hash_aligned(
     file: &File,
     len: u64,
     stop: &AtomicBool,
     deadline: Instant,
 ) -> std::io::Result<(u64, Sha256)> {
-    let mut raw = vec![0u8; READ_BUF + ALIGN];
-    let start = raw.as_ptr().align_offset(ALIGN);
-    let buf = &mut raw[start..start + READ_BUF];
     let mut hasher = Sha256::new();
-    let mut pos = 0u64;
     // A whole read before the deadline is checked: a margin of one read remains.
-    while pos < len && Instant::now() + Duration::from_millis(500) < deadline {
-        if stop.load(Ordering::Acquire) {
-            return Err(std::io::Error::other("stopped"));
-        }
-        let want = ((len - pos) as usize).min(READ_BUF);
-        let n = file.read_at(&mut buf[..want.next_multiple_of(ALIGN)], pos)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let n = n.min(want);
-        hasher.update(&buf[..n]);
-        pos += n as u64;
+    let go_on = || Instant::now() + Duration::from_millis(500) < deadline;
+    let pos = hash_while(file, &mut hasher, &mut ReadBuf::new(), 0, len, || {
+        go_on() && !stop.load(Ordering::Acquire)
+    })?;
+    if stop.load(Ordering::Acquire) {
+        return Err(std::io::Error::other("stopped"));
     }
     Ok((pos, hasher))
 }
@@ -303,6 +288,7 @@ fn hash_aligned(
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::FileExt;
 
     fn part(dir: &std::path::Path, data: &[u8]) -> (std::path::PathBuf, File) {
         let path = dir.join("f.part");

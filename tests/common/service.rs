@@ -160,6 +160,14 @@ impl TestService {
         }
     }
 
+    /// Polls until the download has more than `bytes` done.
+    pub async fn wait_past(&self, id: &str, bytes: u64, timeout: Duration) -> Value {
+        self.wait_until(id, timeout, &format!("more than {bytes} bytes done"), |d| {
+            d["bytes_done"].as_u64().unwrap_or(0) > bytes
+        })
+        .await
+    }
+
     /// Polls until `pred` holds for the download.
     pub async fn wait_until(
         &self,

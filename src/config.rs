@@ -41,6 +41,10 @@ pub struct ServerConfig {
     /// Origins besides our own whose pages may drive the API, the RPC and the
     /// websockets (`http://host:port`, as browsers send `Origin`).
     pub allowed_origins: Vec<String>,
+    /// Peers (reverse proxies) whose `Forwarded`/`X-Forwarded-*` headers are believed:
+    /// the mirror's relayed pagination links name the host they forward for. From any
+    /// other peer those headers are ignored. Empty: none.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// `[storage]`
@@ -163,6 +167,7 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:8080".into(),
             api_token: String::new(),
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

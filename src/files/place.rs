@@ -246,6 +246,40 @@ impl Place {
     }
 }
 
+/// Opens `relative` below `root` for reading the way a transfer walks it: one
+/// directory handle at a time, each component opened with `O_NOFOLLOW` (nothing is
+/// created), the file itself with `O_NOFOLLOW` and `O_NONBLOCK` (a FIFO never blocks the
+/// open); anything but a regular file is refused. The open file is what the caller
+/// reads: nothing is opened again by name.
+pub fn open_regular(root: &Path, relative: &str) -> io::Result<File> {
+    validate_relative_path(relative)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let mut dir = open_root(&cstr(root.as_os_str())?)?;
+    let components: Vec<&str> = relative.split('/').collect();
+    let (file_name, dirs) = components
+        .split_last()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty path"))?;
+    for part in dirs {
+        dir = open_dir_at(dir.as_raw_fd(), &cstr(OsStr::new(part))?)
+            .map_err(|e| refuse(relative, part, e))?;
+    }
+    let name = cstr(OsStr::new(file_name))?;
+    let flags =
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: a valid directory fd and a NUL-terminated name.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })
+        .map_err(|e| refuse(relative, file_name, e))?;
+    // SAFETY: just opened, owned by the File.
+    let file = unsafe { File::from_raw_fd(fd) };
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{relative}: not a regular file"),
+        ));
+    }
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -613,7 +613,10 @@ async fn refused_within_cap<T: std::fmt::Debug>(
         taken <= (cap + 16 * MIB) as u64,
         "{what}: {taken} bytes went out for a cap of {cap}"
     );
-    eprintln!("{what}: refused after {taken} bytes in {:?}", started.elapsed());
+    eprintln!(
+        "{what}: refused after {taken} bytes in {:?}",
+        started.elapsed()
+    );
 }
 
 #[actix_web::test]

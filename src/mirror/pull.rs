@@ -185,9 +185,22 @@ async fn just_completed(
     version: &Version<'_>,
 ) -> Result<Option<DownloadId>, MirrorError> {
     let done = mirror.queue.completed().await?;
-    Ok(done
+    let Some(d) = done
         .into_iter()
         .find(|d| d.path == path)
         .filter(|d| version.is_fetched_by(d))
-        .map(|d| d.id))
+    else {
+        return Ok(None);
+    };
+    // Its file must still be there as it finished (reached without a link, its size):
+    // else the path holds something else now, and the upstream answers.
+    let (root, rel, size) = (mirror.download_dir.clone(), path.to_owned(), d.bytes_total);
+    let intact = tokio::task::spawn_blocking(move || {
+        crate::files::open_regular(&root, &rel)
+            .and_then(|f| f.metadata())
+            .is_ok_and(|m| Some(m.len()) == size)
+    })
+    .await
+    .map_err(|e| MirrorError::Internal(e.to_string()))?;
+    Ok(intact.then_some(d.id))
 }

@@ -573,11 +573,10 @@ async fn a_library_file_or_folder_swapped_for_a_symlink_serves_nothing_from_outs
     assert_eq!(got, digest(&q8), "huggingface_hub");
 }
 
-/// #22.7: a miss never follows a download of another version of its path: one of
-/// another commit (c1 running, c2 asked for), nor an aria2 `addUri` into `owner/name`.
-/// The answer's bytes are the version its headers name.
+/// #22.7: a miss never follows a download of another commit of its path (c1 running,
+/// c2 asked for): the answer's bytes are the version its headers name.
 #[actix_web::test]
-async fn a_miss_never_follows_a_download_of_another_version() {
+async fn a_miss_never_follows_a_download_of_another_commit() {
     let (_cdn, hub, svc) = setup(RepoOptions::default(), |_| {}).await;
     let file = "Tiny-Q4_K_M.gguf";
     let (v1, v2) = (content(3 * MIB, 51), content(3 * MIB, 52));
@@ -605,8 +604,13 @@ async fn a_miss_never_follows_a_download_of_another_version() {
     let url = svc.url(&format!("/hf/{REPO}/resolve/{c2}/{file}"));
     let head = svc.client.head(&url).send().await.unwrap();
     assert_eq!(head.headers()["x-repo-commit"], c2.as_str());
+}
 
-    // Another program's download writing the same path: aria2's dir=owner/name.
+/// #22.7: another program's download writing the same path (aria2's `addUri` with
+/// `dir=owner/name`) is never followed by a miss.
+#[actix_web::test]
+async fn a_miss_never_follows_an_aria2_download_into_owner_name() {
+    let (_cdn, hub, svc) = setup(RepoOptions::default(), |_| {}).await;
     let other = content(2 * MIB, 53);
     let cdn = hub.cdn();
     cdn.add_file(

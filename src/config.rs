@@ -452,6 +452,21 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_are_ip_addresses() {
+        use figment::providers::{Format, Toml};
+        let parse = |text: &str| {
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(text))
+                .extract::<Config>()
+        };
+        let c = parse("[server]\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]").unwrap();
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        assert!(parse("[server]\ntrusted_proxies = [\"proxy.lan\"]").is_err());
+        let shipped = parse(include_str!("../config.toml")).unwrap();
+        assert!(shipped.server.trusted_proxies.is_empty());
+    }
+
+    #[test]
     fn bad_ranges_are_refused() {
         let d = DownloadsConfig {
             max_concurrent: 0,

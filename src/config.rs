@@ -458,6 +458,7 @@ mod tests {
             Figment::from(Serialized::defaults(Config::default()))
                 .merge(Toml::string(text))
                 .extract::<Config>()
+                .map_err(|e| e.to_string())
         };
         let c = parse("[server]\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]").unwrap();
         assert_eq!(c.server.trusted_proxies.len(), 2);

@@ -759,3 +759,54 @@ async fn forwarded_headers_choose_the_links_host_only_from_trusted_proxies() {
         }
     }
 }
+
+/// #22.7: a path held by another program's file (hand-placed, not from the Hub): the
+/// answer is the upstream's version, relayed and not stored (the old code answered 409),
+/// and the relay keeps to `allowed_hosts` like the engine (a CDN off the list: refused,
+/// never asked).
+#[actix_web::test]
+async fn a_path_held_by_another_programs_file_is_relayed_within_allowed_hosts() {
+    for cdn_allowed in [true, false] {
+        let cdn = Arc::new(Upstream::start());
+        let hub = HubEmu::start(cdn.clone());
+        hub.add_repo(REPO, RepoOptions::default());
+        let data = content(700_000, 81);
+        let file = "Tiny-Q4_K_M.gguf";
+        hub.put_file(REPO, file, data.clone());
+        let endpoint = hub.endpoint();
+        let hub_host = format!("127.0.0.1:{}", hub.addr().port());
+        let svc = TestService::start(move |c| {
+            c.hub.endpoint = endpoint;
+            if !cdn_allowed {
+                c.downloads.allowed_hosts = vec![hub_host];
+            }
+        })
+        .await;
+        let mine = svc.download_dir().join(REPO);
+        std::fs::create_dir_all(&mine).unwrap();
+        std::fs::write(mine.join(file), vec![b'M'; data.len()]).unwrap();
+        let (s, body) = fetch(&svc, &format!("/hf/{REPO}/resolve/main/{file}")).await;
+        let cdn_path = hub.cdn_path(REPO, &hub.commit(REPO), file);
+        if cdn_allowed {
+            assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+            assert!(body == data, "not the upstream's bytes");
+            let part = svc
+                .client
+                .get(svc.url(&format!("/hf/{REPO}/resolve/main/{file}")))
+                .header("Range", "bytes=1000-1999")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(part.status(), 206);
+            assert_eq!(part.bytes().await.unwrap(), data[1000..2000]);
+        } else {
+            assert_eq!(s, 403, "{}", String::from_utf8_lossy(&body));
+            assert!(cdn.requests(&cdn_path).is_empty(), "the CDN was asked");
+        }
+        assert_eq!(
+            std::fs::read(mine.join(file)).unwrap(),
+            vec![b'M'; data.len()],
+            "the other program's file was changed"
+        );
+    }
+}

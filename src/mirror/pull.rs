@@ -98,7 +98,9 @@ struct Version<'a> {
 impl Version<'_> {
     /// Whether `d` fetches (or fetched) exactly this version: a Hub download of the
     /// same repo and file pinned to the same commit, with the same sha256 (a file not
-    /// stored with LFS has none: its commit fixes it).
+    /// stored with LFS has none: its commit fixes it). An upstream that names no commit
+    /// (some remotes do not) is matched only by a download that has none either, by
+    /// the sha256.
     fn is_fetched_by(&self, d: &DownloadView) -> bool {
         let Source::Hub {
             repo, file, commit, ..
@@ -113,11 +115,11 @@ impl Version<'_> {
                 .is_some_and(|s| s.eq_ignore_ascii_case(want)),
             None => true,
         };
-        repo == self.repo
-            && file == self.file
-            && self.commit.is_some()
-            && commit.as_deref() == self.commit
-            && same_sha
+        let same_commit = match self.commit {
+            Some(want) => commit.as_deref() == Some(want),
+            None => commit.is_none() && self.sha256.is_some(),
+        };
+        repo == self.repo && file == self.file && same_commit && same_sha
     }
 }
 

@@ -53,7 +53,13 @@ pub(super) async fn relay_file(
             "the upstream answered HTTP {status} with another length or range than the file's"
         )));
     }
-    tracing::info!(url = %up.location, start, end, "mirror: relaying another version's bytes from the upstream");
+    // The host only: a presigned link's query is a credential.
+    tracing::info!(
+        host = up.location.host_str().unwrap_or(""),
+        start,
+        end,
+        "mirror: relaying another version's bytes from the upstream"
+    );
     crate::conn::widen_send_buffer(req);
     // Never more than the length announced to the client.
     let body = resp.bytes_stream().scan(len, |left, chunk| {

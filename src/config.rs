@@ -41,6 +41,10 @@ pub struct ServerConfig {
     /// Origins besides our own whose pages may drive the API, the RPC and the
     /// websockets (`http://host:port`, as browsers send `Origin`).
     pub allowed_origins: Vec<String>,
+    /// Peers (reverse proxies) whose `Forwarded`/`X-Forwarded-*` headers are believed:
+    /// the mirror's relayed pagination links name the host they forward for. From any
+    /// other peer those headers are ignored. Empty: none.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// `[storage]`
@@ -163,6 +167,7 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:8080".into(),
             api_token: String::new(),
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -444,6 +449,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("allowed_origins"));
+    }
+
+    #[test]
+    fn trusted_proxies_are_ip_addresses() {
+        use figment::providers::{Format, Toml};
+        let parse = |text: &str| {
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(text))
+                .extract::<Config>()
+                .map_err(|e| e.to_string())
+        };
+        let c = parse("[server]\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]").unwrap();
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        assert!(parse("[server]\ntrusted_proxies = [\"proxy.lan\"]").is_err());
+        let shipped = parse(include_str!("../config.toml")).unwrap();
+        assert!(shipped.server.trusted_proxies.is_empty());
     }
 
     #[test]

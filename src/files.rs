@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 mod place;
 
-pub use place::Place;
+pub use place::{open_regular, Place};
 
 /// Why a name or path is refused (answered with 422).
 #[derive(Debug, thiserror::Error, PartialEq)]

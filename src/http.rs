@@ -88,6 +88,51 @@ impl HostList {
     }
 }
 
+/// A body that could not be read whole within its cap.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BodyError {
+    /// More than the cap: nothing of it is parsed.
+    #[error("an answer of more than {cap} bytes")]
+    TooLarge { cap: usize },
+    #[error("{0}")]
+    Network(String),
+}
+
+/// The most a search answer of the Hub may hold (100 models with their tags).
+pub const CAP_SEARCH: usize = 8 * 1024 * 1024;
+/// The most one page of a repo's tree may hold (the Hub pages at 1000 entries).
+pub const CAP_TREE_PAGE: usize = 16 * 1024 * 1024;
+/// The most all the pages of one tree may hold together.
+pub const CAP_TREE_TOTAL: usize = 64 * 1024 * 1024;
+/// The most a model info (with every file and its LFS digest) may hold: a repo with
+/// tens of thousands of files is a few MiB.
+pub const CAP_MODEL_INFO: usize = 32 * 1024 * 1024;
+
+/// Reads a whole body, refusing it as soon as it announces or sends more than `cap`
+/// bytes: a hostile server's endless body costs at most `cap` of memory. Every body
+/// the service reads whole (the Hub's API answers, the mirror's relay) comes through
+/// here.
+pub async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<bytes::Bytes, BodyError> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(BodyError::TooLarge { cap });
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Network(describe(&e)))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(BodyError::TooLarge { cap });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 /// Flattens a reqwest error with its sources: "error sending request" alone says nothing.
 pub fn describe(error: &reqwest::Error) -> String {
     let mut msg = error.to_string();

@@ -198,9 +198,12 @@ impl HubClient {
         }
     }
 
+    /// `{endpoint}{path}` for a `path` that starts with `/`: the endpoint's own path is
+    /// kept (`http://box:8080/hf`, a chained mirror; an Artifactory remote), where
+    /// `Url::join` of an absolute path would drop it.
     fn url(&self, path: &str) -> Result<url::Url, HubError> {
-        self.endpoint
-            .join(path)
+        let base = self.endpoint.as_str().trim_end_matches('/');
+        url::Url::parse(&format!("{base}{path}"))
             .map_err(|e| HubError::Invalid(format!("{path}: {e}")))
     }
 
@@ -241,9 +244,8 @@ impl HubClient {
             }
         }
         let resp = check(self.get(url, reqwest::Method::GET).await?, "models").await?;
-        let models: Vec<ApiModel> = resp
-            .json()
-            .await
+        let body = read_body(resp, crate::http::CAP_SEARCH).await?;
+        let models: Vec<ApiModel> = serde_json::from_slice(&body)
             .map_err(|e| HubError::Invalid(format!("search results: {e}")))?;
         let mut out: Vec<ModelSummary> = models
             .into_iter()
@@ -272,7 +274,7 @@ impl HubClient {
             u
         });
         let mut files = Vec::new();
-        let mut pages = 0;
+        let (mut pages, mut read) = (0, 0);
         while let Some(url) = next.take() {
             pages += 1;
             if pages > 1000 {
@@ -285,9 +287,10 @@ impl HubClient {
                     "pagination points away from the Hub".into(),
                 ));
             }
-            let entries: Vec<ApiTreeEntry> = resp
-                .json()
-                .await
+            let cap = crate::http::CAP_TREE_PAGE.min(crate::http::CAP_TREE_TOTAL - read);
+            let body = read_body(resp, cap).await?;
+            read += body.len();
+            let entries: Vec<ApiTreeEntry> = serde_json::from_slice(&body)
                 .map_err(|e| HubError::Invalid(format!("tree of {repo}: {e}")))?;
             for e in entries.into_iter().filter(|e| e.kind == "file") {
                 files.push(RepoFile {
@@ -389,6 +392,16 @@ fn next_link(headers: &HeaderMap) -> Option<String> {
                 .to_owned()
         })
     })
+}
+
+/// A whole answer of the Hub, read within `cap` (see [`crate::http::read_capped`]).
+async fn read_body(resp: reqwest::Response, cap: usize) -> Result<bytes::Bytes, HubError> {
+    crate::http::read_capped(resp, cap)
+        .await
+        .map_err(|e| match e {
+            crate::http::BodyError::TooLarge { .. } => HubError::Invalid(e.to_string()),
+            crate::http::BodyError::Network(m) => HubError::Network(m),
+        })
 }
 
 /// Turns a Hub error status into a [`HubError`] with a message a user can act on.

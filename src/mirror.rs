@@ -15,6 +15,7 @@ mod pull;
 mod range;
 mod resolve;
 mod stream;
+mod upstream;
 
 use actix_web::web;
 
@@ -28,6 +29,11 @@ pub struct Mirror {
     pub queue: QueueHandle,
     pub library: LibraryHandle,
     pub hub: HubClient,
+    /// `download_dir`: every file the mirror reads is opened below it without
+    /// following a link (`files::open_regular`).
+    pub download_dir: std::path::PathBuf,
+    /// `[server] trusted_proxies`: the peers whose forwarded headers are believed.
+    pub trusted_proxies: std::sync::Arc<[std::net::IpAddr]>,
 }
 
 /// A refusal of the mirror, answered in the Hub's own error form (`{"error": "..."}`

@@ -48,6 +48,8 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
         queue: parts.queue.clone(),
         library: parts.library.clone(),
         hub: parts.hub.clone(),
+        download_dir: config.storage.download_dir.clone(),
+        trusted_proxies: config.server.trusted_proxies.clone().into(),
     });
     let queue_data = web::Data::new(parts.queue.clone());
     let library_data = web::Data::new(parts.library);

@@ -545,3 +545,115 @@ async fn hub_names_are_validated() {
         tree(&svc.download_dir())
     );
 }
+
+/// A hostile Hub: every request is answered 200 with JSON that never ends (an array of
+/// plausible entries, or for model info an object whose `siblings` never close), as fast
+/// as the socket takes it. Counts the body bytes it got out.
+fn endless_hub() -> (common::upstream::Server, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let server = common::upstream::Server::start("endless-hub", move |mut stream| {
+        let sent = counter.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let info = String::from_utf8_lossy(&head).contains("/revision/");
+            let start = if info {
+                format!("{{\"sha\":\"{}\",\"siblings\":[", "a".repeat(40))
+            } else {
+                "[".to_owned()
+            };
+            let entry = r#"{"id":"o/n","type":"file","path":"x.gguf","rfilename":"x.gguf","size":1,"tags":["gguf"]},"#;
+            let block = entry.repeat(64 * 1024 / entry.len());
+            let chunk = |data: &str| format!("{:x}\r\n{data}\r\n", data.len());
+            let mut out = String::from(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            );
+            out.push_str(&chunk(&start));
+            let block = chunk(&block);
+            if stream.write_all(out.as_bytes()).await.is_err() {
+                return;
+            }
+            while stream.write_all(block.as_bytes()).await.is_ok() {
+                sent.fetch_add(block.len() as u64, Ordering::Relaxed);
+            }
+        }
+    });
+    (server, sent)
+}
+
+/// Runs one call against the endless Hub: it must fail within seconds with the cap's
+/// error, having taken little more than `cap` bytes (plus what the sockets buffer).
+async fn refused_within_cap<T: std::fmt::Debug>(
+    sent: &std::sync::atomic::AtomicU64,
+    what: &str,
+    cap: usize,
+    call: impl std::future::Future<Output = Result<T, model_manager::hub::HubError>>,
+) {
+    use std::sync::atomic::Ordering;
+    sent.store(0, Ordering::Relaxed);
+    let started = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still reading the endless body after 20 s"));
+    let e = out.expect_err(what);
+    assert!(e.to_string().contains("more than"), "{what}: {e}");
+    // Let the server notice the closed socket.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let taken = sent.load(Ordering::Relaxed);
+    assert!(
+        taken <= (cap + 24 * MIB) as u64,
+        "{what}: {taken} bytes went out for a cap of {cap}"
+    );
+    eprintln!(
+        "{what}: refused after {taken} bytes in {:?}",
+        started.elapsed()
+    );
+}
+
+#[actix_web::test]
+async fn an_endless_answer_of_the_hub_is_refused_at_its_cap() {
+    use model_manager::http::{CAP_MODEL_INFO, CAP_SEARCH, CAP_TREE_PAGE};
+    let (server, sent) = endless_hub();
+    let endpoint = format!("http://{}", server.addr());
+    let client = model_manager::hub::HubClient::new(&endpoint, None).unwrap();
+    refused_within_cap(&sent, "search", CAP_SEARCH, client.search("x", 20, false)).await;
+    refused_within_cap(
+        &sent,
+        "file list",
+        CAP_TREE_PAGE,
+        client.list_files("o/n", "main"),
+    )
+    .await;
+    refused_within_cap(
+        &sent,
+        "update check",
+        CAP_MODEL_INFO,
+        client.repo_revision("o/n", "main"),
+    )
+    .await;
+    refused_within_cap(
+        &sent,
+        "mirror relay",
+        CAP_MODEL_INFO,
+        client.relay_api("o/n", "", ""),
+    )
+    .await;
+
+    // Through the service: an error answer, not a service that grows.
+    let svc = TestService::start(move |c| c.hub.endpoint = endpoint).await;
+    let started = Instant::now();
+    let (s, v) = svc.get("/api/hub/search?q=x").await;
+    assert!(s >= 500, "{s} {v}");
+    let (s, v) = svc.get("/api/hub/models/o/n/files").await;
+    assert!(s >= 500, "{s} {v}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}

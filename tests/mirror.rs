@@ -516,3 +516,301 @@ async fn bad_requests_get_the_hubs_error_form_and_change_nothing() {
     assert_eq!(list["downloads"], json!([]), "nothing was queued");
     assert!(tree(&svc.download_dir()).is_empty(), "nothing was written");
 }
+
+/// `GET` of a mirror URL: status and body.
+async fn fetch(svc: &TestService, path: &str) -> (u16, Vec<u8>) {
+    let resp = svc.client.get(svc.url(path)).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (
+        status,
+        resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+    )
+}
+
+/// #22.4: a file, then a folder, of `download_dir` swapped for a symlink after the
+/// library indexed it: `/hf` serves nothing from outside (the old code served the
+/// link's target under the indexed file's ETag).
+#[actix_web::test]
+async fn a_library_file_or_folder_swapped_for_a_symlink_serves_nothing_from_outside() {
+    let (_cdn, hub, svc) = setup(RepoOptions::default(), |_| {}).await;
+    let (q4, q8) = (content(300_000, 41), content(200_000, 42));
+    hub.put_file(REPO, "Tiny-Q4_K_M.gguf", q4.clone());
+    hub.put_file(REPO, "Tiny-Q8_0.gguf", q8.clone());
+    for file in ["Tiny-Q4_K_M.gguf", "Tiny-Q8_0.gguf"] {
+        let id = svc
+            .add(json!({ "hub": { "repo": REPO, "file": file } }))
+            .await;
+        svc.wait_state(&id, "completed", LONG).await;
+        wait_in_library(&svc, &format!("{REPO}/{file}")).await;
+    }
+    let outside = tempfile::tempdir().unwrap();
+    let secret = |len: usize| vec![b'S'; len];
+    std::fs::write(outside.path().join("Tiny-Q4_K_M.gguf"), secret(q4.len())).unwrap();
+    std::fs::write(outside.path().join("Tiny-Q8_0.gguf"), secret(q8.len())).unwrap();
+    let repo_dir = svc.download_dir().join(REPO);
+
+    // The file: gone, a link to outside in its place.
+    std::fs::remove_file(repo_dir.join("Tiny-Q4_K_M.gguf")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("Tiny-Q4_K_M.gguf"),
+        repo_dir.join("Tiny-Q4_K_M.gguf"),
+    )
+    .unwrap();
+    let (s, body) = fetch(&svc, &format!("/hf/{REPO}/resolve/main/Tiny-Q4_K_M.gguf")).await;
+    assert!(
+        !body.contains(&b'S') || body == q4,
+        "outside bytes served ({s})"
+    );
+    assert_eq!((s, body == q4), (200, true), "the upstream's bytes instead");
+
+    // The folder: moved away, a link to outside in its place.
+    std::fs::rename(&repo_dir, svc.download_dir().join("bartowski/moved")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &repo_dir).unwrap();
+    let (s, body) = fetch(&svc, &format!("/hf/{REPO}/resolve/main/Tiny-Q8_0.gguf")).await;
+    assert!(body != secret(q8.len()), "outside bytes served ({s})");
+    assert_eq!((s, body == q8), (200, true), "the upstream's bytes instead");
+    let got = client(&svc, None, &["download", REPO, "Tiny-Q8_0.gguf"]).await;
+    assert_eq!(got, digest(&q8), "huggingface_hub");
+}
+
+/// #22.7: a miss never follows a download of another commit of its path (c1 running,
+/// c2 asked for): the answer's bytes are the version its headers name.
+#[actix_web::test]
+async fn a_miss_never_follows_a_download_of_another_commit() {
+    let (_cdn, hub, svc) = setup(RepoOptions::default(), |_| {}).await;
+    let file = "Tiny-Q4_K_M.gguf";
+    let (v1, v2) = (content(3 * MIB, 51), content(3 * MIB, 52));
+    hub.put_file(REPO, file, v1.clone());
+    let c1 = hub.commit(REPO);
+    hub.set_cdn_behavior_at(
+        REPO,
+        &c1,
+        file,
+        Behavior {
+            rate_bps: Some(256 * 1024),
+            ..Behavior::default()
+        },
+    );
+    let id = svc
+        .add(json!({ "hub": { "repo": REPO, "file": file } }))
+        .await;
+    svc.wait_past(&id, 0, LONG).await;
+    let c2 = hub.put_file(REPO, file, v2.clone());
+    assert_ne!(c1, c2);
+    let got = client(&svc, None, &["download", REPO, file, &c2]).await;
+    assert_eq!(got, digest(&v2), "c2 asked for, while c1 is fetched");
+    let got = client(&svc, None, &["download", REPO, file]).await;
+    assert_eq!(got, digest(&v2), "main (now c2), while c1 is fetched");
+    let url = svc.url(&format!("/hf/{REPO}/resolve/{c2}/{file}"));
+    let head = svc.client.head(&url).send().await.unwrap();
+    assert_eq!(head.headers()["x-repo-commit"], c2.as_str());
+}
+
+/// #22.7: another program's download writing the same path (aria2's `addUri` with
+/// `dir=owner/name`) is never followed by a miss.
+#[actix_web::test]
+async fn a_miss_never_follows_an_aria2_download_into_owner_name() {
+    let (_cdn, hub, svc) = setup(RepoOptions::default(), |_| {}).await;
+    let other = content(2 * MIB, 53);
+    let cdn = hub.cdn();
+    cdn.add_file(
+        "other.bin",
+        other.clone(),
+        Behavior {
+            rate_bps: Some(256 * 1024),
+            ..Behavior::default()
+        },
+    );
+    let q8 = content(2 * MIB, 54);
+    hub.put_file(REPO, "Tiny-Q8_0.gguf", q8.clone());
+    let rpc = json!({"jsonrpc": "2.0", "id": "1", "method": "aria2.addUri",
+        "params": [[cdn.url("other.bin")], {"dir": REPO, "out": "Tiny-Q8_0.gguf"}]});
+    let answer: Value = svc
+        .client
+        .post(svc.url("/jsonrpc"))
+        .json(&rpc)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["result"].is_string(), "{answer}");
+    let deadline = std::time::Instant::now() + LONG;
+    while cdn.bytes_sent("other.bin") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "aria2's download never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = client(&svc, None, &["download", REPO, "Tiny-Q8_0.gguf"]).await;
+    assert_eq!(
+        got,
+        digest(&q8),
+        "an aria2 download of other bytes was followed"
+    );
+}
+
+/// #22.8: a hundred clients asking for one file at once, some of them after its
+/// download completed and before the library indexed it (plain, then while a rescan of
+/// many files holds the library): every one gets the file, none a 409.
+#[actix_web::test]
+async fn a_hundred_concurrent_misses_all_get_the_file_also_during_a_scan() {
+    let (_cdn, hub, svc) = setup(RepoOptions::default(), |_| {}).await;
+    // Many hand-placed files: the rescan below walks and reads them all.
+    let junk = svc.download_dir().join("junk");
+    std::fs::create_dir_all(&junk).unwrap();
+    for i in 0..3000 {
+        std::fs::write(junk.join(format!("f{i}.gguf")), format!("not gguf {i}")).unwrap();
+    }
+    for (round, file) in ["Tiny-Q4_K_M.gguf", "Tiny-Q8_0.gguf"].iter().enumerate() {
+        let data = content(512 * 1024, 60 + round as u64);
+        hub.put_file(REPO, file, data.clone());
+        // The first round plain, the second while a rescan runs.
+        let scan = (round == 1).then(|| {
+            let (client, url) = (svc.client.clone(), svc.url("/api/library/rescan"));
+            tokio::spawn(async move { client.post(url).send().await.map(|r| r.status()) })
+        });
+        let path = format!("/hf/{REPO}/resolve/main/{file}");
+        let mut asks = Vec::new();
+        for i in 0..100u64 {
+            let (client, url) = (svc.client.clone(), svc.url(&path));
+            asks.push(tokio::spawn(async move {
+                // Spread over a second: early ones start the download, later ones
+                // arrive while it runs and after it completed.
+                tokio::time::sleep(Duration::from_millis(i * 10)).await;
+                let resp = client.get(url).send().await.unwrap();
+                let status = resp.status().as_u16();
+                (status, resp.bytes().await.unwrap_or_default())
+            }));
+        }
+        for (i, ask) in asks.into_iter().enumerate() {
+            let (status, body) = ask.await.unwrap();
+            assert_eq!(
+                status,
+                200,
+                "{file}: client {i}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            assert!(body == data, "{file}: client {i}: other bytes");
+        }
+        if let Some(scan) = scan {
+            let status = scan.await.unwrap().unwrap();
+            assert_eq!(status, 200, "the rescan");
+        }
+    }
+}
+
+/// #22.9: a second service whose Hub is the first service's `/hf` (an endpoint with a
+/// path) serves a file through the chain to huggingface_hub.
+#[actix_web::test]
+async fn a_service_chained_to_another_ones_mirror_serves_through_it() {
+    let (_cdn, hub, first) = setup(RepoOptions::default(), |_| {}).await;
+    let data = content(1024 * 1024 + 7, 71);
+    hub.put_file(REPO, "Tiny-Q4_K_M.gguf", data.clone());
+    let endpoint = first.url("/hf");
+    let second = TestService::start(move |c| c.hub.endpoint = endpoint).await;
+    let info = client(&second, None, &["info", REPO]).await;
+    assert_eq!(info["sha"], hub.commit(REPO).as_str(), "{info}");
+    let got = client(&second, None, &["download", REPO, "Tiny-Q4_K_M.gguf"]).await;
+    assert_eq!(got, digest(&data));
+    wait_in_library(&second, &format!("{REPO}/Tiny-Q4_K_M.gguf")).await;
+    wait_in_library(&first, &format!("{REPO}/Tiny-Q4_K_M.gguf")).await;
+}
+
+/// #22.11: the pagination `Link` of a relayed tree names the host the client used; a
+/// `Forwarded`/`X-Forwarded-Host` is believed only from a peer in `trusted_proxies`.
+#[actix_web::test]
+async fn forwarded_headers_choose_the_links_host_only_from_trusted_proxies() {
+    for trusted in [false, true] {
+        let (_cdn, hub, svc) = setup(RepoOptions::default(), |c| {
+            if trusted {
+                c.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+            }
+        })
+        .await;
+        for i in 0..3 {
+            hub.put_file(REPO, &format!("f{i}.json"), b"{}".to_vec());
+        }
+        hub.set_page_size(1);
+        let resp = svc
+            .client
+            .get(svc.url(&format!("/hf/api/models/{REPO}/tree/main")))
+            .header("X-Forwarded-Host", "evil.example")
+            .header("X-Forwarded-Proto", "https")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let link = resp.headers()["link"].to_str().unwrap().to_owned();
+        let want = if trusted {
+            "<https://evil.example/hf/api/models/".to_owned()
+        } else {
+            format!("<{}/hf/api/models/", svc.base)
+        };
+        assert!(link.starts_with(&want), "trusted {trusted}: {link}");
+        if !trusted {
+            let resp = svc
+                .client
+                .get(svc.url(&format!("/hf/api/models/{REPO}/tree/main")))
+                .header("Forwarded", "host=evil.example;proto=https")
+                .send()
+                .await
+                .unwrap();
+            let link = resp.headers()["link"].to_str().unwrap().to_owned();
+            assert!(link.starts_with(&want), "Forwarded: {link}");
+        }
+    }
+}
+
+/// #22.7: a path held by another program's file (hand-placed, not from the Hub): the
+/// answer is the upstream's version, relayed and not stored (the old code answered 409),
+/// and the relay keeps to `allowed_hosts` like the engine (a CDN off the list: refused,
+/// never asked).
+#[actix_web::test]
+async fn a_path_held_by_another_programs_file_is_relayed_within_allowed_hosts() {
+    for cdn_allowed in [true, false] {
+        let cdn = Arc::new(Upstream::start());
+        let hub = HubEmu::start(cdn.clone());
+        hub.add_repo(REPO, RepoOptions::default());
+        let data = content(700_000, 81);
+        let file = "Tiny-Q4_K_M.gguf";
+        hub.put_file(REPO, file, data.clone());
+        let endpoint = hub.endpoint();
+        let hub_host = format!("127.0.0.1:{}", hub.addr().port());
+        let svc = TestService::start(move |c| {
+            c.hub.endpoint = endpoint;
+            if !cdn_allowed {
+                c.downloads.allowed_hosts = vec![hub_host];
+            }
+        })
+        .await;
+        let mine = svc.download_dir().join(REPO);
+        std::fs::create_dir_all(&mine).unwrap();
+        std::fs::write(mine.join(file), vec![b'M'; data.len()]).unwrap();
+        let (s, body) = fetch(&svc, &format!("/hf/{REPO}/resolve/main/{file}")).await;
+        let cdn_path = hub.cdn_path(REPO, &hub.commit(REPO), file);
+        if cdn_allowed {
+            assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+            assert!(body == data, "not the upstream's bytes");
+            let part = svc
+                .client
+                .get(svc.url(&format!("/hf/{REPO}/resolve/main/{file}")))
+                .header("Range", "bytes=1000-1999")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(part.status(), 206);
+            assert_eq!(part.bytes().await.unwrap(), data[1000..2000]);
+        } else {
+            assert_eq!(s, 403, "{}", String::from_utf8_lossy(&body));
+            assert!(cdn.requests(&cdn_path).is_empty(), "the CDN was asked");
+        }
+        assert_eq!(
+            std::fs::read(mine.join(file)).unwrap(),
+            vec![b'M'; data.len()],
+            "the other program's file was changed"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{check, encode, quant, HubClient, HubError, RepoFile};
+use super::{check, encode, quant, read_body, HubClient, HubError, RepoFile};
 
 /// A repo as the Hub has it at one revision.
 #[derive(Debug, Clone)]
@@ -50,9 +50,8 @@ impl HubClient {
         let mut url = self.url(&format!("/api/models/{repo}/revision/{}", encode(revision)))?;
         url.query_pairs_mut().append_pair("blobs", "true");
         let resp = check(self.get(url, reqwest::Method::GET).await?, repo).await?;
-        let info: ApiInfo = resp
-            .json()
-            .await
+        let body = read_body(resp, crate::http::CAP_MODEL_INFO).await?;
+        let info: ApiInfo = serde_json::from_slice(&body)
             .map_err(|e| HubError::Invalid(format!("model info of {repo}: {e}")))?;
         if !(info.sha.len() == 40 && info.sha.bytes().all(|b| b.is_ascii_hexdigit())) {
             return Err(HubError::Invalid(format!(

@@ -18,7 +18,7 @@ pub struct Relayed {
 
 /// The most an API answer relayed by the mirror may hold (a model info of a repo with
 /// tens of thousands of files is a few MiB).
-pub const MAX_RELAYED: usize = 32 * 1024 * 1024;
+pub const MAX_RELAYED: usize = crate::http::CAP_MODEL_INFO;
 
 impl HubClient {
     /// `GET {endpoint}/api/models/{repo}/{rest}?{query}` with the service's own token
@@ -36,7 +36,7 @@ impl HubClient {
         };
         let mut url = self.url(&path)?;
         url.set_query(Some(query).filter(|q| !q.is_empty()));
-        let mut resp = self.get(url, reqwest::Method::GET).await?;
+        let resp = self.get(url, reqwest::Method::GET).await?;
         let text = |name: &str| {
             resp.headers()
                 .get(name)
@@ -46,34 +46,43 @@ impl HubClient {
         let (content_type, link) = (text("content-type"), text("link"));
         let (error_code, error_message) = (text("x-error-code"), text("x-error-message"));
         let status = resp.status().as_u16();
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_RELAYED as u64)
-        {
-            return Err(HubError::Invalid(format!(
-                "an answer of more than {MAX_RELAYED} bytes"
-            )));
-        }
-        let mut body = bytes::BytesMut::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| HubError::Network(crate::http::describe(&e)))?
-        {
-            if body.len() + chunk.len() > MAX_RELAYED {
-                return Err(HubError::Invalid(format!(
-                    "an answer of more than {MAX_RELAYED} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = super::read_body(resp, MAX_RELAYED).await?;
         Ok(Relayed {
             status,
             content_type,
             link,
             error_code,
             error_message,
-            body: body.freeze(),
+            body,
         })
+    }
+}
+
+impl HubClient {
+    /// `GET url` of a file's bytes (the link `resolve` handed out), `range` as
+    /// `[start, end)`, for the mirror to pass on without storing. The token goes to the
+    /// Hub's own host only; no redirect is followed here (the caller checks each hop).
+    pub async fn get_file(
+        &self,
+        url: &url::Url,
+        range: Option<(u64, u64)>,
+    ) -> Result<reqwest::Response, HubError> {
+        // The client's 60 s is for API answers; a file takes as long as it takes.
+        let mut req = self
+            .http
+            .get(url.clone())
+            .timeout(std::time::Duration::from_secs(24 * 3600));
+        if let Some(auth) = self.auth_for(url) {
+            req = req.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        if let Some((start, end)) = range {
+            req = req.header(
+                reqwest::header::RANGE,
+                format!("bytes={start}-{}", end.saturating_sub(1)),
+            );
+        }
+        req.send()
+            .await
+            .map_err(|e| HubError::Network(crate::http::describe(&e)))
     }
 }

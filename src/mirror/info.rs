@@ -85,7 +85,7 @@ async fn tree_of(
     let upstream = mirror.hub.relay_api(&repo, &rest, req.query_string()).await;
     let files = mirror.library.repo_files(&repo);
     if let Some(answer) = usable(upstream, !files.is_empty(), &repo)? {
-        let ours = format!("{}/hf", base_url(req));
+        let ours = format!("{}/hf", base_url(req, &mirror.trusted_proxies));
         let theirs = mirror
             .hub
             .endpoint()
@@ -154,8 +154,24 @@ fn relay(answer: Relayed, rewrite: Option<(&str, &str)>) -> HttpResponse {
     response.body(answer.body)
 }
 
-/// `scheme://host` as the client reached us.
-fn base_url(req: &HttpRequest) -> String {
-    let info = req.connection_info();
-    format!("{}://{}", info.scheme(), info.host())
+/// `scheme://host` as the client reached us: from `Host` (HTTP/1.1; the authority of
+/// HTTP/2) and the connection's own scheme, or from `Forwarded`/`X-Forwarded-*` only
+/// when the peer is one of `trusted_proxies` (any client can send those headers, and a
+/// shared cache in front would hand its links to everyone).
+fn base_url(req: &HttpRequest, trusted: &[std::net::IpAddr]) -> String {
+    let peer = req.peer_addr().map(|a| a.ip().to_canonical());
+    if peer.is_some_and(|ip| trusted.iter().any(|t| t.to_canonical() == ip)) {
+        let info = req.connection_info();
+        return format!("{}://{}", info.scheme(), info.host());
+    }
+    let config = req.app_config();
+    let scheme = if config.secure() { "https" } else { "http" };
+    let host = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| config.host().to_owned());
+    format!("{scheme}://{host}")
 }

@@ -2,8 +2,6 @@
 //! from disk by actix-files (`Range` → 206, `HEAD` without a body) with the Hub's
 //! headers; anything else is a miss for [`super::pull`].
 
-use std::path::PathBuf;
-
 use actix_files::NamedFile;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -15,7 +13,6 @@ use crate::library::Record;
 /// A file the library can serve for a request, and the commit to name in
 /// `X-Repo-Commit`.
 struct Hit {
-    full: PathBuf,
     record: Record,
     commit: Option<String>,
 }
@@ -28,10 +25,13 @@ pub(super) async fn resolve(
 ) -> Result<HttpResponse, MirrorError> {
     let (owner, name, rev, file) = path.into_inner();
     let repo = checked(&owner, &name, Some(&file))?;
-    match find(&mirror, &repo, &rev, &file).await? {
-        Some(hit) => serve(&req, hit).await,
-        None => pull::serve_miss(&req, &mirror, &repo, &rev, &file).await,
+    if let Some(hit) = find(&mirror, &repo, &rev, &file).await? {
+        let path = format!("{repo}/{file}");
+        if let Some(response) = serve(&req, &mirror, &path, hit).await? {
+            return Ok(response);
+        }
     }
+    pull::serve_miss(&req, &mirror, &repo, &rev, &file).await
 }
 
 /// The library's copy of `file` when it is the one asked for: fetched at that commit
@@ -44,50 +44,71 @@ async fn find(
     rev: &str,
     file: &str,
 ) -> Result<Option<Hit>, MirrorError> {
-    let Some((full, record)) = mirror.library.hub_file(repo, file) else {
+    let Some((_, record)) = mirror.library.hub_file(repo, file) else {
         return Ok(None);
     };
     if at_revision(&record, rev) {
         let commit = record.revision.clone();
-        return Ok(Some(Hit {
-            full,
-            record,
-            commit,
-        }));
+        return Ok(Some(Hit { record, commit }));
     }
     match mirror.hub.resolve(repo, rev, file).await {
         Ok(up) if up.sha256.is_some() && up.sha256 == record.sha256 => Ok(Some(Hit {
-            full,
             record,
             commit: up.commit,
         })),
-        Ok(up) => Err(MirrorError::Conflict(format!(
-            "the library holds another version of {repo}/{file} (commit {}) than {rev} ({}): \
-             update it on this service first",
-            record.revision.as_deref().unwrap_or("unknown"),
-            up.commit.as_deref().unwrap_or("unknown"),
-        ))),
+        Ok(up) => {
+            // Another version is ours: the upstream's answers for this one.
+            tracing::info!(%repo, %file, %rev, ours = record.revision.as_deref().unwrap_or("unknown"),
+                theirs = up.commit.as_deref().unwrap_or("unknown"),
+                "mirror: the library holds another version");
+            Ok(None)
+        }
         Err(e) if e.is_transient() && !is_commit(rev) => {
             tracing::info!(%repo, %file, error = %e, "upstream Hub unreachable; serving the library's copy");
             let commit = record.revision.clone();
-            Ok(Some(Hit {
-                full,
-                record,
-                commit,
-            }))
+            Ok(Some(Hit { record, commit }))
         }
         Err(e) => Err(e.into()),
     }
 }
 
-/// Sends a library file: actix-files answers `Range`, `If-Range` and `HEAD`; its own
-/// validators are replaced by the Hub's.
-async fn serve(req: &HttpRequest, hit: Hit) -> Result<HttpResponse, MirrorError> {
-    let full = hit.full.clone();
-    let named = tokio::task::spawn_blocking(move || NamedFile::open(full))
-        .await
-        .map_err(|e| MirrorError::Internal(e.to_string()))?
-        .map_err(|e| MirrorError::Internal(format!("cannot open a library file: {e}")))?
+/// Sends a library file: opened without following a link on the way
+/// (`files::open_regular`), and only when the open file is the one the library indexed
+/// (inode, device, size, mtime); else `None` (a miss). actix-files answers `Range`,
+/// `If-Range` and `HEAD` from that open file; its own validators are replaced by the
+/// Hub's.
+async fn serve(
+    req: &HttpRequest,
+    mirror: &Mirror,
+    path: &str,
+    hit: Hit,
+) -> Result<Option<HttpResponse>, MirrorError> {
+    let (root, rel, record) = (
+        mirror.download_dir.clone(),
+        path.to_owned(),
+        hit.record.clone(),
+    );
+    let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Option<NamedFile>> {
+        let file = match crate::files::open_regular(&root, &rel) {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::info!(path = %rel, error = %e, "mirror: a library file cannot be opened as indexed");
+                return Ok(None);
+            }
+        };
+        if !record.matches(&file.metadata()?) {
+            tracing::info!(path = %rel, "mirror: a library file changed since it was indexed");
+            return Ok(None);
+        }
+        NamedFile::from_file(file, root.join(&rel)).map(Some)
+    })
+    .await
+    .map_err(|e| MirrorError::Internal(e.to_string()))?
+    .map_err(|e| MirrorError::Internal(format!("cannot open a library file: {e}")))?;
+    let Some(named) = opened else {
+        return Ok(None);
+    };
+    let named = named
         .use_etag(false)
         .use_last_modified(false)
         .disable_content_disposition()
@@ -109,5 +130,5 @@ async fn serve(req: &HttpRequest, hit: Hit) -> Result<HttpResponse, MirrorError>
         size: hit.record.size,
     }
     .apply(&mut response);
-    Ok(response)
+    Ok(Some(response))
 }

@@ -36,8 +36,9 @@ const QUEUED: usize = 4;
 pub(super) struct Growing {
     pub queue: QueueHandle,
     pub id: DownloadId,
-    pub part: PathBuf,
-    pub done: PathBuf,
+    /// `download_dir`, and the file's path below it (the `.part` is `<path>.part`).
+    pub root: PathBuf,
+    pub path: String,
     pub size: u64,
 }
 
@@ -132,12 +133,24 @@ async fn durable(g: &Growing) -> io::Result<u64> {
     }
 }
 
-/// The `.part`, or the finished file when it has been renamed meanwhile.
+/// The `.part`, or the finished file when it has been renamed meanwhile; opened
+/// without following a link on the way (`files::open_regular`), and the finished file
+/// only when it has the download's size.
 async fn open(g: &Growing) -> io::Result<std::fs::File> {
-    let (part, done) = (g.part.clone(), g.done.clone());
-    tokio::task::spawn_blocking(move || match std::fs::File::open(&part) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::File::open(&done),
-        other => other,
+    let (root, path, size) = (g.root.clone(), g.path.clone(), g.size);
+    tokio::task::spawn_blocking(move || {
+        match crate::files::open_regular(&root, &format!("{path}.part")) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let file = crate::files::open_regular(&root, &path)?;
+                if file.metadata()?.len() != size {
+                    return Err(io::Error::other(format!(
+                        "{path} is no longer the file the download fetched"
+                    )));
+                }
+                Ok(file)
+            }
+            other => other,
+        }
     })
     .await
     .map_err(io::Error::other)?

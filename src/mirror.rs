@@ -102,6 +102,12 @@ fn checked(owner: &str, name: &str, file: Option<&str>) -> Result<String, Mirror
     Ok(repo)
 }
 
+/// Checks a revision of a request (a miss must never reach the Hub, or name a
+/// folder, with one that git would refuse).
+fn checked_revision(rev: &str) -> Result<(), MirrorError> {
+    crate::hub::validate_revision(rev).map_err(MirrorError::RevisionNotFound)
+}
+
 /// Registers the `/hf` routes of the contract.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let scope = web::scope("/hf")

@@ -52,13 +52,10 @@ pub fn validate_sha256(s: &str) -> Result<String, ApiError> {
     }
 }
 
-/// A branch, tag or commit: 1 to 255 characters, no control characters, no `..`.
+/// A branch, tag or commit (`main` when none is given), as [`crate::hub::validate_revision`]
+/// checks it.
 pub fn validate_revision(revision: Option<&str>) -> Result<&str, ApiError> {
     let r = revision.unwrap_or("main");
-    if r.is_empty() || r.len() > 255 || r.chars().any(char::is_control) || r.contains("..") {
-        return Err(ApiError::Unprocessable(format!(
-            "revision {r:?} is not a valid revision"
-        )));
-    }
+    crate::hub::validate_revision(r).map_err(ApiError::Unprocessable)?;
     Ok(r)
 }

@@ -33,6 +33,9 @@ pub fn new_download(
         sha256,
     } = wanted;
     validate_repo(repo)?;
+    for r in std::iter::once(revision).chain(commit.as_deref()) {
+        super::validate_revision(r)?;
+    }
     files::validate_relative_path(file).map_err(|e| format!("file {file:?}: {e}"))?;
     let url = client
         .resolve_url(repo, commit.as_deref().unwrap_or(revision), file)

@@ -38,6 +38,7 @@ async fn info(
     rev: Option<&str>,
 ) -> Result<HttpResponse, MirrorError> {
     let repo = checked(owner, name, None)?;
+    rev.map(super::checked_revision).transpose()?;
     let rest = rev.map_or_else(String::new, |r| format!("revision/{}", encode_segment(r)));
     let upstream = mirror.hub.relay_api(&repo, &rest, req.query_string()).await;
     let files = mirror.library.repo_files(&repo);
@@ -66,7 +67,14 @@ pub(super) async fn tree(
     mirror: web::Data<Mirror>,
 ) -> Result<HttpResponse, MirrorError> {
     let (owner, name, rev, dir) = path.into_inner();
-    tree_of(&req, &mirror, (&owner, &name), &rev, dir.trim_matches('/')).await
+    let dir = dir.trim_matches('/');
+    if dir.is_empty() {
+        // `tree/{rev}/` or `tree/{rev}/%2F`: not a folder's name (the root has its own route).
+        return Err(MirrorError::EntryNotFound(format!(
+            "{dir:?} is not a folder"
+        )));
+    }
+    tree_of(&req, &mirror, (&owner, &name), &rev, dir).await
 }
 
 async fn tree_of(
@@ -77,6 +85,7 @@ async fn tree_of(
     dir: &str,
 ) -> Result<HttpResponse, MirrorError> {
     let repo = checked(owner, name, (!dir.is_empty()).then_some(dir))?;
+    super::checked_revision(rev)?;
     let mut rest = format!("tree/{}", encode_segment(rev));
     for segment in dir.split('/').filter(|s| !s.is_empty()) {
         rest.push('/');

@@ -25,6 +25,7 @@ pub(super) async fn resolve(
 ) -> Result<HttpResponse, MirrorError> {
     let (owner, name, rev, file) = path.into_inner();
     let repo = checked(&owner, &name, Some(&file))?;
+    super::checked_revision(&rev)?;
     if let Some(hit) = find(&mirror, &repo, &rev, &file).await? {
         let path = format!("{repo}/{file}");
         if let Some(response) = serve(&req, &mirror, &path, hit).await? {

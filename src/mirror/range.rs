@@ -16,7 +16,12 @@ pub(super) enum Wanted {
 /// Parses one single-range `Range` header. Several ranges, or another unit, are
 /// answered with the whole file, as RFC 9110 allows.
 pub(super) fn wanted(header: Option<&str>, size: u64) -> Wanted {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+    // The unit is compared case-insensitively (RFC 9110, 14.1).
+    let spec = header
+        .map(str::trim)
+        .filter(|h| h.len() >= 6 && h.is_char_boundary(6) && h[..6].eq_ignore_ascii_case("bytes="))
+        .map(|h| &h[6..]);
+    let Some(spec) = spec else {
         return Wanted::Whole;
     };
     if spec.contains(',') {
@@ -26,7 +31,13 @@ pub(super) fn wanted(header: Option<&str>, size: u64) -> Wanted {
         return Wanted::Whole;
     };
     let (first, last) = (first.trim(), last.trim());
-    let number = |s: &str| s.parse::<u64>().ok();
+    // Digits only (`u64::from_str` would take a `+`); past u64: not a usable range.
+    let number = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
     let (start, end) = match (first.is_empty(), last.is_empty()) {
         // `bytes=-N`: the last N bytes.
         (true, false) => match number(last) {
@@ -88,5 +99,33 @@ mod tests {
         assert_eq!(wanted(Some("bytes=0-1,5-6"), 100), Wanted::Whole);
         assert_eq!(wanted(Some("items=0-1"), 100), Wanted::Whole);
         assert_eq!(wanted(Some("bytes=x-"), 100), Wanted::Whole);
+        // threats.md's edge cases: the unit in capitals, spaces, signs, huge numbers.
+        let part = |start, end| Wanted::Part { start, end };
+        assert_eq!(wanted(Some("BYTES=10-19"), 100), part(10, 20));
+        assert_eq!(wanted(Some(" bytes=10 - 19 "), 100), part(10, 20));
+        assert_eq!(wanted(Some("bytes=+10-"), 100), Wanted::Whole);
+        assert_eq!(wanted(Some("bytes=-+5"), 100), Wanted::Whole);
+        assert_eq!(
+            wanted(Some("bytes=99999999999999999999999-"), 100),
+            Wanted::Whole
+        );
+        assert_eq!(
+            wanted(Some("bytes=0-99999999999999999999999"), 100),
+            Wanted::Whole
+        );
+        assert_eq!(
+            wanted(Some("bytes=0-18446744073709551615"), 100),
+            part(0, 100)
+        );
+        assert_eq!(
+            wanted(Some("bytes=-18446744073709551615"), 100),
+            part(0, 100)
+        );
+        assert_eq!(
+            wanted(Some("bytes=18446744073709551615-"), 100),
+            Wanted::Unsatisfiable
+        );
+        assert_eq!(wanted(Some("bytes="), 100), Wanted::Whole);
+        assert_eq!(wanted(Some("bytés=0-1"), 100), Wanted::Whole);
     }
 }

@@ -4,8 +4,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+mod dir;
 mod place;
 
+pub use dir::{parent_of, Dir, Kind, Stat};
 pub use place::Place;
 
 /// Why a name or path is refused (answered with 422).

@@ -199,57 +199,70 @@ fn rss_mib(pid: i32, field: &str) -> f64 {
     kib / 1024.0
 }
 
-/// Items 3: removing a file's HF cache entry walks `refs/` without following links:
-/// `refs/x → a folder outside` deletes nothing there, `refs/a → .` with `refs/b → .`
-/// does not hang the DELETE, `refs/z → /dev/zero` costs no memory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn links_planted_in_refs_are_never_followed_by_a_delete() {
+/// Item 3's set-up: a Hub file published in the HF cache by the service as a
+/// process; `plant` puts links in the repo's `refs/`; then the file's DELETE must
+/// answer promptly with 204. Returns the peak RSS growth (MiB) over the DELETE.
+async fn delete_with_planted_refs(plant: impl FnOnce(&Path, &str)) -> f64 {
     let cdn = Arc::new(Upstream::start());
     let hub = HubEmu::start(cdn.clone());
-    let repos = ["o/escape", "o/loops", "o/zero"];
-    for (i, r) in repos.iter().enumerate() {
-        hub.add_repo(r, RepoOptions::default());
-        hub.put_file(r, Q4, content(50_000, 20 + i as u64));
-    }
+    hub.add_repo(REPO, RepoOptions::default());
+    hub.put_file(REPO, Q4, content(50_000, 20));
     let root = tempfile::tempdir().unwrap();
     let cache = root.path().join("hf");
     let (_dir, proc) = hf_proc(&hub, &cache).await;
-    for r in repos {
-        let id = proc.add(json!({"hub": {"repo": r, "file": Q4}})).await;
-        proc.wait_download(&id, LONG, |d| d["state"] == "completed")
-            .await;
-        wait_file(&proc.base, &format!("{r}/{Q4}"), "in the HF cache", |f| {
-            f["runtimes"]["hf_cache"].is_string()
-        })
+    let id = proc.add(json!({"hub": {"repo": REPO, "file": Q4}})).await;
+    proc.wait_download(&id, LONG, |d| d["state"] == "completed")
         .await;
-    }
-    let refs = |r: &str| cache.join(format!("models--{}", r.replace('/', "--"))).join("refs");
-    // An outside folder holding a file whose content is the commit, as a ref would.
+    let path = format!("{REPO}/{Q4}");
+    wait_file(&proc.base, &path, "in the HF cache", |f| {
+        f["runtimes"]["hf_cache"].is_string()
+    })
+    .await;
+    plant(&cache.join("models--bartowski--Tiny-GGUF/refs"), &hub.commit(REPO));
+    let before = rss_mib(proc.pid(), "VmRSS:");
+    let (s, v) = delete(&proc.base, &path).await;
+    assert_eq!(s, 204, "{v}");
+    rss_mib(proc.pid(), "VmHWM:") - before
+}
+
+/// Item 3: `refs/x → a folder outside` holding a file whose content is the commit:
+/// the DELETE removes nothing there (the link itself is not ours either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_never_follows_a_ref_link_out_of_the_cache() {
     let outside = tempfile::tempdir().unwrap();
     let victim = outside.path().join("victim");
-    std::fs::write(&victim, hub.commit(repos[0])).unwrap();
-    std::os::unix::fs::symlink(outside.path(), refs(repos[0]).join("x")).unwrap();
-    std::os::unix::fs::symlink(".", refs(repos[1]).join("a")).unwrap();
-    std::os::unix::fs::symlink(".", refs(repos[1]).join("b")).unwrap();
-    std::os::unix::fs::symlink("/dev/zero", refs(repos[2]).join("z")).unwrap();
-    let before = rss_mib(proc.pid(), "VmRSS:");
-    for r in repos {
-        let (s, v) = delete(&proc.base, &format!("{r}/{Q4}")).await;
-        assert_eq!(s, 204, "{r}: {v}");
-    }
+    let mut commit = String::new();
+    delete_with_planted_refs(|refs, c| {
+        commit = c.to_owned();
+        std::fs::write(&victim, c).unwrap();
+        std::os::unix::fs::symlink(outside.path(), refs.join("x")).unwrap();
+    })
+    .await;
     assert_eq!(
-        std::fs::read_to_string(&victim).unwrap(),
-        hub.commit(repos[0]),
+        std::fs::read_to_string(&victim).ok(),
+        Some(commit),
         "nothing outside the cache is deleted"
     );
-    let after = rss_mib(proc.pid(), "VmHWM:");
-    assert!(
-        after < before + 64.0,
-        "peak RSS went from {before:.1} to {after:.1} MiB"
-    );
-    // The planted links themselves are not ours: they stay.
-    assert!(refs(repos[0]).join("x").symlink_metadata().is_ok());
-    assert!(refs(repos[2]).join("z").symlink_metadata().is_ok());
+}
+
+/// Item 3: `refs/a → .` and `refs/b → .`: the DELETE answers within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_is_not_caught_in_ref_loops() {
+    delete_with_planted_refs(|refs, _| {
+        std::os::unix::fs::symlink(".", refs.join("a")).unwrap();
+        std::os::unix::fs::symlink(".", refs.join("b")).unwrap();
+    })
+    .await;
+}
+
+/// Item 3: `refs/z → /dev/zero`: the DELETE answers at once and costs no memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ref_link_to_dev_zero_costs_no_memory() {
+    let grew = delete_with_planted_refs(|refs, _| {
+        std::os::unix::fs::symlink("/dev/zero", refs.join("z")).unwrap();
+    })
+    .await;
+    assert!(grew < 64.0, "peak RSS grew by {grew:.1} MiB");
 }
 
 fn mkfifo(path: &Path) {

@@ -73,14 +73,18 @@ fn refresh(
             record.ours = true;
         }
     }
-    if record.sha256.is_none() {
-        inner.hasher.enqueue(path);
-    } else {
+    let unhashed = record.sha256.is_none();
+    if !unhashed {
         links::dedupe(inner, path, &mut record);
         publish::publish(inner, path, &mut record, replaced.as_ref());
     }
     if inner.read().get(path) != Some(&record) {
         inner.put(path, record)?;
+    }
+    // Only once the record is in the index: the hasher hashes what the index holds,
+    // and would drop a path it finds no record of yet.
+    if unhashed {
+        inner.hasher.enqueue(path);
     }
     Ok(())
 }

@@ -274,8 +274,9 @@ fn mkfifo(path: &Path) {
 
 /// Item 5: a FIFO at the Ollama manifest path and at the HF cache's `refs/main` never
 /// blocks publishing: rescans answer, other downloads enter the library, and the same
-/// after a restart.
-#[actix_web::test]
+/// after a restart (`kill -9`). The service runs as a process: the old code's thread
+/// stuck on the FIFO goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_in_a_runtime_folder_blocks_nothing() {
     let up = Upstream::start();
     let cdn = Arc::new(Upstream::start());
@@ -284,45 +285,53 @@ async fn a_fifo_in_a_runtime_folder_blocks_nothing() {
     hub.put_file(REPO, Q4, content(60_000, 31));
     let root = tempfile::tempdir().unwrap();
     let (cache, ollama) = (root.path().join("hf"), root.path().join("ollama"));
-    mkfifo(&ollama.join("manifests/hf.co/bartowski/Tiny-GGUF/Q4_K_M"));
+    let manifest = ollama.join("manifests/hf.co/bartowski/Tiny-GGUF/Q4_K_M");
+    mkfifo(&manifest);
     mkfifo(&cache.join("models--bartowski--Tiny-GGUF/refs/main"));
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.hub.endpoint = hub.endpoint();
-    config.library.hf_cache = cache.display().to_string();
-    config.library.ollama_models = ollama.display().to_string();
-    let svc = TestService::start_in(dir, config.clone()).await;
-    let id = svc.add(json!({"hub": {"repo": REPO, "file": Q4}})).await;
-    svc.wait_state(&id, "completed", LONG).await;
+    let (_dir, config, port, mut proc) = Proc::start(&format!(
+        "[hub]\nendpoint = \"{}\"\n\n[library]\nhf_cache = \"{}\"\nollama_models = \"{}\"\ncheck_updates_hours = 0\n",
+        hub.endpoint(),
+        cache.display(),
+        ollama.display()
+    ))
+    .await;
+    let id = proc.add(json!({"hub": {"repo": REPO, "file": Q4}})).await;
+    proc.wait_download(&id, LONG, |d| d["state"] == "completed")
+        .await;
     let path = format!("{REPO}/{Q4}");
-    let f = wait_file(&svc.base, &path, "published", |f| {
+    let f = wait_file(&proc.base, &path, "published", |f| {
         f["runtimes"]["hf_cache"].is_string()
     })
     .await;
-    assert!(f["runtimes"]["ollama"].is_null(), "the FIFO is not Ollama's manifest of it: {f}");
+    assert!(
+        f["runtimes"]["ollama"].is_null(),
+        "the FIFO is not Ollama's manifest of it: {f}"
+    );
     assert!(
         f["runtimes"]["not_published"]["ollama"].is_string(),
         "and it says why: {f}"
     );
-    rescan(&svc.base).await;
-    let other = content(40_000, 32);
-    up.add_file("other.bin", other.clone(), Default::default());
-    let id = svc.add(json!({"url": up.url("other.bin")})).await;
-    svc.wait_state(&id, "completed", LONG).await;
-    wait_file(&svc.base, "other.bin", "listed", |f| f["sha256"].is_string()).await;
+    rescan(&proc.base).await;
+    up.add_file("other.bin", content(40_000, 32), Default::default());
+    let id = proc.add(json!({"url": up.url("other.bin")})).await;
+    proc.wait_download(&id, LONG, |d| d["state"] == "completed")
+        .await;
+    wait_file(&proc.base, "other.bin", "hashed", |f| f["sha256"].is_string()).await;
 
-    // The same after a restart (the first scan publishes what is owed).
-    let dir = svc.stop().await;
-    let svc = TestService::start_in(dir, config).await;
-    rescan(&svc.base).await;
+    // The same after a restart (its first scan publishes what is owed again).
+    proc.kill9();
+    let mut proc = Proc::spawn(&config, port);
+    proc.wait_healthy().await;
+    rescan(&proc.base).await;
     up.add_file("third.bin", content(30_000, 33), Default::default());
-    let id = svc.add(json!({"url": up.url("third.bin")})).await;
-    svc.wait_state(&id, "completed", LONG).await;
-    wait_file(&svc.base, "third.bin", "listed", |_| true).await;
-    let manifest = ollama.join("manifests/hf.co/bartowski/Tiny-GGUF/Q4_K_M");
+    let id = proc.add(json!({"url": up.url("third.bin")})).await;
+    proc.wait_download(&id, LONG, |d| d["state"] == "completed")
+        .await;
+    wait_file(&proc.base, "third.bin", "listed", |_| true).await;
+    rescan(&proc.base).await;
     assert!(
         manifest.symlink_metadata().unwrap().file_type().is_fifo(),
-        "the FIFO that is not ours stays"
+        "the FIFO, not ours, stays"
     );
 }
 

@@ -163,6 +163,13 @@ impl LibraryHandle {
         (record.repo.as_deref() == Some(repo)).then(|| (self.inner.full_path(&path), record))
     }
 
+    /// Opens library file `path` for reading through the directory handles (a
+    /// regular file only: a link or FIFO swapped in is refused, never followed or
+    /// waited on), with what it is now: what a reader that serves it should use.
+    pub fn open(&self, path: &str) -> std::io::Result<(std::fs::File, crate::files::Stat)> {
+        self.inner.open(path)
+    }
+
     /// `download_dir/<path>`, for a path relative to it (already validated).
     pub fn full_path(&self, path: &str) -> PathBuf {
         self.inner.full_path(path)
@@ -378,16 +385,20 @@ impl Inner {
         let Some(record) = record else {
             return Err(LibraryError::NotFound(path.to_owned()));
         };
-        publish::unpublish(&self.folders, &record.published, &self.identity(path, &record));
-        let removed = self.locate(path).and_then(|(dir, name)| {
-            match dir.stat(&name)? {
-                Some(st) if st.kind == crate::files::Kind::Dir => Err(std::io::Error::other(
-                    format!("{path} is a folder now"),
-                )),
+        publish::unpublish(
+            &self.folders,
+            &record.published,
+            &self.identity(path, &record),
+        );
+        let removed = self
+            .locate(path)
+            .and_then(|(dir, name)| match dir.stat(&name)? {
+                Some(st) if st.kind == crate::files::Kind::Dir => {
+                    Err(std::io::Error::other(format!("{path} is a folder now")))
+                }
                 Some(_) => dir.unlink(&name),
                 None => Ok(()),
-            }
-        });
+            });
         match removed {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -201,16 +201,23 @@ async fn another_programs_bytes_are_never_lost_or_redirected_by_the_library() {
     }
     ids.push(svc.add(json!({"url": up.url("twin.gguf")})).await);
     for id in &ids {
-        svc.wait_state(id, "completed", Duration::from_secs(40)).await;
+        svc.wait_state(id, "completed", Duration::from_secs(40))
+            .await;
     }
     let out = child.await.unwrap();
     done.store(true, Ordering::Relaxed);
     let scans = scanner.await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "seed {seed}: the other program failed: {stderr}");
+    assert!(
+        out.status.success(),
+        "seed {seed}: the other program failed: {stderr}"
+    );
     let report: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("seed {seed}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
-    eprintln!("seed {seed}: {} ops on {} files, {scans} scans", report["ops"], report["files"]);
+    eprintln!(
+        "seed {seed}: {} ops on {} files, {scans} scans",
+        report["ops"], report["files"]
+    );
     assert_eq!(
         report["errors"],
         json!([]),
@@ -226,7 +233,10 @@ async fn another_programs_bytes_are_never_lost_or_redirected_by_the_library() {
             "seed {seed}: {f}"
         );
     }
-    assert_eq!(file_sha256(&dl.join("twin.gguf")), sha256_hex(&hub_files[0].1));
+    assert_eq!(
+        file_sha256(&dl.join("twin.gguf")),
+        sha256_hex(&hub_files[0].1)
+    );
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "seed {seed}: took {:?}",

@@ -130,8 +130,14 @@ async fn two_equal_files_held_open_by_another_writer_are_never_merged() {
         assert!(got == *want, "the descriptor reads back what it wrote");
     }
     let dl = svc.download_dir();
-    assert!(std::fs::read(dl.join("part1.bin")).unwrap() == a, "part 1 holds what was written to it");
-    assert!(std::fs::read(dl.join("part2.bin")).unwrap() == b, "part 2 holds what was written to it, not part 1");
+    assert!(
+        std::fs::read(dl.join("part1.bin")).unwrap() == a,
+        "part 1 holds what was written to it"
+    );
+    assert!(
+        std::fs::read(dl.join("part2.bin")).unwrap() == b,
+        "part 2 holds what was written to it, not part 1"
+    );
     assert_eq!(listing(&svc.base).await["bytes_saved_by_links"], 0);
 }
 
@@ -149,7 +155,10 @@ async fn a_hand_placed_copy_of_a_hub_download_is_not_linked_to_it() {
     let id = svc.add(json!({"hub": {"repo": REPO, "file": Q4}})).await;
     svc.wait_state(&id, "completed", LONG).await;
     let path = format!("{REPO}/{Q4}");
-    wait_file(&svc.base, &path, "verified", |f| f["sha256"] == sha256_hex(&data)).await;
+    wait_file(&svc.base, &path, "verified", |f| {
+        f["sha256"] == sha256_hex(&data)
+    })
+    .await;
     let ours = svc.download_dir().join(&path);
     let copy = svc.download_dir().join("copy-Q4_K_M.gguf");
     std::fs::copy(&ours, &copy).unwrap();
@@ -168,7 +177,11 @@ async fn a_hand_placed_copy_of_a_hub_download_is_not_linked_to_it() {
     let f = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
     f.write_all_at(b"edited by hand", 0).unwrap();
     drop(f);
-    assert_eq!(file_sha256(&ours), sha256_hex(&data), "the Hub file is intact");
+    assert_eq!(
+        file_sha256(&ours),
+        sha256_hex(&data),
+        "the Hub file is intact"
+    );
 }
 
 /// The service as a process with the HF cache configured, its address space capped
@@ -218,7 +231,10 @@ async fn delete_with_planted_refs(plant: impl FnOnce(&Path, &str)) -> f64 {
         f["runtimes"]["hf_cache"].is_string()
     })
     .await;
-    plant(&cache.join("models--bartowski--Tiny-GGUF/refs"), &hub.commit(REPO));
+    plant(
+        &cache.join("models--bartowski--Tiny-GGUF/refs"),
+        &hub.commit(REPO),
+    );
     let before = rss_mib(proc.pid(), "VmRSS:");
     let (s, v) = delete(&proc.base, &path).await;
     assert_eq!(s, 204, "{v}");
@@ -316,7 +332,10 @@ async fn a_fifo_in_a_runtime_folder_blocks_nothing() {
     let id = proc.add(json!({"url": up.url("other.bin")})).await;
     proc.wait_download(&id, LONG, |d| d["state"] == "completed")
         .await;
-    wait_file(&proc.base, "other.bin", "hashed", |f| f["sha256"].is_string()).await;
+    wait_file(&proc.base, "other.bin", "hashed", |f| {
+        f["sha256"].is_string()
+    })
+    .await;
 
     // The same after a restart (its first scan publishes what is owed again).
     proc.kill9();
@@ -363,7 +382,12 @@ async fn every_listed_name_can_be_deleted() {
         assert!(dl.join(n).symlink_metadata().is_err(), "{n:?} is gone");
     }
     let lib = listing(&svc.base).await;
-    let left: Vec<&Value> = lib["files"].as_array().unwrap().iter().map(|f| &f["path"]).collect();
+    let left: Vec<&Value> = lib["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| &f["path"])
+        .collect();
     assert_eq!(left, [&json!("keep.bin")], "{lib}");
     // A path the library does not list stays refused.
     let (s, _) = delete(&svc.base, "../keep.bin").await;
@@ -393,7 +417,10 @@ async fn after_an_update_the_old_ollama_blob_goes() {
     let id = svc.add(json!({"hub": {"repo": REPO, "file": Q4}})).await;
     svc.wait_state(&id, "completed", LONG).await;
     let path = format!("{REPO}/{Q4}");
-    wait_file(&svc.base, &path, "for Ollama", |f| f["runtimes"]["ollama"].is_string()).await;
+    wait_file(&svc.base, &path, "for Ollama", |f| {
+        f["runtimes"]["ollama"].is_string()
+    })
+    .await;
     let blob = |d: &[u8]| ollama.join(format!("blobs/sha256-{}", sha256_hex(d)));
     assert!(blob(&old).exists());
 
@@ -416,15 +443,25 @@ async fn after_an_update_the_old_ollama_blob_goes() {
         std::fs::metadata(&ours).unwrap().ino(),
         "the new blob is the new file"
     );
-    assert!(!blob(&old).exists(), "the old model blob goes: {:?}", tree(&ollama));
+    assert!(
+        !blob(&old).exists(),
+        "the old model blob goes: {:?}",
+        tree(&ollama)
+    );
     // What is left in blobs/ is exactly what the manifest names.
     let manifest: Value = serde_json::from_slice(
         &std::fs::read(ollama.join("manifests/hf.co/bartowski/Tiny-GGUF/Q4_K_M")).unwrap(),
     )
     .unwrap();
     let mut named = vec![
-        manifest["config"]["digest"].as_str().unwrap().replace(':', "-"),
-        manifest["layers"][0]["digest"].as_str().unwrap().replace(':', "-"),
+        manifest["config"]["digest"]
+            .as_str()
+            .unwrap()
+            .replace(':', "-"),
+        manifest["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .replace(':', "-"),
     ];
     named.sort();
     let mut blobs: Vec<String> = std::fs::read_dir(ollama.join("blobs"))

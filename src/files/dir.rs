@@ -252,6 +252,11 @@ impl Dir {
     /// FIFO, and refused unless the handle is a regular file.
     pub fn open_file(&self, name: impl AsRef<OsStr>) -> io::Result<File> {
         let name = name.as_ref();
+        // A device is not even opened (an open may have effects of its own).
+        match self.stat(name)? {
+            Some(st) if st.kind != Kind::File => return Err(not_a("file", name, st.kind)),
+            _ => {}
+        }
         let c = cname(name)?;
         let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
         // SAFETY: a valid directory fd and a NUL-terminated name.
@@ -301,7 +306,8 @@ impl Dir {
         tmp_name.push(format!(".mm-{}.tmp", std::process::id()));
         let tmp = cname(&tmp_name)?;
         let _ = self.unlink(&tmp_name);
-        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let flags =
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: a valid directory fd and name; mode with O_CREAT.
         let fd = check(unsafe { libc::openat(self.raw(), tmp.as_ptr(), flags, 0o644) })?;
         // SAFETY: just opened, owned by the File.
@@ -333,9 +339,8 @@ impl Dir {
         let c = cname(name.as_ref())?;
         let mut buf = vec![0u8; libc::PATH_MAX as usize];
         // SAFETY: a valid fd and name; the buffer's length is passed.
-        let n = unsafe {
-            libc::readlinkat(self.raw(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        };
+        let n =
+            unsafe { libc::readlinkat(self.raw(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -359,7 +364,12 @@ impl Dir {
 
     /// A hard link `name` here to `from_name` in `from` (the name itself: a link
     /// there is linked as a link, never followed). Refuses to replace anything.
-    pub fn link_from(&self, from: &Dir, from_name: &OsStr, name: impl AsRef<OsStr>) -> io::Result<()> {
+    pub fn link_from(
+        &self,
+        from: &Dir,
+        from_name: &OsStr,
+        name: impl AsRef<OsStr>,
+    ) -> io::Result<()> {
         let (f, t) = (cname(from_name)?, cname(name.as_ref())?);
         // SAFETY: valid fds and names; flags 0: no following.
         check(unsafe { libc::linkat(from.raw(), f.as_ptr(), self.raw(), t.as_ptr(), 0) })
@@ -367,7 +377,12 @@ impl Dir {
     }
 
     /// Renames `from` here to `to_name` in `to`.
-    pub fn rename(&self, from: impl AsRef<OsStr>, to: &Dir, to_name: impl AsRef<OsStr>) -> io::Result<()> {
+    pub fn rename(
+        &self,
+        from: impl AsRef<OsStr>,
+        to: &Dir,
+        to_name: impl AsRef<OsStr>,
+    ) -> io::Result<()> {
         let (f, t) = (cname(from.as_ref())?, cname(to_name.as_ref())?);
         // SAFETY: valid fds and names.
         check(unsafe { libc::renameat(self.raw(), f.as_ptr(), to.raw(), t.as_ptr()) }).map(|_| ())
@@ -376,7 +391,12 @@ impl Dir {
 
 /// `path` split into its folder (walked from `root`'s handle without following links)
 /// and its last name. `path` is absolute under `root`, or relative to it.
-pub fn parent_of(root: &Dir, root_path: &Path, path: &Path, create: bool) -> io::Result<(Dir, OsString)> {
+pub fn parent_of(
+    root: &Dir,
+    root_path: &Path,
+    path: &Path,
+    create: bool,
+) -> io::Result<(Dir, OsString)> {
     let rel = if path.is_absolute() {
         path.strip_prefix(root_path).map_err(|_| {
             io::Error::new(

@@ -162,15 +162,25 @@ pub fn unpublish(cache: &Path, entry: &Entry, file: &Identity) {
     };
     let snapshot = Path::new(&entry.snapshot);
     if let Ok((dir, name)) = parent_of(&repo, Path::new(""), snapshot, false) {
-        if dir.stat(&name).ok().flatten().is_some_and(|st| st.kind == Kind::Link) {
+        if dir
+            .stat(&name)
+            .ok()
+            .flatten()
+            .is_some_and(|st| st.kind == Kind::Link)
+        {
             warn_on(dir.unlink(&name), snapshot);
         }
     }
-    let folders: Vec<&OsStr> = snapshot.parent().map(|p| p.iter().collect()).unwrap_or_default();
+    let folders: Vec<&OsStr> = snapshot
+        .parent()
+        .map(|p| p.iter().collect())
+        .unwrap_or_default();
     // snapshots/<commit>/sub…: the deepest first, `snapshots` itself stays.
     for k in (2..=folders.len()).rev() {
         let parent: PathBuf = folders[..k - 1].iter().collect();
-        let removed = repo.walk(&parent, false).and_then(|d| d.rmdir(folders[k - 1]));
+        let removed = repo
+            .walk(&parent, false)
+            .and_then(|d| d.rmdir(folders[k - 1]));
         if removed.is_err() {
             break;
         }
@@ -211,11 +221,15 @@ fn is_ours(blobs: &Dir, name: &str, file: &Identity) -> bool {
 }
 
 /// Every name below `top` (walked through handles, links never followed), with the
-/// folder that holds it; at most [`MAX_ENTRIES`].
+/// folder that holds it; at most [`MAX_ENTRIES`]. Folders wait their turn by path, so
+/// a wide tree holds no descriptor per folder.
 fn walk_tree(top: Dir, mut each: impl FnMut(&Dir, &OsStr, Kind) -> bool) {
-    let mut stack = vec![top];
+    let mut stack = vec![PathBuf::new()];
     let mut seen = 0;
-    while let Some(dir) = stack.pop() {
+    while let Some(rel) = stack.pop() {
+        let Ok(dir) = top.walk(&rel, false) else {
+            continue;
+        };
         let Ok(entries) = dir.entries() else { continue };
         for (name, st) in entries {
             seen += 1;
@@ -223,9 +237,7 @@ fn walk_tree(top: Dir, mut each: impl FnMut(&Dir, &OsStr, Kind) -> bool) {
                 return;
             }
             if st.kind == Kind::Dir {
-                if let Ok(sub) = dir.sub(&name) {
-                    stack.push(sub);
-                }
+                stack.push(rel.join(&name));
             } else if !each(&dir, &name, st.kind) {
                 return;
             }

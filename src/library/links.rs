@@ -59,7 +59,9 @@ fn link_over(
     let linked = my_dir.stat(&tmp)?;
     if !linked.is_some_and(|st| st.kind == Kind::File && st.id() == (theirs.dev, theirs.ino)) {
         let _ = my_dir.unlink(&tmp);
-        return Err(std::io::Error::other("the twin changed while it was linked"));
+        return Err(std::io::Error::other(
+            "the twin changed while it was linked",
+        ));
     }
     if let Err(e) = my_dir.rename(&tmp, &my_dir, &my_name) {
         let _ = my_dir.unlink(&tmp);

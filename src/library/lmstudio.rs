@@ -66,7 +66,9 @@ pub fn unpublish(models: &Path, at: &Path, file: &Identity) {
         tracing::warn!(path = %at.display(), error = %e, "cannot remove from LM Studio's folder");
         return;
     }
-    let Ok(rel) = at.strip_prefix(models) else { return };
+    let Ok(rel) = at.strip_prefix(models) else {
+        return;
+    };
     let folders: Vec<&OsStr> = rel.parent().map(|p| p.iter().collect()).unwrap_or_default();
     for k in (1..=folders.len()).rev() {
         let parent: PathBuf = folders[..k - 1].iter().collect();

@@ -288,7 +288,12 @@ pub fn unpublish(models: &Path, entry: &Entry, file: &Identity) {
     }
     if !used.contains(&entry.config_digest) {
         let config = blob_name(&entry.config_digest);
-        if blobs.stat(&config).ok().flatten().is_some_and(|st| st.kind == Kind::File) {
+        if blobs
+            .stat(&config)
+            .ok()
+            .flatten()
+            .is_some_and(|st| st.kind == Kind::File)
+        {
             warn_on(blobs.unlink(&config), Path::new(&config));
         }
     }
@@ -387,7 +392,10 @@ mod tests {
         let entry = publish(&models, &target, &ours).unwrap();
         assert_eq!(entry.name, "hf.co/o/r:Q4_K_M");
         let blob = |d: &str| models.join("blobs").join(blob_name(d));
-        assert!(ours.id.is(Dir::open(&models.join("blobs")).unwrap().stat(blob_name(&entry.model_digest)).unwrap()));
+        assert!(ours.id.is(Dir::open(&models.join("blobs"))
+            .unwrap()
+            .stat(blob_name(&entry.model_digest))
+            .unwrap()));
         unpublish(&models, &entry, &ours.id);
         assert!(!entry.manifest.exists());
         assert!(!blob(&entry.model_digest).exists());

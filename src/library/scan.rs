@@ -148,10 +148,14 @@ fn read_record(inner: &Inner, path: &str, st: &Stat) -> Record {
 /// UTF-8; FIFOs, sockets and devices are left out.
 fn walk(root: &Dir) -> Result<BTreeMap<String, Stat>, LibraryError> {
     let mut found = BTreeMap::new();
-    let mut stack = vec![(String::new(), None::<Dir>)];
-    while let Some((prefix, dir)) = stack.pop() {
-        let dir = dir.as_ref().unwrap_or(root);
-        let entries = match dir.entries() {
+    // Folders still to read, by relative path (opened when their turn comes: a wide
+    // tree must not hold a descriptor per folder).
+    let mut stack = vec![String::new()];
+    while let Some(prefix) = stack.pop() {
+        let entries = match root
+            .walk(std::path::Path::new(&prefix), false)
+            .and_then(|dir| dir.entries())
+        {
             Ok(e) => e,
             Err(e) if prefix.is_empty() => return Err(e.into()),
             Err(_) => continue,
@@ -163,11 +167,7 @@ fn walk(root: &Dir) -> Result<BTreeMap<String, Stat>, LibraryError> {
             }
             let rel = format!("{prefix}{name}");
             match st.kind {
-                Kind::Dir => {
-                    if let Ok(sub) = dir.sub(name) {
-                        stack.push((format!("{rel}/"), Some(sub)));
-                    }
-                }
+                Kind::Dir => stack.push(format!("{rel}/")),
                 Kind::File if found.len() < MAX_FILES => {
                     found.insert(rel, st);
                 }

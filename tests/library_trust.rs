@@ -184,6 +184,41 @@ async fn a_hand_placed_copy_of_a_hub_download_is_not_linked_to_it() {
     );
 }
 
+/// Item 1: even two files of ours are not merged while another program has one open
+/// for writing (the merge takes a read lease on both); what it writes later stays
+/// in that file alone.
+#[actix_web::test]
+async fn a_download_held_open_for_writing_is_not_merged_with_its_twin() {
+    let up = Upstream::start();
+    let data = content(500_000, 7);
+    up.add_file("x.bin", data.clone(), Default::default());
+    up.add_file("mirror/x.bin", data.clone(), Default::default());
+    let svc = TestService::start(|_| {}).await;
+    let a = svc.download_dir().join("a.bin");
+    let id = svc
+        .add(json!({"url": up.url("x.bin"), "file_name": "a.bin"}))
+        .await;
+    svc.wait_state(&id, "completed", LONG).await;
+    wait_file(&svc.base, "a.bin", "hashed", |f| f["sha256"].is_string()).await;
+    let writer = std::fs::OpenOptions::new().write(true).open(&a).unwrap();
+    let id = svc
+        .add(json!({"url": up.url("mirror/x.bin"), "file_name": "b.bin"}))
+        .await;
+    svc.wait_state(&id, "completed", LONG).await;
+    wait_file(&svc.base, "b.bin", "hashed", |f| f["sha256"].is_string()).await;
+    rescan(&svc.base).await;
+    let b = svc.download_dir().join("b.bin");
+    assert_ne!(
+        std::fs::metadata(&a).unwrap().ino(),
+        std::fs::metadata(&b).unwrap().ino(),
+        "not merged while a.bin is open for writing"
+    );
+    writer.write_all_at(b"the other program", 0).unwrap();
+    drop(writer);
+    assert_eq!(file_sha256(&b), sha256_hex(&data), "b.bin is untouched");
+    assert_eq!(&std::fs::read(&a).unwrap()[..17], b"the other program");
+}
+
 /// The service as a process with the HF cache configured, its address space capped
 /// (4 GiB) so that a runaway read fails it rather than the machine.
 async fn hf_proc(hub: &HubEmu, cache: &Path) -> (tempfile::TempDir, Proc) {

@@ -278,6 +278,24 @@ impl Dir {
         Ok(file)
     }
 
+    /// Opens regular file `name` (as [`Dir::open_file`]) with a read lease on it: the
+    /// kernel grants one only while no one has the file open for writing, and makes
+    /// a later opener for writing wait until the lease goes (when the returned file
+    /// is closed). An error: someone may be writing it.
+    pub fn open_leased(&self, name: impl AsRef<OsStr>) -> io::Result<File> {
+        static QUIET: std::sync::Once = std::sync::Once::new();
+        // A lease holder is told of a break by SIGIO, whose default ends the process;
+        // the lease is held for a moment only, and let go without being told.
+        // SAFETY: installing SIG_IGN is async-signal-safe and affects only SIGIO.
+        QUIET.call_once(|| unsafe {
+            libc::signal(libc::SIGIO, libc::SIG_IGN);
+        });
+        let file = self.open_file(name)?;
+        // SAFETY: a valid fd; F_SETLEASE takes an int.
+        check(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) })?;
+        Ok(file)
+    }
+
     /// The whole of regular file `name` when it is at most `cap` bytes (a file we did
     /// not write: a ref, a manifest); an error when it is longer.
     pub fn read_capped(&self, name: impl AsRef<OsStr>, cap: u64) -> io::Result<Vec<u8>> {

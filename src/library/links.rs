@@ -48,6 +48,17 @@ fn link_over(
             .stat(name)?
             .is_some_and(|st| st.kind == Kind::File && r.matches(&st)))
     };
+    // Read leases on both for the moment of the merge: refused while anyone has
+    // either open for writing, and a writer that opens one meanwhile waits for us.
+    let leases = (
+        their_dir.open_leased(&their_name),
+        my_dir.open_leased(&my_name),
+    );
+    let (Ok(_theirs_held), Ok(_mine_held)) = leases else {
+        return Err(std::io::Error::other(
+            "one of them is open for writing elsewhere",
+        ));
+    };
     if !unchanged(&their_dir, &their_name, theirs)? || !unchanged(&my_dir, &my_name, mine)? {
         return Err(std::io::Error::other("changed since it was read"));
     }

@@ -183,16 +183,15 @@ pub fn publish(models: &Path, target: &Target<'_>, file: &Ours) -> Result<Entry,
     let folder: PathBuf = ["manifests", parts[0], parts[1], parts[2]].iter().collect();
     let manifests = root.walk(&folder, true)?;
     let model_digest = format!("sha256:{}", target.sha256);
-    match manifests.stat(parts[3])? {
-        None => {}
-        Some(st) if st.kind != Kind::File => return Err(Refused::Taken(name)),
-        Some(_) => {
-            if read_manifest(&manifests, OsStr::new(parts[3]))
-                .is_some_and(|other| !names_model(&other, &model_digest))
-            {
-                return Err(Refused::Taken(name));
-            }
-        }
+    // A FIFO, a link or a folder there is not a manifest of ours: left alone, unopened.
+    let taken = match manifests.stat(parts[3])? {
+        None => false,
+        Some(st) if st.kind != Kind::File => true,
+        Some(_) => read_manifest(&manifests, OsStr::new(parts[3]))
+            .is_some_and(|other| !names_model(&other, &model_digest)),
+    };
+    if taken {
+        return Err(Refused::Taken(name));
     }
     let blobs = root.sub_or_create("blobs")?;
     link_blob(&blobs, &blob_name(&model_digest), file)?;

@@ -131,8 +131,10 @@ async fn another_programs_bytes_are_never_lost_or_redirected_by_the_library() {
     let cdn = Arc::new(Upstream::start());
     let hub = HubEmu::start(cdn.clone());
     hub.add_repo(REPO, RepoOptions::default());
-    let hub_files: Vec<(String, Vec<u8>)> = (0..3)
-        .map(|i| (format!("Tiny-Q{i}_K_M.gguf"), content(200_000, 60 + i)))
+    let hub_files: Vec<(String, Vec<u8>)> = ["Q4_K_M", "Q5_K_M", "Q6_K"]
+        .iter()
+        .zip(60..)
+        .map(|(q, seed)| (format!("Tiny-{q}.gguf"), content(200_000, seed)))
         .collect();
     for (f, d) in &hub_files {
         hub.put_file(REPO, f, d.clone());

@@ -4,9 +4,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+mod dir;
 mod place;
 
-pub use place::{open_regular, Place};
+pub use dir::{open_regular, parent_of, Dir, Kind, Stat};
+pub use place::Place;
 
 /// Why a name or path is refused (answered with 422).
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -172,7 +172,12 @@ pub enum GgufError {
 
 /// Reads the GGUF header of the file at `path`.
 pub fn read_file(path: &Path) -> Result<GgufInfo, GgufError> {
-    let file = File::open(path)?;
+    read_open(File::open(path)?)
+}
+
+/// Reads the GGUF header of a file already open (the library opens it through its
+/// directory handle, never by name).
+pub fn read_open(file: File) -> Result<GgufInfo, GgufError> {
     let len = file.metadata()?.len();
     read_header(&mut BufReader::with_capacity(BUFFER, file), len)
 }

@@ -163,6 +163,13 @@ impl LibraryHandle {
         (record.repo.as_deref() == Some(repo)).then(|| (self.inner.full_path(&path), record))
     }
 
+    /// Opens library file `path` for reading through the directory handles (a
+    /// regular file only: a link or FIFO swapped in is refused, never followed or
+    /// waited on), with what it is now: what a reader that serves it should use.
+    pub fn open(&self, path: &str) -> std::io::Result<(std::fs::File, crate::files::Stat)> {
+        self.inner.open(path)
+    }
+
     /// `download_dir/<path>`, for a path relative to it (already validated).
     pub fn full_path(&self, path: &str) -> PathBuf {
         self.inner.full_path(path)
@@ -190,10 +197,10 @@ impl LibraryHandle {
             .map_err(|e| LibraryError::Join(e.to_string()))?
     }
 
-    /// Removes a file of the library and every link the service made to it.
+    /// Removes a file of the library and every link the service made to it. Any path
+    /// the library lists can be deleted (a hand-placed `aux.gguf` or a name with a
+    /// newline too: the name rules are for new files); nothing else can.
     pub async fn delete(&self, path: &str) -> Result<(), LibraryError> {
-        crate::files::validate_relative_path(path)
-            .map_err(|e| LibraryError::BadPath(path.to_owned(), e.to_string()))?;
         if !self.inner.read().contains_key(path) {
             return Err(LibraryError::NotFound(path.to_owned()));
         }
@@ -299,6 +306,7 @@ impl Inner {
             if record.same_at.is_none() {
                 record.same_at.clone_from(&now.same_at);
             }
+            record.ours |= now.ours;
         }
         self.store.put_library(path, &record)?;
         index.insert(path.to_owned(), record);
@@ -335,15 +343,63 @@ impl Inner {
         Ok(())
     }
 
-    /// Blocking: the file, its HF cache entries, its record.
+    /// The folder of library file `path` (walked from `download_dir` through
+    /// directory handles, no link followed) and its name there.
+    fn locate(&self, path: &str) -> std::io::Result<(crate::files::Dir, std::ffi::OsString)> {
+        let root = crate::files::Dir::open(&self.root)?;
+        crate::files::parent_of(&root, Path::new(""), Path::new(path), false)
+    }
+
+    /// Opens library file `path` for reading through its folder's handle (a regular
+    /// file only: never a link, never blocking on a FIFO), with what it is now.
+    fn open(&self, path: &str) -> std::io::Result<(std::fs::File, crate::files::Stat)> {
+        let (dir, name) = self.locate(path)?;
+        let file = dir.open_file(name)?;
+        let st = crate::files::Dir::stat_of(&file)?;
+        Ok((file, st))
+    }
+
+    /// The inode `record` was read at, as the publishers compare it.
+    fn identity(&self, path: &str, record: &Record) -> inode::Identity {
+        inode::Identity {
+            path: self.full_path(path),
+            dev: record.dev,
+            ino: record.ino,
+        }
+    }
+
+    /// Library file `path` as `record` knows it, for a publisher to link.
+    fn ours(&self, path: &str, record: &Record) -> std::io::Result<inode::Ours> {
+        let (dir, name) = self.locate(path)?;
+        Ok(inode::Ours {
+            id: self.identity(path, record),
+            dir,
+            name,
+        })
+    }
+
+    /// Blocking: the file, its HF cache entries, its record. The name is removed in
+    /// its folder's handle: a link there goes itself, what it points to stays.
     fn remove_file(&self, path: &str) -> Result<(), LibraryError> {
         let record = self.read().get(path).cloned();
         let Some(record) = record else {
             return Err(LibraryError::NotFound(path.to_owned()));
         };
-        let file = crate::files::resolve_inside(&self.root, path)?;
-        publish::unpublish(&self.folders, &record.published, &file);
-        match std::fs::remove_file(&file) {
+        publish::unpublish(
+            &self.folders,
+            &record.published,
+            &self.identity(path, &record),
+        );
+        let removed = self
+            .locate(path)
+            .and_then(|(dir, name)| match dir.stat(&name)? {
+                Some(st) if st.kind == crate::files::Kind::Dir => {
+                    Err(std::io::Error::other(format!("{path} is a folder now")))
+                }
+                Some(_) => dir.unlink(&name),
+                None => Ok(()),
+            });
+        match removed {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
@@ -362,11 +418,4 @@ impl Inner {
             .map(|(p, r)| (p.clone(), r.clone()))
             .collect()
     }
-}
-
-/// `path` relative to `root` with `/` separators, when it is inside.
-fn relative(root: &Path, path: &Path) -> Option<String> {
-    let rel = path.strip_prefix(root).ok()?;
-    let parts: Vec<&str> = rel.iter().map(|p| p.to_str()).collect::<Option<_>>()?;
-    Some(parts.join("/"))
 }

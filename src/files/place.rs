@@ -246,64 +246,6 @@ impl Place {
     }
 }
 
-/// Opens `relative` below `root` for reading the way a transfer walks it: one
-/// directory handle at a time, each component opened with `O_NOFOLLOW` (nothing is
-/// created), the file itself with `O_NOFOLLOW` and `O_NONBLOCK` (a FIFO never blocks the
-/// open); anything but a regular file is refused. The open file is what the caller
-/// reads: nothing is opened again by name. Any name is accepted but an empty one, `.`
-/// and `..` (a hand-placed file may be named as the contract would not allow).
-pub fn open_regular(root: &Path, relative: &str) -> io::Result<File> {
-    if relative.starts_with('/')
-        || relative
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{relative:?} is not a path below download_dir"),
-        ));
-    }
-    let mut dir = open_root(&cstr(root.as_os_str())?)?;
-    let components: Vec<&str> = relative.split('/').collect();
-    let (file_name, dirs) = components
-        .split_last()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty path"))?;
-    for part in dirs {
-        dir = open_dir_at(dir.as_raw_fd(), &cstr(OsStr::new(part))?)
-            .map_err(|e| refuse(relative, part, e))?;
-    }
-    let name = cstr(OsStr::new(file_name))?;
-    let flags =
-        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
-    // A regular file under a write lease (a transfer's `.part`) answers EWOULDBLOCK
-    // and the open starts breaking the lease: asked again (never without O_NONBLOCK,
-    // which a FIFO swapped in meanwhile would block) until its holder lets go, within
-    // the kernel's lease-break time.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
-    let fd = loop {
-        // SAFETY: a valid directory fd and a NUL-terminated name.
-        match check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) }) {
-            Err(e)
-                if e.raw_os_error() == Some(libc::EWOULDBLOCK)
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => break other,
-        }
-    }
-    .map_err(|e| refuse(relative, file_name, e))?;
-    // SAFETY: just opened, owned by the File.
-    let file = unsafe { File::from_raw_fd(fd) };
-    if !file.metadata()?.file_type().is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{relative}: not a regular file"),
-        ));
-    }
-    Ok(file)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,28 +278,5 @@ mod tests {
             Place::open(root.path(), "sub/y.bin").is_err(),
             "a new walk refuses the link"
         );
-    }
-
-    #[test]
-    fn open_regular_follows_no_link_and_opens_no_fifo() {
-        let root = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("d")).unwrap();
-        std::fs::write(root.path().join("d/f"), b"ours").unwrap();
-        std::fs::write(outside.path().join("f"), b"theirs").unwrap();
-        let mut got = String::new();
-        std::io::Read::read_to_string(&mut open_regular(root.path(), "d/f").unwrap(), &mut got)
-            .unwrap();
-        assert_eq!(got, "ours");
-        std::os::unix::fs::symlink(outside.path().join("f"), root.path().join("d/l")).unwrap();
-        std::os::unix::fs::symlink(outside.path(), root.path().join("e")).unwrap();
-        assert!(open_regular(root.path(), "d/l").is_err(), "a linked file");
-        assert!(open_regular(root.path(), "e/f").is_err(), "a linked folder");
-        assert!(open_regular(root.path(), "d/../d/f").is_err());
-        let fifo = cstr(root.path().join("d/p").as_os_str()).unwrap();
-        // SAFETY: a NUL-terminated path.
-        check(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }).unwrap();
-        assert!(open_regular(root.path(), "d/p").is_err(), "a FIFO, at once");
-        assert!(open_regular(root.path(), "d").is_err(), "a folder");
     }
 }

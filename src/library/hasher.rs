@@ -65,14 +65,20 @@ fn lower_priority() {
 }
 
 fn hash_one(inner: &Inner, path: &str) {
-    let full = inner.full_path(path);
     let Some(before) = inner.read().get(path).cloned() else {
         return;
     };
     if before.sha256.is_some() {
         return;
     }
-    let digest = match digest_of(&full) {
+    // Through the folder's handle: a regular file only (a link or a FIFO swapped in
+    // after the scan is refused, never followed or waited on).
+    let digest = match inner.open(path).and_then(|(file, st)| {
+        if !before.matches(&st) {
+            return Err(std::io::Error::other("changed since it was read"));
+        }
+        digest_of(file)
+    }) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(%path, error = %e, "cannot hash a library file");
@@ -80,10 +86,8 @@ fn hash_one(inner: &Inner, path: &str) {
         }
     };
     // The file must still be the one that was read: else the next scan starts over.
-    let Ok(meta) = std::fs::symlink_metadata(&full) else {
-        return;
-    };
-    if !before.matches(&meta) {
+    let now = inner.locate(path).and_then(|(dir, name)| dir.stat(name));
+    if !now.ok().flatten().is_some_and(|st| before.matches(&st)) {
         return;
     }
     // The record as it is now (a scan may have added to it meanwhile), with the digest.
@@ -105,9 +109,8 @@ fn hash_one(inner: &Inner, path: &str) {
     inner.announce();
 }
 
-/// The sha256 of a whole file, lower-case hex.
-pub(super) fn digest_of(path: &std::path::Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+/// The sha256 of a whole open file, lower-case hex.
+pub(super) fn digest_of(mut file: std::fs::File) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -12,12 +12,19 @@
 //! Only what we made is ever removed: a blob that is not our file (same inode, or a
 //! symlink to it) and a snapshot entry that is not our link stay as they are.
 
-use std::fs;
+use std::ffi::OsStr;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::inode::{Identity, Ours};
+use crate::files::{parent_of, Dir, Kind};
+
+/// A ref holds a 40-hex commit: anything longer is not one of ours.
+const REF_CAP: u64 = 1024;
+/// The most names one walk of a repo's `snapshots/` or `refs/` looks at.
+const MAX_ENTRIES: usize = 100_000;
 
 /// What publishing one file made, relative to its repo folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,8 +56,9 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Publishes `file` (ours, in download_dir) into the cache at `cache`.
-pub fn publish(cache: &Path, target: &Target<'_>, file: &Path) -> io::Result<Entry> {
+/// Publishes `file` (ours, in download_dir) into the cache at `cache`. Every folder
+/// of the cache is walked through directory handles: a link in it is never followed.
+pub fn publish(cache: &Path, target: &Target<'_>, file: &Ours) -> io::Result<Entry> {
     let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
     let (owner, name) = target
         .repo
@@ -63,21 +71,24 @@ pub fn publish(cache: &Path, target: &Target<'_>, file: &Path) -> io::Result<Ent
     if let Some(r) = target.revision {
         crate::files::validate_relative_path(r).map_err(|e| bad(e.to_string()))?;
     }
-    let repo_dir = cache.join(format!("models--{owner}--{name}"));
-    let blob = format!("blobs/{}", target.sha256);
-    link_blob(&repo_dir.join(&blob), file)?;
+    let repo_name = format!("models--{owner}--{name}");
+    let root = Dir::open_or_create(cache)?;
+    let repo = root.sub_or_create(&repo_name)?;
+    link_blob(&repo.sub_or_create("blobs")?, target.sha256, file)?;
     let snapshot = format!("snapshots/{}/{}", target.commit, target.file);
     let depth = target.file.matches('/').count();
     let pointer = format!("{}../../blobs/{}", "../".repeat(depth), target.sha256);
-    place_symlink(&repo_dir.join(&snapshot), Path::new(&pointer))?;
+    let (dir, link) = parent_of(&repo, Path::new(""), Path::new(&snapshot), true)?;
+    place_symlink(&dir, &link, Path::new(&pointer))?;
     let revision = target.revision.filter(|r| *r != target.commit);
     if let Some(r) = revision {
-        write_ref(&repo_dir.join("refs").join(r), target.commit)?;
+        let (dir, name) = parent_of(&repo, Path::new(""), &Path::new("refs").join(r), true)?;
+        write_ref(&dir, &name, target.commit)?;
     }
     Ok(Entry {
-        repo_dir,
+        repo_dir: cache.join(repo_name),
         snapshot,
-        blob,
+        blob: format!("blobs/{}", target.sha256),
         revision: revision.map(str::to_owned),
         commit: target.commit.to_owned(),
     })
@@ -85,81 +96,109 @@ pub fn publish(cache: &Path, target: &Target<'_>, file: &Path) -> io::Result<Ent
 
 /// The blob: a hard link to our file on one file system, else a symlink to it. A blob
 /// already there (the user's own download of the same bytes) is left as it is.
-fn link_blob(blob: &Path, file: &Path) -> io::Result<()> {
-    if let Some(dir) = blob.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    if fs::symlink_metadata(blob).is_ok() {
+fn link_blob(blobs: &Dir, sha256: &str, file: &Ours) -> io::Result<()> {
+    if blobs.stat(sha256)?.is_some() {
         return Ok(());
     }
-    match fs::hard_link(file, blob) {
+    match file.link_into(blobs, sha256) {
         Ok(()) => Ok(()),
         Err(e)
             if e.raw_os_error() == Some(libc::EXDEV)
                 || e.kind() == io::ErrorKind::PermissionDenied =>
         {
-            std::os::unix::fs::symlink(file, blob)
+            blobs.symlink(&file.id.path, sha256)
         }
         Err(e) => Err(e),
     }
 }
 
-/// A symlink at `at` pointing to `to`, replacing only a symlink that was there.
-fn place_symlink(at: &Path, to: &Path) -> io::Result<()> {
-    if let Some(dir) = at.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    match fs::symlink_metadata(at) {
-        Ok(m) if m.file_type().is_symlink() => {
-            if fs::read_link(at)? == to {
+/// A symlink `name` in `dir` pointing to `to`, replacing only a symlink that was there.
+fn place_symlink(dir: &Dir, name: &OsStr, to: &Path) -> io::Result<()> {
+    match dir.stat(name)? {
+        Some(st) if st.kind == Kind::Link => {
+            if dir.read_link(name)? == to {
                 return Ok(());
             }
-            fs::remove_file(at)?;
+            dir.unlink(name)?;
         }
-        Ok(_) => {
+        Some(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a link", at.display()),
+                format!("{name:?} exists and is not a link"),
             ))
         }
-        Err(_) => {}
+        None => {}
     }
-    std::os::unix::fs::symlink(to, at)
+    dir.symlink(to, name)
 }
 
 /// `refs/<revision>` holding the commit, written atomically (tmp + rename), no newline.
-fn write_ref(path: &Path, commit: &str) -> io::Result<()> {
-    if fs::read_to_string(path).is_ok_and(|c| c == commit) {
+/// What is there is read only when it is a regular file, and at most [`REF_CAP`] bytes
+/// of it: a FIFO, a device or a link there is replaced, never opened.
+fn write_ref(dir: &Dir, name: &OsStr, commit: &str) -> io::Result<()> {
+    if dir
+        .read_capped(name, REF_CAP)
+        .is_ok_and(|c| c == commit.as_bytes())
+    {
         return Ok(());
     }
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+    if dir.stat(name)?.is_some_and(|st| st.kind == Kind::Dir) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{name:?} is a folder"),
+        ));
     }
-    let tmp = path.with_extension(format!("mm-{}.tmp", std::process::id()));
-    fs::write(&tmp, commit)?;
-    fs::rename(&tmp, path)
+    dir.write_atomic(name, commit.as_bytes())
 }
 
 /// Removes what [`publish`] made for `file`; logs what it cannot remove.
-pub fn unpublish(cache: &Path, entry: &Entry, file: &Path) {
-    if !entry.repo_dir.starts_with(cache) {
+pub fn unpublish(cache: &Path, entry: &Entry, file: &Identity) {
+    let (Ok(rel), Ok(root)) = (entry.repo_dir.strip_prefix(cache), Dir::open(cache)) else {
         tracing::warn!(repo_dir = %entry.repo_dir.display(), "not in the configured cache; left alone");
         return;
+    };
+    let Ok(repo) = root.walk(rel, false) else {
+        return;
+    };
+    let snapshot = Path::new(&entry.snapshot);
+    if let Ok((dir, name)) = parent_of(&repo, Path::new(""), snapshot, false) {
+        if dir
+            .stat(&name)
+            .ok()
+            .flatten()
+            .is_some_and(|st| st.kind == Kind::Link)
+        {
+            warn_on(dir.unlink(&name), snapshot);
+        }
     }
-    let snapshot = entry.repo_dir.join(&entry.snapshot);
-    if fs::symlink_metadata(&snapshot).is_ok_and(|m| m.file_type().is_symlink()) {
-        warn_on(fs::remove_file(&snapshot), &snapshot);
+    let folders: Vec<&OsStr> = snapshot
+        .parent()
+        .map(|p| p.iter().collect())
+        .unwrap_or_default();
+    // snapshots/<commit>/sub…: the deepest first, `snapshots` itself stays.
+    for k in (2..=folders.len()).rev() {
+        let parent: PathBuf = folders[..k - 1].iter().collect();
+        let removed = repo
+            .walk(&parent, false)
+            .and_then(|d| d.rmdir(folders[k - 1]));
+        if removed.is_err() {
+            break;
+        }
     }
-    let commit_dir = entry.repo_dir.join("snapshots").join(&entry.commit);
-    remove_empty_dirs(snapshot.parent(), &commit_dir);
-    let blob = entry.repo_dir.join(&entry.blob);
-    if is_ours(&blob, file) && !referenced(&entry.repo_dir, &entry.blob) {
-        warn_on(fs::remove_file(&blob), &blob);
+    let blob = entry.blob.rsplit('/').next().unwrap_or(&entry.blob);
+    if let Ok(blobs) = repo.sub("blobs") {
+        if is_ours(&blobs, blob, file) && !referenced(&repo, blob) {
+            warn_on(blobs.unlink(blob), Path::new(&entry.blob));
+        }
     }
-    if !commit_dir.exists() {
-        drop_refs_to(&entry.repo_dir, &entry.commit);
+    let commit_dir = Path::new("snapshots").join(&entry.commit);
+    if repo.walk(&commit_dir, false).is_err() {
+        drop_refs_to(&repo, &entry.commit);
     }
-    remove_repo_if_empty(&entry.repo_dir);
+    remove_repo_if_empty(&repo);
+    if let Some(name) = entry.repo_dir.file_name() {
+        let _ = root.rmdir(name);
+    }
 }
 
 fn warn_on(result: io::Result<()>, path: &Path) {
@@ -171,101 +210,105 @@ fn warn_on(result: io::Result<()>, path: &Path) {
 }
 
 /// The blob is our file: the same inode, or a symlink to it.
-fn is_ours(blob: &Path, file: &Path) -> bool {
-    let Ok(meta) = fs::symlink_metadata(blob) else {
-        return false;
-    };
-    if meta.file_type().is_symlink() {
-        return fs::read_link(blob).is_ok_and(|t| t == file);
+fn is_ours(blobs: &Dir, name: &str, file: &Identity) -> bool {
+    match blobs.stat(name) {
+        Ok(Some(st)) if st.kind == Kind::Link => {
+            blobs.read_link(name).is_ok_and(|t| t == file.path)
+        }
+        Ok(st) => file.is(st),
+        Err(_) => false,
     }
-    fs::metadata(file).is_ok_and(|f| (f.dev(), f.ino()) == (meta.dev(), meta.ino()))
+}
+
+/// Every name below `top` (walked through handles, links never followed), with the
+/// folder that holds it; at most [`MAX_ENTRIES`]. Folders wait their turn by path, so
+/// a wide tree holds no descriptor per folder.
+fn walk_tree(top: Dir, mut each: impl FnMut(&Dir, &OsStr, Kind) -> bool) {
+    let mut stack = vec![PathBuf::new()];
+    let mut seen = 0;
+    while let Some(rel) = stack.pop() {
+        let Ok(dir) = top.walk(&rel, false) else {
+            continue;
+        };
+        let Ok(entries) = dir.entries() else { continue };
+        for (name, st) in entries {
+            seen += 1;
+            if seen > MAX_ENTRIES {
+                return;
+            }
+            if st.kind == Kind::Dir {
+                stack.push(rel.join(&name));
+            } else if !each(&dir, &name, st.kind) {
+                return;
+            }
+        }
+    }
 }
 
 /// Some snapshot entry still points at this blob.
-fn referenced(repo_dir: &Path, blob: &str) -> bool {
-    let name = blob.rsplit('/').next().unwrap_or(blob);
-    let mut stack = vec![repo_dir.join("snapshots")];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(path),
-                Ok(t) if t.is_symlink() && points_to(&path, name) => return true,
-                _ => {}
+fn referenced(repo: &Dir, blob: &str) -> bool {
+    let Ok(snapshots) = repo.sub("snapshots") else {
+        return false;
+    };
+    let mut found = false;
+    walk_tree(snapshots, |dir, name, kind| {
+        found = kind == Kind::Link
+            && dir
+                .read_link(name)
+                .is_ok_and(|l| l.file_name().is_some_and(|n| n == blob));
+        !found
+    });
+    found
+}
+
+/// Refs that name a commit no snapshot has any more (a scan would warn of them). Only
+/// regular files are read (capped); a link or FIFO in `refs/` is never followed.
+fn drop_refs_to(repo: &Dir, commit: &str) {
+    let Ok(refs) = repo.sub("refs") else { return };
+    walk_tree(refs, |dir, name, kind| {
+        if kind == Kind::File
+            && dir
+                .read_capped(name, REF_CAP)
+                .is_ok_and(|c| c == commit.as_bytes())
+        {
+            warn_on(dir.unlink(name), Path::new(name));
+        }
+        true
+    });
+    remove_empty_tree(repo, OsStr::new("refs"));
+}
+
+/// Removes empty folders below `parent/name`, and it when it ends up empty.
+fn remove_empty_tree(parent: &Dir, name: &OsStr) {
+    if let Ok(dir) = parent.sub(name) {
+        for (n, st) in dir.entries().unwrap_or_default() {
+            if st.kind == Kind::Dir {
+                remove_empty_tree(&dir, &n);
             }
         }
     }
-    false
+    let _ = parent.rmdir(name);
 }
 
-/// The link at `path` names a file called `name`.
-fn points_to(path: &Path, name: &str) -> bool {
-    fs::read_link(path).is_ok_and(|l| l.file_name().is_some_and(|n| n == name))
-}
-
-/// Removes `from` and its parents while they are empty, up to and including `last`.
-fn remove_empty_dirs(from: Option<&Path>, last: &Path) {
-    let mut dir = from.map(Path::to_path_buf);
-    while let Some(d) = dir {
-        if !d.starts_with(last) || fs::remove_dir(&d).is_err() {
-            return;
-        }
-        if d == last {
-            return;
-        }
-        dir = d.parent().map(Path::to_path_buf);
+/// A repo folder with no snapshot and no blob left is ours alone: its folders go (the
+/// caller removes the repo folder itself when it is empty).
+fn remove_repo_if_empty(repo: &Dir) {
+    for sub in ["snapshots", "blobs", "refs"] {
+        remove_empty_tree(repo, OsStr::new(sub));
     }
-}
-
-/// Refs that name a commit no snapshot has any more (a scan would warn of them).
-fn drop_refs_to(repo_dir: &Path, commit: &str) {
-    let refs = repo_dir.join("refs");
-    let mut stack = vec![refs.clone()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if fs::read_to_string(&path).is_ok_and(|c| c == commit) {
-                warn_on(fs::remove_file(&path), &path);
-            }
-        }
-    }
-    remove_empty_tree(&refs);
-}
-
-/// Removes empty folders below `dir`, and `dir` when it ends up empty.
-fn remove_empty_tree(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_empty_tree(&e.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(dir);
-}
-
-/// A repo folder with no snapshot and no blob left is ours alone: it goes.
-fn remove_repo_if_empty(repo_dir: &Path) {
-    for sub in ["snapshots", "blobs"] {
-        remove_empty_tree(&repo_dir.join(sub));
-    }
-    remove_empty_tree(&repo_dir.join("refs"));
-    let _ = fs::remove_dir(repo_dir);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
 
     const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn ours(file: &Path) -> Ours {
+        Ours::at(file)
+    }
 
     fn target<'a>(file: &'a str, sha: &'a str) -> Target<'a> {
         Target {
@@ -284,7 +327,7 @@ mod tests {
         fs::write(&file, b"weights").unwrap();
         let cache = root.path().join("hub");
         let sha = "a".repeat(64);
-        let e = publish(&cache, &target("sub/x.gguf", &sha), &file).unwrap();
+        let e = publish(&cache, &target("sub/x.gguf", &sha), &ours(&file)).unwrap();
         let repo = cache.join("models--o--r");
         let link = repo.join("snapshots").join(COMMIT).join("sub/x.gguf");
         assert_eq!(
@@ -301,14 +344,14 @@ mod tests {
         );
         // Publishing again changes nothing.
         assert_eq!(
-            publish(&cache, &target("sub/x.gguf", &sha), &file).unwrap(),
+            publish(&cache, &target("sub/x.gguf", &sha), &ours(&file)).unwrap(),
             e
         );
         // Someone else's file in the cache survives the unpublish.
         let theirs = cache.join("models--x--y/blobs/keep");
         fs::create_dir_all(theirs.parent().unwrap()).unwrap();
         fs::write(&theirs, b"theirs").unwrap();
-        unpublish(&cache, &e, &file);
+        unpublish(&cache, &e, &ours(&file).id);
         assert!(!repo.exists(), "nothing of ours is left");
         assert!(theirs.exists());
         assert_eq!(
@@ -325,21 +368,21 @@ mod tests {
         fs::write(&file, b"w").unwrap();
         let cache = root.path().join("hub");
         let sha = "b".repeat(64);
-        let first = publish(&cache, &target("x.gguf", &sha), &file).unwrap();
+        let first = publish(&cache, &target("x.gguf", &sha), &ours(&file)).unwrap();
         let other = Target {
             commit: "fedcba9876543210fedcba9876543210fedcba98",
             revision: None,
             ..target("x.gguf", &sha)
         };
-        let second = publish(&cache, &other, &file).unwrap();
-        unpublish(&cache, &first, &file);
+        let second = publish(&cache, &other, &ours(&file)).unwrap();
+        unpublish(&cache, &first, &ours(&file).id);
         let blob = first.repo_dir.join(&first.blob);
         assert!(blob.exists(), "the other snapshot still uses it");
         assert!(
             !first.repo_dir.join("refs/main").exists(),
             "a ref to a gone commit goes"
         );
-        unpublish(&cache, &second, &file);
+        unpublish(&cache, &second, &ours(&file).id);
         assert!(!first.repo_dir.exists());
     }
 
@@ -368,7 +411,7 @@ mod tests {
                 ..target("x", &sha)
             },
         ] {
-            assert!(publish(&cache, &t, &file).is_err());
+            assert!(publish(&cache, &t, &ours(&file)).is_err());
         }
         assert!(!cache.exists());
     }

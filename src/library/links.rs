@@ -1,58 +1,86 @@
 //! One copy of identical files: a file whose sha256 equals another library file's on
-//! the same file system becomes a hard link to it, once its digest is known.
+//! the same file system becomes a hard link to it, once its digest is known, and only
+//! when both are files this service wrote (completed downloads of the queue, verified
+//! and closed by us, unchanged since: [`Record::ours`]). A file put there by hand, or
+//! one another program may still be writing (a preallocated part, a torrent's sparse
+//! file), is hashed and listed, never linked, renamed over or rewritten.
 
-use std::fs;
-use std::path::Path;
-
-use super::record::{identity, Record};
+use super::record::Record;
 use super::Inner;
+use crate::files::{Dir, Kind};
 
 /// Replaces `path` by a hard link to an identical file when there is one (same
-/// digest and size, same device, another inode); updates `record` to the new inode.
+/// digest and size, same device, another inode, both ours); updates `record` to the
+/// new inode.
 pub(super) fn dedupe(inner: &Inner, path: &str, record: &mut Record) {
     let Some(sha) = record.sha256.clone() else {
         return;
     };
-    let twin = inner
-        .same_digest(path, &sha)
-        .into_iter()
-        .find(|(_, r)| r.size == record.size && r.dev == record.dev && r.ino != record.ino);
-    let Some((other, _)) = twin else {
+    if !record.ours {
+        return;
+    }
+    let twin = inner.same_digest(path, &sha).into_iter().find(|(_, r)| {
+        r.ours && r.size == record.size && r.dev == record.dev && r.ino != record.ino
+    });
+    let Some((other, theirs)) = twin else {
         return;
     };
-    let (mine, theirs) = (inner.full_path(path), inner.full_path(&other));
-    match link_over(&theirs, &mine) {
-        Ok(meta) => {
-            let (size, mtime_ns, ino, dev) = identity(&meta);
-            (record.size, record.mtime_ns, record.ino, record.dev) = (size, mtime_ns, ino, dev);
-            tracing::info!(%path, twin = %other, bytes = size, "identical files: now one copy");
+    match link_over(inner, (&other, &theirs), (path, record)) {
+        Ok(()) => {
+            tracing::info!(%path, twin = %other, bytes = record.size, "identical files: now one copy");
         }
         Err(e) => tracing::warn!(%path, twin = %other, error = %e, "cannot link identical files"),
     }
 }
 
 /// `mine` becomes a hard link to `theirs`, atomically: a link under a temporary name
-/// in the same folder, then a rename over `mine`. Both must still be regular files.
-fn link_over(theirs: &Path, mine: &Path) -> std::io::Result<fs::Metadata> {
-    for p in [theirs, mine] {
-        if !fs::symlink_metadata(p)?.is_file() {
-            return Err(std::io::Error::other(format!(
-                "{} is not a file",
-                p.display()
-            )));
-        }
+/// in the same folder, then a rename over `mine`, all through the folders' handles.
+/// Both names must still hold the inodes their records were read at.
+fn link_over(
+    inner: &Inner,
+    (their_path, theirs): (&str, &Record),
+    (my_path, mine): (&str, &mut Record),
+) -> std::io::Result<()> {
+    let (their_dir, their_name) = inner.locate(their_path)?;
+    let (my_dir, my_name) = inner.locate(my_path)?;
+    let unchanged = |dir: &Dir, name: &std::ffi::OsStr, r: &Record| -> std::io::Result<bool> {
+        Ok(dir
+            .stat(name)?
+            .is_some_and(|st| st.kind == Kind::File && r.matches(&st)))
+    };
+    // Read leases on both for the moment of the merge: refused while anyone has
+    // either open for writing, and a writer that opens one meanwhile waits for us.
+    let leases = (
+        their_dir.open_leased(&their_name),
+        my_dir.open_leased(&my_name),
+    );
+    let (Ok(_theirs_held), Ok(_mine_held)) = leases else {
+        return Err(std::io::Error::other(
+            "one of them is open for writing elsewhere",
+        ));
+    };
+    if !unchanged(&their_dir, &their_name, theirs)? || !unchanged(&my_dir, &my_name, mine)? {
+        return Err(std::io::Error::other("changed since it was read"));
     }
-    let tmp = mine.with_file_name(format!(
-        ".{}.mm-link",
-        mine.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let _ = fs::remove_file(&tmp);
-    fs::hard_link(theirs, &tmp)?;
-    if let Err(e) = fs::rename(&tmp, mine) {
-        let _ = fs::remove_file(&tmp);
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(&my_name);
+    tmp.push(".mm-link");
+    let _ = my_dir.unlink(&tmp);
+    my_dir.link_from(&their_dir, &their_name, &tmp)?;
+    let linked = my_dir.stat(&tmp)?;
+    if !linked.is_some_and(|st| st.kind == Kind::File && st.id() == (theirs.dev, theirs.ino)) {
+        let _ = my_dir.unlink(&tmp);
+        return Err(std::io::Error::other(
+            "the twin changed while it was linked",
+        ));
+    }
+    if let Err(e) = my_dir.rename(&tmp, &my_dir, &my_name) {
+        let _ = my_dir.unlink(&tmp);
         return Err(e);
     }
-    fs::symlink_metadata(mine)
+    let now = my_dir
+        .stat(&my_name)?
+        .ok_or_else(|| std::io::Error::other("gone after the link"))?;
+    mine.set_identity(&now);
+    Ok(())
 }

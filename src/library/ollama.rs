@@ -13,13 +13,17 @@
 //! written. A blob is only ever a hard link: Ollama cannot follow a symlink out of its
 //! folder safely, and the library never copies a model.
 
-use std::fs;
+use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::inode::same_inode;
+use super::inode::{Identity, Ours};
+use crate::files::{parent_of, Dir, Kind};
+
+/// A manifest is a few hundred bytes: one longer than this is not read.
+const MANIFEST_CAP: u64 = 1 << 20;
 
 /// The registry host Ollama uses for Hub models (`ollama run hf.co/o/n:Q4_K_M`).
 pub const HOST: &str = "hf.co";
@@ -68,9 +72,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
     crate::engine::hex(&sha2::Sha256::digest(bytes))
 }
 
-/// `sha256-<hex>` under `blobs/`, as `manifest.BlobsPath` names it.
-fn blob_path(models: &Path, digest: &str) -> PathBuf {
-    models.join("blobs").join(digest.replace(':', "-"))
+/// `sha256-<hex>`, the name under `blobs/` that `manifest.BlobsPath` gives it.
+fn blob_name(digest: &str) -> String {
+    digest.replace(':', "-")
 }
 
 /// Ollama's `isValidPart`: a leading letter, digit or `_`, then those and `-`, `_`, and
@@ -156,8 +160,11 @@ fn human_parameters(n: u64) -> String {
 }
 
 /// Publishes `file` (ours, in download_dir) as `hf.co/<repo>:<quant>` in `models`.
-pub fn publish(models: &Path, target: &Target<'_>, file: &Path) -> Result<Entry, Refused> {
-    let split_name = file
+/// Every folder is walked through directory handles (a link is never followed) and
+/// only regular files are read, capped: a FIFO at the manifest path is refused, not
+/// opened.
+pub fn publish(models: &Path, target: &Target<'_>, file: &Ours) -> Result<Entry, Refused> {
+    let split_name = Path::new(&file.name)
         .file_stem()
         .and_then(|s| s.to_str())
         .and_then(crate::hub::quant::split_part)
@@ -172,19 +179,25 @@ pub fn publish(models: &Path, target: &Target<'_>, file: &Path) -> Result<Entry,
     }
     let parts = name_parts(target)?;
     let name = format!("{}/{}/{}:{}", parts[0], parts[1], parts[2], parts[3]);
-    let manifest_path = parts
-        .iter()
-        .fold(models.join("manifests"), |p, part| p.join(part));
+    let root = Dir::open_or_create(models)?;
+    let folder: PathBuf = ["manifests", parts[0], parts[1], parts[2]].iter().collect();
+    let manifests = root.walk(&folder, true)?;
     let model_digest = format!("sha256:{}", target.sha256);
-    if let Some(other) = read_manifest(&manifest_path) {
-        if !names_model(&other, &model_digest) {
-            return Err(Refused::Taken(name));
-        }
+    // A FIFO, a link or a folder there is not a manifest of ours: left alone, unopened.
+    let taken = match manifests.stat(parts[3])? {
+        None => false,
+        Some(st) if st.kind != Kind::File => true,
+        Some(_) => read_manifest(&manifests, OsStr::new(parts[3]))
+            .is_some_and(|other| !names_model(&other, &model_digest)),
+    };
+    if taken {
+        return Err(Refused::Taken(name));
     }
-    link_blob(&blob_path(models, &model_digest), file)?;
+    let blobs = root.sub_or_create("blobs")?;
+    link_blob(&blobs, &blob_name(&model_digest), file)?;
     let config = config_json(target);
     let config_digest = format!("sha256:{}", sha256_hex(&config));
-    write_atomic(&blob_path(models, &config_digest), &config)?;
+    write_small(&blobs, &blob_name(&config_digest), &config)?;
     let manifest = Manifest {
         schema_version: 2,
         media_type: MANIFEST_MEDIA_TYPE.into(),
@@ -201,10 +214,10 @@ pub fn publish(models: &Path, target: &Target<'_>, file: &Path) -> Result<Entry,
     };
     let mut bytes = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    write_atomic(&manifest_path, &bytes)?;
+    write_small(&manifests, parts[3], &bytes)?;
     Ok(Entry {
         name,
-        manifest: manifest_path,
+        manifest: models.join(folder).join(parts[3]),
         model_digest,
         config_digest,
     })
@@ -216,102 +229,124 @@ fn names_model(m: &Manifest, digest: &str) -> bool {
         .any(|l| l.media_type == MODEL_MEDIA_TYPE && l.digest == digest)
 }
 
-/// A manifest file, when it parses (at most 1 MiB: a manifest is a few hundred bytes).
-fn read_manifest(path: &Path) -> Option<Manifest> {
-    let meta = fs::metadata(path).ok()?;
-    if !meta.is_file() || meta.len() > 1 << 20 {
-        return None;
-    }
-    serde_json::from_slice(&fs::read(path).ok()?).ok()
+/// A manifest file, when it is a regular file of at most [`MANIFEST_CAP`] that parses.
+fn read_manifest(dir: &Dir, name: &OsStr) -> Option<Manifest> {
+    serde_json::from_slice(&dir.read_capped(name, MANIFEST_CAP).ok()?).ok()
 }
 
 /// The blob is a hard link to our file; one already there with this digest (Ollama's
 /// own pull of the same bytes) is used as it is.
-fn link_blob(blob: &Path, file: &Path) -> Result<(), Refused> {
-    if let Some(dir) = blob.parent() {
-        fs::create_dir_all(dir)?;
+fn link_blob(blobs: &Dir, name: &str, file: &Ours) -> Result<(), Refused> {
+    match blobs.stat(name)? {
+        Some(st) if st.kind == Kind::File => return Ok(()),
+        Some(_) => return Err(Refused::Taken(name.to_owned())),
+        None => {}
     }
-    if fs::symlink_metadata(blob).is_ok_and(|m| m.is_file()) {
-        return Ok(());
-    }
-    match fs::hard_link(file, blob) {
+    match file.link_into(blobs, name) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(Refused::OtherFileSystem),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Writes a small file by a temporary name and a rename: Ollama never reads half of it.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    if fs::read(path).is_ok_and(|now| now == bytes) {
+/// Writes a small file by a temporary name and a rename (Ollama never reads half of
+/// it), unless it already holds exactly these bytes.
+fn write_small(dir: &Dir, name: &str, bytes: &[u8]) -> io::Result<()> {
+    if dir
+        .read_capped(name, MANIFEST_CAP)
+        .is_ok_and(|now| now == bytes)
+    {
         return Ok(());
     }
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_file_name(format!(
-        ".{}.mm-{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
+    dir.write_atomic(name, bytes)
 }
 
 /// Removes what [`publish`] made for `file`: the manifest when it still names our
-/// blob, then each blob no other manifest uses (the model blob only when it is our
-/// file), then the folders left empty.
-pub fn unpublish(models: &Path, entry: &Entry, file: &Path) {
+/// blob, then each blob no other manifest uses (the model blob only when it is
+/// `file`'s inode: Ollama's own RemoveLayers rule, limited to what is ours), then the
+/// folders left empty. `file` is the inode the entry was published from (after an
+/// update, the replaced file's).
+pub fn unpublish(models: &Path, entry: &Entry, file: &Identity) {
     let manifests = models.join("manifests");
     if !entry.manifest.starts_with(&manifests) {
         tracing::warn!(manifest = %entry.manifest.display(), "not in the configured Ollama folder; left alone");
         return;
     }
-    if read_manifest(&entry.manifest).is_some_and(|m| names_model(&m, &entry.model_digest)) {
-        warn_on(fs::remove_file(&entry.manifest), &entry.manifest);
+    let Ok(root) = Dir::open(models) else { return };
+    if let Ok((dir, name)) = parent_of(&root, models, &entry.manifest, false) {
+        if read_manifest(&dir, &name).is_some_and(|m| names_model(&m, &entry.model_digest)) {
+            warn_on(dir.unlink(&name), &entry.manifest);
+        }
+        remove_empty_parents(&root, models, &entry.manifest);
     }
-    remove_empty_parents(&entry.manifest, &manifests);
-    let used = digests_in_use(&manifests);
-    let model_blob = blob_path(models, &entry.model_digest);
-    if !used.contains(&entry.model_digest) && same_inode(&model_blob, file) {
-        warn_on(fs::remove_file(&model_blob), &model_blob);
+    let used = digests_in_use(&root);
+    let Ok(blobs) = root.sub("blobs") else { return };
+    let model_blob = blob_name(&entry.model_digest);
+    if !used.contains(&entry.model_digest) && file.is(blobs.stat(&model_blob).ok().flatten()) {
+        warn_on(blobs.unlink(&model_blob), Path::new(&model_blob));
     }
     if !used.contains(&entry.config_digest) {
-        let config = blob_path(models, &entry.config_digest);
-        warn_on(fs::remove_file(&config), &config);
+        let config = blob_name(&entry.config_digest);
+        if blobs
+            .stat(&config)
+            .ok()
+            .flatten()
+            .is_some_and(|st| st.kind == Kind::File)
+        {
+            warn_on(blobs.unlink(&config), Path::new(&config));
+        }
     }
 }
 
-/// Every digest any manifest names (`manifests/*/*/*/*`, as Ollama's `Manifests` reads).
-fn digests_in_use(manifests: &Path) -> std::collections::HashSet<String> {
+/// Every digest any manifest names (`manifests/*/*/*/*`, as Ollama's `Manifests`
+/// reads), through handles: links are not followed, only regular files read.
+fn digests_in_use(root: &Dir) -> std::collections::HashSet<String> {
     let mut used = std::collections::HashSet::new();
-    let mut level = vec![manifests.to_path_buf()];
-    for _ in 0..4 {
+    let Ok(top) = root.sub("manifests") else {
+        return used;
+    };
+    let mut level = vec![top];
+    for _ in 0..3 {
         level = level
             .iter()
-            .filter_map(|d| fs::read_dir(d).ok())
-            .flat_map(|entries| entries.flatten().map(|e| e.path()))
+            .flat_map(|d| {
+                let subs = d.entries().unwrap_or_default();
+                subs.into_iter()
+                    .filter(|(_, st)| st.kind == Kind::Dir)
+                    .filter_map(|(n, _)| d.sub(n).ok())
+                    .collect::<Vec<_>>()
+            })
             .collect();
     }
-    for m in level.iter().filter_map(|p| read_manifest(p)) {
-        used.insert(m.config.digest);
-        used.extend(m.layers.into_iter().map(|l| l.digest));
+    for dir in &level {
+        for (name, st) in dir.entries().unwrap_or_default() {
+            if st.kind != Kind::File {
+                continue;
+            }
+            if let Some(m) = read_manifest(dir, &name) {
+                used.insert(m.config.digest);
+                used.extend(m.layers.into_iter().map(|l| l.digest));
+            }
+        }
     }
     used
 }
 
-/// Removes the folders above `file` that are empty, up to (not including) `top`.
-fn remove_empty_parents(file: &Path, top: &Path) {
-    let mut dir = file.parent();
-    while let Some(d) = dir {
-        if d == top || !d.starts_with(top) || fs::remove_dir(d).is_err() {
+/// Removes the folders above `file` that are empty, up to (not including) `manifests`.
+fn remove_empty_parents(root: &Dir, models: &Path, file: &Path) {
+    let Ok(rel) = file.strip_prefix(models) else {
+        return;
+    };
+    let folders: Vec<&OsStr> = rel.parent().map(|p| p.iter().collect()).unwrap_or_default();
+    for k in (2..=folders.len()).rev() {
+        let parent: PathBuf = folders[..k - 1].iter().collect();
+        if root
+            .walk(&parent, false)
+            .and_then(|d| d.rmdir(folders[k - 1]))
+            .is_err()
+        {
             return;
         }
-        dir = d.parent();
     }
 }
 
@@ -326,6 +361,7 @@ fn warn_on(result: io::Result<()>, path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn names_follow_ollamas_rules() {
@@ -351,13 +387,18 @@ mod tests {
             size: 7,
             gguf: None,
         };
-        let entry = publish(&models, &target, &file).unwrap();
+        let ours = Ours::at(&file);
+        let entry = publish(&models, &target, &ours).unwrap();
         assert_eq!(entry.name, "hf.co/o/r:Q4_K_M");
-        assert!(same_inode(&blob_path(&models, &entry.model_digest), &file));
-        unpublish(&models, &entry, &file);
+        let blob = |d: &str| models.join("blobs").join(blob_name(d));
+        assert!(ours.id.is(Dir::open(&models.join("blobs"))
+            .unwrap()
+            .stat(blob_name(&entry.model_digest))
+            .unwrap()));
+        unpublish(&models, &entry, &ours.id);
         assert!(!entry.manifest.exists());
-        assert!(!blob_path(&models, &entry.model_digest).exists());
-        assert!(!blob_path(&models, &entry.config_digest).exists());
+        assert!(!blob(&entry.model_digest).exists());
+        assert!(!blob(&entry.config_digest).exists());
         assert!(file.exists());
         assert_eq!(fs::read_dir(models.join("manifests")).unwrap().count(), 0);
     }

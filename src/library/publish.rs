@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::inode::{Identity, Ours};
 use super::record::{Published, Record};
 use super::{hf_cache, lmstudio, ollama, Inner};
 
@@ -15,30 +16,38 @@ pub struct Folders {
     pub lmstudio: Option<PathBuf>,
 }
 
-/// Publishes what is not published yet. `earlier` is what was published of the file
-/// this one replaced at the same path (an update): its Ollama manifest and LM Studio
-/// link are ours to replace.
-pub(super) fn publish(inner: &Inner, path: &str, record: &mut Record, earlier: Option<&Published>) {
+/// Publishes what is not published yet. `earlier` is the record of the file this one
+/// replaced at the same path (an update): its Ollama manifest and LM Studio link are
+/// ours to replace, and the blobs and links of its inode that nothing names any more
+/// go with them.
+pub(super) fn publish(inner: &Inner, path: &str, record: &mut Record, earlier: Option<&Record>) {
     let (Some(repo), Some(sha256)) = (record.repo.clone(), record.sha256.clone()) else {
         return;
     };
     let Some(file) = path.strip_prefix(&format!("{repo}/")).map(str::to_owned) else {
         return;
     };
-    let full = inner.full_path(path);
+    let ours = match inner.ours(path, record) {
+        Ok(ours) => ours,
+        Err(e) => {
+            tracing::warn!(%path, error = %e, "cannot publish: the file is not where it was read");
+            return;
+        }
+    };
     if let Some(cache) = &inner.folders.hf_cache {
-        publish_hf_cache(inner, cache, path, record, &file, &sha256);
+        publish_hf_cache(inner, cache, path, record, &file, &sha256, &ours);
     }
     if !path.to_ascii_lowercase().ends_with(".gguf") {
         return;
     }
+    let old = earlier.map(|e| (&e.published, inner.identity(path, e)));
     if let Some(models) = &inner.folders.ollama {
         if record.published.ollama.is_none() {
-            if let Some(old) = earlier.and_then(|e| e.ollama.as_ref()) {
-                ollama::unpublish(models, old, &full);
+            if let Some((Some(entry), id)) = old.as_ref().map(|(p, id)| (p.ollama.as_ref(), id)) {
+                ollama::unpublish(models, entry, id);
             }
             let result = ollama_target(record, &repo, &sha256)
-                .and_then(|t| ollama::publish(models, &t, &full));
+                .and_then(|t| ollama::publish(models, &t, &ours));
             note(record, "ollama", result, |p, e| {
                 tracing::info!(name = %e.name, "published for Ollama");
                 p.ollama = Some(e);
@@ -47,10 +56,10 @@ pub(super) fn publish(inner: &Inner, path: &str, record: &mut Record, earlier: O
     }
     if let Some(models) = &inner.folders.lmstudio {
         if record.published.lmstudio.is_none() {
-            if let Some(old) = earlier.and_then(|e| e.lmstudio.as_ref()) {
-                remove_replaced(old, &full);
+            if let Some((Some(at), id)) = old.as_ref().map(|(p, id)| (p.lmstudio.as_ref(), id)) {
+                lmstudio::unpublish(models, at, id);
             }
-            let result = lmstudio::publish(models, &repo, &file, &full);
+            let result = lmstudio::publish(models, &repo, &file, &ours);
             note(record, "lmstudio", result, |p, at| p.lmstudio = Some(at));
         }
     }
@@ -97,19 +106,6 @@ fn ollama_target<'a>(
     })
 }
 
-/// The LM Studio link of the file an update replaced: it is a link to the old bytes.
-fn remove_replaced(old: &Path, new_file: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(link), Ok(file)) = (std::fs::symlink_metadata(old), std::fs::metadata(new_file)) else {
-        return;
-    };
-    if link.is_file() && (link.dev(), link.ino()) != (file.dev(), file.ino()) {
-        if let Err(e) = std::fs::remove_file(old) {
-            tracing::warn!(path = %old.display(), error = %e, "cannot remove the replaced LM Studio link");
-        }
-    }
-}
-
 fn publish_hf_cache(
     inner: &Inner,
     cache: &Path,
@@ -117,6 +113,7 @@ fn publish_hf_cache(
     record: &mut Record,
     file: &str,
     sha256: &str,
+    ours: &Ours,
 ) {
     if record.published.hf_cache.is_some() {
         return;
@@ -131,7 +128,7 @@ fn publish_hf_cache(
         revision: record.asked_revision.as_deref(),
         sha256,
     };
-    match hf_cache::publish(cache, &target, &inner.full_path(path)) {
+    match hf_cache::publish(cache, &target, ours) {
         Ok(entry) => {
             record.published.hf_cache = Some(entry);
             siblings_at(inner, cache, path, target.repo, &commit);
@@ -167,7 +164,10 @@ fn siblings_at(inner: &Inner, cache: &Path, path: &str, repo: &str, commit: &str
             revision: None,
             sha256: &sha,
         };
-        match hf_cache::publish(cache, &target, &inner.full_path(&p)) {
+        let published = inner
+            .ours(&p, &r)
+            .and_then(|ours| hf_cache::publish(cache, &target, &ours));
+        match published {
             Ok(entry) if !r.published.hf_cache_more.contains(&entry) => {
                 r.published.hf_cache_more.push(entry);
                 if let Err(e) = inner.put(&p, r) {
@@ -180,17 +180,17 @@ fn siblings_at(inner: &Inner, cache: &Path, path: &str, repo: &str, commit: &str
     }
 }
 
-/// Removes every link the service made to `full` (blocking).
-pub(super) fn unpublish(folders: &Folders, published: &Published, full: &Path) {
+/// Removes every link the service made to the file `file` (blocking).
+pub(super) fn unpublish(folders: &Folders, published: &Published, file: &Identity) {
     if let Some(cache) = &folders.hf_cache {
         for entry in published.hf_cache.iter().chain(&published.hf_cache_more) {
-            hf_cache::unpublish(cache, entry, full);
+            hf_cache::unpublish(cache, entry, file);
         }
     }
     if let (Some(models), Some(entry)) = (&folders.ollama, &published.ollama) {
-        ollama::unpublish(models, entry, full);
+        ollama::unpublish(models, entry, file);
     }
     if let (Some(models), Some(at)) = (&folders.lmstudio, &published.lmstudio) {
-        lmstudio::unpublish(models, at, full);
+        lmstudio::unpublish(models, at, file);
     }
 }

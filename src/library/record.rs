@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::hf_cache::Entry;
+use crate::files::Stat;
 use crate::gguf::GgufInfo;
 use crate::model::{DownloadView, Source};
 
@@ -99,6 +100,12 @@ pub struct Record {
     /// The newest commit the last check found this very file at (same sha256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub same_at: Option<String>,
+    /// This inode is a file this service wrote: a download of the queue completed it
+    /// (verified, renamed into place, closed), and it has not changed since. Only
+    /// such files are ever merged with another (see `links`); a file put there by
+    /// hand, or that another program may hold, never is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ours: bool,
 }
 
 /// The download that fetched a file, as far as the library cares.
@@ -216,15 +223,12 @@ impl Record {
     }
 
     /// Still the same file on disk as when this record was made.
-    pub fn matches(&self, meta: &std::fs::Metadata) -> bool {
-        let (size, mtime_ns, ino, dev) = identity(meta);
-        (self.size, self.mtime_ns, self.ino, self.dev) == (size, mtime_ns, ino, dev)
+    pub fn matches(&self, st: &Stat) -> bool {
+        (self.size, self.mtime_ns, self.ino, self.dev) == (st.size, st.mtime_ns, st.ino, st.dev)
     }
-}
 
-/// A file's size, mtime (ns), inode and device.
-pub fn identity(meta: &std::fs::Metadata) -> (u64, i128, u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-    (meta.len(), mtime_ns, meta.ino(), meta.dev())
+    /// Takes the identity of the file as `st` says it is now.
+    pub fn set_identity(&mut self, st: &Stat) {
+        (self.size, self.mtime_ns, self.ino, self.dev) = (st.size, st.mtime_ns, st.ino, st.dev);
+    }
 }

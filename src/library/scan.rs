@@ -2,11 +2,10 @@
 //! and what each one is (blocking: runs on a blocking thread).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::path::Path;
 
-use super::record::{identity, Origin, Record};
-use super::{links, publish, relative, Inner, LibraryError};
+use super::record::{Origin, Record};
+use super::{links, publish, Inner, LibraryError};
+use crate::files::{Dir, Kind, Stat};
 use crate::model::{Download, DownloadView};
 
 /// At most this many files are listed (a runaway tree must not eat the memory).
@@ -21,7 +20,7 @@ pub(super) fn scan(inner: &Inner, downloads: &[DownloadView]) -> Result<usize, L
             .entry(d.path.as_str())
             .or_insert_with(|| Origin::of_view(d));
     }
-    let found = walk(&inner.root)?;
+    let found = walk(&Dir::open(&inner.root)?)?;
     let stale: Vec<String> = inner
         .read()
         .keys()
@@ -31,8 +30,8 @@ pub(super) fn scan(inner: &Inner, downloads: &[DownloadView]) -> Result<usize, L
     for path in &stale {
         inner.forget(path)?;
     }
-    for (path, meta) in &found {
-        refresh(inner, path, meta, origins.get(path.as_str()))?;
+    for (path, st) in &found {
+        refresh(inner, path, st, origins.get(path.as_str()), false)?;
     }
     inner.announce();
     tracing::info!(
@@ -43,44 +42,49 @@ pub(super) fn scan(inner: &Inner, downloads: &[DownloadView]) -> Result<usize, L
     Ok(found.len())
 }
 
-/// The file a download just completed.
+/// The file a download just completed: written by this service.
 pub(super) fn scan_one(inner: &Inner, d: &Download) -> Result<(), LibraryError> {
-    let full = inner.full_path(&d.path);
-    let meta = fs::symlink_metadata(&full)?;
-    if meta.is_file() {
-        refresh(inner, &d.path, &meta, Some(&Origin::of_record(d)))?;
+    let (dir, name) = inner.locate(&d.path)?;
+    if let Some(st) = dir.stat(&name)?.filter(|st| st.kind == Kind::File) {
+        refresh(inner, &d.path, &st, Some(&Origin::of_record(d)), true)?;
     }
     inner.announce();
     Ok(())
 }
 
 /// Reads a file again when it changed (or is new), and finishes what is owed: its
-/// digest, its link to an identical file, its publication.
+/// digest, its link to an identical file, its publication. `completed`: a download
+/// of the queue has just completed it (the file is ours, see [`Record::ours`]).
 fn refresh(
     inner: &Inner,
     path: &str,
-    meta: &fs::Metadata,
+    st: &Stat,
     origin: Option<&Origin>,
+    completed: bool,
 ) -> Result<(), LibraryError> {
     let known = inner.read().get(path).cloned();
     let (mut record, replaced) = match known {
-        Some(r) if r.matches(meta) => (r, None),
-        earlier => (
-            read_record(&inner.full_path(path), path, meta),
-            earlier.map(|r| r.published),
-        ),
+        Some(r) if r.matches(st) => (r, None),
+        earlier => (read_record(inner, path, st), earlier),
     };
     if let Some(o) = origin {
         adopt(&mut record, o);
+        if completed && o.bytes == Some(record.size) {
+            record.ours = true;
+        }
     }
-    if record.sha256.is_none() {
-        inner.hasher.enqueue(path);
-    } else {
+    let unhashed = record.sha256.is_none();
+    if !unhashed {
         links::dedupe(inner, path, &mut record);
         publish::publish(inner, path, &mut record, replaced.as_ref());
     }
     if inner.read().get(path) != Some(&record) {
         inner.put(path, record)?;
+    }
+    // Only once the record is in the index: the hasher hashes what the index holds,
+    // and would drop a path it finds no record of yet.
+    if unhashed {
+        inner.hasher.enqueue(path);
     }
     Ok(())
 }
@@ -101,11 +105,17 @@ fn adopt(record: &mut Record, o: &Origin) {
     }
 }
 
-/// A fresh record of a file: its identity, and its GGUF header when it has one.
-pub(super) fn read_record(full: &Path, path: &str, meta: &fs::Metadata) -> Record {
-    let (size, mtime_ns, ino, dev) = identity(meta);
+/// A fresh record of a file: its identity, and its GGUF header when it has one (read
+/// through the folder's handle, from a regular file only; the identity is then the
+/// one of the file read).
+fn read_record(inner: &Inner, path: &str, st: &Stat) -> Record {
+    let mut st = *st;
     let (gguf, error) = if path.to_ascii_lowercase().ends_with(".gguf") {
-        match crate::gguf::read_file(full) {
+        let read = inner.open(path).and_then(|(file, now)| {
+            st = now;
+            crate::gguf::read_open(file).map_err(std::io::Error::other)
+        });
+        match read {
             Ok(info) => (Some(info), None),
             Err(e) => (None, Some(e.to_string())),
         }
@@ -113,10 +123,10 @@ pub(super) fn read_record(full: &Path, path: &str, meta: &fs::Metadata) -> Recor
         (None, None)
     };
     Record {
-        size,
-        mtime_ns,
-        ino,
-        dev,
+        size: st.size,
+        mtime_ns: st.mtime_ns,
+        ino: st.ino,
+        dev: st.dev,
         sha256: None,
         gguf,
         error,
@@ -129,34 +139,39 @@ pub(super) fn read_record(full: &Path, path: &str, meta: &fs::Metadata) -> Recor
         update: None,
         update_error: None,
         same_at: None,
+        ours: false,
     }
 }
 
-/// Every regular file under `root` (relative path → metadata), without following a
-/// link, without `.part` files and hidden names.
-fn walk(root: &Path) -> Result<BTreeMap<String, fs::Metadata>, LibraryError> {
+/// Every regular file under `root` (relative path → what it is), through directory
+/// handles: no link is followed, no `.part` file, no hidden name, no name that is not
+/// UTF-8; FIFOs, sockets and devices are left out.
+fn walk(root: &Dir) -> Result<BTreeMap<String, Stat>, LibraryError> {
     let mut found = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match fs::read_dir(&dir) {
+    // Folders still to read, by relative path (opened when their turn comes: a wide
+    // tree must not hold a descriptor per folder).
+    let mut stack = vec![String::new()];
+    while let Some(prefix) = stack.pop() {
+        let entries = match root
+            .walk(std::path::Path::new(&prefix), false)
+            .and_then(|dir| dir.entries())
+        {
             Ok(e) => e,
-            Err(e) if dir == root => return Err(e.into()),
+            Err(e) if prefix.is_empty() => return Err(e.into()),
             Err(_) => continue,
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
+        for (name, st) in entries {
+            let Some(name) = name.to_str() else { continue };
             if name.starts_with('.') || name.ends_with(".part") {
                 continue;
             }
-            let Ok(meta) = entry.metadata() else { continue };
-            let path = entry.path();
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file() && found.len() < MAX_FILES {
-                if let Some(rel) = relative(root, &path) {
-                    found.insert(rel, meta);
+            let rel = format!("{prefix}{name}");
+            match st.kind {
+                Kind::Dir => stack.push(format!("{rel}/")),
+                Kind::File if found.len() < MAX_FILES => {
+                    found.insert(rel, st);
                 }
+                _ => {}
             }
         }
     }

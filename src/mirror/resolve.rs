@@ -74,7 +74,7 @@ async fn find(
 }
 
 /// Sends a library file: opened without following a link on the way
-/// (`files::open_regular`), and only when the open file is the one the library indexed
+/// (`LibraryHandle::open`), and only when the open file is the one the library indexed
 /// (inode, device, size, mtime); else `None` (a miss). actix-files answers `Range`,
 /// `If-Range` and `HEAD` from that open file; its own validators are replaced by the
 /// Hub's.
@@ -84,24 +84,20 @@ async fn serve(
     path: &str,
     hit: Hit,
 ) -> Result<Option<HttpResponse>, MirrorError> {
-    let (root, rel, record) = (
-        mirror.download_dir.clone(),
-        path.to_owned(),
-        hit.record.clone(),
-    );
+    let (library, rel, record) = (mirror.library.clone(), path.to_owned(), hit.record.clone());
     let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Option<NamedFile>> {
-        let file = match crate::files::open_regular(&root, &rel) {
-            Ok(file) => file,
+        let (file, now) = match library.open(&rel) {
+            Ok(opened) => opened,
             Err(e) => {
                 tracing::info!(path = %rel, error = %e, "mirror: a library file cannot be opened as indexed");
                 return Ok(None);
             }
         };
-        if !record.matches(&file.metadata()?) {
+        if !record.matches(&now) {
             tracing::info!(path = %rel, "mirror: a library file changed since it was indexed");
             return Ok(None);
         }
-        NamedFile::from_file(file, root.join(&rel)).map(Some)
+        NamedFile::from_file(file, library.full_path(&rel)).map(Some)
     })
     .await
     .map_err(|e| MirrorError::Internal(e.to_string()))?

@@ -6,10 +6,12 @@
 
 mod download;
 mod info;
+mod names;
 pub mod quant;
 mod relay;
 
 pub use info::RepoRevision;
+pub use names::{validate_repo, validate_revision};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -456,52 +458,6 @@ pub fn group_quantizations(files: &[RepoFile]) -> Vec<Quantization> {
     out
 }
 
-/// `owner/name` with both parts valid names.
-pub fn validate_repo(repo: &str) -> Result<(), String> {
-    let mut parts = repo.split('/');
-    let (Some(owner), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(format!("repo {repo:?} is not owner/name"));
-    };
-    for p in [owner, name] {
-        crate::files::validate_name(p).map_err(|e| format!("repo {repo:?}: {e}"))?;
-        if !p
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
-            return Err(format!(
-                "repo {repo:?}: only letters, digits, '-', '_' and '.' are allowed"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Checks a revision (a branch, a tag, `refs/pr/N` or a commit) the way git checks a
-/// ref name (`git check-ref-format`), at most 256 bytes: nothing that could be read as
-/// a path trick or a header (`..`, control characters, a leading or trailing `/`, an
-/// empty component) reaches the Hub or names a folder.
-pub fn validate_revision(revision: &str) -> Result<(), String> {
-    let bad_byte = |b: u8| {
-        b < 0x20 || b == 0x7f || matches!(b, b' ' | b'~' | b'^' | b':' | b'?' | b'*' | b'[' | b'\\')
-    };
-    let refused = revision.is_empty()
-        || revision.len() > 256
-        || revision.bytes().any(bad_byte)
-        || revision.contains("..")
-        || revision.contains("@{")
-        || revision == "@"
-        || revision.ends_with(".lock")
-        || revision.ends_with('.')
-        || revision
-            .split('/')
-            .any(|c| c.is_empty() || c.starts_with('.'));
-    if refused {
-        let shown: String = revision.chars().take(80).collect();
-        return Err(format!("revision {shown:?} is not a valid revision"));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,42 +506,6 @@ mod tests {
             next_link(&h).as_deref(),
             Some("https://hf.co/api/models/a/b/tree/main?cursor=xyz")
         );
-    }
-
-    #[test]
-    fn revisions_are_checked_as_git_checks_ref_names() {
-        for ok in [
-            "main",
-            "v1.0",
-            "refs/pr/1",
-            "0123456789abcdef0123456789abcdef01234567",
-        ] {
-            assert_eq!(validate_revision(ok), Ok(()), "{ok}");
-        }
-        let long = "r".repeat(257);
-        for bad in [
-            "", "..", "a/../b", "/main", "main/", "a//b", ".hidden", "a\0b", "a\nb", "a b", "a\\b",
-            "x.lock", "x.", "@", "a@{1}", "a:b", &long,
-        ] {
-            assert!(validate_revision(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn repo_ids() {
-        assert!(validate_repo("TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF").is_ok());
-        for bad in [
-            "noslash",
-            "a/b/c",
-            "../x",
-            "a/..",
-            "/abs",
-            "a/.hidden",
-            "a b/c",
-            "a/b%2f",
-        ] {
-            assert!(validate_repo(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -399,3 +399,63 @@ fn a_vocabulary_of_150k_tokens_reads_fast() {
     // Generous for a debug build on a busy machine; the integration test reports the figure.
     assert!(took.as_millis() < 500, "{took:?}");
 }
+
+/// threats.md's "hostile GGUF headers": 5,000 seeded mutations of a valid header (bytes
+/// overwritten, lengths and counts set to the edges of their types, cuts, insertions),
+/// each read without a panic and fast; the reader checks every count against the file
+/// before it allocates, so no mutation costs more than the file's own size.
+#[test]
+fn five_thousand_mutated_headers_are_read_or_refused_without_a_panic() {
+    let good = small();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let edges = [
+        0u64,
+        1,
+        0x7f,
+        0xff,
+        0xffff,
+        0xffff_ffff,
+        1 << 32,
+        1 << 60,
+        u64::MAX,
+    ];
+    let (mut refused, mut slowest) = (0, std::time::Duration::ZERO);
+    for round in 0..5_000 {
+        let mut bytes = good.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() as usize) % bytes.len();
+            match next() % 5 {
+                0 => bytes[at] = next() as u8,
+                1 => {
+                    let edge = edges[(next() as usize) % edges.len()].to_le_bytes();
+                    let end = (at + 8).min(bytes.len());
+                    bytes[at..end].copy_from_slice(&edge[..end - at]);
+                }
+                2 => bytes.truncate(at.max(1)),
+                3 => {
+                    let edge = (edges[(next() as usize) % edges.len()] as u32).to_le_bytes();
+                    let end = (at + 4).min(bytes.len());
+                    bytes[at..end].copy_from_slice(&edge[..end - at]);
+                }
+                _ => bytes.splice(at..at, [next() as u8; 3]).for_each(drop),
+            }
+        }
+        let start = std::time::Instant::now();
+        let result = std::panic::catch_unwind(|| read(&bytes));
+        slowest = slowest.max(start.elapsed());
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => refused += 1,
+            Err(_) => panic!("mutation round {round} panicked on {} bytes", bytes.len()),
+        }
+    }
+    // Most mutations hit a length, a count or a type: refused, not read as garbage.
+    assert!(refused > 1_000, "only {refused} of 5000 refused");
+    assert!(slowest.as_millis() < 200, "slowest read {slowest:?}");
+}

@@ -481,3 +481,25 @@ async fn the_websocket_announces_library_changes() {
     assert_eq!(frame["bytes_total"], 10, "{frame}");
     assert_eq!(frame["refetch"], false);
 }
+
+/// threats.md's "sparse 1 TB files": a terabyte of holes in `download_dir` is listed
+/// with its size, costs no hashing (a file with holes is still being filled, or a
+/// trap), and does not hold up the hashing of the file after it.
+#[actix_web::test]
+async fn a_sparse_terabyte_is_listed_and_holds_up_no_other_files_hash() {
+    let svc = TestService::start(|_| {}).await;
+    let dir = svc.download_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let sparse = std::fs::File::create(dir.join("a-sparse.bin")).unwrap();
+    sparse.set_len(1 << 40).unwrap();
+    let small = dir.join("b-small.bin");
+    std::fs::write(&small, content(100_000, 4)).unwrap();
+    let (s, v) = svc.post("/api/library/rescan", json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let f = wait_file(&svc, "b-small.bin", "hashed", |f| f["sha256"].is_string()).await;
+    assert_eq!(f["sha256"], file_sha256(&small), "{f}");
+    let lib = library(&svc).await;
+    let big = file_of(&lib, "a-sparse.bin").expect("the sparse file is listed");
+    assert_eq!(big["size"], 1u64 << 40, "{big}");
+    assert_eq!(big["sha256"], Value::Null, "{big}");
+}

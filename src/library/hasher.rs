@@ -77,9 +77,16 @@ fn hash_one(inner: &Inner, path: &str) {
         if !before.matches(&st) {
             return Err(std::io::Error::other("changed since it was read"));
         }
+        if has_holes(&file, st.size)? {
+            return Err(std::io::Error::from(std::io::ErrorKind::WouldBlock));
+        }
         digest_of(file)
     }) {
         Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            tracing::debug!(%path, "a sparse library file: hashed once it has no holes");
+            return;
+        }
         Err(e) => {
             tracing::warn!(%path, error = %e, "cannot hash a library file");
             return;
@@ -107,6 +114,25 @@ fn hash_one(inner: &Inner, path: &str) {
         tracing::warn!(%path, error = %e, "cannot store a library digest");
     }
     inner.announce();
+}
+
+/// Whether the file has a hole before its end: a file another program is still
+/// filling (a torrent client, a preallocating downloader), or a sparse trap of a
+/// terabyte of nothing. Its digest would be stale at once, or cost the hasher hours
+/// while every other file waits: it is hashed by a later scan, once it is whole.
+fn has_holes(file: &std::fs::File, size: u64) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    if size == 0 {
+        return Ok(false);
+    }
+    // SAFETY: lseek on a valid fd; the offset is put back before anything reads.
+    let hole = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    let back = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_SET) };
+    if hole < 0 || back < 0 {
+        // A file system without SEEK_HOLE has no holes to tell of.
+        return Ok(false);
+    }
+    Ok((hole as u64) < size)
 }
 
 /// The sha256 of a whole open file, lower-case hex.

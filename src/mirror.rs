@@ -110,7 +110,13 @@ fn checked_revision(rev: &str) -> Result<(), MirrorError> {
 
 /// Registers the `/hf` routes of the contract.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    // Nothing under /hf is a page: a browser sent here by another site must never
+    // sniff an answer into HTML or run it on this origin.
+    let not_a_page = actix_web::middleware::DefaultHeaders::new()
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("Content-Security-Policy", "default-src 'none'; sandbox"));
     let scope = web::scope("/hf")
+        .wrap(not_a_page)
         .app_data(
             web::PathConfig::default()
                 .error_handler(|e, _| MirrorError::EntryNotFound(e.to_string()).into()),

@@ -814,3 +814,102 @@ async fn a_path_held_by_another_programs_file_is_relayed_within_allowed_hosts() 
         );
     }
 }
+
+/// Red team, round four: a trusted proxy's forwarded values are a scheme and a host,
+/// or they are not used: `X-Forwarded-Host: a>; rel="next", <http://evil/x` added a
+/// link, `X-Forwarded-Proto: javascript` made one; a client's own `Host` likewise.
+#[actix_web::test]
+async fn forwarded_values_that_are_no_scheme_and_host_add_no_link() {
+    let (_cdn, hub, svc) = setup(RepoOptions::default(), |c| {
+        c.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    for i in 0..3 {
+        hub.put_file(REPO, &format!("f{i}.json"), b"{}".to_vec());
+    }
+    hub.set_page_size(1);
+    let tree = svc.url(&format!("/hf/api/models/{REPO}/tree/main"));
+    for (name, value) in [
+        (
+            "X-Forwarded-Host",
+            r#"a>; rel="next", <http://evil.example/x"#,
+        ),
+        ("X-Forwarded-Host", "user@evil.example/path?"),
+        ("X-Forwarded-Proto", "javascript"),
+        (
+            "Forwarded",
+            r#"host="a>, <http://evil.example/";proto=https"#,
+        ),
+    ] {
+        let resp = svc
+            .client
+            .get(&tree)
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{name}: {value}");
+        let links: Vec<String> = resp
+            .headers()
+            .get_all("link")
+            .iter()
+            .map(|l| l.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(links.len(), 1, "{name}: {value}: {links:?}");
+        let link = &links[0];
+        assert!(
+            link.starts_with(&format!("<{}/hf/api/models/", svc.base))
+                && !link.contains("evil")
+                && !link.contains("javascript")
+                && link.matches('<').count() == 1,
+            "{name}: {value}: {link}"
+        );
+    }
+}
+
+/// Red team, round four: a hostile Hub answering model info and trees as `text/html`
+/// with a script had it relayed as HTML on this service's own origin (a page script
+/// there passes the Origin guard and reads the page's token). The relay is JSON, never
+/// sniffed, and sandboxed.
+#[actix_web::test]
+async fn a_hubs_html_is_never_relayed_as_a_page() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hostile = common::upstream::Server::start("html-hub", |mut stream| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let body = "<html><script>fetch('/api/downloads',{method:'POST'})</script></html>";
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+    });
+    let endpoint = format!("http://{}", hostile.addr());
+    let svc = TestService::start(move |c| c.hub.endpoint = endpoint).await;
+    for path in [
+        "/hf/api/models/xss/x",
+        "/hf/api/models/xss/x/revision/main",
+        "/hf/api/models/xss/x/tree/main",
+    ] {
+        let resp = svc.client.get(svc.url(path)).send().await.unwrap();
+        let h = |n: &str| {
+            resp.headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        assert!(
+            h("content-type").starts_with("application/json"),
+            "{path}: {}",
+            h("content-type")
+        );
+        assert_eq!(h("x-content-type-options"), "nosniff", "{path}");
+        assert!(h("content-security-policy").contains("sandbox"), "{path}");
+    }
+}

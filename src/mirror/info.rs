@@ -136,16 +136,15 @@ fn usable(
     }
 }
 
-/// The upstream's answer as it came, its pagination links pointed at the mirror.
+/// The upstream's answer, its pagination links pointed at the mirror. Always typed as
+/// JSON, whatever the upstream said: these routes answer JSON, and a hostile Hub's
+/// `text/html` would run its script on this service's own origin (where the page keeps
+/// its token).
 fn relay(answer: Relayed, rewrite: Option<(&str, &str)>) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(answer.status)
         .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
     let mut response = HttpResponse::build(status);
-    response.content_type(
-        answer
-            .content_type
-            .unwrap_or_else(|| "application/json".to_owned()),
-    );
+    response.content_type(actix_web::mime::APPLICATION_JSON);
     for (name, value) in [
         ("X-Error-Code", answer.error_code),
         ("X-Error-Message", answer.error_message),
@@ -171,7 +170,15 @@ fn base_url(req: &HttpRequest, trusted: &[std::net::IpAddr]) -> String {
     let peer = req.peer_addr().map(|a| a.ip().to_canonical());
     if peer.is_some_and(|ip| trusted.iter().any(|t| t.to_canonical() == ip)) {
         let info = req.connection_info();
-        return format!("{}://{}", info.scheme(), info.host());
+        let scheme = info.scheme();
+        if matches!(scheme, "http" | "https") && plain_authority(info.host()) {
+            return format!("{scheme}://{}", info.host());
+        }
+        tracing::info!(
+            scheme,
+            host = info.host(),
+            "mirror: forwarded headers that are no scheme and host; ignored"
+        );
     }
     let config = req.app_config();
     let scheme = if config.secure() { "https" } else { "http" };
@@ -181,6 +188,18 @@ fn base_url(req: &HttpRequest, trusted: &[std::net::IpAddr]) -> String {
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .filter(|h| plain_authority(h))
         .unwrap_or_else(|| config.host().to_owned());
     format!("{scheme}://{host}")
+}
+
+/// A host with an optional port and nothing else (`box`, `10.0.0.2:8080`, `[::1]:80`):
+/// what may stand in a `Link` header's URL. A `>`, `;`, `,`, `@`, `/` or space from a
+/// client or a proxy's forwarded header would add links or change where one points.
+fn plain_authority(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }

@@ -427,10 +427,14 @@ pub(super) fn reconcile(
             found.discard();
             None
         }
+        _ if !found.existed => Some("there was no database folder to keep".to_owned()),
         _ => {
             let dir = damaged_dir(data_dir)?;
             found.keep(&dir)?;
-            Some(dir)
+            Some(format!(
+                "the database's files as found are kept in {}",
+                dir.display()
+            ))
         }
     };
     apply(db, &trees, &path, &diff)?;
@@ -446,14 +450,13 @@ pub(super) fn reconcile(
         ),
         Some(dir) => tracing::warn!(
             "the database in {} was damaged: {} download record(s) missing, {} changed, {} unknown to the journal{}; \
-             recovered all {live} downloads from the journal {}; the database's files as found are kept in {}",
+             recovered all {live} downloads from the journal {}; {dir}",
             data_dir.join("v1").display(),
             diff.lost,
             diff.changed,
             diff.extra,
             if diff.settings.is_some() { " (and the settings)" } else { "" },
             path.display(),
-            dir.display()
         ),
     }
     Ok(journal)

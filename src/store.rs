@@ -9,6 +9,7 @@
 
 mod checkpoint;
 mod journal;
+mod lock;
 mod startup;
 
 use std::path::Path;
@@ -108,7 +109,7 @@ impl Store {
     /// and compares sled with the journal before anything else reads it (see
     /// [`startup`]): damage is recovered from, or refused with one line.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        let lock = startup::DirLock::take(data_dir)?;
+        let lock = lock::DirLock::take(data_dir)?;
         let mut found = startup::AsFound::copy(data_dir)?;
         let db = match open_sled(data_dir) {
             Ok(db) => db,

@@ -289,7 +289,7 @@ pub(super) struct Journal {
     path: PathBuf,
     state: Mutex<Writer>,
     /// The data dir's lock, held as long as the journal is open.
-    _lock: super::startup::DirLock,
+    _lock: super::lock::DirLock,
 }
 
 struct Writer {
@@ -309,7 +309,7 @@ impl Journal {
         data_dir: &Path,
         scan: &Scan,
         marked: u64,
-        lock: super::startup::DirLock,
+        lock: super::lock::DirLock,
     ) -> std::io::Result<Journal> {
         let path = path(data_dir);
         let file = std::fs::OpenOptions::new().write(true).open(&path)?;
@@ -337,7 +337,7 @@ impl Journal {
         seq: u64,
         downloads: &sled::Tree,
         settings: Option<sled::IVec>,
-        lock: super::startup::DirLock,
+        lock: super::lock::DirLock,
     ) -> Result<Journal, StoreError> {
         let path = path(data_dir);
         let (file, size) = write_whole(&path, seq, downloads, settings)?;

@@ -18,42 +18,16 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use super::journal::{self, Frame, Journal, Kind, Op, Scan};
+use super::lock::DirLock;
 use super::{StoreError, SETTINGS_KEY};
 
 /// Where sled's folder is copied before sled opens it.
 const AS_FOUND: &str = ".v1-as-found";
-
-/// An exclusive `flock` on `data_dir/lock`, taken before anything in the data dir is
-/// read: sled's own lock comes only with its open, which already rewrites its files.
-pub(crate) struct DirLock(#[allow(dead_code)] File);
-
-impl DirLock {
-    pub(super) fn take(data_dir: &Path) -> Result<DirLock, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(StoreError::DataDir)?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(data_dir.join("lock"))
-            .map_err(StoreError::DataDir)?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => StoreError::InUse(data_dir.to_owned()),
-                _ => StoreError::DataDir(e),
-            });
-        }
-        Ok(DirLock(file))
-    }
-}
 
 /// A copy of sled's folder as it was before sled opened it.
 pub(super) struct AsFound {

@@ -371,3 +371,53 @@ async fn a_damaged_database_never_starts_with_fewer_downloads() {
         t.elapsed()
     );
 }
+
+/// A download recovered from the journal has lost its checkpoint (a cache, not in the
+/// journal): it must start its `.part` over and complete with the right bytes, not
+/// keep bytes nothing vouches for.
+#[actix_web::test]
+async fn a_download_recovered_without_its_checkpoint_completes_with_the_right_bytes() {
+    use common::service::*;
+    use common::upstream::{Behavior, Upstream};
+    let up = Upstream::start();
+    let data = content(4 * MIB, 2222);
+    up.add_file(
+        "r.bin",
+        data.clone(),
+        Behavior {
+            rate_bps: Some(MIB as u64),
+            ..Default::default()
+        },
+    );
+    let svc = TestService::start(|_| {}).await;
+    let id = svc
+        .add(json!({"url": up.url("r.bin"), "sha256": sha256_hex(&data)}))
+        .await;
+    svc.wait_past(&id, MIB as u64, Duration::from_secs(20)).await;
+    let (s, v) = svc.action(&id, "pause").await;
+    assert_eq!(s, 200, "{v}");
+    let part = svc.download_dir().join("r.bin.part");
+    assert!(std::fs::metadata(&part).unwrap().len() > 0);
+    let config = test_config(svc.dir.path());
+    let dir = svc.stop().await;
+    // sled's folder gone (as a refusal's advice has it moved away): the journal has
+    // the record, nothing has its checkpoint.
+    std::fs::remove_dir_all(config.storage.data_dir.join("v1")).unwrap();
+    let before = up.requests("r.bin").len();
+    let svc = TestService::start_in(dir, config).await;
+    let d = svc.download(&id).await;
+    assert_eq!(d["state"], "paused", "{d}");
+    let (s, v) = svc.action(&id, "resume").await;
+    assert_eq!(s, 200, "{v}");
+    svc.wait_state(&id, "completed", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("r.bin")),
+        sha256_hex(&data)
+    );
+    let first = up.requests("r.bin")[before].clone();
+    assert!(
+        first.range_start.unwrap_or(0) == 0,
+        "resumed from bytes no checkpoint vouches for: {first:?}"
+    );
+}

@@ -292,8 +292,8 @@ impl Store {
         Ok(())
     }
 
-    /// Makes everything written so far durable (blocking: fsync): the journal first,
-    /// then sled; then the journal records that sled has it all.
+    /// Makes everything written so far durable (blocking: fsync): the journal, then
+    /// sled; then the journal records that sled has it all.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         let covered = self.journal.sync()?;
         self.db.flush()?;

@@ -4,8 +4,8 @@
 //! sled 0.34 meets a damaged log by dropping every record after the damage, silently,
 //! and rewrites the log as it opens. The journal is a second, simpler record of the same
 //! writes, read only at start-up ([`super::startup`]): append-only, every entry framed
-//! and checksummed, written in the same call that writes sled and fsynced by the same
-//! group-commit flush.
+//! and checksummed, written in the same call that writes sled and written out to the
+//! disk by the same group-commit flush, the way sled writes out its own log.
 //!
 //! A frame: [`MAGIC`], the payload's length (u32 LE), the CRC32 of length and payload
 //! (u32 LE), then the payload: sequence number (u64 LE), kind (u8), body. A downloads
@@ -298,6 +298,8 @@ struct Writer {
     seq: u64,
     /// The last sequence number a `Durable` entry covers.
     marked: u64,
+    /// The last sequence number fsynced.
+    synced: u64,
     size: u64,
     /// The size when it was last written whole.
     base: u64,
@@ -322,6 +324,7 @@ impl Journal {
                 file: Arc::new(file),
                 seq: scan.seq,
                 marked,
+                synced: scan.seq,
                 size: scan.end,
                 base: scan.end,
             }),
@@ -346,6 +349,7 @@ impl Journal {
                 file: Arc::new(file),
                 seq,
                 marked: seq,
+                synced: seq,
                 size,
                 base: size,
             }),
@@ -374,13 +378,23 @@ impl Journal {
         apply()
     }
 
-    /// fsyncs what was appended; returns the last sequence number it covers.
+    /// Writes what was appended to the disk (nothing when nothing was: a flush of
+    /// checkpoints only), the way sled writes its own log: `sync_file_range`, which
+    /// waits for the bytes to reach the disk but flushes no disk cache and no file
+    /// size. The journal is then as durable as sled (kill -9 loses nothing; a power
+    /// cut is not a promise either makes), and a flush costs what it did: a full
+    /// `fdatasync` took 3-4 ms here, which halved the rate of single adds. Returns
+    /// the last sequence number covered.
     pub(super) fn sync(&self) -> Result<u64, StoreError> {
         let (seq, file) = {
             let w = self.lock();
-            (w.seq, w.file.clone())
+            (w.seq, (w.seq > w.synced).then(|| w.file.clone()))
         };
-        file.sync_data().map_err(StoreError::Journal)?;
+        if let Some(file) = file {
+            write_out(&file).map_err(StoreError::Journal)?;
+            let mut w = self.lock();
+            w.synced = w.synced.max(seq);
+        }
         Ok(seq)
     }
 
@@ -426,6 +440,30 @@ impl Writer {
                 Err(StoreError::Journal(e))
             }
         }
+    }
+}
+
+/// sled's flush of its log (`pagecache/iobuf.rs`): the whole file's dirty pages
+/// written and waited for; `fdatasync` where the call is missing.
+fn write_out(file: &File) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: a system call on a descriptor `file` keeps open; no memory is passed.
+    let ret = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            0,
+            0,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
+    };
+    if ret == 0 {
+        return Ok(());
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ENOSYS) => file.sync_data(),
+        e => Err(e),
     }
 }
 

@@ -358,7 +358,7 @@ fn reopen(data_dir: &Path) -> Result<sled::Db, StoreError> {
     let mut waited = false;
     loop {
         match open_sled(data_dir) {
-                Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+            Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
                 if !waited {
                     tracing::warn!(
                         "waiting for sled to release the database after the start-up scan"
@@ -372,7 +372,6 @@ fn reopen(data_dir: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
-
 /// Gives the pages of freed heap memory back to the system, so that memory freed at
 /// start-up does not stay counted in the service's RSS.
 fn release_freed_memory() {
@@ -383,7 +382,6 @@ fn release_freed_memory() {
         libc::malloc_trim(0);
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -440,7 +438,11 @@ mod tests {
             let (_store, records) = Store::open_and_load(dir.path()).unwrap();
             let ids: Vec<&str> = records.iter().map(|d| d.id.as_str()).collect();
             assert_eq!(ids, [download(1).id, download(2).id], "marked={marked}");
-            assert_eq!(damaged_dirs(dir.path()), usize::from(marked), "marked={marked}");
+            assert_eq!(
+                damaged_dirs(dir.path()),
+                usize::from(marked),
+                "marked={marked}"
+            );
         }
     }
 
@@ -480,10 +482,7 @@ mod tests {
     fn a_second_open_of_a_data_dir_is_refused_as_in_use() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path()).unwrap();
-        assert!(matches!(
-            Store::open(dir.path()),
-            Err(StoreError::InUse(_))
-        ));
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::InUse(_))));
         assert!(!dir.path().join(".v1-as-found").exists());
     }
 }

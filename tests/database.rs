@@ -75,7 +75,9 @@ async fn queue_of_200(kill9: bool) -> (tempfile::TempDir, Listed) {
         assert_eq!(r.status(), 204);
     }
     for id in &ids[5..15] {
-        let (s, v) = proc.post(&format!("/api/downloads/{id}/cancel"), json!({})).await;
+        let (s, v) = proc
+            .post(&format!("/api/downloads/{id}/cancel"), json!({}))
+            .await;
         assert_eq!(s, 200, "{v}");
     }
     let r = client
@@ -136,9 +138,18 @@ fn sled_files(v1: &Path) -> Vec<PathBuf> {
 
 #[derive(Debug, Clone)]
 enum Damage {
-    Flip { file: String, at: u64, bit: u8 },
-    Truncate { file: String, to: u64 },
-    Delete { file: String },
+    Flip {
+        file: String,
+        at: u64,
+        bit: u8,
+    },
+    Truncate {
+        file: String,
+        to: u64,
+    },
+    Delete {
+        file: String,
+    },
     /// None at all: the control.
     None,
 }
@@ -170,10 +181,25 @@ impl Damage {
         let len = std::fs::metadata(v1.join("db")).unwrap().len();
         let db = || "db".to_owned();
         vec![
-            Damage::Flip { file: db(), at: len / 4, bit: 2 },
-            Damage::Flip { file: db(), at: len / 2, bit: 5 },
-            Damage::Flip { file: db(), at: len * 3 / 4, bit: 0 },
-            Damage::Truncate { file: db(), to: len / 2 },
+            Damage::Flip {
+                file: db(),
+                at: len / 4,
+                bit: 2,
+            },
+            Damage::Flip {
+                file: db(),
+                at: len / 2,
+                bit: 5,
+            },
+            Damage::Flip {
+                file: db(),
+                at: len * 3 / 4,
+                bit: 0,
+            },
+            Damage::Truncate {
+                file: db(),
+                to: len / 2,
+            },
             Damage::Truncate { file: db(), to: 0 },
             Damage::Delete { file: db() },
         ]
@@ -194,9 +220,16 @@ impl Damage {
             .map(|_| {
                 let (file, len) = names[rng.usize(..names.len())].clone();
                 if rng.u8(..4) == 0 {
-                    Damage::Truncate { file, to: rng.u64(..len) }
+                    Damage::Truncate {
+                        file,
+                        to: rng.u64(..len),
+                    }
                 } else {
-                    Damage::Flip { file, at: rng.u64(..len), bit: rng.u8(..8) }
+                    Damage::Flip {
+                        file,
+                        at: rng.u64(..len),
+                        bit: rng.u8(..8),
+                    }
                 }
             })
             .collect()
@@ -207,7 +240,9 @@ impl Damage {
 #[derive(Debug)]
 enum Outcome {
     /// It started and listed every download as before; whether it kept a damaged copy.
-    Whole { kept: bool },
+    Whole {
+        kept: bool,
+    },
     Refused,
 }
 
@@ -241,7 +276,10 @@ async fn start_over(base: Arc<PathBuf>, before: Arc<Listed>, damage: Damage) -> 
                 break Ok(());
             }
         }
-        assert!(Instant::now() < deadline, "{damage:?}: neither started nor exited");
+        assert!(
+            Instant::now() < deadline,
+            "{damage:?}: neither started nor exited"
+        );
         tokio::time::sleep(Duration::from_millis(30)).await;
     };
     let outcome = match started {
@@ -267,20 +305,12 @@ async fn start_over(base: Arc<PathBuf>, before: Arc<Listed>, damage: Damage) -> 
                 );
                 assert!(log.contains("was damaged"), "{damage:?}: no warning\n{log}");
             }
-            Outcome::Whole { kept: kept.is_some() }
+            Outcome::Whole {
+                kept: kept.is_some(),
+            }
         }
         Err(status) => {
-            let out = child.wait_with_output().unwrap();
-            let err = String::from_utf8_lossy(&out.stderr);
-            let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-            assert!(!status.success(), "{damage:?}: exited 0 at start-up: {err}");
-            assert_eq!(lines.len(), 1, "{damage:?}: not one line: {err}");
-            assert!(!err.contains("panicked"), "{damage:?}: {err}");
-            // A refusal changed nothing: sled's files are as they were found.
-            assert!(
-                files(&v1) == damaged_input,
-                "{damage:?}: refused, but sled's files were changed"
-            );
+            refused_in_one_line(child, status, &damage, &v1, &damaged_input);
             Outcome::Refused
         }
     };
@@ -289,6 +319,27 @@ async fn start_over(base: Arc<PathBuf>, before: Arc<Listed>, damage: Damage) -> 
         "{damage:?}: a copy left behind"
     );
     outcome
+}
+
+/// A refusal: exit status non-zero, one line on stderr, no panic, and sled's files
+/// as they were found.
+fn refused_in_one_line(
+    child: std::process::Child,
+    status: std::process::ExitStatus,
+    damage: &Damage,
+    v1: &Path,
+    damaged_input: &BTreeMap<PathBuf, Vec<u8>>,
+) {
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!status.success(), "{damage:?}: exited 0 at start-up: {err}");
+    assert_eq!(lines.len(), 1, "{damage:?}: not one line: {err}");
+    assert!(!err.contains("panicked"), "{damage:?}: {err}");
+    assert!(
+        files(v1) == *damaged_input,
+        "{damage:?}: refused, but sled's files were changed"
+    );
 }
 
 fn kept_copy(dir: &Path) -> Option<PathBuf> {
@@ -393,7 +444,8 @@ async fn a_download_recovered_without_its_checkpoint_completes_with_the_right_by
     let id = svc
         .add(json!({"url": up.url("r.bin"), "sha256": sha256_hex(&data)}))
         .await;
-    svc.wait_past(&id, MIB as u64, Duration::from_secs(20)).await;
+    svc.wait_past(&id, MIB as u64, Duration::from_secs(20))
+        .await;
     let (s, v) = svc.action(&id, "pause").await;
     assert_eq!(s, 200, "{v}");
     let part = svc.download_dir().join("r.bin.part");

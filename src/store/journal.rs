@@ -127,8 +127,14 @@ pub(super) struct Frame {
 
 /// One operation of a downloads entry; `at` is where the value starts in the file.
 pub(super) enum Op<'a> {
-    Put { id: &'a [u8], value: &'a [u8], at: u64 },
-    Remove { id: &'a [u8] },
+    Put {
+        id: &'a [u8],
+        value: &'a [u8],
+        at: u64,
+    },
+    Remove {
+        id: &'a [u8],
+    },
 }
 
 impl Frame {
@@ -148,7 +154,10 @@ impl Frame {
             let len = u32::from_le_bytes(p.get(*at..*at + 4)?.try_into().ok()?) as usize;
             let start = *at + 4;
             *at = start + len;
-            Some((p.get(start..start + len)?, self.offset + HEADER + start as u64))
+            Some((
+                p.get(start..start + len)?,
+                self.offset + HEADER + start as u64,
+            ))
         };
         let mut ops = Vec::with_capacity(count.min(1 << 16) as usize);
         for _ in 0..count {
@@ -196,11 +205,7 @@ pub(super) fn scan(path: &Path, mut each: impl FnMut(&Frame)) -> std::io::Result
         seq: 0,
         frames: 0,
     };
-    loop {
-        let frame = match read_frame(&mut reader, scan.end, len)? {
-            Some(frame) => frame,
-            None => break,
-        };
+    while let Some(frame) = read_frame(&mut reader, scan.end, len)? {
         scan.end += HEADER + frame.payload.len() as u64;
         scan.seq = scan.seq.max(frame.seq);
         scan.frames += 1;
@@ -221,7 +226,7 @@ fn read_frame(reader: &mut impl Read, offset: u64, len: u64) -> std::io::Result<
     let mut header = [0u8; HEADER as usize];
     reader.read_exact(&mut header)?;
     let size = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as u64;
-    if header[..4] != MAGIC || size > MAX_PAYLOAD || size < 9 || size > len - offset - HEADER {
+    if header[..4] != MAGIC || !(9..=MAX_PAYLOAD).contains(&size) || size > len - offset - HEADER {
         return Ok(None);
     }
     let mut payload = vec![0; size as usize];
@@ -415,7 +420,11 @@ impl Journal {
         w.marked = seq;
         if w.seq == seq && w.size > COMPACT_FACTOR * w.base + COMPACT_SLACK {
             let (file, size) = write_whole(&self.path, seq, downloads, settings())?;
-            tracing::debug!(from = w.size, to = size, "journal rewritten from the database");
+            tracing::debug!(
+                from = w.size,
+                to = size,
+                "journal rewritten from the database"
+            );
             w.file = Arc::new(file);
             w.size = size;
             w.base = size;
@@ -511,13 +520,13 @@ fn write_whole(
 mod tests {
     use super::*;
 
-/// Reads `len` bytes at `at` (a value a scan pointed to).
-fn read_value(path: &Path, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let file = File::open(path)?;
-    let mut buf = vec![0; len];
-    file.read_exact_at(&mut buf, at)?;
-    Ok(buf)
-}
+    /// Reads `len` bytes at `at` (a value a scan pointed to).
+    fn read_value(path: &Path, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let file = File::open(path)?;
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, at)?;
+        Ok(buf)
+    }
 
     fn write(path: &Path, entries: Vec<Entry>) {
         let mut f = File::create(path).unwrap();

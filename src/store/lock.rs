@@ -34,4 +34,3 @@ impl DirLock {
         Ok(DirLock { _held: file })
     }
 }
-

@@ -226,8 +226,7 @@ impl Replay {
             Kind::Durable => self.marker = self.marker.max(f.seq),
             Kind::Settings => {
                 let (value, at) = f.settings();
-                self.settings
-                    .push(f.seq, Some(val(value, at)), self.marker);
+                self.settings.push(f.seq, Some(val(value, at)), self.marker);
             }
             Kind::Downloads => match f.ops() {
                 None => self.malformed = true,
@@ -237,10 +236,11 @@ impl Replay {
                             Op::Put { id, value, at } => (id, Some(val(value, at))),
                             Op::Remove { id } => (id, None),
                         };
-                        self.downloads
-                            .entry(id.into())
-                            .or_default()
-                            .push(f.seq, value, self.marker);
+                        self.downloads.entry(id.into()).or_default().push(
+                            f.seq,
+                            value,
+                            self.marker,
+                        );
                     }
                 }
             },
@@ -248,7 +248,10 @@ impl Replay {
     }
 
     fn live(&self) -> usize {
-        self.downloads.values().filter(|h| h.last().is_some()).count()
+        self.downloads
+            .values()
+            .filter(|h| h.last().is_some())
+            .count()
     }
 }
 
@@ -412,8 +415,7 @@ pub(super) fn reconcile(
         }
     };
     apply(db, &trees, &path, &diff)?;
-    let journal =
-        Journal::resume(data_dir, &scan, marker, lock).map_err(StoreError::Journal)?;
+    let journal = Journal::resume(data_dir, &scan, marker, lock).map_err(StoreError::Journal)?;
     journal.durable(scan.seq, &trees.downloads, || {
         trees.meta.get(SETTINGS_KEY).ok().flatten()
     })?;

@@ -257,36 +257,11 @@ async fn start_over(base: Arc<PathBuf>, before: Arc<Listed>, damage: Damage) -> 
     let port = free_port();
     let config = write_config(dir.path(), port, "");
     let log = dir.path().join("service.log");
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base_url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let started = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Err(status);
-        }
-        if let Ok(r) = reqwest::get(format!("{base_url}/healthz")).await {
-            if r.status().is_success() {
-                break Ok(());
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{damage:?}: neither started nor exited"
-        );
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    };
+    let (child, started) = start_binary(&config, port, &log, &damage).await;
     let outcome = match started {
-        Ok(()) => {
+        Ok(base_url) => {
             let now = listed(&base_url).await.expect("listed");
-            let _ = child.kill();
-            let _ = child.wait();
+            stop(child);
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             assert_eq!(
                 now.downloads.len(),
@@ -305,6 +280,23 @@ async fn start_over(base: Arc<PathBuf>, before: Arc<Listed>, damage: Damage) -> 
                 );
                 assert!(log.contains("was damaged"), "{damage:?}: no warning\n{log}");
             }
+            // What start-up settled stays settled: the next start finds it whole,
+            // quietly.
+            let log2 = dir.path().join("service-2.log");
+            let (child, again) = start_binary(&config, port, &log2, &damage).await;
+            let again = again.expect("the second start-up");
+            assert_eq!(
+                listed(&again).await.as_ref(),
+                Some(&*before),
+                "{damage:?}: second start"
+            );
+            stop(child);
+            let log2 = std::fs::read_to_string(&log2).unwrap_or_default();
+            assert!(
+                !log2.contains("damaged"),
+                "{damage:?}: second start\n{log2}"
+            );
+            assert_eq!(kept_copy(dir.path()), kept, "{damage:?}");
             Outcome::Whole {
                 kept: kept.is_some(),
             }
@@ -319,6 +311,54 @@ async fn start_over(base: Arc<PathBuf>, before: Arc<Listed>, damage: Damage) -> 
         "{damage:?}: a copy left behind"
     );
     outcome
+}
+
+/// Starts the binary; returns once it answers `/healthz` (its base URL) or has exited.
+async fn start_binary(
+    config: &Path,
+    port: u16,
+    log: &Path,
+    damage: &Damage,
+) -> (
+    std::process::Child,
+    Result<String, std::process::ExitStatus>,
+) {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(std::fs::File::create(log).unwrap()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base_url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (child, Err(status));
+        }
+        if let Ok(r) = reqwest::get(format!("{base_url}/healthz")).await {
+            if r.status().is_success() {
+                return (child, Ok(base_url));
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{damage:?}: neither started nor exited"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+/// SIGTERM, and the exit it leads to.
+fn stop(mut child: std::process::Child) {
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A refusal: exit status non-zero, one line on stderr, no panic, and sled's files

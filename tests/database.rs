@@ -261,6 +261,13 @@ async fn start_over(base: Arc<PathBuf>, before: Arc<Listed>, damage: Damage) -> 
     let outcome = match started {
         Ok(base_url) => {
             let now = listed(&base_url).await.expect("listed");
+            // And it goes on writing where the journal ends.
+            let (s, added) = post(
+                &base_url,
+                json!({"url": "http://127.0.0.1:9/after.bin", "start_paused": true}),
+            )
+            .await;
+            assert_eq!(s, 201, "{damage:?}: {added}");
             stop(child);
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             assert_eq!(
@@ -348,6 +355,16 @@ async fn start_binary(
         );
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
+}
+
+async fn post(base_url: &str, body: Value) -> (u16, Value) {
+    let r = test_client()
+        .post(format!("{base_url}/api/downloads"))
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
 /// SIGTERM, and the exit it leads to.

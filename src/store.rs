@@ -446,6 +446,30 @@ mod tests {
         }
     }
 
+    /// A journal cut short (it reads like a torn last entry) must not take records
+    /// from sled: sled cannot make them up. They are kept, and the journal learns them.
+    #[test]
+    fn records_a_cut_journal_lost_are_kept_from_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_download(&download(1)).unwrap();
+        store.flush_blocking().unwrap();
+        let cut = std::fs::metadata(journal::path(dir.path())).unwrap().len();
+        store.put_download(&download(2)).unwrap();
+        store.flush_blocking().unwrap();
+        drop(store);
+        let journal = std::fs::OpenOptions::new()
+            .write(true)
+            .open(journal::path(dir.path()))
+            .unwrap();
+        journal.set_len(cut).unwrap();
+        for _ in 0..2 {
+            let (_store, records) = Store::open_and_load(dir.path()).unwrap();
+            assert_eq!(records.len(), 2);
+            assert_eq!(damaged_dirs(dir.path()), 1, "kept once, then agreed");
+        }
+    }
+
     /// Thousands of writes keep the journal within a few times its live size, and a
     /// restart after them finds sled and the journal the same.
     #[test]

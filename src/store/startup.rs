@@ -297,10 +297,9 @@ fn compare(replay: &mut Replay, trees: &Trees) -> Result<Diff, StoreError> {
         let (id, value) = item?;
         let have = digest(&value);
         match replay.downloads.get_mut(&*id) {
-            None => {
-                diff.extra += 1;
-                diff.fixes.push((id.to_vec().into(), None));
-            }
+            // sled cannot make records up: the journal lost these (a cut journal),
+            // so they are kept, and the journal is written again from sled.
+            None => diff.extra += 1,
             Some(h) => {
                 h.seen = true;
                 if h.last().map(|v| v.digest) != Some(have) {
@@ -317,7 +316,9 @@ fn compare(replay: &mut Replay, trees: &Trees) -> Result<Diff, StoreError> {
         }
     }
     let have = trees.meta.get(SETTINGS_KEY)?.map(|v| digest(&v));
-    if have != replay.settings.last().map(|v| v.digest) {
+    if replay.settings.changes.is_empty() && have.is_some() {
+        diff.extra += 1;
+    } else if have != replay.settings.last().map(|v| v.digest) {
         judge(&replay.settings, have, &mut diff);
         diff.settings = Some(replay.settings.last());
     }
@@ -395,7 +396,7 @@ pub(super) fn reconcile(
     let diff = compare(&mut replay, &trees)?;
     let (marker, live) = (replay.marker, replay.live());
     drop(replay);
-    if diff.fixes.is_empty() && diff.settings.is_none() {
+    if diff.fixes.is_empty() && diff.settings.is_none() && diff.extra == 0 {
         found.discard();
         return Journal::resume(data_dir, &scan, marker, lock).map_err(StoreError::Journal);
     }
@@ -415,17 +416,24 @@ pub(super) fn reconcile(
         }
     };
     apply(db, &trees, &path, &diff)?;
-    let journal = Journal::resume(data_dir, &scan, marker, lock).map_err(StoreError::Journal)?;
-    journal.durable(scan.seq, &trees.downloads, || {
-        trees.meta.get(SETTINGS_KEY).ok().flatten()
-    })?;
+    let journal = if diff.extra > 0 {
+        let settings = trees.meta.get(SETTINGS_KEY)?;
+        Journal::create(data_dir, scan.seq, &trees.downloads, settings, lock)?
+    } else {
+        let journal =
+            Journal::resume(data_dir, &scan, marker, lock).map_err(StoreError::Journal)?;
+        journal.durable(scan.seq, &trees.downloads, || {
+            trees.meta.get(SETTINGS_KEY).ok().flatten()
+        })?;
+        journal
+    };
     match kept {
         None => tracing::info!(
             records = diff.unflushed,
             "the database brought up to the journal: writes not yet flushed when the last run ended"
         ),
         Some(dir) => tracing::warn!(
-            "the database in {} was damaged: {} download record(s) missing, {} changed, {} unknown to the journal{}; \
+            "the database in {} was damaged: {} download record(s) missing, {} changed, {} unknown to the journal (kept){}; \
              recovered all {live} downloads from the journal {}; {dir}",
             data_dir.join("v1").display(),
             diff.lost,

@@ -55,6 +55,9 @@ pub enum StartError {
     },
     #[error("{0}")]
     InUse(StoreError),
+    /// The database was found damaged and start-up will not settle it by itself.
+    #[error("{0}")]
+    Damaged(StoreError),
     #[error("cannot open the database in {path}: {source}")]
     Store { path: PathBuf, source: StoreError },
     #[error("cannot use download_dir {path}: {source}")]
@@ -123,6 +126,7 @@ pub fn ensure_download_dir(config: &Config) -> Result<PathBuf, StartError> {
 pub fn open_store(config: &Config) -> Result<(Store, Vec<model::Download>), StartError> {
     Store::open_and_load(&config.storage.data_dir).map_err(|source| match source {
         StoreError::InUse(_) => StartError::InUse(source),
+        StoreError::Refused(_) => StartError::Damaged(source),
         source => StartError::Store {
             path: config.storage.data_dir.clone(),
             source,

@@ -2,13 +2,26 @@
 //!
 //! Every call is cheap and in memory except [`Store::flush`], which fsyncs and therefore
 //! runs on a blocking thread. Callers flush before acknowledging a state change.
+//!
+//! The download records and the settings are also appended to a journal of our own
+//! ([`journal`]), which start-up compares with sled ([`startup`]): damage to sled's
+//! files is found, kept aside and recovered from, never met by a shorter queue.
+
+mod checkpoint;
+mod journal;
+mod lock;
+mod startup;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::DownloadsConfig;
 use crate::model::Download;
+
+pub use checkpoint::Checkpoint;
+use journal::{Entry, Journal};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -25,67 +38,14 @@ pub enum StoreError {
     /// (a running service, or a `pull` without one) has this data dir.
     #[error("data dir {} is in use by another model-manager", .0.display())]
     InUse(std::path::PathBuf),
-}
-
-/// What the engine needs to resume a transfer: how many bytes of the `.part` are known
-/// good (fsynced before this was written), and the validators they were fetched under.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    pub offset: u64,
-    pub total: Option<u64>,
-    pub etag: Option<String>,
-    pub last_modified: Option<String>,
-    /// Time spent downloading up to this checkpoint, across runs.
-    pub elapsed_secs: f64,
-    /// Parallel connections: `[start, written up to, end]` of every segment.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub segments: Vec<[u64; 3]>,
-    /// Set only in the checkpoint written just before the final rename: the inode and
-    /// modification time (ns) of the verified `.part`, which the file keeps when renamed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub renaming: Option<[u64; 2]>,
-    /// The URL the bytes were fetched from: after a URL swap they are kept only when
-    /// the new one proves to serve the same file. `None` in older records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-}
-
-impl Checkpoint {
-    /// The bytes it vouches for: the offset on one connection, the sum of what every
-    /// segment wrote on several.
-    pub fn bytes_done(&self) -> u64 {
-        if self.segments.is_empty() {
-            return self.offset;
-        }
-        self.segments
-            .iter()
-            .map(|[start, pos, end]| (*pos).min(*end).saturating_sub(*start))
-            .sum()
-    }
-
-    /// The bytes from the start of the file that are all on disk (fsynced before this
-    /// checkpoint was written): the offset on one connection; on several, up to the
-    /// first segment that has not reached its end. What a reader of the growing
-    /// `.part` may trust.
-    pub fn contiguous_prefix(&self) -> u64 {
-        if self.segments.is_empty() {
-            return self.offset;
-        }
-        let mut segments = self.segments.clone();
-        segments.sort_unstable_by_key(|s| s[0]);
-        let mut prefix = 0;
-        for [start, pos, end] in segments {
-            if start > prefix {
-                break;
-            }
-            let reached = pos.min(end);
-            prefix = prefix.max(reached);
-            if reached < end {
-                break;
-            }
-        }
-        prefix
-    }
+    #[error("journal: {0}")]
+    Journal(std::io::Error),
+    #[error("data dir: {0}")]
+    DataDir(std::io::Error),
+    /// Start-up found damage it will not settle by itself: one line saying what, and
+    /// how to recover.
+    #[error("{0}")]
+    Refused(String),
 }
 
 thread_local! {
@@ -118,7 +78,8 @@ fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
 /// The sled database behind the service; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    flushes: std::sync::Arc<FlushGroup>,
+    flushes: Arc<FlushGroup>,
+    journal: Arc<Journal>,
     db: sled::Db,
     downloads: sled::Tree,
     checkpoints: sled::Tree,
@@ -144,32 +105,43 @@ struct FlushGroup {
 
 impl Store {
     /// Opens (or creates) the database under `data_dir/v1`; the version directory lets a
-    /// later format change migrate instead of misreading.
+    /// later format change migrate instead of misreading. Holds the data dir's lock,
+    /// and compares sled with the journal before anything else reads it (see
+    /// [`startup`]): damage is recovered from, or refused with one line.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        let config = sled::Config::new()
-            .path(data_dir.join("v1"))
-            // sled's default cache is 1 GiB; records are small, a few MiB is plenty.
-            .cache_capacity(8 * 1024 * 1024)
-            .flush_every_ms(Some(500));
-        // sled 0.34 can panic on some corrupt files instead of returning an error:
-        // start-up must end with one clear line, not a backtrace.
-        let opened = quietly(move || config.open());
-        let db = match opened {
-            Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
-                return Err(StoreError::InUse(data_dir.to_owned()));
+        let lock = lock::DirLock::take(data_dir)?;
+        let mut found = startup::AsFound::copy(data_dir)?;
+        let db = match open_sled(data_dir) {
+            Ok(db) => db,
+            Err(StoreError::InUse(dir)) => {
+                found.discard();
+                return Err(StoreError::InUse(dir));
             }
-            Ok(result) => result?,
-            Err(panic) => {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "sled panicked".into());
-                return Err(StoreError::Unreadable(why));
+            Err(e) => {
+                found.restore();
+                return Err(startup::unreadable(data_dir, &e.to_string()));
             }
         };
+        match startup::reconcile(data_dir, &db, &mut found, lock) {
+            Ok(journal) => {
+                found.discard();
+                Store::assemble(db, Arc::new(journal))
+            }
+            Err(e) => {
+                drop(db);
+                found.restore();
+                Err(match e {
+                    StoreError::Refused(_) => e,
+                    e => startup::unreadable(data_dir, &e.to_string()),
+                })
+            }
+        }
+    }
+
+    fn assemble(db: sled::Db, journal: Arc<Journal>) -> Result<Store, StoreError> {
         Ok(Store {
             flushes: Default::default(),
+            journal,
             downloads: db.open_tree("downloads")?,
             checkpoints: db.open_tree("checkpoints")?,
             meta: db.open_tree("meta")?,
@@ -191,30 +163,10 @@ impl Store {
         if records.len() < REOPEN_AFTER_RECORDS {
             return Ok((store, records));
         }
+        let journal = store.journal.clone();
         drop(store);
         release_freed_memory();
-        Ok((Store::reopen(data_dir)?, records))
-    }
-
-    /// Opens the database that this process has just closed: sled lets go of its
-    /// file lock when its last background job ends, which can be a moment later.
-    fn reopen(data_dir: &Path) -> Result<Store, StoreError> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let mut waited = false;
-        loop {
-            match Store::open(data_dir) {
-                Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
-                    if !waited {
-                        tracing::warn!(
-                            "waiting for sled to release the database after the start-up scan"
-                        );
-                        waited = true;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                other => return other,
-            }
-        }
+        Ok((Store::assemble(reopen(data_dir)?, journal)?, records))
     }
 
     /// Every download record, in id (= creation) order.
@@ -227,29 +179,42 @@ impl Store {
     }
 
     pub fn put_download(&self, download: &Download) -> Result<(), StoreError> {
-        self.downloads
-            .insert(download.id.as_bytes(), serde_json::to_vec(download)?)?;
-        Ok(())
+        let value = serde_json::to_vec(download)?;
+        let mut entry = Entry::downloads();
+        entry.put(download.id.as_bytes(), &value);
+        self.journal.append(entry, || {
+            self.downloads.insert(download.id.as_bytes(), value)?;
+            Ok(())
+        })
     }
 
-    /// Writes many records in one atomic batch.
+    /// Writes many records in one atomic batch (one entry of the journal).
     pub fn put_downloads<'a>(
         &self,
         downloads: impl IntoIterator<Item = &'a Download>,
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        let mut entry = Entry::downloads();
         for d in downloads {
-            batch.insert(d.id.as_bytes(), serde_json::to_vec(d)?);
+            let value = serde_json::to_vec(d)?;
+            entry.put(d.id.as_bytes(), &value);
+            batch.insert(d.id.as_bytes(), value);
         }
-        self.downloads.apply_batch(batch)?;
-        Ok(())
+        self.journal.append(entry, || {
+            self.downloads.apply_batch(batch)?;
+            Ok(())
+        })
     }
 
     /// Forgets a download and its checkpoint.
     pub fn remove_download(&self, id: &str) -> Result<(), StoreError> {
-        self.downloads.remove(id.as_bytes())?;
-        self.checkpoints.remove(id.as_bytes())?;
-        Ok(())
+        let mut entry = Entry::downloads();
+        entry.remove(id.as_bytes());
+        self.journal.append(entry, || {
+            self.downloads.remove(id.as_bytes())?;
+            self.checkpoints.remove(id.as_bytes())?;
+            Ok(())
+        })
     }
 
     pub fn checkpoint(&self, id: &str) -> Result<Option<Checkpoint>, StoreError> {
@@ -306,9 +271,11 @@ impl Store {
     }
 
     pub fn put_settings(&self, settings: &DownloadsConfig) -> Result<(), StoreError> {
-        self.meta
-            .insert(SETTINGS_KEY, serde_json::to_vec(settings)?)?;
-        Ok(())
+        let value = serde_json::to_vec(settings)?;
+        self.journal.append(Entry::settings(&value), || {
+            self.meta.insert(SETTINGS_KEY, value)?;
+            Ok(())
+        })
     }
 
     /// When the library last asked the Hub for newer files (seconds since the epoch).
@@ -325,9 +292,17 @@ impl Store {
         Ok(())
     }
 
-    /// Makes everything written so far durable (blocking: fsync).
+    /// Makes everything written so far durable (blocking: fsync): the journal, then
+    /// sled; then the journal records that sled has it all.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        let covered = self.journal.sync()?;
         self.db.flush()?;
+        // Without the mark a later start-up takes the newest entries for not yet
+        // flushed, which it settles quietly: a failure here loses nothing.
+        let settings = || self.meta.get(SETTINGS_KEY).ok().flatten();
+        if let Err(e) = self.journal.durable(covered, &self.downloads, settings) {
+            tracing::warn!(error = %e, "cannot mark the journal durable");
+        }
         Ok(())
     }
 
@@ -352,6 +327,51 @@ impl Store {
     }
 }
 
+/// Opens sled under `data_dir/v1`. sled 0.34 can panic on some corrupt files instead
+/// of returning an error: start-up must end with one clear line, not a backtrace.
+fn open_sled(data_dir: &Path) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(data_dir.join("v1"))
+        // sled's default cache is 1 GiB; records are small, a few MiB is plenty.
+        .cache_capacity(8 * 1024 * 1024)
+        .flush_every_ms(Some(500));
+    match quietly(move || config.open()) {
+        Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
+            Err(StoreError::InUse(data_dir.to_owned()))
+        }
+        Ok(result) => Ok(result?),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "sled panicked".into());
+            Err(StoreError::Unreadable(why))
+        }
+    }
+}
+
+/// Opens sled again after this process has just closed it: sled lets go of its file
+/// lock when its last background job ends, which can be a moment later.
+fn reopen(data_dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut waited = false;
+    loop {
+        match open_sled(data_dir) {
+            Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                if !waited {
+                    tracing::warn!(
+                        "waiting for sled to release the database after the start-up scan"
+                    );
+                    waited = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Gives the pages of freed heap memory back to the system, so that memory freed at
 /// start-up does not stay counted in the service's RSS.
 fn release_freed_memory() {
@@ -367,44 +387,126 @@ fn release_freed_memory() {
 mod tests {
     use super::*;
 
+    fn download(n: usize) -> Download {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("dl_{n:026}"),
+            "url": format!("http://127.0.0.1:9/{n}.bin"),
+            "file_name": format!("{n}.bin"),
+            "path": format!("{n}.bin"),
+            "state": "paused",
+            "order": n,
+            "bytes_done": 0,
+            "elapsed_secs": 0.0,
+            "attempt": 0,
+            "source": {"kind": "url"},
+            "created_at": "2026-12-07T00:00:00Z",
+        }))
+        .expect("a download")
+    }
+
+    fn damaged_dirs(data_dir: &Path) -> usize {
+        std::fs::read_dir(data_dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("damaged-")
+            })
+            .count()
+    }
+
+    /// What a kill -9 leaves: the journal has a write that sled had not flushed.
+    /// Before a flush marked it durable, that is no damage: sled is brought up to
+    /// the journal quietly. After, sled lacking it is damage: recovered, and kept.
     #[test]
-    fn a_checkpoint_vouches_for_its_offset_or_its_segments() {
-        let one = Checkpoint {
-            offset: 1234,
-            ..Default::default()
-        };
-        assert_eq!(one.bytes_done(), 1234);
-        // Segments written from their start up to pos (an over-long pos counts to end);
-        // the offset is the prefix from before the switch and is not the answer.
-        let many = Checkpoint {
-            offset: 100,
-            segments: vec![
-                [0, 100, 100],
-                [100, 150, 200],
-                [200, 260, 250],
-                [250, 250, 300],
-            ],
-            ..Default::default()
-        };
-        assert_eq!(many.bytes_done(), 100 + 50 + 50);
+    fn a_write_sled_never_flushed_is_recovered_and_is_damage_only_once_marked_durable() {
+        for marked in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            store.put_download(&download(1)).unwrap();
+            store.flush_blocking().unwrap();
+            let mut entry = Entry::downloads();
+            let lost = download(2);
+            entry.put(lost.id.as_bytes(), &serde_json::to_vec(&lost).unwrap());
+            store.journal.append(entry, || Ok(())).unwrap();
+            if marked {
+                store.flush_blocking().unwrap();
+            }
+            drop(store);
+            let (_store, records) = Store::open_and_load(dir.path()).unwrap();
+            let ids: Vec<&str> = records.iter().map(|d| d.id.as_str()).collect();
+            assert_eq!(ids, [download(1).id, download(2).id], "marked={marked}");
+            assert_eq!(
+                damaged_dirs(dir.path()),
+                usize::from(marked),
+                "marked={marked}"
+            );
+        }
+    }
+
+    /// A journal cut short (it reads like a torn last entry) must not take records
+    /// from sled: sled cannot make them up. They are kept, and the journal learns them.
+    #[test]
+    fn records_a_cut_journal_lost_are_kept_from_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_download(&download(1)).unwrap();
+        store.flush_blocking().unwrap();
+        let cut = std::fs::metadata(journal::path(dir.path())).unwrap().len();
+        store.put_download(&download(2)).unwrap();
+        store.flush_blocking().unwrap();
+        drop(store);
+        let journal = std::fs::OpenOptions::new()
+            .write(true)
+            .open(journal::path(dir.path()))
+            .unwrap();
+        journal.set_len(cut).unwrap();
+        for _ in 0..2 {
+            let (_store, records) = Store::open_and_load(dir.path()).unwrap();
+            assert_eq!(records.len(), 2);
+            assert_eq!(damaged_dirs(dir.path()), 1, "kept once, then agreed");
+        }
+    }
+
+    /// Thousands of writes keep the journal within a few times its live size, and a
+    /// restart after them finds sled and the journal the same.
+    #[test]
+    fn the_journal_is_rewritten_as_it_grows_and_still_agrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for round in 0..60 {
+            for n in 0..100 {
+                let mut d = download(n);
+                d.bytes_done = round;
+                store.put_download(&d).unwrap();
+            }
+            store.remove_download(&download(round as usize).id).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let live: u64 = store
+            .downloads
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (k.len() + v.len()) as u64).unwrap())
+            .sum();
+        let size = std::fs::metadata(journal::path(dir.path())).unwrap().len();
+        assert!(
+            size < 8 * live + 384 * 1024,
+            "journal of {size} bytes for {live} live"
+        );
+        drop(store);
+        let (_store, records) = Store::open_and_load(dir.path()).unwrap();
+        assert_eq!(records.len(), 99, "the last round removed one");
+        assert!(records.iter().all(|d| d.bytes_done == 59));
+        assert_eq!(damaged_dirs(dir.path()), 0);
     }
 
     #[test]
-    fn the_contiguous_prefix_stops_at_the_first_unfinished_segment() {
-        let many = Checkpoint {
-            segments: vec![[100, 150, 200], [0, 100, 100], [200, 260, 250]],
-            ..Default::default()
-        };
-        assert_eq!(many.contiguous_prefix(), 150);
-        let first_open = Checkpoint {
-            segments: vec![[0, 10, 100], [100, 200, 200]],
-            ..Default::default()
-        };
-        assert_eq!(first_open.contiguous_prefix(), 10);
-        let one = Checkpoint {
-            offset: 77,
-            ..Default::default()
-        };
-        assert_eq!(one.contiguous_prefix(), 77);
+    fn a_second_open_of_a_data_dir_is_refused_as_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::InUse(_))));
+        assert!(!dir.path().join(".v1-as-found").exists());
     }
 }

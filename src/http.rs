@@ -108,6 +108,9 @@ pub const CAP_TREE_TOTAL: usize = 64 * 1024 * 1024;
 /// tens of thousands of files is a few MiB.
 pub const CAP_MODEL_INFO: usize = 32 * 1024 * 1024;
 
+/// How many whole bodies [`read_capped`] reads at once.
+const WHOLE_BODIES_AT_ONCE: usize = 4;
+
 /// Reads a whole body, refusing it as soon as it announces or sends more than `cap`
 /// bytes: a hostile server's endless body costs at most `cap` of memory. Every body
 /// the service reads whole (the Hub's API answers, the mirror's relay) comes through
@@ -119,6 +122,14 @@ pub async fn read_capped(
     if resp.content_length().is_some_and(|n| n > cap as u64) {
         return Err(BodyError::TooLarge { cap });
     }
+    // Each body is capped, and so is their sum: a few are read at a time, so that a
+    // hostile upstream asked by many clients at once costs a few caps, not one each.
+    static WHOLE_BODIES: tokio::sync::Semaphore =
+        tokio::sync::Semaphore::const_new(WHOLE_BODIES_AT_ONCE);
+    let _turn = WHOLE_BODIES
+        .acquire()
+        .await
+        .map_err(|_| BodyError::Network("shutting down".into()))?;
     let mut body = bytes::BytesMut::new();
     while let Some(chunk) = resp
         .chunk()

@@ -657,3 +657,37 @@ async fn an_endless_answer_of_the_hub_is_refused_at_its_cap() {
     assert!(s >= 500, "{s} {v}");
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+/// Red team, round four: each whole answer of a hostile Hub is capped, but not their
+/// sum: 48 mirror-info requests at once to an endless Hub grew the service to 1.5 GB.
+/// At most a few whole answers are read at a time, so the peak stays bounded however
+/// many clients ask.
+#[actix_web::test]
+async fn many_endless_answers_at_once_cost_a_bounded_memory() {
+    let (hostile, _sent) = endless_hub();
+    let (_dir, _config, _port, proc) = Proc::start(&format!(
+        "[hub]\nendpoint = \"http://{}\"\n",
+        hostile.addr()
+    ))
+    .await;
+    let client = test_client();
+    let asks = (0..48).map(|i| {
+        let url = format!("{}/hf/api/models/evil/x{i}", proc.base);
+        let client = client.clone();
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    for a in &answers {
+        let status = a.as_ref().expect("an answer");
+        assert!(*status >= 500, "an endless body is refused: {status}");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proc.pid())).unwrap();
+    let peak_mib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        / 1024;
+    eprintln!("peak RSS after 48 endless answers at once: {peak_mib} MiB");
+    assert!(peak_mib < 500, "peak RSS {peak_mib} MiB");
+}

@@ -170,6 +170,24 @@ impl LibraryHandle {
         self.inner.open(path)
     }
 
+    /// Whether library file `path` is still the very file download `download_id`
+    /// completed (its record says so, and the file on disk is the identity it was
+    /// read at then): only then do that download's digest and commit stand for it
+    /// (blocking). A path the library has not indexed yet is not vouched for.
+    pub fn completed_intact(&self, path: &str, download_id: &str) -> bool {
+        let record = self.inner.read().get(path).cloned();
+        let Some(record) =
+            record.filter(|r| r.ours && r.download_id.as_deref() == Some(download_id))
+        else {
+            return false;
+        };
+        let now = self
+            .inner
+            .locate(path)
+            .and_then(|(dir, name)| dir.stat(name));
+        now.ok().flatten().is_some_and(|st| record.matches(&st))
+    }
+
     /// `download_dir/<path>`, for a path relative to it (already validated).
     pub fn full_path(&self, path: &str) -> PathBuf {
         self.inner.full_path(path)
@@ -190,9 +208,8 @@ impl LibraryHandle {
     /// Walks `download_dir` and brings the index up to date; how many files it holds.
     pub async fn rescan(&self) -> Result<usize, LibraryError> {
         let _one = self.inner.scanning.lock().await;
-        let downloads = self.inner.queue.completed().await?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || scan::scan(&inner, &downloads))
+        tokio::task::spawn_blocking(move || scan::scan(&inner))
             .await
             .map_err(|e| LibraryError::Join(e.to_string()))?
     }

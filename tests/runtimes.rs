@@ -236,3 +236,84 @@ async fn delete(svc: &TestService, path: &str) {
         .await;
     assert_eq!(s, 204, "{path}: {v}");
 }
+
+/// Red team C: `ollama cp` made a second manifest naming our blob, in a form the
+/// service cannot read (`plant` writes it at `at`, from our manifest's bytes). A delete
+/// of our file takes our manifest, and keeps every blob: a manifest that cannot be read
+/// may use any of them.
+async fn a_blob_stays_when_a_manifest_cannot_be_read(plant: impl FnOnce(&Path, &Path)) {
+    let cdn = Arc::new(Upstream::start());
+    let hub = HubEmu::start(cdn.clone());
+    hub.add_repo(REPO, RepoOptions::default());
+    let data = content(50_000, 4);
+    hub.put_file(REPO, SINGLE, data.clone());
+    let root = tempfile::tempdir().unwrap();
+    let ollama = root.path().join("ollama");
+    let (o, endpoint) = (ollama.display().to_string(), hub.endpoint());
+    let svc = TestService::start(move |c| {
+        c.hub.endpoint = endpoint;
+        c.library.ollama_models = o;
+    })
+    .await;
+    let id = svc
+        .add(json!({"hub": {"repo": REPO, "file": SINGLE}}))
+        .await;
+    svc.wait_state(&id, "completed", LONG).await;
+    entry(&svc, &format!("{REPO}/{SINGLE}"), |f| {
+        f["runtimes"]["ollama"].is_string()
+    })
+    .await;
+    let ours = ollama.join("manifests/hf.co/bartowski/Tiny-GGUF/Q4_K_M");
+    let copy = ollama.join("manifests/registry.ollama.ai/library/mymodel");
+    std::fs::create_dir_all(&copy).unwrap();
+    plant(&ours, &copy.join("latest"));
+    let blobs = || {
+        let mut b: Vec<String> = std::fs::read_dir(ollama.join("blobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        b.sort();
+        b
+    };
+    let before = blobs();
+    assert_eq!(before.len(), 2, "the model and config blobs: {before:?}");
+    delete(&svc, &format!("{REPO}/{SINGLE}")).await;
+    assert!(!ours.exists(), "our manifest goes");
+    assert_eq!(
+        blobs(),
+        before,
+        "no blob goes while a manifest cannot be read"
+    );
+}
+
+#[actix_web::test]
+async fn a_blob_named_by_a_manifest_over_the_cap_stays() {
+    a_blob_stays_when_a_manifest_cannot_be_read(|ours, at| {
+        let v: Value = serde_json::from_slice(&std::fs::read(ours).unwrap()).unwrap();
+        let mut big = serde_json::to_vec(&v).unwrap();
+        big.resize(big.len() + (2 << 20), b' ');
+        std::fs::write(at, big).unwrap();
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn a_blob_named_by_a_symlinked_manifest_stays() {
+    a_blob_stays_when_a_manifest_cannot_be_read(|ours, at| {
+        // Outside `manifests/`: only the link there names it.
+        let real = ours.ancestors().nth(5).unwrap().join("elsewhere.json");
+        std::fs::copy(ours, &real).unwrap();
+        std::os::unix::fs::symlink(&real, at).unwrap();
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn a_blob_stays_beside_a_fifo_among_the_manifests() {
+    a_blob_stays_when_a_manifest_cannot_be_read(|_, at| {
+        let c = std::ffi::CString::new(at.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    })
+    .await;
+}

@@ -615,3 +615,56 @@ async fn a_download_edited_in_place_is_no_longer_vouched_for() {
     })
     .await;
 }
+
+/// Red team D: a listed file renamed away and a new file created under its name by
+/// another program (still held by its writer): a DELETE of the name removes nothing
+/// (409), and the library reads the new file.
+#[actix_web::test]
+async fn a_delete_spares_a_new_file_under_a_listed_name() {
+    let svc = TestService::start(|_| {}).await;
+    let dl = svc.download_dir();
+    std::fs::write(dl.join("t.gguf"), b"old hand-placed\n").unwrap();
+    rescan(&svc.base).await;
+    wait_file(&svc.base, "t.gguf", "listed", |_| true).await;
+    std::fs::rename(dl.join("t.gguf"), dl.join("t.gguf.old")).unwrap();
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dl.join("t.gguf"))
+        .unwrap();
+    let theirs = b"another program is writing this, 1 GB to go";
+    writer.write_all_at(theirs, 0).unwrap();
+    let (s, v) = delete(&svc.base, "t.gguf").await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["error"]["code"], "conflict", "{v}");
+    assert_eq!(std::fs::read(dl.join("t.gguf")).unwrap(), theirs);
+    assert!(dl.join("t.gguf.old").exists());
+    wait_file(&svc.base, "t.gguf", "read again", |f| {
+        f["size"] == theirs.len()
+    })
+    .await;
+    drop(writer);
+}
+
+/// Red team D: a DELETE of a listed file whose folder was swapped for a link answers
+/// a conflict, not a 500, and removes nothing through the link.
+#[actix_web::test]
+async fn a_delete_through_a_folder_swapped_for_a_link_is_a_conflict() {
+    let svc = TestService::start(|_| {}).await;
+    let dl = svc.download_dir();
+    std::fs::create_dir(dl.join("sub")).unwrap();
+    std::fs::write(dl.join("sub/x.gguf"), b"hand-placed").unwrap();
+    rescan(&svc.base).await;
+    wait_file(&svc.base, "sub/x.gguf", "listed", |_| true).await;
+    std::fs::rename(dl.join("sub"), dl.join("moved")).unwrap();
+    std::os::unix::fs::symlink("moved", dl.join("sub")).unwrap();
+    let (s, v) = delete(&svc.base, "sub/x.gguf").await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        dl.join("moved/x.gguf").exists(),
+        "nothing removed through the link"
+    );
+    // The scan it started dropped the stale entry: the name is gone from the library.
+    let (s, v) = delete(&svc.base, "sub/x.gguf").await;
+    assert_eq!(s, 404, "{v}");
+}

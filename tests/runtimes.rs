@@ -317,3 +317,65 @@ async fn a_blob_stays_beside_a_fifo_among_the_manifests() {
     })
     .await;
 }
+
+/// Red team B: files of another program already sit under the blob names our
+/// download will have (HF cache `blobs/<sha>`, Ollama `blobs/sha256-<sha>`), with
+/// other bytes. Neither is trusted by its name: the file is not published there, the
+/// listing says why, and the planted files are left as they were.
+#[actix_web::test]
+async fn a_blob_planted_under_our_digest_is_not_published_as_ours() {
+    let cdn = Arc::new(Upstream::start());
+    let hub = HubEmu::start(cdn.clone());
+    hub.add_repo(REPO, RepoOptions::default());
+    let data = content(60_000, 9);
+    hub.put_file(REPO, SINGLE, data.clone());
+    let sha = sha256_hex(&data);
+    let root = tempfile::tempdir().unwrap();
+    let (cache, ollama) = (root.path().join("hf"), root.path().join("ollama"));
+    let hf_blob = cache.join(format!("models--bartowski--Tiny-GGUF/blobs/{sha}"));
+    let ollama_blob = ollama.join(format!("blobs/sha256-{sha}"));
+    for (p, bytes) in [
+        (&hf_blob, "someone's blob"),
+        (&ollama_blob, "ollama's own blob"),
+    ] {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let (c, o, endpoint) = (
+        cache.display().to_string(),
+        ollama.display().to_string(),
+        hub.endpoint(),
+    );
+    let svc = TestService::start(move |cfg| {
+        cfg.hub.endpoint = endpoint;
+        cfg.library.hf_cache = c;
+        cfg.library.ollama_models = o;
+    })
+    .await;
+    let id = svc
+        .add(json!({"hub": {"repo": REPO, "file": SINGLE}}))
+        .await;
+    svc.wait_state(&id, "completed", LONG).await;
+    let f = entry(&svc, &format!("{REPO}/{SINGLE}"), |f| {
+        let np = &f["runtimes"]["not_published"];
+        np["ollama"].is_string() && np["hf_cache"].is_string()
+    })
+    .await;
+    assert!(f["runtimes"]["ollama"].is_null(), "{f}");
+    assert!(f["runtimes"]["hf_cache"].is_null(), "{f}");
+    assert_eq!(std::fs::read(&hf_blob).unwrap(), b"someone's blob");
+    assert_eq!(std::fs::read(&ollama_blob).unwrap(), b"ollama's own blob");
+    assert!(
+        !ollama
+            .join("manifests/hf.co/bartowski/Tiny-GGUF/Q4_K_M")
+            .exists(),
+        "no manifest names the planted blob: {:?}",
+        tree(&ollama)
+    );
+    let snapshots = cache.join("models--bartowski--Tiny-GGUF/snapshots");
+    assert!(
+        tree(&snapshots).is_empty(),
+        "no snapshot points at the planted blob: {:?}",
+        tree(&snapshots)
+    );
+}

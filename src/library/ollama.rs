@@ -63,6 +63,8 @@ pub enum Refused {
     OtherFileSystem,
     #[error("Ollama already has a different {0}: left alone")]
     Taken(String),
+    #[error("Ollama's blobs/{0} is already there and is not our file (a blob is never trusted by its name): left alone")]
+    NotOurs(String),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -234,12 +236,13 @@ fn read_manifest(dir: &Dir, name: &OsStr) -> Option<Manifest> {
     serde_json::from_slice(&dir.read_capped(name, MANIFEST_CAP).ok()?).ok()
 }
 
-/// The blob is a hard link to our file; one already there with this digest (Ollama's
-/// own pull of the same bytes) is used as it is.
+/// The blob is a hard link to our file. One already there by that name is used only
+/// when it is our file's inode (a link we made): a name says nothing of the bytes (a
+/// file planted, or still being written, under our digest is never published as it).
 fn link_blob(blobs: &Dir, name: &str, file: &Ours) -> Result<(), Refused> {
     match blobs.stat(name)? {
-        Some(st) if st.kind == Kind::File => return Ok(()),
-        Some(_) => return Err(Refused::Taken(name.to_owned())),
+        st @ Some(_) if file.id.is(st) => return Ok(()),
+        Some(_) => return Err(Refused::NotOurs(name.to_owned())),
         None => {}
     }
     match file.link_into(blobs, name) {

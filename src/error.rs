@@ -131,7 +131,7 @@ impl From<crate::library::LibraryError> for ApiError {
         let message = e.to_string();
         match e {
             L::NotFound(_) => ApiError::NotFound(message),
-            L::Busy { .. } | L::NoUpdate(_) => ApiError::Conflict(message),
+            L::Busy { .. } | L::NoUpdate(_) | L::Changed(_) => ApiError::Conflict(message),
             L::BadPath(..) => ApiError::Unprocessable(message),
             L::Store(s) => s.into(),
             L::Queue(q) => q.into(),

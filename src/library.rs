@@ -53,6 +53,8 @@ pub enum LibraryError {
     Queue(#[from] crate::actors::queue_error::QueueError),
     #[error("{0}: the last update check found nothing newer on the Hub")]
     NoUpdate(String),
+    #[error("{0} is not the file the library indexed any more (replaced or changed on disk); nothing was deleted, and the library was scanned again")]
+    Changed(String),
 }
 
 /// What the library publishes to and checks against.
@@ -170,6 +172,24 @@ impl LibraryHandle {
         self.inner.open(path)
     }
 
+    /// Whether library file `path` is still the very file download `download_id`
+    /// completed (its record says so, and the file on disk is the identity it was
+    /// read at then): only then do that download's digest and commit stand for it
+    /// (blocking). A path the library has not indexed yet is not vouched for.
+    pub fn completed_intact(&self, path: &str, download_id: &str) -> bool {
+        let record = self.inner.read().get(path).cloned();
+        let Some(record) =
+            record.filter(|r| r.ours && r.download_id.as_deref() == Some(download_id))
+        else {
+            return false;
+        };
+        let now = self
+            .inner
+            .locate(path)
+            .and_then(|(dir, name)| dir.stat(name));
+        now.ok().flatten().is_some_and(|st| record.matches(&st))
+    }
+
     /// `download_dir/<path>`, for a path relative to it (already validated).
     pub fn full_path(&self, path: &str) -> PathBuf {
         self.inner.full_path(path)
@@ -190,9 +210,8 @@ impl LibraryHandle {
     /// Walks `download_dir` and brings the index up to date; how many files it holds.
     pub async fn rescan(&self) -> Result<usize, LibraryError> {
         let _one = self.inner.scanning.lock().await;
-        let downloads = self.inner.queue.completed().await?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || scan::scan(&inner, &downloads))
+        tokio::task::spawn_blocking(move || scan::scan(&inner))
             .await
             .map_err(|e| LibraryError::Join(e.to_string()))?
     }
@@ -211,10 +230,18 @@ impl LibraryHandle {
             });
         }
         let inner = self.inner.clone();
-        let path = path.to_owned();
-        tokio::task::spawn_blocking(move || inner.remove_file(&path))
+        let owned = path.to_owned();
+        let removed = tokio::task::spawn_blocking(move || inner.remove_file(&owned))
             .await
-            .map_err(|e| LibraryError::Join(e.to_string()))?
+            .map_err(|e| LibraryError::Join(e.to_string()))?;
+        if let Err(LibraryError::Changed(_)) = &removed {
+            // What the name holds now is read again (and what was published of the
+            // indexed file goes with it).
+            if let Err(e) = self.rescan().await {
+                tracing::warn!(%path, error = %e, "cannot scan the library again");
+            }
+        }
+        removed
     }
 
     /// Asks the Hub, one request per repo, which files it has newer than ours.
@@ -378,31 +405,46 @@ impl Inner {
         })
     }
 
-    /// Blocking: the file, its HF cache entries, its record. The name is removed in
-    /// its folder's handle: a link there goes itself, what it points to stays.
+    /// Blocking: the file, its HF cache entries, its record. Only while its name
+    /// still holds the file the record was read at: a name another program has
+    /// given to a new file since (or a folder on its way swapped for a link) is
+    /// [`LibraryError::Changed`], and nothing goes. The name is removed in its
+    /// folder's handle: a link there goes itself, what it points to stays.
     fn remove_file(&self, path: &str) -> Result<(), LibraryError> {
         let record = self.read().get(path).cloned();
         let Some(record) = record else {
             return Err(LibraryError::NotFound(path.to_owned()));
         };
+        let changed = || LibraryError::Changed(path.to_owned());
+        let (dir, name) = match self.locate(path) {
+            Ok(found) => (Some(found.0), found.1),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, Default::default()),
+            // A folder on the way is not one any more (a link, a file).
+            Err(e)
+                if e.raw_os_error()
+                    .is_some_and(|n| n == libc::ENOTDIR || n == libc::ELOOP) =>
+            {
+                return Err(changed())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let now = match &dir {
+            Some(dir) => dir.stat(&name)?,
+            None => None,
+        };
+        if now.as_ref().is_some_and(|st| !record.matches(st)) {
+            return Err(changed());
+        }
         publish::unpublish(
             &self.folders,
             &record.published,
             &self.identity(path, &record),
         );
-        let removed = self
-            .locate(path)
-            .and_then(|(dir, name)| match dir.stat(&name)? {
-                Some(st) if st.kind == crate::files::Kind::Dir => {
-                    Err(std::io::Error::other(format!("{path} is a folder now")))
-                }
-                Some(_) => dir.unlink(&name),
-                None => Ok(()),
-            });
-        match removed {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+        if let (Some(dir), Some(_)) = (&dir, now) {
+            match dir.unlink(&name) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
         }
         self.forget(path)?;
         self.announce();

@@ -508,3 +508,165 @@ async fn after_an_update_the_old_ollama_blob_goes() {
     blobs.sort();
     assert_eq!(blobs, named);
 }
+
+/// A completed Hub download of [`Q4`] published for Ollama, LM Studio and the HF
+/// cache; `change` then changes the file on disk behind the service's back (another
+/// program). The library must drop what the download vouched for (digest, commit,
+/// publication) and read it as a hand-placed file; the mirror must never serve the
+/// new bytes as the verified commit.
+async fn a_changed_download(change: impl FnOnce(&Path, &[u8])) {
+    let cdn = Arc::new(Upstream::start());
+    let hub = HubEmu::start(cdn.clone());
+    hub.add_repo(REPO, RepoOptions::default());
+    let data = content(200_000, 61);
+    hub.put_file(REPO, Q4, data.clone());
+    let root = tempfile::tempdir().unwrap();
+    let (cache, ollama, lms) = (
+        root.path().join("hf"),
+        root.path().join("ollama"),
+        root.path().join("lms"),
+    );
+    let (c, o, l, endpoint) = (
+        cache.display().to_string(),
+        ollama.display().to_string(),
+        lms.display().to_string(),
+        hub.endpoint(),
+    );
+    let svc = TestService::start(move |cfg| {
+        cfg.hub.endpoint = endpoint;
+        cfg.library.hf_cache = c;
+        cfg.library.ollama_models = o;
+        cfg.library.lmstudio_models = l;
+        cfg.library.check_updates_hours = 0;
+    })
+    .await;
+    let id = svc.add(json!({"hub": {"repo": REPO, "file": Q4}})).await;
+    svc.wait_state(&id, "completed", LONG).await;
+    let path = format!("{REPO}/{Q4}");
+    let before = wait_file(&svc.base, &path, "published", |f| {
+        f["runtimes"]["ollama"].is_string() && f["runtimes"]["lmstudio"].is_string()
+    })
+    .await;
+    assert_eq!(before["sha256"], sha256_hex(&data));
+    let file = svc.download_dir().join(&path);
+    let mut other = data.clone();
+    other[..20].copy_from_slice(b"not the Hub's bytes!");
+    change(&file, &other);
+    rescan(&svc.base).await;
+    let after = wait_file(&svc.base, &path, "hashed again", |f| {
+        f["sha256"] == sha256_hex(&other)
+    })
+    .await;
+    for field in ["repo", "revision", "download_id"] {
+        assert!(after[field].is_null(), "{field} is dropped: {after}");
+    }
+    assert!(
+        after["runtimes"]["ollama"].is_null() && after["runtimes"]["lmstudio"].is_null(),
+        "not published any more: {after}"
+    );
+    rescan(&svc.base).await;
+    let ino = std::fs::metadata(&file).unwrap().ino();
+    let holders: Vec<String> = [&cache, &ollama, &lms]
+        .iter()
+        .flat_map(|d| tree(d).into_iter().map(|p| d.join(p)))
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == ino))
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        holders.is_empty(),
+        "runtimes still hold the changed file: {holders:?}"
+    );
+    // The mirror answers the commit's bytes (from the upstream), never the file on disk.
+    let r = svc
+        .client
+        .get(svc.url(&format!("/hf/{REPO}/resolve/main/{Q4}")))
+        .timeout(LONG)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers().get("x-linked-etag").cloned();
+    let body = r.bytes().await.unwrap();
+    assert!(
+        body.as_ref() == data.as_slice(),
+        "the mirror served other bytes (sha {}) under x-linked-etag {etag:?}",
+        sha256_hex(&body)
+    );
+}
+
+/// Red team A: another program replaces a verified download with a file of the same
+/// size (a new inode, renamed over it).
+#[actix_web::test]
+async fn a_download_swapped_for_another_file_is_no_longer_vouched_for() {
+    a_changed_download(|file, other| {
+        let tmp = file.with_file_name("swap.tmp");
+        std::fs::write(&tmp, other).unwrap();
+        std::fs::rename(&tmp, file).unwrap();
+    })
+    .await;
+}
+
+/// Red team A: another program edits a verified download in place (same inode, same
+/// size, a new mtime).
+#[actix_web::test]
+async fn a_download_edited_in_place_is_no_longer_vouched_for() {
+    a_changed_download(|file, other| {
+        let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        f.write_all_at(&other[..20], 0).unwrap();
+    })
+    .await;
+}
+
+/// Red team D: a listed file renamed away and a new file created under its name by
+/// another program (still held by its writer): a DELETE of the name removes nothing
+/// (409), and the library reads the new file.
+#[actix_web::test]
+async fn a_delete_spares_a_new_file_under_a_listed_name() {
+    let svc = TestService::start(|_| {}).await;
+    let dl = svc.download_dir();
+    std::fs::write(dl.join("t.gguf"), b"old hand-placed\n").unwrap();
+    rescan(&svc.base).await;
+    wait_file(&svc.base, "t.gguf", "listed", |_| true).await;
+    std::fs::rename(dl.join("t.gguf"), dl.join("t.gguf.old")).unwrap();
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dl.join("t.gguf"))
+        .unwrap();
+    let theirs = b"another program is writing this, 1 GB to go";
+    writer.write_all_at(theirs, 0).unwrap();
+    let (s, v) = delete(&svc.base, "t.gguf").await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["error"]["code"], "conflict", "{v}");
+    assert_eq!(std::fs::read(dl.join("t.gguf")).unwrap(), theirs);
+    assert!(dl.join("t.gguf.old").exists());
+    wait_file(&svc.base, "t.gguf", "read again", |f| {
+        f["size"] == theirs.len()
+    })
+    .await;
+    drop(writer);
+}
+
+/// Red team D: a DELETE of a listed file whose folder was swapped for a link answers
+/// a conflict, not a 500, and removes nothing through the link.
+#[actix_web::test]
+async fn a_delete_through_a_folder_swapped_for_a_link_is_a_conflict() {
+    let svc = TestService::start(|_| {}).await;
+    let dl = svc.download_dir();
+    std::fs::create_dir(dl.join("sub")).unwrap();
+    std::fs::write(dl.join("sub/x.gguf"), b"hand-placed").unwrap();
+    rescan(&svc.base).await;
+    wait_file(&svc.base, "sub/x.gguf", "listed", |_| true).await;
+    std::fs::rename(dl.join("sub"), dl.join("moved")).unwrap();
+    std::os::unix::fs::symlink("moved", dl.join("sub")).unwrap();
+    let (s, v) = delete(&svc.base, "sub/x.gguf").await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        dl.join("moved/x.gguf").exists(),
+        "nothing removed through the link"
+    );
+    // The scan it started dropped the stale entry: the name is gone from the library.
+    let (s, v) = delete(&svc.base, "sub/x.gguf").await;
+    assert_eq!(s, 404, "{v}");
+}

@@ -913,3 +913,89 @@ async fn a_hubs_html_is_never_relayed_as_a_page() {
         assert!(h("content-security-policy").contains("sandbox"), "{path}");
     }
 }
+
+/// Red team A, through the API alone: a verified Hub download is deleted from the
+/// library, an aria2 download (`dir=owner/name`) puts other bytes of the same size at
+/// its path, and that download is forgotten. The Hub download's record still names
+/// the path, but no longer vouches for what is there: the mirror answers the commit's
+/// bytes, never the file on disk under the old sha256.
+#[actix_web::test]
+async fn a_completed_download_no_longer_vouches_for_what_replaced_its_file() {
+    let (_cdn, hub, svc) = setup(RepoOptions::default(), |_| {}).await;
+    let file = "Tiny-Q4_K_M.gguf";
+    let data = content(300_000, 71);
+    hub.put_file(REPO, file, data.clone());
+    let id = svc
+        .add(json!({ "hub": { "repo": REPO, "file": file } }))
+        .await;
+    svc.wait_state(&id, "completed", LONG).await;
+    let path = format!("{REPO}/{file}");
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let (_, lib) = svc.get("/api/library").await;
+        if lib["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == path)
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never listed: {lib}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, v) = svc
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/library/{path}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let mut other = data.clone();
+    other[..16].copy_from_slice(b"other bytes here");
+    let cdn = hub.cdn();
+    cdn.add_file("other.bin", other.clone(), Behavior::default());
+    let rpc = json!({"jsonrpc": "2.0", "id": "1", "method": "aria2.addUri",
+        "params": [[cdn.url("other.bin")], {"dir": REPO, "out": file}]});
+    let answer: Value = svc
+        .client
+        .post(svc.url("/jsonrpc"))
+        .json(&rpc)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["result"].is_string(), "{answer}");
+    let (_, all) = svc.get("/api/downloads").await;
+    let aria2 = all["downloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] != id.as_str())
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .expect("the aria2 download");
+    svc.wait_state(&aria2, "completed", LONG).await;
+    assert_eq!(
+        file_sha256(&svc.download_dir().join(&path)),
+        sha256_hex(&other)
+    );
+    let (s, v) = svc
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/downloads/{aria2}"),
+            None,
+        )
+        .await;
+    assert!(s < 300, "forget the aria2 download: {s} {v}");
+    assert!(svc.download_dir().join(&path).exists(), "its file is kept");
+    let (s, body) = fetch(&svc, &format!("/hf/{REPO}/resolve/main/{file}")).await;
+    assert_eq!(s, 200);
+    assert!(
+        body == data,
+        "the mirror served other bytes (sha {}) as the verified commit",
+        sha256_hex(&body)
+    );
+}

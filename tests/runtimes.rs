@@ -236,3 +236,146 @@ async fn delete(svc: &TestService, path: &str) {
         .await;
     assert_eq!(s, 204, "{path}: {v}");
 }
+
+/// Red team C: `ollama cp` made a second manifest naming our blob, in a form the
+/// service cannot read (`plant` writes it at `at`, from our manifest's bytes). A delete
+/// of our file takes our manifest, and keeps every blob: a manifest that cannot be read
+/// may use any of them.
+async fn a_blob_stays_when_a_manifest_cannot_be_read(plant: impl FnOnce(&Path, &Path)) {
+    let cdn = Arc::new(Upstream::start());
+    let hub = HubEmu::start(cdn.clone());
+    hub.add_repo(REPO, RepoOptions::default());
+    let data = content(50_000, 4);
+    hub.put_file(REPO, SINGLE, data.clone());
+    let root = tempfile::tempdir().unwrap();
+    let ollama = root.path().join("ollama");
+    let (o, endpoint) = (ollama.display().to_string(), hub.endpoint());
+    let svc = TestService::start(move |c| {
+        c.hub.endpoint = endpoint;
+        c.library.ollama_models = o;
+    })
+    .await;
+    let id = svc
+        .add(json!({"hub": {"repo": REPO, "file": SINGLE}}))
+        .await;
+    svc.wait_state(&id, "completed", LONG).await;
+    entry(&svc, &format!("{REPO}/{SINGLE}"), |f| {
+        f["runtimes"]["ollama"].is_string()
+    })
+    .await;
+    let ours = ollama.join("manifests/hf.co/bartowski/Tiny-GGUF/Q4_K_M");
+    let copy = ollama.join("manifests/registry.ollama.ai/library/mymodel");
+    std::fs::create_dir_all(&copy).unwrap();
+    plant(&ours, &copy.join("latest"));
+    let blobs = || {
+        let mut b: Vec<String> = std::fs::read_dir(ollama.join("blobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        b.sort();
+        b
+    };
+    let before = blobs();
+    assert_eq!(before.len(), 2, "the model and config blobs: {before:?}");
+    delete(&svc, &format!("{REPO}/{SINGLE}")).await;
+    assert!(!ours.exists(), "our manifest goes");
+    assert_eq!(
+        blobs(),
+        before,
+        "no blob goes while a manifest cannot be read"
+    );
+}
+
+#[actix_web::test]
+async fn a_blob_named_by_a_manifest_over_the_cap_stays() {
+    a_blob_stays_when_a_manifest_cannot_be_read(|ours, at| {
+        let v: Value = serde_json::from_slice(&std::fs::read(ours).unwrap()).unwrap();
+        let mut big = serde_json::to_vec(&v).unwrap();
+        big.resize(big.len() + (2 << 20), b' ');
+        std::fs::write(at, big).unwrap();
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn a_blob_named_by_a_symlinked_manifest_stays() {
+    a_blob_stays_when_a_manifest_cannot_be_read(|ours, at| {
+        // Outside `manifests/`: only the link there names it.
+        let real = ours.ancestors().nth(5).unwrap().join("elsewhere.json");
+        std::fs::copy(ours, &real).unwrap();
+        std::os::unix::fs::symlink(&real, at).unwrap();
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn a_blob_stays_beside_a_fifo_among_the_manifests() {
+    a_blob_stays_when_a_manifest_cannot_be_read(|_, at| {
+        let c = std::ffi::CString::new(at.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    })
+    .await;
+}
+
+/// Red team B: files of another program already sit under the blob names our
+/// download will have (HF cache `blobs/<sha>`, Ollama `blobs/sha256-<sha>`), with
+/// other bytes. Neither is trusted by its name: the file is not published there, the
+/// listing says why, and the planted files are left as they were.
+#[actix_web::test]
+async fn a_blob_planted_under_our_digest_is_not_published_as_ours() {
+    let cdn = Arc::new(Upstream::start());
+    let hub = HubEmu::start(cdn.clone());
+    hub.add_repo(REPO, RepoOptions::default());
+    let data = content(60_000, 9);
+    hub.put_file(REPO, SINGLE, data.clone());
+    let sha = sha256_hex(&data);
+    let root = tempfile::tempdir().unwrap();
+    let (cache, ollama) = (root.path().join("hf"), root.path().join("ollama"));
+    let hf_blob = cache.join(format!("models--bartowski--Tiny-GGUF/blobs/{sha}"));
+    let ollama_blob = ollama.join(format!("blobs/sha256-{sha}"));
+    for (p, bytes) in [
+        (&hf_blob, "someone's blob"),
+        (&ollama_blob, "ollama's own blob"),
+    ] {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let (c, o, endpoint) = (
+        cache.display().to_string(),
+        ollama.display().to_string(),
+        hub.endpoint(),
+    );
+    let svc = TestService::start(move |cfg| {
+        cfg.hub.endpoint = endpoint;
+        cfg.library.hf_cache = c;
+        cfg.library.ollama_models = o;
+    })
+    .await;
+    let id = svc
+        .add(json!({"hub": {"repo": REPO, "file": SINGLE}}))
+        .await;
+    svc.wait_state(&id, "completed", LONG).await;
+    let f = entry(&svc, &format!("{REPO}/{SINGLE}"), |f| {
+        let np = &f["runtimes"]["not_published"];
+        np["ollama"].is_string() && np["hf_cache"].is_string()
+    })
+    .await;
+    assert!(f["runtimes"]["ollama"].is_null(), "{f}");
+    assert!(f["runtimes"]["hf_cache"].is_null(), "{f}");
+    assert_eq!(std::fs::read(&hf_blob).unwrap(), b"someone's blob");
+    assert_eq!(std::fs::read(&ollama_blob).unwrap(), b"ollama's own blob");
+    assert!(
+        !ollama
+            .join("manifests/hf.co/bartowski/Tiny-GGUF/Q4_K_M")
+            .exists(),
+        "no manifest names the planted blob: {:?}",
+        tree(&ollama)
+    );
+    let snapshots = cache.join("models--bartowski--Tiny-GGUF/snapshots");
+    assert!(
+        tree(&snapshots).is_empty(),
+        "no snapshot points at the planted blob: {:?}",
+        tree(&snapshots)
+    );
+}

@@ -95,10 +95,21 @@ pub fn publish(cache: &Path, target: &Target<'_>, file: &Ours) -> io::Result<Ent
 }
 
 /// The blob: a hard link to our file on one file system, else a symlink to it. A blob
-/// already there (the user's own download of the same bytes) is left as it is.
+/// already there is used only when it is our file (a link we made): one of another
+/// program is never trusted by its name (its bytes may be anything), and nothing is
+/// published there.
 fn link_blob(blobs: &Dir, sha256: &str, file: &Ours) -> io::Result<()> {
     if blobs.stat(sha256)?.is_some() {
-        return Ok(());
+        if is_ours(blobs, sha256, &file.id) {
+            return Ok(());
+        }
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "the HF cache's blobs/{sha256} is already there and is not our file \
+                 (a blob is never trusted by its name): left alone"
+            ),
+        ));
     }
     match file.link_into(blobs, sha256) {
         Ok(()) => Ok(()),

@@ -63,6 +63,8 @@ pub enum Refused {
     OtherFileSystem,
     #[error("Ollama already has a different {0}: left alone")]
     Taken(String),
+    #[error("Ollama's blobs/{0} is already there and is not our file (a blob is never trusted by its name): left alone")]
+    NotOurs(String),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -234,12 +236,13 @@ fn read_manifest(dir: &Dir, name: &OsStr) -> Option<Manifest> {
     serde_json::from_slice(&dir.read_capped(name, MANIFEST_CAP).ok()?).ok()
 }
 
-/// The blob is a hard link to our file; one already there with this digest (Ollama's
-/// own pull of the same bytes) is used as it is.
+/// The blob is a hard link to our file. One already there by that name is used only
+/// when it is our file's inode (a link we made): a name says nothing of the bytes (a
+/// file planted, or still being written, under our digest is never published as it).
 fn link_blob(blobs: &Dir, name: &str, file: &Ours) -> Result<(), Refused> {
     match blobs.stat(name)? {
-        Some(st) if st.kind == Kind::File => return Ok(()),
-        Some(_) => return Err(Refused::Taken(name.to_owned())),
+        st @ Some(_) if file.id.is(st) => return Ok(()),
+        Some(_) => return Err(Refused::NotOurs(name.to_owned())),
         None => {}
     }
     match file.link_into(blobs, name) {
@@ -279,7 +282,13 @@ pub fn unpublish(models: &Path, entry: &Entry, file: &Identity) {
         }
         remove_empty_parents(&root, models, &entry.manifest);
     }
-    let used = digests_in_use(&root);
+    let used = match digests_in_use(&root) {
+        Ok(used) => used,
+        Err(why) => {
+            tracing::warn!(%why, "an Ollama manifest cannot be read: no blob is removed (one may use it)");
+            return;
+        }
+    };
     let Ok(blobs) = root.sub("blobs") else { return };
     let model_blob = blob_name(&entry.model_digest);
     if !used.contains(&entry.model_digest) && file.is(blobs.stat(&model_blob).ok().flatten()) {
@@ -299,37 +308,53 @@ pub fn unpublish(models: &Path, entry: &Entry, file: &Identity) {
 }
 
 /// Every digest any manifest names (`manifests/*/*/*/*`, as Ollama's `Manifests`
-/// reads), through handles: links are not followed, only regular files read.
-fn digests_in_use(root: &Dir) -> std::collections::HashSet<String> {
+/// reads), through handles: links are not followed, only regular files read. Fails
+/// closed: a folder that cannot be read, or an entry there that is not a manifest we
+/// can read and parse (a link, a FIFO, one over [`MANIFEST_CAP`], bad JSON) may name
+/// any blob, and then nothing is known to be unused.
+fn digests_in_use(root: &Dir) -> Result<std::collections::HashSet<String>, String> {
     let mut used = std::collections::HashSet::new();
-    let Ok(top) = root.sub("manifests") else {
-        return used;
+    let top = match root.sub("manifests") {
+        Ok(top) => top,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(used),
+        Err(e) => return Err(format!("manifests: {e}")),
     };
-    let mut level = vec![top];
+    let mut level = vec![(PathBuf::from("manifests"), top)];
     for _ in 0..3 {
-        level = level
-            .iter()
-            .flat_map(|d| {
-                let subs = d.entries().unwrap_or_default();
-                subs.into_iter()
-                    .filter(|(_, st)| st.kind == Kind::Dir)
-                    .filter_map(|(n, _)| d.sub(n).ok())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-    }
-    for dir in &level {
-        for (name, st) in dir.entries().unwrap_or_default() {
-            if st.kind != Kind::File {
-                continue;
-            }
-            if let Some(m) = read_manifest(dir, &name) {
-                used.insert(m.config.digest);
-                used.extend(m.layers.into_iter().map(|l| l.digest));
+        let mut next = Vec::new();
+        for (at, d) in &level {
+            for (n, st) in d.entries().map_err(|e| format!("{}: {e}", at.display()))? {
+                match st.kind {
+                    Kind::Dir => {
+                        let sub = d
+                            .sub(&n)
+                            .map_err(|e| format!("{}: {e}", at.join(&n).display()))?;
+                        next.push((at.join(&n), sub));
+                    }
+                    // Ollama's glob follows a link to a folder of manifests.
+                    Kind::Link => return Err(format!("{} is a link", at.join(&n).display())),
+                    _ => {}
+                }
             }
         }
+        level = next;
     }
-    used
+    for (at, dir) in &level {
+        for (name, _) in dir
+            .entries()
+            .map_err(|e| format!("{}: {e}", at.display()))?
+        {
+            let m = read_manifest(dir, &name).ok_or_else(|| {
+                format!(
+                    "{} is not a manifest that can be read",
+                    at.join(&name).display()
+                )
+            })?;
+            used.insert(m.config.digest);
+            used.extend(m.layers.into_iter().map(|l| l.digest));
+        }
+    }
+    Ok(used)
 }
 
 /// Removes the folders above `file` that are empty, up to (not including) `manifests`.

@@ -118,22 +118,27 @@ fn publish_hf_cache(
     if record.published.hf_cache.is_some() {
         return;
     }
-    let Some(commit) = record.revision.clone() else {
+    let (Some(commit), Some(repo)) = (record.revision.clone(), record.repo.clone()) else {
         return;
     };
+    let asked = record.asked_revision.clone();
     let target = hf_cache::Target {
-        repo: record.repo.as_deref().unwrap_or_default(),
+        repo: &repo,
         file,
         commit: &commit,
-        revision: record.asked_revision.as_deref(),
+        revision: asked.as_deref(),
         sha256,
     };
-    match hf_cache::publish(cache, &target, ours) {
-        Ok(entry) => {
-            record.published.hf_cache = Some(entry);
-            siblings_at(inner, cache, path, target.repo, &commit);
-        }
-        Err(e) => tracing::warn!(%path, error = %e, "cannot publish into the HF cache"),
+    let result = hf_cache::publish(cache, &target, ours);
+    if let Err(e) = &result {
+        tracing::warn!(%path, error = %e, "cannot publish into the HF cache");
+    }
+    let published = result.is_ok();
+    note(record, "hf_cache", result, |p, entry| {
+        p.hf_cache = Some(entry)
+    });
+    if published {
+        siblings_at(inner, cache, path, target.repo, &commit);
     }
 }
 

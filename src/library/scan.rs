@@ -1,25 +1,24 @@
 //! Walking `download_dir`: which files are there, which changed since they were read,
 //! and what each one is (blocking: runs on a blocking thread).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::record::{Origin, Record};
 use super::{links, publish, Inner, LibraryError};
 use crate::files::{Dir, Kind, Stat};
-use crate::model::{Download, DownloadView};
+use crate::model::Download;
 
 /// At most this many files are listed (a runaway tree must not eat the memory).
 const MAX_FILES: usize = 200_000;
 
 /// Brings the whole index up to date; how many files the library holds.
-pub(super) fn scan(inner: &Inner, downloads: &[DownloadView]) -> Result<usize, LibraryError> {
-    let mut origins: HashMap<&str, Origin> = HashMap::new();
-    for d in downloads {
-        // Newest first: the download that last wrote a path is its origin.
-        origins
-            .entry(d.path.as_str())
-            .or_insert_with(|| Origin::of_view(d));
-    }
+///
+/// What a download vouched for (its sha256, repo, commit, [`Record::ours`]) is taken
+/// only when it completes ([`scan_one`]), tied to the file's identity then; a scan
+/// never gives it to a path by name: a file that is not that identity any more (swapped
+/// by another program, edited in place, or fetched there again by something else) is
+/// read as a hand-placed file.
+pub(super) fn scan(inner: &Inner) -> Result<usize, LibraryError> {
     let found = walk(&Dir::open(&inner.root)?)?;
     let stale: Vec<String> = inner
         .read()
@@ -31,7 +30,7 @@ pub(super) fn scan(inner: &Inner, downloads: &[DownloadView]) -> Result<usize, L
         inner.forget(path)?;
     }
     for (path, st) in &found {
-        refresh(inner, path, st, origins.get(path.as_str()), false)?;
+        refresh(inner, path, st, None, false)?;
     }
     inner.announce();
     tracing::info!(
@@ -67,6 +66,18 @@ fn refresh(
         Some(r) if r.matches(st) => (r, None),
         earlier => (read_record(inner, path, st), earlier),
     };
+    if let (Some(earlier), false) = (&replaced, completed) {
+        // Not the file that was read (or verified) any more, and no download of ours
+        // put it there: what was published of the earlier one goes (a blob named by
+        // its digest must not hold other bytes, nor stand for a file we no longer
+        // have), and the new one starts as a hand-placed file.
+        tracing::info!(%path, "a library file changed on disk; read again as a file put by hand");
+        publish::unpublish(
+            &inner.folders,
+            &earlier.published,
+            &inner.identity(path, earlier),
+        );
+    }
     if let Some(o) = origin {
         adopt(&mut record, o);
         if completed && o.bytes == Some(record.size) {

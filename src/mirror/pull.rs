@@ -194,15 +194,12 @@ async fn just_completed(
     else {
         return Ok(None);
     };
-    // Its file must still be there as it finished (reached without a link, its size):
-    // else the path holds something else now, and the upstream answers.
-    let (root, rel, size) = (mirror.download_dir.clone(), path.to_owned(), d.bytes_total);
-    let intact = tokio::task::spawn_blocking(move || {
-        crate::files::open_regular(&root, &rel)
-            .and_then(|f| f.metadata())
-            .is_ok_and(|m| Some(m.len()) == size)
-    })
-    .await
-    .map_err(|e| MirrorError::Internal(e.to_string()))?;
+    // Its file must still be the very file it completed (the library recorded its
+    // identity then): else the path holds something else now (another program's
+    // bytes, or another download's), and the upstream answers.
+    let (library, rel, id) = (mirror.library.clone(), path.to_owned(), d.id.clone());
+    let intact = tokio::task::spawn_blocking(move || library.completed_intact(&rel, &id))
+        .await
+        .map_err(|e| MirrorError::Internal(e.to_string()))?;
     Ok(intact.then_some(d.id))
 }

@@ -79,7 +79,8 @@ pub(super) fn cname(name: &OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+/// A libc return value as a `Result` (negative: the OS error); `Place` uses it too.
+pub(super) fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {

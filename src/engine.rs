@@ -47,9 +47,9 @@ use crate::config::DownloadsConfig;
 use crate::files;
 use crate::http::HostList;
 use crate::hub::HubClient;
-use crate::model::{DownloadError, DownloadId};
-use crate::progress::ProgressCell;
-use crate::store::Store;
+use crate::queue::model::{DownloadError, DownloadId};
+use crate::queue::progress::ProgressCell;
+use crate::queue::store::Store;
 use retry::{sleep_unless_stopped, Retries};
 use transfer::Transfer;
 

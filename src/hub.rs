@@ -4,7 +4,6 @@
 //! The token goes to the Hub's own host only: the client never follows redirects by
 //! itself, so a presigned CDN link is fetched by the engine without credentials.
 
-mod download;
 mod info;
 mod names;
 pub mod quant;
@@ -20,7 +19,6 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use reqwest::header::{self, HeaderMap};
 use serde::{Deserialize, Serialize};
 
-pub use download::{new_download, Wanted};
 pub use relay::{Relayed, MAX_RELAYED};
 
 /// Characters escaped in one path segment of a Hub URL.

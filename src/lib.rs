@@ -6,28 +6,17 @@
 //! port 0 with a temporary data dir.
 
 pub mod actors;
-pub mod api;
-pub mod aria2;
-pub mod cli;
 pub mod config;
-pub mod conn;
+pub mod doors;
 pub mod engine;
-pub mod error;
 pub mod files;
 pub mod gguf;
 pub mod http;
 pub mod hub;
+pub mod intake;
 pub mod library;
-pub mod lifecycle;
 pub mod metrics;
-pub mod mirror;
-pub mod model;
-pub mod progress;
 pub mod queue;
-pub mod security;
-pub mod store;
-pub mod web;
-pub mod ws;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -41,7 +30,7 @@ use crate::actors::handle::QueueHandle;
 use crate::actors::supervisor::{Supervisor, SupervisorParts};
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
-use crate::store::{Store, StoreError};
+use crate::queue::store::{Store, StoreError};
 
 /// Why the service cannot start; printed as one line, exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +74,7 @@ pub struct Prepared {
     pub rpc_listener: Option<TcpListener>,
     pub store: Store,
     /// Every download record, read once at start-up.
-    pub records: Vec<model::Download>,
+    pub records: Vec<queue::model::Download>,
     pub download_dir: PathBuf,
 }
 
@@ -123,7 +112,7 @@ pub fn ensure_download_dir(config: &Config) -> Result<PathBuf, StartError> {
 
 /// Opens the database of `config` and reads every record; another process holding it
 /// is said plainly (its own error, not a sled lock message).
-pub fn open_store(config: &Config) -> Result<(Store, Vec<model::Download>), StartError> {
+pub fn open_store(config: &Config) -> Result<(Store, Vec<queue::model::Download>), StartError> {
     Store::open_and_load(&config.storage.data_dir).map_err(|source| match source {
         StoreError::InUse(_) => StartError::InUse(source),
         StoreError::Refused(_) => StartError::Damaged(source),
@@ -198,7 +187,7 @@ impl Core {
 pub fn start_core(
     config: &Config,
     store: &Store,
-    records: Vec<model::Download>,
+    records: Vec<queue::model::Download>,
     download_dir: &std::path::Path,
 ) -> Result<Core, StartError> {
     // Run-time changes (PATCH /api/settings) outlive restarts.
@@ -271,9 +260,9 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         Some(core.broadcaster.clone().recipient()),
     )
     .map_err(|e| StartError::Library(e.to_string()))?;
-    let server = web::serve(
+    let server = doors::web::serve(
         listener,
-        web::Parts {
+        doors::web::Parts {
             queue: core.queue.clone(),
             library,
             hub: core.hub.clone(),
@@ -288,8 +277,9 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     let rpc_server = match rpc_listener {
         Some(l) => {
             let rpc_addr = l.local_addr().map_err(StartError::Server)?;
-            let s = web::serve_rpc(l, core.queue.clone(), &config, rpc_addr.ip().is_loopback())
-                .map_err(StartError::Server)?;
+            let s =
+                doors::web::serve_rpc(l, core.queue.clone(), &config, rpc_addr.ip().is_loopback())
+                    .map_err(StartError::Server)?;
             tracing::info!(addr = %rpc_addr, "aria2 JSON-RPC listening");
             Some((s.handle(), tokio::task::spawn_local(s)))
         }

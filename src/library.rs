@@ -27,8 +27,8 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 
 use crate::actors::handle::QueueHandle;
-use crate::model::Download;
-use crate::store::{Store, StoreError};
+use crate::queue::model::Download;
+use crate::queue::store::{Store, StoreError};
 
 pub use publish::Folders;
 pub use record::{LibraryFile, Published, Record, Update};
@@ -251,7 +251,10 @@ impl LibraryHandle {
     }
 
     /// Queues the newer file the last check found for `path`, under the same name.
-    pub async fn update(&self, path: &str) -> Result<crate::model::DownloadView, LibraryError> {
+    pub async fn update(
+        &self,
+        path: &str,
+    ) -> Result<crate::queue::model::DownloadView, LibraryError> {
         crate::files::validate_relative_path(path)
             .map_err(|e| LibraryError::BadPath(path.to_owned(), e.to_string()))?;
         let record = self.inner.read().get(path).cloned();

@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use model_manager::cli::args::Cli;
+use model_manager::doors::cli::args::Cli;
 
 fn main() -> ExitCode {
-    model_manager::cli::main(Cli::parse())
+    model_manager::doors::cli::main(Cli::parse())
 }

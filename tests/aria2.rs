@@ -76,7 +76,7 @@ async fn each_method_answers_in_aria2_shapes() {
         (Some("models/sub/renamed.bin"), Some(sha.as_str()))
     );
     assert_eq!(
-        model_manager::aria2::gid_of(rest["id"].as_str().unwrap()),
+        model_manager::doors::aria2::gid_of(rest["id"].as_str().unwrap()),
         gid
     );
 
@@ -322,7 +322,7 @@ async fn the_queue_pages_moves_and_steers_as_aria2s() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| model_manager::aria2::gid_of(d["id"].as_str().unwrap()))
+        .map(|d| model_manager::doors::aria2::gid_of(d["id"].as_str().unwrap()))
         .collect();
     assert_eq!(
         rest,
@@ -575,7 +575,7 @@ async fn a_gid_survives_a_restart_of_the_binary() {
     );
     let list = proc.get("/api/downloads").await;
     let id = list["downloads"][0]["id"].as_str().unwrap();
-    assert_eq!(model_manager::aria2::gid_of(id), gid);
+    assert_eq!(model_manager::doors::aria2::gid_of(id), gid);
     assert_eq!(own.ok("aria2.unpause", json!([gid])).await, gid);
     proc.sigterm();
     assert!(proc.wait_exit(Duration::from_secs(15)).success());

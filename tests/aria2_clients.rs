@@ -13,7 +13,7 @@ use base64::Engine as _;
 use common::service::*;
 use common::upstream::{Behavior, Upstream};
 use futures_util::{SinkExt, StreamExt};
-use model_manager::aria2::gid_of;
+use model_manager::doors::aria2::gid_of;
 use rpc::Rpc;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};

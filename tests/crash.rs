@@ -321,8 +321,8 @@ async fn another_file_of_the_same_size_is_not_taken_for_a_renamed_download() {
 /// file under the final name (`other`, or the download's own bytes). Returns once the
 /// download is completed.
 async fn after_a_crash(renaming: bool, other: Option<Vec<u8>>) -> (TestService, Upstream, Vec<u8>) {
-    use model_manager::model::{Download, Source, State};
-    use model_manager::store::{Checkpoint, Store};
+    use model_manager::queue::model::{Download, Source, State};
+    use model_manager::queue::store::{Checkpoint, Store};
     use std::os::unix::fs::MetadataExt;
     let up = Upstream::start();
     let data = content(3 * MIB, 77);

@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 
 use crate::actors::frames::{self, ClientFrame, Frame, ProgressUpdate, Snapshot};
 use crate::metrics::Metrics;
-use crate::model::DownloadId;
-use crate::progress::ProgressCell;
+use crate::queue::model::DownloadId;
+use crate::queue::progress::ProgressCell;
 
 /// Frames a client may have queued before progress frames are dropped for it.
 pub const CLIENT_QUEUE: usize = 64;

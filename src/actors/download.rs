@@ -11,8 +11,8 @@ use tokio::sync::watch;
 
 use crate::engine::{Engine, EngineEvent, Job, Outcome, RateLimiter, RunCtx};
 use crate::files;
-use crate::model::{DownloadError, DownloadId, ErrorKind};
-use crate::progress::ProgressCell;
+use crate::queue::model::{DownloadError, DownloadId, ErrorKind};
+use crate::queue::progress::ProgressCell;
 
 /// An event of a running engine.
 #[derive(Message)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::model::{DownloadId, DownloadView, Live};
+use crate::queue::model::{DownloadId, DownloadView, Live};
 
 /// One JSON text frame.
 pub type Frame = Arc<str>;
@@ -120,7 +120,7 @@ mod tests {
     use super::*;
 
     fn view(i: usize) -> DownloadView {
-        let d: crate::model::Download = serde_json::from_value(serde_json::json!({
+        let d: crate::queue::model::Download = serde_json::from_value(serde_json::json!({
             "id": format!("dl_{i}"), "url": format!("http://127.0.0.1:9/f{i}.bin"),
             "file_name": format!("f{i}.bin"), "path": format!("f{i}.bin"),
             "state": "paused", "order": i, "bytes_done": 0, "elapsed_secs": 0.0,

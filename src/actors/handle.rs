@@ -17,8 +17,8 @@ use crate::actors::supervisor::follow::{DurablePrefix, FollowCompletions, NoteDi
 use crate::actors::supervisor::queries::{Events, Get, GetSettings, GetStats, History, List};
 use crate::actors::supervisor::Supervisor;
 use crate::config::{DownloadsConfig, SettingsPatch};
-use crate::lifecycle::{Action, State};
-use crate::model::{Download, DownloadId, DownloadPatch, DownloadView, NewDownload, Stats};
+use crate::queue::lifecycle::{Action, State};
+use crate::queue::model::{Download, DownloadId, DownloadPatch, DownloadView, NewDownload, Stats};
 
 type Result<T> = std::result::Result<T, QueueError>;
 

@@ -1,10 +1,10 @@
 //! Why the queue refused a command, in its own terms; `error.rs` maps these to HTTP
 //! and each front door to its own protocol.
 
-use crate::lifecycle::Refusal;
-use crate::model::DownloadId;
-use crate::queue::NameTaken;
-use crate::store::StoreError;
+use crate::queue::lifecycle::Refusal;
+use crate::queue::line::NameTaken;
+use crate::queue::model::DownloadId;
+use crate::queue::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

@@ -24,11 +24,11 @@ use crate::actors::queue_error::QueueError;
 use crate::config::DownloadsConfig;
 use crate::engine::{Engine, HubTarget, Job, RateLimiter};
 use crate::hub::HubClient;
-use crate::lifecycle::{self, Action, State, Transition};
-use crate::model::{now_rfc3339, Download, DownloadId, DownloadView, Source};
-use crate::progress::ProgressCell;
-use crate::queue::Queue;
-use crate::store::{Store, StoreError};
+use crate::queue::lifecycle::{self, Action, State, Transition};
+use crate::queue::line::Queue;
+use crate::queue::model::{now_rfc3339, Download, DownloadId, DownloadView, Source};
+use crate::queue::progress::ProgressCell;
+use crate::queue::store::{Store, StoreError};
 
 pub use effects::Cleanup;
 

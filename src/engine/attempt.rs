@@ -12,7 +12,7 @@ use super::request::{self, stall_timeout, SpeedFloor};
 use super::segments::SEGMENT_THRESHOLD;
 use super::transfer::Transfer;
 use super::{limiter, Ended, Engine, EngineError, EngineEvent, Job, RunCtx};
-use crate::model::{DownloadError, ErrorKind};
+use crate::queue::model::{DownloadError, ErrorKind};
 
 impl Engine {
     /// One HTTP request: from the current offset to the end of the body, or an error.

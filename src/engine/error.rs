@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use crate::hub::HubError;
-use crate::model::{DownloadError, ErrorKind};
-use crate::store::StoreError;
+use crate::queue::model::{DownloadError, ErrorKind};
+use crate::queue::store::StoreError;
 
 /// Why an attempt (or the whole download) failed.
 #[derive(Debug, thiserror::Error)]

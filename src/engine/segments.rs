@@ -26,7 +26,7 @@ use super::segment_table::{Segment, SegmentTable};
 use super::transfer::{Transfer, CHECKPOINT_EVERY};
 use super::validators::Validators;
 use super::{Ended, Engine, EngineError, Job, RunCtx};
-use crate::progress::ProgressCell;
+use crate::queue::progress::ProgressCell;
 
 /// Files smaller than this (or with less than this left) use one connection.
 pub const SEGMENT_THRESHOLD: u64 = 16 * 1024 * 1024;

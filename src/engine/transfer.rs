@@ -25,8 +25,8 @@ use super::validators::Validators;
 use super::{block, direct, EngineError, Job, RunCtx};
 use crate::files;
 use crate::hub::Resolved;
-use crate::model::DownloadId;
-use crate::store::{Checkpoint, Store};
+use crate::queue::model::DownloadId;
+use crate::queue::store::{Checkpoint, Store};
 
 /// The `.part` file and what is known about it.
 pub(super) struct Transfer {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::hf_cache::Entry;
 use crate::files::Stat;
 use crate::gguf::GgufInfo;
-use crate::model::Source;
+use crate::queue::model::Source;
 
 /// Where a file is published, so that a delete removes exactly what we made.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -121,7 +121,7 @@ pub struct Origin {
 }
 
 impl Origin {
-    pub fn of_record(d: &crate::model::Download) -> Origin {
+    pub fn of_record(d: &crate::queue::model::Download) -> Origin {
         Origin::new(&d.id, d.sha256.clone(), &d.source, d.bytes_total)
     }
 

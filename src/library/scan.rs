@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::record::{Origin, Record};
 use super::{links, publish, Inner, LibraryError};
 use crate::files::{Dir, Kind, Stat};
-use crate::model::Download;
+use crate::queue::model::Download;
 
 /// At most this many files are listed (a runaway tree must not eat the memory).
 const MAX_FILES: usize = 200_000;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::record::{Record, Update};
 use super::{Inner, LibraryError};
 use crate::hub::{HubError, RepoRevision};
-use crate::model::NewDownload;
+use crate::queue::model::NewDownload;
 
 /// Tries per repo when the Hub asks to slow down or cannot be reached.
 const TRIES: u32 = 5;
@@ -162,14 +162,14 @@ pub(super) fn newer_download(
         .strip_prefix(&format!("{repo}/"))
         .ok_or_else(|| LibraryError::NoUpdate(path.to_owned()))?;
     let revision = r.asked_revision.clone().unwrap_or_else(|| "main".into());
-    let wanted = crate::hub::Wanted {
+    let wanted = crate::intake::hub::Wanted {
         repo,
         file,
         revision: &revision,
         commit: Some(update.revision.clone()),
         sha256: Some(update.sha256.clone()),
     };
-    crate::hub::new_download(hub, wanted, false, true)
+    crate::intake::hub::new_download(hub, wanted, false, true)
         .map_err(|why| LibraryError::BadPath(path.to_owned(), why))
 }
 

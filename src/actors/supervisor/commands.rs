@@ -13,11 +13,11 @@ use crate::actors::broadcaster::Publish;
 use crate::actors::frames;
 use crate::actors::queue_error::QueueError;
 use crate::config::{DownloadsConfig, SettingsPatch};
-use crate::lifecycle::{Action, State};
-use crate::model::{
+use crate::queue::lifecycle::{Action, State};
+use crate::queue::line::NameTaken;
+use crate::queue::model::{
     new_id, now_rfc3339, Download, DownloadId, DownloadPatch, DownloadView, NewDownload,
 };
-use crate::queue::NameTaken;
 
 /// Add downloads (all or none). `on_disk[i]`: whether `items[i]`'s path exists in
 /// `download_dir`, looked up by the sender (the supervisor touches no disk).

@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 
 use super::{Reply, Supervisor};
 use crate::files;
-use crate::model::DownloadId;
+use crate::queue::model::DownloadId;
 
 /// The wait for one engine to stop.
 pub type StopWait = Pin<Box<dyn Future<Output = ()>>>;

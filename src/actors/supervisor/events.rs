@@ -8,9 +8,9 @@ use super::Supervisor;
 use crate::actors::broadcaster::Untrack;
 use crate::actors::download::{EngineNote, Finished};
 use crate::engine::{EngineEvent, Outcome};
-use crate::lifecycle::Action;
-use crate::lifecycle::State;
-use crate::model::{rfc3339, Source};
+use crate::queue::lifecycle::Action;
+use crate::queue::lifecycle::State;
+use crate::queue::model::{rfc3339, Source};
 
 impl Handler<EngineNote> for Supervisor {
     type Result = ();

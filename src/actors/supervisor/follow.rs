@@ -4,7 +4,7 @@
 use actix::prelude::*;
 
 use super::Supervisor;
-use crate::model::{Download, DownloadId};
+use crate::queue::model::{Download, DownloadId};
 
 /// Follow the downloads that complete (each record once, as it completes).
 #[derive(Message)]
@@ -51,7 +51,7 @@ impl Handler<NoteDigest> for Supervisor {
         let Some(d) = self.queue.get_mut(&msg.id) else {
             return;
         };
-        if d.state != crate::lifecycle::State::Completed || d.sha256.is_some() {
+        if d.state != crate::queue::lifecycle::State::Completed || d.sha256.is_some() {
             return;
         }
         d.sha256 = Some(msg.sha256);

@@ -11,8 +11,8 @@ use crate::actors::broadcaster::{AddClient, BuildSnapshot, SnapshotBuilt, CLIENT
 use crate::actors::frames::{self, ClientFrame};
 use crate::actors::queue_error::QueueError;
 use crate::config::DownloadsConfig;
-use crate::lifecycle::State;
-use crate::model::{DownloadId, DownloadView, Stats};
+use crate::queue::lifecycle::State;
+use crate::queue::model::{DownloadId, DownloadView, Stats};
 
 /// One download.
 #[derive(Message)]

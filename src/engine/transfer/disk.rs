@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::Transfer;
 use crate::engine::block::WRITE_BLOCK;
 use crate::engine::{direct, EngineError, RunCtx};
-use crate::store::Checkpoint;
+use crate::queue::store::Checkpoint;
 
 /// How often the `.part` is fsynced and its offset recorded: at most this much data
 /// is fetched again after a crash.

@@ -1,0 +1,104 @@
+//! aria2's JSON-RPC: `/jsonrpc` over HTTP (POST, and GET with base64 params) and a
+//! websocket that also carries aria2's notifications, so that aria2 front-ends (AriaNg,
+//! aria2p, browser extensions) drive the queue. One more front door on [`QueueHandle`]:
+//! it keeps no queue and no state machine of its own, only a GID → id index.
+
+mod control;
+mod gid;
+mod methods;
+mod notify;
+mod options;
+mod rpc;
+mod status;
+mod ws;
+
+use std::path::PathBuf;
+
+use actix_web::http::{header, Method};
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::actors::handle::QueueHandle;
+use crate::doors::api::UrlPolicy;
+use crate::doors::security::Guard;
+
+pub use gid::gid_of;
+
+/// An aria2 error as aria2 gives it: `{"code": 1, "message": "..."}` for a method
+/// error; the JSON-RPC codes for a request that is not JSON or not JSON-RPC.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message} (code {code})")]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+}
+
+impl RpcError {
+    /// A method error (code 1), as aria2 answers every failed call.
+    pub fn method(message: impl Into<String>) -> Self {
+        RpcError {
+            code: 1,
+            message: message.into(),
+        }
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::method("Unauthorized")
+    }
+}
+
+impl From<crate::actors::queue_error::QueueError> for RpcError {
+    fn from(e: crate::actors::queue_error::QueueError) -> Self {
+        RpcError::method(e.to_string())
+    }
+}
+
+impl From<crate::doors::error::ApiError> for RpcError {
+    fn from(e: crate::doors::error::ApiError) -> Self {
+        RpcError::method(e.to_string())
+    }
+}
+
+/// What the RPC needs: the queue, where files go, the secret and the URL policy.
+pub struct Aria2 {
+    queue: QueueHandle,
+    gids: gid::GidIndex,
+    /// Absolute: aria2 clients read `dir` and `files[].path` as paths.
+    download_dir: PathBuf,
+    /// `server.api_token`; `None`: no secret.
+    token: Option<String>,
+    policy: UrlPolicy,
+    guard: Guard,
+}
+
+impl Aria2 {
+    pub fn new(queue: QueueHandle, download_dir: PathBuf, policy: UrlPolicy, guard: Guard) -> Self {
+        let download_dir = download_dir.canonicalize().unwrap_or(download_dir);
+        Aria2 {
+            queue,
+            gids: gid::GidIndex::default(),
+            download_dir,
+            token: guard.token.clone(),
+            policy,
+            guard,
+        }
+    }
+}
+
+/// Mounts `/jsonrpc` (POST, GET and websocket, OPTIONS for the CORS preflight).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/jsonrpc", web::post().to(rpc::post))
+        .route("/jsonrpc", web::get().to(get))
+        .route("/jsonrpc", web::method(Method::OPTIONS).to(rpc::preflight));
+}
+
+/// `GET /jsonrpc`: the websocket, or a call in the query.
+async fn get(
+    req: HttpRequest,
+    payload: web::Payload,
+    aria2: web::Data<Aria2>,
+) -> Result<HttpResponse, actix_web::Error> {
+    if req.headers().contains_key(header::UPGRADE) {
+        return ws::open(req, payload, aria2).await;
+    }
+    Ok(rpc::get(req, aria2).await)
+}

@@ -1,0 +1,218 @@
+//! The HTTP front door: the REST API, the websocket, the LAN mirror (`/hf`), the page,
+//! `/healthz` and `/metrics`, behind the security guard. It reaches the queue only by its handle.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{dev::Server, middleware, web, App, HttpResponse, HttpServer};
+
+use super::{api, aria2, conn, error, mirror, security};
+use crate::actors::handle::QueueHandle;
+use crate::config::Config;
+use crate::{hub, metrics};
+
+/// A connection whose peer has taken none of what was written to it for this long is
+/// dropped (by the kernel: `TCP_USER_TIMEOUT`). Nothing in the HTTP stack bounds a
+/// response that the peer does not read: without this, a client that stops reading
+/// holds its connection, and what was queued for it, for ever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The kernel's send buffer of a connection. Left alone it grows to 4 MiB for a peer
+/// that does not read; this is plenty for an API and a page on a LAN, and keeps what
+/// a stuck client costs the machine (and what is made for it before its socket is
+/// full) small.
+pub const SEND_BUFFER: usize = 64 * 1024;
+
+/// What the HTTP server serves.
+pub struct Parts<'a> {
+    pub queue: QueueHandle,
+    pub library: crate::library::LibraryHandle,
+    pub hub: hub::HubClient,
+    pub metrics: Arc<metrics::Metrics>,
+    pub config: &'a Config,
+    /// The bind is a loopback address (the Host check against DNS rebinding).
+    pub loopback: bool,
+}
+
+/// Builds the server on an already bound listener; it runs once polled.
+pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server> {
+    let config = parts.config;
+    let guard = security::Guard {
+        token: Some(config.server.api_token.clone()).filter(|t| !t.is_empty()),
+        loopback: parts.loopback,
+        allowed_origins: config.server.allowed_origins.clone(),
+    };
+    let static_dir = static_dir();
+    let mirror_data = web::Data::new(mirror::Mirror {
+        queue: parts.queue.clone(),
+        library: parts.library.clone(),
+        hub: parts.hub.clone(),
+        download_dir: config.storage.download_dir.clone(),
+        trusted_proxies: config.server.trusted_proxies.clone().into(),
+    });
+    let queue_data = web::Data::new(parts.queue.clone());
+    let library_data = web::Data::new(parts.library);
+    let hub_data = web::Data::new(parts.hub);
+    let policy_data = web::Data::new(api::UrlPolicy {
+        allowed_hosts: config.downloads.allowed_hosts.clone(),
+    });
+    let aria2_data = web::Data::new(aria2::Aria2::new(
+        parts.queue.clone(),
+        config.storage.download_dir.clone(),
+        policy_data.get_ref().clone(),
+        guard.clone(),
+    ));
+    let guard_data = web::Data::new(guard);
+    let metrics_data = web::Data::from(parts.metrics);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(queue_data.clone())
+            .app_data(library_data.clone())
+            .app_data(hub_data.clone())
+            .app_data(policy_data.clone())
+            .app_data(guard_data.clone())
+            .app_data(metrics_data.clone())
+            .app_data(aria2_data.clone())
+            .app_data(mirror_data.clone())
+            .wrap(middleware::from_fn(security::guard))
+            .wrap(middleware::from_fn(time_requests))
+            .wrap(tracing_actix_web::TracingLogger::default())
+            .route(
+                "/healthz",
+                web::get()
+                    .to(|| async { HttpResponse::Ok().content_type("text/plain").body("ok") }),
+            )
+            .route("/metrics", web::get().to(metrics_text))
+            .configure(api::routes)
+            .configure(aria2::routes)
+            .configure(mirror::routes)
+            .service(actix_files::Files::new("/", &static_dir).index_file("index.html"))
+    })
+    .on_connect(|conn, data| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            bound_connection(tcp);
+            data.insert(conn::Socket(std::os::fd::AsRawFd::as_raw_fd(tcp)));
+        }
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .listen(listener)?
+    .run())
+}
+
+/// The `[aria2] bind` listener: `/jsonrpc` alone, behind the same guard.
+pub fn serve_rpc(
+    listener: TcpListener,
+    queue: QueueHandle,
+    config: &Config,
+    loopback: bool,
+) -> std::io::Result<Server> {
+    let guard = security::Guard {
+        token: Some(config.server.api_token.clone()).filter(|t| !t.is_empty()),
+        loopback,
+        allowed_origins: config.server.allowed_origins.clone(),
+    };
+    let policy = api::UrlPolicy {
+        allowed_hosts: config.downloads.allowed_hosts.clone(),
+    };
+    let aria2_data = web::Data::new(aria2::Aria2::new(
+        queue,
+        config.storage.download_dir.clone(),
+        policy,
+        guard.clone(),
+    ));
+    let guard_data = web::Data::new(guard);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(aria2_data.clone())
+            .app_data(guard_data.clone())
+            .wrap(middleware::from_fn(security::guard))
+            .wrap(tracing_actix_web::TracingLogger::default())
+            .configure(aria2::routes)
+    })
+    .on_connect(|conn, _| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            bound_connection(tcp);
+        }
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .listen(listener)?
+    .run())
+}
+
+/// Sets [`WRITE_TIMEOUT`] and [`SEND_BUFFER`] on an accepted connection. (Not
+/// `TCP_NODELAY`: with it, 400 stuck pipelining clients held 40 MiB more.)
+#[cfg(target_os = "linux")]
+fn bound_connection(tcp: &impl std::os::fd::AsRawFd) {
+    let ms = libc::c_uint::try_from(WRITE_TIMEOUT.as_millis()).unwrap_or(libc::c_uint::MAX);
+    let bytes = libc::c_int::try_from(SEND_BUFFER).unwrap_or(libc::c_int::MAX);
+    let fd = tcp.as_raw_fd();
+    for (level, name, value) in [
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms.to_ne_bytes()),
+        (libc::SOL_SOCKET, libc::SO_SNDBUF, bytes.to_ne_bytes()),
+    ] {
+        // SAFETY: `fd` is open for the whole call (borrowed from its stream), and the
+        // value is the 4-byte integer (`c_uint` or `c_int`) that each option takes.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                value.as_ptr().cast(),
+                value.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(%error, option = name, "cannot bound a connection");
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bound_connection(_: &impl std::os::fd::AsRawFd) {}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics_text(
+    queue: web::Data<QueueHandle>,
+    metrics: web::Data<metrics::Metrics>,
+) -> Result<HttpResponse, error::ApiError> {
+    let stats = queue.stats().await?;
+    let states: Vec<(&str, usize)> = stats.by_state.iter().map(|(k, v)| (*k, *v)).collect();
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(metrics.render(&states)))
+}
+
+/// Records how long each request took, by route pattern (not by raw path, which would
+/// make one series per download id).
+async fn time_requests(
+    req: actix_web::dev::ServiceRequest,
+    next: middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let res = next.call(req).await?;
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "other".into());
+    if let Some(metrics) = res.request().app_data::<web::Data<metrics::Metrics>>() {
+        metrics.observe_request(&route, started.elapsed().as_secs_f64());
+    }
+    Ok(res)
+}
+
+/// `./static` when run from the repository, else the one the binary was built from.
+fn static_dir() -> PathBuf {
+    let here = PathBuf::from("static");
+    if here.join("index.html").is_file() {
+        here
+    } else {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/static"))
+    }
+}

@@ -184,11 +184,23 @@ pub fn free_space(dir: &Path) -> io::Result<u64> {
     Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
-/// Whether two `stat`s are of the same file (device and inode): a file opened by
-/// name is checked against one already open, since the name may have moved on.
-pub fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    (a.dev(), a.ino()) == (b.dev(), b.ino())
+/// Which file, whatever its name (device and inode): a file opened by name is checked
+/// against one already open by this, since the name may have moved on. The one way
+/// the code asks "is this the same file".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
 }
 
 /// fsyncs a directory so that a rename or create inside it survives a crash.

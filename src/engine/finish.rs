@@ -116,11 +116,10 @@ impl Engine {
 /// Renames the verified `.part` to its final name, in the directory walked when the
 /// transfer started (blocking).
 fn rename_into_place(place: &files::Place, ours: &std::fs::Metadata) -> Result<(), EngineError> {
-    use std::os::unix::fs::MetadataExt;
     // The rename is by name: make sure the name is still our file, not the `.part` of a
     // newer download of the same name, nor one that replaced a deleted one: then the
     // transfer starts over.
-    if place.part_id()? != Some((ours.dev(), ours.ino())) {
+    if place.part_id()? != Some(files::FileId::of(&ours)) {
         return Err(EngineError::PartGone);
     }
     if !place.still_inside()? {

@@ -422,10 +422,9 @@ impl Transfer {
 
     /// Whether the `.part` name still holds our file (a deleted or replaced one does not).
     pub(super) fn still_ours(&self) -> Result<(), EngineError> {
-        use std::os::unix::fs::MetadataExt;
-        let ours = self.file.metadata()?;
+        let ours = files::FileId::of(&self.file.metadata()?);
         match self.place.part_id()? {
-            Some(id) if id == (ours.dev(), ours.ino()) => Ok(()),
+            Some(id) if id == ours => Ok(()),
             _ => Err(EngineError::PartGone),
         }
     }
@@ -468,7 +467,6 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// or replaced while its lock was awaited (the holder completed it) is not ours: the
 /// name is opened again.
 fn open_locked(place: &files::Place, create: bool) -> Result<(File, bool), EngineError> {
-    use std::os::unix::fs::MetadataExt;
     use std::os::unix::io::AsRawFd;
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
@@ -482,7 +480,7 @@ fn open_locked(place: &files::Place, create: bool) -> Result<(File, bool), Engin
         // SAFETY: a valid fd.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             let meta = file.metadata()?;
-            if place.part_id()? == Some((meta.dev(), meta.ino())) {
+            if place.part_id()? == Some(files::FileId::of(&meta)) {
                 return Ok((file, existed));
             }
             continue;

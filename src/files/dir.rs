@@ -58,9 +58,12 @@ impl Stat {
         }
     }
 
-    /// Device and inode.
-    pub fn id(&self) -> (u64, u64) {
-        (self.dev, self.ino)
+    /// Which file this is.
+    pub fn id(&self) -> super::FileId {
+        super::FileId {
+            dev: self.dev,
+            ino: self.ino,
+        }
     }
 }
 

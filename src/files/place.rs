@@ -171,8 +171,13 @@ impl Place {
     }
 
     /// Device and inode of what the `.part` name holds now; `None` when nothing.
-    pub fn part_id(&self) -> io::Result<Option<(u64, u64)>> {
-        Ok(stat_at(self.dir.as_raw_fd(), &self.part)?.map(|st| (st.st_dev, st.st_ino)))
+    pub fn part_id(&self) -> io::Result<Option<super::FileId>> {
+        Ok(
+            stat_at(self.dir.as_raw_fd(), &self.part)?.map(|st| super::FileId {
+                dev: st.st_dev,
+                ino: st.st_ino,
+            }),
+        )
     }
 
     /// The final name's file: inode, modification time (ns) and length, when it is a

@@ -19,7 +19,14 @@ pub struct Identity {
 impl Identity {
     /// `st` is a regular file with this inode.
     pub fn is(&self, st: Option<Stat>) -> bool {
-        st.is_some_and(|st| st.kind == Kind::File && st.id() == (self.dev, self.ino))
+        st.is_some_and(|st| {
+            st.kind == Kind::File
+                && st.id()
+                    == crate::files::FileId {
+                        dev: self.dev,
+                        ino: self.ino,
+                    }
+        })
     }
 }
 

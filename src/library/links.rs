@@ -68,7 +68,14 @@ fn link_over(
     let _ = my_dir.unlink(&tmp);
     my_dir.link_from(&their_dir, &their_name, &tmp)?;
     let linked = my_dir.stat(&tmp)?;
-    if !linked.is_some_and(|st| st.kind == Kind::File && st.id() == (theirs.dev, theirs.ino)) {
+    if !linked.is_some_and(|st| {
+        st.kind == Kind::File
+            && st.id()
+                == crate::files::FileId {
+                    dev: theirs.dev,
+                    ino: theirs.ino,
+                }
+    }) {
         let _ = my_dir.unlink(&tmp);
         return Err(std::io::Error::other(
             "the twin changed while it was linked",

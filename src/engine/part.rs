@@ -21,8 +21,6 @@ mod hashpipe;
 mod lease;
 mod ranges;
 pub(in crate::engine) mod segment_table;
-#[cfg(test)]
-mod tests;
 
 pub(in crate::engine) use block::{WriteBlock, WRITE_BLOCK};
 pub(in crate::engine) use disk::CHECKPOINT_EVERY;
@@ -467,3 +465,7 @@ fn open_part(
         segmented: false,
     })
 }
+
+#[cfg(test)]
+#[path = "part/part_tests.rs"]
+mod tests;

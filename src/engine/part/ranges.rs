@@ -54,7 +54,7 @@ impl Part {
     /// The transport says every range is there: the file is whole (an error when some
     /// are still missing), its digest to be read back at the end.
     // The API of a transport that writes ranges in any order (the Hub's Xet storage,
-    // next issue); exercised by `part/tests.rs` until then.
+    // next issue); exercised by `part/part_tests.rs` until then.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(in crate::engine) fn ranges_complete(&mut self) -> Result<(), EngineError> {
         let table = self
@@ -104,7 +104,7 @@ impl Ranges {
     /// Writes `bytes` at `offset` (clipped to the file) and records them present, in any
     /// order; a range overlapping one already there writes those bytes again.
     // The API of a transport that writes ranges in any order (the Hub's Xet storage,
-    // next issue); exercised by `part/tests.rs` until then.
+    // next issue); exercised by `part/part_tests.rs` until then.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(in crate::engine) fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), EngineError> {
         let end = offset.saturating_add(bytes.len() as u64).min(self.total);
@@ -119,7 +119,7 @@ impl Ranges {
 
     /// The ranges still missing, in file order.
     // The API of a transport that writes ranges in any order (the Hub's Xet storage,
-    // next issue); exercised by `part/tests.rs` until then.
+    // next issue); exercised by `part/part_tests.rs` until then.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(in crate::engine) fn missing(&self) -> Vec<Range<u64>> {
         self.table.missing()

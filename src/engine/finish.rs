@@ -119,7 +119,7 @@ fn rename_into_place(place: &files::Place, ours: &std::fs::Metadata) -> Result<(
     // The rename is by name: make sure the name is still our file, not the `.part` of a
     // newer download of the same name, nor one that replaced a deleted one: then the
     // transfer starts over.
-    if place.part_id()? != Some(files::FileId::of(&ours)) {
+    if place.part_id()? != Some(files::FileId::of(ours)) {
         return Err(EngineError::PartGone);
     }
     if !place.still_inside()? {

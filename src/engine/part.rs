@@ -172,7 +172,7 @@ impl Part {
     /// measure of progress, of a resume's start and of what a run ended with).
     pub(in crate::engine) fn held(&self) -> u64 {
         match &self.ranges {
-            Some(table) => table.done(),
+            Some(table) => table.held(),
             None => self.on_disk + self.unwritten(),
         }
     }

@@ -78,7 +78,7 @@ impl Engine {
         if fresh {
             tracing::info!(download_id = %job.id, connections = job.settings.connections_per_download, "using parallel ranged connections");
         }
-        ctx.progress.set_done(table.done());
+        ctx.progress.set_done(table.held());
         let shared = Shared {
             engine: self,
             job,

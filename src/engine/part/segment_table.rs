@@ -164,7 +164,7 @@ impl SegmentTable {
     }
 
     /// Bytes written, over all segments.
-    pub fn done(&self) -> u64 {
+    pub fn held(&self) -> u64 {
         self.lock()
             .iter()
             .map(|s| s.pos().min(s.end()) - s.start)
@@ -281,10 +281,10 @@ mod tests {
             5 * MIB,
             "the written prefix runs through finished pieces"
         );
-        assert_eq!(t.done(), 5 * MIB);
+        assert_eq!(t.held(), 5 * MIB);
         // A checkpoint and back: the same bytes done, the rest still to fetch.
         let again = SegmentTable::from_checkpoint(&t.snapshot());
-        assert_eq!(again.done(), 5 * MIB);
+        assert_eq!(again.held(), 5 * MIB);
         assert_eq!(again.prefix(), 5 * MIB);
         assert!(!again.complete());
         // Owned segments are not handed out twice; released ones are.
@@ -313,7 +313,7 @@ mod tests {
     fn bytes_written_before_the_switch_count_as_the_prefix() {
         let t = SegmentTable::whole(3 * MIB, 64 * MIB);
         assert_eq!(t.prefix(), 3 * MIB);
-        assert_eq!(t.done(), 3 * MIB);
+        assert_eq!(t.held(), 3 * MIB);
         assert_eq!(t.take().unwrap().start, 3 * MIB);
     }
 

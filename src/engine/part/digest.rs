@@ -84,7 +84,9 @@ impl Digest {
         self.tell_lease();
     }
 
-    /// Another lease (the file was cut to 0 or opened anew), the digest as it was.
+    /// Another lease (the file was cut to 0 or opened anew), the digest as it was. The
+    /// old one is let go first ([`Digest::release_lease`]): the new one is taken on
+    /// the same open file description.
     pub(in crate::engine) fn replace_lease(&mut self, lease: Lease) {
         self.lease.release();
         self.lease = lease;
@@ -136,5 +138,57 @@ impl Digest {
     /// The break the keeper met, once.
     pub(in crate::engine) fn take_break(&mut self) -> Option<Break> {
         self.lease.take_break()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rule is kept by the `Digest` itself, whichever way the hash starts or stops
+    /// (the rewind after a break, which used to set it by hand, is `run(Some(_), 0)`).
+    #[test]
+    fn the_lease_hashes_exactly_with_a_running_hash_from_zero_or_out_of_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f.part"))
+            .unwrap();
+        let lease = Lease::take(&file, 0, false);
+        if lease.hashing().is_none() {
+            eprintln!("no write lease on this filesystem: nothing to check");
+            return;
+        }
+        let mut d = Digest::new(lease);
+        assert_eq!(d.lease().hashing(), Some(false));
+        d.run(Some(Sha256::new()), 0).unwrap();
+        assert_eq!(d.lease().hashing(), Some(true), "a running hash from 0");
+        d.run(Some(Sha256::new()), 10).unwrap();
+        assert_eq!(
+            d.lease().hashing(),
+            Some(false),
+            "a hash from elsewhere is no prefix"
+        );
+        drop(d.take_running());
+        assert_eq!(d.lease().hashing(), Some(false), "nothing runs");
+        d.set_out_of_order(true);
+        assert_eq!(
+            d.lease().hashing(),
+            Some(true),
+            "out of order: read back whole"
+        );
+        d.set_out_of_order(false);
+        d.try_run_from_zero();
+        assert_eq!(d.lease().hashing(), Some(true));
+        d.release_lease();
+        d.replace_lease(Lease::take(&file, 0, false));
+        assert_eq!(
+            d.lease().hashing(),
+            Some(true),
+            "a new lease is told at once"
+        );
     }
 }

@@ -164,6 +164,12 @@ impl Lease {
         }
     }
 
+    /// What the keeper was last told by [`Lease::set_hashing`]; `None` when unheld.
+    #[cfg(test)]
+    pub(in crate::engine) fn hashing(&self) -> Option<bool> {
+        Some(self.shared.as_ref()?.hashing.load(Ordering::Acquire))
+    }
+
     /// Lets go of the lease (the end was checked: nothing more depends on it).
     pub(in crate::engine) fn release(&mut self) {
         if let Some(s) = self.shared.take() {

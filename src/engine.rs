@@ -4,31 +4,25 @@
 //! The engine knows nothing of actors: it reports through [`RunCtx`] and is stopped
 //! through a watch channel, which keeps it testable and lets any runtime drive it.
 //!
-//! How it is laid out: this module holds what the supervisor sees and the retry loop of
-//! a run; `attempt` is one request on one connection, `segments` the parallel
-//! connections (over a `segment_table`). Both send through `request`, judge every
-//! answer with the one classifier of `classify`, and retry with the policy of `retry`.
-//! `transfer` owns the `.part` and what is known about it, `lease` its write lease (so
-//! that the end knows whether anything else can have written it); `finish` verifies and
-//! renames it; `hashing` reads files back into SHA-256.
+//! How it is laid out, in three rooms. `http/` is the protocol: the request of an
+//! attempt or a connection, the one classifier of every answer, validators, `Range`,
+//! and the retry policy. `part/` is the `.part` ([`part::Part`], the one owner of the
+//! file, its lease, its running digest and the bytes held) and the transport seam
+//! ([`part::Ranges`]): a transport hands it bytes in order, or ranges at offsets in any
+//! order, and asks what is still missing; only `part/` writes a `.part`. The rest is
+//! the orchestration: this module (what the supervisor sees, the retry loop of a run),
+//! `attempt` (one request on one connection), `segments` (parallel connections, one
+//! transport through the seam), `transfer` (the `Part` of a run and the Hub link beside
+//! it) and `finish` (verify, rename).
 
 mod attempt;
-mod block;
-mod classify;
-mod direct;
 mod error;
 mod finish;
-mod hashing;
-mod hashpipe;
-mod lease;
+mod http;
 mod limiter;
-mod range;
-mod request;
-mod retry;
-mod segment_table;
+mod part;
 mod segments;
 mod transfer;
-mod validators;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,13 +30,14 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+pub use self::http::range::{parse_content_range, ContentRange};
+pub use self::http::retry::backoff;
 pub use error::EngineError;
-pub use hashing::hex;
 pub use limiter::RateLimiter;
-pub use range::{parse_content_range, ContentRange};
-pub use retry::backoff;
+pub use part::hex;
 pub use segments::SEGMENT_THRESHOLD;
 
+use self::http::retry::{sleep_unless_stopped, Retries};
 use crate::config::DownloadsConfig;
 use crate::files;
 use crate::http::HostList;
@@ -50,7 +45,6 @@ use crate::hub::HubClient;
 use crate::queue::model::{DownloadError, DownloadId};
 use crate::queue::progress::ProgressCell;
 use crate::queue::store::Store;
-use retry::{sleep_unless_stopped, Retries};
 use transfer::Transfer;
 
 /// What one run of the engine is to fetch.
@@ -113,8 +107,8 @@ pub enum EngineEvent {
         wait: Duration,
         error: DownloadError,
     },
-    /// Transferring again after a backoff.
-    Resumed,
+    /// The backoff is over: transferring again.
+    BackoffOver,
     /// Something the user should see while it lasts (e.g. the file changed upstream).
     Notice(DownloadError),
     /// All bytes are there; hashing.
@@ -221,25 +215,25 @@ impl Engine {
                 }
             }
         };
-        ctx.progress.set_done(transfer.done_bytes());
-        ctx.progress.set_total(transfer.total());
+        ctx.progress.set_done(transfer.part.held());
+        ctx.progress.set_total(transfer.part.total());
         let result = self.run_transfer(&job, &mut transfer, &mut ctx).await;
-        let bytes = transfer.done_bytes();
+        let bytes = transfer.part.held();
         match result {
             Ok(Ended::Done) => Outcome::Completed { bytes },
             // The only other way a run ends without an error.
-            Ok(_stopped) => match transfer.checkpoint_now(&ctx).await {
+            Ok(_stopped) => match transfer.part.checkpoint_now(&ctx).await {
                 Ok(()) => {
-                    tracing::info!(download_id = %job.id, bytes = transfer.done_bytes(), "stopped; checkpoint saved");
+                    tracing::info!(download_id = %job.id, bytes = transfer.part.held(), "stopped; checkpoint saved");
                     Outcome::Stopped {
-                        bytes: transfer.done_bytes(),
+                        bytes: transfer.part.held(),
                     }
                 }
                 Err(e) => {
                     tracing::error!(download_id = %job.id, error = %e, "stopped, but the checkpoint failed");
                     Outcome::Failed {
                         // What is on disk: a failed flush gave up what it held.
-                        bytes: transfer.done_bytes(),
+                        bytes: transfer.part.held(),
                         error: e.to_download_error(),
                     }
                 }
@@ -248,17 +242,17 @@ impl Engine {
                 // Keep what we have: a later retry continues from it (unless the
                 // bytes themselves are wrong, which `finish` already removed). An empty
                 // `.part` (a 404, say) is no use to anyone: leave nothing behind.
-                if transfer.done_bytes() == 0 {
-                    let _ = transfer.place().remove_part();
+                if transfer.part.held() == 0 {
+                    let _ = transfer.part.place().remove_part();
                     let _ = self.store.remove_checkpoint(&job.id);
                 } else if !matches!(e, EngineError::Checksum { .. }) {
-                    if let Err(cp) = transfer.checkpoint_now(&ctx).await {
+                    if let Err(cp) = transfer.part.checkpoint_now(&ctx).await {
                         tracing::warn!(download_id = %job.id, error = %cp, "checkpoint after failure failed");
                     }
                 }
                 tracing::warn!(download_id = %job.id, error = %e, "download failed");
                 Outcome::Failed {
-                    bytes: transfer.done_bytes(),
+                    bytes: transfer.part.held(),
                     error: e.to_download_error(),
                 }
             }
@@ -279,12 +273,12 @@ impl Engine {
         // the same bytes again and again after starting over (or a body longer than
         // announced, which is dropped), and that is no progress: it backs off like any
         // failure and ends after `max_retries`.
-        let mut furthest = t.done_bytes();
+        let mut furthest = t.part.held();
         loop {
             if *ctx.stop.borrow() {
                 return Ok(Ended::Stopped);
             }
-            let before = t.progress_mark();
+            let before = t.part.progress_mark();
             let err = match self.attempt_to_the_end(job, t, ctx).await {
                 Ok(ended) => match self.go_on(job, t, ctx, ended).await? {
                     Some(end) => return Ok(end),
@@ -294,17 +288,17 @@ impl Engine {
                     // Deleted or replaced by someone else: its bytes are not ours to
                     // trust or keep; a fresh `.part` from byte 0.
                     tracing::warn!(download_id = %job.id, "the .part is gone; starting over");
-                    t.recreate(ctx).await?;
+                    t.part.recreate(ctx).await?;
                     continue;
                 }
                 Err(e @ EngineError::PartTampered(_)) => {
                     tracing::warn!(download_id = %job.id, error = %e, "starting over");
-                    t.recreate(ctx).await?;
+                    t.part.recreate(ctx).await?;
                     e
                 }
                 Err(e) => e,
             };
-            let now = t.progress_mark();
+            let now = t.part.progress_mark();
             let kept_and_added = now.0 == before.0 && now.1 > before.1;
             let progressed = kept_and_added || now.1 > furthest;
             furthest = furthest.max(now.1);
@@ -322,11 +316,11 @@ impl Engine {
             });
             // A backoff can last minutes: the direct writer's thread and buffers go
             // meanwhile (the next attempt opens another one).
-            t.end_direct_writes().await?;
+            t.part.end_direct_writes().await?;
             if !sleep_unless_stopped(wait, &mut ctx.stop).await {
                 return Ok(Ended::Stopped);
             }
-            (ctx.events)(EngineEvent::Resumed);
+            (ctx.events)(EngineEvent::BackoffOver);
         }
     }
 

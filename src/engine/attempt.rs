@@ -7,8 +7,8 @@ use std::time::SystemTime;
 
 use futures_util::StreamExt;
 
-use super::classify::{classify, Accepted, Asked, Known, Verdict};
-use super::request::{self, stall_timeout, SpeedFloor};
+use super::http::classify::{classify, Accepted, Asked, Known, Verdict};
+use super::http::request::{self, stall_timeout, SpeedFloor};
 use super::segments::SEGMENT_THRESHOLD;
 use super::transfer::Transfer;
 use super::{limiter, Ended, Engine, EngineError, EngineEvent, Job, RunCtx};
@@ -24,29 +24,35 @@ impl Engine {
     ) -> Result<Ended, EngineError> {
         // Bytes received before a drop are still in the write block; put them on disk
         // so that the next Range starts right after the last byte we have.
-        t.flush_block().await?;
+        t.part.flush_block().await?;
         // Someone opened the `.part` between attempts: this one starts where the bytes
         // the lease's keeper vouched for end.
-        t.after_lease_break(ctx).await?;
+        t.part.after_lease_break(ctx).await?;
         let (url, auth) = self.target(job, t, ctx).await?;
-        if t.segments().is_some() {
+        if t.part.ranges().is_some() {
             return self.run_segments(job, t, ctx, (url, auth), None).await;
         }
         let asked = Asked {
-            from: t.offset(),
+            from: t.part.held(),
             to: None,
         };
-        let request = request::get(&self.client, &url, auth.as_deref(), asked, t.validators());
+        let request = request::get(
+            &self.client,
+            &url,
+            auth.as_deref(),
+            asked,
+            t.part.validators(),
+        );
         let Some(response) = request::send(request, stall_timeout(job), &mut ctx.stop).await?
         else {
             return Ok(Ended::Stopped);
         };
         let known = Known {
-            total: t.total(),
-            validators: t.validators(),
-            held: t.received(),
+            total: t.part.total(),
+            validators: t.part.validators(),
+            held: t.part.held(),
             refreshable_link: t.link().is_some() && request::refreshable(job, &url),
-            must_prove: t.must_prove(),
+            must_prove: t.part.must_prove(),
         };
         let verdict = classify(
             response.status().as_u16(),
@@ -60,19 +66,20 @@ impl Engine {
             ControlFlow::Break(ended) => return Ok(ended),
         };
         let ranges = accepted.ranges;
-        t.accept(accepted.total, accepted.validators);
-        ctx.progress.set_total(t.total());
-        (ctx.events)(EngineEvent::Total(t.total()));
-        if let Some(total) = t.total() {
-            let need = total.saturating_sub(t.offset());
-            let free = t.place().free_space()?;
+        t.part.accept(accepted.total, accepted.validators);
+        ctx.progress.set_total(t.part.total());
+        (ctx.events)(EngineEvent::Total(t.part.total()));
+        if let Some(total) = t.part.total() {
+            let need = total.saturating_sub(t.part.held());
+            let free = t.part.place().free_space()?;
             if need > free {
                 return Err(EngineError::NoSpace { need, free });
             }
         }
         let left = t
+            .part
             .total()
-            .map(|total| total.saturating_sub(t.offset()))
+            .map(|total| total.saturating_sub(t.part.held()))
             .unwrap_or(0);
         if job.settings.connections_per_download > 1
             && ranges
@@ -83,7 +90,7 @@ impl Engine {
                 .run_segments(job, t, ctx, (url, auth), Some(response))
                 .await;
         }
-        t.use_direct_writes(job.settings.direct_io_min_bytes);
+        t.part.use_direct_writes(job.settings.direct_io_min_bytes);
         self.read_body(job, t, ctx, response).await
     }
 
@@ -103,7 +110,7 @@ impl Engine {
                     Some(what) => self.changed_upstream(job, t, ctx, &what).await?,
                     None => {
                         tracing::info!(download_id = %job.id, "server sent the whole file to a ranged request; starting over");
-                        t.restart(ctx).await?;
+                        t.part.restart(ctx).await?;
                     }
                 }
                 ControlFlow::Continue(accepted)
@@ -115,7 +122,7 @@ impl Engine {
             Verdict::Complete => ControlFlow::Break(Ended::Done),
             Verdict::Unsatisfiable => {
                 tracing::info!(download_id = %job.id, "range not satisfiable; starting over");
-                t.restart(ctx).await?;
+                t.part.restart(ctx).await?;
                 ControlFlow::Break(Ended::Again)
             }
             Verdict::LinkExpired { status } => ControlFlow::Break(Ended::LinkExpired { status }),
@@ -135,7 +142,7 @@ impl Engine {
         let _connection = self.metrics.connection();
         let mut body = response.bytes_stream();
         let mut chunks = 0u64;
-        let first = t.received();
+        let first = t.part.held();
         let mut floor = SpeedFloor::new(job, 1);
         loop {
             let next = tokio::select! {
@@ -149,18 +156,18 @@ impl Engine {
                 Ok(Some(Ok(chunk))) => chunk,
             };
             chunks += 1;
-            t.append(&chunk).await?;
-            if t.after_lease_break(ctx).await? {
+            t.part.append(&chunk).await?;
+            if t.part.after_lease_break(ctx).await? {
                 return Ok(Ended::Again);
             }
-            ctx.progress.set_done(t.received());
-            if let Some(total) = t.total() {
-                if t.received() > total {
-                    t.restart(ctx).await?;
+            ctx.progress.set_done(t.part.held());
+            if let Some(total) = t.part.total() {
+                if t.part.held() > total {
+                    t.part.restart(ctx).await?;
                     return Err(EngineError::Overlong { expected: total });
                 }
             }
-            t.maybe_checkpoint(ctx).await?;
+            t.part.maybe_checkpoint(ctx).await?;
             floor.check(chunk.len(), [&self.global, &ctx.limiter])?;
             if !limiter::pace(&self.global, &ctx.limiter, chunk.len(), &mut ctx.stop).await {
                 return Ok(Ended::Stopped);
@@ -169,20 +176,20 @@ impl Engine {
         tracing::debug!(
             download_id = %job.id,
             chunks,
-            bytes = t.received() - first,
+            bytes = t.part.held() - first,
             "body read to its end"
         );
-        match t.total() {
-            Some(total) if t.received() < total => Err(EngineError::Truncated {
-                got: t.received(),
+        match t.part.total() {
+            Some(total) if t.part.held() < total => Err(EngineError::Truncated {
+                got: t.part.held(),
                 expected: total,
             }),
             Some(_) => Ok(Ended::Done),
             None => {
                 // No length announced: the end of the body is the end of the file.
-                t.set_total(Some(t.received()));
-                ctx.progress.set_total(t.total());
-                (ctx.events)(EngineEvent::Total(t.total()));
+                t.part.set_total(Some(t.part.held()));
+                ctx.progress.set_total(t.part.total());
+                (ctx.events)(EngineEvent::Total(t.part.total()));
                 Ok(Ended::Done)
             }
         }
@@ -205,10 +212,10 @@ impl Engine {
             let revision = t.commit().unwrap_or(&hub.revision).to_owned();
             let resolved = hub.client.resolve(&hub.repo, &revision, &hub.file).await?;
             if t.adopt(resolved)? {
-                tracing::info!(download_id = %job.id, commit = ?t.commit(), sha256 = ?t.expected_sha256(), "Hub file resolved");
+                tracing::info!(download_id = %job.id, commit = ?t.commit(), sha256 = ?t.part.expected_sha256(), "Hub file resolved");
                 (ctx.events)(EngineEvent::Pinned {
                     commit: t.commit().map(str::to_owned),
-                    sha256: t.expected_sha256().map(str::to_owned),
+                    sha256: t.part.expected_sha256().map(str::to_owned),
                 });
             }
         }
@@ -240,6 +247,6 @@ impl Engine {
             kind: ErrorKind::RemoteChanged,
             message,
         }));
-        t.restart(ctx).await
+        t.part.restart(ctx).await
     }
 }

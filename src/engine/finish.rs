@@ -33,16 +33,16 @@ impl Engine {
         t: &mut Transfer,
         ctx: &mut RunCtx,
     ) -> Result<Ended, EngineError> {
-        t.wait_checkpoint().await?;
+        t.part.wait_checkpoint().await?;
         // Writes what is left (on either path) and gives a direct-written file its length.
-        t.end_direct_writes().await?;
+        t.part.end_direct_writes().await?;
         // The fsync before the rename runs while the digest is taken: one writes back
         // what the page cache holds, the other reads it, on two cores.
-        let for_sync = t.file().try_clone()?;
+        let for_sync = t.part.file().try_clone()?;
         let syncing = tokio::task::spawn_blocking(move || for_sync.sync_all());
         if !self.verify(job, t, ctx).await? {
             // Someone opened the `.part` since the byte loop last looked: as there.
-            t.after_lease_break(ctx).await?;
+            t.part.after_lease_break(ctx).await?;
             return Ok(Ended::Again);
         }
         if *ctx.stop.borrow() {
@@ -57,8 +57,8 @@ impl Engine {
         // Every byte is there and verified: say so before the rename, with the file's
         // identity, so that a crash right after it is recognised on the next start
         // (see renamed_before_a_crash).
-        let ours = t.file().metadata()?;
-        let mut record = t.checkpoint_record(ctx);
+        let ours = t.part.file().metadata()?;
+        let mut record = t.part.checkpoint_record(ctx);
         record.renaming = Some(file_identity(&ours));
         self.store.put_checkpoint(&job.id, &record)?;
         self.store.flush().await?;
@@ -67,7 +67,7 @@ impl Engine {
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))??;
         // The checkpoint goes when the supervisor records `completed`, not before.
-        tracing::info!(download_id = %job.id, bytes = t.offset(), path = %job.final_path.display(), "download completed");
+        tracing::info!(download_id = %job.id, bytes = t.part.held(), path = %job.final_path.display(), "download completed");
         Ok(Ended::Done)
     }
 
@@ -76,13 +76,13 @@ impl Engine {
     /// wrong, and none are worth resuming. False: someone opened the `.part` since the
     /// transfer last looked, and it has to go again first.
     async fn verify(&self, job: &Job, t: &mut Transfer, ctx: &RunCtx) -> Result<bool, EngineError> {
-        let expected = t.expected_sha256().map(str::to_owned);
+        let expected = t.part.expected_sha256().map(str::to_owned);
         if expected.is_some() {
             (ctx.events)(EngineEvent::Verifying);
         }
         // A download without an expected digest records the digest when it was taken
         // anyway (a read-back); else the library's hasher takes it later.
-        let Some(settled) = t.settle().await? else {
+        let Some(settled) = t.part.settle().await? else {
             return Ok(false);
         };
         self.metrics.part_checked(settled.by_lease);
@@ -107,8 +107,8 @@ impl Engine {
         // complete beside no `.part`.
         self.store.remove_checkpoint(&job.id)?;
         self.store.flush().await?;
-        let _ = t.place().remove_part();
-        t.reset_after_delete();
+        let _ = t.part.place().remove_part();
+        t.part.reset_after_delete();
         Err(EngineError::Checksum { expected, actual })
     }
 }
@@ -119,7 +119,7 @@ fn rename_into_place(place: &files::Place, ours: &std::fs::Metadata) -> Result<(
     // The rename is by name: make sure the name is still our file, not the `.part` of a
     // newer download of the same name, nor one that replaced a deleted one: then the
     // transfer starts over.
-    if place.part_id()? != Some(files::FileId::of(&ours)) {
+    if place.part_id()? != Some(files::FileId::of(ours)) {
         return Err(EngineError::PartGone);
     }
     if !place.still_inside()? {

@@ -8,7 +8,6 @@
 //! by the same classifier as on one connection, and each connection retries with the
 //! same policy.
 
-use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,15 +15,14 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::block::{WriteBlock, WRITE_BLOCK};
-use super::classify::{classify, Asked, Known, Verdict};
-use super::hashing::Follower;
+use super::http::classify::{classify, Asked, Known, Verdict};
+use super::http::request::{self, stall_timeout, SpeedFloor};
+use super::http::retry::{sleep_unless_stopped, LinkBudget, Retries};
+use super::http::validators::Validators;
 use super::limiter::RateLimiter;
-use super::request::{self, stall_timeout, SpeedFloor};
-use super::retry::{sleep_unless_stopped, LinkBudget, Retries};
-use super::segment_table::{Segment, SegmentTable};
-use super::transfer::{Transfer, CHECKPOINT_EVERY};
-use super::validators::Validators;
+use super::part::segment_table::{Segment, SegmentTable};
+use super::part::{Follower, Ranges, WriteBlock, CHECKPOINT_EVERY, WRITE_BLOCK};
+use super::transfer::Transfer;
 use super::{Ended, Engine, EngineError, Job, RunCtx};
 use crate::queue::progress::ProgressCell;
 
@@ -36,7 +34,8 @@ struct Shared<'a> {
     engine: &'a Engine,
     job: &'a Job,
     table: &'a SegmentTable,
-    file: Arc<File>,
+    /// The `.part`, through the seam: each connection writes its own segment.
+    ranges: &'a Ranges,
     /// The current link; a Hub CDN link is replaced when it expires.
     link: tokio::sync::Mutex<Link>,
     /// The pinned commit, to resolve a Hub file again.
@@ -71,35 +70,37 @@ impl Engine {
         first: Option<reqwest::Response>,
     ) -> Result<Ended, EngineError> {
         let total = t
+            .part
             .total()
             .ok_or_else(|| EngineError::Internal("segments need a size".into()))?;
-        let (table, fresh) = t.start_segments(total).await?;
+        let (ranges, fresh) = t.part.fill_ranges(total).await?;
+        let table = ranges.table().clone();
         if fresh {
             tracing::info!(download_id = %job.id, connections = job.settings.connections_per_download, "using parallel ranged connections");
         }
-        ctx.progress.set_done(table.done());
+        ctx.progress.set_done(table.held());
         let shared = Shared {
             engine: self,
             job,
             table: &table,
-            file: Arc::new(t.file().try_clone()?),
+            ranges: &ranges,
             link: tokio::sync::Mutex::new(Link {
                 url: target.0,
                 auth: target.1,
                 generation: 0,
             }),
             commit: t.commit().map(str::to_owned),
-            validators: t.validators().clone(),
-            must_prove: t.must_prove(),
-            total,
+            validators: t.part.validators().clone(),
+            must_prove: t.part.must_prove(),
+            total: ranges.total(),
             progress: ctx.progress.clone(),
             limiter: ctx.limiter.clone(),
             stop: ctx.stop.clone(),
         };
-        let follower = match t.expected_sha256() {
+        let follower = match t.part.expected_sha256() {
             Some(_) => Some(Follower::start(
                 table.clone(),
-                t.file().try_clone()?,
+                t.part.file().try_clone()?,
                 total,
             )?),
             None => None,
@@ -120,7 +121,7 @@ impl Engine {
                         .map_err(|e| EngineError::Internal(e.to_string()))?,
                     None => None,
                 };
-                t.segments_done(total, digest);
+                t.part.ranges_done(total, digest);
                 Ok(Ended::Done)
             }
             Ended::Done => Err(EngineError::Internal(
@@ -159,7 +160,7 @@ async fn drive(
                 Some(Ok(Ended::Done)) => {}
                 Some(other) => return other,
             },
-            _ = ticker.tick() => t.segment_checkpoint(ctx)?,
+            _ = ticker.tick() => t.part.segment_checkpoint(ctx)?,
         }
     }
 }
@@ -371,13 +372,5 @@ async fn pump(
 
 /// Writes the block at the segment's position, clipped to its current end.
 fn flush(s: &Shared<'_>, seg: &Segment, block: &mut WriteBlock) -> Result<(), EngineError> {
-    if block.is_empty() {
-        return Ok(());
-    }
-    // The block starts at `pos`: only the owner of a segment moves it.
-    let pos = seg.pos();
-    let n = (block.len() as u64).min(seg.end().saturating_sub(pos)) as usize;
-    block.write_at(&s.file, pos, n)?;
-    seg.written_to(pos + n as u64);
-    Ok(())
+    s.ranges.write_segment(seg, block)
 }

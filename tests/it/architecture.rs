@@ -226,3 +226,125 @@ fn the_cycle_check_finds_a_planted_cycle() {
         "a child naming its parent is no cycle"
     );
 }
+
+/// What writes a `.part` outside `engine/part/`, in `(file under src/, code)` pairs: the
+/// rule of "only `engine/part/` writes a `.part`", read as text, in three parts.
+///
+/// 1. The crate opens a `.part` only through `files::Place::open_part` (the `.part`'s
+///    name is a private field of `Place`): that call appears only in `engine/part/`
+///    (and its definition, in `files/place.rs`).
+/// 2. Nobody forms a `.part`'s name to open it by path: a `.part` string literal beside
+///    `join(`, `with_extension(`, `open(` or `OpenOptions`, or `with_extension("part")`,
+///    appears only in `files/place.rs`.
+/// 3. The engine holds the `.part`'s `File` (and hands clones of it to its own modules):
+///    inside `engine`, the write primitives (`write_at`, `write_all_at`, `write_all`,
+///    `pwrite`, `set_len`, `fallocate`, `ftruncate`, `sync_file_range`) appear only in
+///    `engine/part/` (`part.rs` and `part/`). Modules outside the engine never get that
+///    handle, and by 1 and 2 cannot open one of their own.
+///
+/// Test code and comments are left out (see [`production_code`]). Removing (by name)
+/// and renaming into place are not writes of its bytes: `finish` does both.
+fn part_writers(files: &[(String, String)]) -> Vec<String> {
+    const WRITES: [&str; 8] = [
+        "write_at(",
+        "write_all_at(",
+        "write_all(",
+        "pwrite",
+        "set_len(",
+        "fallocate",
+        "ftruncate",
+        "sync_file_range",
+    ];
+    let in_part = |f: &str| f == "engine/part.rs" || f.starts_with("engine/part/");
+    let mut found = Vec::new();
+    for (file, text) in files {
+        let file = file.as_str();
+        if in_part(file) || file == "files/place.rs" {
+            continue;
+        }
+        let in_engine = file == "engine.rs" || file.starts_with("engine/");
+        for line in production_code(text).lines() {
+            if line.contains("open_part(") {
+                found.push(format!("{file}: opens a .part: {}", line.trim()));
+            }
+            let names_part = line.contains(".part\"") || line.contains("with_extension(\"part\")");
+            let opens = ["join(", "with_extension(", "open(", "OpenOptions"]
+                .iter()
+                .any(|w| line.contains(w));
+            if names_part && opens {
+                found.push(format!("{file}: forms a .part's name: {}", line.trim()));
+            }
+            if in_engine {
+                if let Some(w) = WRITES.iter().find(|w| line.contains(*w)) {
+                    found.push(format!(
+                        "{file}: writes ({w}) outside engine/part: {}",
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// `src/` as `(path under src/, text)`.
+fn source_texts() -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    sources()
+        .into_iter()
+        .map(|f| {
+            let rel = f.strip_prefix(&src).expect("inside src/");
+            let text = std::fs::read_to_string(&f).expect("read");
+            (rel.to_string_lossy().into_owned(), text)
+        })
+        .collect()
+}
+
+#[test]
+fn only_engine_part_writes_a_part() {
+    let files = source_texts();
+    assert!(
+        files
+            .iter()
+            .any(|(f, t)| f == "engine/part.rs" && t.contains("open_part(")),
+        "the rule's anchor moved: engine/part.rs no longer opens the .part"
+    );
+    let found = part_writers(&files);
+    assert!(
+        found.is_empty(),
+        "only engine/part/ writes a .part: {found:#?}"
+    );
+}
+
+/// The checker itself: a segment connection writing the `.part` directly, the end of a
+/// run opening it again, or the library forming its name are each caught; the same
+/// code in `engine/part/` (or in a test module) is not.
+#[test]
+fn the_part_writer_check_finds_planted_writers() {
+    let file = |path: &str, code: &str| (path.to_owned(), code.to_owned());
+    let planted = [
+        file(
+            "engine/segments.rs",
+            "fn flush(s: &Shared) { s.file.write_all_at(&buf, pos)?; }",
+        ),
+        file("engine/finish.rs", "let f = place.open_part(false, 0)?;"),
+        file(
+            "library/scan.rs",
+            "let f = OpenOptions::new().write(true).open(dir.join(name + \".part\"))?;",
+        ),
+    ];
+    let found = part_writers(&planted);
+    assert_eq!(found.len(), 3, "each planted writer is found: {found:#?}");
+    assert!(found[0].starts_with("engine/segments.rs: writes (write_all_at("));
+    let allowed = [
+        file("engine/part/ranges.rs", "self.file.write_all_at(&bytes[..n], offset)?;"),
+        file("engine/part.rs", "let f = place.open_part(true, 0)?;"),
+        file("files/place.rs", "let part = cstr(OsStr::new(&format!(\"{name}.part\")))?;"),
+        file(
+            "engine/segments.rs",
+            "fn f() {}\n#[cfg(test)]\nmod tests { fn t() { file.write_all_at(b\"x\", 0).unwrap(); } }",
+        ),
+        file("library/journal.rs", "self.file.set_len(self.size)?;"),
+    ];
+    assert_eq!(part_writers(&allowed), Vec::<String>::new());
+}

@@ -37,7 +37,7 @@ impl Handler<EngineNote> for Supervisor {
                 }
                 entered
             }
-            EngineEvent::Resumed => self.try_enter(&id, Action::Recover),
+            EngineEvent::BackoffOver => self.try_enter(&id, Action::Recover),
             EngineEvent::Verifying => self.try_enter(&id, Action::Verify),
             other => self.note_fields(&id, other),
         };
@@ -74,7 +74,9 @@ impl Supervisor {
                 }
                 true
             }
-            EngineEvent::Retrying { .. } | EngineEvent::Resumed | EngineEvent::Verifying => false,
+            EngineEvent::Retrying { .. } | EngineEvent::BackoffOver | EngineEvent::Verifying => {
+                false
+            }
         }
     }
 

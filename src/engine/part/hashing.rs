@@ -21,13 +21,13 @@ const READ_BUF: usize = 1 << 20;
 const ALIGN: usize = 4096;
 
 /// A [`READ_BUF`]-byte buffer aligned to [`ALIGN`], inside a slightly larger `Vec`.
-pub(super) struct ReadBuf {
+pub(in crate::engine) struct ReadBuf {
     raw: Vec<u8>,
     start: usize,
 }
 
 impl ReadBuf {
-    pub(super) fn new() -> ReadBuf {
+    pub(in crate::engine) fn new() -> ReadBuf {
         let raw = vec![0u8; READ_BUF + ALIGN];
         let start = raw.as_ptr().align_offset(ALIGN);
         ReadBuf { raw, start }
@@ -41,7 +41,7 @@ impl ReadBuf {
 /// Feeds bytes `[from, to)` of `file` to `hasher` through `buf` (blocking), while
 /// `go_on` allows another read; returns where it stopped. A file that ends early is an
 /// error: its checkpoint promised those bytes.
-pub(super) fn hash_while(
+pub(in crate::engine) fn hash_while(
     file: &File,
     hasher: &mut Sha256,
     buf: &mut ReadBuf,
@@ -80,7 +80,7 @@ fn hash_range(
 }
 
 /// Hashes bytes `[from, to)` of `file` (blocking).
-pub(super) fn hash_range_of(file: &File, from: u64, to: u64) -> std::io::Result<Sha256> {
+pub(in crate::engine) fn hash_range_of(file: &File, from: u64, to: u64) -> std::io::Result<Sha256> {
     let mut hasher = Sha256::new();
     let mut buf = ReadBuf::new();
     hash_range(file, &mut hasher, &mut buf, from, to)?;
@@ -88,7 +88,7 @@ pub(super) fn hash_range_of(file: &File, from: u64, to: u64) -> std::io::Result<
 }
 
 /// Hashes the first `len` bytes of `file` (blocking).
-pub(super) fn hash_prefix(file: &File, len: u64) -> std::io::Result<Sha256> {
+pub(in crate::engine) fn hash_prefix(file: &File, len: u64) -> std::io::Result<Sha256> {
     let mut hasher = Sha256::new();
     let mut buf = ReadBuf::new();
     hash_range(file, &mut hasher, &mut buf, 0, len)?;
@@ -102,13 +102,13 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Hashes the written prefix of the file while the connections fill it, so that the
 /// digest is ready (or nearly) when the last byte lands.
-pub(super) struct Follower {
+pub(in crate::engine) struct Follower {
     stop: Arc<AtomicBool>,
     worker: Option<std::thread::JoinHandle<Option<Sha256>>>,
 }
 
 impl Follower {
-    pub(super) fn start(
+    pub(in crate::engine) fn start(
         table: Arc<SegmentTable>,
         file: File,
         total: u64,
@@ -146,7 +146,7 @@ impl Follower {
     }
 
     /// Waits for the digest of the whole file (blocking; the table must be complete).
-    pub(super) fn finish(mut self) -> Option<Sha256> {
+    pub(in crate::engine) fn finish(mut self) -> Option<Sha256> {
         self.worker.take()?.join().ok().flatten()
     }
 }

@@ -4,9 +4,9 @@
 
 use std::time::Instant;
 
-use super::Transfer;
-use crate::engine::block::WRITE_BLOCK;
-use crate::engine::{direct, EngineError, RunCtx};
+use super::block::WRITE_BLOCK;
+use super::{direct, Part};
+use crate::engine::{EngineError, RunCtx};
 use crate::queue::store::Checkpoint;
 
 /// How often the `.part` is fsynced and its offset recorded: at most this much data
@@ -16,14 +16,12 @@ pub(in crate::engine) const CHECKPOINT_EVERY: std::time::Duration =
 /// How much is written before the kernel is asked to start writing it back.
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
-impl Transfer {
+impl Part {
     pub(in crate::engine) async fn append(
         &mut self,
         chunk: &bytes::Bytes,
     ) -> Result<(), EngineError> {
-        if let Some(h) = &self.hasher {
-            h.update(chunk.clone());
-        }
+        self.digest.update(chunk);
         if let Some(direct) = &mut self.direct {
             if let Err(e) = direct.push(chunk).await {
                 return Err(self.end_direct_after(e).await);
@@ -43,12 +41,12 @@ impl Transfer {
     pub(in crate::engine) fn use_direct_writes(&mut self, min: u64) {
         let left = self
             .total
-            .map(|total| total.saturating_sub(self.written))
+            .map(|total| total.saturating_sub(self.on_disk))
             .unwrap_or(0);
         if min == 0 || left < min || self.direct.is_some() || !self.block.is_empty() {
             return;
         }
-        match direct::DirectWriter::open(&self.file, self.written) {
+        match direct::DirectWriter::open(&self.file, self.on_disk) {
             Ok(Some(writer)) => self.direct = Some(writer),
             Ok(None) => {
                 tracing::debug!(download_id = %self.id, "no O_DIRECT here; writing through the page cache")
@@ -64,14 +62,14 @@ impl Transfer {
     pub(in crate::engine) async fn end_direct_writes(&mut self) -> Result<(), EngineError> {
         self.flush_block().await?;
         if self.close_direct().await {
-            self.file.set_len(self.written)?;
+            self.file.set_len(self.on_disk)?;
         }
         Ok(())
     }
 
     /// Lets the direct writer go once its writes on their way are done (none lands
     /// after this returns); true when there was one.
-    pub(super) async fn close_direct(&mut self) -> bool {
+    pub(in crate::engine) async fn close_direct(&mut self) -> bool {
         match self.direct.take() {
             Some(direct) => {
                 direct.close().await;
@@ -94,8 +92,8 @@ impl Transfer {
         if let Some(direct) = &mut self.direct {
             match direct.flush().await {
                 Ok(end) => {
-                    self.written = end;
-                    self.lease.set_on_disk(end);
+                    self.on_disk = end;
+                    self.digest.lease().set_on_disk(end);
                 }
                 Err(e) => return Err(self.end_direct_after(e).await),
             }
@@ -103,9 +101,9 @@ impl Transfer {
         }
         if !self.block.is_empty() {
             let n = self.block.len();
-            self.block.write_at(&self.file, self.written, n)?;
-            self.written += n as u64;
-            self.lease.set_on_disk(self.written);
+            self.block.write_at(&self.file, self.on_disk, n)?;
+            self.on_disk += n as u64;
+            self.digest.lease().set_on_disk(self.on_disk);
             self.start_writeback();
         }
         Ok(())
@@ -116,11 +114,11 @@ impl Transfer {
     /// checkpoints and of the end find little left to do, and dirty pages never pile up
     /// enough to throttle the byte loop.
     fn start_writeback(&mut self) {
-        if self.written < self.writeback_from + WRITEBACK_EVERY {
+        if self.on_disk < self.writeback_from + WRITEBACK_EVERY {
             return;
         }
         use std::os::unix::io::AsRawFd;
-        let len = self.written - self.writeback_from;
+        let len = self.on_disk - self.writeback_from;
         // SAFETY: a valid fd and a range inside the file; failure only loses the hint.
         unsafe {
             libc::sync_file_range(
@@ -130,18 +128,18 @@ impl Transfer {
                 libc::SYNC_FILE_RANGE_WRITE,
             );
         }
-        self.writeback_from = self.written;
+        self.writeback_from = self.on_disk;
     }
 
     pub(in crate::engine) fn checkpoint_record(&self, ctx: &RunCtx) -> Checkpoint {
         Checkpoint {
-            offset: self.written,
+            offset: self.on_disk,
             total: self.total,
             etag: self.validators.etag.clone(),
             last_modified: self.validators.last_modified.clone(),
             elapsed_secs: ctx.progress.elapsed_secs(),
             segments: self
-                .segments
+                .ranges
                 .as_ref()
                 .map(|t| t.snapshot())
                 .unwrap_or_default(),

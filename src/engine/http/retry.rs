@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::EngineError;
 use crate::config::DownloadsConfig;
+use crate::engine::EngineError;
 
 /// How many presigned links in a row may be refused, with no byte received in between,
 /// before the refusal is taken for what it says.
@@ -33,14 +33,14 @@ pub fn backoff(failures: u32, base: Duration, retry_after: Option<Duration>) -> 
 
 /// Consecutive failures of one download or one connection, and what they call for.
 #[derive(Debug)]
-pub(super) struct Retries {
+pub(in crate::engine) struct Retries {
     failures: u32,
     max: u32,
     base: Duration,
 }
 
 impl Retries {
-    pub(super) fn new(settings: &DownloadsConfig) -> Retries {
+    pub(in crate::engine) fn new(settings: &DownloadsConfig) -> Retries {
         Retries {
             failures: 0,
             max: settings.max_retries,
@@ -49,19 +49,23 @@ impl Retries {
     }
 
     /// Failures in a row so far (1 after the first).
-    pub(super) fn failures(&self) -> u32 {
+    pub(in crate::engine) fn failures(&self) -> u32 {
         self.failures
     }
 
     /// Forgets past failures (a connection moving on to another segment).
-    pub(super) fn reset(&mut self) {
+    pub(in crate::engine) fn reset(&mut self) {
         self.failures = 0;
     }
 
     /// After `err` (`progressed`: the attempt delivered bytes first): how long to wait
     /// before the next attempt, or `None` when there is to be none (the error is not
     /// transient, or too many attempts in a row delivered nothing).
-    pub(super) fn after(&mut self, err: &EngineError, progressed: bool) -> Option<Duration> {
+    pub(in crate::engine) fn after(
+        &mut self,
+        err: &EngineError,
+        progressed: bool,
+    ) -> Option<Duration> {
         if !err.is_transient() {
             return None;
         }
@@ -83,7 +87,10 @@ impl Retries {
 }
 
 /// Sleeps `wait`, unless asked to stop first: false then.
-pub(super) async fn sleep_unless_stopped(wait: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+pub(in crate::engine) async fn sleep_unless_stopped(
+    wait: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(wait) => true,
         _ = stop.wait_for(|s| *s) => false,
@@ -93,7 +100,7 @@ pub(super) async fn sleep_unless_stopped(wait: Duration, stop: &mut watch::Recei
 /// Presigned links refused in a row, with no byte received in between (see
 /// [`LINK_REFRESHES`]).
 #[derive(Debug, Default)]
-pub(super) struct LinkBudget {
+pub(in crate::engine) struct LinkBudget {
     refused: u32,
     /// Bytes held at the last refusal: any change since means the link did work.
     at: u64,
@@ -102,7 +109,7 @@ pub(super) struct LinkBudget {
 impl LinkBudget {
     /// Counts a refused link, with `held` bytes held now; true while another fresh
     /// link may be asked for.
-    pub(super) fn refused(&mut self, held: u64) -> bool {
+    pub(in crate::engine) fn refused(&mut self, held: u64) -> bool {
         if held != self.at {
             self.refused = 0;
             self.at = held;

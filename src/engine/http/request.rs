@@ -8,13 +8,13 @@ use reqwest::header;
 use tokio::sync::watch;
 
 use super::classify::Asked;
-use super::limiter::RateLimiter;
 use super::validators::Validators;
-use super::{EngineError, Job};
+use crate::engine::limiter::RateLimiter;
+use crate::engine::{EngineError, Job};
 
 /// A GET of `asked` from `url`. A ranged request carries `If-Range` when a validator
 /// is known, so that a changed file comes back whole instead of spliced.
-pub(super) fn get(
+pub(in crate::engine) fn get(
     client: &reqwest::Client,
     url: &url::Url,
     auth: Option<&str>,
@@ -37,7 +37,7 @@ pub(super) fn get(
 
 /// Sends `request` and waits for its answer at most `stall`; `None` when asked to stop
 /// first.
-pub(super) async fn send(
+pub(in crate::engine) async fn send(
     request: reqwest::RequestBuilder,
     stall: Duration,
     stop: &mut watch::Receiver<bool>,
@@ -54,18 +54,18 @@ pub(super) async fn send(
 
 /// Whether `url` is a presigned CDN link of a Hub file, which the Hub hands out again
 /// when it expires (the Hub's own host refuses for good).
-pub(super) fn refreshable(job: &Job, url: &url::Url) -> bool {
+pub(in crate::engine) fn refreshable(job: &Job, url: &url::Url) -> bool {
     job.hub.as_ref().is_some_and(|h| !h.client.is_hub_host(url))
 }
 
 /// How long a connection may go without a byte before it is taken for dead.
-pub(super) fn stall_timeout(job: &Job) -> Duration {
+pub(in crate::engine) fn stall_timeout(job: &Job) -> Duration {
     Duration::from_secs(job.settings.stall_timeout_secs)
 }
 
 /// The slowest a connection may be, over a whole stall window, before it is taken for
 /// stalled too: a trickle of a byte a second is never silent, yet holds a slot for ever.
-pub(super) struct SpeedFloor {
+pub(in crate::engine) struct SpeedFloor {
     /// `min_speed_bps` of this connection's share (0: off).
     min: u64,
     window: Duration,
@@ -75,7 +75,7 @@ pub(super) struct SpeedFloor {
 
 impl SpeedFloor {
     /// The floor of one of `share` connections of `job`.
-    pub(super) fn new(job: &Job, share: usize) -> SpeedFloor {
+    pub(in crate::engine) fn new(job: &Job, share: usize) -> SpeedFloor {
         SpeedFloor {
             min: job.settings.min_speed_bps / share.max(1) as u64,
             window: stall_timeout(job),
@@ -87,7 +87,11 @@ impl SpeedFloor {
     /// Counts `n` bytes received; at the end of each window, an error when fewer came
     /// than the floor asks. Our own speed limits lower the floor (to half of what they
     /// allow), so that a cap the user set is never taken for a stall.
-    pub(super) fn check(&mut self, n: usize, limits: [&RateLimiter; 2]) -> Result<(), EngineError> {
+    pub(in crate::engine) fn check(
+        &mut self,
+        n: usize,
+        limits: [&RateLimiter; 2],
+    ) -> Result<(), EngineError> {
         self.bytes += n as u64;
         let elapsed = self.since.elapsed();
         if self.min == 0 || elapsed < self.window {

@@ -4,13 +4,12 @@
 
 use sha2::{Digest, Sha256};
 
-use super::Transfer;
-use crate::engine::hashing::{hash_prefix, hash_range_of, hex};
-use crate::engine::hashpipe::HashPipe;
-use crate::engine::lease::Break;
+use super::hashing::{hash_prefix, hash_range_of, hex};
+use super::lease::Break;
+use super::Part;
 use crate::engine::{EngineError, RunCtx};
 
-/// What [`Transfer::settle`] found: the digest of the whole file (when known or
+/// What [`Part::settle`] found: the digest of the whole file (when known or
 /// wanted), and whether the lease vouched for the bytes (else they were read back).
 pub(in crate::engine) struct Settled {
     pub digest: Option<String>,
@@ -23,7 +22,7 @@ impl Settled {
     }
 }
 
-impl Transfer {
+impl Part {
     /// What is on disk, checked, and the digest of the whole file when it is known or
     /// wanted (an expected one to compare). On one connection with the lease intact,
     /// nothing else can have written the file: the size is checked, and the digest is
@@ -32,21 +31,21 @@ impl Transfer {
     /// extended or overwritten meanwhile is never taken for the download. Parallel
     /// connections read it back already (again when the lease broke meanwhile).
     /// `None`: someone opened the `.part` since the transfer last looked, and nothing
-    /// follows what was received: meet that break ([`Transfer::after_lease_break`]) and
+    /// follows what was received: meet that break ([`Part::after_lease_break`]) and
     /// go again.
     pub(in crate::engine) async fn settle(&mut self) -> Result<Option<Settled>, EngineError> {
-        let one_connection = self.segments.is_none();
-        if one_connection && self.hasher.is_none() && self.lease.break_pending() {
+        let one_connection = self.ranges.is_none();
+        if one_connection && !self.digest.is_running() && self.digest.lease().break_pending() {
             return Ok(None);
         }
-        let intact = self.lease.intact();
+        let intact = self.digest.lease().intact();
         // Checked from here on: an opener waits no longer.
-        self.lease.release();
+        self.digest.release_lease();
         let want_digest = self.expected_sha256.is_some();
-        if let Some(h) = self.digest_ready.take().filter(|_| intact) {
+        if let Some(h) = self.digest.take_ready().filter(|_| intact) {
             return Ok(Some(Settled::new(Some(hex(&h.finalize())), true)));
         }
-        let received = match self.hasher.take() {
+        let received = match self.digest.take_running() {
             Some(pipe) => tokio::task::spawn_blocking(move || pipe.finish())
                 .await
                 .map_err(|e| EngineError::Internal(e.to_string()))?,
@@ -59,7 +58,7 @@ impl Transfer {
                 "another process opened it and nothing followed what was received".into(),
             ));
         }
-        let (file, from, total) = (self.file.try_clone()?, self.hashed_from, self.total);
+        let (file, from, total) = (self.file.try_clone()?, self.digest.from(), self.total);
         let checked = tokio::task::spawn_blocking(move || -> Result<Settled, EngineError> {
             let len = file.metadata()?.len();
             if one_connection && total.is_some_and(|t| t != len) {
@@ -105,17 +104,17 @@ impl Transfer {
         &mut self,
         ctx: &RunCtx,
     ) -> Result<bool, EngineError> {
-        let Some(found) = self.lease.take_break() else {
+        let Some(found) = self.digest.take_break() else {
             return Ok(false);
         };
-        if self.segments.is_some() {
+        if self.ranges.is_some() {
             // The end reads a segmented file back whole.
             return Ok(false);
         }
         match found {
-            Break::Hashing if self.hasher.is_some() => Ok(false),
+            Break::Hashing if self.digest.is_running() => Ok(false),
             // A prefix longer than what is written was hashed before a cut.
-            Break::Prefix { len, digest } if len <= self.written => {
+            Break::Prefix { len, digest } if len <= self.on_disk => {
                 self.rewind(len, digest, ctx).await?;
                 Ok(true)
             }
@@ -135,18 +134,17 @@ impl Transfer {
         // A checkpoint taken after the keeper's look may vouch for more than `len`:
         // it says `len` before the file is cut (those bytes were fsynced with it).
         let recorded = self.store.checkpoint(&self.id)?.map_or(0, |c| c.offset);
-        self.written = len;
-        self.writeback_from = self.writeback_from.min(self.written);
-        if recorded > self.written {
+        self.on_disk = len;
+        self.writeback_from = self.writeback_from.min(self.on_disk);
+        if recorded > self.on_disk {
             self.store
                 .put_checkpoint(&self.id, &self.checkpoint_record(ctx))?;
             self.store.flush().await?;
         }
-        self.file.set_len(self.written)?;
-        self.hasher = Some(HashPipe::start(digest)?);
-        self.hashed_from = 0;
-        ctx.progress.set_done(self.written);
-        tracing::info!(download_id = %self.id, from = self.written, "fetching again what came after someone opened the .part");
+        self.file.set_len(self.on_disk)?;
+        self.digest.run(Some(digest), 0)?;
+        ctx.progress.set_done(self.on_disk);
+        tracing::info!(download_id = %self.id, from = self.on_disk, "fetching again what came after someone opened the .part");
         Ok(())
     }
 }

@@ -4,13 +4,13 @@ use reqwest::header::{self, HeaderMap};
 
 /// ETag and Last-Modified of a response: what `If-Range` and change detection use.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(super) struct Validators {
-    pub(super) etag: Option<String>,
-    pub(super) last_modified: Option<String>,
+pub(in crate::engine) struct Validators {
+    pub(in crate::engine) etag: Option<String>,
+    pub(in crate::engine) last_modified: Option<String>,
 }
 
 impl Validators {
-    pub(super) fn from_headers(headers: &HeaderMap) -> Self {
+    pub(in crate::engine) fn from_headers(headers: &HeaderMap) -> Self {
         let get = |name| {
             headers
                 .get(name)
@@ -24,7 +24,7 @@ impl Validators {
     }
 
     /// True when both sides carry the same kind of validator and it differs.
-    pub(super) fn changed_to(&self, now: &Validators) -> bool {
+    pub(in crate::engine) fn changed_to(&self, now: &Validators) -> bool {
         match (&self.etag, &now.etag) {
             (Some(a), Some(b)) => return a != b,
             (Some(_), None) | (None, Some(_)) => {}
@@ -35,7 +35,7 @@ impl Validators {
 
     /// What goes in `If-Range`: it wants a strong ETag; a weak one cannot be used,
     /// Last-Modified can.
-    pub(super) fn if_range(&self) -> Option<&str> {
+    pub(in crate::engine) fn if_range(&self) -> Option<&str> {
         match &self.etag {
             Some(tag) if !tag.starts_with("W/") => Some(tag),
             _ => self.last_modified.as_deref(),
@@ -43,7 +43,7 @@ impl Validators {
     }
 
     /// The validator a log line or a notice shows.
-    pub(super) fn describe(&self) -> &str {
+    pub(in crate::engine) fn describe(&self) -> &str {
         self.etag
             .as_deref()
             .or(self.last_modified.as_deref())

@@ -36,7 +36,7 @@ const LONGEST_WAIT: Duration = Duration::from_secs(30);
 
 /// What the keeper did when the lease broke.
 #[derive(Debug)]
-pub(super) enum Break {
+pub(in crate::engine) enum Break {
     /// The transfer was hashing what it received from byte 0: nothing more was needed.
     Hashing,
     /// The digest of the first `len` bytes as they were on disk while still ours alone
@@ -60,7 +60,7 @@ struct Shared {
 }
 
 /// The write lease on one `.part`, and its keeper thread; let go when dropped.
-pub(super) struct Lease {
+pub(in crate::engine) struct Lease {
     shared: Option<Arc<Shared>>,
     keeper: Option<JoinHandle<()>>,
     /// A break was handed to the transfer (or the lease was never held).
@@ -71,7 +71,7 @@ impl Lease {
     /// Takes the lease on `file` (the `.part`, `on_disk` bytes long and kept). `None`
     /// inside when refused: another process has the file open, the filesystem keeps
     /// no leases (NFS, some FUSE), or leases are off (`fs.leases-enable`).
-    pub(super) fn take(file: &File, on_disk: u64, hashing: bool) -> Lease {
+    pub(in crate::engine) fn take(file: &File, on_disk: u64, hashing: bool) -> Lease {
         let unheld = Lease {
             shared: None,
             keeper: None,
@@ -114,12 +114,12 @@ impl Lease {
     }
 
     /// True while the lease has held since the file was opened: nothing else wrote it.
-    pub(super) fn intact(&self) -> bool {
+    pub(in crate::engine) fn intact(&self) -> bool {
         self.broken() == Some(false)
     }
 
     /// Whether the keeper met a break that the transfer has not taken yet.
-    pub(super) fn break_pending(&self) -> bool {
+    pub(in crate::engine) fn break_pending(&self) -> bool {
         self.broken() == Some(true)
     }
 
@@ -130,7 +130,7 @@ impl Lease {
     }
 
     /// The break the keeper met, once (then the lease is spent for good).
-    pub(super) fn take_break(&mut self) -> Option<Break> {
+    pub(in crate::engine) fn take_break(&mut self) -> Option<Break> {
         if self.spent {
             return None;
         }
@@ -142,14 +142,14 @@ impl Lease {
     }
 
     /// The transfer's bytes from 0 on disk are now `len` (after a write or a cut).
-    pub(super) fn set_on_disk(&self, len: u64) {
+    pub(in crate::engine) fn set_on_disk(&self, len: u64) {
         if let Some(s) = &self.shared {
             s.on_disk.store(len, Ordering::Release);
         }
     }
 
     /// The transfer is about to cut the file to `len`.
-    pub(super) fn cutting(&self, len: u64) {
+    pub(in crate::engine) fn cutting(&self, len: u64) {
         if let Some(s) = &self.shared {
             // In this order: a keeper that sees the new count sees the new length too.
             s.on_disk.store(len, Ordering::Release);
@@ -158,14 +158,20 @@ impl Lease {
     }
 
     /// Whether the transfer hashes what it receives from byte 0.
-    pub(super) fn set_hashing(&self, hashing: bool) {
+    pub(in crate::engine) fn set_hashing(&self, hashing: bool) {
         if let Some(s) = &self.shared {
             s.hashing.store(hashing, Ordering::Release);
         }
     }
 
+    /// What the keeper was last told by [`Lease::set_hashing`]; `None` when unheld.
+    #[cfg(test)]
+    pub(in crate::engine) fn hashing(&self) -> Option<bool> {
+        Some(self.shared.as_ref()?.hashing.load(Ordering::Acquire))
+    }
+
     /// Lets go of the lease (the end was checked: nothing more depends on it).
-    pub(super) fn release(&mut self) {
+    pub(in crate::engine) fn release(&mut self) {
         if let Some(s) = self.shared.take() {
             s.stop.store(true, Ordering::Release);
             unlease(&s.file);

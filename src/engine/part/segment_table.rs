@@ -39,32 +39,32 @@ impl Segment {
     }
 
     /// The first byte of the segment (it never moves: a steal shrinks the end).
-    pub(super) fn start(&self) -> u64 {
+    pub(in crate::engine) fn start(&self) -> u64 {
         self.start
     }
 
     /// The next byte to write.
-    pub(super) fn pos(&self) -> u64 {
+    pub(in crate::engine) fn pos(&self) -> u64 {
         self.pos.load(Ordering::SeqCst)
     }
 
     /// One past the last byte; lowered when another connection steals the upper half.
-    pub(super) fn end(&self) -> u64 {
+    pub(in crate::engine) fn end(&self) -> u64 {
         self.end.load(Ordering::SeqCst)
     }
 
-    pub(super) fn left(&self) -> u64 {
+    pub(in crate::engine) fn left(&self) -> u64 {
         self.end().saturating_sub(self.pos())
     }
 
     /// Records that bytes up to `pos` are written. Only the segment's owner calls it:
     /// a second writer would race on `pos`.
-    pub(super) fn written_to(&self, pos: u64) {
+    pub(in crate::engine) fn written_to(&self, pos: u64) {
         self.pos.store(pos, Ordering::SeqCst);
     }
 
     /// Gives the segment up: another connection (or attempt) may take it.
-    pub(super) fn release(&self) {
+    pub(in crate::engine) fn release(&self) {
         self.owned.store(false, Ordering::SeqCst);
     }
 }
@@ -106,7 +106,7 @@ impl SegmentTable {
     /// After an attempt's connections are gone: a segment that a dropped connection
     /// held is free again for the next attempt (else only steals could reach it, and
     /// never its last piece).
-    pub(super) fn release_all(&self) {
+    pub(in crate::engine) fn release_all(&self) {
         for seg in self.lock().iter() {
             seg.release();
         }
@@ -164,7 +164,7 @@ impl SegmentTable {
     }
 
     /// Bytes written, over all segments.
-    pub fn done(&self) -> u64 {
+    pub fn held(&self) -> u64 {
         self.lock()
             .iter()
             .map(|s| s.pos().min(s.end()) - s.start)
@@ -176,9 +176,54 @@ impl SegmentTable {
         self.lock().iter().all(|s| s.pos() >= s.end())
     }
 
+    #[cfg_attr(not(test), allow(dead_code))] // see `Ranges::write_at`
+    /// One past the last byte of the file.
+    pub fn end(&self) -> u64 {
+        self.lock().iter().map(|s| s.end()).max().unwrap_or(0)
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))] // see `Ranges::write_at`
+    /// Records `[from, to)` as written by a transport that writes ranges in any order
+    /// (not by connections that own segments): a segment it reaches the position of
+    /// moves on; one it lands inside of is split around it, the hole before it kept.
+    pub fn mark(&self, from: u64, to: u64) {
+        let mut segs = self.lock();
+        let mut added = Vec::new();
+        for s in segs.iter() {
+            let (pos, end) = (s.pos(), s.end());
+            if to <= pos || from >= end {
+                continue;
+            }
+            if from <= pos {
+                s.written_to(to.min(end));
+                continue;
+            }
+            let upto = to.min(end);
+            s.end.store(from, Ordering::SeqCst);
+            added.push(Segment::new(from, upto, upto));
+            if upto < end {
+                added.push(Segment::new(upto, upto, end));
+            }
+        }
+        segs.extend(added);
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))] // see `Ranges::write_at`
+    /// The ranges not written yet, in file order.
+    pub fn missing(&self) -> Vec<std::ops::Range<u64>> {
+        let mut gaps: Vec<std::ops::Range<u64>> = self
+            .lock()
+            .iter()
+            .filter(|s| s.pos() < s.end())
+            .map(|s| s.pos()..s.end())
+            .collect();
+        gaps.sort_unstable_by_key(|r| r.start);
+        gaps
+    }
+
     /// A segment nobody works on (after a resume), else the upper half of the largest
     /// one still running; either way now owned by the caller.
-    pub(super) fn take(&self) -> Option<Arc<Segment>> {
+    pub(in crate::engine) fn take(&self) -> Option<Arc<Segment>> {
         let mut segs = self.lock();
         // The lowest segment nobody works on; a large one gives up only its first piece.
         let free = segs
@@ -236,10 +281,10 @@ mod tests {
             5 * MIB,
             "the written prefix runs through finished pieces"
         );
-        assert_eq!(t.done(), 5 * MIB);
+        assert_eq!(t.held(), 5 * MIB);
         // A checkpoint and back: the same bytes done, the rest still to fetch.
         let again = SegmentTable::from_checkpoint(&t.snapshot());
-        assert_eq!(again.done(), 5 * MIB);
+        assert_eq!(again.held(), 5 * MIB);
         assert_eq!(again.prefix(), 5 * MIB);
         assert!(!again.complete());
         // Owned segments are not handed out twice; released ones are.
@@ -268,7 +313,7 @@ mod tests {
     fn bytes_written_before_the_switch_count_as_the_prefix() {
         let t = SegmentTable::whole(3 * MIB, 64 * MIB);
         assert_eq!(t.prefix(), 3 * MIB);
-        assert_eq!(t.done(), 3 * MIB);
+        assert_eq!(t.held(), 3 * MIB);
         assert_eq!(t.take().unwrap().start, 3 * MIB);
     }
 

@@ -9,53 +9,53 @@ use reqwest::header::{self, HeaderMap};
 
 use super::range::parse_content_range;
 use super::validators::Validators;
-use super::EngineError;
+use crate::engine::EngineError;
 
 /// What a request asked for.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Asked {
+pub(in crate::engine) struct Asked {
     /// The first byte asked for (0 and no `to`: the whole file, no `Range` sent).
-    pub(super) from: u64,
+    pub(in crate::engine) from: u64,
     /// One past the last byte asked for, for a bounded range (a segment).
-    pub(super) to: Option<u64>,
+    pub(in crate::engine) to: Option<u64>,
 }
 
 impl Asked {
     /// Whether the request carries a `Range` (and an `If-Range` when we have a validator).
-    pub(super) fn ranged(&self) -> bool {
+    pub(in crate::engine) fn ranged(&self) -> bool {
         self.from > 0 || self.to.is_some()
     }
 }
 
 /// What was known of the file when the request went out.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Known<'a> {
-    pub(super) total: Option<u64>,
-    pub(super) validators: &'a Validators,
+pub(in crate::engine) struct Known<'a> {
+    pub(in crate::engine) total: Option<u64>,
+    pub(in crate::engine) validators: &'a Validators,
     /// Bytes already held: a whole file sent back means they go.
-    pub(super) held: u64,
+    pub(in crate::engine) held: u64,
     /// The URL is a presigned CDN link that the Hub can hand out again: a refusal there
     /// means it expired, not that the file is forbidden.
-    pub(super) refreshable_link: bool,
+    pub(in crate::engine) refreshable_link: bool,
     /// The bytes held came from another URL: they are kept only when this answer has
     /// the same strong ETag and size (else the file may be another of the same size).
-    pub(super) must_prove: bool,
+    pub(in crate::engine) must_prove: bool,
 }
 
 /// What a usable response tells about the file.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Accepted {
+pub(in crate::engine) struct Accepted {
     /// The file's size; `None` until the body ends when no length is announced.
-    pub(super) total: Option<u64>,
+    pub(in crate::engine) total: Option<u64>,
     /// The validators to keep for the next `If-Range` and change check.
-    pub(super) validators: Validators,
+    pub(in crate::engine) validators: Validators,
     /// The server serves ranges: a resume, or parallel connections, can use them.
-    pub(super) ranges: bool,
+    pub(in crate::engine) ranges: bool,
 }
 
 /// What to do with a response.
 #[derive(Debug)]
-pub(super) enum Verdict {
+pub(in crate::engine) enum Verdict {
     /// The bytes asked for, from where they were asked: take the body.
     Body(Accepted),
     /// The whole file from byte 0 although we asked for a range or hold bytes: what we
@@ -81,7 +81,7 @@ pub(super) enum Verdict {
 
 /// Judges a response to a request for `asked`, given what was `known`. `now` dates a
 /// `Retry-After` given as an HTTP-date.
-pub(super) fn classify(
+pub(in crate::engine) fn classify(
     status: u16,
     headers: &HeaderMap,
     asked: Asked,

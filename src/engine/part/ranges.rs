@@ -1,0 +1,127 @@
+//! The transport seam: a transport hands the `.part` byte ranges at file offsets, in any
+//! order, and asks which are still missing; the `.part`'s guarantees (lease, verify,
+//! checkpoint) hold for any transport because only this module writes them.
+//!
+//! HTTP's parallel connections are one transport through it (each connection fills its
+//! own segment, a block at a time, without a lock); a content-addressed one (chunks
+//! fetched by hash and written where they belong, resumed chunk by chunk) is another,
+//! through [`Ranges::write_at`] and [`Ranges::missing`].
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use super::block::WriteBlock;
+use super::segment_table::{Segment, SegmentTable};
+use super::Part;
+use crate::engine::EngineError;
+
+/// A transport's handle on a `.part` filled as ranges at offsets: cheap to share
+/// between connections (one file description, one table).
+pub(in crate::engine) struct Ranges {
+    file: Arc<File>,
+    table: Arc<SegmentTable>,
+    total: u64,
+}
+
+impl Part {
+    /// Switches to filling the file as ranges over `total` bytes (kept when already so:
+    /// a resume) and gives the `.part` its full length; true when newly switched. The
+    /// bytes held in order so far count as the first range.
+    pub(in crate::engine) async fn fill_ranges(
+        &mut self,
+        total: u64,
+    ) -> Result<(Ranges, bool), EngineError> {
+        let fresh = self.ranges.is_none();
+        if fresh {
+            self.end_direct_writes().await?;
+            self.ranges = Some(Arc::new(SegmentTable::whole(self.on_disk, total)));
+            // Bytes arrive out of order: the digest is taken by reading the file back.
+            self.digest.set_out_of_order(true);
+        }
+        let table = self
+            .ranges
+            .clone()
+            .ok_or_else(|| EngineError::Internal("no ranges".into()))?;
+        if self.file.metadata()?.len() < total {
+            self.file.set_len(total)?;
+        }
+        let file = Arc::new(self.file.try_clone()?);
+        Ok((Ranges { file, table, total }, fresh))
+    }
+
+    /// The transport says every range is there: the file is whole (an error when some
+    /// are still missing), its digest to be read back at the end.
+    // The API of a transport that writes ranges in any order (the Hub's Xet storage,
+    // next issue); exercised by `part/part_tests.rs` until then.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(in crate::engine) fn ranges_complete(&mut self) -> Result<(), EngineError> {
+        let table = self
+            .ranges
+            .as_ref()
+            .ok_or_else(|| EngineError::Internal("no ranges".into()))?;
+        if !table.complete() {
+            return Err(EngineError::Internal(
+                "ranges of the file are missing".into(),
+            ));
+        }
+        let total = self.total.unwrap_or_else(|| table.end());
+        self.ranges_done(total, None);
+        Ok(())
+    }
+}
+
+impl Ranges {
+    /// Which bytes are present, segment by segment (handed out to connections).
+    pub(in crate::engine) fn table(&self) -> &Arc<SegmentTable> {
+        &self.table
+    }
+
+    /// The file's size.
+    pub(in crate::engine) fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Writes the first bytes of `block` at `seg`'s position, clipped to its current
+    /// end, and moves the segment on (only the segment's owner calls it).
+    pub(in crate::engine) fn write_segment(
+        &self,
+        seg: &Segment,
+        block: &mut WriteBlock,
+    ) -> Result<(), EngineError> {
+        if block.is_empty() {
+            return Ok(());
+        }
+        // The block starts at `pos`: only the owner of a segment moves it.
+        let pos = seg.pos();
+        let n = (block.len() as u64).min(seg.end().saturating_sub(pos)) as usize;
+        block.write_at(&self.file, pos, n)?;
+        seg.written_to(pos + n as u64);
+        Ok(())
+    }
+
+    /// Writes `bytes` at `offset` (clipped to the file) and records them present, in any
+    /// order; a range overlapping one already there writes those bytes again.
+    // The API of a transport that writes ranges in any order (the Hub's Xet storage,
+    // next issue); exercised by `part/part_tests.rs` until then.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(in crate::engine) fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), EngineError> {
+        let end = offset.saturating_add(bytes.len() as u64).min(self.total);
+        if offset >= end {
+            return Ok(());
+        }
+        let n = (end - offset) as usize;
+        self.file.write_all_at(&bytes[..n], offset)?;
+        self.table.mark(offset, end);
+        Ok(())
+    }
+
+    /// The ranges still missing, in file order.
+    // The API of a transport that writes ranges in any order (the Hub's Xet storage,
+    // next issue); exercised by `part/part_tests.rs` until then.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(in crate::engine) fn missing(&self) -> Vec<Range<u64>> {
+        self.table.missing()
+    }
+}

@@ -8,19 +8,19 @@
 //! `POST /api/library/rescan` keep it current; hashing of files whose digest nobody
 //! told us runs on a thread of its own, one file at a time, at the lowest priority.
 
+mod dedupe;
 mod hasher;
 pub mod hf_cache;
 mod inode;
-mod links;
 mod lmstudio;
 mod notify;
 pub mod ollama;
+mod owner;
 mod publish;
 mod record;
 mod scan;
 mod updates;
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -86,23 +86,29 @@ pub struct LibraryHandle {
 }
 
 struct Inner {
-    root: PathBuf,
-    store: Store,
+    shared: Arc<Shared>,
+    /// The owner task of the index: every change goes through it.
+    owner: owner::Mailbox,
     queue: QueueHandle,
-    folders: Folders,
     hub: crate::hub::HubClient,
-    index: RwLock<BTreeMap<String, Record>>,
-    /// One scan at a time.
+    /// One scan at a time (and no completion while one runs).
     scanning: tokio::sync::Mutex<()>,
     /// One update check at a time.
     checking: tokio::sync::Mutex<()>,
-    hasher: hasher::Hasher,
-    notifier: notify::Notifier,
+}
+
+/// What every part of the library reads: where the files are, the store, the index.
+/// The index is read by anyone and changed by the owner task alone.
+struct Shared {
+    root: PathBuf,
+    store: Store,
+    folders: Folders,
+    index: RwLock<owner::Index>,
 }
 
 impl LibraryHandle {
-    /// Loads the stored index, starts the hashing thread, a first scan and the
-    /// follower of completed downloads. `root` is `download_dir`, canonical.
+    /// Loads the stored index, starts its owner task (and the hashing thread), a first
+    /// scan and the follower of completed downloads. `root` is `download_dir`, canonical.
     pub fn start(
         root: PathBuf,
         store: Store,
@@ -111,19 +117,24 @@ impl LibraryHandle {
         frames: Option<actix::Recipient<crate::actors::broadcaster::Announce>>,
     ) -> Result<LibraryHandle, LibraryError> {
         let root = root.canonicalize()?;
-        let records: BTreeMap<String, Record> = store.library_records()?.into_iter().collect();
+        let records = store.library_records::<Record>()?;
+        let shared = Arc::new(Shared {
+            root,
+            store,
+            folders: options.folders,
+            index: RwLock::new(owner::Index::of(records)),
+        });
+        let sink: Option<notify::Sink> = frames.map(|to| -> notify::Sink {
+            Box::new(move |frame| to.do_send(crate::actors::broadcaster::Announce(frame.into())))
+        });
         let handle = LibraryHandle {
-            inner: Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| Inner {
-                root,
-                store,
+            inner: Arc::new(Inner {
+                owner: owner::Mailbox::start(shared.clone(), Some(queue.clone()), sink)?,
+                shared,
                 queue,
-                folders: options.folders,
                 hub: options.hub,
-                index: RwLock::new(records),
                 scanning: tokio::sync::Mutex::new(()),
                 checking: tokio::sync::Mutex::new(()),
-                hasher: hasher::Hasher::start(weak.clone()),
-                notifier: notify::Notifier::new(frames),
             }),
         };
         let first = handle.clone();
@@ -145,10 +156,10 @@ impl LibraryHandle {
     /// The whole library, in path order.
     pub fn list(&self) -> Listing {
         let files = {
-            let index = self.inner.read();
+            let index = self.inner.shared.read();
             index.iter().map(|(path, r)| r.view(path)).collect()
         };
-        let (bytes_total, bytes_saved_by_links, bytes_free) = self.inner.listing_totals();
+        let (bytes_total, bytes_saved_by_links, bytes_free) = self.inner.shared.listing_totals();
         Listing {
             files,
             bytes_total,
@@ -161,15 +172,15 @@ impl LibraryHandle {
     /// that repo): where it is on disk and what the library knows of it.
     pub fn hub_file(&self, repo: &str, file: &str) -> Option<(PathBuf, Record)> {
         let path = format!("{repo}/{file}");
-        let record = self.inner.read().get(&path).cloned()?;
-        (record.repo.as_deref() == Some(repo)).then(|| (self.inner.full_path(&path), record))
+        let record = self.inner.shared.read().get(&path).cloned()?;
+        (record.repo.as_deref() == Some(repo)).then(|| (self.inner.shared.full_path(&path), record))
     }
 
     /// Opens library file `path` for reading through the directory handles (a
     /// regular file only: a link or FIFO swapped in is refused, never followed or
     /// waited on), with what it is now: what a reader that serves it should use.
     pub fn open(&self, path: &str) -> std::io::Result<(std::fs::File, crate::files::Stat)> {
-        self.inner.open(path)
+        self.inner.shared.open(path)
     }
 
     /// Whether library file `path` is still the very file download `download_id`
@@ -177,7 +188,7 @@ impl LibraryHandle {
     /// read at then): only then do that download's digest and commit stand for it
     /// (blocking). A path the library has not indexed yet is not vouched for.
     pub fn completed_intact(&self, path: &str, download_id: &str) -> bool {
-        let record = self.inner.read().get(path).cloned();
+        let record = self.inner.shared.read().get(path).cloned();
         let Some(record) =
             record.filter(|r| r.ours && r.download_id.as_deref() == Some(download_id))
         else {
@@ -185,6 +196,7 @@ impl LibraryHandle {
         };
         let now = self
             .inner
+            .shared
             .locate(path)
             .and_then(|(dir, name)| dir.stat(name));
         now.ok().flatten().is_some_and(|st| record.matches(&st))
@@ -192,16 +204,16 @@ impl LibraryHandle {
 
     /// `download_dir/<path>`, for a path relative to it (already validated).
     pub fn full_path(&self, path: &str) -> PathBuf {
-        self.inner.full_path(path)
+        self.inner.shared.full_path(path)
     }
 
     /// Every file of the library fetched from Hub repo `repo`, by its path in the repo.
     pub fn repo_files(&self, repo: &str) -> Vec<(String, Record)> {
         let prefix = format!("{repo}/");
         self.inner
+            .shared
             .read()
-            .range(prefix.clone()..)
-            .take_while(|(p, _)| p.starts_with(&prefix))
+            .under(&prefix)
             .filter(|(_, r)| r.repo.as_deref() == Some(repo))
             .map(|(p, r)| (p[prefix.len()..].to_owned(), r.clone()))
             .collect()
@@ -210,17 +222,21 @@ impl LibraryHandle {
     /// Walks `download_dir` and brings the index up to date; how many files it holds.
     pub async fn rescan(&self) -> Result<usize, LibraryError> {
         let _one = self.inner.scanning.lock().await;
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || scan::scan(&inner))
+        let shared = self.inner.shared.clone();
+        let found = tokio::task::spawn_blocking(move || scan::walk_and_read(&shared))
             .await
-            .map_err(|e| LibraryError::Join(e.to_string()))?
+            .map_err(|e| LibraryError::Join(e.to_string()))??;
+        self.inner
+            .owner
+            .ask(|done| owner::Msg::Scanned { found, done })
+            .await?
     }
 
     /// Removes a file of the library and every link the service made to it. Any path
     /// the library lists can be deleted (a hand-placed `aux.gguf` or a name with a
     /// newline too: the name rules are for new files); nothing else can.
     pub async fn delete(&self, path: &str) -> Result<(), LibraryError> {
-        if !self.inner.read().contains_key(path) {
+        if !self.inner.shared.read().contains(path) {
             return Err(LibraryError::NotFound(path.to_owned()));
         }
         if let Some(by) = self.inner.queue.writer_of(path).await? {
@@ -229,11 +245,16 @@ impl LibraryHandle {
                 by,
             });
         }
-        let inner = self.inner.clone();
-        let owned = path.to_owned();
-        let removed = tokio::task::spawn_blocking(move || inner.remove_file(&owned))
+        let path_owned = path.to_owned();
+        let removed = self
+            .inner
+            .owner
+            .ask(|done| owner::Msg::Delete {
+                path: path_owned,
+                done,
+            })
             .await
-            .map_err(|e| LibraryError::Join(e.to_string()))?;
+            .and_then(|r| r);
         if let Err(LibraryError::Changed(_)) = &removed {
             // What the name holds now is read again (and what was published of the
             // indexed file goes with it).
@@ -257,7 +278,7 @@ impl LibraryHandle {
     ) -> Result<crate::queue::model::DownloadView, LibraryError> {
         crate::files::validate_relative_path(path)
             .map_err(|e| LibraryError::BadPath(path.to_owned(), e.to_string()))?;
-        let record = self.inner.read().get(path).cloned();
+        let record = self.inner.shared.read().get(path).cloned();
         let record = record.ok_or_else(|| LibraryError::NotFound(path.to_owned()))?;
         let new = updates::newer_download(&self.inner.hub, path, &record)?;
         Ok(self.inner.queue.add_one(new).await?)
@@ -281,120 +302,59 @@ impl LibraryHandle {
 
     async fn completed(&self, d: Download) {
         let _one = self.inner.scanning.lock().await;
-        let inner = self.inner.clone();
-        let done = tokio::task::spawn_blocking(move || scan::scan_one(&inner, &d)).await;
-        if let Ok(Err(e)) | Err(e) = done.map_err(|e| LibraryError::Join(e.to_string())) {
+        let done = self
+            .inner
+            .owner
+            .ask(|done| owner::Msg::Completed {
+                download: Box::new(d),
+                done,
+            })
+            .await
+            .and_then(|r| r);
+        if let Err(e) = done {
             tracing::warn!(error = %e, "cannot add a completed download to the library");
         }
     }
 }
 
-impl Inner {
+impl Shared {
     /// Bytes of every file, bytes that hard links saved (each inode's size for every
     /// path beyond its first), free bytes on download_dir's file system.
     fn listing_totals(&self) -> (u64, u64, Option<u64>) {
-        let index = self.read();
-        let mut by_inode: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
-        for r in index.values() {
-            by_inode.entry((r.dev, r.ino)).or_insert((r.size, 0)).1 += 1;
-        }
-        let total = index.values().map(|r| r.size).sum();
-        let saved = by_inode
-            .values()
-            .map(|(size, n)| size * n.saturating_sub(1))
-            .sum();
+        self.listing_totals_of(&self.read())
+    }
+
+    fn listing_totals_of(&self, index: &owner::Index) -> (u64, u64, Option<u64>) {
+        let (total, saved) = index.totals();
         (total, saved, crate::files::free_space(&self.root).ok())
     }
 
-    /// Announces what changed since the last announcement.
-    fn announce(&self) {
-        self.notifier.flush(self);
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Record>> {
+    /// The index, for reading.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, owner::Index> {
         self.index.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Record>> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn full_path(&self, path: &str) -> PathBuf {
         self.root.join(path)
     }
 
-    /// Stores and indexes a record made from a read of the file. What was learned of
-    /// the same file meanwhile (its digest, its publication: the hasher runs beside the
-    /// scan) is kept, so that neither undoes the other.
-    fn put(&self, path: &str, mut record: Record) -> Result<(), StoreError> {
-        let mut index = self.write();
-        if let Some(now) = index.get(path).filter(|r| r.same_file(&record)) {
-            if record.sha256.is_none() {
-                record.sha256.clone_from(&now.sha256);
-            }
-            record.published.fill_from(&now.published);
-            if record.same_at.is_none() {
-                record.same_at.clone_from(&now.same_at);
-            }
-            record.ours |= now.ours;
-        }
-        self.store.put_library(path, &record)?;
-        index.insert(path.to_owned(), record);
-        drop(index);
-        self.notifier.changed(path);
-        Ok(())
-    }
-
-    /// Changes the record of `path` (when there is one) and stores it when it changed.
-    fn change(
-        &self,
-        path: &str,
-        edit: impl FnOnce(&mut Record),
-    ) -> Result<Option<Record>, StoreError> {
-        let mut index = self.write();
-        let Some(record) = index.get_mut(path) else {
-            return Ok(None);
-        };
-        let before = record.clone();
-        edit(record);
-        let after = record.clone();
-        if after != before {
-            self.store.put_library(path, &after)?;
-            drop(index);
-            self.notifier.changed(path);
-        }
-        Ok(Some(after))
-    }
-
-    fn forget(&self, path: &str) -> Result<(), StoreError> {
-        self.store.remove_library(path)?;
-        self.write().remove(path);
-        self.notifier.removed(path);
-        Ok(())
-    }
-
     /// The folder of library file `path` (walked from `download_dir` through
     /// directory handles, no link followed) and its name there.
     fn locate(&self, path: &str) -> std::io::Result<(crate::files::Dir, std::ffi::OsString)> {
-        let root = crate::files::Dir::open(&self.root)?;
-        crate::files::parent_of(&root, Path::new(""), Path::new(path), false)
+        locate_in(&self.root, path)
     }
 
     /// Opens library file `path` for reading through its folder's handle (a regular
     /// file only: never a link, never blocking on a FIFO), with what it is now.
     fn open(&self, path: &str) -> std::io::Result<(std::fs::File, crate::files::Stat)> {
-        let (dir, name) = self.locate(path)?;
-        let file = dir.open_file(name)?;
-        let st = crate::files::Dir::stat_of(&file)?;
-        Ok((file, st))
+        open_in(&self.root, path)
     }
 
     /// The inode `record` was read at, as the publishers compare it.
     fn identity(&self, path: &str, record: &Record) -> inode::Identity {
         inode::Identity {
             path: self.full_path(path),
-            dev: record.dev,
-            ino: record.ino,
+            file: record.id(),
         }
     }
 
@@ -407,60 +367,20 @@ impl Inner {
             name,
         })
     }
+}
 
-    /// Blocking: the file, its HF cache entries, its record. Only while its name
-    /// still holds the file the record was read at: a name another program has
-    /// given to a new file since (or a folder on its way swapped for a link) is
-    /// [`LibraryError::Changed`], and nothing goes. The name is removed in its
-    /// folder's handle: a link there goes itself, what it points to stays.
-    fn remove_file(&self, path: &str) -> Result<(), LibraryError> {
-        let record = self.read().get(path).cloned();
-        let Some(record) = record else {
-            return Err(LibraryError::NotFound(path.to_owned()));
-        };
-        let changed = || LibraryError::Changed(path.to_owned());
-        let (dir, name) = match self.locate(path) {
-            Ok(found) => (Some(found.0), found.1),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, Default::default()),
-            // A folder on the way is not one any more (a link, a file).
-            Err(e)
-                if e.raw_os_error()
-                    .is_some_and(|n| n == libc::ENOTDIR || n == libc::ELOOP) =>
-            {
-                return Err(changed())
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let now = match &dir {
-            Some(dir) => dir.stat(&name)?,
-            None => None,
-        };
-        if now.as_ref().is_some_and(|st| !record.matches(st)) {
-            return Err(changed());
-        }
-        publish::unpublish(
-            &self.folders,
-            &record.published,
-            &self.identity(path, &record),
-        );
-        if let (Some(dir), Some(_)) = (&dir, now) {
-            match dir.unlink(&name) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
-            }
-        }
-        self.forget(path)?;
-        self.announce();
-        tracing::info!(%path, "library file deleted");
-        Ok(())
-    }
+/// The folder of file `path` under `root` (walked through directory handles, no link
+/// followed) and its name there.
+fn locate_in(root: &Path, path: &str) -> std::io::Result<(crate::files::Dir, std::ffi::OsString)> {
+    let root = crate::files::Dir::open(root)?;
+    crate::files::parent_of(&root, Path::new(""), Path::new(path), false)
+}
 
-    /// Files of this sha256 (other than `path`), for linking identical ones.
-    fn same_digest(&self, path: &str, sha256: &str) -> Vec<(String, Record)> {
-        self.read()
-            .iter()
-            .filter(|(p, r)| p.as_str() != path && r.sha256.as_deref() == Some(sha256))
-            .map(|(p, r)| (p.clone(), r.clone()))
-            .collect()
-    }
+/// Opens file `path` under `root` for reading through its folder's handle (a regular
+/// file only: never a link, never blocking on a FIFO), with what it is now.
+fn open_in(root: &Path, path: &str) -> std::io::Result<(std::fs::File, crate::files::Stat)> {
+    let (dir, name) = locate_in(root, path)?;
+    let file = dir.open_file(name)?;
+    let st = crate::files::Dir::stat_of(&file)?;
+    Ok((file, st))
 }

@@ -1,5 +1,7 @@
 //! The sha256 of files whose digest nobody told us (put there by hand), computed on a
-//! thread of its own at the lowest CPU priority, one file at a time.
+//! thread of its own at the lowest CPU priority, one file at a time. The hasher only
+//! reads: each digest goes to the owner task of the index ([`Msg::Hashed`]), which
+//! records it (and tells the queue) while the file is still the one that was hashed.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -7,8 +9,11 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, Weak};
 
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc::WeakUnboundedSender;
 
-use super::{links, publish, Inner};
+use super::owner::Msg;
+use super::record::Record;
+use super::Shared;
 
 /// The queue of paths to hash.
 pub(super) struct Hasher {
@@ -18,7 +23,10 @@ pub(super) struct Hasher {
 }
 
 impl Hasher {
-    pub(super) fn start(library: Weak<Inner>) -> Hasher {
+    /// The hasher of `library`'s files; its digests go to `owner`. Holds neither
+    /// strongly: a stopped library's store is not kept alive by a file being hashed.
+    pub(super) fn start(library: &Arc<Shared>, owner: WeakUnboundedSender<Msg>) -> Hasher {
+        let library = Arc::downgrade(library);
         let (tx, rx) = channel::<String>();
         let pending: Arc<Mutex<HashSet<String>>> = Arc::default();
         let mine = pending.clone();
@@ -27,11 +35,20 @@ impl Hasher {
             .spawn(move || {
                 lower_priority();
                 for path in rx {
-                    let Some(inner) = library.upgrade() else {
+                    let hashed = hash_one(&library, &path);
+                    lock(&mine).remove(&path);
+                    let Some((before, sha256)) = hashed else {
+                        continue;
+                    };
+                    let Some(owner) = owner.upgrade() else {
                         return;
                     };
-                    hash_one(&inner, &path);
-                    lock(&mine).remove(&path);
+                    let before = Box::new(before);
+                    let _ = owner.send(Msg::Hashed {
+                        path,
+                        before,
+                        sha256,
+                    });
                 }
             });
         if let Err(e) = spawned {
@@ -64,16 +81,20 @@ fn lower_priority() {
     }
 }
 
-fn hash_one(inner: &Inner, path: &str) {
-    let Some(before) = inner.read().get(path).cloned() else {
-        return;
+/// The digest of `path` and the record of the file it is the digest of: only when the
+/// file is still, after the read, the one the index held.
+fn hash_one(library: &Weak<Shared>, path: &str) -> Option<(Record, String)> {
+    let (before, root) = {
+        let shared = library.upgrade()?;
+        let before = shared.read().get(path).cloned()?;
+        (before, shared.root.clone())
     };
     if before.sha256.is_some() {
-        return;
+        return None;
     }
     // Through the folder's handle: a regular file only (a link or a FIFO swapped in
     // after the scan is refused, never followed or waited on).
-    let digest = match inner.open(path).and_then(|(file, st)| {
+    let digest = match super::open_in(&root, path).and_then(|(file, st)| {
         if !before.matches(&st) {
             return Err(std::io::Error::other("changed since it was read"));
         }
@@ -85,35 +106,19 @@ fn hash_one(inner: &Inner, path: &str) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             tracing::debug!(%path, "a sparse library file: hashed once it has no holes");
-            return;
+            return None;
         }
         Err(e) => {
             tracing::warn!(%path, error = %e, "cannot hash a library file");
-            return;
+            return None;
         }
     };
     // The file must still be the one that was read: else the next scan starts over.
-    let now = inner.locate(path).and_then(|(dir, name)| dir.stat(name));
+    let now = super::locate_in(&root, path).and_then(|(dir, name)| dir.stat(name));
     if !now.ok().flatten().is_some_and(|st| before.matches(&st)) {
-        return;
+        return None;
     }
-    // The record as it is now (a scan may have added to it meanwhile), with the digest.
-    let Some(mut record) = inner.read().get(path).cloned() else {
-        return;
-    };
-    if !record.same_file(&before) {
-        return;
-    }
-    if let Some(id) = &record.download_id {
-        inner.queue.note_digest(id, &digest);
-    }
-    record.sha256 = Some(digest);
-    links::dedupe(inner, path, &mut record);
-    publish::publish(inner, path, &mut record, None);
-    if let Err(e) = inner.put(path, record) {
-        tracing::warn!(%path, error = %e, "cannot store a library digest");
-    }
-    inner.announce();
+    Some((before, digest))
 }
 
 /// Whether the file has a hole before its end: a file another program is still

@@ -5,28 +5,20 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::PathBuf;
 
-use crate::files::{Dir, Kind, Stat};
+use crate::files::{Dir, FileId, Kind, Stat};
 
 /// A library file as its record knows it: its path (for messages, and the HF cache's
 /// symlink when a hard link cannot be made) and the inode it was read at.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub path: PathBuf,
-    pub dev: u64,
-    pub ino: u64,
+    pub file: FileId,
 }
 
 impl Identity {
     /// `st` is a regular file with this inode.
     pub fn is(&self, st: Option<Stat>) -> bool {
-        st.is_some_and(|st| {
-            st.kind == Kind::File
-                && st.id()
-                    == crate::files::FileId {
-                        dev: self.dev,
-                        ino: self.ino,
-                    }
-        })
+        st.is_some_and(|st| st.kind == Kind::File && st.id() == self.file)
     }
 }
 
@@ -65,13 +57,11 @@ impl Ours {
 impl Ours {
     /// The file at `path` as it is now (tests).
     pub fn at(path: &std::path::Path) -> Ours {
-        use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(path).expect("a file");
         Ours {
             id: Identity {
                 path: path.to_owned(),
-                dev: m.dev(),
-                ino: m.ino(),
+                file: FileId::of(&m),
             },
             dir: Dir::open(path.parent().expect("a folder")).expect("its folder"),
             name: path.file_name().expect("a name").to_owned(),

@@ -97,7 +97,7 @@ mod tests {
         let ours = Ours::at(&file);
         let at = publish(&models, "o/r", "sub/x-Q4_K_M.gguf", &ours).unwrap();
         assert_eq!(at, models.join("o/r/x-Q4_K_M.gguf"));
-        assert_eq!(fs::metadata(&at).unwrap().ino(), ours.id.ino);
+        assert_eq!(fs::metadata(&at).unwrap().ino(), ours.id.file.ino);
         fs::write(root.path().join("other.gguf"), b"o").unwrap();
         let taken = publish(
             &models,

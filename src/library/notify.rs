@@ -6,23 +6,24 @@
 //! scan) `files` is empty and `refetch` asks clients to read `GET /api/library`.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 
-use actix::Recipient;
 use serde::Serialize;
 
+use super::owner::Index;
 use super::record::LibraryFile;
-use super::Inner;
-use crate::actors::broadcaster::Announce;
 
 /// More changed files than this in one frame: clients refetch instead.
 const MAX_FILES: usize = 100;
 
+/// Where the frames go (the broadcaster, in the service).
+pub(super) type Sink = Box<dyn Fn(String) + Send>;
+
+/// What changed since the last frame; kept by the owner task of the index.
 #[derive(Default)]
 pub(super) struct Notifier {
-    to: Option<Recipient<Announce>>,
-    changed: Mutex<BTreeSet<String>>,
-    removed: Mutex<BTreeSet<String>>,
+    to: Option<Sink>,
+    changed: BTreeSet<String>,
+    removed: BTreeSet<String>,
 }
 
 #[derive(Serialize)]
@@ -37,45 +38,42 @@ struct Frame<'a> {
     bytes_free: Option<u64>,
 }
 
-fn take(set: &Mutex<BTreeSet<String>>) -> BTreeSet<String> {
-    std::mem::take(&mut *set.lock().unwrap_or_else(|p| p.into_inner()))
-}
-
 impl Notifier {
-    pub(super) fn new(to: Option<Recipient<Announce>>) -> Notifier {
+    pub(super) fn new(to: Option<Sink>) -> Notifier {
         Notifier {
             to,
             ..Notifier::default()
         }
     }
 
-    pub(super) fn changed(&self, path: &str) {
-        self.changed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(path.to_owned());
+    pub(super) fn changed(&mut self, path: &str) {
+        self.changed.insert(path.to_owned());
     }
 
-    pub(super) fn removed(&self, path: &str) {
-        self.removed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(path.to_owned());
+    pub(super) fn removed(&mut self, path: &str) {
+        self.removed.insert(path.to_owned());
     }
 
     /// Sends one frame for everything changed since the last one (nothing if nothing).
-    pub(super) fn flush(&self, inner: &Inner) {
-        let (changed, removed) = (take(&self.changed), take(&self.removed));
+    /// `listing`: the totals of the listing and the free bytes now.
+    pub(super) fn flush(
+        &mut self,
+        index: &Index,
+        listing: impl FnOnce() -> (u64, u64, Option<u64>),
+    ) {
+        let (changed, removed) = (
+            std::mem::take(&mut self.changed),
+            std::mem::take(&mut self.removed),
+        );
         let Some(to) = &self.to else { return };
         if changed.is_empty() && removed.is_empty() {
             return;
         }
-        let listing = inner.listing_totals();
+        let listing = listing();
         let refetch = changed.len() + removed.len() > MAX_FILES;
         let files: Vec<LibraryFile> = if refetch {
             Vec::new()
         } else {
-            let index = inner.read();
             changed
                 .iter()
                 .filter_map(|p| index.get(p).map(|r| r.view(p)))
@@ -95,7 +93,7 @@ impl Notifier {
             bytes_free: listing.2,
         };
         match serde_json::to_string(&frame) {
-            Ok(text) => to.do_send(Announce(text.into())),
+            Ok(text) => to(text),
             Err(e) => tracing::error!(error = %e, "cannot serialize a library frame"),
         }
     }

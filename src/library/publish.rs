@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::inode::{Identity, Ours};
 use super::record::{Published, Record};
-use super::{hf_cache, lmstudio, ollama, Inner};
+use super::{hf_cache, lmstudio, ollama, Shared};
 
 /// The runtime folders the config names.
 #[derive(Debug, Clone, Default)]
@@ -19,47 +19,72 @@ pub struct Folders {
 /// Publishes what is not published yet. `earlier` is the record of the file this one
 /// replaced at the same path (an update): its Ollama manifest and LM Studio link are
 /// ours to replace, and the blobs and links of its inode that nothing names any more
-/// go with them.
-pub(super) fn publish(inner: &Inner, path: &str, record: &mut Record, earlier: Option<&Record>) {
+/// go with them. Returns the records of other files it changed (the owner stores them).
+pub(super) fn publish(
+    shared: &Shared,
+    path: &str,
+    record: &mut Record,
+    earlier: Option<&Record>,
+) -> Vec<(String, Record)> {
     let (Some(repo), Some(sha256)) = (record.repo.clone(), record.sha256.clone()) else {
-        return;
+        return Vec::new();
     };
     let Some(file) = path.strip_prefix(&format!("{repo}/")).map(str::to_owned) else {
-        return;
+        return Vec::new();
     };
-    let ours = match inner.ours(path, record) {
+    let ours = match shared.ours(path, record) {
         Ok(ours) => ours,
         Err(e) => {
             tracing::warn!(%path, error = %e, "cannot publish: the file is not where it was read");
-            return;
+            return Vec::new();
         }
     };
-    if let Some(cache) = &inner.folders.hf_cache {
-        publish_hf_cache(inner, cache, path, record, &file, &sha256, &ours);
+    let siblings = match &shared.folders.hf_cache {
+        Some(cache) => publish_hf_cache(shared, cache, path, record, (&file, &sha256), &ours),
+        None => Vec::new(),
+    };
+    if path.to_ascii_lowercase().ends_with(".gguf") {
+        publish_gguf(
+            shared,
+            path,
+            record,
+            earlier,
+            (&repo, &file, &sha256),
+            &ours,
+        );
     }
-    if !path.to_ascii_lowercase().ends_with(".gguf") {
-        return;
-    }
-    let old = earlier.map(|e| (&e.published, inner.identity(path, e)));
-    if let Some(models) = &inner.folders.ollama {
+    siblings
+}
+
+/// Ollama and LM Studio, which take GGUF files only.
+fn publish_gguf(
+    shared: &Shared,
+    path: &str,
+    record: &mut Record,
+    earlier: Option<&Record>,
+    (repo, file, sha256): (&str, &str, &str),
+    ours: &Ours,
+) {
+    let old = earlier.map(|e| (&e.published, shared.identity(path, e)));
+    if let Some(models) = &shared.folders.ollama {
         if record.published.ollama.is_none() {
             if let Some((Some(entry), id)) = old.as_ref().map(|(p, id)| (p.ollama.as_ref(), id)) {
                 ollama::unpublish(models, entry, id);
             }
-            let result = ollama_target(record, &repo, &sha256)
-                .and_then(|t| ollama::publish(models, &t, &ours));
+            let result =
+                ollama_target(record, repo, sha256).and_then(|t| ollama::publish(models, &t, ours));
             note(record, "ollama", result, |p, e| {
                 tracing::info!(name = %e.name, "published for Ollama");
                 p.ollama = Some(e);
             });
         }
     }
-    if let Some(models) = &inner.folders.lmstudio {
+    if let Some(models) = &shared.folders.lmstudio {
         if record.published.lmstudio.is_none() {
             if let Some((Some(at), id)) = old.as_ref().map(|(p, id)| (p.lmstudio.as_ref(), id)) {
                 lmstudio::unpublish(models, at, id);
             }
-            let result = lmstudio::publish(models, &repo, &file, &ours);
+            let result = lmstudio::publish(models, repo, file, ours);
             note(record, "lmstudio", result, |p, at| p.lmstudio = Some(at));
         }
     }
@@ -107,19 +132,18 @@ fn ollama_target<'a>(
 }
 
 fn publish_hf_cache(
-    inner: &Inner,
+    shared: &Shared,
     cache: &Path,
     path: &str,
     record: &mut Record,
-    file: &str,
-    sha256: &str,
+    (file, sha256): (&str, &str),
     ours: &Ours,
-) {
+) -> Vec<(String, Record)> {
     if record.published.hf_cache.is_some() {
-        return;
+        return Vec::new();
     }
     let (Some(commit), Some(repo)) = (record.revision.clone(), record.repo.clone()) else {
-        return;
+        return Vec::new();
     };
     let asked = record.asked_revision.clone();
     let target = hf_cache::Target {
@@ -137,27 +161,31 @@ fn publish_hf_cache(
     note(record, "hf_cache", result, |p, entry| {
         p.hf_cache = Some(entry)
     });
-    if published {
-        siblings_at(inner, cache, path, target.repo, &commit);
+    if !published {
+        return Vec::new();
     }
+    siblings_at(shared, cache, path, target.repo, &commit)
 }
 
 /// When an updated file moved `refs/<revision>` to `commit`, the files of the same repo
 /// that the last check found unchanged at `commit` get their entry in that snapshot
-/// too: `main` must resolve every file we have, not only the new one.
-fn siblings_at(inner: &Inner, cache: &Path, path: &str, repo: &str, commit: &str) {
+/// too: `main` must resolve every file we have, not only the new one. One lookup of
+/// the commit (the files found at it), never the whole index; the records it changed.
+fn siblings_at(
+    shared: &Shared,
+    cache: &Path,
+    path: &str,
+    repo: &str,
+    commit: &str,
+) -> Vec<(String, Record)> {
     let prefix = format!("{repo}/");
-    let siblings: Vec<(String, Record)> = inner
+    let siblings: Vec<(String, Record)> = shared
         .read()
-        .iter()
-        .filter(|(p, r)| {
-            p.as_str() != path
-                && p.starts_with(&prefix)
-                && r.same_at.as_deref() == Some(commit)
-                && r.revision.as_deref() != Some(commit)
-        })
-        .map(|(p, r)| (p.clone(), r.clone()))
+        .same_at(path, commit)
+        .into_iter()
+        .filter(|(p, r)| p.starts_with(&prefix) && r.revision.as_deref() != Some(commit))
         .collect();
+    let mut changed = Vec::new();
     for (p, mut r) in siblings {
         let (Some(sha), Some(file)) = (r.sha256.clone(), p.strip_prefix(&prefix)) else {
             continue;
@@ -169,20 +197,19 @@ fn siblings_at(inner: &Inner, cache: &Path, path: &str, repo: &str, commit: &str
             revision: None,
             sha256: &sha,
         };
-        let published = inner
+        let published = shared
             .ours(&p, &r)
             .and_then(|ours| hf_cache::publish(cache, &target, &ours));
         match published {
             Ok(entry) if !r.published.hf_cache_more.contains(&entry) => {
                 r.published.hf_cache_more.push(entry);
-                if let Err(e) = inner.put(&p, r) {
-                    tracing::warn!(path = %p, error = %e, "cannot record an HF cache entry");
-                }
+                changed.push((p, r));
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(path = %p, error = %e, "cannot publish into the HF cache"),
         }
     }
+    changed
 }
 
 /// Removes every link the service made to the file `file` (blocking).

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::hf_cache::Entry;
-use crate::files::Stat;
+use crate::files::{FileId, Stat};
 use crate::gguf::GgufInfo;
 use crate::queue::model::Source;
 
@@ -102,7 +102,7 @@ pub struct Record {
     pub same_at: Option<String>,
     /// This inode is a file this service wrote: a download of the queue completed it
     /// (verified, renamed into place, closed), and it has not changed since. Only
-    /// such files are ever merged with another (see `links`); a file put there by
+    /// such files are ever merged with another (see `dedupe`); a file put there by
     /// hand, or that another program may hold, never is.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ours: bool,
@@ -212,15 +212,23 @@ impl Record {
         }
     }
 
-    /// Both records were made of the same file (size, mtime, inode, device).
+    /// Which file the record was read at (device and inode).
+    pub fn id(&self) -> FileId {
+        FileId {
+            dev: self.dev,
+            ino: self.ino,
+        }
+    }
+
+    /// Both records were made of the same file, unchanged (the same [`FileId`], size
+    /// and mtime).
     pub fn same_file(&self, other: &Record) -> bool {
-        (self.size, self.mtime_ns, self.ino, self.dev)
-            == (other.size, other.mtime_ns, other.ino, other.dev)
+        self.id() == other.id() && (self.size, self.mtime_ns) == (other.size, other.mtime_ns)
     }
 
     /// Still the same file on disk as when this record was made.
     pub fn matches(&self, st: &Stat) -> bool {
-        (self.size, self.mtime_ns, self.ino, self.dev) == (st.size, st.mtime_ns, st.ino, st.dev)
+        self.id() == st.id() && (self.size, self.mtime_ns) == (st.size, st.mtime_ns)
     }
 
     /// Takes the identity of the file as `st` says it is now.

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::owner::{Index, Msg};
 use super::record::{Record, Update};
 use super::{Inner, LibraryError};
 use crate::hub::{HubError, RepoRevision};
@@ -31,27 +32,31 @@ pub struct CheckReport {
 pub(super) async fn check(inner: &Inner) -> Result<CheckReport, LibraryError> {
     let hub = &inner.hub;
     let mut report = CheckReport::default();
-    // Collected first: the read guard must be gone before `change` takes the write lock.
-    let groups = groups(&inner.read());
+    // Collected first: the read guard must not be held across the Hub's answers.
+    let groups = groups(&inner.shared.read());
     for ((repo, revision), paths) in groups {
         report.repos += 1;
         let outcome = repo_revision(hub, &repo, &revision).await;
         if let Err(e) = &outcome {
             report.errors.insert(repo.clone(), e.to_string());
         }
-        for path in paths {
-            let changed =
-                inner.change(&path, |r| judge(r, &path, &repo, &outcome, hub.has_token()))?;
-            if changed.is_some_and(|r| r.update.is_some()) {
-                report.updates += 1;
-            }
-        }
+        // The owner of the index judges each file by the answer.
+        report.updates += inner
+            .owner
+            .ask(|done| Msg::Checked {
+                repo,
+                paths,
+                outcome: Box::new(outcome),
+                has_token: hub.has_token(),
+                done,
+            })
+            .await??;
     }
-    inner.announce();
+    inner.owner.send(Msg::Announce)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    inner.store.put_last_update_check(now.as_secs())?;
+    inner.shared.store.put_last_update_check(now.as_secs())?;
     tracing::info!(
         repos = report.repos,
         updates = report.updates,
@@ -62,9 +67,9 @@ pub(super) async fn check(inner: &Inner) -> Result<CheckReport, LibraryError> {
 }
 
 /// Hub files by (repo, the revision asked for): one request answers each group.
-fn groups(index: &BTreeMap<String, Record>) -> BTreeMap<(String, String), Vec<String>> {
+fn groups(index: &Index) -> BTreeMap<(String, String), Vec<String>> {
     let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for (path, r) in index {
+    for (path, r) in index.iter() {
         if let (Some(repo), Some(_), Some(_)) = (&r.repo, &r.revision, &r.sha256) {
             let revision = r.asked_revision.clone().unwrap_or_else(|| "main".into());
             groups
@@ -100,7 +105,7 @@ async fn repo_revision(
 }
 
 /// What the Hub's answer means for one file: newer, the same, or cannot tell.
-fn judge(
+pub(super) fn judge(
     r: &mut Record,
     path: &str,
     repo: &str,
@@ -179,7 +184,10 @@ pub(super) fn newer_download(
 pub(super) async fn watch(library: std::sync::Weak<Inner>, hours: u64) {
     let every = Duration::from_secs(hours.saturating_mul(3600));
     loop {
-        let Some(last) = library.upgrade().map(|i| i.store.last_update_check()) else {
+        let Some(last) = library
+            .upgrade()
+            .map(|i| i.shared.store.last_update_check())
+        else {
             return;
         };
         let last = last.ok().flatten().unwrap_or(0);

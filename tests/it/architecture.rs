@@ -347,4 +347,132 @@ fn the_part_writer_check_finds_planted_writers() {
         file("library/journal.rs", "self.file.set_len(self.size)?;"),
     ];
     assert_eq!(part_writers(&allowed), Vec::<String>::new());
+
+/// The methods of the library's `Index` that take `&mut self`, each with how visible it
+/// is (the text before `fn` on its line: `pub(super)`, `pub(in crate::library)`, …).
+/// The whole file, test-only items too: a mutator is one whatever it is compiled for.
+fn index_mutators(index_rs: &str) -> Vec<(String, String)> {
+    let code: String = index_rs
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut out = Vec::new();
+    for line_start in code.lines().scan(0usize, |at, l| {
+        let here = *at;
+        *at += l.len() + 1;
+        Some(here)
+    }) {
+        let line = &code[line_start..];
+        let line_end = line.find('\n').unwrap_or(line.len());
+        let Some(i) = line[..line_end].find("fn ") else {
+            continue;
+        };
+        let visibility = line[..i].trim().to_owned();
+        let rest = &line[i + 3..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let signature = &rest[..rest.find(['{', ';']).unwrap_or(rest.len())];
+        if signature.contains("&mut self") {
+            out.push((name, visibility));
+        }
+    }
+    out
+}
+
+/// Where the rule "only the library's owner task mutates its index" is broken:
+/// a mutator of `Index` visible beyond `library::owner`, or a file outside
+/// `library/owner*` that calls one or takes the index's write lock. `files` are
+/// (path relative to `src/`, text).
+fn index_rule_breaks(index_rs: &str, files: &[(String, String)]) -> Vec<String> {
+    let mutators = index_mutators(index_rs);
+    let mut breaks: Vec<String> = mutators
+        .iter()
+        .filter(|(_, vis)| !(vis.is_empty() || vis == "pub(super)"))
+        .map(|(name, vis)| format!("Index::{name} is `{vis}`: only the owner may mutate"))
+        .collect();
+    for (path, text) in files {
+        if path == "library/owner.rs" || path.starts_with("library/owner/") {
+            continue;
+        }
+        let code = production_code(text);
+        for (name, _) in &mutators {
+            if code.contains(&format!(".{name}(")) {
+                breaks.push(format!("{path} calls Index::{name}"));
+            }
+        }
+        if code.contains("index.write(") || code.contains("index\n            .write(") {
+            breaks.push(format!("{path} takes the index's write lock"));
+        }
+    }
+    breaks
+}
+
+#[test]
+fn only_the_library_owner_task_mutates_its_index() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let index_rs = std::fs::read_to_string(src.join("library/owner/index.rs"))
+        .expect("library/owner/index.rs");
+    let mutators = index_mutators(&index_rs);
+    assert!(
+        mutators.len() >= 2,
+        "the index's mutators were not found: {mutators:?}"
+    );
+    let files: Vec<(String, String)> = sources()
+        .into_iter()
+        .map(|f| {
+            let rel = f
+                .strip_prefix(&src)
+                .expect("in src/")
+                .to_string_lossy()
+                .into_owned();
+            (rel, std::fs::read_to_string(&f).expect("read"))
+        })
+        .collect();
+    let breaks = index_rule_breaks(&index_rs, &files);
+    assert!(
+        breaks.is_empty(),
+        "the library's index has another writer: {breaks:?}"
+    );
+}
+
+/// The checker itself: a planted mutator call outside the owner, a mutator made
+/// visible to the library, and a write lock taken elsewhere are found; the owner's own
+/// calls are not.
+#[test]
+fn the_index_owner_check_finds_a_planted_writer() {
+    let index_rs = "impl Index {\n    pub(in crate::library) fn get(&self, p: &str) -> Option<&Record> {\n        None\n    }\n    pub(super) fn put_record(&mut self, p: String, r: Record) {\n    }\n    fn helper(&mut self) {}\n}\n";
+    let owner = (
+        "library/owner.rs".to_owned(),
+        "fn f(i: &mut Index) { i.put_record(p, r); let w = self.shared.index.write(); }".to_owned(),
+    );
+    let clean = (
+        "library/scan.rs".to_owned(),
+        "fn f(i: &Index) { i.get(\"a\"); }".to_owned(),
+    );
+    assert_eq!(
+        index_rule_breaks(index_rs, &[owner.clone(), clean.clone()]),
+        Vec::<String>::new()
+    );
+    let writer = (
+        "library/hasher.rs".to_owned(),
+        "fn f(i: &mut Index) { i.put_record(p, r); }".to_owned(),
+    );
+    let locker = (
+        "library/publish.rs".to_owned(),
+        "fn f(s: &Shared) { let w = s.index.write(); }".to_owned(),
+    );
+    let breaks = index_rule_breaks(index_rs, &[owner, clean, writer, locker]);
+    assert_eq!(breaks.len(), 2, "{breaks:?}");
+    assert!(breaks[0].contains("library/hasher.rs") && breaks[0].contains("put_record"));
+    assert!(breaks[1].contains("library/publish.rs"));
+    let widened = index_rs.replace(
+        "pub(super) fn put_record",
+        "pub(in crate::library) fn put_record",
+    );
+    let breaks = index_rule_breaks(&widened, &[]);
+    assert_eq!(breaks.len(), 1, "{breaks:?}");
+    assert!(breaks[0].contains("put_record"));
 }

@@ -6,26 +6,30 @@
 //! file), is hashed and listed, never linked, renamed over or rewritten.
 
 use super::record::Record;
-use super::Inner;
+use super::Shared;
 use crate::files::{Dir, Kind};
 
 /// Replaces `path` by a hard link to an identical file when there is one (same
 /// digest and size, same device, another inode, both ours); updates `record` to the
-/// new inode.
-pub(super) fn dedupe(inner: &Inner, path: &str, record: &mut Record) {
+/// new inode. One lookup of the digest: the files that hold it, never the whole index.
+pub(super) fn dedupe(shared: &Shared, path: &str, record: &mut Record) {
     let Some(sha) = record.sha256.clone() else {
         return;
     };
     if !record.ours {
         return;
     }
-    let twin = inner.same_digest(path, &sha).into_iter().find(|(_, r)| {
-        r.ours && r.size == record.size && r.dev == record.dev && r.ino != record.ino
-    });
+    let twin = shared
+        .read()
+        .same_digest(path, &sha)
+        .into_iter()
+        .find(|(_, r)| {
+            r.ours && r.size == record.size && r.dev == record.dev && r.id() != record.id()
+        });
     let Some((other, theirs)) = twin else {
         return;
     };
-    match link_over(inner, (&other, &theirs), (path, record)) {
+    match link_over(shared, (&other, &theirs), (path, record)) {
         Ok(()) => {
             tracing::info!(%path, twin = %other, bytes = record.size, "identical files: now one copy");
         }
@@ -37,12 +41,12 @@ pub(super) fn dedupe(inner: &Inner, path: &str, record: &mut Record) {
 /// in the same folder, then a rename over `mine`, all through the folders' handles.
 /// Both names must still hold the inodes their records were read at.
 fn link_over(
-    inner: &Inner,
+    shared: &Shared,
     (their_path, theirs): (&str, &Record),
     (my_path, mine): (&str, &mut Record),
 ) -> std::io::Result<()> {
-    let (their_dir, their_name) = inner.locate(their_path)?;
-    let (my_dir, my_name) = inner.locate(my_path)?;
+    let (their_dir, their_name) = shared.locate(their_path)?;
+    let (my_dir, my_name) = shared.locate(my_path)?;
     let unchanged = |dir: &Dir, name: &std::ffi::OsStr, r: &Record| -> std::io::Result<bool> {
         Ok(dir
             .stat(name)?
@@ -68,14 +72,7 @@ fn link_over(
     let _ = my_dir.unlink(&tmp);
     my_dir.link_from(&their_dir, &their_name, &tmp)?;
     let linked = my_dir.stat(&tmp)?;
-    if !linked.is_some_and(|st| {
-        st.kind == Kind::File
-            && st.id()
-                == crate::files::FileId {
-                    dev: theirs.dev,
-                    ino: theirs.ino,
-                }
-    }) {
+    if !linked.is_some_and(|st| st.kind == Kind::File && st.id() == theirs.id()) {
         let _ = my_dir.unlink(&tmp);
         return Err(std::io::Error::other(
             "the twin changed while it was linked",

@@ -18,8 +18,8 @@ use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::actors::handle::QueueHandle;
-use crate::doors::api::UrlPolicy;
 use crate::doors::security::Guard;
+use crate::intake::{IntakeError, UrlPolicy};
 
 pub use gid::gid_of;
 
@@ -49,6 +49,20 @@ impl RpcError {
 impl From<crate::actors::queue_error::QueueError> for RpcError {
     fn from(e: crate::actors::queue_error::QueueError) -> Self {
         RpcError::method(e.to_string())
+    }
+}
+
+/// aria2's form of intake's refusals: a method error, naming aria2's own option where
+/// the message names one (`out`).
+impl From<IntakeError> for RpcError {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::NoFileName(url) => {
+                RpcError::method(format!("{url} names no file; give \"out\""))
+            }
+            IntakeError::FileName(why) => RpcError::method(format!("out: {why}")),
+            other => RpcError::method(other.to_string()),
+        }
     }
 }
 

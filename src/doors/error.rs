@@ -140,6 +140,25 @@ impl From<crate::library::LibraryError> for ApiError {
     }
 }
 
+/// REST's form of intake's refusals (the terminal shows the same): a digest is 400, a
+/// refused URL or name 422, an unknown quantization 404, the Hub's failures as below.
+impl From<crate::intake::IntakeError> for ApiError {
+    fn from(e: crate::intake::IntakeError) -> Self {
+        use crate::intake::IntakeError as I;
+        let message = e.to_string();
+        match e {
+            I::Sha256(_) => ApiError::BadRequest(message),
+            I::Url(_) | I::HubName(_) => ApiError::Unprocessable(message),
+            I::NoFileName(url) => {
+                ApiError::Unprocessable(format!("{url} names no file; give \"file_name\""))
+            }
+            I::FileName(why) => ApiError::Unprocessable(format!("file_name: {why}")),
+            I::NoQuantization { .. } => ApiError::NotFound(message),
+            I::Hub(h) => h.into(),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "storage failure");

@@ -66,12 +66,6 @@ impl From<IntakeError> for RpcError {
     }
 }
 
-impl From<crate::doors::error::ApiError> for RpcError {
-    fn from(e: crate::doors::error::ApiError) -> Self {
-        RpcError::method(e.to_string())
-    }
-}
-
 /// What the RPC needs: the queue, where files go, the secret and the URL policy.
 pub struct Aria2 {
     queue: QueueHandle,

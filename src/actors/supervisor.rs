@@ -59,8 +59,6 @@ pub struct Supervisor {
     /// Paths whose files are being removed on a blocking thread, with the download they
     /// belonged to: neither started nor given to a new download until that is done.
     cleaning: HashMap<String, DownloadId>,
-    /// Removals asked for by the command being handled; `effects` runs them.
-    pending_cleanup: Vec<Cleanup>,
     /// Every download that completes, for whoever follows the files (the library).
     completed: tokio::sync::broadcast::Sender<Download>,
     shutting_down: bool,
@@ -123,7 +121,6 @@ impl Supervisor {
             running: HashMap::new(),
             stopping: HashMap::new(),
             cleaning: HashMap::new(),
-            pending_cleanup: Vec::new(),
             completed: tokio::sync::broadcast::channel(256).0,
             shutting_down: false,
         })

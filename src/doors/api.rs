@@ -6,50 +6,17 @@ mod hub;
 mod library;
 mod openapi;
 mod queue_ops;
-mod validate;
 
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
 pub use openapi::ApiDoc;
-pub use validate::{validate_sha256, validate_url, UrlPolicy};
 
 use crate::actors::handle::QueueHandle;
 use crate::doors::error::ApiError;
 use crate::hub::HubClient;
+use crate::intake::UrlPolicy;
 use crate::queue::model::DownloadView;
-
-/// The same requests as `POST /api/downloads` and `POST /api/hub/models/{owner}/{name}/download`
-/// for a front door that runs in-process (the terminal's embedded mode): the same JSON
-/// bodies, the same checks, the same errors; the caller queues what they return.
-pub mod in_process {
-    use super::*;
-    use crate::queue::model::NewDownload;
-
-    fn parse<T: serde::de::DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
-        serde_json::from_value(body).map_err(|e| ApiError::BadRequest(e.to_string()))
-    }
-
-    /// One download, from the body of `POST /api/downloads` (without `downloads`).
-    pub fn new_download(
-        body: serde_json::Value,
-        hub: &HubClient,
-        policy: &UrlPolicy,
-    ) -> Result<NewDownload, ApiError> {
-        downloads::new_download(parse(body)?, hub, policy)
-    }
-
-    /// Every file of one quantization, from the body of the Hub download route.
-    pub async fn quantization(
-        hub: &HubClient,
-        owner: &str,
-        name: &str,
-        body: serde_json::Value,
-    ) -> Result<Vec<NewDownload>, ApiError> {
-        let path = (owner.to_owned(), name.to_owned());
-        hub::quantization_downloads(hub, &path, &parse(body)?).await
-    }
-}
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -64,8 +31,9 @@ pub(super) struct DownloadList {
     pub(super) downloads: Vec<DownloadView>,
 }
 
-/// Registers every `/api` route.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Registers every `/api` route; `events` is the websocket's (`/api/events`), another
+/// door's, which the router hands in.
+pub fn routes(cfg: &mut web::ServiceConfig, events: actix_web::Route) {
     let scope = web::scope("/api")
         .app_data(
             web::JsonConfig::default()
@@ -98,7 +66,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/settings", web::get().to(queue_ops::get_settings))
         .route("/settings", web::patch().to(queue_ops::patch_settings))
         .route("/stats", web::get().to(queue_ops::stats))
-        .route("/events", web::get().to(crate::doors::ws::events))
+        .route("/events", events)
         .route("/hub/search", web::get().to(hub::hub_search))
         .route(
             "/hub/models/{owner}/{name}/files",

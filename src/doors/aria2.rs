@@ -18,8 +18,8 @@ use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::actors::handle::QueueHandle;
-use crate::doors::api::UrlPolicy;
 use crate::doors::security::Guard;
+use crate::intake::{IntakeError, UrlPolicy};
 
 pub use gid::gid_of;
 
@@ -52,9 +52,17 @@ impl From<crate::actors::queue_error::QueueError> for RpcError {
     }
 }
 
-impl From<crate::doors::error::ApiError> for RpcError {
-    fn from(e: crate::doors::error::ApiError) -> Self {
-        RpcError::method(e.to_string())
+/// aria2's form of intake's refusals: a method error, naming aria2's own option where
+/// the message names one (`out`).
+impl From<IntakeError> for RpcError {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::NoFileName(url) => {
+                RpcError::method(format!("{url} names no file; give \"out\""))
+            }
+            IntakeError::FileName(why) => RpcError::method(format!("out: {why}")),
+            other => RpcError::method(other.to_string()),
+        }
     }
 }
 
@@ -101,4 +109,43 @@ async fn get(
         return ws::open(req, payload, aria2).await;
     }
     Ok(rpc::get(req, aria2).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RpcError;
+    use crate::intake::{parse_sha256, IntakeError, UrlFile, UrlPolicy};
+
+    /// Intake's refusals as aria2 answers them: method errors (code 1), naming aria2's
+    /// own option (`out`) where REST names `file_name`.
+    #[test]
+    fn intake_refusals_are_method_errors_naming_aria2s_options() {
+        let policy = UrlPolicy::default();
+        let refused = |url: &'static str, out: Option<&str>| -> RpcError {
+            let file = UrlFile {
+                url,
+                file_name: out.map(str::to_owned),
+                ..UrlFile::default()
+            };
+            file.new_download(&policy).unwrap_err().into()
+        };
+        assert_eq!(
+            refused("http://h/", None),
+            RpcError::method("http://h/ names no file; give \"out\"")
+        );
+        let e = refused("http://h/x", Some(".x"));
+        assert!(
+            e.code == 1 && e.message.starts_with("out: name \".x\""),
+            "{e:?}"
+        );
+        let e = refused("file:///etc/passwd", None);
+        assert_eq!(
+            e,
+            RpcError::method("url scheme \"file\" is refused: only http and https")
+        );
+        let e: RpcError = parse_sha256("zz").unwrap_err().into();
+        assert_eq!(e, RpcError::method("sha256 \"zz\" is not 64 hex digits"));
+        let e: RpcError = IntakeError::HubName("repo \"x\" is not owner/name".into()).into();
+        assert_eq!(e, RpcError::method("repo \"x\" is not owner/name"));
+    }
 }

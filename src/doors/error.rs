@@ -140,6 +140,25 @@ impl From<crate::library::LibraryError> for ApiError {
     }
 }
 
+/// REST's form of intake's refusals (the terminal shows the same): a digest is 400, a
+/// refused URL or name 422, an unknown quantization 404, the Hub's failures as below.
+impl From<crate::intake::IntakeError> for ApiError {
+    fn from(e: crate::intake::IntakeError) -> Self {
+        use crate::intake::IntakeError as I;
+        let message = e.to_string();
+        match e {
+            I::Sha256(_) => ApiError::BadRequest(message),
+            I::Url(_) | I::HubName(_) => ApiError::Unprocessable(message),
+            I::NoFileName(url) => {
+                ApiError::Unprocessable(format!("{url} names no file; give \"file_name\""))
+            }
+            I::FileName(why) => ApiError::Unprocessable(format!("file_name: {why}")),
+            I::NoQuantization { .. } => ApiError::NotFound(message),
+            I::Hub(h) => h.into(),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "storage failure");
@@ -264,5 +283,75 @@ impl From<crate::doors::error::ApiError> for MirrorError {
 impl From<crate::actors::queue_error::QueueError> for MirrorError {
     fn from(e: crate::actors::queue_error::QueueError) -> Self {
         crate::doors::error::ApiError::from(e).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+    use crate::intake::{parse_sha256, IntakeError, UrlFile, UrlPolicy};
+
+    fn rest(e: IntakeError) -> (u16, &'static str, String) {
+        let e = ApiError::from(e);
+        let status = actix_web::ResponseError::status_code(&e).as_u16();
+        (status, e.code(), e.to_string())
+    }
+
+    /// Intake's refusals in REST's form: the statuses, codes and messages the routes
+    /// gave before intake existed (naming REST's own field, `file_name`).
+    #[test]
+    fn intake_refusals_keep_their_rest_form() {
+        let policy = UrlPolicy::new(&["example.com".to_owned()]);
+        let url = |url: &'static str, name: Option<&str>| {
+            let file = UrlFile {
+                url,
+                file_name: name.map(str::to_owned),
+                ..UrlFile::default()
+            };
+            rest(file.new_download(&policy).unwrap_err())
+        };
+        assert_eq!(
+            rest(parse_sha256("abc").unwrap_err()),
+            (
+                400,
+                "bad_request",
+                "sha256 \"abc\" is not 64 hex digits".into()
+            )
+        );
+        assert_eq!(
+            url("https://example.com/", None),
+            (
+                422,
+                "invalid_request",
+                "https://example.com/ names no file; give \"file_name\"".into()
+            )
+        );
+        let (status, code, message) = url("https://example.com/x", Some(".hidden"));
+        assert_eq!((status, code), (422, "invalid_request"));
+        assert!(
+            message.starts_with("file_name: name \".hidden\""),
+            "{message}"
+        );
+        let (status, code, message) = url("https://elsewhere.example/x", None);
+        assert_eq!((status, code), (422, "invalid_request"));
+        assert!(
+            message.starts_with("host elsewhere.example:443 is not allowed"),
+            "{message}"
+        );
+        let none = IntakeError::NoQuantization {
+            repo: "o/r".into(),
+            wanted: "Q9".into(),
+            has: "none".into(),
+        };
+        assert_eq!(
+            rest(none),
+            (
+                404,
+                "not_found",
+                "o/r has no Q9 quantization; it has: none".into()
+            )
+        );
+        let bad_repo = crate::intake::hub::repo("o", "").unwrap_err();
+        assert_eq!(rest(bad_repo).0, 422);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix_web::{dev::Server, middleware, web, App, HttpResponse, HttpServer};
 
-use super::{api, aria2, conn, error, mirror, security};
+use super::{api, aria2, conn, error, mirror, security, ws};
 use crate::actors::handle::QueueHandle;
 use crate::config::Config;
 use crate::{hub, metrics};
@@ -55,9 +55,9 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
     let queue_data = web::Data::new(parts.queue.clone());
     let library_data = web::Data::new(parts.library);
     let hub_data = web::Data::new(parts.hub);
-    let policy_data = web::Data::new(api::UrlPolicy {
-        allowed_hosts: config.downloads.allowed_hosts.clone(),
-    });
+    let policy_data = web::Data::new(crate::intake::UrlPolicy::new(
+        &config.downloads.allowed_hosts,
+    ));
     let aria2_data = web::Data::new(aria2::Aria2::new(
         parts.queue.clone(),
         config.storage.download_dir.clone(),
@@ -85,7 +85,7 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
                     .to(|| async { HttpResponse::Ok().content_type("text/plain").body("ok") }),
             )
             .route("/metrics", web::get().to(metrics_text))
-            .configure(api::routes)
+            .configure(|cfg| api::routes(cfg, web::get().to(ws::events)))
             .configure(aria2::routes)
             .configure(mirror::routes)
             .service(actix_files::Files::new("/", &static_dir).index_file("index.html"))
@@ -115,9 +115,7 @@ pub fn serve_rpc(
         loopback,
         allowed_origins: config.server.allowed_origins.clone(),
     };
-    let policy = api::UrlPolicy {
-        allowed_hosts: config.downloads.allowed_hosts.clone(),
-    };
+    let policy = crate::intake::UrlPolicy::new(&config.downloads.allowed_hosts);
     let aria2_data = web::Data::new(aria2::Aria2::new(
         queue,
         config.storage.download_dir.clone(),

@@ -1,8 +1,10 @@
-//! A file of the Hub as a new download of the queue, for every front door that queues
-//! one (the REST API, the LAN mirror).
+//! A file of the Hub as a new download of the queue, for every door that queues one
+//! (REST, the terminal, the LAN mirror, the library's update), and every file of one
+//! quantization.
 
+use super::IntakeError;
 use crate::files;
-use crate::hub::{validate_repo, validate_revision, HubClient};
+use crate::hub::{self, validate_repo, validate_revision, HubClient};
 use crate::queue::model::{NewDownload, Source};
 
 /// Which file of the Hub, at which revision, with what the Hub already told of it.
@@ -17,14 +19,24 @@ pub struct Wanted<'a> {
     pub sha256: Option<String>,
 }
 
-/// The download of `wanted`, landing in `download_dir/<owner>/<name>/<file>`; the error
-/// says why a repo or file name is refused.
+/// How a new download starts, and whether it may replace a finished file of its name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Start {
+    pub paused: bool,
+    pub overwrite: bool,
+}
+
+/// The download of `wanted`, landing in `download_dir/<owner>/<name>/<file>`; refused
+/// ([`IntakeError::HubName`]) with why a repo, revision or file name is refused.
 pub fn new_download(
     client: &HubClient,
     wanted: Wanted<'_>,
-    start_paused: bool,
-    overwrite: bool,
-) -> Result<NewDownload, String> {
+    start: Start,
+) -> Result<NewDownload, IntakeError> {
+    hub_file(client, wanted, start).map_err(IntakeError::HubName)
+}
+
+fn hub_file(client: &HubClient, wanted: Wanted<'_>, start: Start) -> Result<NewDownload, String> {
     let Wanted {
         repo,
         file,
@@ -46,8 +58,8 @@ pub fn new_download(
         file_name,
         path: format!("{repo}/{file}"),
         sha256,
-        start_paused,
-        overwrite,
+        start_paused: start.paused,
+        overwrite: start.overwrite,
         source: Source::Hub {
             repo: repo.to_owned(),
             revision: revision.to_owned(),
@@ -57,4 +69,79 @@ pub fn new_download(
         speed_limit_bps: None,
         connections: None,
     })
+}
+
+/// The revision asked for (`main` when none is given), checked.
+pub fn revision(revision: Option<&str>) -> Result<&str, IntakeError> {
+    let r = revision.unwrap_or("main");
+    validate_revision(r).map_err(IntakeError::HubName)?;
+    Ok(r)
+}
+
+/// `owner/name`, checked.
+pub fn repo(owner: &str, name: &str) -> Result<String, IntakeError> {
+    let repo = format!("{owner}/{name}");
+    validate_repo(&repo).map_err(IntakeError::HubName)?;
+    Ok(repo)
+}
+
+/// Every file of one quantization of a repo (all parts of a split model).
+pub struct Quantization<'a> {
+    pub owner: &'a str,
+    pub name: &'a str,
+    /// As given (`q4_k_m` is `Q4_K_M`).
+    pub quantization: &'a str,
+    pub revision: Option<&'a str>,
+    pub start: Start,
+}
+
+/// The new downloads of one quantization, each with the sha256 of its LFS pointer, all
+/// pinned to the same commit. An unknown quantization is refused with the names of
+/// those the repo has.
+pub async fn quantization(
+    client: &HubClient,
+    q: Quantization<'_>,
+) -> Result<Vec<NewDownload>, IntakeError> {
+    let repo = repo(q.owner, q.name)?;
+    let revision = revision(q.revision)?;
+    let files = client.list_files(&repo, revision).await?;
+    let wanted = q.quantization.trim().to_ascii_uppercase();
+    let groups = hub::group_quantizations(&files);
+    let Some(group) = groups.iter().find(|g| g.name == wanted) else {
+        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        let has = if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        };
+        return Err(IntakeError::NoQuantization { repo, wanted, has });
+    };
+    // One commit for every part: resolve the first file now. A gated repo without a
+    // token cannot be resolved; its downloads then fail with `unauthorized` on start.
+    let commit = match client.resolve(&repo, revision, &group.files[0]).await {
+        Ok(r) => r.commit,
+        Err(e) if !e.is_transient() => {
+            tracing::info!(%repo, error = %e, "cannot pin the commit now; each part pins its own");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    group
+        .files
+        .iter()
+        .map(|f| {
+            let sha256 = files
+                .iter()
+                .find(|x| &x.path == f)
+                .and_then(|x| x.sha256.clone());
+            let wanted = Wanted {
+                repo: &repo,
+                file: f,
+                revision,
+                commit: commit.clone(),
+                sha256,
+            };
+            new_download(client, wanted, q.start)
+        })
+        .collect()
 }

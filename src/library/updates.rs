@@ -174,8 +174,12 @@ pub(super) fn newer_download(
         commit: Some(update.revision.clone()),
         sha256: Some(update.sha256.clone()),
     };
-    crate::intake::hub::new_download(hub, wanted, false, true)
-        .map_err(|why| LibraryError::BadPath(path.to_owned(), why))
+    let start = crate::intake::hub::Start {
+        paused: false,
+        overwrite: true,
+    };
+    crate::intake::hub::new_download(hub, wanted, start)
+        .map_err(|why| LibraryError::BadPath(path.to_owned(), why.to_string()))
 }
 
 /// Checks every `hours`, counted from the last check (kept across restarts). Holds the

@@ -90,8 +90,12 @@ pub enum Action {
     Complete,
     /// Retries exhausted, or a fatal error.
     Fail,
-    /// The engine stopped without being asked (a restart, a new URL): back in line.
+    /// The engine stopped without being asked (a restart): back in line.
     Requeue,
+    /// A new URL for the same file (an expired link): a running transfer stops and
+    /// goes back in line to restart on it (keeping its bytes when the file is the
+    /// same); in any other state only the URL changes.
+    ChangeUrl,
 }
 
 impl Action {
@@ -120,6 +124,7 @@ impl Action {
             Action::Complete => "complete",
             Action::Fail => "fail",
             Action::Requeue => "requeue",
+            Action::ChangeUrl => "change_url",
         }
     }
 }
@@ -148,13 +153,16 @@ pub struct Transition {
     pub stop_engine: bool,
     /// Nothing changes: the action is already true (resume of a queued download).
     pub no_op: bool,
+    /// The record is forgotten once its engine has stopped (a delete): it leaves the
+    /// queue at once, so that nothing starts it in the meantime.
+    pub forgets: bool,
     pub stamps: Stamps,
 }
 
 impl Transition {
     /// Leaves the queue of downloads waiting for a slot.
     pub fn leaves_queue(&self) -> bool {
-        self.from == State::Queued && self.to != State::Queued
+        self.from == State::Queued && (self.to != State::Queued || self.forgets)
     }
 
     /// Joins the queue of downloads waiting for a slot.
@@ -197,6 +205,7 @@ pub fn apply(state: State, action: Action) -> Result<Transition, Refusal> {
             to,
             stop_engine,
             no_op: false,
+            forgets: false,
             stamps,
         })
     };
@@ -205,6 +214,7 @@ pub fn apply(state: State, action: Action) -> Result<Transition, Refusal> {
         to: state,
         stop_engine: false,
         no_op: true,
+        forgets: false,
         stamps: Stamps::default(),
     });
     let finish = Stamps {
@@ -234,7 +244,7 @@ pub fn apply(state: State, action: Action) -> Result<Transition, Refusal> {
             },
         ),
         (A::Move, S::Queued) => go(S::Queued, false, Stamps::default()),
-        (A::Delete, s) => go(s, true, Stamps::default()),
+        (A::Delete, s) => go(s, true, Stamps::default()).map(|t| Transition { forgets: true, ..t }),
         (A::Start, S::Queued) => go(
             S::Downloading,
             false,
@@ -265,6 +275,8 @@ pub fn apply(state: State, action: Action) -> Result<Transition, Refusal> {
             go(S::Failed, false, finish)
         }
         (A::Requeue, S::Downloading | S::Retrying | S::Verifying) => go(S::Queued, false, wait),
+        (A::ChangeUrl, s) if s.is_running() => go(S::Queued, true, wait),
+        (A::ChangeUrl, _) => stay,
         _ => refuse,
     }
 }

@@ -174,7 +174,7 @@ fn stamps_follow_the_action() {
         ..none
     };
     let expected = |a: Action| match a {
-        A::Pause | A::Recover | A::Requeue => wait,
+        A::Pause | A::Recover | A::Requeue | A::ChangeUrl => wait,
         A::Cancel | A::Fail => finish,
         A::Complete => Stamps {
             clear_error: true,
@@ -244,4 +244,60 @@ fn states_round_trip_as_contract_strings() {
         assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
     }
     assert_eq!(State::parse("bogus"), None);
+}
+
+/// A new URL: a running transfer stops and goes back in line, exactly as a requeue
+/// does (the old supervisor requeued by hand and ignored a refusal); in every other
+/// state only the URL changes. Never refused, so no refusal can be lost.
+#[test]
+fn a_new_url_restarts_only_a_running_transfer() {
+    for state in State::ALL {
+        let t = apply(state, A::ChangeUrl)
+            .unwrap_or_else(|r| panic!("a new URL is refused on {}: {r}", state.as_str()));
+        if state.is_running() {
+            let requeue = apply(state, A::Requeue).expect("a running download can requeue");
+            assert_eq!(
+                t,
+                Transition {
+                    stop_engine: true,
+                    ..requeue
+                },
+                "{}",
+                state.as_str()
+            );
+            assert!(t.joins_queue(), "{}", state.as_str());
+        } else {
+            assert!(t.no_op && !t.stop_engine, "{}: {t:?}", state.as_str());
+            assert!(
+                apply(state, A::Requeue).is_err(),
+                "{}: a requeue here is what the supervisor asked for and ignored",
+                state.as_str()
+            );
+        }
+    }
+    assert!(
+        !Action::CLIENT.contains(&A::ChangeUrl),
+        "it is PATCH's, not a button"
+    );
+    assert_eq!(A::ChangeUrl.as_str(), "change_url");
+}
+
+/// A delete takes a queued download out of the line at once (the supervisor did that
+/// by hand); from any other state it leaves no line, and nothing else forgets.
+#[test]
+fn a_delete_leaves_the_queue_at_once() {
+    for state in State::ALL {
+        let t = apply(state, A::Delete).unwrap();
+        assert!(t.forgets && t.stop_engine, "{}", state.as_str());
+        assert_eq!(t.to, state, "the state stays until it is forgotten");
+        assert_eq!(t.leaves_queue(), state == S::Queued, "{}", state.as_str());
+        assert!(!t.joins_queue(), "{}", state.as_str());
+    }
+    for (action, _) in TABLE {
+        for state in State::ALL {
+            if let (false, Ok(t)) = (action == A::Delete, apply(state, action)) {
+                assert!(!t.forgets, "{} on {}", action.as_str(), state.as_str());
+            }
+        }
+    }
 }

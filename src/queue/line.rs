@@ -135,7 +135,8 @@ impl Queue {
         self.waiting.len()
     }
 
-    /// Carries out a transition of one download, keeping the waiting line in step.
+    /// Carries out a transition of one download, keeping the waiting line in step (a
+    /// delete takes a queued one out of it at once: see `Transition::forgets`).
     pub fn enter(&mut self, id: &str, t: &Transition, now: &str) {
         let Some(d) = self.records.get_mut(id) else {
             return;
@@ -145,16 +146,6 @@ impl Queue {
             self.waiting.remove(&d.order);
         } else if t.joins_queue() {
             self.waiting.insert(d.order, d.id.clone());
-        }
-    }
-
-    /// Takes a queued download out of the waiting line (its state unchanged) while it
-    /// is being forgotten, so that nothing starts it in the meantime.
-    pub fn remove_from_line(&mut self, id: &str) {
-        if let Some(order) = self.get(id).map(|d| d.order) {
-            if self.waiting.get(&order).is_some_and(|w| w == id) {
-                self.waiting.remove(&order);
-            }
         }
     }
 

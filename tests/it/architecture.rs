@@ -476,3 +476,146 @@ fn the_index_owner_check_finds_a_planted_writer() {
     assert_eq!(breaks.len(), 1, "{breaks:?}");
     assert!(breaks[0].contains("put_record"));
 }
+
+/// The doors: each turns its protocol into calls on the queue's handle and intake.
+/// `doors::web` is the router that assembles them; `doors::{security, conn, error}`
+/// are helpers every door may use.
+const DOORS: [&str; 5] = ["api", "ws", "aria2", "mirror", "cli"];
+
+/// The door a module belongs to, if any.
+fn door_of(module: &[String]) -> Option<&str> {
+    match module {
+        [doors, door, ..] if doors == "doors" && DOORS.contains(&door.as_str()) => Some(door),
+        _ => None,
+    }
+}
+
+/// Like [`named_paths`], also through a group after a prefix: `crate::doors::{ws, error}`
+/// names `doors::ws` and `doors::error`, not only `doors`.
+fn named_paths_grouped(code: &str, here: &[String]) -> Vec<Vec<String>> {
+    let mut out = named_paths(code, here);
+    for (prefix, base) in [("crate::", Vec::new()), ("super::", parent(here))] {
+        for (i, _) in code.match_indices(prefix) {
+            let rest = &code[i + prefix.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(rest.len());
+            let Some(head) = rest[..end].strip_suffix("::") else {
+                continue;
+            };
+            if !rest[end..].starts_with('{') {
+                continue;
+            }
+            for tail in expand(&rest[end..]) {
+                let mut path = base.clone();
+                path.extend(head.split("::").map(str::to_owned));
+                path.extend(tail);
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// `from → to` edges that break the doors' rule: a door names the engine, or
+/// another door.
+fn door_violations(
+    files: &[(Vec<String>, String)],
+    modules: &BTreeSet<Vec<String>>,
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (module, code) in files {
+        let Some(door) = door_of(module) else {
+            continue;
+        };
+        for path in named_paths_grouped(code, module) {
+            let Some(target) = resolve(&path, modules) else {
+                continue;
+            };
+            let engine = target.first().is_some_and(|m| m == "engine");
+            let other_door = door_of(target).is_some_and(|d| d != door);
+            if engine || other_door {
+                out.insert(format!("{} → {}", module.join("::"), target.join("::")));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_door_imports_the_engine_or_another_door() {
+    let files: Vec<(Vec<String>, String)> = sources()
+        .into_iter()
+        .filter(|f| !f.to_string_lossy().ends_with("_tests.rs"))
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).expect("read");
+            (module_of(&f), production_code(&text))
+        })
+        .collect();
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|(m, _)| m.clone()).collect();
+    let doors = modules.iter().filter(|m| door_of(m).is_some()).count();
+    assert!(doors >= DOORS.len(), "too few door modules found: {doors}");
+    let bad = door_violations(&files, &modules);
+    assert!(
+        bad.is_empty(),
+        "a door reaches into the engine or another door (go through intake or the queue's handle): {bad:?}"
+    );
+}
+
+/// The checker itself: it sees a door naming the engine or another door (also inside
+/// a `{…}` group), and lets a door use its own parts, the shared helpers and intake,
+/// and the router name every door.
+#[test]
+fn the_door_check_finds_planted_edges() {
+    let m = |s: &str| -> Vec<String> { s.split("::").map(str::to_owned).collect() };
+    let modules: BTreeSet<Vec<String>> = [
+        "engine",
+        "intake",
+        "doors",
+        "doors::api",
+        "doors::api::downloads",
+        "doors::ws",
+        "doors::error",
+        "doors::web",
+        "doors::cli",
+        "doors::cli::embedded",
+        "doors::cli::spec",
+        "doors::mirror",
+    ]
+    .into_iter()
+    .map(m)
+    .collect();
+    let files: Vec<(Vec<String>, String)> = [
+        ("doors::api", "use crate::doors::{error::ApiError, ws};"),
+        (
+            "doors::api::downloads",
+            "use crate::intake::UrlPolicy; use super::Queue;",
+        ),
+        (
+            "doors::cli::embedded",
+            "use super::spec::Spec; use crate::doors::api::in_process;",
+        ),
+        (
+            "doors::mirror",
+            "use crate::engine::Job; use crate::doors::error::ApiError;",
+        ),
+        (
+            "doors::web",
+            "use super::{api, aria2, mirror, ws}; use crate::engine::x;",
+        ),
+        ("doors::ws", "use super::error::ApiError;"),
+    ]
+    .into_iter()
+    .map(|(module, code)| (m(module), code.to_owned()))
+    .collect();
+    let found = door_violations(&files, &modules);
+    let want: BTreeSet<String> = [
+        "doors::api → doors::ws",
+        "doors::cli::embedded → doors::api",
+        "doors::mirror → engine",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(found, want);
+}

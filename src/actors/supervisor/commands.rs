@@ -1,5 +1,6 @@
 //! Commands that change the queue. Each decides through `lifecycle`, changes the
-//! records through `queue`, and answers through `reply_after` (see `effects`).
+//! records through `queue`, and answers through `reply_after` or `run_effects` (see
+//! `effects`), handing them the files it wants removed.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::future::join_all;
 
-use super::effects::{Cleanup, StopWait};
+use super::effects::{After, Cleanup, Done, StopWait};
 use super::{Reply, Supervisor};
 use crate::actors::broadcaster::Publish;
 use crate::actors::frames;
@@ -176,44 +177,49 @@ impl Supervisor {
     }
 
     /// After a cancel has stopped the engine: its own `.part` goes (not one that a
-    /// newer download of the name owns).
-    fn after_cancel(&mut self, id: &str) {
-        let Ok(d) = self.record(id) else { return };
+    /// newer download of the name owns). Returns that removal.
+    fn after_cancel(&mut self, id: &str) -> Option<Cleanup> {
+        let d = self.record(id).ok()?;
         if d.state != State::Cancelled || self.queue.other_claim(id, &d.path).is_some() {
-            return;
+            return None;
         }
-        let cleanup = Cleanup {
+        let cleanup = self.hold_for_cleanup(Cleanup {
             id: id.to_owned(),
             path: d.path.clone(),
             final_file: false,
-        };
-        self.clean_up(cleanup);
+        });
         if let Ok(d) = self.record_mut(id) {
             d.bytes_done = 0;
         }
         self.save(id);
+        Some(cleanup)
     }
 
-    /// Forgets a download whose engine has stopped, with the files that are its own.
-    fn forget(&mut self, id: &str, delete_file: bool) -> Reply<()> {
+    /// Forgets a download whose engine has stopped, with the files that are its own:
+    /// their removal (asked for even when the store then fails), and whether the
+    /// store forgot the record.
+    fn forget(&mut self, id: &str, delete_file: bool) -> (Option<Cleanup>, Reply<()>) {
         let Some(d) = self.queue.remove(id) else {
-            return Ok(());
+            return (None, Ok(()));
         };
         // Only this download's own files: not a `.part` or file that a newer
         // download of the same name now owns.
+        let mut cleanup = None;
         if let Some(owner) = self.queue.other_claim(id, &d.path) {
             tracing::info!(download_id = %id, owner = %owner.id, "keeping the files: another download owns the name now");
         } else if d.state != State::Completed || delete_file {
-            self.clean_up(Cleanup {
+            cleanup = Some(self.hold_for_cleanup(Cleanup {
                 id: d.id.clone(),
                 path: d.path.clone(),
                 final_file: d.state == State::Completed,
-            });
+            }));
         }
-        self.store.remove_download(id)?;
+        if let Err(e) = self.store.remove_download(id) {
+            return (cleanup, Err(e.into()));
+        }
         self.broadcaster.do_send(Publish(frames::removed(id)));
         tracing::info!(download_id = %id, delete_file, "download removed");
-        Ok(())
+        (cleanup, Ok(()))
     }
 }
 
@@ -257,26 +263,14 @@ impl Handler<Add> for Supervisor {
             Err(e) => return refuse(e),
         };
         // Nobody hears of them before they are on disk: a failed flush takes them back.
-        let store = self.store.clone();
-        Box::pin(async move { store.flush().await }.into_actor(self).then(
-            move |flushed, act, ctx| {
-                let reply = match flushed {
-                    Ok(()) => Ok(act.added(&ids, ctx)),
-                    Err(e) => {
-                        act.roll_back(&ids);
-                        Err(e.into())
-                    }
-                };
-                let store = act.store.clone();
-                async move {
-                    if let Err(e) = store.flush().await {
-                        tracing::warn!(error = %e, "cannot flush the first starts");
-                    }
-                    reply
-                }
-                .into_actor(act)
-            },
-        ))
+        // Once they are, the answer holds: the starts that follow are flushed after it.
+        self.run_effects(After::default(), move |act, ctx, flushed| match flushed {
+            Ok(()) => Done::durable(Ok(act.added(&ids, ctx))),
+            Err(e) => {
+                act.roll_back(&ids);
+                Done::durable(Err(e.into()))
+            }
+        })
     }
 }
 
@@ -316,14 +310,17 @@ impl Handler<Control> for Supervisor {
             Ok(stops) => stops,
             Err(e) => return refuse(e),
         };
-        self.reply_after(stops, move |act, ctx| {
-            match action {
-                Action::Pause => act.announce_if_still_stopping(&id),
+        self.reply_after(After::stops(stops), move |act, ctx| {
+            let cleanup = match action {
+                Action::Pause => {
+                    act.announce_if_still_stopping(&id);
+                    None
+                }
                 Action::Cancel => act.after_cancel(&id),
-                _ => {}
-            }
+                _ => None,
+            };
             act.schedule(ctx);
-            act.view_of(&id)
+            Done::with_cleanups(act.view_of(&id), cleanup.into_iter().collect())
         })
     }
 }
@@ -345,7 +342,7 @@ impl Handler<Move> for Supervisor {
         }
         self.publish(&msg.id);
         let id = msg.id;
-        self.reply_after(Vec::new(), move |act, _| act.view_of(&id))
+        self.reply_after(After::default(), move |act, _| act.view_of(&id).into())
     }
 }
 
@@ -354,16 +351,20 @@ impl Handler<Patch> for Supervisor {
 
     fn handle(&mut self, msg: Patch, _: &mut Self::Context) -> Self::Result {
         let (id, patch) = (msg.id, msg.patch);
-        let state = match self.record(&id) {
-            Ok(d) => d.state,
-            Err(e) => return refuse(e),
-        };
         let mut stops = Vec::new();
-        if patch.url.is_some() && state.is_running() {
-            // Restart the transfer on the new URL; it resumes from the bytes on disk
-            // when If-Range says the file is the same.
-            stops.extend(self.stop_running(&id));
-            self.try_enter(&id, Action::Requeue);
+        if patch.url.is_some() {
+            let t = match self.decide(&id, Action::ChangeUrl) {
+                Ok(t) => t,
+                Err(e) => return refuse(e),
+            };
+            if t.stop_engine {
+                // Restart the transfer on the new URL; it resumes from the bytes on
+                // disk when If-Range says the file is the same.
+                stops.extend(self.stop_running(&id));
+            }
+            self.enter(&id, &t);
+        } else if let Err(e) = self.record(&id) {
+            return refuse(e);
         }
         if let Ok(d) = self.record_mut(&id) {
             if let Some(limit) = patch.speed_limit_bps {
@@ -377,9 +378,9 @@ impl Handler<Patch> for Supervisor {
             r.limiter.set_rate(limit.unwrap_or(0));
         }
         self.save(&id);
-        self.reply_after(stops, move |act, ctx| {
+        self.reply_after(After::stops(stops), move |act, ctx| {
             act.schedule(ctx);
-            act.view_of(&id)
+            act.view_of(&id).into()
         })
     }
 }
@@ -393,24 +394,20 @@ impl Handler<Delete> for Supervisor {
             Ok(t) => t,
             Err(e) => return refuse(e),
         };
-        if self
-            .queue
-            .get(&id)
-            .is_some_and(|d| d.state == State::Queued)
-        {
-            // Out of the line at once, so that nothing starts it while it stops.
-            self.queue.remove_from_line(&id);
-        }
+        // A queued one leaves the line now, so that nothing starts it while it stops.
+        self.enter(&id, &t);
         let stops: Vec<StopWait> = if t.stop_engine {
             self.stop_running(&id).into_iter().collect()
         } else {
             Vec::new()
         };
         let delete_file = msg.delete_file;
-        self.reply_after(stops, move |act, ctx| {
-            act.forget(&id, delete_file)?;
-            act.schedule(ctx);
-            Ok(())
+        self.reply_after(After::stops(stops), move |act, ctx| {
+            let (cleanup, forgotten) = act.forget(&id, delete_file);
+            if forgotten.is_ok() {
+                act.schedule(ctx);
+            }
+            Done::with_cleanups(forgotten, cleanup.into_iter().collect())
         })
     }
 }
@@ -428,13 +425,13 @@ impl Handler<All> for Supervisor {
             }
         }
         let count = ids.len();
-        self.reply_after(stops, move |act, _| {
+        self.reply_after(After::stops(stops), move |act, _| {
             if action == Action::Pause {
                 for id in &ids {
                     act.announce_if_still_stopping(id);
                 }
             }
-            Ok(count)
+            Ok(count).into()
         })
     }
 }
@@ -450,12 +447,19 @@ impl Handler<ClearHistory> for Supervisor {
             .map(|d| d.id.clone())
             .collect();
         let mut result = Ok(ids.len());
+        let mut cleanups = Vec::new();
         for id in &ids {
-            if let Err(e) = self.forget(id, false) {
+            let (cleanup, forgotten) = self.forget(id, false);
+            cleanups.extend(cleanup);
+            if let Err(e) = forgotten {
                 result = Err(e);
             }
         }
-        self.reply_after(Vec::new(), move |_, _| result)
+        let after = After {
+            stops: Vec::new(),
+            cleanups,
+        };
+        self.reply_after(after, move |_, _| result.into())
     }
 }
 
@@ -473,9 +477,9 @@ impl Handler<PatchSettings> for Supervisor {
         self.settings = merged;
         self.engine.set_speed_limit(self.settings.speed_limit_bps);
         tracing::info!(settings = ?self.settings.live(), "settings changed");
-        self.reply_after(Vec::new(), |act, ctx| {
+        self.reply_after(After::default(), |act, ctx| {
             act.schedule(ctx);
-            Ok(act.settings.clone())
+            Ok(act.settings.clone()).into()
         })
     }
 }

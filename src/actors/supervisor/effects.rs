@@ -2,6 +2,8 @@
 //! follow-up (`then`) → files removed on a blocking thread → flushed again → answer.
 //! So what `then` starts (a new download truncating a `.part`) comes after the request's
 //! own changes are on disk, and the client hears of nothing that a crash could undo.
+//! The files to remove are returned, by the command ([`After`]) and by its follow-up
+//! ([`Done`]): no hidden list between them.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use futures_util::future::join_all;
 use super::{Reply, Supervisor};
 use crate::files;
 use crate::queue::model::DownloadId;
+use crate::queue::store::StoreError;
 
 /// The wait for one engine to stop.
 pub type StopWait = Pin<Box<dyn Future<Output = ()>>>;
@@ -27,15 +30,85 @@ pub struct Cleanup {
     pub final_file: bool,
 }
 
+/// What a command leaves to be done before it answers.
+#[derive(Default)]
+pub(super) struct After {
+    /// Engines told to stop: waited for first.
+    pub stops: Vec<StopWait>,
+    /// Files the command asked to remove (held by [`Supervisor::hold_for_cleanup`]).
+    pub cleanups: Vec<Cleanup>,
+}
+
+impl After {
+    pub(super) fn stops(stops: Vec<StopWait>) -> Self {
+        After {
+            stops,
+            cleanups: Vec::new(),
+        }
+    }
+}
+
+/// What a command's follow-up (`then`) did: its answer, and the files it asks to remove.
+pub(super) struct Done<T> {
+    reply: Reply<T>,
+    cleanups: Vec<Cleanup>,
+    /// The answer was made durable by the first flush (an add): a failure of the
+    /// second one is logged, not answered.
+    durable: bool,
+}
+
+impl<T> Done<T> {
+    pub(super) fn with_cleanups(reply: Reply<T>, cleanups: Vec<Cleanup>) -> Self {
+        Done {
+            reply,
+            cleanups,
+            durable: false,
+        }
+    }
+
+    /// An answer that the first flush made true; what the second one carries (the
+    /// starts that followed) does not change it.
+    pub(super) fn durable(reply: Reply<T>) -> Self {
+        Done {
+            reply,
+            cleanups: Vec::new(),
+            durable: true,
+        }
+    }
+}
+
+impl<T> From<Reply<T>> for Done<T> {
+    fn from(reply: Reply<T>) -> Self {
+        Done::with_cleanups(reply, Vec::new())
+    }
+}
+
 impl Supervisor {
-    /// Once `stops` have ended and sled is flushed, runs `then`, removes the files it
-    /// asked for (`pending_cleanup`), flushes again and answers with its result.
+    /// Once `after.stops` have ended and sled is flushed, runs `then` (only when the
+    /// flush succeeded), removes the files, flushes again and answers.
     pub(super) fn reply_after<T: 'static>(
         &mut self,
-        stops: Vec<StopWait>,
-        then: impl FnOnce(&mut Self, &mut Context<Self>) -> Reply<T> + 'static,
+        after: After,
+        then: impl FnOnce(&mut Self, &mut Context<Self>) -> Done<T> + 'static,
+    ) -> ResponseActFuture<Self, Reply<T>> {
+        self.run_effects(after, move |act, ctx, flushed| match flushed {
+            Ok(()) => then(act, ctx),
+            Err(e) => Done::from(Err(e.into())),
+        })
+    }
+
+    /// The one order of effects: stops end → flush → `then`, told whether the flush
+    /// succeeded → the files of `after` and of `then` removed → flush → answer.
+    pub(super) fn run_effects<T: 'static>(
+        &mut self,
+        after: After,
+        then: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), StoreError>) -> Done<T> + 'static,
     ) -> ResponseActFuture<Self, Reply<T>> {
         let store = self.store.clone();
+        let After {
+            stops,
+            mut cleanups,
+        } = after;
         Box::pin(
             async move {
                 join_all(stops).await;
@@ -43,8 +116,9 @@ impl Supervisor {
             }
             .into_actor(self)
             .then(move |flushed, act, ctx| {
-                let reply = flushed.map_err(Into::into).and_then(|()| then(act, ctx));
-                let cleanups = act.take_cleanups();
+                let done = then(act, ctx, flushed);
+                cleanups.extend(done.cleanups);
+                let (reply, durable) = (done.reply, done.durable);
                 let store = act.store.clone();
                 let root = act.download_dir.clone();
                 async move {
@@ -54,26 +128,28 @@ impl Supervisor {
                 .into_actor(act)
                 .map(move |(flushed, cleanups), act, ctx| {
                     act.cleaned(&cleanups, ctx);
-                    flushed?;
+                    match flushed {
+                        Err(e) if durable => {
+                            tracing::warn!(error = %e, "cannot flush what followed the answer");
+                        }
+                        flushed => flushed?,
+                    }
                     reply
                 })
             }),
         )
     }
 
-    /// Asks for a download's files to be removed once the command's `then` is done;
-    /// until then its path is held and it is not started.
-    pub(super) fn clean_up(&mut self, cleanup: Cleanup) {
+    /// Holds a download's path for the removal of its files (it is neither started
+    /// nor given to a new download until they are gone) and drops its checkpoint; the
+    /// caller hands the cleanup to the command's effects.
+    pub(super) fn hold_for_cleanup(&mut self, cleanup: Cleanup) -> Cleanup {
         if let Err(e) = self.store.remove_checkpoint(&cleanup.id) {
             tracing::warn!(download_id = %cleanup.id, error = %e, "cannot remove the checkpoint");
         }
         self.cleaning
             .insert(cleanup.path.clone(), cleanup.id.clone());
-        self.pending_cleanup.push(cleanup);
-    }
-
-    fn take_cleanups(&mut self) -> Vec<Cleanup> {
-        std::mem::take(&mut self.pending_cleanup)
+        cleanup
     }
 
     fn cleaned(&mut self, cleanups: &[Cleanup], ctx: &mut Context<Self>) {

@@ -4,15 +4,13 @@ use actix_web::{web, HttpResponse};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::hub::hub_download_new;
-use super::validate::{validate_revision, validate_sha256, UrlPolicy};
 use super::{DownloadList, Hub, Policy, Queue};
 use crate::actors::handle::QueueHandle;
 use crate::doors::error::ApiError;
-use crate::files;
 use crate::hub::HubClient;
+use crate::intake::{self, hub::Start, parse_sha256, UrlFile, UrlPolicy};
 use crate::queue::lifecycle::{Action, State};
-use crate::queue::model::{DownloadId, DownloadPatch, DownloadView, NewDownload, Source};
+use crate::queue::model::{DownloadId, DownloadPatch, DownloadView, NewDownload};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -238,8 +236,9 @@ pub(super) async fn add(
     Ok(HttpResponse::Created().json(d))
 }
 
-/// Validates one item of an add request (everything but name conflicts).
-pub(super) fn new_download(
+/// One item of an add request as a download (everything but name conflicts): the
+/// body's shape is checked here, the rest by intake.
+fn new_download(
     body: AddBody,
     client: &HubClient,
     policy: &UrlPolicy,
@@ -249,48 +248,38 @@ pub(super) fn new_download(
             "\"downloads\" cannot be nested".into(),
         ));
     }
-    let sha256 = body.sha256.as_deref().map(validate_sha256).transpose()?;
+    let sha256 = body.sha256.as_deref().map(parse_sha256).transpose()?;
+    let start = Start {
+        paused: body.start_paused,
+        overwrite: body.overwrite,
+    };
     if let Some(h) = body.hub {
         if body.url.is_some() || body.file_name.is_some() {
             return Err(ApiError::BadRequest(
                 "give \"hub\" or \"url\", not both (a Hub file keeps its name)".into(),
             ));
         }
-        let revision = validate_revision(h.revision.as_deref())?;
-        return hub_download_new(
-            client,
-            &h.repo,
-            &h.file,
-            revision,
-            None,
+        let wanted = intake::hub::Wanted {
+            repo: &h.repo,
+            file: &h.file,
+            revision: intake::hub::revision(h.revision.as_deref())?,
+            commit: None,
             sha256,
-            body.start_paused,
-            body.overwrite,
-        );
+        };
+        return Ok(intake::hub::new_download(client, wanted, start)?);
     }
     let raw = body
         .url
         .ok_or_else(|| ApiError::BadRequest("\"url\" (or \"hub\") is required".into()))?;
-    let url = policy.check(&raw)?;
-    let file_name = match body.file_name {
-        Some(name) => name,
-        None => files::name_from_url(&url).ok_or_else(|| {
-            ApiError::Unprocessable(format!("{raw} names no file; give \"file_name\""))
-        })?,
-    };
-    files::validate_name(&file_name)
-        .map_err(|e| ApiError::Unprocessable(format!("file_name: {e}")))?;
-    Ok(NewDownload {
-        url: url.to_string(),
-        path: file_name.clone(),
-        file_name,
+    let file = UrlFile {
+        url: &raw,
+        file_name: body.file_name,
         sha256,
-        start_paused: body.start_paused,
-        overwrite: body.overwrite,
-        source: Source::Url,
-        speed_limit_bps: None,
-        connections: None,
-    })
+        start_paused: start.paused,
+        overwrite: start.overwrite,
+        ..UrlFile::default()
+    };
+    Ok(file.new_download(policy)?)
 }
 
 #[utoipa::path(post, path = "/api/downloads/{id}/pause", params(("id" = String, Path)), responses((status = 200, body = DownloadView)))]
@@ -362,7 +351,8 @@ pub(super) async fn patch(
     let url = body
         .url
         .map(|u| policy.check(&u).map(|u| u.to_string()))
-        .transpose()?;
+        .transpose()
+        .map_err(ApiError::from)?;
     // 0 means "no cap", as in the config.
     let speed_limit_bps = body.speed_limit_bps.map(|l| l.filter(|&n| n > 0));
     let patch = DownloadPatch {

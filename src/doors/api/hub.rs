@@ -3,39 +3,10 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::validate::validate_revision;
 use super::{DownloadList, Hub, Queue};
 use crate::doors::error::ApiError;
-
-use crate::hub::{self, HubClient};
-use crate::queue::model::NewDownload;
-
-/// A Hub file as a new download (see [`hub::new_download`]); a refused name is 422.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn hub_download_new(
-    client: &HubClient,
-    repo: &str,
-    file: &str,
-    revision: &str,
-    commit: Option<String>,
-    sha256: Option<String>,
-    start_paused: bool,
-    overwrite: bool,
-) -> Result<NewDownload, ApiError> {
-    crate::intake::hub::new_download(
-        client,
-        crate::intake::hub::Wanted {
-            repo,
-            file,
-            revision,
-            commit,
-            sha256,
-        },
-        start_paused,
-        overwrite,
-    )
-    .map_err(ApiError::Unprocessable)
-}
+use crate::hub;
+use crate::intake::{self, hub::Start};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -88,20 +59,14 @@ pub(super) struct RepoFiles {
     quantizations: Vec<hub::Quantization>,
 }
 
-fn repo_of(path: &(String, String)) -> Result<String, ApiError> {
-    let repo = format!("{}/{}", path.0, path.1);
-    hub::validate_repo(&repo).map_err(ApiError::Unprocessable)?;
-    Ok(repo)
-}
-
 #[utoipa::path(get, path = "/api/hub/models/{owner}/{name}/files", params(("owner" = String, Path), ("name" = String, Path), RevisionQuery), responses((status = 200, body = RepoFiles)))]
 pub(super) async fn hub_files(
     client: Hub,
     path: web::Path<(String, String)>,
     q: web::Query<RevisionQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let repo = repo_of(&path)?;
-    let revision = validate_revision(q.revision.as_deref())?;
+    let repo = intake::hub::repo(&path.0, &path.1)?;
+    let revision = intake::hub::revision(q.revision.as_deref())?;
     let files = client.list_files(&repo, revision).await?;
     let quantizations = hub::group_quantizations(&files);
     Ok(HttpResponse::Ok().json(RepoFiles {
@@ -132,62 +97,17 @@ pub(super) async fn hub_download(
     path: web::Path<(String, String)>,
     body: web::Json<QuantizationBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let news = quantization_downloads(&client, &path, &body).await?;
+    let wanted = intake::hub::Quantization {
+        owner: &path.0,
+        name: &path.1,
+        quantization: &body.quantization,
+        revision: body.revision.as_deref(),
+        start: Start {
+            paused: body.start_paused,
+            overwrite: body.overwrite,
+        },
+    };
+    let news = intake::hub::quantization(&client, wanted).await?;
     let downloads = queue.add(news).await?;
     Ok(HttpResponse::Created().json(DownloadList { downloads }))
-}
-
-/// The new downloads of one quantization of `owner/name` (what the route above queues).
-/// An unknown quantization is refused with the names of those the repo has.
-pub(super) async fn quantization_downloads(
-    client: &HubClient,
-    path: &(String, String),
-    body: &QuantizationBody,
-) -> Result<Vec<NewDownload>, ApiError> {
-    let repo = repo_of(path)?;
-    let revision = validate_revision(body.revision.as_deref())?;
-    let files = client.list_files(&repo, revision).await?;
-    let wanted = body.quantization.trim().to_ascii_uppercase();
-    let groups = hub::group_quantizations(&files);
-    let Some(group) = groups.iter().find(|q| q.name == wanted) else {
-        let names: Vec<&str> = groups.iter().map(|q| q.name.as_str()).collect();
-        let has = if names.is_empty() {
-            "none".to_owned()
-        } else {
-            names.join(", ")
-        };
-        return Err(ApiError::NotFound(format!(
-            "{repo} has no {wanted} quantization; it has: {has}"
-        )));
-    };
-    // One commit for every part: resolve the first file now. A gated repo without a
-    // token cannot be resolved; its downloads then fail with `unauthorized` on start.
-    let commit = match client.resolve(&repo, revision, &group.files[0]).await {
-        Ok(r) => r.commit,
-        Err(e) if !e.is_transient() => {
-            tracing::info!(%repo, error = %e, "cannot pin the commit now; each part pins its own");
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    group
-        .files
-        .iter()
-        .map(|f| {
-            let sha = files
-                .iter()
-                .find(|x| &x.path == f)
-                .and_then(|x| x.sha256.clone());
-            hub_download_new(
-                client,
-                &repo,
-                f,
-                revision,
-                commit.clone(),
-                sha,
-                body.start_paused,
-                body.overwrite,
-            )
-        })
-        .collect()
 }

@@ -5,8 +5,9 @@ use serde_json::{json, Value};
 use super::options::{self, DownloadOptions};
 use super::status;
 use super::{Aria2, RpcError};
+use crate::intake::UrlFile;
 use crate::queue::lifecycle::State;
-use crate::queue::model::{DownloadView, NewDownload, Source};
+use crate::queue::model::DownloadView;
 
 type Result<T> = std::result::Result<T, RpcError>;
 
@@ -341,32 +342,17 @@ impl Aria2 {
             return Err(RpcError::method("addUri: no URI given"));
         };
         let opts = DownloadOptions::parse(&self.download_dir, &options::object(p.get(1))?)?;
-        let url = self.policy.check(raw)?;
-        let file_name = match opts.out.clone() {
-            Some(n) => n,
-            None => crate::files::name_from_url(&url)
-                .ok_or_else(|| RpcError::method(format!("{raw} names no file; give \"out\"")))?,
+        let file = UrlFile {
+            url: raw,
+            file_name: opts.out.clone(),
+            dir: opts.dir.clone(),
+            sha256: opts.sha256.clone(),
+            start_paused: opts.pause,
+            overwrite: false,
+            speed_limit_bps: opts.max_download_limit,
+            connections: opts.split,
         };
-        crate::files::validate_name(&file_name)
-            .map_err(|e| RpcError::method(format!("out: {e}")))?;
-        let path = match &opts.dir {
-            Some(dir) => format!("{dir}/{file_name}"),
-            None => file_name.clone(),
-        };
-        let added = self
-            .queue
-            .add_one(NewDownload {
-                url: url.to_string(),
-                file_name,
-                path,
-                sha256: opts.sha256.clone(),
-                start_paused: opts.pause,
-                overwrite: false,
-                source: Source::Url,
-                speed_limit_bps: opts.max_download_limit.filter(|&n| n > 0),
-                connections: opts.split,
-            })
-            .await?;
+        let added = self.queue.add_one(file.new_download(&self.policy)?).await?;
         if let Some(pos) = p.get(2).and_then(Value::as_i64) {
             let pos = usize::try_from(pos)
                 .map_err(|_| RpcError::method("Position must be greater than or equal to 0."))?;

@@ -110,7 +110,7 @@ fn checksum(s: &str) -> Result<String, RpcError> {
             "checksum: {s:?}: only sha-256=<64 hex digits> is supported"
         )));
     }
-    Ok(crate::doors::api::validate_sha256(hex)?)
+    Ok(crate::intake::parse_sha256(hex)?)
 }
 
 impl DownloadOptions {

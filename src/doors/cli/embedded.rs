@@ -4,15 +4,16 @@
 
 use std::path::PathBuf;
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::args::PullArgs;
 use super::client::Dl;
+use super::spec::Spec;
 use super::CliError;
 use crate::actors::frames::ClientFrame;
 use crate::config::Config;
-use crate::doors::api::{in_process, UrlPolicy};
 use crate::doors::error::ApiError;
+use crate::intake::{self, hub::Start, parse_sha256, IntakeError, UrlFile, UrlPolicy};
 use crate::queue::model::{DownloadView, NewDownload};
 use crate::queue::store::Store;
 use crate::{Core, StartError};
@@ -58,25 +59,58 @@ impl Embedded {
         Ok(Embedded {
             core,
             store,
-            policy: UrlPolicy {
-                allowed_hosts: config.downloads.allowed_hosts.clone(),
-            },
+            policy: UrlPolicy::new(&config.downloads.allowed_hosts),
         })
     }
 
-    /// As `POST /api/downloads` with `body`.
-    pub async fn add(&self, body: Value) -> Result<Vec<Dl>, CliError> {
-        let new = in_process::new_download(body, &self.core.hub, &self.policy).map_err(api)?;
-        self.queue(vec![new]).await
+    /// What `spec` names, queued: the same downloads, checked by the same intake, as
+    /// the service queues for the REST requests of a remote `pull`.
+    pub async fn add(&self, spec: &Spec, args: &PullArgs) -> Result<Vec<Dl>, CliError> {
+        let news = self.new_downloads(spec, args).await.map_err(intake_error)?;
+        self.queue(news).await
     }
 
-    /// As `POST /api/hub/models/{owner}/{name}/download` with `body`.
-    pub async fn add_quantization(&self, repo: &str, body: Value) -> Result<Vec<Dl>, CliError> {
-        let (owner, name) = repo.split_once('/').unwrap_or((repo, ""));
-        let news = in_process::quantization(&self.core.hub, owner, name, body)
-            .await
-            .map_err(api)?;
-        self.queue(news).await
+    async fn new_downloads(
+        &self,
+        spec: &Spec,
+        args: &PullArgs,
+    ) -> Result<Vec<NewDownload>, IntakeError> {
+        let hub = &self.core.hub;
+        let start = Start {
+            paused: false,
+            overwrite: args.overwrite,
+        };
+        let new = match spec {
+            Spec::Url(url) => UrlFile {
+                url,
+                sha256: args.sha256.as_deref().map(parse_sha256).transpose()?,
+                overwrite: args.overwrite,
+                ..UrlFile::default()
+            }
+            .new_download(&self.policy)?,
+            Spec::HubFile { repo, file } => {
+                let wanted = intake::hub::Wanted {
+                    repo,
+                    file,
+                    revision: intake::hub::revision(Some(&args.revision))?,
+                    commit: None,
+                    sha256: None,
+                };
+                intake::hub::new_download(hub, wanted, start)?
+            }
+            Spec::Quantization { repo, quantization } => {
+                let (owner, name) = repo.split_once('/').unwrap_or((repo, ""));
+                let wanted = intake::hub::Quantization {
+                    owner,
+                    name,
+                    quantization,
+                    revision: Some(&args.revision),
+                    start,
+                };
+                return intake::hub::quantization(hub, wanted).await;
+            }
+        };
+        Ok(vec![new])
     }
 
     async fn queue(&self, news: Vec<NewDownload>) -> Result<Vec<Dl>, CliError> {
@@ -118,6 +152,11 @@ impl Embedded {
     pub async fn shutdown(self) {
         self.core.shutdown(&self.store).await;
     }
+}
+
+/// As the service answers the same refusal (REST's code and message).
+fn intake_error(e: IntakeError) -> CliError {
+    api(e.into())
 }
 
 fn api(e: ApiError) -> CliError {

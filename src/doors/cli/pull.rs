@@ -48,25 +48,6 @@ enum Backend<'a> {
 }
 
 impl Backend<'_> {
-    async fn add(&self, body: Value) -> Result<Vec<Dl>, CliError> {
-        match self {
-            Backend::Remote(r) => Ok(vec![dl(r.post("/api/downloads", body).await?)?]),
-            Backend::Embedded(e) => e.add(body).await,
-        }
-    }
-
-    async fn add_quantization(&self, repo: &str, body: Value) -> Result<Vec<Dl>, CliError> {
-        match self {
-            Backend::Remote(r) => {
-                let path = format!("/api/hub/models/{repo}/download");
-                let answer = r.post(&path, body).await?;
-                serde_json::from_value(answer["downloads"].clone())
-                    .map_err(|e| CliError::Protocol(e.to_string()))
-            }
-            Backend::Embedded(e) => e.add_quantization(repo, body).await,
-        }
-    }
-
     async fn cancel(&self, id: &str) -> Result<Dl, CliError> {
         match self {
             Backend::Remote(r) => dl(r
@@ -94,21 +75,27 @@ fn dl(v: Value) -> Result<Dl, CliError> {
 
 /// Queues what `spec` names.
 async fn add(backend: &Backend<'_>, spec: &Spec, args: &PullArgs) -> Result<Vec<Dl>, CliError> {
+    let remote = match backend {
+        Backend::Remote(r) => r,
+        Backend::Embedded(e) => return e.add(spec, args).await,
+    };
     match spec {
         Spec::Url(url) => {
             let body = json!({"url": url, "sha256": args.sha256, "overwrite": args.overwrite});
-            backend.add(body).await
+            Ok(vec![dl(remote.post("/api/downloads", body).await?)?])
         }
         Spec::HubFile { repo, file } => {
             let hub = json!({"repo": repo, "file": file, "revision": args.revision});
-            backend
-                .add(json!({"hub": hub, "overwrite": args.overwrite}))
-                .await
+            let body = json!({"hub": hub, "overwrite": args.overwrite});
+            Ok(vec![dl(remote.post("/api/downloads", body).await?)?])
         }
         Spec::Quantization { repo, quantization } => {
             let body = json!({"quantization": quantization, "revision": args.revision,
                               "overwrite": args.overwrite});
-            backend.add_quantization(repo, body).await
+            let path = format!("/api/hub/models/{repo}/download");
+            let answer = remote.post(&path, body).await?;
+            serde_json::from_value(answer["downloads"].clone())
+                .map_err(|e| CliError::Protocol(e.to_string()))
         }
     }
 }

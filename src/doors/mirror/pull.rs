@@ -146,8 +146,9 @@ async fn download_of(
         commit: up.commit.clone(),
         sha256: up.sha256.clone(),
     };
-    let new = crate::intake::hub::new_download(&mirror.hub, wanted, false, false)
-        .map_err(MirrorError::BadRequest)?;
+    let start = crate::intake::hub::Start::default();
+    let new = crate::intake::hub::new_download(&mirror.hub, wanted, start)
+        .map_err(|e| MirrorError::BadRequest(e.to_string()))?;
     match mirror.queue.add_one(new).await {
         Ok(view) => {
             tracing::info!(download_id = %view.id, %repo, %file, "mirror: fetching a miss");

@@ -207,10 +207,11 @@ impl HubClient {
             .map_err(|e| HubError::Invalid(format!("{path}: {e}")))
     }
 
-    async fn get(
+    /// One request to `url` (a GET or a HEAD), with the token when `url` is the Hub's.
+    async fn send(
         &self,
-        url: url::Url,
         method: reqwest::Method,
+        url: url::Url,
     ) -> Result<reqwest::Response, HubError> {
         let mut req = self.http.request(method, url.clone());
         if let Some(auth) = self.auth_for(&url) {
@@ -243,7 +244,7 @@ impl HubClient {
                 q.append_pair("filter", "gguf");
             }
         }
-        let resp = check(self.get(url, reqwest::Method::GET).await?, "models").await?;
+        let resp = check(self.send(reqwest::Method::GET, url).await?, "models").await?;
         let body = read_body(resp, crate::http::CAP_SEARCH).await?;
         let models: Vec<ApiModel> = serde_json::from_slice(&body)
             .map_err(|e| HubError::Invalid(format!("search results: {e}")))?;
@@ -280,7 +281,7 @@ impl HubClient {
             if pages > 1000 {
                 return Err(HubError::Invalid("more than 1000 pages of files".into()));
             }
-            let resp = check(self.get(url, reqwest::Method::GET).await?, repo).await?;
+            let resp = check(self.send(reqwest::Method::GET, url).await?, repo).await?;
             next = next_link(resp.headers()).and_then(|l| self.endpoint.join(&l).ok());
             if next.as_ref().is_some_and(|u| !self.is_hub_host(u)) {
                 return Err(HubError::Invalid(
@@ -314,7 +315,7 @@ impl HubClient {
         file: &str,
     ) -> Result<Resolved, HubError> {
         let url = self.resolve_url(repo, revision, file)?;
-        let resp = self.get(url.clone(), reqwest::Method::HEAD).await?;
+        let resp = self.send(reqwest::Method::HEAD, url.clone()).await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let resp = check(resp, repo).await?;

@@ -25,8 +25,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::actors::broadcaster::{Broadcaster, DisconnectAll};
+use crate::actors::broadcaster::Broadcaster;
 use crate::actors::handle::QueueHandle;
+use crate::actors::sampler::Sampler;
 use crate::actors::supervisor::{Supervisor, SupervisorParts};
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
@@ -81,9 +82,7 @@ pub struct Prepared {
 /// Binds the listener, opens the database and checks the download dir.
 pub fn prepare(config: Config) -> Result<Prepared, StartError> {
     let addr = config.bind_addr()?;
-    if !addr.ip().is_loopback() && config.server.api_token.is_empty() {
-        return Err(StartError::NoTokenOnPublicBind(addr));
-    }
+    check_bind(addr, &config)?;
     let download_dir = ensure_download_dir(&config)?;
     let (store, records) = open_store(&config)?;
     let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
@@ -123,6 +122,14 @@ pub fn open_store(config: &Config) -> Result<(Store, Vec<queue::model::Download>
     })
 }
 
+/// The contract's rule for every listener: a public address needs `server.api_token`.
+fn check_bind(addr: SocketAddr, config: &Config) -> Result<(), StartError> {
+    if !addr.ip().is_loopback() && config.server.api_token.is_empty() {
+        return Err(StartError::NoTokenOnPublicBind(addr));
+    }
+    Ok(())
+}
+
 /// Binds `[aria2] bind` when set (the same rule as the main bind: no public
 /// address without a token).
 fn bind_rpc(config: &Config) -> Result<Option<TcpListener>, StartError> {
@@ -135,37 +142,19 @@ fn bind_rpc(config: &Config) -> Result<Option<TcpListener>, StartError> {
             config.aria2.bind
         ))
     })?;
-    if !addr.ip().is_loopback() && config.server.api_token.is_empty() {
-        return Err(StartError::NoTokenOnPublicBind(addr));
-    }
+    check_bind(addr, config)?;
     let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
     Ok(Some(listener))
 }
 
-/// A running service.
-pub struct Service {
-    pub addr: SocketAddr,
-    /// The queue, as every front door reaches it.
-    pub queue: QueueHandle,
-    server: actix_web::dev::ServerHandle,
-    broadcaster: Addr<Broadcaster>,
-    transfers: Arbiter,
-    store: Store,
-    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
-    /// The `[aria2] bind` server, when there is one.
-    rpc_server: Option<(
-        actix_web::dev::ServerHandle,
-        tokio::task::JoinHandle<std::io::Result<()>>,
-    )>,
-}
-
 /// The core without any front door: the queue and what it runs on. Every door (the
-/// HTTP server, and those to come) is given a clone of `queue`.
+/// HTTP servers, the terminal's embedded mode, and those to come) is given a clone of
+/// `queue`.
 pub struct Core {
     pub queue: QueueHandle,
     pub hub: hub::HubClient,
     pub metrics: Arc<metrics::Metrics>,
-    broadcaster: Addr<Broadcaster>,
+    broadcaster: Broadcaster,
     transfers: Arbiter,
 }
 
@@ -174,12 +163,32 @@ impl Core {
     /// them), flushes the database and stops the transfers thread: the end of a
     /// front door that runs the core in-process.
     pub async fn shutdown(self, store: &Store) {
-        self.broadcaster.do_send(DisconnectAll);
+        self.broadcaster.close();
         self.queue.shutdown().await;
         if let Err(e) = store.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
         self.transfers.stop();
+    }
+}
+
+/// A running service: the core and the HTTP servers in front of it.
+pub struct Service {
+    pub addr: SocketAddr,
+    pub core: Core,
+    store: Store,
+    servers: doors::web::Servers,
+}
+
+impl Service {
+    /// Stops answering, checkpoints every transfer (their states are kept, so the next
+    /// start resumes them), flushes the database.
+    pub async fn shutdown(self) {
+        // Websockets first, so that the servers' graceful stop does not wait for them.
+        self.core.broadcaster.close();
+        self.servers.stop().await;
+        self.core.shutdown(&self.store).await;
+        tracing::info!("model-manager stopped");
     }
 }
 
@@ -206,7 +215,8 @@ pub fn start_core(
     let hub = hub::HubClient::new(&config.hub.endpoint, Some(config.hub.token.clone()))
         .map_err(|e| StartError::Client(e.to_string()))?;
     let interval = Duration::from_millis(settings.progress_interval_ms);
-    let broadcaster = Broadcaster::new(interval, metrics.clone()).start();
+    let broadcaster = Broadcaster::new(metrics.clone());
+    let sampler = Sampler::start(interval, broadcaster.clone(), metrics.clone());
     let transfers = Arbiter::new();
     let supervisor = Supervisor::new(SupervisorParts {
         store: store.clone(),
@@ -214,6 +224,7 @@ pub fn start_core(
         engine,
         hub: hub.clone(),
         broadcaster: broadcaster.clone(),
+        sampler,
         transfers: transfers.handle(),
         download_dir: download_dir.to_owned(),
         settings,
@@ -232,7 +243,7 @@ pub fn start_core(
     })
 }
 
-/// Starts the core and the HTTP server (inside an actix System).
+/// Starts the core, the library and the HTTP servers (inside an actix System).
 pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
     let Prepared {
         config,
@@ -242,10 +253,39 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
         records,
         download_dir,
     } = prepared;
-    let addr = listener.local_addr().map_err(StartError::Server)?;
     let core = start_core(&config, &store, records, &download_dir)?;
-    let library = library::LibraryHandle::start(
-        download_dir.clone(),
+    let library = start_library(&config, &core, &store, &download_dir)?;
+    let servers = doors::web::Servers::start(
+        listener,
+        rpc_listener,
+        doors::web::Parts {
+            queue: core.queue.clone(),
+            library,
+            hub: core.hub.clone(),
+            metrics: core.metrics.clone(),
+            config: &config,
+        },
+    )
+    .map_err(StartError::Server)?;
+    let addr = servers.addr();
+    tracing::info!(%addr, download_dir = %download_dir.display(), "model-manager listening");
+    Ok(Service {
+        addr,
+        core,
+        store,
+        servers,
+    })
+}
+
+/// Starts the library of `download_dir` and the folders of `config`.
+fn start_library(
+    config: &Config,
+    core: &Core,
+    store: &Store,
+    download_dir: &std::path::Path,
+) -> Result<library::LibraryHandle, StartError> {
+    library::LibraryHandle::start(
+        download_dir.to_owned(),
         store.clone(),
         core.queue.clone(),
         library::Options {
@@ -257,65 +297,9 @@ pub async fn start(prepared: Prepared) -> Result<Service, StartError> {
             hub: core.hub.clone(),
             check_updates_hours: config.library.check_updates_hours,
         },
-        Some(core.broadcaster.clone().recipient()),
+        Some(core.broadcaster.announcer()),
     )
-    .map_err(|e| StartError::Library(e.to_string()))?;
-    let server = doors::web::serve(
-        listener,
-        doors::web::Parts {
-            queue: core.queue.clone(),
-            library,
-            hub: core.hub.clone(),
-            metrics: core.metrics.clone(),
-            config: &config,
-            loopback: addr.ip().is_loopback(),
-        },
-    )
-    .map_err(StartError::Server)?;
-    let handle = server.handle();
-    let server_task = tokio::task::spawn_local(server);
-    let rpc_server = match rpc_listener {
-        Some(l) => {
-            let rpc_addr = l.local_addr().map_err(StartError::Server)?;
-            let s =
-                doors::web::serve_rpc(l, core.queue.clone(), &config, rpc_addr.ip().is_loopback())
-                    .map_err(StartError::Server)?;
-            tracing::info!(addr = %rpc_addr, "aria2 JSON-RPC listening");
-            Some((s.handle(), tokio::task::spawn_local(s)))
-        }
-        None => None,
-    };
-    tracing::info!(%addr, download_dir = %download_dir.display(), "model-manager listening");
-    Ok(Service {
-        addr,
-        queue: core.queue,
-        server: handle,
-        broadcaster: core.broadcaster,
-        transfers: core.transfers,
-        store,
-        server_task,
-        rpc_server,
-    })
-}
-
-impl Service {
-    /// Stops answering, checkpoints every transfer (their states are kept, so the next
-    /// start resumes them), flushes the database.
-    pub async fn shutdown(self) {
-        self.broadcaster.do_send(DisconnectAll);
-        self.server.stop(true).await;
-        if let Some((handle, task)) = self.rpc_server {
-            handle.stop(true).await;
-            let _ = task.await;
-        }
-        self.queue.shutdown().await;
-        if let Err(e) = self.store.flush().await {
-            tracing::error!(error = %e, "final flush failed");
-        }
-        self.transfers.stop();
-        let _ = self.server_task.await;
-        tracing::info!("model-manager stopped");
-    }
+    .map_err(|e| StartError::Library(e.to_string()))
 }
 
 /// Runs until SIGTERM or SIGINT, then shuts down cleanly.
@@ -330,4 +314,37 @@ pub async fn run(prepared: Prepared) -> Result<(), StartError> {
     }
     service.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config with its own temp dir (one database each: sled locks it).
+    fn prepare_with(bind: &str, aria2_bind: &str, token: &str) -> Result<Prepared, StartError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut c = Config::default();
+        c.server.bind = bind.into();
+        c.server.api_token = token.into();
+        c.aria2.bind = aria2_bind.into();
+        c.storage.data_dir = dir.path().join("data");
+        c.storage.download_dir = dir.path().join("downloads");
+        prepare(c)
+    }
+
+    /// Both listeners follow the one rule: a public address needs a token.
+    #[test]
+    fn every_public_bind_needs_a_token() {
+        for (bind, aria2) in [("0.0.0.0:0", ""), ("127.0.0.1:0", "0.0.0.0:0")] {
+            let refused = prepare_with(bind, aria2, "").err();
+            assert!(
+                matches!(refused, Some(StartError::NoTokenOnPublicBind(_))),
+                "bind {bind}, aria2 bind {aria2:?}: {refused:?}"
+            );
+            let prepared = prepare_with(bind, aria2, "s3cret").expect("prepare");
+            assert_eq!(prepared.rpc_listener.is_some(), !aria2.is_empty());
+        }
+        let loopback = prepare_with("127.0.0.1:0", "127.0.0.1:0", "");
+        assert!(loopback.is_ok(), "loopback needs no token");
+    }
 }

@@ -1,506 +1,315 @@
-//! The broadcaster: samples the progress cell of every running download on a fixed
-//! tick and fans frames out to websocket clients. It writes nothing anyone else reads:
-//! the REST views read the same cells.
+//! The broadcaster: every websocket frame, numbered, over one `tokio::sync::broadcast`
+//! channel. Sending never waits for a reader and a reader costs nothing of its own:
+//! the channel keeps the last [`BACKLOG`] frames, shared by every reader, and tells a
+//! reader that fell further behind than that (`Lagged`).
 //!
-//! Each client has its own bounded queue, and a full queue never blocks anyone.
-//! Progress frames are dropped for a client that is behind (the next one brings it up
-//! to date). A client that cannot take a `state` or `removed` frame is not whole any
-//! more: it gets nothing until a fresh snapshot fits in its queue, and is whole again
-//! from it (the contract's promise of a snapshot). A client whose queue stays full for
-//! too long has stopped reading, and is let go.
+//! A reader ([`Subscription`]) starts with a snapshot, then takes every frame after
+//! it, in order: the numbers say when one is missing. A reader that lagged lost the
+//! frames the channel no longer kept; when one of them came after what it was last
+//! given, it takes a fresh snapshot and goes on from there, skipping the frames that
+//! the snapshot already holds (those numbered up to the snapshot's number). So a slow
+//! reader never blocks anyone, never holds more than the shared backlog, and never
+//! silently misses a change; one that stopped reading altogether is let go by its
+//! door (a send deadline).
 //!
-//! Snapshots are built by the supervisor when asked ([`BuildSnapshot`]) and come back
-//! through this actor's mailbox ([`SnapshotBuilt`]), behind every frame published
-//! before them: one is current until the next `state` or `removed` frame, and every
-//! client that needs one meanwhile shares it.
+//! Changes (`state`, `removed`) are published only by the supervisor, which also builds
+//! the snapshots, on its own thread: a snapshot built there holds exactly the changes
+//! numbered up to the number it was taken at. One snapshot is shared by every reader
+//! that needs one until the next change (or for [`SNAPSHOT_KEEP`]).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::mpsc;
+use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::actors::frames::{self, ClientFrame, Frame, ProgressUpdate, Snapshot};
+use crate::actors::frames::{ClientFrame, Frame, Snapshot};
 use crate::metrics::Metrics;
-use crate::queue::model::DownloadId;
-use crate::queue::progress::ProgressCell;
 
-/// Frames a client may have queued before progress frames are dropped for it.
-pub const CLIENT_QUEUE: usize = 64;
-/// A client whose queue stays full this long has stopped reading: disconnect it.
-const STUCK_CLIENT_LIMIT: Duration = Duration::from_secs(10);
-/// A snapshot nobody asked for in this long is let go (its memory with it).
-const SNAPSHOT_KEEP: Duration = Duration::from_secs(5);
-/// A snapshot asked for and not built in this long is asked for again.
-const SNAPSHOT_ASK_AGAIN: Duration = Duration::from_secs(5);
+/// Frames kept for readers that are behind; one further behind takes a fresh snapshot.
+pub const BACKLOG: usize = 1024;
+/// A snapshot is let go this long after it was built (its memory with it).
+pub const SNAPSHOT_KEEP: Duration = Duration::from_secs(5);
 
-struct Tracked {
-    cell: Arc<ProgressCell>,
-    /// Bytes already counted in the metrics.
-    counted: u64,
+/// A frame and its number (one more than the frame sent before it).
+#[derive(Clone)]
+struct Numbered {
+    seq: u64,
+    frame: Frame,
 }
 
-struct Client {
-    tx: mpsc::Sender<ClientFrame>,
-    full_since: Option<Instant>,
-    /// Has had every frame since its last snapshot; `false` until its next one.
-    whole: bool,
+/// A snapshot and the number of the last frame sent when it was handed out: it holds
+/// every change numbered up to that.
+#[derive(Clone)]
+pub struct Taken {
+    pub seq: u64,
+    pub snapshot: Arc<Snapshot>,
 }
 
-impl Client {
-    fn new(tx: mpsc::Sender<ClientFrame>) -> Self {
-        Client {
-            tx,
-            full_since: None,
-            whole: false,
+/// A cheap-to-clone handle on the channel of frames.
+#[derive(Clone)]
+pub struct Broadcaster {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    metrics: Arc<Metrics>,
+}
+
+struct State {
+    /// `None` once closed (shutdown): readers end after the frames already sent.
+    tx: Option<broadcast::Sender<Numbered>>,
+    /// The number of the last frame sent.
+    seq: u64,
+    /// How many changes were published.
+    changes: u64,
+    /// The latest snapshot while no change was published since, and when it was built.
+    current: Option<(Arc<Snapshot>, Instant)>,
+}
+
+impl State {
+    fn send(&mut self, frame: Frame) {
+        self.seq += 1;
+        if let Some(tx) = &self.tx {
+            // An error only says that nobody listens.
+            let _ = tx.send(Numbered {
+                seq: self.seq,
+                frame,
+            });
         }
     }
-
-    fn has_room(&self) -> bool {
-        self.tx.capacity() > 0
-    }
-}
-
-/// The broadcaster actor.
-pub struct Broadcaster {
-    interval: Duration,
-    tracked: HashMap<DownloadId, Tracked>,
-    clients: Vec<Client>,
-    metrics: Arc<Metrics>,
-    /// Who builds snapshots (the supervisor), as the clients' registrations name it.
-    builder: Option<Recipient<BuildSnapshot>>,
-    /// The latest snapshot while it is current (nothing published since it was
-    /// built), and when it came.
-    current: Option<(Arc<Snapshot>, Instant)>,
-    /// When a snapshot was asked for that has not come yet.
-    asked: Option<Instant>,
 }
 
 impl Broadcaster {
-    pub fn new(interval: Duration, metrics: Arc<Metrics>) -> Self {
-        Self {
-            interval,
-            tracked: HashMap::new(),
-            clients: Vec::new(),
-            metrics,
-            builder: None,
-            current: None,
-            asked: None,
+    pub fn new(metrics: Arc<Metrics>) -> Broadcaster {
+        let (tx, _) = broadcast::channel(BACKLOG);
+        Broadcaster {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    tx: Some(tx),
+                    seq: 0,
+                    changes: 0,
+                    current: None,
+                }),
+                metrics,
+            }),
         }
     }
 
-    /// The number of connected websocket clients.
-    pub fn client_count(&self) -> usize {
-        self.clients.len()
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn tick(&mut self) {
-        let now = Instant::now();
-        self.let_go_of_stuck(now);
-        if self
+    /// A change (`state`, `removed`), from the supervisor: every snapshot built before
+    /// it is out of date.
+    pub fn publish(&self, frame: Frame) {
+        let mut state = self.lock();
+        state.current = None;
+        state.changes += 1;
+        state.send(frame);
+    }
+
+    /// A frame about what no snapshot holds (`progress`; the `library` frame, which a
+    /// client that takes a snapshot reads again anyway): the current snapshot stays.
+    pub fn announce(&self, frame: Frame) {
+        self.lock().send(frame);
+    }
+
+    /// Whether anyone listens (frames for nobody need not be made).
+    pub fn has_readers(&self) -> bool {
+        self.lock()
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
+    /// The current snapshot, or the one `build` makes, which becomes current. Only the
+    /// supervisor calls this (with the queue as it is now): no change can be published
+    /// while `build` runs, so the snapshot holds every change up to the number taken.
+    pub fn snapshot(&self, build: impl FnOnce() -> Snapshot) -> Taken {
+        let (seq, changes) = {
+            let state = self.lock();
+            if let Some((snapshot, _)) = &state.current {
+                // No change since it was built: it is the queue as of now.
+                return Taken {
+                    seq: state.seq,
+                    snapshot: snapshot.clone(),
+                };
+            }
+            (state.seq, state.changes)
+        };
+        // Built without the lock, so that progress is announced meanwhile.
+        let taken = Taken {
+            seq,
+            snapshot: Arc::new(build()),
+        };
+        let mut state = self.lock();
+        debug_assert_eq!(
+            state.changes, changes,
+            "a change published by another thread"
+        );
+        if state.changes == changes {
+            state.current = Some((taken.snapshot.clone(), Instant::now()));
+        }
+        taken
+    }
+
+    /// Lets go of a snapshot built more than [`SNAPSHOT_KEEP`] before `now`.
+    pub fn forget_old_snapshot(&self, now: Instant) {
+        let mut state = self.lock();
+        if state
             .current
             .as_ref()
-            .is_some_and(|(_, at)| now.duration_since(*at) > SNAPSHOT_KEEP)
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) > SNAPSHOT_KEEP)
         {
-            self.current = None;
-        }
-        self.resync();
-        if self.tracked.is_empty() {
-            return;
-        }
-        let mut updates = Vec::with_capacity(self.tracked.len());
-        for (id, t) in self.tracked.iter_mut() {
-            let live = t.cell.sample(now);
-            self.metrics
-                .add_bytes(live.bytes_done.saturating_sub(t.counted));
-            t.counted = live.bytes_done;
-            updates.push(ProgressUpdate {
-                id: id.clone(),
-                live,
-            });
-        }
-        if !self.clients.is_empty() {
-            let frame = frames::progress(&updates);
-            self.send_to_all(frame, false);
+            state.current = None;
         }
     }
 
-    /// `reliable`: a frame that must not be lost (state, removed); a client that
-    /// cannot take it waits for a fresh snapshot, which holds it.
-    fn send_to_all(&mut self, frame: Frame, reliable: bool) {
-        self.deliver(frame, reliable);
-        if reliable {
-            // What it shows is out of date now.
-            self.current = None;
-        }
-    }
-
-    /// Sends a frame to every whole client; see [`Broadcaster::send_to_all`].
-    fn deliver(&mut self, frame: Frame, reliable: bool) {
-        let now = Instant::now();
-        let before = self.clients.len();
-        let mut behind = false;
-        self.clients.retain_mut(|c| {
-            if !c.whole {
-                // Its next snapshot is built after this frame, and holds it.
-                return !c.tx.is_closed();
-            }
-            match c.tx.try_send(ClientFrame::Text(frame.clone())) {
-                Ok(()) => {
-                    c.full_since = None;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    let since = *c.full_since.get_or_insert(now);
-                    if reliable {
-                        c.whole = false;
-                        behind = true;
-                    }
-                    now.duration_since(since) < STUCK_CLIENT_LIMIT
-                }
-            }
-        });
-        if self.clients.len() != before {
-            self.clients_changed();
-        }
-        if behind {
-            self.resync();
-        }
-    }
-
-    /// Gives the current snapshot to every client that waits for one and has room for
-    /// it, or asks for a snapshot when there is none.
-    fn resync(&mut self) {
-        if !self.clients.iter().any(|c| !c.whole && c.has_room()) {
-            return;
-        }
-        let Some((snapshot, _)) = self.current.clone() else {
-            self.ask_for_snapshot();
-            return;
+    /// A new reader: `first` (a snapshot taken just now, by the supervisor), then every
+    /// frame sent from now on. `resync` builds the fresh snapshots it takes when it lags.
+    pub fn subscribe(&self, first: Taken, resync: Recipient<TakeSnapshot>) -> Subscription {
+        let state = self.lock();
+        let rx = match &state.tx {
+            Some(tx) => tx.subscribe(),
+            // Closed: the snapshot, then the end.
+            None => broadcast::channel(1).1,
         };
-        let before = self.clients.len();
-        self.clients.retain_mut(|c| {
-            if c.whole {
-                return true;
-            }
-            match c.tx.try_send(ClientFrame::Snapshot(snapshot.clone())) {
-                Ok(()) => {
-                    c.whole = true;
-                    c.full_since = None;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => true,
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
-        if self.clients.len() != before {
-            self.clients_changed();
+        // It gets the frames after this one; those since `first` was built are none
+        // of its business (it is current: no change was published since).
+        let last = state.seq.max(first.seq);
+        drop(state);
+        let metrics = self.shared.metrics.clone();
+        metrics
+            .websocket_clients
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Subscription {
+            last,
+            first: Some(first.snapshot),
+            rx,
+            behind: false,
+            resync,
+            metrics,
         }
     }
 
-    fn ask_for_snapshot(&mut self) {
-        if self
-            .asked
-            .is_some_and(|at| at.elapsed() < SNAPSHOT_ASK_AGAIN)
-        {
-            return;
-        }
-        if let Some(builder) = &self.builder {
-            builder.do_send(BuildSnapshot);
-            self.asked = Some(Instant::now());
-        }
+    /// Ends every reader once it has taken what was sent (shutdown).
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.tx = None;
+        state.current = None;
     }
 
-    /// Lets go of clients that left, and of those whose queue has been full for too
-    /// long (their socket is full too: they do not read).
-    fn let_go_of_stuck(&mut self, now: Instant) {
-        let before = self.clients.len();
-        self.clients.retain_mut(|c| {
-            if c.tx.is_closed() {
-                return false;
-            }
-            if c.has_room() {
-                if c.whole {
-                    c.full_since = None;
-                }
-                return true;
-            }
-            let since = *c.full_since.get_or_insert(now);
-            now.duration_since(since) < STUCK_CLIENT_LIMIT
-        });
-        if self.clients.len() != before {
-            tracing::debug!(
-                clients = self.clients.len(),
-                "let go of websocket clients that stopped reading or left"
-            );
-            self.clients_changed();
-        }
-    }
-
-    fn clients_changed(&self) {
-        self.metrics.websocket_clients.store(
-            self.clients.len() as i64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+    /// `do_send(Publish(frame))`: [`Broadcaster::publish`] as the supervisor's commands
+    /// spell it (they were messages to an actor); to be renamed with those commands.
+    pub fn do_send(&self, Publish(frame): Publish) {
+        self.publish(frame);
     }
 }
 
-impl Actor for Broadcaster {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.interval, |act, _| act.tick());
-    }
-}
-
-/// Start sampling a running download.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Track {
-    pub id: DownloadId,
-    pub cell: Arc<ProgressCell>,
-}
-
-/// Stop sampling a download (it stopped running).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Untrack {
-    pub id: DownloadId,
-}
-
-/// A frame every client must get (`state`, `removed`).
-#[derive(Message)]
-#[rtype(result = "()")]
+/// A change for every reader (`state`, `removed`); see [`Broadcaster::do_send`].
 pub struct Publish(pub Frame);
 
-/// A new websocket client: it gets a snapshot first (from `builder` when none is
-/// current), then every frame.
+/// Asked of the supervisor by a reader that lagged: a snapshot of the queue as it is.
 #[derive(Message)]
-#[rtype(result = "()")]
-pub struct AddClient {
-    pub tx: mpsc::Sender<ClientFrame>,
-    pub builder: Recipient<BuildSnapshot>,
+#[rtype(result = "Taken")]
+pub struct TakeSnapshot;
+
+/// One reader of the frames (a websocket, the terminal): the snapshot first, then every
+/// frame after it; a fresh snapshot whenever it fell behind.
+pub struct Subscription {
+    first: Option<Arc<Snapshot>>,
+    /// The number of the last frame given (or that the last snapshot given accounts
+    /// for): the next one to give is numbered one more.
+    last: u64,
+    rx: broadcast::Receiver<Numbered>,
+    /// Missed a frame: the next one given is a fresh snapshot.
+    behind: bool,
+    resync: Recipient<TakeSnapshot>,
+    metrics: Arc<Metrics>,
 }
 
-/// Asked of the supervisor: build a snapshot and send it as [`SnapshotBuilt`] to this
-/// actor's mailbox, where it lands behind every frame published before it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct BuildSnapshot;
-
-/// A snapshot of the queue as of this message's place in the mailbox.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SnapshotBuilt(pub Arc<Snapshot>);
-
-/// Disconnect every client (shutdown).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DisconnectAll;
-
-impl Handler<Track> for Broadcaster {
-    type Result = ();
-    fn handle(&mut self, msg: Track, _: &mut Self::Context) {
-        let counted = msg.cell.done();
-        self.tracked.insert(
-            msg.id,
-            Tracked {
-                cell: msg.cell,
-                counted,
-            },
-        );
-    }
-}
-
-impl Handler<Untrack> for Broadcaster {
-    type Result = ();
-    fn handle(&mut self, msg: Untrack, _: &mut Self::Context) {
-        if let Some(t) = self.tracked.remove(&msg.id) {
-            self.metrics
-                .add_bytes(t.cell.done().saturating_sub(t.counted));
+impl Subscription {
+    /// The next frame; `None` once the broadcaster is closed (shutdown) or the queue
+    /// is gone. Cancel-safe: a reader that missed a frame stays behind, and takes its
+    /// snapshot on the next call, until it has it.
+    pub async fn recv(&mut self) -> Option<ClientFrame> {
+        if let Some(snapshot) = self.first.take() {
+            return Some(ClientFrame::Snapshot(snapshot));
+        }
+        loop {
+            if self.behind {
+                let taken = self.resync.send(TakeSnapshot).await.ok()?;
+                self.behind = false;
+                self.last = taken.seq;
+                return Some(ClientFrame::Snapshot(taken.snapshot));
+            }
+            match self.rx.recv().await {
+                // Held by the last snapshot given.
+                Ok(n) if n.seq <= self.last => {}
+                Ok(n) if n.seq == self.last + 1 => {
+                    self.last = n.seq;
+                    return Some(ClientFrame::Text(n.frame));
+                }
+                // Frames before this one were dropped for this reader: a fresh
+                // snapshot, taken after this frame was sent, holds what they changed.
+                Ok(n) => {
+                    let missed = n.seq - self.last - 1;
+                    tracing::debug!(
+                        missed,
+                        "a reader of the frames fell behind: a fresh snapshot"
+                    );
+                    self.behind = true;
+                }
+                // The channel dropped frames that this reader had not read; the number
+                // of the next one says whether any came after the last one given
+                // (after a snapshot, the channel's oldest frames are often older).
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return None,
+            }
         }
     }
 }
 
-impl Handler<Publish> for Broadcaster {
-    type Result = ();
-    fn handle(&mut self, msg: Publish, _: &mut Self::Context) {
-        self.send_to_all(msg.0, true);
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.metrics
+            .websocket_clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
-/// A frame about something the snapshot does not hold (the `library` frame): every
-/// whole client gets it; one that cannot take it is resynced (a client reads the
-/// library again on a snapshot), and the current snapshot stays current.
+/// A frame about something no snapshot holds, from a part that has an actor address
+/// to send to rather than a [`Broadcaster`] (the library).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Announce(pub Frame);
 
-impl Handler<Announce> for Broadcaster {
+/// Passes [`Announce`] messages on to [`Broadcaster::announce`].
+struct Relay(Broadcaster);
+
+impl Actor for Relay {
+    type Context = Context<Self>;
+}
+
+impl Handler<Announce> for Relay {
     type Result = ();
     fn handle(&mut self, msg: Announce, _: &mut Self::Context) {
-        self.deliver(msg.0, true);
+        self.0.announce(msg.0);
     }
 }
 
-impl Handler<AddClient> for Broadcaster {
-    type Result = ();
-    fn handle(&mut self, msg: AddClient, _: &mut Self::Context) {
-        self.builder = Some(msg.builder);
-        self.clients.push(Client::new(msg.tx));
-        self.clients_changed();
-        self.resync();
-    }
-}
-
-impl Handler<SnapshotBuilt> for Broadcaster {
-    type Result = ();
-    fn handle(&mut self, msg: SnapshotBuilt, _: &mut Self::Context) {
-        self.asked = None;
-        self.current = Some((msg.0, Instant::now()));
-        self.resync();
-    }
-}
-
-impl Handler<DisconnectAll> for Broadcaster {
-    type Result = ();
-    fn handle(&mut self, _: DisconnectAll, _: &mut Self::Context) {
-        self.clients.clear();
-        self.current = None;
-        self.clients_changed();
+impl Broadcaster {
+    /// An address for [`Announce`] messages (inside the actix System).
+    pub fn announcer(&self) -> Recipient<Announce> {
+        Relay(self.clone()).start().recipient()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A client that already has its snapshot.
-    fn broadcaster_with_client() -> (Broadcaster, mpsc::Receiver<ClientFrame>) {
-        let mut b = Broadcaster::new(Duration::from_millis(300), Arc::default());
-        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
-        b.clients.push(Client {
-            tx,
-            full_since: None,
-            whole: true,
-        });
-        (b, rx)
-    }
-
-    fn text(f: ClientFrame) -> String {
-        match f {
-            ClientFrame::Text(t) => t.to_string(),
-            ClientFrame::Snapshot(s) => s.to_text().to_string(),
-        }
-    }
-
-    fn a_snapshot() -> Arc<Snapshot> {
-        Arc::new(frames::snapshot_pieces(&[]))
-    }
-
-    #[test]
-    fn a_client_that_does_not_read_costs_a_bounded_queue() {
-        let (mut b, mut rx) = broadcaster_with_client();
-        for _ in 0..10 * CLIENT_QUEUE {
-            b.send_to_all(Arc::from("progress"), false);
-        }
-        assert_eq!(
-            b.client_count(),
-            1,
-            "progress frames alone do not disconnect at once"
-        );
-        assert_eq!(
-            rx.len(),
-            CLIENT_QUEUE,
-            "the queue is bounded; extra progress frames are dropped"
-        );
-        // A state frame it cannot take: it waits for a snapshot, which holds that frame.
-        b.send_to_all(Arc::from("state"), true);
-        b.send_to_all(Arc::from("state 2"), true);
-        assert_eq!(b.client_count(), 1);
-        assert!(!b.clients[0].whole);
-        assert_eq!(rx.len(), CLIENT_QUEUE, "still bounded");
-        // Once it reads, it gets the snapshot, and then every frame again.
-        while rx.try_recv().is_ok() {}
-        b.current = Some((a_snapshot(), Instant::now()));
-        b.resync();
-        assert!(matches!(rx.try_recv(), Ok(ClientFrame::Snapshot(_))));
-        b.send_to_all(Arc::from("state 3"), true);
-        assert_eq!(rx.try_recv().ok().map(text).as_deref(), Some("state 3"));
-    }
-
-    #[test]
-    fn a_client_stuck_too_long_is_dropped() {
-        let (mut b, _rx) = broadcaster_with_client();
-        for _ in 0..CLIENT_QUEUE {
-            b.send_to_all(Arc::from("progress"), false);
-        }
-        b.send_to_all(Arc::from("progress"), false);
-        assert_eq!(b.client_count(), 1);
-        b.clients[0].full_since =
-            Some(Instant::now() - STUCK_CLIENT_LIMIT - Duration::from_secs(1));
-        b.send_to_all(Arc::from("progress"), false);
-        assert_eq!(
-            b.client_count(),
-            0,
-            "a client full for longer than the limit is dropped"
-        );
-    }
-
-    #[test]
-    fn a_stuck_client_is_dropped_while_nothing_is_sent() {
-        let (mut b, _rx) = broadcaster_with_client();
-        for _ in 0..=CLIENT_QUEUE {
-            b.send_to_all(Arc::from("state"), true);
-        }
-        b.let_go_of_stuck(Instant::now());
-        assert_eq!(b.client_count(), 1);
-        b.let_go_of_stuck(Instant::now() + STUCK_CLIENT_LIMIT + Duration::from_secs(1));
-        assert_eq!(b.client_count(), 0, "idle ticks let go of it too");
-    }
-
-    #[test]
-    fn a_reading_client_gets_every_frame() {
-        let (mut b, mut rx) = broadcaster_with_client();
-        for i in 0..3 * CLIENT_QUEUE {
-            b.send_to_all(Arc::from(format!("{i}")), true);
-            assert_eq!(rx.try_recv().ok().map(text), Some(format!("{i}")));
-        }
-        assert_eq!(b.client_count(), 1);
-    }
-
-    #[test]
-    fn a_snapshot_is_shared_until_a_frame_is_published() {
-        let mut b = Broadcaster::new(Duration::from_millis(300), Arc::default());
-        let snapshot = a_snapshot();
-        b.current = Some((snapshot.clone(), Instant::now()));
-        let mut rxs = Vec::new();
-        for _ in 0..3 {
-            let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
-            b.clients.push(Client::new(tx));
-            b.resync();
-            rxs.push(rx);
-        }
-        for rx in &mut rxs {
-            match rx.try_recv() {
-                Ok(ClientFrame::Snapshot(s)) => assert!(Arc::ptr_eq(&s, &snapshot)),
-                _ => panic!("no snapshot"),
-            }
-        }
-        b.send_to_all(Arc::from("state"), true);
-        assert!(
-            b.current.is_none(),
-            "a published frame makes it out of date"
-        );
-        let (tx, mut rx) = mpsc::channel(CLIENT_QUEUE);
-        b.clients.push(Client::new(tx));
-        b.resync();
-        assert!(
-            rx.try_recv().is_err(),
-            "no out-of-date snapshot for a newcomer"
-        );
-        assert!(!b.clients[3].whole);
-    }
-}
+#[path = "broadcaster_tests.rs"]
+mod tests;

@@ -116,6 +116,16 @@ fn json<T: Serialize>(value: &T) -> Frame {
 }
 
 #[cfg(test)]
+impl Snapshot {
+    /// A snapshot of one piece, for the tests of its readers.
+    pub(crate) fn from_text(text: &str) -> Snapshot {
+        Snapshot {
+            pieces: vec![Bytes::copy_from_slice(text.as_bytes())],
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

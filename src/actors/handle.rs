@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix::Addr;
-use tokio::sync::mpsc;
 
-use crate::actors::frames::ClientFrame;
+use crate::actors::broadcaster::Subscription;
 use crate::actors::queue_error::QueueError;
 use crate::actors::supervisor::commands::{
     Add, All, ClearHistory, Control, Delete, Move, Patch, PatchSettings, Shutdown,
@@ -191,8 +190,9 @@ impl QueueHandle {
     }
 
     /// The frames for one websocket client: a snapshot, in pieces shared with every
-    /// client that subscribes while it is current, then every change.
-    pub async fn events(&self) -> Result<mpsc::Receiver<ClientFrame>> {
+    /// client that subscribes while it is current, then every change (and a fresh
+    /// snapshot whenever the client fell behind).
+    pub async fn events(&self) -> Result<Subscription> {
         Ok(self.addr.send(Events).await?)
     }
 

@@ -17,10 +17,11 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::actors::broadcaster::{Broadcaster, Publish, Track};
+use crate::actors::broadcaster::Broadcaster;
 use crate::actors::download::{DownloadActor, PendingJob, Reports, Stop};
 use crate::actors::frames;
 use crate::actors::queue_error::QueueError;
+use crate::actors::sampler::Sampler;
 use crate::config::DownloadsConfig;
 use crate::engine::{Engine, HubTarget, Job, RateLimiter};
 use crate::hub::HubClient;
@@ -47,7 +48,10 @@ pub struct Supervisor {
     store: Store,
     engine: Engine,
     hub: HubClient,
-    broadcaster: Addr<Broadcaster>,
+    /// Where changes are published (and snapshots of the queue shared).
+    broadcaster: Broadcaster,
+    /// Samples the progress of running downloads.
+    sampler: Sampler,
     /// The thread where download actors and their transfers run, away from the API.
     transfers: ArbiterHandle,
     download_dir: PathBuf,
@@ -71,7 +75,8 @@ pub struct SupervisorParts {
     pub records: Vec<Download>,
     pub engine: Engine,
     pub hub: HubClient,
-    pub broadcaster: Addr<Broadcaster>,
+    pub broadcaster: Broadcaster,
+    pub sampler: Sampler,
     pub transfers: ArbiterHandle,
     pub download_dir: PathBuf,
     pub settings: DownloadsConfig,
@@ -114,6 +119,7 @@ impl Supervisor {
             engine: parts.engine,
             hub: parts.hub,
             broadcaster: parts.broadcaster,
+            sampler: parts.sampler,
             transfers: parts.transfers,
             download_dir: parts.download_dir,
             settings: parts.settings,
@@ -208,7 +214,7 @@ impl Supervisor {
 
     fn publish(&self, id: &str) {
         if let Ok(view) = self.view_of(id) {
-            self.broadcaster.do_send(Publish(frames::state(&view)));
+            self.broadcaster.publish(frames::state(&view));
         }
     }
 
@@ -267,10 +273,7 @@ impl Supervisor {
         let addr = DownloadActor::start_in_arbiter(&self.transfers, move |_| {
             DownloadActor::new(pending, engine, reports, actor_cell, actor_limiter)
         });
-        self.broadcaster.do_send(Track {
-            id: id.to_owned(),
-            cell: cell.clone(),
-        });
+        self.sampler.track(id.to_owned(), cell.clone());
         self.running.insert(
             id.to_owned(),
             Running {

@@ -8,6 +8,7 @@ use actix_web::http::{header, Method};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest};
 
+use crate::config::Config;
 use crate::doors::error::ApiError;
 
 /// What the guard needs to know about the service.
@@ -22,6 +23,16 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// The guard of a listener of this config (the main bind and `[aria2] bind` alike);
+    /// `loopback`: the listener's address is a loopback one.
+    pub fn from_config(config: &Config, loopback: bool) -> Guard {
+        Guard {
+            token: Some(config.server.api_token.clone()).filter(|t| !t.is_empty()),
+            loopback,
+            allowed_origins: config.server.allowed_origins.clone(),
+        }
+    }
+
     pub fn check(&self, req: &HttpRequest) -> Result<(), ApiError> {
         let host = header_str(req, header::HOST);
         if self.loopback {

@@ -1,12 +1,13 @@
 //! The HTTP front door: the REST API, the websocket, the LAN mirror (`/hf`), the page,
 //! `/healthz` and `/metrics`, behind the security guard. It reaches the queue only by its handle.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{dev::Server, middleware, web, App, HttpResponse, HttpServer};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{middleware, web, App, HttpResponse, HttpServer};
 
 use super::{api, aria2, conn, error, mirror, security, ws};
 use crate::actors::handle::QueueHandle;
@@ -32,18 +33,76 @@ pub struct Parts<'a> {
     pub hub: hub::HubClient,
     pub metrics: Arc<metrics::Metrics>,
     pub config: &'a Config,
-    /// The bind is a loopback address (the Host check against DNS rebinding).
-    pub loopback: bool,
 }
 
-/// Builds the server on an already bound listener; it runs once polled.
-pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server> {
+/// The HTTP servers of a service, running: the main one, and the `[aria2] bind`
+/// listener's when there is one.
+pub struct Servers {
+    addr: SocketAddr,
+    main: Running,
+    rpc: Option<Running>,
+}
+
+/// A server and the task that runs it.
+struct Running {
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    fn spawn(server: Server) -> Running {
+        Running {
+            handle: server.handle(),
+            task: tokio::task::spawn_local(server),
+        }
+    }
+
+    async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+    }
+}
+
+impl Servers {
+    /// Serves on already bound listeners (inside the actix System).
+    pub fn start(
+        listener: TcpListener,
+        rpc_listener: Option<TcpListener>,
+        parts: Parts<'_>,
+    ) -> std::io::Result<Servers> {
+        let addr = listener.local_addr()?;
+        let (queue, config) = (parts.queue.clone(), parts.config);
+        let main = Running::spawn(serve(listener, addr, parts)?);
+        let rpc = match rpc_listener {
+            Some(l) => {
+                let rpc_addr = l.local_addr()?;
+                let server = Running::spawn(serve_rpc(l, queue, config, rpc_addr)?);
+                tracing::info!(addr = %rpc_addr, "aria2 JSON-RPC listening");
+                Some(server)
+            }
+            None => None,
+        };
+        Ok(Servers { addr, main, rpc })
+    }
+
+    /// The main server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops answering: each server finishes the requests it has (for a moment).
+    pub async fn stop(self) {
+        self.main.stop().await;
+        if let Some(rpc) = self.rpc {
+            rpc.stop().await;
+        }
+    }
+}
+
+/// Builds the server on an already bound listener at `addr`; it runs once polled.
+fn serve(listener: TcpListener, addr: SocketAddr, parts: Parts<'_>) -> std::io::Result<Server> {
     let config = parts.config;
-    let guard = security::Guard {
-        token: Some(config.server.api_token.clone()).filter(|t| !t.is_empty()),
-        loopback: parts.loopback,
-        allowed_origins: config.server.allowed_origins.clone(),
-    };
+    let guard = security::Guard::from_config(config, addr.ip().is_loopback());
     let static_dir = static_dir();
     let mirror_data = web::Data::new(mirror::Mirror {
         queue: parts.queue.clone(),
@@ -103,18 +162,14 @@ pub fn serve(listener: TcpListener, parts: Parts<'_>) -> std::io::Result<Server>
     .run())
 }
 
-/// The `[aria2] bind` listener: `/jsonrpc` alone, behind the same guard.
-pub fn serve_rpc(
+/// The `[aria2] bind` listener at `addr`: `/jsonrpc` alone, behind the same guard.
+fn serve_rpc(
     listener: TcpListener,
     queue: QueueHandle,
     config: &Config,
-    loopback: bool,
+    addr: SocketAddr,
 ) -> std::io::Result<Server> {
-    let guard = security::Guard {
-        token: Some(config.server.api_token.clone()).filter(|t| !t.is_empty()),
-        loopback,
-        allowed_origins: config.server.allowed_origins.clone(),
-    };
+    let guard = security::Guard::from_config(config, addr.ip().is_loopback());
     let policy = crate::intake::UrlPolicy::new(&config.downloads.allowed_hosts);
     let aria2_data = web::Data::new(aria2::Aria2::new(
         queue,

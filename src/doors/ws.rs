@@ -1,5 +1,5 @@
-//! `GET /api/events`: one task per websocket connection, fed by its own bounded queue
-//! from the broadcaster, with a heartbeat that drops silent peers.
+//! `GET /api/events`: one task per websocket connection, reading its own subscription
+//! to the broadcaster, with a heartbeat that drops silent peers.
 //!
 //! Every send has a deadline. A peer that takes nothing for that long is let go
 //! without a close frame (there is no room for one): the session is dropped, and the
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Item, Message, MessageStream, Session};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 
+use crate::actors::broadcaster::Subscription;
 use crate::actors::frames::{ClientFrame, Snapshot};
 use crate::actors::handle::QueueHandle;
 use crate::doors::error::ApiError;
@@ -42,11 +42,7 @@ enum End {
     Drop,
 }
 
-async fn serve(
-    mut session: Session,
-    mut incoming: MessageStream,
-    mut frames: mpsc::Receiver<ClientFrame>,
-) {
+async fn serve(mut session: Session, mut incoming: MessageStream, mut frames: Subscription) {
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let mut last_seen = Instant::now();
     let away = || End::Close(Some(CloseReason::from(CloseCode::Away)));
@@ -58,7 +54,7 @@ async fn serve(
                         break End::Drop;
                     }
                 }
-                // The broadcaster let go: shutting down, or this client stopped reading.
+                // The broadcaster closed: shutting down.
                 None => break away(),
             },
             msg = incoming.next() => match msg {

@@ -49,7 +49,7 @@ impl HubClient {
         super::validate_repo(repo).map_err(HubError::Invalid)?;
         let mut url = self.url(&format!("/api/models/{repo}/revision/{}", encode(revision)))?;
         url.query_pairs_mut().append_pair("blobs", "true");
-        let resp = check(self.get(url, reqwest::Method::GET).await?, repo).await?;
+        let resp = check(self.send(reqwest::Method::GET, url).await?, repo).await?;
         let body = read_body(resp, crate::http::CAP_MODEL_INFO).await?;
         let info: ApiInfo = serde_json::from_slice(&body)
             .map_err(|e| HubError::Invalid(format!("model info of {repo}: {e}")))?;

@@ -36,7 +36,7 @@ impl HubClient {
         };
         let mut url = self.url(&path)?;
         url.set_query(Some(query).filter(|q| !q.is_empty()));
-        let resp = self.get(url, reqwest::Method::GET).await?;
+        let resp = self.send(reqwest::Method::GET, url).await?;
         let text = |name: &str| {
             resp.headers()
                 .get(name)

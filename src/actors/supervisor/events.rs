@@ -5,7 +5,6 @@ use std::time::SystemTime;
 use actix::prelude::*;
 
 use super::Supervisor;
-use crate::actors::broadcaster::Untrack;
 use crate::actors::download::{EngineNote, Finished};
 use crate::engine::{EngineEvent, Outcome};
 use crate::queue::lifecycle::Action;
@@ -115,7 +114,7 @@ impl Handler<Finished> for Supervisor {
     fn handle(&mut self, msg: Finished, ctx: &mut Self::Context) {
         let natural_end = self.running.remove(&msg.id).is_some();
         self.stopping.remove(&msg.id);
-        self.broadcaster.do_send(Untrack { id: msg.id.clone() });
+        self.sampler.untrack(&msg.id);
         let Some(d) = self.queue.get_mut(&msg.id) else {
             self.schedule(ctx);
             return;

@@ -1,14 +1,12 @@
 //! Questions about the queue; they change nothing.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::sync::mpsc;
 
 use super::{Reply, Supervisor};
-use crate::actors::broadcaster::{AddClient, BuildSnapshot, SnapshotBuilt, CLIENT_QUEUE};
-use crate::actors::frames::{self, ClientFrame};
+use crate::actors::broadcaster::{Subscription, TakeSnapshot, Taken};
+use crate::actors::frames;
 use crate::actors::queue_error::QueueError;
 use crate::config::DownloadsConfig;
 use crate::queue::lifecycle::State;
@@ -45,10 +43,10 @@ pub struct GetStats;
 #[rtype(result = "DownloadsConfig")]
 pub struct GetSettings;
 
-/// A websocket client: its queue starts with the snapshot (shared, in pieces), then
-/// gets every frame.
+/// A reader of the frames (a websocket client, the terminal): the snapshot (shared, in
+/// pieces), then every frame.
 #[derive(Message)]
-#[rtype(result = "mpsc::Receiver<ClientFrame>")]
+#[rtype(result = "Subscription")]
 pub struct Events;
 
 impl Supervisor {
@@ -137,32 +135,35 @@ impl Handler<GetSettings> for Supervisor {
     }
 }
 
+impl Supervisor {
+    /// The queue as it is now, with the number of the last frame it accounts for:
+    /// the current snapshot, or a new one.
+    fn snapshot(&self) -> Taken {
+        self.broadcaster.snapshot(|| {
+            let downloads = self
+                .page(None, None, usize::MAX)
+                .map(|(v, _)| v)
+                .unwrap_or_default();
+            frames::snapshot_pieces(&downloads)
+        })
+    }
+}
+
 impl Handler<Events> for Supervisor {
     type Result = MessageResult<Events>;
 
     fn handle(&mut self, _: Events, ctx: &mut Self::Context) -> Self::Result {
-        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
-        // Registered through the same mailbox as every later state frame, so none is
-        // lost between its snapshot and its first frame.
-        self.broadcaster.do_send(AddClient {
-            tx,
-            builder: ctx.address().recipient(),
-        });
-        MessageResult(rx)
+        // Subscribed here, where changes are published: none is published between the
+        // snapshot and the subscription.
+        let first = self.snapshot();
+        MessageResult(self.broadcaster.subscribe(first, ctx.address().recipient()))
     }
 }
 
-impl Handler<BuildSnapshot> for Supervisor {
-    type Result = ();
+impl Handler<TakeSnapshot> for Supervisor {
+    type Result = MessageResult<TakeSnapshot>;
 
-    fn handle(&mut self, _: BuildSnapshot, _: &mut Self::Context) {
-        let downloads = self
-            .page(None, None, usize::MAX)
-            .map(|(v, _)| v)
-            .unwrap_or_default();
-        let snapshot = Arc::new(frames::snapshot_pieces(&downloads));
-        // Not as this message's answer: through the broadcaster's mailbox, behind
-        // every frame published before it, so that the clients it is given miss none.
-        self.broadcaster.do_send(SnapshotBuilt(snapshot));
+    fn handle(&mut self, _: TakeSnapshot, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.snapshot())
     }
 }

@@ -1,5 +1,5 @@
 //! The websocket at `/jsonrpc`: requests in, answers and notifications out, one task
-//! per connection (as `ws.rs`): the queue's frames come through a bounded queue of
+//! per connection (as `ws.rs`): the queue's frames come through a subscription of
 //! their own, so a client that does not read never slows the downloads.
 
 use std::time::{Duration, Instant};
@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 
 use super::notify::Tracker;
 use super::Aria2;
-use crate::actors::frames::ClientFrame;
+use crate::actors::broadcaster::Subscription;
 use crate::doors::error::ApiError;
 
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -41,7 +40,7 @@ async fn serve(
     aria2: web::Data<Aria2>,
     mut session: Session,
     mut incoming: MessageStream,
-    mut frames: mpsc::Receiver<ClientFrame>,
+    mut frames: Subscription,
 ) {
     let mut tracker = Tracker::default();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);

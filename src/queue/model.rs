@@ -1,4 +1,5 @@
-//! The download record and its state machine, as the contract (`api.md`) names them.
+//! The download record and its states, as the contract (`api.md`) names them; the state
+//! machine that moves between them is `queue::lifecycle`.
 
 use std::time::SystemTime;
 

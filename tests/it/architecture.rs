@@ -347,6 +347,7 @@ fn the_part_writer_check_finds_planted_writers() {
         file("library/journal.rs", "self.file.set_len(self.size)?;"),
     ];
     assert_eq!(part_writers(&allowed), Vec::<String>::new());
+}
 
 /// The methods of the library's `Index` that take `&mut self`, each with how visible it
 /// is (the text before `fn` on its line: `pub(super)`, `pub(in crate::library)`, …).

@@ -1,6 +1,7 @@
 //! Embedded mode: no service answers, so `pull` opens the data dir itself and runs the
 //! same core (supervisor, engine) in-process, through the same [`QueueHandle`] every
-//! front door uses. sled's file lock keeps a second process off the same data dir.
+//! front door uses. The store's lock (a `flock` on `data_dir/lock`) keeps a second process
+//! off the same data dir.
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! question a completed download asks cheap (files of a digest, files found at a
 //! commit, the bytes that hard links save). Anyone in the library reads it; only
 //! the owner task (the parent module) changes it: the mutating methods are
-//! `pub(super)`, and `tests/architecture.rs` checks that nothing else calls them.
+//! `pub(super)`, and `tests/it/architecture.rs` checks that nothing else calls them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -21,6 +21,7 @@ mod record;
 mod scan;
 mod updates;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -223,12 +224,21 @@ impl LibraryHandle {
     pub async fn rescan(&self) -> Result<usize, LibraryError> {
         let _one = self.inner.scanning.lock().await;
         let shared = self.inner.shared.clone();
-        let found = tokio::task::spawn_blocking(move || scan::walk_and_read(&shared))
-            .await
-            .map_err(|e| LibraryError::Join(e.to_string()))??;
+        let walked = blocking(move || scan::walk_and_sort(&shared)).await??;
+        let mut unknown = walked.unknown;
+        let mut read = BTreeSet::new();
+        while !unknown.is_empty() {
+            let batch: Vec<_> = unknown.drain(..SCAN_BATCH.min(unknown.len())).collect();
+            read.extend(batch.iter().map(|(p, _)| p.clone()));
+            let shared = self.inner.shared.clone();
+            let seen = blocking(move || scan::read_all(&shared, batch)).await?;
+            let owner = &self.inner.owner;
+            owner.ask(|done| owner::Msg::Read { seen, done }).await??;
+        }
+        let known = walked.known;
         self.inner
             .owner
-            .ask(|done| owner::Msg::Scanned { found, done })
+            .ask(|done| owner::Msg::Scanned { known, read, done })
             .await?
     }
 
@@ -371,6 +381,19 @@ impl Shared {
 
 /// The folder of file `path` under `root` (walked through directory handles, no link
 /// followed) and its name there.
+/// How many fresh records a scan hands the owner at a time: what a scan holds beside
+/// the index, however many files it finds.
+const SCAN_BATCH: usize = 256;
+
+/// `f` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, LibraryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LibraryError::Join(e.to_string()))
+}
+
 fn locate_in(root: &Path, path: &str) -> std::io::Result<(crate::files::Dir, std::ffi::OsString)> {
     let root = crate::files::Dir::open(root)?;
     crate::files::parent_of(&root, Path::new(""), Path::new(path), false)

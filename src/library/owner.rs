@@ -13,8 +13,9 @@ mod apply;
 mod index;
 #[cfg(test)]
 mod scale_tests;
+mod sorted;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -28,6 +29,7 @@ use super::record::Record;
 use super::scan::Seen;
 use super::{LibraryError, Shared};
 use crate::actors::handle::QueueHandle;
+use crate::files::Stat;
 use crate::hub::{HubError, RepoRevision};
 use crate::queue::model::Download;
 use crate::queue::store::StoreError;
@@ -36,10 +38,17 @@ type Reply<T> = oneshot::Sender<T>;
 
 /// What the owner is told.
 pub(super) enum Msg {
-    /// A scan's walk: every file found, with a fresh read of those the index did not
-    /// know as they are now. Answered with how many files the library holds.
+    /// A batch of a scan's fresh reads: files the index did not know as they are now.
+    Read {
+        seen: Vec<(String, Seen)>,
+        done: Reply<Result<(), LibraryError>>,
+    },
+    /// The end of a scan: the files found that the index knew as they are, and the
+    /// paths its [`Msg::Read`]s brought in; every other file of the index is gone.
+    /// Answered with how many files the library holds.
     Scanned {
-        found: BTreeMap<String, Seen>,
+        known: BTreeMap<String, Stat>,
+        read: BTreeSet<String>,
         done: Reply<Result<usize, LibraryError>>,
     },
     /// A download of the queue completed its file.
@@ -152,8 +161,13 @@ impl Owner {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Scanned { found, done } => {
-                let result = self.scanned(found);
+            Msg::Read { seen, done } => {
+                let result = self.read(seen);
+                self.announce();
+                let _ = done.send(result);
+            }
+            Msg::Scanned { known, read, done } => {
+                let result = self.scanned(known, &read);
                 self.announce();
                 let _ = done.send(result);
             }

@@ -19,28 +19,38 @@ pub(super) struct Seen {
     pub(super) fresh: Option<Record>,
 }
 
-/// Every file under `download_dir`, each read again when the index does not know it
-/// as it is (new, or changed since it was read).
-pub(super) fn walk_and_read(shared: &Shared) -> Result<BTreeMap<String, Seen>, LibraryError> {
+/// A walk of `download_dir`: the files the index knows as they are, and the ones to
+/// read (new, or changed since they were read).
+pub(super) struct Walked {
+    /// Names and stats only: a `Seen` is the size of a record.
+    pub(super) known: BTreeMap<String, Stat>,
+    pub(super) unknown: Vec<(String, Stat)>,
+}
+
+/// Every file under `download_dir`, sorted into known and to read. Only names and
+/// stats: the reads come after, a batch at a time ([`read_all`]), so a scan never
+/// holds more than a batch of fresh records beside the index.
+pub(super) fn walk_and_sort(shared: &Shared) -> Result<Walked, LibraryError> {
     let found = walk(&Dir::open(&shared.root)?)?;
-    let unknown: Vec<String> = {
-        let index = shared.read();
-        found
-            .iter()
-            .filter(|(p, st)| !index.get(p).is_some_and(|r| r.matches(st)))
-            .map(|(p, _)| p.clone())
-            .collect()
-    };
-    let mut seen: BTreeMap<String, Seen> = found
+    let index = shared.read();
+    let (known, unknown): (BTreeMap<_, _>, BTreeMap<_, _>) = found
         .into_iter()
-        .map(|(p, stat)| (p, Seen { stat, fresh: None }))
-        .collect();
-    for path in unknown {
-        if let Some(s) = seen.get_mut(&path) {
-            s.fresh = Some(read_record(shared, &path, &s.stat));
-        }
-    }
-    Ok(seen)
+        .partition(|(p, st)| index.get(p).is_some_and(|r| r.matches(st)));
+    Ok(Walked {
+        known,
+        unknown: unknown.into_iter().collect(),
+    })
+}
+
+/// A fresh read of each of `files`.
+pub(super) fn read_all(shared: &Shared, files: Vec<(String, Stat)>) -> Vec<(String, Seen)> {
+    files
+        .into_iter()
+        .map(|(path, stat)| {
+            let fresh = Some(read_record(shared, &path, &stat));
+            (path, Seen { stat, fresh })
+        })
+        .collect()
 }
 
 /// What the download that fetched the file knew of it.

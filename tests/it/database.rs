@@ -342,22 +342,22 @@ async fn start_binary(
         .spawn()
         .unwrap();
     let base_url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (child, Err(status));
-        }
-        if let Ok(r) = reqwest::get(format!("{base_url}/healthz")).await {
-            if r.status().is_success() {
-                return (child, Ok(base_url));
+    let health = format!("{base_url}/healthz");
+    let outcome = common::wait::eventually(Duration::from_secs(30), || {
+        let exited = child.try_wait().unwrap();
+        let asked = reqwest::get(health.clone());
+        async move {
+            if let Some(status) = exited {
+                return Ok(Err(status));
+            }
+            match asked.await {
+                Ok(r) if r.status().is_success() => Ok(Ok(())),
+                _ => Err(format!("{damage:?}: neither started nor exited")),
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "{damage:?}: neither started nor exited"
-        );
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
+    })
+    .await;
+    (child, outcome.map(|()| base_url))
 }
 
 async fn post(base_url: &str, body: Value) -> (u16, Value) {

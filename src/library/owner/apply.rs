@@ -1,10 +1,10 @@
 //! What the owner does with each message: the records it makes of a scan, a completed
 //! download, a digest, an update check's answer, and a delete.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::Owner;
-use crate::files::Kind;
+use crate::files::{Kind, Stat};
 use crate::hub::{HubError, RepoRevision};
 use crate::library::record::{Origin, Record};
 use crate::library::scan::{self, Seen};
@@ -20,20 +20,33 @@ impl Owner {
     /// a scan never gives it to a path by name: a file that is not that identity any
     /// more (swapped by another program, edited in place, or fetched there again by
     /// something else) is read as a hand-placed file.
-    pub(super) fn scanned(&mut self, found: BTreeMap<String, Seen>) -> Result<usize, LibraryError> {
+    pub(super) fn read(&mut self, seen: Vec<(String, Seen)>) -> Result<(), LibraryError> {
+        for (path, seen) in seen {
+            self.refresh(&path, seen, None, false)?;
+        }
+        Ok(())
+    }
+
+    /// The end of a scan: `known` (found as the index holds them) are refreshed, `read`
+    /// were already; every other file of the index is gone.
+    pub(super) fn scanned(
+        &mut self,
+        known: BTreeMap<String, Stat>,
+        read: &BTreeSet<String>,
+    ) -> Result<usize, LibraryError> {
         let stale: Vec<String> = self
             .shared
             .read()
             .iter()
-            .filter(|(p, _)| !found.contains_key(p.as_str()))
+            .filter(|(p, _)| !known.contains_key(p.as_str()) && !read.contains(p.as_str()))
             .map(|(p, _)| p.clone())
             .collect();
         for path in &stale {
             self.forget(path)?;
         }
-        let files = found.len();
-        for (path, seen) in found {
-            self.refresh(&path, seen, None, false)?;
+        let files = known.len() + read.len();
+        for (path, stat) in known {
+            self.refresh(&path, Seen { stat, fresh: None }, None, false)?;
         }
         tracing::info!(files, dropped = stale.len(), "library scanned");
         Ok(files)

@@ -4,9 +4,10 @@
 //! the owner task (the parent module) changes it: the mutating methods are
 //! `pub(super)`, and `tests/it/architecture.rs` checks that nothing else calls them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::sorted::Sorted;
 use crate::files::FileId;
 use crate::library::record::Record;
 
@@ -15,11 +16,11 @@ use crate::library::record::Record;
 pub struct Index {
     records: BTreeMap<String, Record>,
     /// Paths by the sha256 their record holds.
-    by_sha256: HashMap<String, BTreeSet<String>>,
+    by_sha256: HashMap<String, Sorted<String>>,
     /// Paths by the commit the last update check found their bytes at (`same_at`).
-    by_same_at: HashMap<String, BTreeSet<String>>,
+    by_same_at: HashMap<String, Sorted<String>>,
     /// Paths (and their record's size) by inode: the links between them.
-    by_inode: HashMap<FileId, BTreeMap<String, u64>>,
+    by_inode: HashMap<FileId, Sorted<(String, u64)>>,
     bytes_total: u64,
     /// Each inode's size (its first path's) for every path beyond its first.
     bytes_saved: u64,
@@ -90,10 +91,10 @@ impl Index {
         self.paths_in(self.by_same_at.get(commit), path)
     }
 
-    fn paths_in(&self, paths: Option<&BTreeSet<String>>, except: &str) -> Vec<(String, Record)> {
+    fn paths_in(&self, paths: Option<&Sorted<String>>, except: &str) -> Vec<(String, Record)> {
         paths
             .into_iter()
-            .flatten()
+            .flat_map(|p| p.0.iter())
             .filter(|p| p.as_str() != except)
             .filter_map(|p| self.get(p).map(|r| (p.clone(), r.clone())))
             .collect()
@@ -123,7 +124,7 @@ impl Index {
         self.bytes_total += record.size;
         let group = self.by_inode.entry(record.id()).or_default();
         self.bytes_saved -= saved_by(group);
-        group.insert(path.clone(), record.size);
+        group.insert((path.clone(), record.size));
         self.bytes_saved += saved_by(group);
         self.records.insert(path, record);
     }
@@ -143,7 +144,7 @@ impl Index {
             self.bytes_saved -= saved_by(group);
             group.remove(path);
             self.bytes_saved += saved_by(group);
-            if group.is_empty() {
+            if group.0.is_empty() {
                 self.by_inode.remove(&record.id());
             }
         }
@@ -151,17 +152,17 @@ impl Index {
     }
 }
 
-fn unlist(map: &mut HashMap<String, BTreeSet<String>>, key: &str, path: &str) {
+fn unlist(map: &mut HashMap<String, Sorted<String>>, key: &str, path: &str) {
     if let Some(paths) = map.get_mut(key) {
         paths.remove(path);
-        if paths.is_empty() {
+        if paths.0.is_empty() {
             map.remove(key);
         }
     }
 }
 
 /// What the links of one inode save: its first path's size for every other path.
-fn saved_by(group: &BTreeMap<String, u64>) -> u64 {
-    let first = group.values().next().copied().unwrap_or(0);
-    first * (group.len() as u64).saturating_sub(1)
+fn saved_by(group: &Sorted<(String, u64)>) -> u64 {
+    let first = group.0.first().map_or(0, |(_, size)| *size);
+    first * (group.0.len() as u64).saturating_sub(1)
 }

@@ -124,8 +124,12 @@ fn complete(n: usize) -> Run {
     let completions = shared.read().visits();
     check_the_work_was_done(&shared, n);
     let before = shared.read().visits();
-    let found = crate::library::scan::walk_and_read(&shared).expect("a walk");
-    let files = ask(&mailbox, |done| Msg::Scanned { found, done }).expect("scanned");
+    let walked = crate::library::scan::walk_and_sort(&shared).expect("a walk");
+    let read = walked.unknown.iter().map(|(p, _)| p.clone()).collect();
+    let seen = crate::library::scan::read_all(&shared, walked.unknown);
+    ask(&mailbox, |done| Msg::Read { seen, done }).expect("read");
+    let known = walked.known;
+    let files = ask(&mailbox, |done| Msg::Scanned { known, read, done }).expect("scanned");
     assert_eq!(files, n);
     let rescan = shared.read().visits() - before;
     Run {

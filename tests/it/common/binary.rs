@@ -81,23 +81,27 @@ impl Proc {
 
     /// Waits until `/healthz` answers.
     pub async fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
         let client = reqwest::Client::new();
-        loop {
-            if let Ok(r) = client.get(format!("{}/healthz", self.base)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
+        let health = format!("{}/healthz", self.base);
+        let child = &mut self.child;
+        super::wait::eventually(Duration::from_secs(20), || {
+            // A child that exited will never answer: say so at once.
+            if let Ok(Some(status)) = child.try_wait() {
                 panic!("model-manager exited during start-up: {status}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "model-manager did not become healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let asked = client.get(&health).send();
+            async move {
+                match asked.await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!(
+                        "model-manager did not become healthy: {}",
+                        r.status()
+                    )),
+                    Err(e) => Err(format!("model-manager did not become healthy: {e}")),
+                }
+            }
+        })
+        .await
     }
 
     pub fn kill9(&mut self) {

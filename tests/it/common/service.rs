@@ -2,7 +2,7 @@
 //! offers small helpers to drive it through its public API.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use model_manager::config::Config;
 use serde_json::{json, Value};
@@ -43,16 +43,15 @@ impl TestService {
     /// Starts the service on an existing temp dir (for restarts).
     pub async fn start_in(dir: tempfile::TempDir, config: Config) -> TestService {
         // sled releases its lock a moment after the last handle of a stopped service.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let prepared = loop {
-            match model_manager::prepare(config.clone()) {
-                Ok(p) => break p,
-                Err(e) if Instant::now() < deadline && e.to_string().contains("in use") => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
+        let prepared = super::wait::eventually(Duration::from_secs(10), || {
+            let tried = match model_manager::prepare(config.clone()) {
+                Ok(p) => Ok(p),
+                Err(e) if e.to_string().contains("in use") => Err(format!("prepare: {e}")),
                 Err(e) => panic!("prepare: {e}"),
-            }
-        };
+            };
+            std::future::ready(tried)
+        })
+        .await;
         let service = model_manager::start(prepared).await.expect("start");
         TestService {
             base: format!("http://{}", service.addr),

@@ -29,6 +29,8 @@ pub enum NameError {
     Reserved(String),
     #[error("name {0:?} ends with a space or '.'")]
     TrailingDotOrSpace(String),
+    #[error("name {0:?} ends with '.part', the name of another file's unfinished download")]
+    PartSuffix(String),
 }
 
 /// The longest name: a file system takes 255 bytes, and the `.part` beside it adds 5.
@@ -77,6 +79,17 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
             && stem.as_bytes()[3].is_ascii_digit());
     if reserved {
         return Err(NameError::Reserved(name.into()));
+    }
+    Ok(())
+}
+
+/// Checks the name a download's file will have: [`validate_name`], and no `.part` at
+/// the end. `x.part` is where the download of `x` keeps its bytes, so a download named
+/// `x.part` could be taken over by one named `x` (the `.part` adopted and renamed).
+pub fn validate_file_name(name: &str) -> Result<(), NameError> {
+    validate_name(name)?;
+    if name.ends_with(".part") {
+        return Err(NameError::PartSuffix(name.into()));
     }
     Ok(())
 }
@@ -251,6 +264,21 @@ mod tests {
         // Other scripts and emoji stay welcome.
         for fine in ["模型.gguf", "مدل.bin", "llama🦙.gguf"] {
             assert!(validate_name(fine).is_ok(), "{fine:?}");
+        }
+    }
+
+    #[test]
+    fn a_download_is_never_named_as_another_ones_part() {
+        assert!(matches!(
+            validate_file_name("c.bin.part"),
+            Err(NameError::PartSuffix(_))
+        ));
+        assert!(
+            validate_name("c.bin.part").is_ok(),
+            "a folder may be named so"
+        );
+        for fine in ["c.bin", "c.part.bin", "c.partial", "c.PART"] {
+            assert!(validate_file_name(fine).is_ok(), "{fine:?}");
         }
     }
 

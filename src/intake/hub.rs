@@ -48,7 +48,9 @@ fn hub_file(client: &HubClient, wanted: Wanted<'_>, start: Start) -> Result<NewD
     for r in std::iter::once(revision).chain(commit.as_deref()) {
         validate_revision(r)?;
     }
-    files::validate_relative_path(file).map_err(|e| format!("file {file:?}: {e}"))?;
+    files::validate_relative_path(file)
+        .and_then(|()| files::validate_file_name(file.rsplit('/').next().unwrap_or(file)))
+        .map_err(|e| format!("file {file:?}: {e}"))?;
     let url = client
         .resolve_url(repo, commit.as_deref().unwrap_or(revision), file)
         .map_err(|e| e.to_string())?;

@@ -78,7 +78,7 @@ impl UrlFile<'_> {
             None => files::name_from_url(&url)
                 .ok_or_else(|| IntakeError::NoFileName(self.url.to_owned()))?,
         };
-        files::validate_name(&file_name).map_err(|e| IntakeError::FileName(e.to_string()))?;
+        files::validate_file_name(&file_name).map_err(|e| IntakeError::FileName(e.to_string()))?;
         let path = match &self.dir {
             Some(dir) => format!("{dir}/{file_name}"),
             None => file_name.clone(),

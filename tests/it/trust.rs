@@ -502,3 +502,59 @@ async fn a_folder_swapped_for_a_symlink_mid_download_leaves_nothing_outside() {
     assert_eq!(d["state"], "failed", "{d}");
     let _ = data;
 }
+
+/// A download is never named as another one's `.part` (found by attack, #23): a
+/// completed `c.bin.part` used to be adopted as the partial file of a later `c.bin`
+/// and renamed, so the first download's file was gone while its record said
+/// completed. Refused on every door that names a file; the file already there stays.
+#[actix_web::test]
+async fn a_download_named_as_another_ones_part_is_refused_and_its_twin_keeps_its_file() {
+    let up = common::upstream::Upstream::start();
+    let first = content(200_000, 41);
+    let second = content(300_000, 42);
+    up.add_file("f4.bin", first.clone(), Default::default());
+    up.add_file("f5.bin", second.clone(), Default::default());
+    let svc = TestService::start(|_| {}).await;
+    let (s, b) = svc
+        .post(
+            "/api/downloads",
+            json!({"url": up.url("f4.bin"), "file_name": "c.bin.part"}),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["error"]["code"], "invalid_request", "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains(".part"),
+        "{b}"
+    );
+    let rpc = common::rpc::Rpc::new(&svc.base, None);
+    let (_, answer) = rpc
+        .call(
+            "aria2.addUri",
+            json!([[up.url("f4.bin")], {"out": "c.bin.part"}]),
+        )
+        .await;
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(".part"),
+        "{answer}"
+    );
+    let (_, listed) = svc.get("/api/downloads").await;
+    assert_eq!(
+        listed["downloads"].as_array().map(Vec::len),
+        Some(0),
+        "{listed}"
+    );
+
+    // The name beside it is fine, and completes with its own bytes.
+    let id = svc
+        .add(json!({"url": up.url("f5.bin"), "file_name": "c.bin"}))
+        .await;
+    svc.wait_state(&id, "completed", Duration::from_secs(30))
+        .await;
+    let dir = svc.download_dir();
+    assert_eq!(std::fs::read(dir.join("c.bin")).unwrap(), second);
+    assert!(!dir.join("c.bin.part").exists());
+}

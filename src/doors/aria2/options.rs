@@ -121,7 +121,8 @@ impl DownloadOptions {
             let v = text(key, value)?;
             match key.as_str() {
                 "out" => {
-                    files::validate_name(&v).map_err(|e| RpcError::method(format!("out: {e}")))?;
+                    files::validate_file_name(&v)
+                        .map_err(|e| RpcError::method(format!("out: {e}")))?;
                     o.out = Some(v);
                 }
                 "dir" => o.dir = relative_dir(root, &v)?,

@@ -50,8 +50,14 @@ async fn serve(mut session: Session, mut incoming: MessageStream, mut frames: Su
         tokio::select! {
             frame = frames.recv() => match frame {
                 Some(frame) => {
+                    let snapshot = matches!(frame, ClientFrame::Snapshot(_));
                     if send_frame(&mut session, frame).await.is_err() {
                         break End::Drop;
+                    }
+                    // A peer that took a whole snapshot was reading all along, though no
+                    // ping went out while it was sent: a slow link is not a dead peer.
+                    if snapshot {
+                        last_seen = Instant::now();
                     }
                 }
                 // The broadcaster closed: shutting down.

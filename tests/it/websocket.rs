@@ -286,3 +286,119 @@ async fn fifty_clients_and_a_stuck_one_do_not_slow_anything() {
         );
     }
 }
+
+/// A link that hands its reader at most `rate` bytes a second.
+struct SlowLink {
+    inner: tokio::net::TcpStream,
+    rate: f64,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for SlowLink {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        if let Some(pause) = self.pause.as_mut() {
+            if std::future::Future::poll(pause.as_mut(), cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.pause = None;
+        }
+        let mut limited = buf.take(4096);
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut limited) {
+            Poll::Ready(Ok(())) => {
+                let got = limited.filled().len();
+                // SAFETY: `got` bytes of the unfilled part were just written by the read.
+                unsafe { buf.assume_init(got) };
+                buf.advance(got);
+                let wait = Duration::from_secs_f64(got as f64 / self.rate);
+                self.pause = Some(Box::pin(tokio::time::sleep(wait)));
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SlowLink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A slow but steady client (found by attack, #23): a snapshot that takes it longer
+/// than the heartbeat's peer timeout to receive used to end in a close right after it
+/// (no ping went out while it was sent), so such a client never saw a live frame.
+#[actix_web::test]
+async fn a_slow_client_that_takes_the_whole_snapshot_stays_connected() {
+    let svc = TestService::start(|_| {}).await;
+    let items: Vec<Value> = (0..10_000)
+        .map(|i| json!({"url": format!("http://127.0.0.1:9/f{i}.bin"), "start_paused": true}))
+        .collect();
+    let (s, _) = svc
+        .post("/api/downloads", json!({"downloads": items}))
+        .await;
+    assert_eq!(s, 201);
+    let addr: std::net::SocketAddr = svc.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8192).unwrap();
+    let link = SlowLink {
+        inner: socket.connect(addr).await.unwrap(),
+        rate: 200_000.0,
+        pause: None,
+    };
+    let url = format!("ws://{addr}/api/events");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, link)
+        .await
+        .expect("websocket");
+    let started = Instant::now();
+    let first = tokio::time::timeout(Duration::from_secs(120), ws.next()).await;
+    let Ok(Some(Ok(Message::Text(snapshot)))) = first else {
+        panic!("no snapshot: {first:?}");
+    };
+    let took = started.elapsed();
+    assert!(
+        snapshot.len() > 3_000_000,
+        "snapshot of {} bytes",
+        snapshot.len()
+    );
+    assert!(
+        took > Duration::from_secs(16),
+        "the snapshot came in {took:?}: not slow"
+    );
+    svc.add(json!({"url": "http://127.0.0.1:9/late.bin", "start_paused": true}))
+        .await;
+    let next = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => break Some(t.to_string()),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => {
+                break other
+                    .ok()
+                    .flatten()
+                    .map(|m| format!("not a text frame: {m:?}"))
+            }
+        }
+    };
+    let next = next.expect("the connection ended after the snapshot");
+    assert!(next.contains("late.bin"), "{next}");
+}

@@ -276,6 +276,9 @@ pub fn apply(state: State, action: Action) -> Result<Transition, Refusal> {
         }
         (A::Requeue, S::Downloading | S::Retrying | S::Verifying) => go(S::Queued, false, wait),
         (A::ChangeUrl, s) if s.is_running() => go(S::Queued, true, wait),
+        // A completed file came from where its record says: a new URL would make the
+        // record lie (its sha256 and size are the old source's). Attack finding, #23.
+        (A::ChangeUrl, S::Completed) => refuse,
         (A::ChangeUrl, _) => stay,
         _ => refuse,
     }

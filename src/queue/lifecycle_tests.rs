@@ -247,11 +247,13 @@ fn states_round_trip_as_contract_strings() {
 }
 
 /// A new URL: a running transfer stops and goes back in line, exactly as a requeue
-/// does (the old supervisor requeued by hand and ignored a refusal); in every other
-/// state only the URL changes. Never refused, so no refusal can be lost.
+/// does (the old supervisor requeued by hand and ignored a refusal); a completed
+/// download refuses it (its record says where its bytes came from); in every other
+/// state only the URL changes.
 #[test]
 fn a_new_url_restarts_only_a_running_transfer() {
-    for state in State::ALL {
+    assert!(apply(State::Completed, A::ChangeUrl).is_err());
+    for state in State::ALL.into_iter().filter(|s| *s != State::Completed) {
         let t = apply(state, A::ChangeUrl)
             .unwrap_or_else(|r| panic!("a new URL is refused on {}: {r}", state.as_str()));
         if state.is_running() {

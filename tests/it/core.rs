@@ -160,3 +160,29 @@ async fn a_finished_download_whose_file_was_deleted_by_hand_frees_its_name() {
     // The old record stays in the history, untouched.
     assert_eq!(svc.download(&first).await["state"], "completed");
 }
+
+/// A new URL for a completed download is refused (found by attack, #23): it used to
+/// answer 200 and rewrite `url`, so the record named a source its bytes never came from.
+#[actix_web::test]
+async fn a_completed_download_keeps_the_url_its_bytes_came_from() {
+    let up = common::upstream::Upstream::start();
+    up.add_file("a.bin", content(100_000, 7), Default::default());
+    up.add_file("b.bin", content(100_000, 8), Default::default());
+    let svc = TestService::start(|_| {}).await;
+    let id = svc.add(json!({"url": up.url("a.bin")})).await;
+    svc.wait_state(&id, "completed", Duration::from_secs(30))
+        .await;
+    let r = svc
+        .client
+        .patch(svc.url(&format!("/api/downloads/{id}")))
+        .json(&json!({"url": up.url("b.bin")}))
+        .send()
+        .await
+        .expect("PATCH sent");
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+    let (_, d) = svc.get(&format!("/api/downloads/{id}")).await;
+    assert_eq!(d["url"], up.url("a.bin"), "{d}");
+}

@@ -276,10 +276,8 @@ pub fn apply(state: State, action: Action) -> Result<Transition, Refusal> {
         }
         (A::Requeue, S::Downloading | S::Retrying | S::Verifying) => go(S::Queued, false, wait),
         (A::ChangeUrl, s) if s.is_running() => go(S::Queued, true, wait),
-        // A completed file came from where its record says: a new URL would make the
-        // record lie (its sha256 and size are the old source's). Attack finding, #23.
-        (A::ChangeUrl, S::Completed) => refuse,
-        (A::ChangeUrl, _) => stay,
+        // A completed record names the source of its bytes: a new URL would make it lie.
+        (A::ChangeUrl, s) if s != S::Completed => stay,
         _ => refuse,
     }
 }

@@ -225,10 +225,12 @@ impl LibraryHandle {
         let _one = self.inner.scanning.lock().await;
         let shared = self.inner.shared.clone();
         let walked = blocking(move || scan::walk_and_sort(&shared)).await??;
-        let mut unknown = walked.unknown;
+        // Taken from the front by an iterator: draining a Vec's front moves the rest
+        // each time (quadratic in a tree of 200,000 files).
+        let mut unknown = walked.unknown.into_iter().peekable();
         let mut read = BTreeSet::new();
-        while !unknown.is_empty() {
-            let batch: Vec<_> = unknown.drain(..SCAN_BATCH.min(unknown.len())).collect();
+        while unknown.peek().is_some() {
+            let batch: Vec<_> = unknown.by_ref().take(SCAN_BATCH).collect();
             read.extend(batch.iter().map(|(p, _)| p.clone()));
             let shared = self.inner.shared.clone();
             let seen = blocking(move || scan::read_all(&shared, batch)).await?;

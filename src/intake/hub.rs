@@ -48,13 +48,13 @@ fn hub_file(client: &HubClient, wanted: Wanted<'_>, start: Start) -> Result<NewD
     for r in std::iter::once(revision).chain(commit.as_deref()) {
         validate_revision(r)?;
     }
+    let file_name = file.rsplit('/').next().unwrap_or(file).to_owned();
     files::validate_relative_path(file)
-        .and_then(|()| files::validate_file_name(file.rsplit('/').next().unwrap_or(file)))
+        .and_then(|()| files::validate_file_name(&file_name))
         .map_err(|e| format!("file {file:?}: {e}"))?;
     let url = client
         .resolve_url(repo, commit.as_deref().unwrap_or(revision), file)
         .map_err(|e| e.to_string())?;
-    let file_name = file.rsplit('/').next().unwrap_or(file).to_owned();
     Ok(NewDownload {
         url: url.to_string(),
         file_name,

@@ -346,6 +346,23 @@ async fn failures_exit_1_with_their_kind_an_unreachable_server_3_and_bad_usage_2
         vec!["pause"],
         vec!["pull", "not-a-spec"],
         vec!["--config", "/nonexistent/config.toml", "ls"],
+        // A malformed digest is bad usage, for `add` and `pull` alike.
+        vec![
+            "--config",
+            c,
+            "add",
+            "http://127.0.0.1:9/x.bin",
+            "--sha256",
+            "zz",
+        ],
+        vec![
+            "--config",
+            c,
+            "pull",
+            "http://127.0.0.1:9/x.bin",
+            "--sha256",
+            "zz",
+        ],
     ] {
         let out = run(&bad, dir.path()).await;
         assert_eq!(out.code, Some(2), "{bad:?}: {out:?}");

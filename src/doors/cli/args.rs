@@ -73,7 +73,7 @@ pub struct PullArgs {
     #[arg(long, default_value = "main")]
     pub revision: String,
     /// The expected sha256 of a URL's file (64 hex digits); Hub files have theirs.
-    #[arg(long)]
+    #[arg(long, value_parser = sha256_arg)]
     pub sha256: Option<String>,
     /// Replace a file of the same name.
     #[arg(long)]
@@ -94,7 +94,7 @@ pub struct AddArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// The expected sha256 (64 hex digits).
-    #[arg(long)]
+    #[arg(long, value_parser = sha256_arg)]
     pub sha256: Option<String>,
     /// Queue it paused.
     #[arg(long)]
@@ -157,4 +157,10 @@ pub struct FilesArgs {
 pub struct JsonFlag {
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--sha256` checked where the usage is read, so a malformed digest is bad usage (exit 2,
+/// as the contract says), not a refusal of the service (exit 1).
+fn sha256_arg(s: &str) -> Result<String, String> {
+    crate::intake::parse_sha256(s).map_err(|e| e.to_string())
 }

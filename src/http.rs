@@ -145,6 +145,21 @@ pub async fn read_capped(
 }
 
 /// Flattens a reqwest error with its sources: "error sending request" alone says nothing.
+/// A URL as it may be shown (API, frames, aria2, logs): any user name and password in it
+/// become `***`. The record keeps them, since resuming needs them; whoever can read the API
+/// of a LAN box must not learn a password for another host from it.
+pub fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            // Both setters fail only for URLs that cannot have credentials, which these have.
+            let _ = u.set_password(None);
+            let _ = u.set_username("***");
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 pub fn describe(error: &reqwest::Error) -> String {
     let mut msg = error.to_string();
     let mut source = std::error::Error::source(error);
@@ -379,5 +394,14 @@ mod tests {
                 let _ = rate_limit_wait(&h);
             }
         }
+    }
+
+    #[test]
+    fn credentials_never_show() {
+        assert_eq!(shown_url("https://u:p%40ss@h/x.bin"), "https://***@h/x.bin");
+        assert_eq!(shown_url("https://ghp_token@h/x"), "https://***@h/x");
+        assert_eq!(shown_url("https://:only-pass@h/x"), "https://***@h/x");
+        assert_eq!(shown_url("https://h/x?a=b"), "https://h/x?a=b");
+        assert_eq!(shown_url("not a url"), "not a url");
     }
 }

@@ -194,7 +194,7 @@ impl Download {
         };
         DownloadView {
             id: self.id.clone(),
-            url: self.url.clone(),
+            url: crate::http::shown_url(&self.url),
             file_name: self.file_name.clone(),
             path: self.path.clone(),
             state: self.state,

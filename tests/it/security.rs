@@ -1082,3 +1082,56 @@ async fn allowed_hosts_limit_downloads_and_their_redirects() {
         "the redirect target was fetched"
     );
 }
+
+#[actix_web::test]
+async fn a_password_in_a_url_is_sent_upstream_but_never_shown() {
+    let up = Upstream::start();
+    up.add_file("private.bin", content(1000, 9), Behavior::default());
+    let svc = TestService::start(|_| {}).await;
+    let port = up.addr().port();
+    let url = format!("http://alice:pa55word@127.0.0.1:{port}/private.bin");
+    let id = svc.add(json!({"url": url})).await;
+    svc.wait_state(&id, "completed", Duration::from_secs(20))
+        .await;
+    // The credentials did their job: the upstream got them as Basic auth.
+    let sent = up.requests("private.bin");
+    let basic = "Basic YWxpY2U6cGE1NXdvcmQ="; // base64("alice:pa55word")
+    assert!(
+        sent.iter()
+            .any(|r| r.authorization.as_deref() == Some(basic)),
+        "{sent:?}"
+    );
+    // Every way a reader of this box sees the download: the API, the websocket's
+    // snapshot and aria2's status; none shows the password.
+    let (_, one) = svc.get(&format!("/api/downloads/{id}")).await;
+    let (_, all) = svc.get("/api/downloads").await;
+    let mut ws = ws_connect(&svc, "", &[]).await.expect("websocket");
+    let snapshot = first_frame(&mut ws).await;
+    let (_, rpc) = svc
+        .post(
+            "/jsonrpc",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "aria2.tellStopped", "params": [0, 10]}),
+        )
+        .await;
+    assert_eq!(
+        one["url"],
+        format!("http://***@127.0.0.1:{port}/private.bin"),
+        "{one}"
+    );
+    for (what, v) in [
+        ("one", &one),
+        ("list", &all),
+        ("ws", &snapshot),
+        ("rpc", &rpc),
+    ] {
+        let text = v.to_string();
+        assert!(
+            text.contains("private.bin"),
+            "{what} lacks the download: {text}"
+        );
+        assert!(
+            !text.contains("pa55word"),
+            "{what} shows the password: {text}"
+        );
+    }
+}

@@ -239,6 +239,14 @@ async fn download_options_map_and_bad_ones_are_refused() {
         .fails("aria2.addUri", json!([[]]))
         .await
         .contains("no URI"));
+    // Every URI of the list is a mirror of the same file: a refused one refuses the call,
+    // though only the first is fetched; so does an entry that is no string.
+    let msg = rpc
+        .fails("aria2.addUri", json!([[url, "file:///etc/passwd"]]))
+        .await;
+    assert!(msg.contains("scheme"), "{msg}");
+    let msg = rpc.fails("aria2.addUri", json!([[url, 7]])).await;
+    assert!(msg.contains("URI"), "{msg}");
     let (_, list) = svc.get("/api/downloads").await;
     assert_eq!(
         list["downloads"].as_array().map(Vec::len),

@@ -330,18 +330,24 @@ impl Aria2 {
     }
 
     async fn add_uri(&self, p: &Params) -> Result<Value> {
+        let not_uris = || RpcError::method("addUri: the first parameter must be a list of URIs");
         let uris: Vec<&str> = match p.get(0) {
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-            _ => {
-                return Err(RpcError::method(
-                    "addUri: the first parameter must be a list of URIs",
-                ))
-            }
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(Value::as_str)
+                .collect::<Option<_>>()
+                .ok_or_else(not_uris)?,
+            _ => return Err(not_uris()),
         };
-        let Some(raw) = uris.first() else {
+        let Some((raw, mirrors)) = uris.split_first() else {
             return Err(RpcError::method("addUri: no URI given"));
         };
         let opts = DownloadOptions::parse(&self.download_dir, &options::object(p.get(1))?)?;
+        // aria2 takes the other URIs as mirrors of the same file; we fetch from the first,
+        // but a URI we would refuse is refused wherever it stands in the list.
+        for mirror in mirrors {
+            self.policy.check(mirror)?;
+        }
         let file = UrlFile {
             url: raw,
             file_name: opts.out.clone(),

@@ -541,7 +541,7 @@ async fn hub_names_are_validated() {
 /// A hostile Hub: every request is answered 200 with JSON that never ends (an array of
 /// plausible entries, or for model info an object whose `siblings` never close), as fast
 /// as the socket takes it. Counts the body bytes it got out.
-fn endless_hub() -> (common::upstream::Server, Arc<std::sync::atomic::AtomicU64>) {
+pub(crate) fn endless_hub() -> (common::upstream::Server, Arc<std::sync::atomic::AtomicU64>) {
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let sent = Arc::new(AtomicU64::new(0));

@@ -591,3 +591,17 @@ async fn search_files_and_library_print_aligned_tables() {
         .iter()
         .any(|f| f["path"] == "done.bin"));
 }
+
+/// `--server` may name anything: an answer without end is refused at the client's cap
+/// (exit 1, saying so) instead of filling its memory.
+#[tokio::test]
+async fn an_endless_answer_is_refused_at_the_clients_cap() {
+    let (server, sent) = crate::hub::endless_hub();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = format!("http://{}", server.addr());
+    let out = run(&["--server", &base, "ls"], dir.path()).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("more than"), "{out:?}");
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < 300 * MIB as u64, "read {sent} bytes");
+}

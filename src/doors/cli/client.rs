@@ -9,6 +9,10 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
 
 use super::CliError;
 
+/// The most one answer of the service may hold: a list of 100,000 downloads is about
+/// 60 MiB; whatever `--server` names, the client reads no more than this.
+const ANSWER_CAP: usize = 256 * 1024 * 1024;
+
 /// A download as the client reads it (the contract's shape; fields it does not show
 /// are left out).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -151,7 +155,18 @@ impl Remote {
         }
         let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| self.unreachable(&e))?;
+        let body = crate::http::read_capped(response, ANSWER_CAP)
+            .await
+            .map_err(|e| match e {
+                crate::http::BodyError::TooLarge { .. } => {
+                    CliError::Protocol(format!("{path}: {e}: not this service's answer"))
+                }
+                crate::http::BodyError::Network(message) => CliError::Unreachable {
+                    url: self.base.to_string(),
+                    message,
+                },
+            })?;
+        let text = String::from_utf8_lossy(&body).into_owned();
         if status.is_success() {
             if text.is_empty() {
                 return Ok(Value::Null);

@@ -9,6 +9,7 @@
 //! The mirror only reads: nothing here changes the queue but adding a download.
 
 mod headers;
+mod heads;
 mod info;
 mod local;
 mod pull;
@@ -34,6 +35,8 @@ pub struct Mirror {
     pub download_dir: std::path::PathBuf,
     /// `[server] trusted_proxies`: the peers whose forwarded headers are believed.
     pub trusted_proxies: std::sync::Arc<[std::net::IpAddr]>,
+    /// Each repo's `main` as the upstream's `refs` last named it.
+    pub heads: std::sync::Arc<heads::Heads>,
 }
 
 /// A refusal of the mirror, answered in the Hub's own error form (`{"error": "..."}`

@@ -199,6 +199,87 @@ async fn llama_cpp_through_the_mirror_gets_a_library_file_without_the_upstream()
     assert_eq!(cdn_bytes(&m, Q4), cdn_before, "the CDN sent the file again");
 }
 
+/// (b) The upstream's `main` moved on (a README edit) since the library's file was
+/// fetched: llama.cpp asks for it by the new commit, one `HEAD` upstream shows it is
+/// the same file, and its bytes come from the library.
+#[actix_web::test]
+async fn llama_cpp_gets_a_library_file_unchanged_at_a_newer_upstream_commit() {
+    let m = hub_with_models();
+    let svc = service(&m, |_| {}).await;
+    hold(&svc, Q4, false).await;
+    let held_at = m.hub.commit(REPO);
+    m.hub
+        .put_file(REPO, "README.md", b"# tiny, edited\n".to_vec());
+    let newer = m.hub.commit(REPO);
+    assert_ne!(held_at, newer);
+    let before = m.hub.requests().len();
+    let cache = tempfile::tempdir().unwrap();
+    let got = llama::resolve(
+        Some(&svc.url("/hf")),
+        cache.path(),
+        &format!("{REPO}:Q4_K_M"),
+        &[],
+    )
+    .await;
+    assert_generated(&got, Q4, &m.q4);
+    assert!(got.model.to_string_lossy().contains(&newer), "{got:?}");
+    let asked = hub_requests_since(&m.hub, before);
+    let file = format!("/{REPO}/resolve/{newer}/{Q4}");
+    assert!(
+        asked
+            .iter()
+            .filter(|r| r.contains("/resolve/"))
+            .all(|r| *r == format!("HEAD {file}")),
+        "only HEADs of the file upstream: {asked:?}"
+    );
+    assert_eq!(cdn_bytes(&m, Q4), 0, "no bytes of the new commit's object");
+}
+
+/// A download llama.cpp left half done resumes with `Range: bytes=N-`: the mirror
+/// answers 206 from the library and the file ends whole.
+#[actix_web::test]
+async fn llama_cpp_resumes_a_partial_download_from_the_mirror() {
+    let m = hub_with_models();
+    let svc = service(&m, |_| {}).await;
+    hold(&svc, Q4, false).await;
+    let cache = tempfile::tempdir().unwrap();
+    let blobs = cache.path().join("models--tiny-org--Tiny-Llama-GGUF/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let half = m.q4.len() / 2;
+    let partial = blobs.join(format!("{}.downloadInProgress", sha256_hex(&m.q4)));
+    std::fs::write(&partial, &m.q4[..half]).unwrap();
+    let got = llama::resolve(
+        Some(&svc.url("/hf")),
+        cache.path(),
+        &format!("{REPO}:Q4_K_M"),
+        &[],
+    )
+    .await;
+    assert_generated(&got, Q4, &m.q4);
+    assert!(!partial.exists());
+
+    // The same with a marked prefix: the file ends as that prefix and the rest from
+    // the mirror, so llama.cpp asked for the rest only and got it at the right offset.
+    let cache = tempfile::tempdir().unwrap();
+    let blobs = cache.path().join("models--tiny-org--Tiny-Llama-GGUF/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let partial = blobs.join(format!("{}.downloadInProgress", sha256_hex(&m.q4)));
+    std::fs::write(&partial, vec![b'#'; half]).unwrap();
+    let mut run = Run::new(
+        Some(&svc.url("/hf")),
+        cache.path(),
+        &format!("{REPO}:Q4_K_M"),
+        &[],
+    );
+    run.generate = false;
+    let got = llama::try_run(run)
+        .await
+        .unwrap_or_else(|f| panic!("{f:?}"));
+    let mut want = vec![b'#'; half];
+    want.extend_from_slice(&m.q4[half..]);
+    assert_eq!(std::fs::read(&got.model).unwrap(), want);
+}
+
 /// (c) A quantization the library does not hold: llama.cpp's request is a miss,
 /// fetched once from the upstream as a download of the queue (streamed to llama.cpp),
 /// then in the library; a second client gets it without the upstream.
@@ -210,9 +291,16 @@ async fn llama_cpp_through_the_mirror_fetches_a_missing_quantization_once() {
     assert_eq!(cdn_bytes(&m, Q8), 0);
     let endpoint = svc.url("/hf");
     let spec = format!("{REPO}:Q8_0");
-    let first = tempfile::tempdir().unwrap();
-    let got = llama::resolve(Some(&endpoint), first.path(), &spec, &[]).await;
-    assert_generated(&got, Q8, &m.q8);
+    // Two machines ask at once: one upstream transfer.
+    let (first, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let both = futures_util::future::join_all(
+        [first.path(), other.path()]
+            .map(|cache| llama::try_run(Run::new(Some(&endpoint), cache, &spec, &[]))),
+    )
+    .await;
+    for got in both {
+        assert_generated(&got.unwrap_or_else(|f| panic!("{f:?}")), Q8, &m.q8);
+    }
     assert_eq!(cdn_bytes(&m, Q8), m.q8.len() as u64, "fetched once");
     let list = || async { svc.get("/api/library").await.1 };
     let path = format!("{REPO}/{Q8}");
@@ -267,6 +355,18 @@ async fn llama_cpp_through_the_mirror_works_while_the_upstream_is_down() {
             "{down:?}: the upstream was asked first: {asked:?}"
         );
     }
+    // What the library does not hold cannot be had meanwhile: llama.cpp fails at once
+    // (the library's tree has no Q8_0), and nothing is queued.
+    let cache = tempfile::tempdir().unwrap();
+    let run = Run::new(Some(&endpoint), cache.path(), &format!("{REPO}:Q8_0"), &[]);
+    let failed = llama::try_run(run).await.expect_err("no Q8_0 here");
+    assert!(failed.log.contains("no GGUF files found"), "{}", failed.log);
+    let (_, downloads) = svc.get("/api/downloads").await;
+    assert_eq!(
+        downloads["downloads"].as_array().map(Vec::len),
+        Some(1),
+        "{downloads}"
+    );
 }
 
 /// (e) With a Hub-shaped `api_token`, llama.cpp with that token as its `HF_TOKEN` gets
@@ -349,4 +449,90 @@ async fn llama_cpp_drops_a_token_that_is_not_hub_shaped() {
         "{}",
         failed.log
     );
+}
+
+/// Attacks on `refs`: names that are no repo, or try to leave it, get the Hub's error
+/// form without reaching the upstream; an unknown repo gets the upstream's 404 as it
+/// is; nothing is queued or written.
+#[actix_web::test]
+async fn refs_refuses_bad_names_in_the_hubs_error_form() {
+    let m = hub_with_models();
+    let svc = service(&m, |_| {}).await;
+    let before = m.hub.requests().len();
+    for (path, status, code) in [
+        ("/hf/api/models/bad%20owner/name/refs", 404, "RepoNotFound"),
+        ("/hf/api/models/o/..%2F..%2Fx/refs", 404, "RepoNotFound"),
+        ("/hf/api/models/o/.hidden/refs", 404, "RepoNotFound"),
+        ("/hf/api/models/o/n%00/refs", 404, "RepoNotFound"),
+        ("/hf/api/models/o/n/refs/extra", 404, "EntryNotFound"),
+    ] {
+        let r = svc.client.get(svc.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        assert_eq!(r.headers()["x-error-code"], code, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+    assert_eq!(hub_requests_since(&m.hub, before), Vec::<String>::new());
+
+    let r = svc
+        .client
+        .get(svc.url("/hf/api/models/nobody/none/refs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-error-code"], "RepoNotFound");
+    assert_eq!(r.headers()["content-type"], "application/json");
+
+    let r = svc
+        .client
+        .get(svc.url(&format!("/hf/api/models/{REPO}/refs?include_prs=1")))
+        .send()
+        .await
+        .unwrap();
+    let refs: Value = r.json().await.unwrap();
+    assert_eq!(refs["branches"][0]["targetCommit"], m.hub.commit(REPO));
+    assert_eq!(
+        refs["pullRequests"],
+        json!([]),
+        "the query went upstream as it was"
+    );
+    let (_, list) = svc.get("/api/downloads").await;
+    assert_eq!(list["downloads"], json!([]), "nothing was queued");
+    assert!(common::service::tree(&svc.download_dir()).is_empty());
+}
+
+/// A miss llama.cpp caused (asked by the commit `refs` named as `main`) is recorded as
+/// `main` at that commit: published in the HuggingFace cache with `refs/main`, the
+/// box's own `llama-server -hf … --offline` finds it there.
+#[actix_web::test]
+async fn a_miss_fetched_for_llama_cpp_is_published_as_main() {
+    let m = hub_with_models();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().display().to_string();
+    let svc = service(&m, move |c| c.library.hf_cache = dir).await;
+    let client = tempfile::tempdir().unwrap();
+    let spec = format!("{REPO}:Q8_0");
+    llama::resolve(Some(&svc.url("/hf")), client.path(), &spec, &[]).await;
+    let list = || async { svc.get("/api/library").await.1 };
+    let path = format!("{REPO}/{Q8}");
+    common::wait::library_file_where(LONG, list, &path, "published", |f| {
+        f["runtimes"]["hf_cache"].is_string()
+    })
+    .await;
+    let refs_main = cache
+        .path()
+        .join("models--tiny-org--Tiny-Llama-GGUF/refs/main");
+    assert_eq!(
+        std::fs::read_to_string(&refs_main).ok().as_deref(),
+        Some(m.hub.commit(REPO).as_str())
+    );
+    let got = llama::resolve(
+        Some("http://127.0.0.1:9/"),
+        cache.path(),
+        &spec,
+        &["--offline"],
+    )
+    .await;
+    assert_generated(&got, Q8, &m.q8);
 }

@@ -65,6 +65,9 @@ pub(super) async fn refs(
         .await;
     let files = mirror.library.repo_files(&repo);
     if let Some(answer) = usable(upstream, !files.is_empty(), &repo)? {
+        if answer.status == 200 {
+            mirror.heads.note(&repo, &answer.body);
+        }
         return Ok(relay(answer, None));
     }
     let refs = local::refs(&files)

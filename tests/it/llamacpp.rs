@@ -536,3 +536,80 @@ async fn a_miss_fetched_for_llama_cpp_is_published_as_main() {
     .await;
     assert_generated(&got, Q8, &m.q8);
 }
+
+/// The service says at start when its `api_token` is one llama.cpp would not send, and
+/// is silent about one it would.
+#[test]
+fn the_service_warns_at_start_about_a_token_llama_cpp_drops() {
+    use common::binary::{free_port, write_config, BIN};
+    for (token, warned) in [("lan-secret", true), (HUB_SHAPED, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), free_port(), "");
+        let log = dir.path().join("service.log");
+        let mut child = std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .env("MM_SERVER__API_TOKEN", token)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+            .spawn()
+            .expect("spawn model-manager");
+        let text = common::wait::eventually_blocking(Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("model-manager listening") {
+                Ok(text)
+            } else {
+                Err(format!("not started yet: {text}"))
+            }
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        let warning = "not shaped like a Hub token";
+        assert_eq!(text.contains(warning), warned, "{token}: {text}");
+        assert!(!text.contains(token), "the log shows the token: {text}");
+    }
+}
+
+/// `huggingface_hub`'s `list_repo_refs` (run with `HF_ENDPOINT` at `endpoint`).
+async fn hf_refs(endpoint: String) -> Value {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/mirror/client.py"
+    ))
+    .args(["refs", REPO])
+    .env("HF_ENDPOINT", endpoint)
+    .env("HF_HOME", home.path())
+    .env_remove("HF_TOKEN")
+    .env("HF_HUB_DISABLE_TELEMETRY", "1");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "client.py refs: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+}
+
+/// The `refs` of the Hub emulator, of the mirror relaying it, and of the mirror from
+/// its library (the upstream down) are what `huggingface_hub` reads as refs: one
+/// branch, `main`, at the commit of the files.
+#[actix_web::test]
+async fn refs_are_what_huggingface_hub_reads_from_the_emulator_and_the_mirror() {
+    let m = hub_with_models();
+    let svc = service(&m, |_| {}).await;
+    hold(&svc, Q4, false).await;
+    let commit = m.hub.commit(REPO);
+    let want = json!({
+        "branches": [["main", "refs/heads/main", commit]],
+        "tags": [],
+        "converts": [],
+    });
+    assert_eq!(hf_refs(m.hub.endpoint()).await, want, "the emulator");
+    assert_eq!(hf_refs(svc.url("/hf")).await, want, "relayed");
+    m.hub.set_down(Down::Unavailable);
+    assert_eq!(hf_refs(svc.url("/hf")).await, want, "from the library");
+}

@@ -22,10 +22,11 @@ fi
 # The real clients our compatibility claims are tested with (PyPI): llama.cpp's gguf
 # package (writes and reads test GGUF files), huggingface_hub (reads the HF cache),
 # aria2p (an aria2 JSON-RPC library and CLI; its add/show/pause/resume/remove need no
-# [tui] extra).
-python3 -c 'import gguf, huggingface_hub, aria2p' >/dev/null 2>&1 && command -v aria2p >/dev/null 2>&1 || {
-  echo "installing gguf, huggingface_hub and aria2p (PyPI) for the library and aria2 tests"
-  python3 -m pip install --quiet --disable-pip-version-check gguf huggingface_hub aria2p
+# [tui] extra), xllamacpp (llama.cpp's server and its `-hf` download code, for
+# tests/it/llamacpp.rs).
+python3 -c 'import gguf, huggingface_hub, aria2p, xllamacpp' >/dev/null 2>&1 && command -v aria2p >/dev/null 2>&1 || {
+  echo "installing gguf, huggingface_hub, aria2p and xllamacpp (PyPI) for the library, aria2 and llama.cpp tests"
+  python3 -m pip install --quiet --disable-pip-version-check gguf huggingface_hub aria2p xllamacpp
 }
 
 # No function of src/ over 80 lines (clippy.toml; test code may opt out). Only on a

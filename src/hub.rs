@@ -10,7 +10,7 @@ pub mod quant;
 mod relay;
 
 pub use info::RepoRevision;
-pub use names::{validate_repo, validate_revision};
+pub use names::{is_hub_shaped_token, validate_repo, validate_revision};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};

@@ -83,6 +83,7 @@ pub struct Prepared {
 pub fn prepare(config: Config) -> Result<Prepared, StartError> {
     let addr = config.bind_addr()?;
     check_bind(addr, &config)?;
+    warn_token_shape(&config);
     let download_dir = ensure_download_dir(&config)?;
     let (store, records) = open_store(&config)?;
     let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
@@ -128,6 +129,20 @@ fn check_bind(addr: SocketAddr, config: &Config) -> Result<(), StartError> {
         return Err(StartError::NoTokenOnPublicBind(addr));
     }
     Ok(())
+}
+
+/// Says at start when `api_token` is not shaped like a Hub token: llama.cpp's `-hf`
+/// would never send it to the LAN mirror's `refs` and `tree` (the REST API, aria2
+/// clients and `huggingface_hub` take any token, so it is no refusal).
+fn warn_token_shape(config: &Config) {
+    let token = &config.server.api_token;
+    if !token.is_empty() && !hub::is_hub_shaped_token(token) {
+        tracing::warn!(
+            "server.api_token is not shaped like a Hub token (hf_ then letters and digits, \
+             37 to 256 characters in all): llama.cpp drops such a token, so `llama-server -hf` \
+             through this service's /hf mirror gets 401"
+        );
+    }
 }
 
 /// Binds `[aria2] bind` when set (the same rule as the main bind: no public

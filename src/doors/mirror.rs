@@ -9,6 +9,7 @@
 //! The mirror only reads: nothing here changes the queue but adding a download.
 
 mod headers;
+mod heads;
 mod info;
 mod local;
 mod pull;
@@ -34,6 +35,8 @@ pub struct Mirror {
     pub download_dir: std::path::PathBuf,
     /// `[server] trusted_proxies`: the peers whose forwarded headers are believed.
     pub trusted_proxies: std::sync::Arc<[std::net::IpAddr]>,
+    /// Each repo's `main` as the upstream's `refs` last named it.
+    pub heads: std::sync::Arc<heads::Heads>,
 }
 
 /// A refusal of the mirror, answered in the Hub's own error form (`{"error": "..."}`
@@ -42,7 +45,9 @@ pub struct Mirror {
 /// errors into it).
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
-    #[error("Invalid credentials in Authorization header: send this service's api_token as your HF_TOKEN")]
+    /// llama.cpp shows the `error` of this answer; it sends a token on `refs` and
+    /// `tree` only when the token is shaped like a Hub token (`hub::is_hub_shaped_token`).
+    #[error("Invalid credentials in Authorization header: send this service's api_token as your HF_TOKEN (llama.cpp sends HF_TOKEN only when it is shaped like a Hub token: hf_ then letters and digits, 37 to 256 characters in all; it drops any other, so such a service needs an api_token of that shape)")]
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),
@@ -129,6 +134,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/api/models/{owner}/{name}/revision/{rev}",
             web::get().to(info::model_info_at),
         )
+        .route("/api/models/{owner}/{name}/refs", web::get().to(info::refs))
         .route(
             "/api/models/{owner}/{name}/tree/{rev}",
             web::get().to(info::tree_root),

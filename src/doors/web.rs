@@ -110,6 +110,7 @@ fn serve(listener: TcpListener, addr: SocketAddr, parts: Parts<'_>) -> std::io::
         hub: parts.hub.clone(),
         download_dir: config.storage.download_dir.clone(),
         trusted_proxies: config.server.trusted_proxies.clone().into(),
+        heads: Default::default(),
     });
     let queue_data = web::Data::new(parts.queue.clone());
     let library_data = web::Data::new(parts.library);

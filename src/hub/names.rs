@@ -46,6 +46,17 @@ pub fn validate_revision(revision: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether llama.cpp sends `token` to a Hub's API: `hf_` then ASCII letters and
+/// digits, 37 to 256 characters in all (its `is_valid_hf_token` in
+/// `common/hf-cache.cpp`). It drops any other token from its `refs` and `tree`
+/// requests, so a LAN mirror guarded by such a token refuses it there.
+pub fn is_hub_shaped_token(token: &str) -> bool {
+    (37..=256).contains(&token.len())
+        && token
+            .strip_prefix("hf_")
+            .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +94,27 @@ mod tests {
             "a/b%2f",
         ] {
             assert!(validate_repo(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hub_shaped_tokens_are_those_llama_cpp_sends() {
+        let ok = format!("hf_{}", "a1B2".repeat(9)); // 39 characters
+        assert!(is_hub_shaped_token(&ok));
+        assert!(is_hub_shaped_token(&format!("hf_{}", "x".repeat(34)))); // 37: the least
+        assert!(is_hub_shaped_token(&format!("hf_{}", "x".repeat(253)))); // 256: the most
+        for bad in [
+            format!("hf_{}", "x".repeat(33)),  // 36
+            format!("hf_{}", "x".repeat(254)), // 257
+            format!("hf_{}-{}", "x".repeat(20), "y".repeat(20)),
+            format!("hf_{}_", "x".repeat(40)),
+            format!("HF_{}", "x".repeat(40)),
+            format!("xx_{}", "x".repeat(40)),
+            format!("hf_{}é", "x".repeat(40)),
+            String::new(),
+            "secret".into(),
+        ] {
+            assert!(!is_hub_shaped_token(&bad), "{bad:?}");
         }
     }
 }

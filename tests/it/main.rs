@@ -22,6 +22,7 @@ mod library;
 mod library_property;
 mod library_trust;
 mod limits_and_scale;
+mod llamacpp;
 mod mirror;
 mod ops;
 mod path_tricks;

@@ -5,6 +5,7 @@ the service. Prints one JSON object. Usage:
     client.py two REPO FILE                     two hf_hub_download at once (two caches)
     client.py snapshot REPO PATTERN...          snapshot_download(allow_patterns=...)
     client.py info REPO                         HfApi().model_info
+    client.py refs REPO                         HfApi().list_repo_refs: [name, ref, commit]s
 """
 
 import hashlib
@@ -72,6 +73,12 @@ def info(repo):
     return {"sha": m.sha, "id": m.id, "siblings": sorted(s.rfilename for s in m.siblings or [])}
 
 
+def refs(repo):
+    r = HfApi().list_repo_refs(repo)
+    shape = lambda refs: [[g.name, g.ref, g.target_commit] for g in refs]
+    return {"branches": shape(r.branches), "tags": shape(r.tags), "converts": shape(r.converts)}
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "download":
@@ -82,6 +89,8 @@ def main():
         result = snapshot(args[0], args[1:])
     elif cmd == "info":
         result = info(args[0])
+    elif cmd == "refs":
+        result = refs(args[0])
     else:
         raise SystemExit(f"unknown command {cmd}")
     print(json.dumps(result))

@@ -1,4 +1,4 @@
-//! Model info and trees: relayed from the upstream Hub when it answers (so that
+//! Model info, refs and trees: relayed from the upstream Hub when it answers (so that
 //! `snapshot_download` sees every file, also those not fetched yet), else made from
 //! what the library knows of the repo (a mirror that lost its uplink still serves).
 
@@ -48,6 +48,31 @@ async fn info(
     let info = local::model_info(&repo, rev.unwrap_or("main"), &files)
         .ok_or_else(|| MirrorError::RevisionNotFound(format!("{repo}: no such revision here")))?;
     Ok(HttpResponse::Ok().json(info))
+}
+
+/// `GET /hf/api/models/{owner}/{name}/refs`: the repo's branches and tags (llama.cpp's
+/// `-hf` asks it first, and takes the commit of `main`).
+pub(super) async fn refs(
+    req: HttpRequest,
+    path: Repo,
+    mirror: web::Data<Mirror>,
+) -> Result<HttpResponse, MirrorError> {
+    let (owner, name) = path.into_inner();
+    let repo = checked(&owner, &name, None)?;
+    let upstream = mirror
+        .hub
+        .relay_api(&repo, "refs", req.query_string())
+        .await;
+    let files = mirror.library.repo_files(&repo);
+    if let Some(answer) = usable(upstream, !files.is_empty(), &repo)? {
+        if answer.status == 200 {
+            mirror.heads.note(&repo, &answer.body);
+        }
+        return Ok(relay(answer, None));
+    }
+    let refs = local::refs(&files)
+        .ok_or_else(|| MirrorError::RepoNotFound(format!("{repo}: no commit of it here")))?;
+    Ok(HttpResponse::Ok().json(refs))
 }
 
 /// `GET /hf/api/models/{owner}/{name}/tree/{rev}`.

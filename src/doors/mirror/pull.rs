@@ -142,7 +142,7 @@ async fn download_of(
     let wanted = crate::intake::hub::Wanted {
         repo,
         file,
-        revision: rev,
+        revision: mirror.heads.revision_of(repo, rev),
         commit: up.commit.clone(),
         sha256: up.sha256.clone(),
     };

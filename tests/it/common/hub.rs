@@ -1,6 +1,6 @@
 //! An emulated HuggingFace Hub for the Hub-client integration tests.
 //!
-//! It answers the few routes a downloader needs the way huggingface.co does (model search, the
+//! It answers the few routes a downloader needs the way huggingface.co does (model search, refs, the
 //! paginated repo tree, `resolve` with its redirect to a presigned CDN link and its `X-Error-Code`
 //! errors), and keeps each repo's `main` history so a test can move `main` under a running
 //! download and check that the client stays on the commit it pinned.
@@ -68,6 +68,16 @@ pub struct RepoOptions {
     pub tags: Vec<String>,
 }
 
+/// Whether the Hub answers (see [`HubEmu::set_down`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Down {
+    Up,
+    /// Every request gets `503 Service Unavailable` (an outage behind the Hub's front).
+    Unavailable,
+    /// Every connection is closed without an answer (the Hub unreachable).
+    Silent,
+}
+
 /// One request as the Hub saw it, with the status it answered.
 #[derive(Clone, Debug)]
 pub struct HubRequest {
@@ -99,6 +109,7 @@ impl HubEmu {
             next_sig: 1,
             requests: Vec::new(),
             failures: VecDeque::new(),
+            down: Down::Up,
             endpoint: String::new(),
             cdn_base: format!("http://{}", cdn.addr()),
         }));
@@ -228,6 +239,12 @@ impl HubEmu {
         lock(&self.state).failures.extend(failures);
     }
 
+    /// Takes the Hub (not its CDN) down, or brings it back: while down, every request
+    /// is recorded (with status 0 when [`Down::Silent`]) and gets no answer of a Hub.
+    pub fn set_down(&self, down: Down) {
+        lock(&self.state).down = down;
+    }
+
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<HubRequest> {
         lock(&self.state).requests.clone()
@@ -318,6 +335,7 @@ struct HubState {
     next_sig: u64,
     requests: Vec<HubRequest>,
     failures: VecDeque<(u16, Option<u64>)>,
+    down: Down,
     /// `http://127.0.0.1:PORT` of the Hub, for `Link` headers.
     endpoint: String,
     /// `http://127.0.0.1:PORT` of the CDN.
@@ -498,7 +516,11 @@ async fn handle_connection(mut stream: TcpStream, state: Arc<Mutex<HubState>>) {
     };
     let reply = {
         let mut st = lock(&state);
-        let reply = answer(&mut st, &request);
+        let reply = match st.down {
+            Down::Up => answer(&mut st, &request),
+            Down::Unavailable => Reply::json(503, &json!({ "error": "Service Unavailable" })),
+            Down::Silent => Reply::json(0, &Value::Null),
+        };
         st.requests.push(HubRequest {
             method: request.method.clone(),
             path: format!("/{}", request.path),
@@ -508,6 +530,9 @@ async fn handle_connection(mut stream: TcpStream, state: Arc<Mutex<HubState>>) {
         });
         reply
     };
+    if reply.status == 0 {
+        return; // Down::Silent: the connection closes unanswered.
+    }
     send(&mut stream, reply, request.method != "HEAD").await;
 }
 
@@ -560,6 +585,7 @@ fn answer(st: &mut HubState, req: &Request) -> Reply {
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     match seg.as_slice() {
         ["api", "models"] | ["api", "models", ""] => search(st, &params),
+        ["api", "models", owner, name, "refs"] => refs(st, &format!("{owner}/{name}"), &params),
         ["api", "models", owner, name] => {
             model_info(st, &format!("{owner}/{name}"), "main", &params)
         }
@@ -701,6 +727,24 @@ fn model_info(st: &HubState, repo: &str, rev: &str, params: &[(String, String)])
             "siblings": siblings,
         }),
     )
+}
+
+/// `GET /api/models/{repo}/refs[?include_prs=1]`: the shape `huggingface_hub`'s
+/// `list_repo_refs` reads (and llama.cpp's `get_repo_commit`: `branches[].name` and
+/// `targetCommit`). This Hub has one branch, `main`, and no tags.
+fn refs(st: &HubState, repo: &str, params: &[(String, String)]) -> Reply {
+    let Some(r) = st.repos.get(repo) else {
+        return Reply::error(404, "RepoNotFound", "Repository not found");
+    };
+    let mut body = json!({
+        "branches": [{ "name": "main", "ref": "refs/heads/main", "targetCommit": r.main().sha }],
+        "converts": [],
+        "tags": [],
+    });
+    if params.iter().any(|(k, v)| k == "include_prs" && is_true(v)) {
+        body["pullRequests"] = json!([]);
+    }
+    Reply::json(200, &body)
 }
 
 fn is_true(v: &str) -> bool {

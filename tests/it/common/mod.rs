@@ -1,5 +1,6 @@
 pub mod binary;
 pub mod hub;
+pub mod llama;
 pub mod rpc;
 pub mod service;
 pub mod terminal;

@@ -1,0 +1,100 @@
+//! The commit of each repo's `main` as the upstream's `refs` last told a client of the
+//! mirror. llama.cpp asks `refs`, takes `main`'s commit and then asks every file by
+//! that commit: a miss it causes is fetched as "`main`, at this commit" (as `pull`
+//! would), so the library's record and the HuggingFace cache's `refs/main` say which
+//! branch it is (without it, the box's own `llama-server -hf … --offline` and
+//! `huggingface_hub` offline would not find the file, and the update watch would not
+//! follow it).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+use super::local::is_commit;
+
+/// Repos remembered at most; past it, the map starts over (a `refs` is asked right
+/// before the files, so only the last few matter).
+const MAX_REPOS: usize = 4096;
+
+#[derive(Debug, Default)]
+pub struct Heads(Mutex<HashMap<String, String>>);
+
+impl Heads {
+    /// Notes `main`'s commit from an upstream's `refs` answer (`body`, already capped).
+    pub(super) fn note(&self, repo: &str, body: &[u8]) {
+        let Ok(refs) = serde_json::from_slice::<Value>(body) else {
+            return;
+        };
+        let main = refs["branches"].as_array().and_then(|branches| {
+            branches
+                .iter()
+                .find(|b| b["name"] == "main")
+                .and_then(|b| b["targetCommit"].as_str())
+                .filter(|c| is_commit(c))
+        });
+        let mut heads = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match main {
+            Some(commit) => {
+                if heads.len() >= MAX_REPOS && !heads.contains_key(repo) {
+                    heads.clear();
+                }
+                heads.insert(repo.to_owned(), commit.to_ascii_lowercase());
+            }
+            None => {
+                heads.remove(repo);
+            }
+        }
+    }
+
+    /// The revision to record for a file of `repo` asked at `rev`: `main` when `rev` is
+    /// the commit the upstream last named as `main`, else `rev` itself.
+    pub(super) fn revision_of<'a>(&self, repo: &str, rev: &'a str) -> &'a str {
+        let heads = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match heads.get(repo) {
+            Some(commit) if commit.eq_ignore_ascii_case(rev) => "main",
+            _ => rev,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn a_commit_named_main_by_the_last_refs_is_recorded_as_main() {
+        let heads = Heads::default();
+        assert_eq!(heads.revision_of("o/n", C), C);
+        let refs = format!(
+            r#"{{"branches":[{{"name":"dev","targetCommit":"{}"}},{{"name":"main","ref":"refs/heads/main","targetCommit":"{C}"}}],"tags":[],"converts":[]}}"#,
+            "f".repeat(40)
+        );
+        heads.note("o/n", refs.as_bytes());
+        assert_eq!(heads.revision_of("o/n", C), "main");
+        assert_eq!(heads.revision_of("o/n", &C.to_uppercase()), "main");
+        assert_eq!(heads.revision_of("o/other", C), C);
+        assert_eq!(heads.revision_of("o/n", &"f".repeat(40)), "f".repeat(40));
+        // An answer without a valid main forgets it.
+        heads.note(
+            "o/n",
+            br#"{"branches":[{"name":"main","targetCommit":"../x"}]}"#,
+        );
+        assert_eq!(heads.revision_of("o/n", C), C);
+        heads.note("o/n", refs.as_bytes());
+        heads.note("o/n", b"<html>");
+        assert_eq!(
+            heads.revision_of("o/n", C),
+            "main",
+            "not JSON: nothing learned"
+        );
+    }
+}

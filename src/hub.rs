@@ -6,13 +6,13 @@
 
 mod info;
 mod names;
+pub mod pick;
 pub mod quant;
 mod relay;
 
 pub use info::RepoRevision;
 pub use names::{validate_repo, validate_revision};
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
@@ -95,12 +95,18 @@ pub struct RepoFile {
     pub quantization: Option<String>,
 }
 
-/// The files of one quantization (several for a split model) and their total size.
+/// One quantization as `llama-server -hf owner/name:NAME` reaches it: its model files
+/// (several for a split model), their total size, and the mmproj fetched alongside.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Quantization {
+    /// The tag (`""` for the default pick of a file no tag reaches, or a preset).
     pub name: String,
     pub files: Vec<String>,
     pub size: u64,
+    /// The multimodal projector llama.cpp fetches with it.
+    pub mmproj: Option<String>,
+    /// What `owner/name` without a tag picks.
+    pub default: bool,
 }
 
 /// What `resolve` tells about one file.
@@ -302,7 +308,7 @@ impl HubClient {
                 });
             }
         }
-        files.sort_by(|a, b| a.path.cmp(&b.path));
+        // Kept in the tree's order: llama.cpp's pick takes the first match in it.
         Ok(files)
     }
 
@@ -436,22 +442,54 @@ async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response,
     })
 }
 
-/// Groups GGUF files by quantization; split parts form one. Smallest first.
-pub fn group_quantizations(files: &[RepoFile]) -> Vec<Quantization> {
-    let mut groups: BTreeMap<String, Quantization> = BTreeMap::new();
-    for f in files {
-        let Some(q) = &f.quantization else { continue };
-        let g = groups.entry(q.clone()).or_insert_with(|| Quantization {
-            name: q.clone(),
-            files: Vec::new(),
-            size: 0,
-        });
-        g.files.push(f.path.clone());
-        g.size += f.size;
+/// The quantizations of a repo, one per tag of its model files that llama.cpp's pick
+/// resolves (two tags reaching the same file are one entry), each with exactly the files
+/// `-hf owner/name:TAG` fetches; the default pick is marked. Smallest first.
+pub fn quantizations(files: &[RepoFile]) -> Vec<Quantization> {
+    let size_of = |paths: &[String]| -> u64 {
+        paths
+            .iter()
+            .filter_map(|p| files.iter().find(|f| &f.path == p))
+            .map(|f| f.size)
+            .sum()
+    };
+    let entry = |name: String, p: &pick::Pick, default: bool| {
+        let files: Vec<String> = p.files().iter().map(|s| (*s).to_owned()).collect();
+        let model: Vec<String> = p.preset.iter().chain(&p.model_files).cloned().collect();
+        Quantization {
+            name,
+            size: size_of(&model),
+            files: model,
+            mmproj: p.mmproj.clone().filter(|m| files.contains(m)),
+            default,
+        }
+    };
+    let default = pick::pick(files, None, true);
+    if default.preset.is_some() {
+        return vec![entry(String::new(), &default, true)];
     }
-    let mut out: Vec<Quantization> = groups.into_values().collect();
-    for q in &mut out {
-        q.files.sort();
+    let mut tags: Vec<String> = Vec::new();
+    for f in files.iter().filter(|f| pick::is_model(&f.path)) {
+        let tag = pick::split_info(&f.path).tag;
+        if !tag.is_empty() && pick::validate_tag(&tag).is_ok() && !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    let mut out: Vec<Quantization> = Vec::new();
+    let mut primaries: Vec<String> = Vec::new();
+    for tag in tags {
+        let p = pick::pick(files, Some(&tag), true);
+        let Some(primary) = p.primary.clone() else {
+            continue;
+        };
+        if primaries.contains(&primary) {
+            continue;
+        }
+        primaries.push(primary);
+        out.push(entry(tag, &p, p.primary == default.primary));
+    }
+    if default.primary.is_some() && !out.iter().any(|q| q.default) {
+        out.push(entry(String::new(), &default, true));
     }
     out.sort_by(|a, b| a.size.cmp(&b.size).then(a.name.cmp(&b.name)));
     out
@@ -474,12 +512,13 @@ mod tests {
     fn split_files_form_one_quantization() {
         let files = vec![
             file("m-Q4_K_M.gguf", 40),
-            file("f16/m-F16-00002-of-00002.gguf", 60),
             file("f16/m-F16-00001-of-00002.gguf", 100),
+            file("f16/m-F16-00002-of-00002.gguf", 60),
             file("README.md", 1),
             file("m-IQ3_M.gguf", 30),
+            file("mmproj-m-F16.gguf", 5),
         ];
-        let q = group_quantizations(&files);
+        let q = quantizations(&files);
         let names: Vec<&str> = q.iter().map(|q| q.name.as_str()).collect();
         assert_eq!(names, ["IQ3_M", "Q4_K_M", "F16"]);
         assert_eq!(
@@ -490,6 +529,24 @@ mod tests {
             ]
         );
         assert_eq!(q[2].size, 160);
+        let defaults: Vec<bool> = q.iter().map(|q| q.default).collect();
+        assert_eq!(defaults, [false, true, false]);
+        // The mmproj at the root goes with the model in `f16/` too (a folder above).
+        assert!(q
+            .iter()
+            .all(|q| q.mmproj.as_deref() == Some("mmproj-m-F16.gguf")));
+    }
+
+    #[test]
+    fn a_file_no_tag_reaches_is_the_default_entry() {
+        let files = vec![file("model.gguf", 10), file("preset-free.txt", 1)];
+        let q = quantizations(&files);
+        assert_eq!(q.len(), 1);
+        assert_eq!((q[0].name.as_str(), q[0].default), ("", true));
+        assert_eq!(q[0].files, ["model.gguf"]);
+        let q = quantizations(&[file("m-Q4_K_M.gguf", 10), file("preset.ini", 1)]);
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].files, ["preset.ini"]);
     }
 
     #[test]

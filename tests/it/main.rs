@@ -25,6 +25,7 @@ mod limits_and_scale;
 mod mirror;
 mod ops;
 mod path_tricks;
+mod pick;
 mod process;
 mod queue;
 mod runtimes;

@@ -9,6 +9,7 @@ mod names;
 pub mod pick;
 pub mod quant;
 mod relay;
+mod trees;
 
 pub use info::RepoRevision;
 pub use names::{validate_repo, validate_revision};
@@ -130,6 +131,7 @@ pub struct HubClient {
     http: reqwest::Client,
     endpoint: url::Url,
     token: Option<String>,
+    trees: trees::Trees,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +180,7 @@ impl HubClient {
             http,
             endpoint,
             token: token.filter(|t| !t.is_empty()),
+            trees: trees::Trees::default(),
         })
     }
 
@@ -309,7 +312,14 @@ impl HubClient {
             }
         }
         // Kept in the tree's order: llama.cpp's pick takes the first match in it.
+        self.trees.remember(repo, &files);
         Ok(files)
+    }
+
+    /// The files of `repo` as the Hub last listed them to this client (any revision),
+    /// in the tree's order.
+    pub fn known_tree(&self, repo: &str) -> Option<std::sync::Arc<Vec<RepoFile>>> {
+        self.trees.get(repo)
     }
 
     /// `HEAD /{repo}/resolve/{revision}/{file}`: the commit, digest, size and where

@@ -28,6 +28,7 @@ mod path_tricks;
 mod pick;
 mod process;
 mod queue;
+mod run_commands;
 mod runtimes;
 mod security;
 mod segments;

@@ -214,7 +214,27 @@ async fn library(r: &Remote, json: bool) -> Result<(), CliError> {
         })
         .collect();
     table::print(&["PATH", "SIZE", "QUANT", "ARCH", "REPO"], &[1], &rows);
+    print_run_commands(&answer["files"]);
     Ok(())
+}
+
+/// Each file's `run` commands, under its path, after the table (too wide for a column).
+fn print_run_commands(files: &Value) {
+    let mut header = false;
+    for f in list(files) {
+        let Some(run) = f["run"].as_object().filter(|r| !r.is_empty()) else {
+            continue;
+        };
+        if !header {
+            println!("\nRUN");
+            header = true;
+        }
+        println!("{}", text(&f["path"]));
+        let width = run.keys().map(String::len).max().unwrap_or(0);
+        for (runtime, command) in run {
+            println!("  {runtime:<width$}  {}", text(command));
+        }
+    }
 }
 
 fn list(v: &Value) -> impl Iterator<Item = &Value> {

@@ -11,9 +11,12 @@ use super::RepoFile;
 /// How many repos are remembered: the oldest listed is forgotten first.
 const REPOS: usize = 256;
 
+/// A repo and its files, in the tree's order.
+type Tree = (String, Arc<Vec<RepoFile>>);
+
 #[derive(Clone, Default)]
 pub(super) struct Trees {
-    inner: Arc<Mutex<VecDeque<(String, Arc<Vec<RepoFile>>)>>>,
+    inner: Arc<Mutex<VecDeque<Tree>>>,
 }
 
 impl Trees {

@@ -25,7 +25,7 @@ const PARTS: [&str; 2] = [
 ];
 
 /// A GGUF the library reads without an error (version 3, no tensors, no keys), padded.
-fn gguf(len: usize, seed: u64) -> Vec<u8> {
+pub fn gguf(len: usize, seed: u64) -> Vec<u8> {
     let mut out = b"GGUF".to_vec();
     out.extend(3u32.to_le_bytes());
     out.extend(0u64.to_le_bytes());

@@ -452,6 +452,11 @@ async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response,
     })
 }
 
+/// At most this many tags are listed: each costs one pass of llama.cpp's pick over the
+/// tree, and a tree of a few hundred thousand names (within `CAP_TREE_TOTAL`) with a tag
+/// each would cost passes by the hundred thousand. Real repos have a few dozen.
+pub const MAX_QUANTIZATIONS: usize = 256;
+
 /// The quantizations of a repo, one per tag of its model files that llama.cpp's pick
 /// resolves (two tags reaching the same file are one entry), each with exactly the files
 /// `-hf owner/name:TAG` fetches; the default pick is marked. Smallest first.
@@ -478,13 +483,7 @@ pub fn quantizations(files: &[RepoFile]) -> Vec<Quantization> {
     if default.preset.is_some() {
         return vec![entry(String::new(), &default, true)];
     }
-    let mut tags: Vec<String> = Vec::new();
-    for f in files.iter().filter(|f| pick::is_model(&f.path)) {
-        let tag = pick::split_info(&f.path).tag;
-        if !tag.is_empty() && pick::validate_tag(&tag).is_ok() && !tags.contains(&tag) {
-            tags.push(tag);
-        }
-    }
+    let tags = pick::tags(files, MAX_QUANTIZATIONS);
     let mut out: Vec<Quantization> = Vec::new();
     let mut primaries: Vec<String> = Vec::new();
     for tag in tags {
@@ -545,6 +544,17 @@ mod tests {
         assert!(q
             .iter()
             .all(|q| q.mmproj.as_deref() == Some("mmproj-m-F16.gguf")));
+    }
+
+    #[test]
+    fn a_tree_of_many_tags_lists_a_bounded_number() {
+        let files: Vec<RepoFile> = (0..50_000)
+            .map(|i| file(&format!("d{}/m-T{i}.gguf", i % 7), 1))
+            .collect();
+        let t = std::time::Instant::now();
+        let q = quantizations(&files);
+        assert_eq!(q.len(), MAX_QUANTIZATIONS);
+        eprintln!("50,000 files, {} tags listed in {:?}", q.len(), t.elapsed());
     }
 
     #[test]

@@ -318,6 +318,22 @@ fn plan<'a>(
     }
 }
 
+/// The distinct tags of the model files (first parts), in tree order, at most `max`:
+/// the names `-hf owner/name:TAG` can be tried with.
+pub fn tags(files: &[RepoFile], max: usize) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    for f in files.iter().filter(|f| is_model(&f.path)) {
+        let tag = split_info(&f.path).tag;
+        if !tag.is_empty() && validate_tag(&tag).is_ok() && !tags.contains(&tag) {
+            tags.push(tag);
+            if tags.len() == max {
+                break;
+            }
+        }
+    }
+    tags
+}
+
 /// The tag llama.cpp names a file by (its `get_gguf_split_info` tag), when `-hf
 /// owner/name:TAG` resolves to that very file (or to the first part of its split) in
 /// `files`; `None` when no tag reaches it.

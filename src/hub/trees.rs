@@ -11,6 +11,10 @@ use super::RepoFile;
 /// How many repos are remembered: the oldest listed is forgotten first.
 const REPOS: usize = 256;
 
+/// A larger tree is not remembered: each library file of the repo would run a pick over
+/// it on every listing. Real GGUF repos list a few hundred files at most.
+const FILES: usize = 10_000;
+
 /// A repo and its files, in the tree's order.
 type Tree = (String, Arc<Vec<RepoFile>>);
 
@@ -25,6 +29,9 @@ impl Trees {
             return;
         };
         all.retain(|(r, _)| r != repo);
+        if files.len() > FILES {
+            return;
+        }
         if all.len() >= REPOS {
             all.pop_front();
         }
@@ -50,5 +57,19 @@ mod tests {
         assert!(t.get("o/r0").is_none());
         assert!(t.get("o/r1").is_some());
         assert!(t.get(&format!("o/r{REPOS}")).is_some());
+    }
+
+    #[test]
+    fn a_huge_tree_is_not_kept_and_drops_an_older_one() {
+        let t = Trees::default();
+        let file = RepoFile {
+            path: "m-Q4_K_M.gguf".into(),
+            size: 1,
+            sha256: None,
+            quantization: None,
+        };
+        t.remember("o/r", std::slice::from_ref(&file));
+        t.remember("o/r", &vec![file; FILES + 1]);
+        assert!(t.get("o/r").is_none(), "not the older, smaller tree either");
     }
 }

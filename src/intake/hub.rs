@@ -117,11 +117,7 @@ pub async fn quantization(
     let picked = hub::pick::pick(&files, tag, q.mmproj);
     let wanted_files = picked.files();
     let Some(first) = wanted_files.first() else {
-        let names: Vec<String> = hub::quantizations(&files)
-            .into_iter()
-            .map(|g| g.name)
-            .filter(|n| !n.is_empty())
-            .collect();
+        let names = hub::pick::tags(&files, hub::MAX_QUANTIZATIONS);
         let has = if names.is_empty() {
             "none".to_owned()
         } else {

@@ -68,7 +68,13 @@ pub(super) async fn hub_files(
     let repo = intake::hub::repo(&path.0, &path.1)?;
     let revision = intake::hub::revision(q.revision.as_deref())?;
     let files = client.list_files(&repo, revision).await?;
-    let quantizations = hub::quantizations(&files);
+    // One pick per tag over the whole tree: on a blocking thread, not a worker's.
+    let (files, quantizations) = web::block(move || {
+        let q = hub::quantizations(&files);
+        (files, q)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("listing the quantizations: {e}")))?;
     Ok(HttpResponse::Ok().json(RepoFiles {
         repo,
         revision: revision.to_owned(),

@@ -292,10 +292,44 @@ pub fn pick_file(files: &[RepoFile], file: &str, with_mmproj: bool) -> Pick {
     })
 }
 
+/// `hf_cache::get_repo_files` drops what it lists only to skip: a path that leaves the
+/// snapshot folder (`is_valid_subpath`: absolute, or `..` above its root) and an LFS oid
+/// that is not 40 or 64 hex digits (`is_valid_oid`). (A `..` that climbs out and back
+/// into a folder of the commit's name is kept there; here it is dropped too.)
+fn listed(f: &RepoFile) -> bool {
+    let oid_ok = f
+        .sha256
+        .as_deref()
+        .is_none_or(|o| matches!(o.len(), 40 | 64) && o.bytes().all(|b| b.is_ascii_hexdigit()));
+    let mut depth = 0i64;
+    let inside = !f.path.starts_with('/')
+        && f.path.split('/').all(|seg| {
+            match seg {
+                "" | "." => {}
+                ".." => depth -= 1,
+                _ => depth += 1,
+            }
+            depth >= 0
+        });
+    oid_ok && inside
+}
+
 fn plan<'a>(
     files: &'a [RepoFile],
     with_mmproj: bool,
-    primary: impl FnOnce(&'a [RepoFile]) -> Option<&'a RepoFile>,
+    primary: impl FnOnce(&[RepoFile]) -> Option<&RepoFile>,
+) -> Pick {
+    if !files.iter().all(listed) {
+        let kept: Vec<RepoFile> = files.iter().filter(|f| listed(f)).cloned().collect();
+        return plan_listed(&kept, with_mmproj, primary);
+    }
+    plan_listed(files, with_mmproj, primary)
+}
+
+fn plan_listed(
+    files: &[RepoFile],
+    with_mmproj: bool,
+    primary: impl FnOnce(&[RepoFile]) -> Option<&RepoFile>,
 ) -> Pick {
     // "if preset.ini exists in the repo root, download only that file"
     if let Some(p) = files.iter().find(|f| f.path == "preset.ini") {

@@ -373,6 +373,24 @@ fn hf_file_and_the_tag_that_reaches_a_file() {
 }
 
 #[test]
+fn files_llama_cpp_would_not_list_are_not_picked() {
+    let mut files = repo(&[
+        "../../m-Q4_K_M.gguf",
+        "/abs-Q4_K_M.gguf",
+        "bad-Q4_K_M.gguf",
+        "a/../m-Q4_K_M.gguf",
+    ]);
+    files[2].sha256 = Some("not hex".into());
+    // `a/../m…` stays inside the snapshot folder: llama.cpp keeps it, and so does the pick.
+    assert_eq!(
+        pick(&files, Some("Q4_K_M"), true).primary.as_deref(),
+        Some("a/../m-Q4_K_M.gguf")
+    );
+    files.truncate(3);
+    assert_eq!(pick(&files, Some("Q4_K_M"), true), Pick::default());
+}
+
+#[test]
 fn tags_outside_the_regex_safe_letters_are_refused() {
     for ok in ["Q4_K_M", "q8_0", "UD-Q4_K_XL", "Q4.0"] {
         assert!(validate_tag(ok).is_ok(), "{ok}");

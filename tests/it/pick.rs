@@ -162,3 +162,41 @@ async fn a_tag_outside_llama_cpps_letters_is_refused_before_any_request() {
     assert_eq!(status, 422, "{v}");
     assert!(queued(&p).await.is_empty());
 }
+
+/// An upstream that lies: its tree names a file outside the repo's folder, where the tag
+/// matches first. llama.cpp's `get_repo_files` drops such a path (`is_valid_subpath`)
+/// before it picks, so the pick takes the next match, and nothing outside is queued.
+#[actix_web::test]
+async fn a_tree_naming_a_path_outside_the_repo_is_skipped_as_llama_cpp_skips_it() {
+    let up = Upstream::start();
+    let tree = serde_json::json!([
+        {"type": "file", "path": "../../m-Q4_K_M.gguf", "size": 10,
+         "lfs": {"oid": "a".repeat(64), "size": 10}},
+        {"type": "file", "path": "m-Q4_K_M.gguf", "size": 10,
+         "lfs": {"oid": "b".repeat(64), "size": 10}},
+    ]);
+    up.add_file(
+        "api/models/o/evil/tree/main",
+        tree.to_string().into_bytes(),
+        common::upstream::Behavior::default(),
+    );
+    let endpoint = up.url("");
+    let svc = common::service::TestService::start(move |c| {
+        c.hub.endpoint = endpoint.trim_end_matches('/').to_owned();
+    })
+    .await;
+    let (s, v) = svc
+        .post(
+            "/api/hub/models/o/evil/download",
+            serde_json::json!({"quantization": "Q4_K_M", "start_paused": true}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let paths: Vec<&str> = v["downloads"]
+        .as_array()
+        .expect("downloads")
+        .iter()
+        .map(|d| d["path"].as_str().expect("path"))
+        .collect();
+    assert_eq!(paths, ["o/evil/m-Q4_K_M.gguf"], "{v}");
+}

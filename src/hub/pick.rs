@@ -314,8 +314,8 @@ fn listed(f: &RepoFile) -> bool {
     oid_ok && inside
 }
 
-fn plan<'a>(
-    files: &'a [RepoFile],
+fn plan(
+    files: &[RepoFile],
     with_mmproj: bool,
     primary: impl FnOnce(&[RepoFile]) -> Option<&RepoFile>,
 ) -> Pick {

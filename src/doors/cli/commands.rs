@@ -181,8 +181,14 @@ async fn files(r: &Remote, a: FilesArgs) -> Result<(), CliError> {
     let rows: Vec<Vec<String>> = list(&answer["quantizations"])
         .map(|q| {
             let files: Vec<String> = list(&q["files"]).map(text).collect();
+            // A file no tag reaches, picked without one, has no name.
+            let name = match text(&q["name"]) {
+                n if n.is_empty() => "(default)".to_owned(),
+                n if q["default"] == true => format!("{n} (default)"),
+                n => n,
+            };
             vec![
-                text(&q["name"]),
+                name,
                 format::bytes(q["size"].as_u64().unwrap_or(0)),
                 files.len().to_string(),
                 files.join(" "),

@@ -70,6 +70,7 @@ fn cases() -> Vec<Case> {
     let mut all = tag_cases();
     all.extend(layout_cases());
     all.extend(more_cases());
+    all.extend(fixture_cases());
     all
 }
 
@@ -286,6 +287,42 @@ fn more_cases() -> Vec<Case> {
                 Some("q4_k_xl"),
             )
         },
+    ]
+}
+
+/// Fixtures of llama.cpp's own test of the resolution, and odd spellings.
+fn fixture_cases() -> Vec<Case> {
+    vec![
+        // llama.cpp's own fixtures (tests/test-model-resolution): "unsloth fallback" (no
+        // default tag matches: the first model; `-MTP-` is a model, `mtp-` is
+        // case-sensitive) and "vendor prefix" (first match wins).
+        Case {
+            primary: Some("model-UD-Q8_K_XL.gguf"),
+            model_files: &["model-UD-Q8_K_XL.gguf"],
+            want_mmproj: Some("mmproj-BF16.gguf"),
+            ..case(
+                "llama.cpp fixture: unsloth fallback",
+                &[
+                    "model-UD-Q8_K_XL.gguf",
+                    "mmproj-BF16.gguf",
+                    "model-MTP-BF16.gguf",
+                ],
+                None,
+            )
+        },
+        Case {
+            primary: Some("TheDrummer_Model-24B-v4.1-Q8_0.gguf"),
+            model_files: &["TheDrummer_Model-24B-v4.1-Q8_0.gguf"],
+            ..case(
+                "llama.cpp fixture: vendor prefix",
+                &[
+                    "TheDrummer_Model-24B-v4.1-Q8_0.gguf",
+                    "BlackSheep-24B.Q8_0.gguf",
+                ],
+                Some("Q8_0"),
+            )
+        }
+        .no_mmproj(),
         // An empty tag (`owner/name:`) is no tag (`parts.back()` is "").
         Case {
             primary: Some("model-Q4_K_M.gguf"),

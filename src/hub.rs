@@ -5,14 +5,17 @@
 //! itself, so a presigned CDN link is fetched by the engine without credentials.
 
 mod info;
+mod listing;
 mod names;
+pub mod pick;
 pub mod quant;
 mod relay;
+mod trees;
 
 pub use info::RepoRevision;
+pub use listing::{quantizations, MAX_QUANTIZATIONS};
 pub use names::{is_hub_shaped_token, validate_repo, validate_revision};
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
@@ -95,12 +98,18 @@ pub struct RepoFile {
     pub quantization: Option<String>,
 }
 
-/// The files of one quantization (several for a split model) and their total size.
+/// One quantization as `llama-server -hf owner/name:NAME` reaches it: its model files
+/// (several for a split model), their total size, and the mmproj fetched alongside.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Quantization {
+    /// The tag (`""` for the default pick of a file no tag reaches, or a preset).
     pub name: String,
     pub files: Vec<String>,
     pub size: u64,
+    /// The multimodal projector llama.cpp fetches with it.
+    pub mmproj: Option<String>,
+    /// What `owner/name` without a tag picks.
+    pub default: bool,
 }
 
 /// What `resolve` tells about one file.
@@ -124,6 +133,7 @@ pub struct HubClient {
     http: reqwest::Client,
     endpoint: url::Url,
     token: Option<String>,
+    trees: trees::Trees,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +182,7 @@ impl HubClient {
             http,
             endpoint,
             token: token.filter(|t| !t.is_empty()),
+            trees: trees::Trees::default(),
         })
     }
 
@@ -302,8 +313,15 @@ impl HubClient {
                 });
             }
         }
-        files.sort_by(|a, b| a.path.cmp(&b.path));
+        // Kept in the tree's order: llama.cpp's pick takes the first match in it.
+        self.trees.remember(repo, &files);
         Ok(files)
+    }
+
+    /// The files of `repo` as the Hub last listed them to this client (any revision),
+    /// in the tree's order.
+    pub fn known_tree(&self, repo: &str) -> Option<std::sync::Arc<Vec<RepoFile>>> {
+        self.trees.get(repo)
     }
 
     /// `HEAD /{repo}/resolve/{revision}/{file}`: the commit, digest, size and where
@@ -436,61 +454,9 @@ async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response,
     })
 }
 
-/// Groups GGUF files by quantization; split parts form one. Smallest first.
-pub fn group_quantizations(files: &[RepoFile]) -> Vec<Quantization> {
-    let mut groups: BTreeMap<String, Quantization> = BTreeMap::new();
-    for f in files {
-        let Some(q) = &f.quantization else { continue };
-        let g = groups.entry(q.clone()).or_insert_with(|| Quantization {
-            name: q.clone(),
-            files: Vec::new(),
-            size: 0,
-        });
-        g.files.push(f.path.clone());
-        g.size += f.size;
-    }
-    let mut out: Vec<Quantization> = groups.into_values().collect();
-    for q in &mut out {
-        q.files.sort();
-    }
-    out.sort_by(|a, b| a.size.cmp(&b.size).then(a.name.cmp(&b.name)));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn file(path: &str, size: u64) -> RepoFile {
-        RepoFile {
-            path: path.into(),
-            size,
-            sha256: None,
-            quantization: quant::quantization(path),
-        }
-    }
-
-    #[test]
-    fn split_files_form_one_quantization() {
-        let files = vec![
-            file("m-Q4_K_M.gguf", 40),
-            file("f16/m-F16-00002-of-00002.gguf", 60),
-            file("f16/m-F16-00001-of-00002.gguf", 100),
-            file("README.md", 1),
-            file("m-IQ3_M.gguf", 30),
-        ];
-        let q = group_quantizations(&files);
-        let names: Vec<&str> = q.iter().map(|q| q.name.as_str()).collect();
-        assert_eq!(names, ["IQ3_M", "Q4_K_M", "F16"]);
-        assert_eq!(
-            q[2].files,
-            [
-                "f16/m-F16-00001-of-00002.gguf",
-                "f16/m-F16-00002-of-00002.gguf"
-            ]
-        );
-        assert_eq!(q[2].size, 160);
-    }
 
     #[test]
     fn link_header_next() {

@@ -18,6 +18,7 @@ pub mod ollama;
 mod owner;
 mod publish;
 mod record;
+mod run;
 mod scan;
 mod updates;
 
@@ -105,6 +106,8 @@ struct Shared {
     store: Store,
     folders: Folders,
     index: RwLock<owner::Index>,
+    /// Whose remembered trees vouch for a `run` command's `-hf` tag.
+    hub: Option<crate::hub::HubClient>,
 }
 
 impl LibraryHandle {
@@ -124,6 +127,7 @@ impl LibraryHandle {
             store,
             folders: options.folders,
             index: RwLock::new(owner::Index::of(records)),
+            hub: Some(options.hub.clone()),
         });
         let sink: Option<notify::Sink> = frames.map(|to| -> notify::Sink {
             Box::new(move |frame| to.do_send(crate::actors::broadcaster::Announce(frame.into())))
@@ -158,7 +162,8 @@ impl LibraryHandle {
     pub fn list(&self) -> Listing {
         let files = {
             let index = self.inner.shared.read();
-            index.iter().map(|(path, r)| r.view(path)).collect()
+            let shared = &self.inner.shared;
+            index.iter().map(|(path, r)| shared.view(path, r)).collect()
         };
         let (bytes_total, bytes_saved_by_links, bytes_free) = self.inner.shared.listing_totals();
         Listing {
@@ -348,6 +353,23 @@ impl Shared {
 
     fn full_path(&self, path: &str) -> PathBuf {
         self.root.join(path)
+    }
+
+    /// What `GET /api/library` and the `library` frame show of a file, its `run`
+    /// commands included.
+    fn view(&self, path: &str, record: &Record) -> LibraryFile {
+        let mut file = record.view(path);
+        let tree = record
+            .repo
+            .as_deref()
+            .and_then(|repo| self.hub.as_ref()?.known_tree(repo));
+        file.run = run::commands(
+            path,
+            record,
+            &self.full_path(path),
+            tree.as_ref().map(|t| t.as_slice()),
+        );
+        file
     }
 
     /// The folder of library file `path` (walked from `download_dir` through

@@ -87,40 +87,48 @@ pub fn repo(owner: &str, name: &str) -> Result<String, IntakeError> {
     Ok(repo)
 }
 
-/// Every file of one quantization of a repo (all parts of a split model).
+/// What `owner/name[:TAG]` names: the files llama.cpp's `-hf` would fetch for it.
 pub struct Quantization<'a> {
     pub owner: &'a str,
     pub name: &'a str,
-    /// As given (`q4_k_m` is `Q4_K_M`).
-    pub quantization: &'a str,
+    /// The tag as given (any case); `None` or empty: llama.cpp's default pick.
+    pub quantization: Option<&'a str>,
     pub revision: Option<&'a str>,
+    /// Also the matching `mmproj` file, as llama.cpp fetches it (unless `--no-mmproj`).
+    pub mmproj: bool,
     pub start: Start,
 }
 
-/// The new downloads of one quantization, each with the sha256 of its LFS pointer, all
-/// pinned to the same commit. An unknown quantization is refused with the names of
-/// those the repo has.
+/// The new downloads of what `-hf owner/name[:TAG]` picks ([`hub::pick`]: a root
+/// `preset.ini` alone, else the model's parts and its mmproj), each with the sha256 of
+/// its LFS pointer, all pinned to the same commit. A tag that reaches no model is
+/// refused with the tags the repo has.
 pub async fn quantization(
     client: &HubClient,
     q: Quantization<'_>,
 ) -> Result<Vec<NewDownload>, IntakeError> {
     let repo = repo(q.owner, q.name)?;
     let revision = revision(q.revision)?;
+    let tag = q.quantization.map(str::trim).filter(|t| !t.is_empty());
+    if let Some(t) = tag {
+        hub::pick::validate_tag(t).map_err(IntakeError::HubName)?;
+    }
     let files = client.list_files(&repo, revision).await?;
-    let wanted = q.quantization.trim().to_ascii_uppercase();
-    let groups = hub::group_quantizations(&files);
-    let Some(group) = groups.iter().find(|g| g.name == wanted) else {
-        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    let picked = hub::pick::pick(&files, tag, q.mmproj);
+    let wanted_files = picked.files();
+    let Some(first) = wanted_files.first() else {
+        let names = hub::pick::tags(&files, hub::MAX_QUANTIZATIONS);
         let has = if names.is_empty() {
             "none".to_owned()
         } else {
             names.join(", ")
         };
+        let wanted = tag.map_or_else(|| "GGUF model".to_owned(), str::to_ascii_uppercase);
         return Err(IntakeError::NoQuantization { repo, wanted, has });
     };
     // One commit for every part: resolve the first file now. A gated repo without a
     // token cannot be resolved; its downloads then fail with `unauthorized` on start.
-    let commit = match client.resolve(&repo, revision, &group.files[0]).await {
+    let commit = match client.resolve(&repo, revision, first).await {
         Ok(r) => r.commit,
         Err(e) if !e.is_transient() => {
             tracing::info!(%repo, error = %e, "cannot pin the commit now; each part pins its own");
@@ -128,13 +136,12 @@ pub async fn quantization(
         }
         Err(e) => return Err(e.into()),
     };
-    group
-        .files
+    wanted_files
         .iter()
         .map(|f| {
             let sha256 = files
                 .iter()
-                .find(|x| &x.path == f)
+                .find(|x| x.path == *f)
                 .and_then(|x| x.sha256.clone());
             let wanted = Wanted {
                 repo: &repo,

@@ -59,6 +59,7 @@ impl Notifier {
     pub(super) fn flush(
         &mut self,
         index: &Index,
+        view: impl Fn(&str, &super::record::Record) -> LibraryFile,
         listing: impl FnOnce() -> (u64, u64, Option<u64>),
     ) {
         let (changed, removed) = (
@@ -76,7 +77,7 @@ impl Notifier {
         } else {
             changed
                 .iter()
-                .filter_map(|p| index.get(p).map(|r| r.view(p)))
+                .filter_map(|p| index.get(p).map(|r| view(p, r)))
                 .collect()
         };
         let frame = Frame {

@@ -241,7 +241,11 @@ impl Owner {
     /// Sends the frame of what changed since the last one.
     fn announce(&mut self) {
         let index = self.shared.read();
-        self.notifier
-            .flush(&index, || self.shared.listing_totals_of(&index));
+        let shared = &self.shared;
+        self.notifier.flush(
+            &index,
+            |p, r| shared.view(p, r),
+            || shared.listing_totals_of(&index),
+        );
     }
 }

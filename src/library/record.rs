@@ -178,6 +178,10 @@ pub struct LibraryFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub update_error: Option<String>,
     pub download_id: Option<String>,
+    /// Commands that run it now, by runtime (`llama.cpp`, `ollama`): only runtimes
+    /// that can reach it.
+    #[schema(value_type = std::collections::HashMap<String, String>)]
+    pub run: BTreeMap<String, String>,
 }
 
 impl Record {
@@ -209,6 +213,7 @@ impl Record {
             update: self.update.clone(),
             update_error: self.update_error.clone(),
             download_id: self.download_id.clone(),
+            run: BTreeMap::new(),
         }
     }
 

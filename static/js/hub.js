@@ -147,9 +147,18 @@ function renderModel(id, data) {
     const button = node('button', { class: 'btn sm primary', type: 'button', 'data-testid': 'hub-download', text: 'Download' });
     button.addEventListener('click', () => downloadQuant(id, q.name, button));
     hub.quants.append(node('li', { class: 'hub-quant', 'data-testid': 'hub-quant', 'data-quant': q.name },
-      node('span', { class: 'q-name', 'data-testid': 'hub-quant-name', text: q.name }),
+      node('span', { class: 'q-title' },
+        node('span', { class: 'q-name', 'data-testid': 'hub-quant-name', text: q.name || 'default' }),
+        q.default ? node('span', {
+          class: 'badge', 'data-testid': 'hub-quant-default',
+          title: 'What `llama-server -hf` and `pull` take when no quantization is named', text: 'default',
+        }) : null),
       node('span', { class: 'q-size', 'data-testid': 'hub-quant-size', text: fmtBytes(q.size) }),
-      node('span', { class: 'q-files', 'data-testid': 'hub-quant-files', text: `${count} file${count === 1 ? '' : 's'}`, title: (q.files || []).join('\n') }),
+      node('span', {
+        class: 'q-files', 'data-testid': 'hub-quant-files',
+        text: `${count} file${count === 1 ? '' : 's'}${q.mmproj ? ' + mmproj' : ''}`,
+        title: [...(q.files || []), ...(q.mmproj ? [`${q.mmproj} (the projector llama.cpp fetches with it)`] : [])].join('\n'),
+      }),
       button));
   }
   if (files.length) {
@@ -190,8 +199,8 @@ async function queued(button, request, what) {
 
 function downloadQuant(id, quantization, button) {
   return queued(button,
-    () => api('POST', `api/hub/models/${repoPath(id)}/download`, { quantization }),
-    `${id} ${quantization}`);
+    () => api('POST', `api/hub/models/${repoPath(id)}/download`, quantization ? { quantization } : {}),
+    quantization ? `${id} ${quantization}` : id);
 }
 
 function downloadFile(id, file, button) {

@@ -112,6 +112,7 @@ function modelOf(key, parts) {
     ollama: (parts.find((f) => f.runtimes && f.runtimes.ollama) || { runtimes: {} }).runtimes.ollama || null,
     lmstudio: parts.map((f) => f.runtimes && f.runtimes.lmstudio).filter(Boolean),
     notPublished: Object.assign({}, ...parts.map((f) => (f.runtimes && f.runtimes.not_published) || {})),
+    run: (parts.find((f) => f.run && Object.keys(f.run).length) || {}).run || {},
     update: (parts.find((f) => f.update) || {}).update || null,
     updateError: (parts.find((f) => f.update_error) || {}).update_error || null,
     hashing: parts.some((f) => !f.sha256),

@@ -4,6 +4,7 @@
 // opens, after a delete or a rescan, and after a download completes.
 
 import { api, enc } from './api.js';
+import { copyText } from './copy.js';
 import { el, node, setAttr, setHidden, setText } from './dom.js';
 import { fmtBytes, fmtContext, fmtParams } from './format.js';
 import { applyFrame, applyListing, baseOf, forget, groupsOf, lib, now } from './libdata.js';
@@ -143,6 +144,27 @@ function subline(m) {
   return bits.join(' · ');
 }
 
+/** The commands that run a model now (`run`, by runtime), each with a copy button. */
+function runBox(m) {
+  const entries = Object.entries(m.run).filter(([, c]) => typeof c === 'string' && c);
+  if (!entries.length) return null;
+  return node('div', { class: 'lib-run', 'data-testid': 'lib-run' },
+    ...entries.map(([runtime, command]) => {
+      const code = node('code', { class: 'run-cmd', 'data-testid': 'lib-run-cmd', text: command });
+      const button = node('button', {
+        class: 'btn sm', type: 'button', 'data-testid': 'lib-copy', title: `Copy the ${runtime} command`, text: 'Copy',
+      });
+      button.addEventListener('click', async () => {
+        const how = await copyText(command, code);
+        button.textContent = how === 'copied' ? 'Copied' : 'Press Ctrl+C';
+        button.dataset.copied = how;
+        setTimeout(() => { button.textContent = 'Copy'; delete button.dataset.copied; }, 2000);
+      });
+      return node('div', { class: 'run-line', 'data-testid': 'lib-run-line', 'data-runtime': runtime },
+        node('span', { class: 'k', text: runtime }), code, button);
+    }));
+}
+
 function modelRow(m) {
   const busy = deleting.has(m.key);
   const paths = m.parts.map((f) => f.path).join('\n');
@@ -181,7 +203,8 @@ function modelRow(m) {
     node('div', { class: 'lib-title' },
       node('span', { class: 'lib-name', 'data-testid': 'lib-name', title: paths, text: m.name }),
       node('span', { class: 'lib-sub', 'data-testid': 'lib-sub', text: subline(m) })),
-    facts),
+    facts,
+    runBox(m)),
   node('div', { class: 'lib-side' }, ...badges(m), upd, del),
   ...errors);
 }

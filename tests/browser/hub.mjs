@@ -34,6 +34,10 @@ try {
   await quant.waitFor({ timeout: 15000 });
   const files = (await quant.getByTestId('hub-quant-files').textContent()).trim();
   if (files !== '2 files') throw new Error(`the split quantization shows "${files}"`);
+  // llama.cpp's default pick (no tag: Q4_K_M first) is marked, and only it.
+  const defaults = await page.locator('[data-testid="hub-quant"]').evaluateAll((rows) => rows
+    .filter((r) => r.querySelector('[data-testid="hub-quant-default"]')).map((r) => r.dataset.quant));
+  if (JSON.stringify(defaults) !== '["Q4_K_M"]') throw new Error(`the default is marked on ${JSON.stringify(defaults)}`);
   step('quantizations');
   await page.screenshot({ path: `${shotDir}/hub.png` });
   await quant.getByTestId('hub-download').click();

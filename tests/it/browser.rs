@@ -1,7 +1,8 @@
 //! The page in real headless Chromium against the real binary: add a URL through the
 //! form, watch it move, pause, resume, survive a service restart without a reload
 //! (page.mjs); the Hub tab (hub.mjs); every row's buttons follow its `actions`
-//! (actions.mjs); the Library tab (library.mjs) and its update watch (library_update.mjs). `scripts/test.sh` installs Chromium,
+//! (actions.mjs); the Library tab (library.mjs), its update watch (library_update.mjs)
+//! and its run commands with their copy buttons (library_run.mjs). `scripts/test.sh` installs Chromium,
 //! playwright-core and the `gguf` Python package.
 
 use crate::common;
@@ -374,4 +375,72 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         out.push(p);
     }
     out
+}
+
+#[tokio::test]
+async fn the_library_tab_shows_the_run_commands_and_copy_copies_them() {
+    use common::hub::{HubEmu, RepoOptions};
+    use std::sync::Arc;
+    let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    assert!(
+        std::path::Path::new(driver).join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run scripts/test.sh (it installs Chromium and playwright-core)"
+    );
+    let hub = HubEmu::start(Arc::new(Upstream::start()));
+    let repo = "bartowski/Tiny-GGUF";
+    hub.add_repo(repo, RepoOptions::default());
+    hub.put_file(
+        repo,
+        "Tiny-Q4_K_M.gguf",
+        crate::run_commands::gguf(40_000, 1),
+    );
+    let extra = format!("[hub]\nendpoint = \"{}\"\n", hub.endpoint());
+    let (dir, _config, _port, mut service) = Proc::start(&extra).await;
+    let downloads = dir.path().join("downloads");
+    // Placed by hand, with a space and a quote: its command names it shell-quoted.
+    let local = "hand made/it's-Q8_0.gguf";
+    std::fs::create_dir_all(downloads.join("hand made")).unwrap();
+    std::fs::write(downloads.join(local), crate::run_commands::gguf(30_000, 2)).unwrap();
+    let (s, v) = service
+        .post(
+            &format!("/api/hub/models/{repo}/download"),
+            serde_json::json!({"quantization": "Q4_K_M"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let hub_path = format!("{repo}/Tiny-Q4_K_M.gguf");
+    common::wait::eventually(Duration::from_secs(30), || async {
+        service
+            .post("/api/library/rescan", serde_json::json!({}))
+            .await;
+        let lib = service.get("/api/library").await;
+        let with_run = |p: &str| {
+            lib["files"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f["path"] == p && f["run"]["llama.cpp"].is_string())
+        };
+        if with_run(&hub_path) && with_run(local) {
+            return Ok(());
+        }
+        Err(format!("not both in the library with a run command: {lib}"))
+    })
+    .await;
+    let out = Command::new("node")
+        .arg("library_run.mjs")
+        .current_dir(driver)
+        .env("MM_BASE", &service.base)
+        .env("MM_HUB_PATH", &hub_path)
+        .env("MM_LOCAL_PATH", local)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node (run scripts/test.sh to install it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("STEP done"),
+        "the run commands driver failed: {stdout}"
+    );
+    service.kill9();
 }

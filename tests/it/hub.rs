@@ -163,7 +163,9 @@ async fn search_and_quantization_grouping() {
     let (_, files) = svc
         .get("/api/hub/models/Qwen/Qwen2.5-0.5B-Instruct-GGUF/files")
         .await;
-    assert_eq!(quant_names(&files), ["Q4_K_M", "F16"]);
+    // Named by the tag llama.cpp's `-hf` reaches the file with: `fp16` is `FP16` (the
+    // earlier `F16` matched no file there: `F16[.-]` is not in `…-fp16.gguf`).
+    assert_eq!(quant_names(&files), ["Q4_K_M", "FP16"]);
 
     let (_, files) = svc
         .get("/api/hub/models/someone/tinyllama-safetensors/files")

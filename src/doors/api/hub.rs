@@ -68,7 +68,13 @@ pub(super) async fn hub_files(
     let repo = intake::hub::repo(&path.0, &path.1)?;
     let revision = intake::hub::revision(q.revision.as_deref())?;
     let files = client.list_files(&repo, revision).await?;
-    let quantizations = hub::group_quantizations(&files);
+    // One pick per tag over the whole tree: on a blocking thread, not a worker's.
+    let (files, quantizations) = web::block(move || {
+        let q = hub::quantizations(&files);
+        (files, q)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("listing the quantizations: {e}")))?;
     Ok(HttpResponse::Ok().json(RepoFiles {
         repo,
         revision: revision.to_owned(),
@@ -80,7 +86,11 @@ pub(super) async fn hub_files(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct QuantizationBody {
-    quantization: String,
+    /// The tag, as `llama-server -hf owner/name:TAG` takes it; absent: its default pick.
+    quantization: Option<String>,
+    /// Also the matching mmproj file, as llama.cpp fetches it (default true).
+    #[serde(default = "yes")]
+    mmproj: bool,
     revision: Option<String>,
     #[serde(default)]
     start_paused: bool,
@@ -88,8 +98,13 @@ pub(super) struct QuantizationBody {
     overwrite: bool,
 }
 
-/// Queues every file of one quantization (all parts of a split model), each with the
-/// sha256 of its LFS pointer, all pinned to the same commit.
+fn yes() -> bool {
+    true
+}
+
+/// Queues what `llama-server -hf owner/name[:TAG]` fetches (every part of a split
+/// model, and its mmproj), each with the sha256 of its LFS pointer, all pinned to the
+/// same commit.
 #[utoipa::path(post, path = "/api/hub/models/{owner}/{name}/download", params(("owner" = String, Path), ("name" = String, Path)), request_body = QuantizationBody, responses((status = 201, body = DownloadList)))]
 pub(super) async fn hub_download(
     queue: Queue,
@@ -100,8 +115,9 @@ pub(super) async fn hub_download(
     let wanted = intake::hub::Quantization {
         owner: &path.0,
         name: &path.1,
-        quantization: &body.quantization,
+        quantization: body.quantization.as_deref(),
         revision: body.revision.as_deref(),
+        mmproj: body.mmproj,
         start: Start {
             paused: body.start_paused,
             overwrite: body.overwrite,

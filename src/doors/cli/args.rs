@@ -67,8 +67,12 @@ pub enum Command {
 /// `pull SPEC`
 #[derive(Args)]
 pub struct PullArgs {
-    /// A URL, owner/name:QUANT, hf.co/owner/name:QUANT, or owner/name/file.
+    /// A URL, owner/name[:TAG], hf.co/owner/name[:TAG], or owner/name/file. A Hub
+    /// repo with a tag or none picks what `llama-server -hf` picks for the same spec.
     pub spec: String,
+    /// Not the repo's matching mmproj file (llama.cpp's `--no-mmproj`).
+    #[arg(long)]
+    pub no_mmproj: bool,
     /// The branch, tag or commit of a Hub spec.
     #[arg(long, default_value = "main")]
     pub revision: String,

@@ -181,8 +181,14 @@ async fn files(r: &Remote, a: FilesArgs) -> Result<(), CliError> {
     let rows: Vec<Vec<String>> = list(&answer["quantizations"])
         .map(|q| {
             let files: Vec<String> = list(&q["files"]).map(text).collect();
+            // A file no tag reaches, picked without one, has no name.
+            let name = match text(&q["name"]) {
+                n if n.is_empty() => "(default)".to_owned(),
+                n if q["default"] == true => format!("{n} (default)"),
+                n => n,
+            };
             vec![
-                text(&q["name"]),
+                name,
                 format::bytes(q["size"].as_u64().unwrap_or(0)),
                 files.len().to_string(),
                 files.join(" "),
@@ -214,7 +220,27 @@ async fn library(r: &Remote, json: bool) -> Result<(), CliError> {
         })
         .collect();
     table::print(&["PATH", "SIZE", "QUANT", "ARCH", "REPO"], &[1], &rows);
+    print_run_commands(&answer["files"]);
     Ok(())
+}
+
+/// Each file's `run` commands, under its path, after the table (too wide for a column).
+fn print_run_commands(files: &Value) {
+    let mut header = false;
+    for f in list(files) {
+        let Some(run) = f["run"].as_object().filter(|r| !r.is_empty()) else {
+            continue;
+        };
+        if !header {
+            println!("\nRUN");
+            header = true;
+        }
+        println!("{}", text(&f["path"]));
+        let width = run.keys().map(String::len).max().unwrap_or(0);
+        for (runtime, command) in run {
+            println!("  {runtime:<width$}  {}", text(command));
+        }
+    }
 }
 
 fn list(v: &Value) -> impl Iterator<Item = &Value> {

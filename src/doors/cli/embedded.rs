@@ -104,8 +104,9 @@ impl Embedded {
                 let wanted = intake::hub::Quantization {
                     owner,
                     name,
-                    quantization,
+                    quantization: quantization.as_deref(),
                     revision: Some(&args.revision),
+                    mmproj: !args.no_mmproj,
                     start,
                 };
                 return intake::hub::quantization(hub, wanted).await;

@@ -91,7 +91,7 @@ async fn add(backend: &Backend<'_>, spec: &Spec, args: &PullArgs) -> Result<Vec<
         }
         Spec::Quantization { repo, quantization } => {
             let body = json!({"quantization": quantization, "revision": args.revision,
-                              "overwrite": args.overwrite});
+                              "overwrite": args.overwrite, "mmproj": !args.no_mmproj});
             let path = format!("/api/hub/models/{repo}/download");
             let answer = remote.post(&path, body).await?;
             serde_json::from_value(answer["downloads"].clone())
@@ -113,6 +113,11 @@ async fn follow(backend: &Backend<'_>, spec: &Spec, args: &PullArgs) -> Result<(
             return Err(e);
         }
     };
+    if let (Spec::Quantization { repo, .. }, [only]) = (spec, pulled.as_slice()) {
+        if only.path == format!("{repo}/preset.ini") {
+            eprintln!("model-manager: {repo} has a preset.ini at its root: `llama-server -hf {repo}` takes only that file (and runs in router mode from it), so only it is pulled; name a file (owner/name/path) to pull a model file");
+        }
+    }
     let mut display = Display::new(Mode::pick(args.json), &pulled);
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
     while !pulled.iter().all(Dl::is_finished) {

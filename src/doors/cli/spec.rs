@@ -2,16 +2,14 @@
 
 use super::CliError;
 
-/// Ollama pulls this quantization of `hf.co/owner/name` when none is named.
-pub const DEFAULT_QUANTIZATION: &str = "Q4_K_M";
-
 #[derive(Debug, PartialEq, Eq)]
 pub enum Spec {
     Url(String),
-    /// `owner/name:QUANT` or `hf.co/owner/name:QUANT` (Ollama's spelling).
+    /// `owner/name[:TAG]` or `hf.co/owner/name[:TAG]` (Ollama's spelling): what
+    /// llama.cpp's `-hf` picks for it (`None`: its default pick).
     Quantization {
         repo: String,
-        quantization: String,
+        quantization: Option<String>,
     },
     /// `owner/name/path/in/repo`
     HubFile {
@@ -31,14 +29,21 @@ pub fn parse(raw: &str) -> Result<Spec, CliError> {
         .unwrap_or(raw);
     let bad = |why: &str| {
         CliError::Usage(format!(
-            "{raw:?}: {why}; give a URL, owner/name:QUANT, hf.co/owner/name:QUANT or owner/name/file"
+            "{raw:?}: {why}; give a URL, owner/name[:TAG], hf.co/owner/name[:TAG] or owner/name/file"
         ))
     };
-    let (path, quantization) = match bare.rsplit_once(':') {
-        Some((_, "")) => return Err(bad("the quantization after ':' is empty")),
-        Some((path, q)) => (path, Some(q)),
+    // `common_download_split_repo_tag`: the repo before the first ':', the tag after
+    // the last; an empty tag is no tag.
+    let (path, quantization) = match bare.split_once(':') {
+        Some((path, rest)) => {
+            let tag = rest.rsplit(':').next().unwrap_or(rest);
+            (path, Some(tag).filter(|t| !t.is_empty()))
+        }
         None => (bare, None),
     };
+    if let Some(t) = quantization {
+        crate::hub::pick::validate_tag(t).map_err(|e| bad(&e))?;
+    }
     let mut parts = path.splitn(3, '/');
     let (Some(owner), Some(name)) = (parts.next(), parts.next()) else {
         return Err(bad("not a Hub repo (owner/name)"));
@@ -46,7 +51,7 @@ pub fn parse(raw: &str) -> Result<Spec, CliError> {
     let repo = format!("{owner}/{name}");
     crate::hub::validate_repo(&repo).map_err(|e| bad(&e))?;
     match (parts.next(), quantization) {
-        (Some(_), Some(_)) => Err(bad("a file and a quantization at once")),
+        (Some(_), Some(_)) => Err(bad("a file and a tag at once")),
         (Some(file), None) if !file.is_empty() => Ok(Spec::HubFile {
             repo,
             file: file.to_owned(),
@@ -54,7 +59,7 @@ pub fn parse(raw: &str) -> Result<Spec, CliError> {
         (Some(_), None) => Err(bad("the file after the repo is empty")),
         (None, q) => Ok(Spec::Quantization {
             repo,
-            quantization: q.unwrap_or(DEFAULT_QUANTIZATION).to_ascii_uppercase(),
+            quantization: q.map(str::to_owned),
         }),
     }
 }
@@ -63,10 +68,10 @@ pub fn parse(raw: &str) -> Result<Spec, CliError> {
 mod tests {
     use super::*;
 
-    fn quant(repo: &str, q: &str) -> Spec {
+    fn quant(repo: &str, q: Option<&str>) -> Spec {
         Spec::Quantization {
             repo: repo.into(),
-            quantization: q.into(),
+            quantization: q.map(Into::into),
         }
     }
 
@@ -74,9 +79,12 @@ mod tests {
     fn every_spelling_of_a_spec() {
         let ok = |s: &str| parse(s).expect(s);
         assert_eq!(ok("http://h/x.gguf"), Spec::Url("http://h/x.gguf".into()));
-        assert_eq!(ok("o/n:Q4_K_M"), quant("o/n", "Q4_K_M"));
-        assert_eq!(ok("hf.co/o/n:q8_0"), quant("o/n", "Q8_0"));
-        assert_eq!(ok("hf.co/o/n"), quant("o/n", "Q4_K_M"));
+        assert_eq!(ok("o/n:Q4_K_M"), quant("o/n", Some("Q4_K_M")));
+        // The tag keeps its case: llama.cpp matches it ignoring case.
+        assert_eq!(ok("hf.co/o/n:q8_0"), quant("o/n", Some("q8_0")));
+        assert_eq!(ok("hf.co/o/n"), quant("o/n", None));
+        assert_eq!(ok("o/n:"), quant("o/n", None));
+        assert_eq!(ok("o/n:x:Q8_0"), quant("o/n", Some("Q8_0")));
         assert_eq!(
             ok("o/n/dir/f.gguf"),
             Spec::HubFile {
@@ -87,7 +95,8 @@ mod tests {
         for bad in [
             "",
             "o",
-            "o/n:",
+            "o/n:Q4*",
+            "o/n:Q4 K",
             "o/n/f:Q4",
             "o/n/",
             "../x/y:Q4",

@@ -101,6 +101,7 @@ fn complete(n: usize) -> Run {
             ..Folders::default()
         },
         index: RwLock::new(Index::of(Vec::new())),
+        hub: None,
     });
     let frames = Arc::new(AtomicUsize::new(0));
     let counted = frames.clone();

@@ -1,9 +1,11 @@
 //! A library entry's `run`: the commands that run it now, by runtime, only where it is
-//! reachable. llama.cpp: `llama-server -hf owner/name:TAG` when the Hub's tree (as last
-//! listed) resolves that tag to this very file by llama.cpp's own rules
-//! ([`crate::hub::pick`]); `--hf-repo … --hf-file …` when no tag does or the tree is
-//! not known; `-m <path>` for a file not from the Hub, or a repo whose root
-//! `preset.ini` makes llama.cpp ignore both. Ollama: `ollama run <name>` when published
+//! reachable. llama.cpp, for a Hub file published into the HuggingFace cache (so that
+//! llama.cpp finds our copy instead of fetching it again; `HF_HUB_CACHE=…` set when that
+//! cache is not llama.cpp's default): `llama-server -hf owner/name:TAG` when the Hub's tree
+//! (as last listed) resolves that tag to this very file by llama.cpp's own rules
+//! ([`crate::hub::pick`]), `--hf-repo … --hf-file …` when no tag does or the tree is not
+//! known; `-m <path>` for any other file (not from the Hub, not in the cache, or in a repo
+//! whose root `preset.ini` makes llama.cpp ignore both). Ollama: `ollama run <name>` when published
 //! there. LM Studio is left out: `lms load` takes a model key whose derivation from a
 //! path its docs do not pin down.
 
@@ -56,15 +58,26 @@ fn llama_cpp(
     let Some(file) = path.strip_prefix(repo).and_then(|p| p.strip_prefix('/')) else {
         return Some(local());
     };
+    // `-hf` runs our copy only when it is in the HuggingFace cache llama.cpp reads;
+    // anywhere else it would fetch the model again, so the file itself is named.
+    let Some(cache) = record
+        .published
+        .hf_cache
+        .as_ref()
+        .and_then(|e| e.repo_dir.parent())
+    else {
+        return Some(local());
+    };
+    let env = cache_env(cache);
     let Some(tree) = tree else {
-        return Some(hf_file(repo, &first_part_of(file)));
+        return Some(env + &hf_file(repo, &first_part_of(file)));
     };
     if tree.iter().any(|f| f.path == "preset.ini") {
         return Some(local());
     }
     if let Some(tag) = pick::tag_reaching(tree, file) {
         return Some(format!(
-            "llama-server -hf {}",
+            "{env}llama-server -hf {}",
             quote(&format!("{repo}:{tag}"))
         ));
     }
@@ -80,10 +93,22 @@ fn llama_cpp(
         .iter()
         .any(|f| f == file);
     Some(if reaches {
-        hf_file(repo, &first)
+        env + &hf_file(repo, &first)
     } else {
         local()
     })
+}
+
+/// `HF_HUB_CACHE=<cache> ` when the cache we publish into is not the one llama.cpp reads
+/// by default (`~/.cache/huggingface/hub`, as `huggingface_hub`), else nothing.
+fn cache_env(cache: &Path) -> String {
+    let default = std::env::var_os("HOME")
+        .map(|home| Path::new(&home).join(".cache/huggingface/hub"));
+    if default.as_deref() == Some(cache) {
+        String::new()
+    } else {
+        format!("HF_HUB_CACHE={} ", quote(&cache.display().to_string()))
+    }
 }
 
 fn hf_file(repo: &str, file: &str) -> String {
@@ -123,6 +148,7 @@ pub fn quote(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn record(repo: Option<&str>) -> Record {
         Record {
@@ -158,10 +184,49 @@ mod tests {
             .collect()
     }
 
+    /// A record of `repo` published into the cache at `cache` (`None`: not published).
+    fn in_cache(repo: Option<&str>, cache: Option<&Path>) -> Record {
+        let mut r = record(repo);
+        r.published.hf_cache = cache.zip(repo).map(|(c, repo)| super::super::hf_cache::Entry {
+            repo_dir: c.join(format!("models--{}", repo.replace('/', "--"))),
+            snapshot: String::new(),
+            blob: String::new(),
+            revision: None,
+            commit: String::new(),
+        });
+        r
+    }
+
+    fn default_cache() -> PathBuf {
+        let home = std::env::var_os("HOME").expect("HOME");
+        Path::new(&home).join(".cache/huggingface/hub")
+    }
+
     fn llama(path: &str, repo: Option<&str>, t: Option<&[&str]>) -> Option<String> {
+        llama_with(path, &in_cache(repo, Some(&default_cache())), t)
+    }
+
+    fn llama_with(path: &str, r: &Record, t: Option<&[&str]>) -> Option<String> {
         let t = t.map(tree);
         let full = Path::new("/models").join(path);
-        commands(path, &record(repo), &full, t.as_deref()).remove("llama.cpp")
+        commands(path, r, &full, t.as_deref()).remove("llama.cpp")
+    }
+
+    #[test]
+    fn hf_only_where_llama_cpp_finds_our_copy() {
+        let t: &[&str] = &["a-Q4_K_M.gguf"];
+        // Not in the HuggingFace cache: `-hf` would fetch it again, so the file is named.
+        let unpublished = in_cache(Some("o/n"), None);
+        assert_eq!(
+            llama_with("o/n/a-Q4_K_M.gguf", &unpublished, Some(t)).as_deref(),
+            Some("llama-server -m /models/o/n/a-Q4_K_M.gguf")
+        );
+        // In a cache llama.cpp does not read by default: it is told where.
+        let elsewhere = in_cache(Some("o/n"), Some(Path::new("/srv/hf cache")));
+        assert_eq!(
+            llama_with("o/n/a-Q4_K_M.gguf", &elsewhere, Some(t)).as_deref(),
+            Some("HF_HUB_CACHE='/srv/hf cache' llama-server -hf o/n:Q4_K_M")
+        );
     }
 
     #[test]

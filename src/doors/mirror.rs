@@ -13,6 +13,7 @@ mod info;
 mod local;
 mod pull;
 mod range;
+mod registry;
 mod resolve;
 mod stream;
 mod upstream;
@@ -34,6 +35,9 @@ pub struct Mirror {
     pub download_dir: std::path::PathBuf,
     /// `[server] trusted_proxies`: the peers whose forwarded headers are believed.
     pub trusted_proxies: std::sync::Arc<[std::net::IpAddr]>,
+    /// `[server] api_token` (`None`: none), which the registry under `/v2` checks
+    /// itself (it answers a refusal in the registry's own form).
+    pub api_token: Option<std::sync::Arc<str>>,
 }
 
 /// A refusal of the mirror, answered in the Hub's own error form (`{"error": "..."}`
@@ -149,4 +153,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             ))
         }));
     cfg.service(scope);
+    // Ollama's registry protocol for the same Hub models, under `/v2`.
+    registry::routes(cfg);
 }

@@ -23,6 +23,7 @@ mod library_property;
 mod library_trust;
 mod limits_and_scale;
 mod mirror;
+mod ollama_registry;
 mod ops;
 mod path_tricks;
 mod process;

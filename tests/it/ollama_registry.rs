@@ -410,6 +410,36 @@ async fn ollama_pulls_a_library_model_with_no_file_request_upstream() {
     let ping = svc.client.get(svc.url("/v2/")).send().await.unwrap();
     assert_eq!(ping.status(), 200);
     assert_eq!(ping.json::<Value>().await.unwrap(), json!({}));
+    // A part of a generated blob, as of any other.
+    let config = pulled.manifest["config"]["digest"].as_str().unwrap();
+    let part = svc
+        .client
+        .get(svc.url(&format!("/v2/{REPO}/blobs/{config}")))
+        .header("Range", "bytes=1-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap(), pulled.blobs[config][1..4]);
+
+    // The upstream Hub gone: the library answers, with the same manifest.
+    drop(hub);
+    let offline = ollama_pull(&svc.base, REPO, "Q4_K_M")
+        .await
+        .expect("pulled offline");
+    assert_eq!(offline.manifest, pulled.manifest);
+    assert_eq!(offline.blobs, pulled.blobs);
+    // What the library does not hold cannot be had offline, and the refusal says why.
+    let r = ollama_pull(&svc.base, REPO, "Q8_0")
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(code(&r), (503, "UNAVAILABLE".to_owned()), "{:?}", r.body);
+    assert!(
+        r.body.to_string().contains("cannot be reached"),
+        "{:?}",
+        r.body
+    );
 }
 
 #[actix_web::test]

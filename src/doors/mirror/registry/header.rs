@@ -26,8 +26,8 @@ pub(super) struct Facts {
 const HEADER_WAIT: Duration = Duration::from_secs(300);
 /// How often it looks (the download checkpoints every second).
 const POLL: Duration = Duration::from_millis(200);
-/// Facts kept by sha256: a few KiB each (a template is capped at 1 MiB, real ones are
-/// a few KiB).
+/// Facts of library files (verified) kept by sha256: a few KiB each (a template is
+/// capped at 1 MiB, real ones are a few KiB).
 const KEPT: usize = 128;
 
 /// Facts by sha256, oldest first.
@@ -69,13 +69,16 @@ pub(super) async fn facts(
     if let Some(f) = cached(sha256) {
         return Ok(f);
     }
-    let facts = match from_library(mirror, repo, sha256).await? {
-        Some(f) => f,
-        None => from_download(mirror, repo, listing.revision(), file).await?,
-    };
-    let facts = Arc::new(facts);
-    keep(sha256, facts.clone());
-    Ok(facts)
+    if let Some(facts) = from_library(mirror, repo, sha256).await? {
+        let facts = Arc::new(facts);
+        keep(sha256, facts.clone());
+        return Ok(facts);
+    }
+    // Not kept: these bytes are not verified yet (an upstream that lies about the
+    // sha256 must not leave its header standing for the real file's).
+    Ok(Arc::new(
+        from_download(mirror, repo, listing.revision(), file).await?,
+    ))
 }
 
 /// The library's file of `repo` with this content, read when it is still the file the

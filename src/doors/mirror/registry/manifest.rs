@@ -20,7 +20,16 @@ pub(super) async fn manifest(
     let repo = super::repo(&owner, &name)?;
     super::check_tag(&tag)?;
     let listing = source::files(&mirror, &repo).await?;
-    let file = pick::pick(&listing.files, &repo, &tag)?;
+    let file = pick::pick(&listing.files, &repo, &tag).map_err(|e| match e {
+        // Offline, what the library lacks may well exist: not a 404 (which Ollama
+        // shows as "file does not exist").
+        RegistryError::ManifestUnknown(m) if listing.commit.is_none() => {
+            RegistryError::Unavailable(format!(
+                "{m}: the upstream Hub cannot be reached, and the library has no such file"
+            ))
+        }
+        e => e,
+    })?;
     let sha256 = file.sha256.clone().ok_or_else(|| {
         RegistryError::Unsupported(format!(
             "{repo}/{}: the Hub tells no sha256 for it (not stored with LFS), and a blob is named by it",

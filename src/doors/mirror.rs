@@ -35,9 +35,9 @@ pub struct Mirror {
     pub download_dir: std::path::PathBuf,
     /// `[server] trusted_proxies`: the peers whose forwarded headers are believed.
     pub trusted_proxies: std::sync::Arc<[std::net::IpAddr]>,
-    /// `[server] api_token` (`None`: none), which the registry under `/v2` checks
-    /// itself (it answers a refusal in the registry's own form).
-    pub api_token: Option<std::sync::Arc<str>>,
+    /// The token the registry under `/v2` asks for (it checks it itself, to refuse in
+    /// the registry's own form): `[server] api_token`, unless `open_ollama_registry`.
+    pub registry_token: Option<std::sync::Arc<str>>,
 }
 
 /// A refusal of the mirror, answered in the Hub's own error form (`{"error": "..."}`

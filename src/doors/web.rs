@@ -110,8 +110,8 @@ fn serve(listener: TcpListener, addr: SocketAddr, parts: Parts<'_>) -> std::io::
         hub: parts.hub.clone(),
         download_dir: config.storage.download_dir.clone(),
         trusted_proxies: config.server.trusted_proxies.clone().into(),
-        api_token: Some(config.server.api_token.as_str())
-            .filter(|t| !t.is_empty())
+        registry_token: Some(config.server.api_token.as_str())
+            .filter(|t| !t.is_empty() && !config.server.open_ollama_registry)
             .map(Into::into),
     });
     let queue_data = web::Data::new(parts.queue.clone());

@@ -766,6 +766,11 @@ async fn with_an_api_token_every_request_needs_it_and_ollama_is_told_why() {
     .await;
     assert_eq!(code(&r), (403, "DENIED".to_owned()));
     assert!(
+        r.body.to_string().contains("open_ollama_registry"),
+        "{:?}",
+        r.body
+    );
+    assert!(
         r.body["errors"][0]["message"]
             .as_str()
             .unwrap()
@@ -791,4 +796,26 @@ async fn with_an_api_token_every_request_needs_it_and_ollama_is_told_why() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
+}
+
+#[actix_web::test]
+async fn open_ollama_registry_lets_ollama_pull_from_a_box_with_a_token() {
+    let token = "s3cret-token-of-the-box";
+    let (_cdn, hub, svc) = setup(|c| {
+        c.server.api_token = token.into();
+        c.server.open_ollama_registry = true;
+    })
+    .await;
+    let entry = entry_with_params();
+    let q4 = tiny_gguf(entry["gguf_prefix"].as_str().unwrap(), 50_000, 8);
+    hub.put_file(REPO, "Tiny-Chat-Q4_K_M.gguf", q4.clone());
+    let pulled = ollama_pull(&svc.base, REPO, "Q4_K_M")
+        .await
+        .expect("pulled");
+    check_manifest(&pulled, &q4, &entry);
+    // Only the registry opens: the API and /hf still need the token.
+    for path in ["/api/downloads", "/hf/api/models/bartowski/Tiny-Chat-GGUF"] {
+        let r = svc.client.get(svc.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
 }

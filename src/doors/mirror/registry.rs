@@ -12,7 +12,8 @@
 //! requests carry nothing at all (`server/download.go`, `http.DefaultClient`). So
 //! without `api_token` the registry answers everyone (as `/hf` does); with one, every
 //! request needs `Authorization: Bearer <api_token>`, and Ollama's token request is
-//! answered with why it cannot have one.
+//! answered with why it cannot have one, unless `[server] open_ollama_registry` opens
+//! the registry (read-only, Hub models) to whoever reaches the port.
 
 mod automap;
 mod blob;
@@ -76,8 +77,8 @@ async fn token(req: HttpRequest) -> Result<HttpResponse, RegistryError> {
     }
     Err(RegistryError::Denied(
         "this model-manager has an api_token, and Ollama cannot send one (it signs its token \
-         requests with its own key, which this service does not check); pull through a \
-         model-manager without api_token, or with curl and Authorization: Bearer <api_token>"
+         requests with its own key, which this service does not check): its owner can set \
+         [server] open_ollama_registry = true to let Ollama pull Hub models without it"
             .into(),
     ))
 }
@@ -94,7 +95,7 @@ fn token_of(req: &HttpRequest) -> Result<Option<std::sync::Arc<str>>, RegistryEr
     let mirror = req
         .app_data::<web::Data<Mirror>>()
         .ok_or_else(|| RegistryError::Internal("the mirror is not configured".into()))?;
-    Ok(mirror.api_token.clone())
+    Ok(mirror.registry_token.clone())
 }
 
 /// Compares without an early exit, so that timing does not tell how much of a token

@@ -468,6 +468,19 @@ async fn a_miss_pulled_by_two_ollamas_at_once_is_fetched_once() {
     check_manifest(&a, &q4, &entry);
     assert_eq!(a.manifest, b.manifest);
     assert_eq!(a.blobs, b.blobs);
+    // The upstream's API was asked once per manifest: every blob request followed the
+    // download (Ollama would write an upstream error's body into the model).
+    let asked: Vec<String> = hub
+        .requests()
+        .iter()
+        .filter(|r| !(r.method == "GET" && r.path.contains("/resolve/")))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    let listings = asked.iter().filter(|r| r.contains("/revision/")).count();
+    assert_eq!(listings, 2, "{asked:#?}");
+    // A HEAD per manifest (the download to follow), one of the download's own.
+    let heads = asked.iter().filter(|r| r.starts_with("HEAD ")).count();
+    assert!(heads <= 3, "{asked:#?}");
     let cdn_path = hub.cdn_path(REPO, &commit, file);
     assert_eq!(
         cdn.bytes_sent(&cdn_path),

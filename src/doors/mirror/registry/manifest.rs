@@ -6,7 +6,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::error::RegistryError;
-use super::{derive, header, pick, source};
+use super::{blob, derive, header, pick, source};
 use crate::doors::mirror::Mirror;
 use crate::library::ollama::MANIFEST_MEDIA_TYPE;
 
@@ -36,6 +36,9 @@ pub(super) async fn manifest(
             file.path
         ))
     })?;
+    if let Some(commit) = &listing.commit {
+        blob::remember(&repo, file, commit);
+    }
     let facts = header::facts(&mirror, &repo, &listing, file, &sha256).await?;
     let built = derive::manifest(&repo, file, &sha256, &facts)?;
     tracing::info!(%repo, %tag, file = %file.path, digest = %built.digest, "registry: manifest");

@@ -366,6 +366,8 @@ async fn ollama_pulls_a_library_model_with_no_file_request_upstream() {
         .await
         .expect("pulled");
     assert_eq!(lower.manifest, pulled.manifest);
+    let model = format!("sha256:{}", sha256_hex(&q4));
+    assert!(in_parts(&svc, &model, q4.len() as u64, 7).await == q4);
     assert_eq!(
         resolves_since(&hub, seen),
         Vec::<String>::new(),
@@ -460,13 +462,21 @@ async fn a_miss_pulled_by_two_ollamas_at_once_is_fetched_once() {
             ..Behavior::default()
         },
     );
-    let (a, b) = futures_util::join!(
+    // A third client takes the model in five ranged parts while it arrives: Ollama's
+    // arithmetic with parts too large to be several for a test file, so smaller ones.
+    let model = format!("sha256:{}", sha256_hex(&q4));
+    let (a, b, parts) = futures_util::join!(
         ollama_pull(&svc.base, REPO, "Q4_K_M"),
-        ollama_pull(&svc.base, REPO, "Q4_K_M")
+        ollama_pull(&svc.base, REPO, "Q4_K_M"),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            in_parts(&svc, &model, q4.len() as u64, 5).await
+        }
     );
     let (a, b) = (a.expect("first pull"), b.expect("second pull"));
     check_manifest(&a, &q4, &entry);
     assert_eq!(a.manifest, b.manifest);
+    assert!(parts == q4, "the parts are the file");
     assert_eq!(a.blobs, b.blobs);
     // The upstream's API was asked once per manifest: every blob request followed the
     // download (Ollama would write an upstream error's body into the model).
@@ -497,6 +507,29 @@ async fn a_miss_pulled_by_two_ollamas_at_once_is_fetched_once() {
         .filter(|d| d["path"] == format!("{REPO}/{file}"))
         .count();
     assert_eq!(ours, 1, "one download: {history}");
+}
+
+/// The model blob in `n` ranged parts fetched at once, put together.
+async fn in_parts(svc: &TestService, digest: &str, total: u64, n: u64) -> Vec<u8> {
+    let url = svc.url(&format!("/v2/{REPO}/blobs/{digest}"));
+    let size = total.div_ceil(n);
+    let fetches = (0..n).map(|i| {
+        let (client, url) = (svc.client.clone(), url.clone());
+        let (start, end) = (i * size, ((i + 1) * size).min(total) - 1);
+        async move {
+            let resp = client
+                .get(url)
+                .header("Range", format!("bytes={start}-{end}"))
+                .send()
+                .await
+                .expect("ranged GET");
+            assert_eq!(resp.status(), 206);
+            let want = format!("bytes {start}-{end}/{total}");
+            assert_eq!(resp.headers()["content-range"], want.as_str());
+            resp.bytes().await.expect("part").to_vec()
+        }
+    });
+    futures_util::future::join_all(fetches).await.concat()
 }
 
 /// A refusal's status and registry error code.
@@ -726,6 +759,11 @@ async fn refusals_are_in_the_registrys_form_and_change_nothing() {
             400,
             "DIGEST_INVALID",
         ),
+        ("/v2/o/%ff%fe/manifests/latest", 400, "NAME_INVALID"),
+        ("/v2/o/n/manifests/%ff", 400, "TAG_INVALID"),
+        ("/v2/o/n%5c..%5cx/manifests/latest", 400, "NAME_INVALID"),
+        ("/v2/aux/con/manifests/latest", 400, "NAME_INVALID"),
+        ("/v2//n/manifests/latest", 404, "NAME_UNKNOWN"),
         ("/v2/../../etc/passwd", 404, "NAME_UNKNOWN"),
         ("/v2/o/n/blobs/../../../../etc/passwd", 404, "NAME_UNKNOWN"),
     ] {

@@ -275,3 +275,56 @@ impl Seek for Prefix {
         Ok(self.pos)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A GGUF v3 header (no tensors) with a chat template, then `filler` zero bytes.
+    fn gguf(template: &str, filler: usize) -> Vec<u8> {
+        let s = |v: &str| {
+            let mut out = (v.len() as u64).to_le_bytes().to_vec();
+            out.extend(v.as_bytes());
+            out
+        };
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend(0u64.to_le_bytes());
+        out.extend(2u64.to_le_bytes());
+        for (k, v) in [
+            ("general.architecture", "llama"),
+            ("tokenizer.chat_template", template),
+        ] {
+            out.extend(s(k));
+            out.extend(8u32.to_le_bytes());
+            out.extend(s(v));
+        }
+        out.extend(vec![0u8; filler]);
+        out
+    }
+
+    #[test]
+    fn a_header_is_read_only_once_its_bytes_are_durable() {
+        let bytes = gguf("{{ messages }}", 10_000);
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&bytes).unwrap();
+        let len = bytes.len() as u64;
+        let open = || file.try_clone().unwrap();
+        // Half the template durable: not yet, and nothing past `ready` was read.
+        for ready in [0, 10, 60] {
+            match read(Prefix::new(open(), ready, len), len) {
+                Err(GgufError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
+                other => panic!("ready {ready}: {:?}", other.map(|f| f.template)),
+            }
+        }
+        let header = bytes.len() as u64 - 10_000;
+        let facts = read(Prefix::new(open(), header, len), len).expect("the header is there");
+        assert_eq!(facts.template.as_deref(), Some("{{ messages }}"));
+        assert_eq!(facts.info.architecture.as_deref(), Some("llama"));
+        // A file shorter than it claims (an upstream that lied about the size).
+        assert!(read(Prefix::new(open(), len + 50, len + 100), len + 100).is_ok());
+        let short = read(Prefix::new(open(), 20, 20), 20);
+        assert!(short.is_err());
+    }
+}

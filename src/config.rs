@@ -45,6 +45,10 @@ pub struct ServerConfig {
     /// the mirror's relayed pagination links name the host they forward for. From any
     /// other peer those headers are ignored. Empty: none.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Answer Ollama's registry (`/v2`, Hub models, read-only) without `api_token`:
+    /// Ollama cannot send one, so this is how a LAN of Ollama machines pulls through a
+    /// box that has a token. Off by default.
+    pub open_ollama_registry: bool,
 }
 
 /// `[storage]`
@@ -168,6 +172,7 @@ impl Default for ServerConfig {
             api_token: String::new(),
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
+            open_ollama_registry: false,
         }
     }
 }

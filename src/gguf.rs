@@ -12,6 +12,7 @@
 //! that file, never a panic or a large allocation; what is kept is capped too.
 
 mod cursor;
+mod template;
 mod tensors;
 mod value;
 
@@ -23,6 +24,8 @@ use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+pub use template::{read_chat_template, MAX_CHAT_TEMPLATE};
 
 use cursor::Cursor;
 use value::ValueType;

@@ -14,6 +14,7 @@ mod info;
 mod local;
 mod pull;
 mod range;
+mod registry;
 mod resolve;
 mod stream;
 mod upstream;
@@ -37,6 +38,9 @@ pub struct Mirror {
     pub trusted_proxies: std::sync::Arc<[std::net::IpAddr]>,
     /// Each repo's `main` as the upstream's `refs` last named it.
     pub heads: std::sync::Arc<heads::Heads>,
+    /// The token the registry under `/v2` asks for (it checks it itself, to refuse in
+    /// the registry's own form): `[server] api_token`, unless `open_ollama_registry`.
+    pub registry_token: Option<std::sync::Arc<str>>,
 }
 
 /// A refusal of the mirror, answered in the Hub's own error form (`{"error": "..."}`
@@ -155,4 +159,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             ))
         }));
     cfg.service(scope);
+    // Ollama's registry protocol for the same Hub models, under `/v2`.
+    registry::routes(cfg);
 }

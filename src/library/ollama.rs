@@ -27,8 +27,8 @@ const MANIFEST_CAP: u64 = 1 << 20;
 
 /// The registry host Ollama uses for Hub models (`ollama run hf.co/o/n:Q4_K_M`).
 pub const HOST: &str = "hf.co";
-const MANIFEST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const CONFIG_MEDIA_TYPE: &str = "application/vnd.docker.container.image.v1+json";
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.docker.container.image.v1+json";
 pub const MODEL_MEDIA_TYPE: &str = "application/vnd.ollama.image.model";
 
 /// What publishing one file made.
@@ -108,26 +108,29 @@ fn name_parts<'a>(target: &Target<'a>) -> Result<[&'a str; 4], Refused> {
     Ok([HOST, owner, name, target.quantization])
 }
 
+/// A layer (or the config) of a manifest: Ollama's `manifest.Layer`. Also what the
+/// mirror's registry (`doors/mirror/registry`) serves.
 #[derive(Serialize, Deserialize)]
-struct Layer {
+pub struct Layer {
     #[serde(rename = "mediaType")]
-    media_type: String,
-    digest: String,
-    size: u64,
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
 }
 
+/// Ollama's `manifest.Manifest` (Docker's schema 2).
 #[derive(Serialize, Deserialize)]
-struct Manifest {
+pub struct Manifest {
     #[serde(rename = "schemaVersion")]
-    schema_version: u32,
+    pub schema_version: u32,
     #[serde(rename = "mediaType", default)]
-    media_type: String,
-    config: Layer,
-    layers: Vec<Layer>,
+    pub media_type: String,
+    pub config: Layer,
+    pub layers: Vec<Layer>,
 }
 
 /// The image config Ollama reads (`model.ConfigV2`), as `ollama create` writes it.
-fn config_json(target: &Target<'_>) -> Vec<u8> {
+pub fn config_json(target: &Target<'_>) -> Vec<u8> {
     let family = target
         .gguf
         .and_then(|g| g.architecture.clone())

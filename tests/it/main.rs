@@ -24,6 +24,7 @@ mod library_trust;
 mod limits_and_scale;
 mod llamacpp;
 mod mirror;
+mod ollama_registry;
 mod ops;
 mod path_tricks;
 mod pick;

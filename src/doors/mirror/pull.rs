@@ -87,6 +87,28 @@ pub(super) async fn serve_miss(
     Ok(stream::respond(growing, part, &headers))
 }
 
+/// The download that fetches `file` of `repo` at `rev` (started now, or the one
+/// running), for a reader of its bytes that is no client of `/hf` (the registry reads
+/// a miss's GGUF header from it), with what the upstream told of the file. `None`: the
+/// path is another version's ([`download_of`]).
+pub(super) async fn fetch_for(
+    mirror: &Mirror,
+    repo: &str,
+    rev: &str,
+    file: &str,
+) -> Result<Option<(DownloadId, crate::hub::Resolved)>, MirrorError> {
+    let up = mirror.hub.resolve(repo, rev, file).await?;
+    let version = Version {
+        repo,
+        file,
+        commit: up.commit.as_deref(),
+        sha256: up.sha256.as_deref(),
+    };
+    Ok(download_of(mirror, rev, &version, &up)
+        .await?
+        .map(|id| (id, up)))
+}
+
 /// The version of a file a client asked for, as the upstream named it.
 struct Version<'a> {
     repo: &'a str,

@@ -613,3 +613,35 @@ async fn refs_are_what_huggingface_hub_reads_from_the_emulator_and_the_mirror() 
     m.hub.set_down(Down::Unavailable);
     assert_eq!(hf_refs(svc.url("/hf")).await, want, "from the library");
 }
+
+/// A library entry's `run` command for llama.cpp, run as it is shown (its
+/// `HF_HUB_CACHE=…` and arguments, with the Hub this box uses as llama.cpp's Hub): the
+/// real llama.cpp loads our copy from the cache we published and fetches nothing.
+#[actix_web::test]
+async fn the_run_command_shown_for_a_library_file_runs_our_copy() {
+    let m = hub_with_models();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().display().to_string();
+    let svc = service(&m, move |c| c.library.hf_cache = dir).await;
+    let entry = hold(&svc, Q4, true).await;
+    let command = entry["run"]["llama.cpp"]
+        .as_str()
+        .expect("a llama.cpp command");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let env = format!("HF_HUB_CACHE={}", cache.path().display());
+    assert_eq!(words[..2], [env.as_str(), "llama-server"], "{command}");
+    let (flag, spec, rest) = (words[2], words[3], &words[4..]);
+    assert!(["-hf", "--hf-repo"].contains(&flag), "{command}");
+    let (before, cdn_before) = (m.hub.requests().len(), cdn_bytes(&m, Q4));
+    let got = llama::resolve(Some(&m.hub.endpoint()), cache.path(), spec, rest).await;
+    assert_generated(&got, Q4, &m.q4);
+    assert!(got.model.starts_with(cache.path()), "{got:?}");
+    let asked = hub_requests_since(&m.hub, before);
+    assert!(
+        asked
+            .iter()
+            .all(|r| !r.starts_with("GET") || !r.contains("/resolve/")),
+        "llama.cpp fetched the file again: {asked:?}"
+    );
+    assert_eq!(cdn_bytes(&m, Q4), cdn_before, "the CDN sent the file again");
+}

@@ -77,12 +77,17 @@ async fn run_commands_for_a_hub_file_a_split_a_file_named_only_by_path_a_url_and
     let root = tempfile::tempdir().unwrap();
     let ollama = root.path().join("ollama");
     let (o, endpoint) = (ollama.display().to_string(), hub.endpoint());
+    let cache = root.path().join("hf cache");
+    let hf = cache.display().to_string();
     let svc = TestService::start(move |c| {
         c.hub.endpoint = endpoint;
         c.library.ollama_models = o;
+        c.library.hf_cache = hf;
     })
     .await;
     let dir = svc.download_dir();
+    // Not llama.cpp's default cache: its commands say where ours is.
+    let env = format!("HF_HUB_CACHE='{}' ", cache.display());
 
     // A single Hub file, published to Ollama.
     svc.fetch_quantization(REPO, "Q4_K_M", LONG).await;
@@ -93,7 +98,7 @@ async fn run_commands_for_a_hub_file_a_split_a_file_named_only_by_path_a_url_and
     assert_eq!(
         run,
         json!({
-            "llama.cpp": format!("llama-server -hf {REPO}:Q4_K_M"),
+            "llama.cpp": format!("{env}llama-server -hf {REPO}:Q4_K_M"),
             "ollama": format!("ollama run hf.co/{REPO}:Q4_K_M"),
         })
     );
@@ -104,7 +109,7 @@ async fn run_commands_for_a_hub_file_a_split_a_file_named_only_by_path_a_url_and
         let run = run_of(&svc, &format!("{REPO}/{p}"), |r| r.is_object()).await;
         assert_eq!(
             run,
-            json!({"llama.cpp": format!("llama-server -hf {REPO}:Q8_0")}),
+            json!({"llama.cpp": format!("{env}llama-server -hf {REPO}:Q8_0")}),
             "{p}"
         );
     }
@@ -112,7 +117,9 @@ async fn run_commands_for_a_hub_file_a_split_a_file_named_only_by_path_a_url_and
     // A Hub file whose repo's tree this service has not listed: named by file.
     add_hub_file(&svc, "o/two", "b.Q4_K_M.gguf").await;
     // (Ollama's name for it is checked above; only llama.cpp's command is looked at.)
-    let by_file = json!("llama-server --hf-repo o/two --hf-file b.Q4_K_M.gguf");
+    let by_file = json!(format!(
+        "{env}llama-server --hf-repo o/two --hf-file b.Q4_K_M.gguf"
+    ));
     let llama = |r: Value| r["llama.cpp"].clone();
     assert_eq!(
         llama(run_of(&svc, "o/two/b.Q4_K_M.gguf", |r| r.is_object()).await),
@@ -129,7 +136,7 @@ async fn run_commands_for_a_hub_file_a_split_a_file_named_only_by_path_a_url_and
     );
     assert_eq!(
         llama(run_of(&svc, "o/two/a.Q4_K_M.gguf", |r| r.is_object()).await),
-        json!("llama-server -hf o/two:Q4_K_M")
+        json!(format!("{env}llama-server -hf o/two:Q4_K_M"))
     );
 
     // A file from a URL: by its absolute path, shell-quoted.
@@ -165,7 +172,12 @@ fn assert_unquoted_path_runs(quoted: &str, full: &str) {
 #[tokio::test]
 async fn model_manager_library_prints_the_run_commands() {
     let hub = hub();
-    let extra = format!("[hub]\nendpoint = \"{}\"\n", hub.endpoint());
+    let cache = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[hub]\nendpoint = \"{}\"\n[library]\nhf_cache = \"{}\"\n",
+        hub.endpoint(),
+        cache.path().display()
+    );
     let (dir, config, _port, _p) = Proc::start(&extra).await;
     let c = config.to_str().expect("utf-8");
     let pulled = run(
@@ -183,7 +195,10 @@ async fn model_manager_library_prints_the_run_commands() {
     assert_eq!(lines[at + 1], format!("{REPO}/{SINGLE}"), "{lib}");
     assert_eq!(
         lines[at + 2],
-        format!("  llama.cpp  llama-server -hf {REPO}:Q4_K_M"),
+        format!(
+            "  llama.cpp  HF_HUB_CACHE={} llama-server -hf {REPO}:Q4_K_M",
+            cache.path().display()
+        ),
         "{lib}"
     );
 }

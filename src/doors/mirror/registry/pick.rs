@@ -1,11 +1,9 @@
 //! Which file of a repo an Ollama tag names, as the Hub answers `hf.co/{owner}/{name}:{tag}`
 //! (its docs, `docs/hub/ollama.md`): a quantization, case-insensitively (`:Q4_K_M`,
-//! `:iq3_m`), or a file's full name (`:Model-IQ3_M.gguf`); `latest` (no tag) is
-//! `Q4_K_M` when there is one, else `Q8_0`, else the first model file (llama.cpp's
-//! rule for no tag, which the Hub's "one reasonable quant" is not more precise than).
-//!
-//! [`pick`] is the one function to switch over to `hub::pick` (llama.cpp's rules
-//! ported) once that exists.
+//! `:iq3_m`), or a file's full name (`:Model-IQ3_M.gguf`). A quantization is found by
+//! llama.cpp's own rules ([`crate::hub::pick`]), so `ollama pull box/o/n:TAG` and
+//! `llama-server -hf o/n:TAG` get the same file; `latest` (no tag) is llama.cpp's pick
+//! without a tag: `Q4_K_M`, else `Q8_0`, else the first model file in the tree.
 
 use super::error::RegistryError;
 use crate::hub::RepoFile;
@@ -37,29 +35,15 @@ pub(super) fn pick<'a>(
             .ok_or_else(unknown)?;
         return one(file, repo);
     }
-    let groups = crate::hub::group_quantizations(files);
-    let group = if tag == LATEST {
-        ["Q4_K_M", "Q8_0"]
-            .iter()
-            .find_map(|q| groups.iter().find(|g| g.name == *q))
-            .or_else(|| {
-                // The first model file, in the repo's order of paths.
-                let first = files
-                    .iter()
-                    .filter(|f| f.quantization.is_some())
-                    .map(|f| f.path.as_str())
-                    .min()?;
-                groups.iter().find(|g| g.files.iter().any(|p| p == first))
-            })
-    } else {
-        groups.iter().find(|g| g.name.eq_ignore_ascii_case(tag))
+    // llama.cpp's own pick (what `llama-server -hf owner/name:TAG` loads), in the Hub's
+    // tree order; `latest` is its pick without a tag.
+    let tag = (tag != LATEST).then_some(tag);
+    let picked = crate::hub::pick::pick(files, tag, false);
+    if picked.model_files.len() > 1 {
+        return Err(split(repo, tag.unwrap_or(LATEST)));
     }
-    .ok_or_else(unknown)?;
-    if group.files.len() > 1 {
-        return Err(split(repo, &group.name));
-    }
-    let path = group.files.first().ok_or_else(unknown)?;
-    files.iter().find(|f| &f.path == path).ok_or_else(unknown)
+    let path = picked.primary.ok_or_else(unknown)?;
+    files.iter().find(|f| f.path == path).ok_or_else(unknown)
 }
 
 /// `file`, unless it is a part of a split model.
@@ -127,14 +111,14 @@ mod tests {
             Err("400".into())
         );
         assert_eq!(picked(&repo, "README.md"), Err("404".into()));
-        // No Q4_K_M: Q8_0; neither: the first model file by path.
+        // No Q4_K_M: Q8_0; neither: the first model file in the tree's order.
         assert_eq!(
-            picked(&["a-Q8_0.gguf", "b-Q2_K.gguf"], "latest"),
+            picked(&["b-Q2_K.gguf", "a-Q8_0.gguf"], "latest"),
             Ok("a-Q8_0.gguf".into())
         );
         assert_eq!(
-            picked(&["b-Q2_K.gguf", "a-Q6_K.gguf", "mmproj-x.gguf"], "latest"),
-            Ok("a-Q6_K.gguf".into())
+            picked(&["mmproj-x.gguf", "b-Q2_K.gguf", "a-Q6_K.gguf"], "latest"),
+            Ok("b-Q2_K.gguf".into())
         );
         assert_eq!(picked(&["mmproj-x.gguf"], "latest"), Err("404".into()));
     }

@@ -24,9 +24,12 @@ fi
 # aria2p (an aria2 JSON-RPC library and CLI; its add/show/pause/resume/remove need no
 # [tui] extra), xllamacpp (llama.cpp's server and its `-hf` download code, for
 # tests/it/llamacpp.rs).
-python3 -c 'import gguf, huggingface_hub, aria2p, xllamacpp' >/dev/null 2>&1 && command -v aria2p >/dev/null 2>&1 || {
+# xllamacpp is pinned: tests/it/llama/llama_hf.py reaches llama.cpp's `-hf` code by a
+# symbol and an enum value of this build.
+XLLAMACPP=2026.10.11549
+python3 -c "import gguf, huggingface_hub, aria2p, importlib.metadata as m; assert m.version('xllamacpp') == '$XLLAMACPP'" >/dev/null 2>&1 && command -v aria2p >/dev/null 2>&1 || {
   echo "installing gguf, huggingface_hub, aria2p and xllamacpp (PyPI) for the library, aria2 and llama.cpp tests"
-  python3 -m pip install --quiet --disable-pip-version-check gguf huggingface_hub aria2p xllamacpp
+  python3 -m pip install --quiet --disable-pip-version-check gguf huggingface_hub aria2p "xllamacpp==$XLLAMACPP"
 }
 
 # No function of src/ over 80 lines (clippy.toml; test code may opt out). Only on a

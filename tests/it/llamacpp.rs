@@ -645,3 +645,90 @@ async fn the_run_command_shown_for_a_library_file_runs_our_copy() {
     );
     assert_eq!(cdn_bytes(&m, Q4), cdn_before, "the CDN sent the file again");
 }
+
+/// The tree of `repo` as the mirror lists it to llama.cpp (`tree/main?recursive=true`),
+/// in its order, as [`model_manager::hub::pick`] takes it.
+async fn mirror_tree(svc: &TestService, repo: &str) -> Vec<model_manager::hub::RepoFile> {
+    let (s, tree) = svc
+        .get(&format!("/hf/api/models/{repo}/tree/main?recursive=true"))
+        .await;
+    assert_eq!(s, 200, "{tree}");
+    tree.as_array()
+        .expect("a tree")
+        .iter()
+        .filter(|e| e["type"] == "file")
+        .map(|e| model_manager::hub::RepoFile {
+            path: e["path"].as_str().expect("path").to_owned(),
+            size: e["size"].as_u64().unwrap_or(0),
+            sha256: e["lfs"]["oid"].as_str().map(str::to_owned),
+            quantization: None,
+        })
+        .collect()
+}
+
+/// Acceptance 2: for three repo layouts (a multimodal repo, a split in a folder beside
+/// an imatrix, case spellings without Q4_K_M or Q8_0), what the real llama.cpp fetches
+/// through our mirror for a spec is exactly what our pick (the one `pull` and the Hub
+/// tab use) chooses for it, mmproj included.
+#[actix_web::test]
+async fn our_pick_is_what_the_real_llama_cpp_fetches_through_the_mirror() {
+    let m = hub_with_models();
+    let layouts: [(&str, &[&str], &[&str]); 3] = [
+        (
+            "o/vision",
+            &[
+                "Vision-Q4_K_M.gguf",
+                "Vision-Q8_0.gguf",
+                "mmproj-Vision-F16.gguf",
+                "mmproj-Vision-Q8_0.gguf",
+            ],
+            &["o/vision:Q8_0", "o/vision", "o/vision:q4_k_m"],
+        ),
+        (
+            "o/split",
+            &[
+                "Split.imatrix.gguf",
+                "Q4_K_M/Split-Q4_K_M-00001-of-00002.gguf",
+                "Q4_K_M/Split-Q4_K_M-00002-of-00002.gguf",
+                "Split-Q2_K.gguf",
+            ],
+            &["o/split", "o/split:Q2_K"],
+        ),
+        (
+            "o/cases",
+            &["cases.iq3_m.gguf", "cases.Q5_K_M.gguf", "cases-F16.gguf"],
+            &["o/cases", "o/cases:IQ3_M", "o/cases:f16"],
+        ),
+    ];
+    for (i, (repo, files, _)) in layouts.iter().enumerate() {
+        m.hub.add_repo(repo, RepoOptions::default());
+        for (j, f) in files.iter().enumerate() {
+            m.hub
+                .put_file(repo, f, common::service::content(2000, (i * 10 + j) as u64));
+        }
+    }
+    let svc = service(&m, |_| {}).await;
+    for (repo, _, specs) in layouts {
+        let tree = mirror_tree(&svc, repo).await;
+        for spec in specs {
+            let tag = spec.split_once(':').map(|(_, t)| t);
+            let ours = model_manager::hub::pick::pick(&tree, tag, true);
+            let mut want: Vec<String> = ours.model_files.clone();
+            want.extend(ours.mmproj.clone());
+            want.sort();
+            assert!(!want.is_empty(), "{spec}: our pick is empty");
+            let cache = tempfile::tempdir().unwrap();
+            let mut run = llama::Run::new(Some(&svc.url("/hf")), cache.path(), spec, &[]);
+            run.generate = false;
+            let got = llama::try_run(run)
+                .await
+                .unwrap_or_else(|f| panic!("llama.cpp -hf {spec}: {}", f.log));
+            let mut fetched = got.paths.clone();
+            fetched.sort();
+            assert_eq!(
+                fetched, want,
+                "{spec}: llama.cpp fetched other files than we pick"
+            );
+        }
+    }
+}

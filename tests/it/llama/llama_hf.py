@@ -25,9 +25,12 @@ import sys
 import xllamacpp
 import xllamacpp.xllamacpp as native
 
-# llama_example: LLAMA_EXAMPLE_COMMON (LLAMA_EXAMPLE_SERVER skips the download, since
-# the server does it itself later).
-LLAMA_EXAMPLE_COMMON = 2
+# llama_example: LLAMA_EXAMPLE_MTMD (15 in this llama.cpp's enum). LLAMA_EXAMPLE_SERVER
+# skips the download (the server does it itself later, with mmproj), and
+# LLAMA_EXAMPLE_COMMON downloads without the mmproj (only the examples in arg.cpp's
+# `mmproj_examples` fetch it): MTMD downloads as `llama-server -hf` does, mmproj
+# included. `LLAMA_HF_EXAMPLE` overrides it (2: COMMON) should the enum move.
+LLAMA_EXAMPLE = int(os.environ.get("LLAMA_HF_EXAMPLE", "15"))
 PARSE = "_Z19common_params_parseiPPcR13common_params13llama_examplePFviS0_E"
 LOG_MAIN = "_Z15common_log_mainv"
 LOG_PAUSE = "_Z16common_log_pauseP10common_log"
@@ -73,7 +76,7 @@ def parse(args: list[str]) -> "xllamacpp.CommonParams":
     p = xllamacpp.CommonParams()
     argv = ["llama-server"] + args
     c_argv = (ctypes.c_char_p * (len(argv) + 1))(*[a.encode() for a in argv], None)
-    if not fn(len(argv), c_argv, params_address(p), LLAMA_EXAMPLE_COMMON, None):
+    if not fn(len(argv), c_argv, params_address(p), LLAMA_EXAMPLE, None):
         sys.stderr.write("llama_hf.py: llama.cpp's common_params_parse failed\n")
         leave(2)
     return p

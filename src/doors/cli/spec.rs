@@ -20,8 +20,15 @@ pub enum Spec {
 
 pub fn parse(raw: &str) -> Result<Spec, CliError> {
     let raw = raw.trim();
-    if raw.starts_with("http://") || raw.starts_with("https://") {
-        return Ok(Spec::Url(raw.to_owned()));
+    // `file:///x`, `ftp://h/x`: a URL of a scheme we do not fetch, said as such (read as
+    // a repo it would be refused as "not a Hub repo", which misleads).
+    if let Some((scheme, _)) = raw.split_once("://") {
+        if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") {
+            return Ok(Spec::Url(raw.to_owned()));
+        }
+        return Err(CliError::Usage(format!(
+            "{raw:?}: the scheme {scheme:?} is refused; a URL must be http:// or https://"
+        )));
     }
     let bare = ["hf.co/", "huggingface.co/"]
         .iter()
@@ -79,6 +86,7 @@ mod tests {
     fn every_spelling_of_a_spec() {
         let ok = |s: &str| parse(s).expect(s);
         assert_eq!(ok("http://h/x.gguf"), Spec::Url("http://h/x.gguf".into()));
+        assert_eq!(ok("HTTPS://h/x.gguf"), Spec::Url("HTTPS://h/x.gguf".into()));
         assert_eq!(ok("o/n:Q4_K_M"), quant("o/n", Some("Q4_K_M")));
         // The tag keeps its case: llama.cpp matches it ignoring case.
         assert_eq!(ok("hf.co/o/n:q8_0"), quant("o/n", Some("q8_0")));
@@ -92,6 +100,10 @@ mod tests {
                 file: "dir/f.gguf".into()
             }
         );
+        for url in ["file:///etc/passwd", "ftp://h/x.gguf", "FILE://x"] {
+            let e = parse(url).expect_err(url).to_string();
+            assert!(e.contains("scheme") && e.contains("refused"), "{url}: {e}");
+        }
         for bad in [
             "",
             "o",

@@ -308,7 +308,7 @@ impl HubClient {
                 files.push(RepoFile {
                     quantization: quant::quantization(&e.path),
                     size: e.lfs.as_ref().and_then(|l| l.size).unwrap_or(e.size),
-                    sha256: e.lfs.map(|l| l.oid.to_ascii_lowercase()),
+                    sha256: e.lfs.and_then(|l| names::sha256_hex(&l.oid)),
                     path: e.path,
                 });
             }
@@ -354,12 +354,7 @@ impl HubClient {
         };
         drop(resp);
         let sha256 = text("x-linked-etag")
-            .map(|e| {
-                e.trim_start_matches("W/")
-                    .trim_matches('"')
-                    .to_ascii_lowercase()
-            })
-            .filter(|e| e.len() == 64 && e.bytes().all(|b| b.is_ascii_hexdigit()));
+            .and_then(|e| names::sha256_hex(e.trim_start_matches("W/").trim_matches('"')));
         Ok(Resolved {
             commit: text("x-repo-commit"),
             sha256,

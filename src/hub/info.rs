@@ -65,7 +65,7 @@ impl HubClient {
             .map(|s| RepoFile {
                 quantization: quant::quantization(&s.rfilename),
                 size: s.lfs.as_ref().and_then(|l| l.size).or(s.size).unwrap_or(0),
-                sha256: s.lfs.map(|l| l.sha256.to_ascii_lowercase()),
+                sha256: s.lfs.and_then(|l| super::names::sha256_hex(&l.sha256)),
                 path: s.rfilename,
             })
             .collect();

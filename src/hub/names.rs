@@ -46,6 +46,14 @@ pub fn validate_revision(revision: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An upstream's sha256 as we keep it: 64 hex digits, lower-cased; anything else is no
+/// sha256 at all. It becomes a digest in manifests (`sha256:<hex>`) and a blob's name in
+/// caches, where a `../` or a non-hex digit must never reach (old Ollama versions joined
+/// a manifest's digest into a path: CVE-2024-37032).
+pub fn sha256_hex(s: &str) -> Option<String> {
+    (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
+}
+
 /// Whether llama.cpp sends `token` to a Hub's API: `hf_` then ASCII letters and
 /// digits, 37 to 256 characters in all (its `is_valid_hf_token` in
 /// `common/hf-cache.cpp`). It drops any other token from its `refs` and `tree`
@@ -115,6 +123,21 @@ mod tests {
             "secret".into(),
         ] {
             assert!(!is_hub_shaped_token(&bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_64_hex_digits_are_a_sha256() {
+        let good = "AB".repeat(32);
+        assert_eq!(super::sha256_hex(&good), Some("ab".repeat(32)));
+        for bad in [
+            "../../../../../tmp/x0000000000000000000000000000000000000000000000",
+            &"g".repeat(64),
+            &"a".repeat(63),
+            &"a".repeat(65),
+            "",
+        ] {
+            assert_eq!(super::sha256_hex(bad), None, "{bad}");
         }
     }
 }

@@ -870,3 +870,73 @@ async fn open_ollama_registry_lets_ollama_pull_from_a_box_with_a_token() {
         assert_eq!(r.status(), 401, "{path}");
     }
 }
+
+/// A Hub whose answers disagree: its listing names one sha256 for `M-Q4_K_M.gguf` and
+/// its resolve another; `Bad-Q8_0.gguf` is listed with a "sha256" that is a path.
+fn lying_hub() -> common::upstream::Server {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    common::upstream::Server::start("lying-hub", move |mut stream| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let (listed, resolved) = ("a".repeat(64), "b".repeat(64));
+        let (status, headers, body) = if head.starts_with("GET /api/models/o/liar/revision/main") {
+            let info = json!({"sha": "c".repeat(40), "siblings": [
+                {"rfilename": "M-Q4_K_M.gguf", "size": 1000, "lfs": {"sha256": listed, "size": 1000}},
+                {"rfilename": "Bad-Q8_0.gguf", "size": 1000, "lfs": {
+                    "sha256": "../../../../../tmp/x00000000000000000000000000000000000000000000",
+                    "size": 1000}},
+            ]});
+            ("200 OK", String::new(), info.to_string())
+        } else if head.starts_with("HEAD /o/liar/resolve/") {
+            let h = format!(
+                "X-Repo-Commit: {}\r\nX-Linked-Etag: \"{resolved}\"\r\nX-Linked-Size: 1000\r\nETag: \"{resolved}\"\r\n",
+                "c".repeat(40)
+            );
+            ("200 OK", h, String::new())
+        } else {
+            ("404 Not Found", String::new(), "{}".to_owned())
+        };
+        let out = format!(
+            "HTTP/1.1 {status}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            if head.starts_with("HEAD ") { 1000 } else { body.len() },
+            if head.starts_with("HEAD ") { "" } else { body.as_str() }
+        );
+        let _ = stream.write_all(out.as_bytes()).await;
+    })
+}
+
+/// An upstream whose listing and resolve disagree gets no manifest (it would name a
+/// digest its blob's bytes do not have: Ollama fetches gigabytes, then fails), and
+/// nothing is downloaded; a listed "sha256" that is no 64 hex digits never reaches a
+/// manifest (old Ollama joined a digest into a path: CVE-2024-37032).
+#[actix_web::test]
+async fn an_upstream_whose_digests_disagree_or_are_no_digests_gets_no_manifest() {
+    let hub = lying_hub();
+    let endpoint = format!("http://{}", hub.addr());
+    let svc = TestService::start(move |c| c.hub.endpoint = endpoint).await;
+    let r = get(&svc, "/v2/o/liar/manifests/Q4_K_M", None).await;
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    let message = r.body.to_string();
+    assert!(
+        message.contains(&"a".repeat(64)) && message.contains(&"b".repeat(64)),
+        "{message}"
+    );
+    for tag in ["Q8_0", "Bad-Q8_0.gguf"] {
+        let r = get(&svc, &format!("/v2/o/liar/manifests/{tag}"), None).await;
+        assert_ne!(r.status, 200, "{tag}: {:?}", r.body);
+        assert!(!r.body.to_string().contains("../"), "{tag}: {:?}", r.body);
+    }
+    let (_, list) = svc.get("/api/downloads").await;
+    assert_eq!(
+        list["downloads"],
+        json!([]),
+        "nothing may be fetched: {list}"
+    );
+}

@@ -95,9 +95,22 @@ pub(super) async fn fetch_for(
     mirror: &Mirror,
     repo: &str,
     rev: &str,
-    file: &str,
+    listed: &crate::hub::RepoFile,
 ) -> Result<Option<(DownloadId, crate::hub::Resolved)>, MirrorError> {
+    let file = listed.path.as_str();
     let up = mirror.hub.resolve(repo, rev, file).await?;
+    // The reader names these bytes by the listing's sha256 and size (a manifest's
+    // digest): a resolve that names other bytes, or none, is refused before anything is
+    // fetched, so that no blob is ever served under a digest it does not have.
+    if up.sha256.is_none() || up.sha256 != listed.sha256 || up.size != Some(listed.size) {
+        return Err(MirrorError::Upstream(format!(
+            "{repo}/{file}: the Hub lists sha256 {} ({} bytes) but resolves it as sha256 {} ({} bytes)",
+            listed.sha256.as_deref().unwrap_or("none"),
+            listed.size,
+            up.sha256.as_deref().unwrap_or("none"),
+            up.size.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+        )));
+    }
     let version = Version {
         repo,
         file,

@@ -123,7 +123,7 @@ async fn from_download(
     rev: &str,
     file: &RepoFile,
 ) -> Result<Facts, RegistryError> {
-    let Some((id, up)) = pull::fetch_for(mirror, repo, rev, &file.path).await? else {
+    let Some((id, up)) = pull::fetch_for(mirror, repo, rev, file).await? else {
         return Err(RegistryError::Unavailable(format!(
             "{repo}/{}: the path holds another version of the file (another download or program); try again once it is done",
             file.path

@@ -804,6 +804,24 @@ async fn with_an_api_token_every_request_needs_it_and_ollama_is_told_why() {
             "{challenge}"
         );
     }
+    // A forwarded scheme from a peer nobody trusts does not reach the challenge.
+    for proto in ["javascript", "a\",realm=\"http://evil"] {
+        let r = refused(
+            svc.client
+                .get(&url)
+                .header("X-Forwarded-Proto", proto)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let challenge = r.headers["www-authenticate"].to_str().unwrap().to_owned();
+        let realm = format!("realm=\"{}\"", svc.url("/v2/token"));
+        assert!(
+            challenge.contains(&realm) && !challenge.contains("evil"),
+            "{challenge}"
+        );
+    }
     // Ollama's token request (`getAuthorizationToken`: GET realm?service=&scope=&ts=&nonce=,
     // with its signature): refused, saying why; Ollama prints the body.
     let r = refused(

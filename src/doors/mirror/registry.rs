@@ -134,7 +134,15 @@ fn authorize(req: &HttpRequest) -> Result<(), RegistryError> {
                 && h.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
         })
-        .map(|h| format!("{}://{h}/v2/token", req.connection_info().scheme()));
+        .map(|h| {
+            // The scheme a client's forwarded headers claim is not written into the
+            // challenge as it came (`javascript`, quotes): http, or https when said so.
+            let scheme = match req.connection_info().scheme() {
+                "https" => "https",
+                _ => "http",
+            };
+            format!("{scheme}://{h}/v2/token")
+        });
     Err(RegistryError::Unauthorized { realm })
 }
 

@@ -958,3 +958,28 @@ async fn an_upstream_whose_digests_disagree_or_are_no_digests_gets_no_manifest()
         "nothing may be fetched: {list}"
     );
 }
+
+/// A file whose name says nothing of a split but whose header says it is part 1 of 3:
+/// Ollama could not load it, so it gets no manifest (as the library's own Ollama
+/// publisher refuses it).
+#[actix_web::test]
+async fn a_split_part_by_its_header_gets_no_manifest() {
+    let (_cdn, hub, svc) = setup(|_| {}).await;
+    let mut gguf = b"GGUF".to_vec();
+    gguf.extend(3u32.to_le_bytes());
+    gguf.extend(0u64.to_le_bytes());
+    gguf.extend(3u64.to_le_bytes());
+    gguf.extend(gstr("general.architecture"));
+    gguf.extend(8u32.to_le_bytes());
+    gguf.extend(gstr("llama"));
+    for (k, v) in [("split.no", 0u16), ("split.count", 3u16)] {
+        gguf.extend(gstr(k));
+        gguf.extend(2u32.to_le_bytes()); // GGUF_TYPE_UINT16, as gguf-split writes them
+        gguf.extend(v.to_le_bytes());
+    }
+    gguf.extend(content(5_000, 8));
+    hub.put_file(REPO, "Hidden-Q4_K_M.gguf", gguf);
+    let r = get(&svc, &format!("/v2/{REPO}/manifests/Q4_K_M"), None).await;
+    assert_eq!(code(&r), (400, "UNSUPPORTED".to_owned()), "{:?}", r.body);
+    assert!(r.body.to_string().contains("split"), "{:?}", r.body);
+}

@@ -40,6 +40,14 @@ pub(super) async fn manifest(
         blob::remember(&repo, file, commit);
     }
     let facts = header::facts(&mirror, &repo, &listing, file, &sha256).await?;
+    // A split part by its header (whatever its name says): Ollama cannot load it, as
+    // the library's Ollama publisher refuses it too.
+    if facts.info.split.as_ref().is_some_and(|s| s.count > 1) {
+        return Err(RegistryError::Unsupported(format!(
+            "{repo}/{}: its GGUF header says it is a part of a split model, which Ollama cannot load: pick another quantization",
+            file.path
+        )));
+    }
     let built = derive::manifest(&repo, file, &sha256, &facts)?;
     tracing::info!(%repo, %tag, file = %file.path, digest = %built.digest, "registry: manifest");
     Ok(HttpResponse::Ok()

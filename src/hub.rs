@@ -305,6 +305,14 @@ impl HubClient {
             let entries: Vec<ApiTreeEntry> = serde_json::from_slice(&body)
                 .map_err(|e| HubError::Invalid(format!("tree of {repo}: {e}")))?;
             for e in entries.into_iter().filter(|e| e.kind == "file") {
+                // An LFS oid that is no hash is a lie about the file: llama.cpp does not
+                // list such an entry (`is_valid_oid`: 40 or 64 hex digits), nor do we.
+                let oid_ok = e.lfs.as_ref().is_none_or(|l| {
+                    matches!(l.oid.len(), 40 | 64) && l.oid.bytes().all(|b| b.is_ascii_hexdigit())
+                });
+                if !oid_ok {
+                    continue;
+                }
                 files.push(RepoFile {
                     quantization: quant::quantization(&e.path),
                     size: e.lfs.as_ref().and_then(|l| l.size).unwrap_or(e.size),

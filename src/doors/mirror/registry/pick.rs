@@ -37,7 +37,7 @@ pub(super) fn pick<'a>(
             .ok_or_else(unknown)?;
         return one(file, repo);
     }
-    let groups = crate::hub::group_quantizations(files);
+    let groups = crate::hub::quantizations(files);
     let group = if tag == LATEST {
         ["Q4_K_M", "Q8_0"]
             .iter()

@@ -11,6 +11,7 @@
 mod headers;
 mod heads;
 mod info;
+mod links;
 mod local;
 mod pull;
 mod range;

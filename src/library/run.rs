@@ -102,8 +102,8 @@ fn llama_cpp(
 /// `HF_HUB_CACHE=<cache> ` when the cache we publish into is not the one llama.cpp reads
 /// by default (`~/.cache/huggingface/hub`, as `huggingface_hub`), else nothing.
 fn cache_env(cache: &Path) -> String {
-    let default = std::env::var_os("HOME")
-        .map(|home| Path::new(&home).join(".cache/huggingface/hub"));
+    let default =
+        std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/huggingface/hub"));
     if default.as_deref() == Some(cache) {
         String::new()
     } else {
@@ -187,13 +187,15 @@ mod tests {
     /// A record of `repo` published into the cache at `cache` (`None`: not published).
     fn in_cache(repo: Option<&str>, cache: Option<&Path>) -> Record {
         let mut r = record(repo);
-        r.published.hf_cache = cache.zip(repo).map(|(c, repo)| super::super::hf_cache::Entry {
-            repo_dir: c.join(format!("models--{}", repo.replace('/', "--"))),
-            snapshot: String::new(),
-            blob: String::new(),
-            revision: None,
-            commit: String::new(),
-        });
+        r.published.hf_cache = cache
+            .zip(repo)
+            .map(|(c, repo)| super::super::hf_cache::Entry {
+                repo_dir: c.join(format!("models--{}", repo.replace('/', "--"))),
+                snapshot: String::new(),
+                blob: String::new(),
+                revision: None,
+                commit: String::new(),
+            });
         r
     }
 

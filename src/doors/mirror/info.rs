@@ -178,11 +178,14 @@ fn relay(answer: Relayed, rewrite: Option<(&str, &str)>) -> HttpResponse {
             response.insert_header((name, value));
         }
     }
-    if let (Some(link), Some((theirs, ours))) = (answer.link, rewrite) {
-        response.insert_header((
-            actix_web::http::header::LINK,
-            link.replace(&format!("<{theirs}/"), &format!("<{ours}/")),
-        ));
+    // Only the upstream's own links, pointed here (see `links`): any other would be
+    // followed by the client with its token.
+    let link = answer
+        .link
+        .zip(rewrite)
+        .and_then(|(link, (theirs, ours))| super::links::kept(&link, theirs, ours));
+    if let Some(link) = link {
+        response.insert_header((actix_web::http::header::LINK, link));
     }
     response.body(answer.body)
 }

@@ -1,0 +1,118 @@
+//! The LAN mirror against a hostile or broken upstream Hub (red team, round five): its
+//! links, bytes, silences and odd answers never reach a client as this service's word.
+
+use crate::common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::hub::{HubEmu, RepoOptions};
+use common::service::*;
+use common::upstream::{Server, Upstream};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LONG: Duration = Duration::from_secs(60);
+const REPO: &str = "bartowski/Tiny-GGUF";
+
+/// A server answering each request with `answer(request head)`'s raw bytes, and
+/// keeping every request head it saw.
+fn hostile(
+    name: &str,
+    answer: impl Fn(&str) -> String + Send + Sync + 'static,
+) -> (Server, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (log, answer) = (seen.clone(), Arc::new(answer));
+    let server = Server::start(name, move |mut stream| {
+        let (log, answer) = (log.clone(), answer.clone());
+        async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            log.lock().unwrap().push(head.clone());
+            let _ = stream.write_all(answer(&head).as_bytes()).await;
+        }
+    });
+    (server, seen)
+}
+
+fn json_answer(extra: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Red team five, HIGH: a hostile upstream's tree answer carried
+/// `Link: <http://elsewhere/steal>; rel="next"`, relayed as is; `huggingface_hub`'s
+/// `list_repo_tree` followed it with its `HF_TOKEN` (this service's `api_token`).
+/// Only the upstream's own links are passed on (pointed here).
+#[actix_web::test]
+async fn a_hostile_upstreams_link_elsewhere_never_gets_the_clients_token() {
+    let (evil, stolen) = hostile("evil", |_| json_answer("", "[]"));
+    let evil_url = format!("http://{}/steal", evil.addr());
+    let (hub, _) = hostile("link-hub", move |head| {
+        let own = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let host = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("host: ")
+                    .or_else(|| l.strip_prefix("Host: "))
+            })
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        let body = r#"[{"type":"file","oid":"0123456789abcdef0123456789abcdef01234567","size":3,"path":"a.gguf"}]"#;
+        // Page two (the upstream's own link, kept) is the last.
+        if own.contains("cursor=2") {
+            return json_answer("", &body.replace("a.gguf", "b.gguf"));
+        }
+        let links = format!(
+            "Link: <{evil_url}>; rel=\"next\", <http://{host}{own}&cursor=2>; rel=\"next\"\r\n"
+        );
+        json_answer(&links, body)
+    });
+    let endpoint = format!("http://{}", hub.addr());
+    let mut svc = TestService::start(move |c| {
+        c.hub.endpoint = endpoint;
+        c.server.api_token = "lan-secret".into();
+    })
+    .await;
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert("authorization", "Bearer lan-secret".parse().unwrap());
+    svc.client = reqwest::Client::builder()
+        .default_headers(auth)
+        .build()
+        .unwrap();
+    let resp = svc
+        .client
+        .get(svc.url("/hf/api/models/o/leak/tree/main?recursive=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let link = resp
+        .headers()
+        .get("link")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(
+        !link.contains("/steal"),
+        "a link elsewhere was relayed: {link}"
+    );
+    assert!(link.contains(&svc.url("/hf/api/models/")), "{link}");
+
+    let got = crate::mirror::client(&svc, Some("lan-secret"), &["tree", "o/leak"]).await;
+    let reached = stolen.lock().unwrap().clone();
+    assert!(
+        reached.is_empty(),
+        "the client was sent elsewhere: {reached:?}"
+    );
+    assert_eq!(got["paths"], json!(["a.gguf", "b.gguf"]), "{got}");
+}

@@ -116,3 +116,70 @@ async fn a_hostile_upstreams_link_elsewhere_never_gets_the_clients_token() {
     );
     assert_eq!(got["paths"], json!(["a.gguf", "b.gguf"]), "{got}");
 }
+
+/// A Hub with `REPO`, its CDN, and the service using that Hub.
+async fn setup(
+    tweak: impl FnOnce(&mut model_manager::config::Config),
+) -> (Arc<Upstream>, HubEmu, TestService) {
+    let cdn = Arc::new(Upstream::start());
+    let hub = HubEmu::start(cdn.clone());
+    hub.add_repo(REPO, RepoOptions::default());
+    let endpoint = hub.endpoint();
+    let svc = TestService::start(move |c| {
+        c.hub.endpoint = endpoint;
+        tweak(c);
+    })
+    .await;
+    (cdn, hub, svc)
+}
+
+/// Red team five: the library holds a file at c1, a client asks it at c2, the
+/// upstream's `HEAD` names c2's sha256 but its CDN sends other bytes. The relay (the
+/// path is another version's) sent them all under that sha256; now it checks them as
+/// they pass and cuts the answer before its end.
+#[actix_web::test]
+async fn a_relay_of_another_version_never_completes_with_other_bytes() {
+    let (cdn, hub, svc) = setup(|_| {}).await;
+    let file = "Tiny-Q4_K_M.gguf";
+    let (v1, v2) = (content(700_000, 81), content(700_000, 82));
+    hub.put_file(REPO, file, v1.clone());
+    let id = svc
+        .add(json!({ "hub": { "repo": REPO, "file": file } }))
+        .await;
+    svc.wait_state(&id, "completed", LONG).await;
+    let list = || async { svc.get("/api/library").await.1 };
+    let path = format!("{REPO}/{file}");
+    common::wait::library_file_where(LONG, list, &path, "hashed", |f| f["sha256"].is_string())
+        .await;
+    let c2 = hub.put_file(REPO, file, v2.clone());
+    let url = svc.url(&format!("/hf/{REPO}/resolve/{c2}/{file}"));
+
+    let resp = svc.client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-repo-commit"], c2.as_str());
+    let body = resp
+        .bytes()
+        .await
+        .expect("the whole relay of the right bytes");
+    assert!(body == v2, "the relay sent other bytes than c2's");
+
+    let mut other = v2.clone();
+    other[300_000..300_016].copy_from_slice(b"not c2's bytes!!");
+    cdn.replace_content(&hub.cdn_path(REPO, &c2, file), other.clone());
+    let resp = svc.client.get(&url).send().await.unwrap();
+    let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{}\"", sha256_hex(&v2)));
+    match resp.bytes().await {
+        Ok(body) => assert!(
+            body.len() < other.len(),
+            "all of another file's bytes were sent under ETag {etag}"
+        ),
+        Err(e) => assert!(!e.is_status(), "{e}"),
+    }
+    let (_, downloads) = svc.get("/api/downloads").await;
+    assert_eq!(
+        downloads["downloads"].as_array().map(Vec::len),
+        Some(1),
+        "the relay stored nothing: {downloads}"
+    );
+}

@@ -11,6 +11,7 @@
 use actix_web::body::SizedStream;
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
 
 use super::headers::FileHeaders;
 use super::range::Wanted;
@@ -61,18 +62,26 @@ pub(super) async fn relay_file(
         "mirror: relaying another version's bytes from the upstream"
     );
     crate::doors::conn::widen_send_buffer(req);
+    // A whole file is checked against the sha256 its headers name as it passes.
+    let check = range
+        .is_none()
+        .then(|| headers.sha256.clone())
+        .flatten()
+        .map(Check::new);
     // Never more than the length announced to the client.
-    let body = resp.bytes_stream().scan(len, |left, chunk| {
-        let item = match chunk {
-            Ok(mut bytes) => {
-                bytes.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= bytes.len() as u64;
-                Ok(bytes)
-            }
-            Err(e) => Err(std::io::Error::other(crate::http::describe(&e))),
-        };
-        futures_util::future::ready(Some(item))
-    });
+    let body = resp
+        .bytes_stream()
+        .scan((len, check), |(left, check), chunk| {
+            let item = match chunk {
+                Ok(mut bytes) => {
+                    bytes.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= bytes.len() as u64;
+                    verified(bytes, *left, check)
+                }
+                Err(e) => Err(std::io::Error::other(crate::http::describe(&e))),
+            };
+            futures_util::future::ready(Some(item))
+        });
     let mut response = match range {
         Some(_) => {
             let mut r = HttpResponse::PartialContent();
@@ -89,6 +98,57 @@ pub(super) async fn relay_file(
         .body(SizedStream::new(len, body));
     headers.apply(&mut response);
     Ok(response)
+}
+
+/// The sha256 a relayed whole file must have, and its digest so far.
+struct Check {
+    want: String,
+    hasher: Sha256,
+}
+
+impl Check {
+    fn new(want: String) -> Check {
+        Check {
+            want,
+            hasher: Sha256::new(),
+        }
+    }
+}
+
+/// `bytes` (the relay's next chunk, `left` bytes still to come after it), or an error in
+/// its place when it is the last and the file's digest is not the one its headers named:
+/// the client sees a body shorter than `Content-Length` (a cut connection), never all the
+/// bytes of another file under that sha256.
+fn verified(
+    bytes: bytes::Bytes,
+    left: u64,
+    check: &mut Option<Check>,
+) -> std::io::Result<bytes::Bytes> {
+    let Some(c) = check else {
+        return Ok(bytes);
+    };
+    c.hasher.update(&bytes);
+    if left > 0 {
+        return Ok(bytes);
+    }
+    let Some(c) = check.take() else {
+        return Ok(bytes);
+    };
+    let got: String = c
+        .hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if got.eq_ignore_ascii_case(&c.want) {
+        return Ok(bytes);
+    }
+    tracing::warn!(want = %c.want, %got,
+        "mirror: the upstream's bytes are not the sha256 it named; the relay is cut before its end");
+    Err(std::io::Error::other(format!(
+        "the upstream sent bytes of sha256 {got}, not {}",
+        c.want
+    )))
 }
 
 /// The answer of the link (after up to [`MAX_HOPS`] redirects, each on `allowed_hosts`).

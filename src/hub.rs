@@ -22,7 +22,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use reqwest::header::{self, HeaderMap};
 use serde::{Deserialize, Serialize};
 
-pub use relay::{Relayed, MAX_RELAYED};
+pub use relay::{Relayed, MAX_RELAYED, MAX_RELAYED_REFS};
 
 /// Characters escaped in one path segment of a Hub URL.
 const SEGMENT: &AsciiSet = &CONTROLS
@@ -224,7 +224,20 @@ impl HubClient {
         method: reqwest::Method,
         url: url::Url,
     ) -> Result<reqwest::Response, HubError> {
+        self.send_within(method, url, None).await
+    }
+
+    /// [`Self::send`] within `timeout` (headers and body) instead of the client's 60 s.
+    async fn send_within(
+        &self,
+        method: reqwest::Method,
+        url: url::Url,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, HubError> {
         let mut req = self.http.request(method, url.clone());
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         if let Some(auth) = self.auth_for(&url) {
             req = req.header(header::AUTHORIZATION, auth);
         }

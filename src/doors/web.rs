@@ -111,6 +111,7 @@ fn serve(listener: TcpListener, addr: SocketAddr, parts: Parts<'_>) -> std::io::
         download_dir: config.storage.download_dir.clone(),
         trusted_proxies: config.server.trusted_proxies.clone().into(),
         heads: Default::default(),
+        uplink: Default::default(),
         registry_token: Some(config.server.api_token.as_str())
             .filter(|t| !t.is_empty() && !config.server.open_ollama_registry)
             .map(Into::into),

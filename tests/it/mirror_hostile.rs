@@ -6,7 +6,7 @@ use crate::common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::hub::{HubEmu, RepoOptions};
+use common::hub::{Down, HubEmu, RepoOptions};
 use common::service::*;
 use common::upstream::{Server, Upstream};
 use serde_json::json;
@@ -181,5 +181,62 @@ async fn a_relay_of_another_version_never_completes_with_other_bytes() {
         downloads["downloads"].as_array().map(Vec::len),
         Some(1),
         "the relay stored nothing: {downloads}"
+    );
+}
+
+/// Red team five: a black-holed upstream held every answer the library could give for
+/// the client's 60 s (llama.cpp's `refs` then `tree`: two minutes). The upstream gets a
+/// few seconds when the library can answer, and after its silence none for a while.
+#[actix_web::test]
+async fn a_silent_upstream_holds_up_library_answers_a_few_seconds_at_most() {
+    let (_cdn, hub, mut svc) = setup(|_| {}).await;
+    let file = "Tiny-Q4_K_M.gguf";
+    hub.put_file(REPO, file, content(200_000, 91));
+    let commit = hub.commit(REPO);
+    let id = svc
+        .add(json!({ "hub": { "repo": REPO, "file": file } }))
+        .await;
+    svc.wait_state(&id, "completed", LONG).await;
+    let list = || async { svc.get("/api/library").await.1 };
+    let path = format!("{REPO}/{file}");
+    common::wait::library_file_where(LONG, list, &path, "listed", |_| true).await;
+    hub.set_down(Down::Hanging);
+    // Without the fix each request waits 60 s; give up well before.
+    svc.client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let ask = |route: String| {
+        let svc = &svc;
+        async move {
+            let started = std::time::Instant::now();
+            let resp = svc.client.get(svc.url(&route)).send().await;
+            let resp = resp.unwrap_or_else(|e| panic!("{route}: {e}"));
+            assert_eq!(resp.status(), 200, "{route}");
+            let body: serde_json::Value = resp.json().await.unwrap();
+            (started.elapsed(), body)
+        }
+    };
+    let (first, refs) = ask(format!("/hf/api/models/{REPO}/refs")).await;
+    assert_eq!(
+        refs["branches"][0]["targetCommit"],
+        commit.as_str(),
+        "{refs}"
+    );
+    assert!(first < Duration::from_secs(10), "refs took {first:?}");
+    let (then, tree) = ask(format!(
+        "/hf/api/models/{REPO}/tree/{commit}?recursive=true"
+    ))
+    .await;
+    assert_eq!(tree[0]["path"], file, "{tree}");
+    assert!(
+        then < Duration::from_secs(2),
+        "the tree waited again: {then:?}"
+    );
+    let (then, info) = ask(format!("/hf/api/models/{REPO}")).await;
+    assert_eq!(info["sha"], commit.as_str(), "{info}");
+    assert!(
+        then < Duration::from_secs(2),
+        "the info waited again: {then:?}"
     );
 }

@@ -4,8 +4,8 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{checked, local, Mirror, MirrorError};
-use crate::hub::{encode_segment, Relayed};
+use super::{checked, local, uplink, Mirror, MirrorError};
+use crate::hub::{encode_segment, Relayed, MAX_RELAYED, MAX_RELAYED_REFS};
 
 type Repo = web::Path<(String, String)>;
 type AtRev = web::Path<(String, String, String)>;
@@ -40,8 +40,14 @@ async fn info(
     let repo = checked(owner, name, None)?;
     rev.map(super::checked_revision).transpose()?;
     let rest = rev.map_or_else(String::new, |r| format!("revision/{}", encode_segment(r)));
-    let upstream = mirror.hub.relay_api(&repo, &rest, req.query_string()).await;
     let files = mirror.library.repo_files(&repo);
+    let upstream = ask(
+        mirror,
+        (&repo, &rest, req.query_string()),
+        !files.is_empty(),
+        MAX_RELAYED,
+    )
+    .await;
     if let Some(answer) = usable(upstream, !files.is_empty(), &repo)? {
         return Ok(relay(answer, None));
     }
@@ -59,11 +65,9 @@ pub(super) async fn refs(
 ) -> Result<HttpResponse, MirrorError> {
     let (owner, name) = path.into_inner();
     let repo = checked(&owner, &name, None)?;
-    let upstream = mirror
-        .hub
-        .relay_api(&repo, "refs", req.query_string())
-        .await;
     let files = mirror.library.repo_files(&repo);
+    let ask_refs = (repo.as_str(), "refs", req.query_string());
+    let upstream = ask(&mirror, ask_refs, !files.is_empty(), MAX_RELAYED_REFS).await;
     if let Some(answer) = usable(upstream, !files.is_empty(), &repo)? {
         if answer.status == 200 {
             mirror.heads.note(&repo, &answer.body);
@@ -116,8 +120,14 @@ async fn tree_of(
         rest.push('/');
         rest.push_str(&encode_segment(segment));
     }
-    let upstream = mirror.hub.relay_api(&repo, &rest, req.query_string()).await;
     let files = mirror.library.repo_files(&repo);
+    let upstream = ask(
+        mirror,
+        (&repo, &rest, req.query_string()),
+        !files.is_empty(),
+        MAX_RELAYED,
+    )
+    .await;
     if let Some(answer) = usable(upstream, !files.is_empty(), &repo)? {
         let ours = format!("{}/hf", base_url(req, &mirror.trusted_proxies));
         let theirs = mirror
@@ -136,6 +146,28 @@ async fn tree_of(
     let entries = local::tree(rev, dir, recursive, &files)
         .ok_or_else(|| MirrorError::EntryNotFound(format!("{repo}: no such folder here")))?;
     Ok(HttpResponse::Ok().json(entries))
+}
+
+/// The upstream's answer to `GET /api/models/{repo}/{rest}?{query}`, within `cap`.
+/// When the library holds files of the repo (it can answer instead), the upstream gets
+/// [`uplink::QUICK`], and none at all while it is remembered silent.
+async fn ask(
+    mirror: &Mirror,
+    what: (&str, &str, &str),
+    have_files: bool,
+    cap: usize,
+) -> Result<Relayed, crate::hub::HubError> {
+    if have_files && mirror.uplink.recently_down() {
+        return Err(crate::hub::HubError::Network(
+            "the upstream Hub did not answer a moment ago".into(),
+        ));
+    }
+    let answer = mirror
+        .hub
+        .relay_api(what, cap, have_files.then_some(uplink::QUICK))
+        .await;
+    mirror.uplink.note(&answer);
+    answer
 }
 
 /// The upstream's answer when it is one to pass on: any answer below 500, except a

@@ -240,3 +240,34 @@ async fn a_silent_upstream_holds_up_library_answers_a_few_seconds_at_most() {
         "the info waited again: {then:?}"
     );
 }
+
+/// Red team five: every relayed answer could hold 32 MiB, `refs` too (a real one is a
+/// few KiB). A `refs` over 1 MiB is refused; a tree of 2 MiB is still relayed.
+#[actix_web::test]
+async fn a_huge_refs_is_refused_where_a_tree_of_that_size_passes() {
+    let big = format!(
+        "[{}\"x\"]",
+        "\"padding-padding\",".repeat(2 * 1024 * 1024 / 18)
+    );
+    let answer = big.clone();
+    let (hub, _) = hostile("big-hub", move |_| json_answer("", &answer));
+    let endpoint = format!("http://{}", hub.addr());
+    let svc = TestService::start(move |c| c.hub.endpoint = endpoint).await;
+    let refs = svc
+        .client
+        .get(svc.url("/hf/api/models/o/big/refs"))
+        .send()
+        .await
+        .unwrap();
+    assert!(refs.status().as_u16() >= 500, "{}", refs.status());
+    let body = refs.bytes().await.unwrap();
+    assert!(body.len() < 4096, "{} bytes of refs relayed", body.len());
+    let tree = svc
+        .client
+        .get(svc.url("/hf/api/models/o/big/tree/main"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tree.status(), 200);
+    assert_eq!(tree.bytes().await.unwrap().len(), big.len());
+}

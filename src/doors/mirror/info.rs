@@ -3,6 +3,7 @@
 //! what the library knows of the repo (a mirror that lost its uplink still serves).
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
 
 use super::{checked, local, uplink, Mirror, MirrorError};
 use crate::hub::{encode_segment, Relayed, MAX_RELAYED, MAX_RELAYED_REFS};
@@ -49,7 +50,7 @@ async fn info(
     )
     .await;
     if let Some(answer) = usable(upstream, !files.is_empty(), &repo)? {
-        return Ok(relay(answer, None));
+        return relay(mirror, answer, None);
     }
     let info = local::model_info(&repo, rev.unwrap_or("main"), &files)
         .ok_or_else(|| MirrorError::RevisionNotFound(format!("{repo}: no such revision here")))?;
@@ -72,7 +73,7 @@ pub(super) async fn refs(
         if answer.status == 200 {
             mirror.heads.note(&repo, &answer.body);
         }
-        return Ok(relay(answer, None));
+        return relay(&mirror, answer, None);
     }
     let refs = local::refs(&files)
         .ok_or_else(|| MirrorError::RepoNotFound(format!("{repo}: no commit of it here")))?;
@@ -136,7 +137,7 @@ async fn tree_of(
             .as_str()
             .trim_end_matches('/')
             .to_owned();
-        return Ok(relay(answer, Some((&theirs, &ours))));
+        return relay(mirror, answer, Some((&theirs, &ours)));
     }
     let recursive =
         web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
@@ -197,7 +198,16 @@ fn usable(
 /// JSON, whatever the upstream said: these routes answer JSON, and a hostile Hub's
 /// `text/html` would run its script on this service's own origin (where the page keeps
 /// its token).
-fn relay(answer: Relayed, rewrite: Option<(&str, &str)>) -> HttpResponse {
+fn relay(
+    mirror: &Mirror,
+    answer: Relayed,
+    rewrite: Option<(&str, &str)>,
+) -> Result<HttpResponse, MirrorError> {
+    let held = mirror.uplink.hold(answer.body.len()).ok_or_else(|| {
+        MirrorError::Unavailable(
+            "too many answers of the upstream are on their way to clients; try again".into(),
+        )
+    })?;
     let status = actix_web::http::StatusCode::from_u16(answer.status)
         .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
     let mut response = HttpResponse::build(status);
@@ -219,7 +229,15 @@ fn relay(answer: Relayed, rewrite: Option<(&str, &str)>) -> HttpResponse {
     if let Some(link) = link {
         response.insert_header((actix_web::http::header::LINK, link));
     }
-    response.body(answer.body)
+    // The share is given back when the body is done with (sent, or its client gone).
+    let len = answer.body.len() as u64;
+    let body =
+        futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(answer.body) })
+            .chain(futures_util::stream::once(async move {
+                drop(held);
+                Ok(bytes::Bytes::new())
+            }));
+    Ok(response.body(actix_web::body::SizedStream::new(len, body)))
 }
 
 /// `scheme://host` as the client reached us: from `Host` (HTTP/1.1; the authority of

@@ -271,3 +271,27 @@ async fn a_huge_refs_is_refused_where_a_tree_of_that_size_passes() {
     assert_eq!(tree.status(), 200);
     assert_eq!(tree.bytes().await.unwrap().len(), big.len());
 }
+
+/// Red team five: `refs` named `main` = c1, then `main` moved upstream to c2; a client
+/// pinning c1 had its miss recorded as `main` (and later served as `main` from disk).
+/// Once the upstream names another commit for `main`, c1 is recorded as c1.
+#[actix_web::test]
+async fn a_pinned_old_commit_is_not_recorded_as_main_once_main_moved() {
+    let (_cdn, hub, svc) = setup(|_| {}).await;
+    let file = "Tiny-Q8_0.gguf";
+    hub.put_file(REPO, file, content(100_000, 95));
+    let c1 = hub.commit(REPO);
+    let (s, _) = svc.get(&format!("/hf/api/models/{REPO}/refs")).await;
+    assert_eq!(s, 200);
+    let c2 = hub.put_file(REPO, "README.md", b"moved".to_vec());
+    let url = |rev: &str| svc.url(&format!("/hf/{REPO}/resolve/{rev}/{file}"));
+    let head = svc.client.head(url("main")).send().await.unwrap();
+    assert_eq!(head.headers()["x-repo-commit"], c2.as_str());
+    let resp = svc.client.get(url(&c1)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let (_, list) = svc.get("/api/downloads").await;
+    let source = &list["downloads"][0]["source"];
+    assert_eq!(source["commit"], c1.as_str(), "{list}");
+    assert_eq!(source["revision"], c1.as_str(), "recorded as main: {list}");
+}

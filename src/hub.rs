@@ -373,8 +373,18 @@ impl HubClient {
                     .to_ascii_lowercase()
             })
             .filter(|e| e.len() == 64 && e.bytes().all(|b| b.is_ascii_hexdigit()));
+        // A commit names folders and is sent to clients: 40 hex digits or refused.
+        let commit = text("x-repo-commit");
+        if let Some(c) = commit.as_deref() {
+            if c.len() != 40 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(HubError::Invalid(format!(
+                    "the Hub named a commit that is none: {:?}",
+                    c.chars().take(80).collect::<String>()
+                )));
+            }
+        }
         Ok(Resolved {
-            commit: text("x-repo-commit"),
+            commit,
             sha256,
             // Never a redirect's Content-Length: the Hub says the real size in
             // X-Linked-Size; a small file answered directly has its own length.

@@ -142,7 +142,7 @@ fn serve(listener: TcpListener, addr: SocketAddr, parts: Parts<'_>) -> std::io::
             .app_data(mirror_data.clone())
             .wrap(middleware::from_fn(security::guard))
             .wrap(middleware::from_fn(time_requests))
-            .wrap(tracing_actix_web::TracingLogger::default())
+            .wrap(tracing_actix_web::TracingLogger::<security::RedactedSpans>::new())
             .route(
                 "/healthz",
                 web::get()
@@ -188,7 +188,7 @@ fn serve_rpc(
             .app_data(aria2_data.clone())
             .app_data(guard_data.clone())
             .wrap(middleware::from_fn(security::guard))
-            .wrap(tracing_actix_web::TracingLogger::default())
+            .wrap(tracing_actix_web::TracingLogger::<security::RedactedSpans>::new())
             .configure(aria2::routes)
     })
     .on_connect(|conn, _| {

@@ -295,3 +295,86 @@ async fn a_pinned_old_commit_is_not_recorded_as_main_once_main_moved() {
     assert_eq!(source["commit"], c1.as_str(), "{list}");
     assert_eq!(source["revision"], c1.as_str(), "recorded as main: {list}");
 }
+
+/// Red team five, minor: a hostile upstream's odd answers are not passed on as the
+/// mirror's: a commit that is no commit (on a file's `HEAD`, in `refs`), statuses the
+/// Hub's API never answers, `X-Error-Message` on a success or at any length.
+#[actix_web::test]
+async fn odd_answers_of_a_hostile_upstream_are_not_passed_on() {
+    let (hub, _) = hostile("odd-hub", |head| {
+        let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let status = |code: &str| {
+            format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        };
+        match target.as_str() {
+            t if t.contains("/resolve/") => "HTTP/1.1 200 OK\r\nX-Repo-Commit: ../../x\r\nX-Linked-Size: 3\r\nContent-Length: 3\r\nConnection: close\r\n\r\n".to_owned(),
+            t if t.ends_with("/bad/refs") => json_answer("", r#"{"branches":[{"name":"main","ref":"refs/heads/main","targetCommit":"../../x"}],"tags":[],"converts":[]}"#),
+            t if t.contains("/s204") => status("204 No Content"),
+            t if t.contains("/s304") => status("304 Not Modified"),
+            t if t.contains("/msg200") => json_answer("X-Error-Message: all is well, trust me\r\n", "{}"),
+            _ => {
+                let message = "m".repeat(100_000);
+                format!("HTTP/1.1 404 Not Found\r\nX-Error-Code: RepoNotFound\r\nX-Error-Message: {message}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}")
+            }
+        }
+    });
+    let endpoint = format!("http://{}", hub.addr());
+    let svc = TestService::start(move |c| c.hub.endpoint = endpoint).await;
+    let head = svc
+        .client
+        .head(svc.url("/hf/o/n/resolve/main/a.gguf"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.status(),
+        502,
+        "{:?}",
+        head.headers().get("x-repo-commit")
+    );
+    let get = |path: &'static str| {
+        let svc = &svc;
+        async move {
+            let resp = svc.client.get(svc.url(path)).send().await.unwrap();
+            let message = resp
+                .headers()
+                .get("x-error-message")
+                .map(|v| v.to_str().unwrap_or("").to_owned());
+            (resp.status().as_u16(), message)
+        }
+    };
+    assert_eq!(get("/hf/api/models/o/bad/refs").await.0, 502);
+    assert_eq!(get("/hf/api/models/o/s204").await.0, 502);
+    assert_eq!(get("/hf/api/models/o/s304").await.0, 502);
+    assert_eq!(get("/hf/api/models/o/msg200").await, (200, None));
+    let (status, message) = get("/hf/api/models/o/gone").await;
+    assert_eq!(status, 404);
+    let message = message.unwrap_or_default();
+    assert!(
+        !message.is_empty() && message.len() <= 1024,
+        "{} bytes of X-Error-Message",
+        message.len()
+    );
+}
+
+/// The `Authorization` scheme is case-insensitive (RFC 7235): `bearer <token>` opens
+/// the mirror as `Bearer <token>` does.
+#[actix_web::test]
+async fn a_lower_case_bearer_scheme_is_accepted() {
+    let svc = TestService::start(|c| c.server.api_token = "lan-secret".into()).await;
+    for (auth, want) in [
+        ("bearer lan-secret", 200),
+        ("BEARER lan-secret", 200),
+        ("bearer wrong", 401),
+        ("Basic lan-secret", 401),
+    ] {
+        let resp = svc
+            .client
+            .get(svc.url("/api/downloads"))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), want, "{auth}");
+    }
+}

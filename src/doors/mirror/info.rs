@@ -71,6 +71,11 @@ pub(super) async fn refs(
     let upstream = ask(&mirror, ask_refs, !files.is_empty(), MAX_RELAYED_REFS).await;
     if let Some(answer) = usable(upstream, !files.is_empty(), &repo)? {
         if answer.status == 200 {
+            if !super::heads::names_only_commits(&answer.body) {
+                return Err(MirrorError::Upstream(
+                    "the upstream Hub's refs name something that is no commit".into(),
+                ));
+            }
             mirror.heads.note(&repo, &answer.body);
         }
         return relay(&mirror, answer, None);
@@ -180,8 +185,14 @@ fn usable(
     repo: &str,
 ) -> Result<Option<Relayed>, MirrorError> {
     match upstream {
-        Ok(r) if r.status < 400 => Ok(Some(r)),
-        Ok(r) if r.status < 500 && !have_files => Ok(Some(r)),
+        // What the Hub's API answers: 200 or an error of the client's. Anything else
+        // (101, 204, 304, a redirect without its `Location`) is no answer to pass on.
+        Ok(r) if r.status == 200 => Ok(Some(r)),
+        Ok(r) if (400..500).contains(&r.status) && !have_files => Ok(Some(r)),
+        Ok(r) if r.status < 400 && !have_files => Err(MirrorError::Upstream(format!(
+            "the upstream Hub answered HTTP {}, no answer of its API",
+            r.status
+        ))),
         Ok(r) => {
             tracing::info!(%repo, status = r.status, "upstream Hub refused; answering from the library");
             Ok(None)
@@ -212,12 +223,15 @@ fn relay(
         .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
     let mut response = HttpResponse::build(status);
     response.content_type(actix_web::mime::APPLICATION_JSON);
-    for (name, value) in [
-        ("X-Error-Code", answer.error_code),
-        ("X-Error-Message", answer.error_message),
-    ] {
-        if let Some(value) = value {
-            response.insert_header((name, value));
+    // The Hub's error headers, on errors only and short: `huggingface_hub` shows the
+    // message, and an upstream's must not grow or fill a success.
+    let errors = [
+        ("X-Error-Code", answer.error_code, MAX_ERROR_CODE),
+        ("X-Error-Message", answer.error_message, MAX_ERROR_MESSAGE),
+    ];
+    for (name, value, most) in errors {
+        if let Some(value) = value.filter(|_| answer.status >= 400) {
+            response.insert_header((name, truncated(&value, most)));
         }
     }
     // Only the upstream's own links, pointed here (see `links`): any other would be
@@ -238,6 +252,19 @@ fn relay(
                 Ok(bytes::Bytes::new())
             }));
     Ok(response.body(actix_web::body::SizedStream::new(len, body)))
+}
+
+/// The most of an upstream's `X-Error-Code` and `X-Error-Message` passed on.
+const MAX_ERROR_CODE: usize = 64;
+const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// `text` cut to at most `most` bytes, at a character's boundary.
+fn truncated(text: &str, most: usize) -> String {
+    let mut end = text.len().min(most);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// `scheme://host` as the client reached us: from `Host` (HTTP/1.1; the authority of

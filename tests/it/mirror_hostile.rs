@@ -199,6 +199,9 @@ async fn a_relay_of_another_version_never_completes_with_other_bytes() {
             "the rest of another file's bytes was sent as c2's"
         );
     }
+    // The real client, resuming as it does, ends in an error, never with the file.
+    let got = crate::mirror::client(&svc, None, &["download", REPO, file, &c2]).await;
+    assert!(got["error"].is_string(), "{got}");
     let (_, downloads) = svc.get("/api/downloads").await;
     assert_eq!(
         downloads["downloads"].as_array().map(Vec::len),

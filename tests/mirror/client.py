@@ -43,6 +43,8 @@ def download(repo, filename, revision=None, cache=None):
     except HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else None
         return {"error": type(e).__name__, "status": status, "message": str(e)[:300]}
+    except Exception as e:  # a cut body, after the client's own resumes
+        return {"error": type(e).__name__, "status": None, "message": str(e)[:300]}
 
 
 def two(repo, filename):

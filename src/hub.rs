@@ -345,8 +345,19 @@ impl HubClient {
         revision: &str,
         file: &str,
     ) -> Result<Resolved, HubError> {
+        self.resolve_within((repo, revision, file), None).await
+    }
+
+    /// [`Self::resolve`] within `timeout` instead of the client's 60 s.
+    pub async fn resolve_within(
+        &self,
+        (repo, revision, file): (&str, &str, &str),
+        timeout: Option<Duration>,
+    ) -> Result<Resolved, HubError> {
         let url = self.resolve_url(repo, revision, file)?;
-        let resp = self.send(reqwest::Method::HEAD, url.clone()).await?;
+        let resp = self
+            .send_within(reqwest::Method::HEAD, url.clone(), timeout)
+            .await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let resp = check(resp, repo).await?;

@@ -265,6 +265,17 @@ async fn a_silent_upstream_holds_up_library_answers_a_few_seconds_at_most() {
         then < Duration::from_secs(2),
         "the info waited again: {then:?}"
     );
+    // A branch the library's copy was not asked by: served from the library at once.
+    let started = std::time::Instant::now();
+    let resp = svc
+        .client
+        .head(svc.url(&format!("/hf/{REPO}/resolve/dev/{file}")))
+        .send()
+        .await
+        .expect("a HEAD of the library's copy");
+    assert_eq!(resp.status(), 200);
+    let then = started.elapsed();
+    assert!(then < Duration::from_secs(2), "the file waited: {then:?}");
 }
 
 /// Red team five: every relayed answer could hold 32 MiB, `refs` too (a real one is a

@@ -22,21 +22,22 @@ const MAX_REPOS: usize = 4096;
 /// would have its miss recorded as `main` (then served as `main` from disk).
 const TRUSTED_FOR: Duration = Duration::from_secs(60);
 
-/// Whether a `refs` answer is JSON whose every branch, tag and convert names a commit
-/// of 40 hex digits (a client makes folders and URLs of them).
+/// Whether a `refs` answer is JSON whose every branch, tag, convert and pull request
+/// names a commit of 40 hex digits (a client makes folders and URLs of them).
 pub(super) fn names_only_commits(body: &[u8]) -> bool {
     let Ok(refs) = serde_json::from_slice::<Value>(body) else {
         return false;
     };
-    ["branches", "tags", "converts"]
-        .iter()
-        .all(|kind| match &refs[kind] {
-            Value::Null => true,
-            Value::Array(refs) => refs
-                .iter()
-                .all(|r| r["targetCommit"].as_str().is_some_and(is_commit)),
-            _ => false,
-        })
+    refs.is_object()
+        && ["branches", "tags", "converts", "pullRequests"]
+            .iter()
+            .all(|kind| match &refs[kind] {
+                Value::Null => true,
+                Value::Array(refs) => refs
+                    .iter()
+                    .all(|r| r["targetCommit"].as_str().is_some_and(is_commit)),
+                _ => false,
+            })
 }
 
 #[derive(Debug, Default)]
@@ -155,8 +156,10 @@ mod tests {
             r#"{"branches":[{"name":"main","targetCommit":"../../x"}]}"#,
             r#"{"branches":[{"name":"main"}]}"#,
             r#"{"tags":[{"name":"v1","targetCommit":7}]}"#,
+            r#"{"pullRequests":[{"name":"pr/1","targetCommit":"x"}]}"#,
             r#"{"branches":"main"}"#,
             "<html>",
+            "[]",
         ] {
             assert!(!names_only_commits(bad.as_bytes()), "{bad}");
         }

@@ -22,7 +22,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use reqwest::header::{self, HeaderMap};
 use serde::{Deserialize, Serialize};
 
-pub use relay::{Relayed, MAX_RELAYED};
+pub use relay::{Relayed, MAX_RELAYED, MAX_RELAYED_REFS};
 
 /// Characters escaped in one path segment of a Hub URL.
 const SEGMENT: &AsciiSet = &CONTROLS
@@ -224,7 +224,20 @@ impl HubClient {
         method: reqwest::Method,
         url: url::Url,
     ) -> Result<reqwest::Response, HubError> {
+        self.send_within(method, url, None).await
+    }
+
+    /// [`Self::send`] within `timeout` (headers and body) instead of the client's 60 s.
+    async fn send_within(
+        &self,
+        method: reqwest::Method,
+        url: url::Url,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, HubError> {
         let mut req = self.http.request(method, url.clone());
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         if let Some(auth) = self.auth_for(&url) {
             req = req.header(header::AUTHORIZATION, auth);
         }
@@ -340,8 +353,19 @@ impl HubClient {
         revision: &str,
         file: &str,
     ) -> Result<Resolved, HubError> {
+        self.resolve_within((repo, revision, file), None).await
+    }
+
+    /// [`Self::resolve`] within `timeout` instead of the client's 60 s.
+    pub async fn resolve_within(
+        &self,
+        (repo, revision, file): (&str, &str, &str),
+        timeout: Option<Duration>,
+    ) -> Result<Resolved, HubError> {
         let url = self.resolve_url(repo, revision, file)?;
-        let resp = self.send(reqwest::Method::HEAD, url.clone()).await?;
+        let resp = self
+            .send_within(reqwest::Method::HEAD, url.clone(), timeout)
+            .await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let resp = check(resp, repo).await?;
@@ -363,8 +387,18 @@ impl HubClient {
         drop(resp);
         let sha256 = text("x-linked-etag")
             .and_then(|e| names::sha256_hex(e.trim_start_matches("W/").trim_matches('"')));
+        // A commit names folders and is sent to clients: 40 hex digits or refused.
+        let commit = text("x-repo-commit");
+        if let Some(c) = commit.as_deref() {
+            if c.len() != 40 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(HubError::Invalid(format!(
+                    "the Hub named a commit that is none: {:?}",
+                    c.chars().take(80).collect::<String>()
+                )));
+            }
+        }
         Ok(Resolved {
-            commit: text("x-repo-commit"),
+            commit,
             sha256,
             // Never a redirect's Content-Length: the Hub says the real size in
             // X-Linked-Size; a small file answered directly has its own length.

@@ -11,12 +11,14 @@
 mod headers;
 mod heads;
 mod info;
+mod links;
 mod local;
 mod pull;
 mod range;
 mod registry;
 mod resolve;
 mod stream;
+mod uplink;
 mod upstream;
 
 use actix_web::web;
@@ -38,6 +40,9 @@ pub struct Mirror {
     pub trusted_proxies: std::sync::Arc<[std::net::IpAddr]>,
     /// Each repo's `main` as the upstream's `refs` last named it.
     pub heads: std::sync::Arc<heads::Heads>,
+    /// Whether the upstream answered lately (a silent one is not waited for when the
+    /// library can answer).
+    pub uplink: std::sync::Arc<uplink::Uplink>,
     /// The token the registry under `/v2` asks for (it checks it itself, to refuse in
     /// the registry's own form): `[server] api_token`, unless `open_ollama_registry`.
     pub registry_token: Option<std::sync::Arc<str>>,

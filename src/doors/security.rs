@@ -142,8 +142,11 @@ fn has_body(req: &HttpRequest) -> bool {
 
 fn has_token(req: &HttpRequest, token: &str) -> bool {
     if let Some(auth) = header_str(req, header::AUTHORIZATION) {
-        if let Some(given) = auth.strip_prefix("Bearer ") {
-            return constant_time_eq(given.trim().as_bytes(), token.as_bytes());
+        // The scheme is case-insensitive (RFC 7235 §2.1): `bearer <token>` is as good.
+        if let Some((scheme, given)) = auth.split_once(' ') {
+            if scheme.eq_ignore_ascii_case("bearer") {
+                return constant_time_eq(given.trim().as_bytes(), token.as_bytes());
+            }
         }
     }
     // Browsers cannot set headers on a websocket: the contract allows `?token=` there.
@@ -211,6 +214,59 @@ fn same_origin(origin: &str, host: Option<&str>) -> bool {
         .is_some_and(|o| o.eq_ignore_ascii_case(host))
 }
 
+/// The root span of each request as `TracingLogger` logs it, with the values of
+/// `token` and `access_token` in its query redacted: the websocket's `?token=` (and a
+/// client's `?token=` on any route) would otherwise be in the log in full.
+pub struct RedactedSpans;
+
+impl tracing_actix_web::RootSpanBuilder for RedactedSpans {
+    fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
+        let route = request.match_pattern().unwrap_or_default();
+        tracing::info_span!(
+            "HTTP request",
+            http.method = %request.method(),
+            http.route = %route,
+            http.target = %redacted_target(request.path(), request.query_string()),
+            http.client_ip = %request.connection_info().peer_addr().unwrap_or(""),
+            http.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            exception.message = tracing::field::Empty,
+            exception.details = tracing::field::Empty,
+        )
+    }
+
+    fn on_request_end<B: actix_web::body::MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
+    ) {
+        tracing_actix_web::DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
+}
+
+/// `path?query` with the value of every `token`/`access_token` parameter replaced.
+fn redacted_target(path: &str, query: &str) -> String {
+    if query.is_empty() {
+        return path.to_owned();
+    }
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            // Named as the guard reads it: percent-decoded (`%74oken` is `token`).
+            let name = url::form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .map(|(name, _)| name.into_owned())
+                .unwrap_or_default();
+            if name.eq_ignore_ascii_case("token") || name.eq_ignore_ascii_case("access_token") {
+                let raw = pair.split_once('=').map_or(pair, |(n, _)| n);
+                format!("{raw}=REDACTED")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    format!("{path}?{}", pairs.join("&"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +313,19 @@ mod tests {
         assert!(same_origin("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
         assert!(!same_origin("http://evil.example", Some("127.0.0.1:8080")));
         assert!(!same_origin("null", Some("127.0.0.1:8080")));
+    }
+
+    #[test]
+    fn tokens_in_a_query_are_redacted_in_the_log() {
+        assert_eq!(redacted_target("/hf/x", ""), "/hf/x");
+        assert_eq!(
+            redacted_target("/api/events", "token=s3cret&a=1"),
+            "/api/events?token=REDACTED&a=1"
+        );
+        assert_eq!(
+            redacted_target("/hf/x", "%74oken=s3cret&ACCESS_TOKEN=s3cret&tokens=kept"),
+            "/hf/x?%74oken=REDACTED&ACCESS_TOKEN=REDACTED&tokens=kept"
+        );
+        assert_eq!(redacted_target("/x", "token"), "/x?token=REDACTED");
     }
 }

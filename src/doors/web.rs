@@ -111,6 +111,7 @@ fn serve(listener: TcpListener, addr: SocketAddr, parts: Parts<'_>) -> std::io::
         download_dir: config.storage.download_dir.clone(),
         trusted_proxies: config.server.trusted_proxies.clone().into(),
         heads: Default::default(),
+        uplink: Default::default(),
         registry_token: Some(config.server.api_token.as_str())
             .filter(|t| !t.is_empty() && !config.server.open_ollama_registry)
             .map(Into::into),
@@ -141,7 +142,7 @@ fn serve(listener: TcpListener, addr: SocketAddr, parts: Parts<'_>) -> std::io::
             .app_data(mirror_data.clone())
             .wrap(middleware::from_fn(security::guard))
             .wrap(middleware::from_fn(time_requests))
-            .wrap(tracing_actix_web::TracingLogger::default())
+            .wrap(tracing_actix_web::TracingLogger::<security::RedactedSpans>::new())
             .route(
                 "/healthz",
                 web::get()
@@ -187,7 +188,7 @@ fn serve_rpc(
             .app_data(aria2_data.clone())
             .app_data(guard_data.clone())
             .wrap(middleware::from_fn(security::guard))
-            .wrap(tracing_actix_web::TracingLogger::default())
+            .wrap(tracing_actix_web::TracingLogger::<security::RedactedSpans>::new())
             .configure(aria2::routes)
     })
     .on_connect(|conn, _| {

@@ -19,15 +19,19 @@ pub struct Relayed {
 /// The most an API answer relayed by the mirror may hold (a model info of a repo with
 /// tens of thousands of files is a few MiB).
 pub const MAX_RELAYED: usize = crate::http::CAP_MODEL_INFO;
+/// The most a relayed `refs` may hold: a real one is a few KiB (a branch or tag is a
+/// hundred bytes), and each answer is held in memory until its client has it.
+pub const MAX_RELAYED_REFS: usize = 1024 * 1024;
 
 impl HubClient {
     /// `GET {endpoint}/api/models/{repo}/{rest}?{query}` with the service's own token
-    /// (never a client's), for the mirror. `rest` is already escaped.
+    /// (never a client's), for the mirror. `rest` is already escaped; the body is held to
+    /// `cap`, and the whole request to `timeout` when given (else the client's 60 s).
     pub async fn relay_api(
         &self,
-        repo: &str,
-        rest: &str,
-        query: &str,
+        (repo, rest, query): (&str, &str, &str),
+        cap: usize,
+        timeout: Option<std::time::Duration>,
     ) -> Result<Relayed, HubError> {
         let path = if rest.is_empty() {
             format!("/api/models/{repo}")
@@ -36,7 +40,7 @@ impl HubClient {
         };
         let mut url = self.url(&path)?;
         url.set_query(Some(query).filter(|q| !q.is_empty()));
-        let resp = self.send(reqwest::Method::GET, url).await?;
+        let resp = self.send_within(reqwest::Method::GET, url, timeout).await?;
         let text = |name: &str| {
             resp.headers()
                 .get(name)
@@ -46,7 +50,7 @@ impl HubClient {
         let (content_type, link) = (text("content-type"), text("link"));
         let (error_code, error_message) = (text("x-error-code"), text("x-error-message"));
         let status = resp.status().as_u16();
-        let body = super::read_body(resp, MAX_RELAYED).await?;
+        let body = super::read_body(resp, cap.min(MAX_RELAYED)).await?;
         Ok(Relayed {
             status,
             content_type,

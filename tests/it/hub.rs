@@ -638,7 +638,7 @@ async fn an_endless_answer_of_the_hub_is_refused_at_its_cap() {
         &sent,
         "mirror relay",
         CAP_MODEL_INFO,
-        client.relay_api("o/n", "", ""),
+        client.relay_api(("o/n", "", ""), model_manager::hub::MAX_RELAYED, None),
     )
     .await;
 

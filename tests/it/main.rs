@@ -24,6 +24,7 @@ mod library_trust;
 mod limits_and_scale;
 mod llamacpp;
 mod mirror;
+mod mirror_hostile;
 mod ollama_registry;
 mod ops;
 mod path_tricks;

@@ -20,7 +20,7 @@ const REPO: &str = "bartowski/Tiny-GGUF";
 
 /// Runs `tests/mirror/client.py` with `HF_ENDPOINT` at the service, on a blocking thread
 /// (the service runs on this test's own thread), and returns its JSON.
-async fn client(svc: &TestService, token: Option<&str>, args: &[&str]) -> Value {
+pub(crate) async fn client(svc: &TestService, token: Option<&str>, args: &[&str]) -> Value {
     let home = tempfile::tempdir().expect("temp dir");
     let mut cmd = Command::new("python3");
     cmd.arg(concat!(

@@ -6,6 +6,7 @@ the service. Prints one JSON object. Usage:
     client.py snapshot REPO PATTERN...          snapshot_download(allow_patterns=...)
     client.py info REPO                         HfApi().model_info
     client.py refs REPO                         HfApi().list_repo_refs: [name, ref, commit]s
+    client.py tree REPO                         HfApi().list_repo_tree(recursive=True): paths
 """
 
 import hashlib
@@ -42,6 +43,8 @@ def download(repo, filename, revision=None, cache=None):
     except HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else None
         return {"error": type(e).__name__, "status": status, "message": str(e)[:300]}
+    except Exception as e:  # a cut body, after the client's own resumes
+        return {"error": type(e).__name__, "status": None, "message": str(e)[:300]}
 
 
 def two(repo, filename):
@@ -79,6 +82,14 @@ def refs(repo):
     return {"branches": shape(r.branches), "tags": shape(r.tags), "converts": shape(r.converts)}
 
 
+def tree(repo):
+    try:
+        return {"paths": sorted(e.path for e in HfApi().list_repo_tree(repo, recursive=True))}
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        return {"error": type(e).__name__, "status": status, "message": str(e)[:300]}
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "download":
@@ -91,6 +102,8 @@ def main():
         result = info(args[0])
     elif cmd == "refs":
         result = refs(args[0])
+    elif cmd == "tree":
+        result = tree(args[0])
     else:
         raise SystemExit(f"unknown command {cmd}")
     print(json.dumps(result))

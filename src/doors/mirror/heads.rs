@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -16,9 +17,31 @@ use super::local::is_commit;
 /// Repos remembered at most; past it, the map starts over (a `refs` is asked right
 /// before the files, so only the last few matter).
 const MAX_REPOS: usize = 4096;
+/// How long a `refs` answer vouches for `main`'s commit: llama.cpp asks its files right
+/// after. Later, `main` may have moved upstream, and a client pinning the old commit
+/// would have its miss recorded as `main` (then served as `main` from disk).
+const TRUSTED_FOR: Duration = Duration::from_secs(60);
+
+/// Whether a `refs` answer is JSON whose every branch, tag, convert and pull request
+/// names a commit of 40 hex digits (a client makes folders and URLs of them).
+pub(super) fn names_only_commits(body: &[u8]) -> bool {
+    let Ok(refs) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    refs.is_object()
+        && ["branches", "tags", "converts", "pullRequests"]
+            .iter()
+            .all(|kind| match &refs[kind] {
+                Value::Null => true,
+                Value::Array(refs) => refs
+                    .iter()
+                    .all(|r| r["targetCommit"].as_str().is_some_and(is_commit)),
+                _ => false,
+            })
+}
 
 #[derive(Debug, Default)]
-pub struct Heads(Mutex<HashMap<String, String>>);
+pub struct Heads(Mutex<HashMap<String, (String, Instant)>>);
 
 impl Heads {
     /// Notes `main`'s commit from an upstream's `refs` answer (`body`, already capped).
@@ -33,16 +56,16 @@ impl Heads {
                 .and_then(|b| b["targetCommit"].as_str())
                 .filter(|c| is_commit(c))
         });
-        let mut heads = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut heads = self.lock();
         match main {
             Some(commit) => {
                 if heads.len() >= MAX_REPOS && !heads.contains_key(repo) {
                     heads.clear();
                 }
-                heads.insert(repo.to_owned(), commit.to_ascii_lowercase());
+                heads.insert(
+                    repo.to_owned(),
+                    (commit.to_ascii_lowercase(), Instant::now()),
+                );
             }
             None => {
                 heads.remove(repo);
@@ -50,17 +73,41 @@ impl Heads {
         }
     }
 
+    /// Forgets `main` of `repo` when the upstream just named another commit for it (a
+    /// file asked by `main`): the last `refs` is out of date.
+    pub(super) fn saw_main(&self, repo: &str, commit: &str) {
+        let mut heads = self.lock();
+        if heads
+            .get(repo)
+            .is_some_and(|(c, _)| !c.eq_ignore_ascii_case(commit))
+        {
+            heads.remove(repo);
+        }
+    }
+
     /// The revision to record for a file of `repo` asked at `rev`: `main` when `rev` is
-    /// the commit the upstream last named as `main`, else `rev` itself.
+    /// the commit the upstream named as `main` in a `refs` of the last
+    /// [`TRUSTED_FOR`], else `rev` itself.
     pub(super) fn revision_of<'a>(&self, repo: &str, rev: &'a str) -> &'a str {
-        let heads = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match heads.get(repo) {
-            Some(commit) if commit.eq_ignore_ascii_case(rev) => "main",
+        self.revision_at(repo, rev, Instant::now())
+    }
+
+    fn revision_at<'a>(&self, repo: &str, rev: &'a str, now: Instant) -> &'a str {
+        match self.lock().get(repo) {
+            Some((commit, noted))
+                if commit.eq_ignore_ascii_case(rev)
+                    && now.saturating_duration_since(*noted) < TRUSTED_FOR =>
+            {
+                "main"
+            }
             _ => rev,
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -96,5 +143,43 @@ mod tests {
             "main",
             "not JSON: nothing learned"
         );
+    }
+
+    #[test]
+    fn refs_that_name_no_commit_are_told_apart() {
+        let good = format!(
+            r#"{{"branches":[{{"name":"main","targetCommit":"{C}"}}],"tags":[],"converts":[]}}"#
+        );
+        assert!(names_only_commits(good.as_bytes()));
+        assert!(names_only_commits(b"{}"));
+        for bad in [
+            r#"{"branches":[{"name":"main","targetCommit":"../../x"}]}"#,
+            r#"{"branches":[{"name":"main"}]}"#,
+            r#"{"tags":[{"name":"v1","targetCommit":7}]}"#,
+            r#"{"pullRequests":[{"name":"pr/1","targetCommit":"x"}]}"#,
+            r#"{"branches":"main"}"#,
+            "<html>",
+            "[]",
+        ] {
+            assert!(!names_only_commits(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_refs_vouches_for_main_only_a_short_while_and_until_main_is_seen_elsewhere() {
+        let heads = Heads::default();
+        let refs = format!(r#"{{"branches":[{{"name":"main","targetCommit":"{C}"}}]}}"#);
+        heads.note("o/n", refs.as_bytes());
+        let now = Instant::now();
+        assert_eq!(heads.revision_at("o/n", C, now), "main");
+        assert_eq!(
+            heads.revision_at("o/n", C, now + TRUSTED_FOR + Duration::from_secs(1)),
+            C,
+            "main may have moved since"
+        );
+        heads.saw_main("o/n", C);
+        assert_eq!(heads.revision_of("o/n", C), "main", "the same commit");
+        heads.saw_main("o/n", &"f".repeat(40));
+        assert_eq!(heads.revision_of("o/n", C), C, "main moved upstream");
     }
 }

@@ -3,9 +3,10 @@
 //! what the library knows of the repo (a mirror that lost its uplink still serves).
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
 
-use super::{checked, local, Mirror, MirrorError};
-use crate::hub::{encode_segment, Relayed};
+use super::{checked, local, uplink, Mirror, MirrorError};
+use crate::hub::{encode_segment, Relayed, MAX_RELAYED, MAX_RELAYED_REFS};
 
 type Repo = web::Path<(String, String)>;
 type AtRev = web::Path<(String, String, String)>;
@@ -40,10 +41,16 @@ async fn info(
     let repo = checked(owner, name, None)?;
     rev.map(super::checked_revision).transpose()?;
     let rest = rev.map_or_else(String::new, |r| format!("revision/{}", encode_segment(r)));
-    let upstream = mirror.hub.relay_api(&repo, &rest, req.query_string()).await;
     let files = mirror.library.repo_files(&repo);
+    let upstream = ask(
+        mirror,
+        (&repo, &rest, req.query_string()),
+        !files.is_empty(),
+        MAX_RELAYED,
+    )
+    .await;
     if let Some(answer) = usable(upstream, !files.is_empty(), &repo)? {
-        return Ok(relay(answer, None));
+        return relay(mirror, answer, None);
     }
     let info = local::model_info(&repo, rev.unwrap_or("main"), &files)
         .ok_or_else(|| MirrorError::RevisionNotFound(format!("{repo}: no such revision here")))?;
@@ -59,16 +66,19 @@ pub(super) async fn refs(
 ) -> Result<HttpResponse, MirrorError> {
     let (owner, name) = path.into_inner();
     let repo = checked(&owner, &name, None)?;
-    let upstream = mirror
-        .hub
-        .relay_api(&repo, "refs", req.query_string())
-        .await;
     let files = mirror.library.repo_files(&repo);
+    let ask_refs = (repo.as_str(), "refs", req.query_string());
+    let upstream = ask(&mirror, ask_refs, !files.is_empty(), MAX_RELAYED_REFS).await;
     if let Some(answer) = usable(upstream, !files.is_empty(), &repo)? {
         if answer.status == 200 {
+            if !super::heads::names_only_commits(&answer.body) {
+                return Err(MirrorError::Upstream(
+                    "the upstream Hub's refs name something that is no commit".into(),
+                ));
+            }
             mirror.heads.note(&repo, &answer.body);
         }
-        return Ok(relay(answer, None));
+        return relay(&mirror, answer, None);
     }
     let refs = local::refs(&files)
         .ok_or_else(|| MirrorError::RepoNotFound(format!("{repo}: no commit of it here")))?;
@@ -116,8 +126,14 @@ async fn tree_of(
         rest.push('/');
         rest.push_str(&encode_segment(segment));
     }
-    let upstream = mirror.hub.relay_api(&repo, &rest, req.query_string()).await;
     let files = mirror.library.repo_files(&repo);
+    let upstream = ask(
+        mirror,
+        (&repo, &rest, req.query_string()),
+        !files.is_empty(),
+        MAX_RELAYED,
+    )
+    .await;
     if let Some(answer) = usable(upstream, !files.is_empty(), &repo)? {
         let ours = format!("{}/hf", base_url(req, &mirror.trusted_proxies));
         let theirs = mirror
@@ -126,7 +142,7 @@ async fn tree_of(
             .as_str()
             .trim_end_matches('/')
             .to_owned();
-        return Ok(relay(answer, Some((&theirs, &ours))));
+        return relay(mirror, answer, Some((&theirs, &ours)));
     }
     let recursive =
         web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
@@ -138,6 +154,28 @@ async fn tree_of(
     Ok(HttpResponse::Ok().json(entries))
 }
 
+/// The upstream's answer to `GET /api/models/{repo}/{rest}?{query}`, within `cap`.
+/// When the library holds files of the repo (it can answer instead), the upstream gets
+/// [`uplink::QUICK`], and none at all while it is remembered silent.
+async fn ask(
+    mirror: &Mirror,
+    what: (&str, &str, &str),
+    have_files: bool,
+    cap: usize,
+) -> Result<Relayed, crate::hub::HubError> {
+    if have_files && mirror.uplink.recently_down() {
+        return Err(crate::hub::HubError::Network(
+            "the upstream Hub did not answer a moment ago".into(),
+        ));
+    }
+    let answer = mirror
+        .hub
+        .relay_api(what, cap, have_files.then_some(uplink::QUICK))
+        .await;
+    mirror.uplink.note(&answer);
+    answer
+}
+
 /// The upstream's answer when it is one to pass on: any answer below 500, except a
 /// "not found" or "not allowed" for a repo the library holds files of (a private or
 /// gone repo is still served from here). `None`: answer from the library.
@@ -147,8 +185,14 @@ fn usable(
     repo: &str,
 ) -> Result<Option<Relayed>, MirrorError> {
     match upstream {
-        Ok(r) if r.status < 400 => Ok(Some(r)),
-        Ok(r) if r.status < 500 && !have_files => Ok(Some(r)),
+        // What the Hub's API answers: 200 or an error of the client's. Anything else
+        // (101, 204, 304, a redirect without its `Location`) is no answer to pass on.
+        Ok(r) if r.status == 200 => Ok(Some(r)),
+        Ok(r) if (400..500).contains(&r.status) && !have_files => Ok(Some(r)),
+        Ok(r) if r.status < 400 && !have_files => Err(MirrorError::Upstream(format!(
+            "the upstream Hub answered HTTP {}, no answer of its API",
+            r.status
+        ))),
         Ok(r) => {
             tracing::info!(%repo, status = r.status, "upstream Hub refused; answering from the library");
             Ok(None)
@@ -165,26 +209,62 @@ fn usable(
 /// JSON, whatever the upstream said: these routes answer JSON, and a hostile Hub's
 /// `text/html` would run its script on this service's own origin (where the page keeps
 /// its token).
-fn relay(answer: Relayed, rewrite: Option<(&str, &str)>) -> HttpResponse {
+fn relay(
+    mirror: &Mirror,
+    answer: Relayed,
+    rewrite: Option<(&str, &str)>,
+) -> Result<HttpResponse, MirrorError> {
+    let held = mirror.uplink.hold(answer.body.len()).ok_or_else(|| {
+        MirrorError::Unavailable(
+            "too many answers of the upstream are on their way to clients; try again".into(),
+        )
+    })?;
     let status = actix_web::http::StatusCode::from_u16(answer.status)
         .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
     let mut response = HttpResponse::build(status);
     response.content_type(actix_web::mime::APPLICATION_JSON);
-    for (name, value) in [
-        ("X-Error-Code", answer.error_code),
-        ("X-Error-Message", answer.error_message),
-    ] {
-        if let Some(value) = value {
-            response.insert_header((name, value));
+    // The Hub's error headers, on errors only and short: `huggingface_hub` shows the
+    // message, and an upstream's must not grow or fill a success.
+    let errors = [
+        ("X-Error-Code", answer.error_code, MAX_ERROR_CODE),
+        ("X-Error-Message", answer.error_message, MAX_ERROR_MESSAGE),
+    ];
+    for (name, value, most) in errors {
+        if let Some(value) = value.filter(|_| answer.status >= 400) {
+            response.insert_header((name, truncated(&value, most)));
         }
     }
-    if let (Some(link), Some((theirs, ours))) = (answer.link, rewrite) {
-        response.insert_header((
-            actix_web::http::header::LINK,
-            link.replace(&format!("<{theirs}/"), &format!("<{ours}/")),
-        ));
+    // Only the upstream's own links, pointed here (see `links`): any other would be
+    // followed by the client with its token.
+    let link = answer
+        .link
+        .zip(rewrite)
+        .and_then(|(link, (theirs, ours))| super::links::kept(&link, theirs, ours));
+    if let Some(link) = link {
+        response.insert_header((actix_web::http::header::LINK, link));
     }
-    response.body(answer.body)
+    // The share is given back when the body is done with (sent, or its client gone).
+    let len = answer.body.len() as u64;
+    let body =
+        futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(answer.body) })
+            .chain(futures_util::stream::once(async move {
+                drop(held);
+                Ok(bytes::Bytes::new())
+            }));
+    Ok(response.body(actix_web::body::SizedStream::new(len, body)))
+}
+
+/// The most of an upstream's `X-Error-Code` and `X-Error-Message` passed on.
+const MAX_ERROR_CODE: usize = 64;
+const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// `text` cut to at most `most` bytes, at a character's boundary.
+fn truncated(text: &str, most: usize) -> String {
+    let mut end = text.len().min(most);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// `scheme://host` as the client reached us: from `Host` (HTTP/1.1; the authority of

@@ -33,6 +33,11 @@ pub(super) async fn serve_miss(
         .resolve(repo, rev, file)
         .await
         .map_err(MirrorError::from)?;
+    if rev == "main" {
+        if let Some(commit) = &up.commit {
+            mirror.heads.saw_main(repo, commit);
+        }
+    }
     let size = up
         .size
         .ok_or_else(|| MirrorError::Upstream(format!("the Hub told no size for {repo}/{file}")))?;

@@ -118,7 +118,12 @@ fn authorize(req: &HttpRequest) -> Result<(), RegistryError> {
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|a| a.strip_prefix("Bearer "));
+        .and_then(|a| {
+            // The scheme is case-insensitive (RFC 9110 §11.1), as the rest of the service reads it.
+            a.get(..7)
+                .filter(|s| s.eq_ignore_ascii_case("Bearer "))
+                .map(|_| &a[7..])
+        });
     if given.is_some_and(|g| same_secret(g.trim().as_bytes(), token.as_bytes())) {
         return Ok(());
     }

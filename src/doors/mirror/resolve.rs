@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::headers::FileHeaders;
 use super::local::{at_revision, is_commit};
 use super::{checked, pull, Mirror, MirrorError};
+use crate::hub::HubError;
 use crate::library::Record;
 
 /// A file the library can serve for a request, and the commit to name in
@@ -52,7 +53,21 @@ async fn find(
         let commit = record.revision.clone();
         return Ok(Some(Hit { record, commit }));
     }
-    match mirror.hub.resolve(repo, rev, file).await {
+    // The library can answer a branch: a silent upstream gets a few seconds, and none
+    // while it is remembered silent.
+    let asked = if is_commit(rev) {
+        mirror.hub.resolve(repo, rev, file).await
+    } else if mirror.uplink.recently_down() {
+        Err(HubError::Network(
+            "the upstream Hub did not answer a moment ago".into(),
+        ))
+    } else {
+        let quick = Some(super::uplink::QUICK);
+        let asked = mirror.hub.resolve_within((repo, rev, file), quick).await;
+        mirror.uplink.note(&asked);
+        asked
+    };
+    match asked {
         Ok(up) if up.sha256.is_some() && up.sha256 == record.sha256 => Ok(Some(Hit {
             record,
             commit: up.commit,

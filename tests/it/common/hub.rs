@@ -76,6 +76,9 @@ pub enum Down {
     Unavailable,
     /// Every connection is closed without an answer (the Hub unreachable).
     Silent,
+    /// Every connection is held open without an answer for two minutes (a black-holed
+    /// Hub: its requests take the client's whole timeout).
+    Hanging,
 }
 
 /// One request as the Hub saw it, with the status it answered.
@@ -519,7 +522,7 @@ async fn handle_connection(mut stream: TcpStream, state: Arc<Mutex<HubState>>) {
         let reply = match st.down {
             Down::Up => answer(&mut st, &request),
             Down::Unavailable => Reply::json(503, &json!({ "error": "Service Unavailable" })),
-            Down::Silent => Reply::json(0, &Value::Null),
+            Down::Silent | Down::Hanging => Reply::json(0, &Value::Null),
         };
         st.requests.push(HubRequest {
             method: request.method.clone(),
@@ -531,6 +534,9 @@ async fn handle_connection(mut stream: TcpStream, state: Arc<Mutex<HubState>>) {
         reply
     };
     if reply.status == 0 {
+        if lock(&state).down == Down::Hanging {
+            tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+        }
         return; // Down::Silent: the connection closes unanswered.
     }
     send(&mut stream, reply, request.method != "HEAD").await;

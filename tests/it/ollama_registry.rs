@@ -857,6 +857,16 @@ async fn with_an_api_token_every_request_needs_it_and_ollama_is_told_why() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
+    // The scheme in any case (RFC 9110), as the rest of the service reads it.
+    let lower = svc
+        .client
+        .get(&url)
+        .header("Accept", ACCEPT)
+        .header("Authorization", format!("bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
     let wrong = svc
         .client
         .get(&url)

@@ -66,12 +66,7 @@ pub(super) async fn facts(
     file: &RepoFile,
     sha256: &str,
 ) -> Result<Arc<Facts>, RegistryError> {
-    if let Some(f) = cached(sha256) {
-        return Ok(f);
-    }
-    if let Some(facts) = from_library(mirror, repo, sha256).await? {
-        let facts = Arc::new(facts);
-        keep(sha256, facts.clone());
+    if let Some(facts) = of_library(mirror, repo, sha256).await? {
         return Ok(facts);
     }
     // Not kept: these bytes are not verified yet (an upstream that lies about the
@@ -79,6 +74,24 @@ pub(super) async fn facts(
     Ok(Arc::new(
         from_download(mirror, repo, listing.revision(), file).await?,
     ))
+}
+
+/// The facts of the library's file of `repo` with this content (verified bytes, so
+/// kept), if the library holds one.
+pub(super) async fn of_library(
+    mirror: &Mirror,
+    repo: &str,
+    sha256: &str,
+) -> Result<Option<Arc<Facts>>, RegistryError> {
+    if let Some(f) = cached(sha256) {
+        return Ok(Some(f));
+    }
+    let Some(facts) = from_library(mirror, repo, sha256).await? else {
+        return Ok(None);
+    };
+    let facts = Arc::new(facts);
+    keep(sha256, facts.clone());
+    Ok(Some(facts))
 }
 
 /// The library's file of `repo` with this content, read when it is still the file the

@@ -114,7 +114,10 @@ pub(super) fn manifest(
         digest: format!("sha256:{sha256}"),
         size: file.size,
     }];
-    if let Some(mapped) = facts.template.as_deref().and_then(super::automap::lookup) {
+    if facts.has_template && facts.mapped.is_none() {
+        tracing::info!(%repo, file = %file.path, "registry: a chat template the Hub's table does not know: no template layer (Ollama's default)");
+    }
+    if let Some(mapped) = facts.mapped {
         tracing::debug!(%repo, file = %file.path, like = %mapped.model, "registry: chat template mapped");
         layers.push(layer(
             TEMPLATE_MEDIA_TYPE,

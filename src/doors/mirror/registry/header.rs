@@ -19,15 +19,19 @@ use crate::queue::model::DownloadId;
 /// What a manifest needs of a GGUF.
 pub(super) struct Facts {
     pub info: GgufInfo,
-    pub template: Option<String>,
+    /// Whether the GGUF has a chat template at all.
+    pub has_template: bool,
+    /// What the Hub's table maps its chat template to. The template's text (up to
+    /// 1 MiB) is not kept: a cache of facts holds only this reference into the table.
+    pub mapped: Option<&'static super::automap::Mapped>,
 }
 
 /// How long a manifest request waits for a miss's header to arrive.
 const HEADER_WAIT: Duration = Duration::from_secs(300);
 /// How often it looks (the download checkpoints every second).
 const POLL: Duration = Duration::from_millis(200);
-/// Facts of library files (verified) kept by sha256: a few KiB each (a template is
-/// capped at 1 MiB, real ones are a few KiB).
+/// Facts of library files (verified) kept by sha256: a GGUF's few header values (its
+/// architecture and name capped at 64 KiB each) and a reference into the table.
 const KEPT: usize = 128;
 
 /// Facts by sha256, oldest first.
@@ -223,7 +227,11 @@ fn read(reader: Prefix, len: u64) -> Result<Facts, GgufError> {
     let mut reader = BufReader::with_capacity(64 << 10, reader);
     let info = crate::gguf::read_header(&mut reader, len)?;
     let template = crate::gguf::read_chat_template(&mut reader, len)?;
-    Ok(Facts { info, template })
+    Ok(Facts {
+        info,
+        has_template: template.is_some(),
+        mapped: template.as_deref().and_then(super::automap::lookup),
+    })
 }
 
 fn not_gguf(rel: &str, e: &GgufError) -> RegistryError {
@@ -328,12 +336,12 @@ mod tests {
         for ready in [0, 10, 60] {
             match read(Prefix::new(open(), ready, len), len) {
                 Err(GgufError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
-                other => panic!("ready {ready}: {:?}", other.map(|f| f.template)),
+                other => panic!("ready {ready}: {:?}", other.map(|f| f.has_template)),
             }
         }
         let header = bytes.len() as u64 - 10_000;
         let facts = read(Prefix::new(open(), header, len), len).expect("the header is there");
-        assert_eq!(facts.template.as_deref(), Some("{{ messages }}"));
+        assert!(facts.has_template && facts.mapped.is_none());
         assert_eq!(facts.info.architecture.as_deref(), Some("llama"));
         // A file shorter than it claims (an upstream that lied about the size).
         assert!(read(Prefix::new(open(), len + 50, len + 100), len + 100).is_ok());

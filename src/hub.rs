@@ -14,7 +14,9 @@ mod trees;
 
 pub use info::RepoRevision;
 pub use listing::{quantizations, MAX_QUANTIZATIONS};
-pub use names::{is_hub_shaped_token, validate_repo, validate_revision};
+pub use names::{
+    is_commit, is_git_oid, is_hub_shaped_token, sha256_hex, validate_repo, validate_revision,
+};
 
 use std::time::{Duration, SystemTime};
 
@@ -320,10 +322,7 @@ impl HubClient {
             for e in entries.into_iter().filter(|e| e.kind == "file") {
                 // An LFS oid that is no hash is a lie about the file: llama.cpp does not
                 // list such an entry (`is_valid_oid`: 40 or 64 hex digits), nor do we.
-                let oid_ok = e.lfs.as_ref().is_none_or(|l| {
-                    matches!(l.oid.len(), 40 | 64) && l.oid.bytes().all(|b| b.is_ascii_hexdigit())
-                });
-                if !oid_ok {
+                if !e.lfs.as_ref().is_none_or(|l| names::is_git_oid(&l.oid)) {
                     continue;
                 }
                 files.push(RepoFile {
@@ -390,7 +389,7 @@ impl HubClient {
         // A commit names folders and is sent to clients: 40 hex digits or refused.
         let commit = text("x-repo-commit");
         if let Some(c) = commit.as_deref() {
-            if c.len() != 40 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !names::is_commit(c) {
                 return Err(HubError::Invalid(format!(
                     "the Hub named a commit that is none: {:?}",
                     c.chars().take(80).collect::<String>()

@@ -53,7 +53,7 @@ impl HubClient {
         let body = read_body(resp, crate::http::CAP_MODEL_INFO).await?;
         let info: ApiInfo = serde_json::from_slice(&body)
             .map_err(|e| HubError::Invalid(format!("model info of {repo}: {e}")))?;
-        if !(info.sha.len() == 40 && info.sha.bytes().all(|b| b.is_ascii_hexdigit())) {
+        if !super::names::is_commit(&info.sha) {
             return Err(HubError::Invalid(format!(
                 "{repo}: {:?} is not a commit",
                 info.sha

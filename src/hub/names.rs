@@ -46,6 +46,17 @@ pub fn validate_revision(revision: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `rev` is a full commit id (40 hex digits), not a branch or tag name. A
+/// commit names folders and is sent to clients, so an upstream's must be one.
+pub fn is_commit(rev: &str) -> bool {
+    rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// llama.cpp's `is_valid_oid`: a git or LFS object id, 40 or 64 hex digits.
+pub fn is_git_oid(oid: &str) -> bool {
+    matches!(oid.len(), 40 | 64) && oid.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// An upstream's sha256 as we keep it: 64 hex digits, lower-cased; anything else is no
 /// sha256 at all. It becomes a digest in manifests (`sha256:<hex>`) and a blob's name in
 /// caches, where a `../` or a non-hex digit must never reach (old Ollama versions joined

@@ -297,10 +297,7 @@ pub fn pick_file(files: &[RepoFile], file: &str, with_mmproj: bool) -> Pick {
 /// that is not 40 or 64 hex digits (`is_valid_oid`). (A `..` that climbs out and back
 /// into a folder of the commit's name is kept there; here it is dropped too.)
 fn listed(f: &RepoFile) -> bool {
-    let oid_ok = f
-        .sha256
-        .as_deref()
-        .is_none_or(|o| matches!(o.len(), 40 | 64) && o.bytes().all(|b| b.is_ascii_hexdigit()));
+    let oid_ok = f.sha256.as_deref().is_none_or(super::names::is_git_oid);
     let mut depth = 0i64;
     let inside = !f.path.starts_with('/')
         && f.path.split('/').all(|seg| {

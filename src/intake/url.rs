@@ -43,11 +43,7 @@ impl UrlPolicy {
 
 /// A sha256 as a client gives it: 64 hex digits, returned in lower case.
 pub fn parse_sha256(s: &str) -> Result<String, IntakeError> {
-    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(s.to_ascii_lowercase())
-    } else {
-        Err(IntakeError::Sha256(s.to_owned()))
-    }
+    crate::hub::sha256_hex(s).ok_or_else(|| IntakeError::Sha256(s.to_owned()))
 }
 
 /// A file at a URL, as a door asks for it.

@@ -6,10 +6,7 @@ use serde_json::{json, Value};
 
 use crate::library::Record;
 
-/// Whether `rev` is a full commit id (else a branch or tag name).
-pub(super) fn is_commit(rev: &str) -> bool {
-    rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit())
-}
+pub(super) use crate::hub::is_commit;
 
 /// Whether a library file was fetched at `rev`: that commit, or asked for by that name.
 pub(super) fn at_revision(record: &Record, rev: &str) -> bool {

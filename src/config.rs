@@ -163,6 +163,8 @@ fn default_min_speed_bps() -> u64 {
 pub struct HubConfig {
     pub endpoint: String,
     pub token: String,
+    /// Fetch Xet-backed files from Xet storage (false: always the plain HTTP bridge).
+    pub xet: bool,
 }
 
 impl Default for ServerConfig {
@@ -208,6 +210,7 @@ impl Default for HubConfig {
         Self {
             endpoint: "https://huggingface.co".into(),
             token: String::new(),
+            xet: true,
         }
     }
 }

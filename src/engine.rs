@@ -23,6 +23,7 @@ mod limiter;
 mod part;
 mod segments;
 mod transfer;
+mod xet;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,6 +55,9 @@ pub struct Job {
     pub url: String,
     /// The final path, already resolved inside `download_dir` (for messages).
     pub final_path: PathBuf,
+    /// `download_dir`, and the final path relative to it (`/`-separated).
+    pub download_dir: PathBuf,
+    pub relative: String,
     /// The directory handle that path was resolved to, and the name: every file
     /// operation of the transfer goes through it. Set by the download actor.
     pub place: Option<Arc<files::Place>>,
@@ -113,6 +117,10 @@ pub enum EngineEvent {
     Notice(DownloadError),
     /// All bytes are there; hashing.
     Verifying,
+    /// The bytes come from Xet storage (`"xet"`) or over plain HTTP (`"http"`).
+    Transport(&'static str),
+    /// This many bytes of the run were taken from files on disk, not the network.
+    Reused(u64),
     /// A Hub download resolved: its revision is pinned to `commit`, and the Hub told
     /// the file's sha256 (from the LFS pointer).
     Pinned {
@@ -334,7 +342,17 @@ impl Engine {
         ctx: &mut RunCtx,
     ) -> Result<Ended, EngineError> {
         match self.attempt(job, t, ctx).await? {
-            Ended::Done => self.finish(job, t, ctx).await,
+            Ended::Done => match self.finish(job, t, ctx).await {
+                // Chunks copied from a file on disk were not what its chunk map said:
+                // the next attempt fetches every chunk.
+                Err(EngineError::Checksum { .. }) if t.reused_chunks() => {
+                    tracing::warn!(download_id = %job.id, "the file made with reused chunks failed its sha256; fetching every chunk");
+                    t.no_reuse();
+                    t.part.recreate(ctx).await?;
+                    Ok(Ended::Again)
+                }
+                other => other,
+            },
             other => Ok(other),
         }
     }

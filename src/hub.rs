@@ -11,6 +11,7 @@ pub mod pick;
 pub mod quant;
 mod relay;
 mod trees;
+mod xet;
 
 pub use info::RepoRevision;
 pub use listing::{quantizations, MAX_QUANTIZATIONS};
@@ -25,6 +26,7 @@ use reqwest::header::{self, HeaderMap};
 use serde::{Deserialize, Serialize};
 
 pub use relay::{Relayed, MAX_RELAYED, MAX_RELAYED_REFS};
+pub use xet::{XetLink, XetToken};
 
 /// Characters escaped in one path segment of a Hub URL.
 const SEGMENT: &AsciiSet = &CONTROLS
@@ -127,6 +129,9 @@ pub struct Resolved {
     pub etag: Option<String>,
     /// Where the bytes are: the CDN link of a redirect, or the resolve URL itself.
     pub location: url::Url,
+    /// The file is kept in Xet storage: its hash and token route (the `location` is
+    /// then the plain HTTP bridge to the same bytes).
+    pub xet: Option<XetLink>,
 }
 
 /// A cheap-to-clone client of one Hub endpoint.
@@ -136,6 +141,8 @@ pub struct HubClient {
     endpoint: url::Url,
     token: Option<String>,
     trees: trees::Trees,
+    /// `[hub] xet`: Xet-backed files are fetched from Xet storage.
+    xet: bool,
 }
 
 #[derive(Deserialize)]
@@ -185,7 +192,18 @@ impl HubClient {
             endpoint,
             token: token.filter(|t| !t.is_empty()),
             trees: trees::Trees::default(),
+            xet: true,
         })
+    }
+
+    /// Whether Xet-backed files are fetched from Xet storage (`[hub] xet`).
+    pub fn with_xet(mut self, xet: bool) -> HubClient {
+        self.xet = xet;
+        self
+    }
+
+    pub fn xet_enabled(&self) -> bool {
+        self.xet
     }
 
     pub fn endpoint(&self) -> &url::Url {
@@ -374,6 +392,7 @@ impl HubClient {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
+        let xet = xet::link_from(&headers, &url);
         let location = match status {
             300..=399 => {
                 let loc = text("location")
@@ -405,6 +424,7 @@ impl HubClient {
                 .or_else(|| (status < 300).then(|| text("content-length")).flatten())
                 .and_then(|s| s.parse().ok()),
             etag: text("x-linked-etag").or_else(|| text("etag")),
+            xet,
             location,
         })
     }

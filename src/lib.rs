@@ -228,7 +228,8 @@ pub fn start_core(
     )
     .map_err(|e| StartError::Client(e.to_string()))?;
     let hub = hub::HubClient::new(&config.hub.endpoint, Some(config.hub.token.clone()))
-        .map_err(|e| StartError::Client(e.to_string()))?;
+        .map_err(|e| StartError::Client(e.to_string()))?
+        .with_xet(config.hub.xet);
     let interval = Duration::from_millis(settings.progress_interval_ms);
     let broadcaster = Broadcaster::new(metrics.clone());
     let sampler = Sampler::start(interval, broadcaster.clone(), metrics.clone());

@@ -23,6 +23,8 @@ pub struct Metrics {
     /// Finished transfers whose bytes the `.part`'s write lease vouched for, and those
     /// that were read back from disk.
     part_checks: [AtomicU64; 2],
+    /// Bytes of Xet-backed files: fetched from xorbs, and taken from files on disk.
+    xet_bytes: [AtomicU64; 2],
     retries: Mutex<BTreeMap<&'static str, u64>>,
     http: Mutex<BTreeMap<String, Histogram>>,
 }
@@ -70,6 +72,11 @@ impl Metrics {
     /// A finished transfer was checked: by its lease, or by reading it back.
     pub fn part_checked(&self, by_lease: bool) {
         self.part_checks[usize::from(!by_lease)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Xet bytes fetched from the CAS (`reused` false) or copied from a file on disk.
+    pub fn xet_bytes(&self, reused: bool, n: u64) {
+        self.xet_bytes[usize::from(reused)].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn retry(&self, kind: &'static str) {
@@ -126,6 +133,19 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "mm_part_checks_total{{how=\"{how}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        describe(
+            &mut out,
+            "mm_xet_bytes_total",
+            "counter",
+            "Bytes of Xet-backed files: fetched from Xet storage, or reused from files on disk.",
+        );
+        for (kind, n) in ["fetched", "reused"].iter().zip(&self.xet_bytes) {
+            let _ = writeln!(
+                out,
+                "mm_xet_bytes_total{{kind=\"{kind}\"}} {}",
                 n.load(Ordering::Relaxed)
             );
         }

@@ -293,6 +293,8 @@ impl Supervisor {
             id: d.id.clone(),
             url: d.url.clone(),
             final_path: PathBuf::new(),
+            download_dir: self.download_dir.clone(),
+            relative: d.path.clone(),
             place: None,
             sha256: d.sha256.clone(),
             settings: match d.connections {

@@ -29,6 +29,15 @@ impl Engine {
         // the lease's keeper vouched for end.
         t.part.after_lease_break(ctx).await?;
         let (url, auth) = self.target(job, t, ctx).await?;
+        if let Some(ended) = self.try_xet(job, t, ctx).await? {
+            return Ok(ended);
+        }
+        if t.announce(ctx, "http") {
+            // The file at this path will not be the one a chunk map describes.
+            if let Err(e) = self.store.remove_xet_map(&job.relative) {
+                tracing::warn!(download_id = %job.id, error = %e, "cannot drop a chunk map");
+            }
+        }
         if t.part.ranges().is_some() {
             return self.run_segments(job, t, ctx, (url, auth), None).await;
         }
@@ -92,6 +101,36 @@ impl Engine {
         }
         t.part.use_direct_writes(job.settings.direct_io_min_bytes);
         self.read_body(job, t, ctx, response).await
+    }
+
+    /// A Xet-backed file through the Xet transport: how it ended, or `None` when the
+    /// bridge is to serve it (not Xet-backed, `[hub] xet` off, or Xet failed: then
+    /// what failed is told and logged, and the `.part` starts over).
+    async fn try_xet(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        ctx: &mut RunCtx,
+    ) -> Result<Option<Ended>, EngineError> {
+        let enabled = job.hub.as_ref().is_some_and(|h| h.client.xet_enabled());
+        let Some(target) = t.xet_target(enabled) else {
+            return Ok(None);
+        };
+        let _ = t.announce(ctx, "xet");
+        let error = match self.run_xet(job, t, ctx, target).await {
+            Ok(ended) => return Ok(Some(ended)),
+            Err(super::xet::XetError::Engine(e)) => return Err(e),
+            Err(e) => e,
+        };
+        let message =
+            format!("Xet storage failed ({error}); fetching through the Hub's HTTP bridge");
+        tracing::warn!(download_id = %job.id, "{message}");
+        (ctx.events)(EngineEvent::Notice(DownloadError {
+            kind: ErrorKind::Network,
+            message,
+        }));
+        t.xet_failed(ctx).await?;
+        Ok(None)
     }
 
     /// Acts on the classifier's verdict: what the single connection does before it

@@ -5,7 +5,7 @@
 use crate::engine::http::retry::LinkBudget;
 use crate::engine::part::Part;
 use crate::engine::{EngineError, Job, RunCtx};
-use crate::hub::Resolved;
+use crate::hub::{Resolved, XetLink};
 use crate::queue::store::Store;
 
 /// The `.part` of a run, and the transport's state beside it.
@@ -19,6 +19,16 @@ pub(in crate::engine) struct Transfer {
     /// Parallel connections failed once (a server that ignores some ranges): this run
     /// stays on one connection.
     one_connection: bool,
+    /// The file is Xet-backed (and its size, as the Hub said it).
+    xet: Option<(XetLink, Option<u64>)>,
+    /// The Xet transport failed for good in this run: the bridge serves the rest.
+    xet_failed: bool,
+    /// The transport last announced (`"xet"` or `"http"`).
+    announced: Option<&'static str>,
+    /// Bytes copied from files on disk in this run, and whether that is still allowed
+    /// (not after a file made so failed its sha256).
+    reused: u64,
+    reuse_off: bool,
 }
 
 impl Transfer {
@@ -30,6 +40,11 @@ impl Transfer {
             link: None,
             links: LinkBudget::default(),
             one_connection: false,
+            xet: None,
+            xet_failed: false,
+            announced: None,
+            reused: 0,
+            reuse_off: false,
         })
     }
 
@@ -59,6 +74,7 @@ impl Transfer {
         if let Some(sha256) = resolved.sha256.filter(|_| learned_digest) {
             self.part.learn_sha256(sha256)?;
         }
+        self.xet = resolved.xet.map(|x| (x, resolved.size));
         self.link = Some(resolved.location);
         Ok(newly_pinned || learned_digest)
     }
@@ -76,6 +92,52 @@ impl Transfer {
             status,
             retry_after: None,
         })
+    }
+
+    /// The Xet link and size of the file when the Xet transport is to fetch it: a
+    /// Xet-backed file of known size, with `[hub] xet` on, not failed in this run.
+    pub(in crate::engine) fn xet_target(&self, xet_enabled: bool) -> Option<(XetLink, u64)> {
+        if !xet_enabled || self.xet_failed {
+            return None;
+        }
+        let (link, size) = self.xet.as_ref()?;
+        Some((link.clone(), (*size)?))
+    }
+
+    /// The Xet transport failed for good: the bridge serves this file from byte 0 (its
+    /// bytes are the same revision's, but no byte of two transports is ever mixed).
+    pub(in crate::engine) async fn xet_failed(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {
+        self.xet_failed = true;
+        self.part.restart(ctx).await
+    }
+
+    /// Tells the supervisor which transport fetches the bytes; true when it changed.
+    pub(in crate::engine) fn announce(&mut self, ctx: &RunCtx, transport: &'static str) -> bool {
+        if self.announced == Some(transport) {
+            return false;
+        }
+        self.announced = Some(transport);
+        (ctx.events)(crate::engine::EngineEvent::Transport(transport));
+        true
+    }
+
+    /// Counts bytes copied from files on disk.
+    pub(in crate::engine) fn add_reused(&mut self, n: u64) {
+        self.reused += n;
+    }
+
+    /// Whether bytes were copied from files on disk in this run.
+    pub(in crate::engine) fn reused_chunks(&self) -> bool {
+        self.reused > 0 && !self.reuse_off
+    }
+
+    /// Chunks of files on disk are not to be used again in this run.
+    pub(in crate::engine) fn no_reuse(&mut self) {
+        self.reuse_off = true;
+    }
+
+    pub(in crate::engine) fn reuse_allowed(&self) -> bool {
+        !self.reuse_off
     }
 
     /// Whether this run may still use parallel connections.

@@ -21,6 +21,8 @@ fn record(id: &str, path: &str, state: State) -> Download {
         speed_limit_bps: None,
         connections: None,
         created_at: "2026-12-01T00:00:00Z".into(),
+        transport: None,
+        bytes_reused: 0,
         started_at: None,
         finished_at: None,
     }

@@ -107,6 +107,12 @@ pub struct Download {
     pub started_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// Where the bytes came from: `"http"`, or `"xet"` (the Hub's Xet storage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    /// Bytes taken from files already on disk instead of the network.
+    #[serde(default)]
+    pub bytes_reused: u64,
 }
 
 /// Live numbers of a running download, from the progress tracker.
@@ -144,6 +150,11 @@ pub struct DownloadView {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// `"http"` or `"xet"`: where the bytes come from.
+    pub transport: String,
+    /// Bytes taken from files already on disk instead of the network (counted in
+    /// `bytes_done` too).
+    pub bytes_reused: u64,
     /// What the state allows now (`pause`, `resume`, `cancel`, `retry`, `move`,
     /// `delete`), so that clients need no copy of the state machine.
     pub actions: Vec<Action>,
@@ -214,6 +225,8 @@ impl Download {
             created_at: self.created_at.clone(),
             started_at: self.started_at.clone(),
             finished_at: self.finished_at.clone(),
+            transport: self.transport.clone().unwrap_or_else(|| "http".into()),
+            bytes_reused: self.bytes_reused,
             actions: crate::queue::lifecycle::allowed_actions(self.state),
         }
     }

@@ -86,6 +86,9 @@ pub struct Store {
     meta: sled::Tree,
     /// What the library knows of each file, by path relative to `download_dir`.
     library: sled::Tree,
+    /// Chunk maps of files fetched from Xet storage, by path (a cache: losing it only
+    /// costs a full fetch of an update).
+    xet_maps: sled::Tree,
 }
 
 const SETTINGS_KEY: &[u8] = b"settings";
@@ -146,6 +149,7 @@ impl Store {
             checkpoints: db.open_tree("checkpoints")?,
             meta: db.open_tree("meta")?,
             library: db.open_tree("library")?,
+            xet_maps: db.open_tree("xet_maps")?,
             db,
         })
     }
@@ -259,6 +263,30 @@ impl Store {
 
     pub fn remove_library(&self, path: &str) -> Result<(), StoreError> {
         self.library.remove(path.as_bytes())?;
+        Ok(())
+    }
+
+    /// Every chunk map (see `engine::xet`); one that no longer parses is skipped.
+    pub fn xet_maps<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.xet_maps.iter() {
+            let (k, v) = item?;
+            if let (Ok(path), Ok(map)) = (String::from_utf8(k.to_vec()), serde_json::from_slice(&v))
+            {
+                out.push((path, map));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_xet_map<T: Serialize>(&self, path: &str, map: &T) -> Result<(), StoreError> {
+        self.xet_maps
+            .insert(path.as_bytes(), serde_json::to_vec(map)?)?;
+        Ok(())
+    }
+
+    pub fn remove_xet_map(&self, path: &str) -> Result<(), StoreError> {
+        self.xet_maps.remove(path.as_bytes())?;
         Ok(())
     }
 

@@ -355,6 +355,8 @@ async fn after_a_crash(renaming: bool, other: Option<Vec<u8>>) -> (TestService, 
                 speed_limit_bps: None,
                 connections: None,
                 created_at: "2026-11-25T00:00:00Z".into(),
+                transport: None,
+                bytes_reused: 0,
                 started_at: None,
                 finished_at: None,
             })

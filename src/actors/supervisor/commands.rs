@@ -246,6 +246,8 @@ fn new_record(n: NewDownload, now: &str) -> Download {
         speed_limit_bps: n.speed_limit_bps,
         connections: n.connections,
         created_at: now.to_owned(),
+        transport: None,
+        bytes_reused: 0,
         started_at: None,
         finished_at: None,
     }

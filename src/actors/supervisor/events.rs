@@ -73,6 +73,15 @@ impl Supervisor {
                 }
                 true
             }
+            EngineEvent::Transport(kind) => {
+                let changed = d.transport.as_deref() != Some(kind);
+                d.transport = Some(kind.to_owned());
+                changed
+            }
+            EngineEvent::Reused(n) => {
+                d.bytes_reused = d.bytes_reused.saturating_add(n);
+                true
+            }
             EngineEvent::Retrying { .. } | EngineEvent::BackoffOver | EngineEvent::Verifying => {
                 false
             }

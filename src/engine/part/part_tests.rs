@@ -40,6 +40,8 @@ fn fixture(data: &[u8]) -> Fixture {
         id: "fake-transport".into(),
         url: "fake://model.bin".into(),
         final_path: root.join("fake/model.bin"),
+        download_dir: root.to_path_buf(),
+        relative: "fake/model.bin".into(),
         place: Some(place.clone()),
         sha256: Some(hex(&Sha256::digest(data))),
         settings: DownloadsConfig::default(),

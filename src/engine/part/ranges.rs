@@ -19,6 +19,7 @@ use crate::engine::EngineError;
 
 /// A transport's handle on a `.part` filled as ranges at offsets: cheap to share
 /// between connections (one file description, one table).
+#[derive(Clone)]
 pub(in crate::engine) struct Ranges {
     file: Arc<File>,
     table: Arc<SegmentTable>,
@@ -117,11 +118,69 @@ impl Ranges {
         Ok(())
     }
 
+    /// Copies `len` bytes at offset `from` of `src` to offset `to` (clipped to the file)
+    /// and records them present: in the kernel (`copy_file_range`, a reflink where
+    /// the filesystem shares extents), else read and written a MiB at a time.
+    pub(in crate::engine) fn copy_from(
+        &self,
+        src: &File,
+        from: u64,
+        to: u64,
+        len: u64,
+    ) -> Result<(), EngineError> {
+        let end = to.saturating_add(len).min(self.total);
+        if to >= end {
+            return Ok(());
+        }
+        let (mut done, len) = (0u64, end - to);
+        while done < len {
+            let n = copy_range(src, from + done, &self.file, to + done, len - done)?;
+            if n == 0 {
+                return Err(EngineError::Internal("the source file ended early".into()));
+            }
+            done += n;
+        }
+        self.table.mark(to, end);
+        Ok(())
+    }
+
     /// The ranges still missing, in file order.
     // The API of a transport that writes ranges in any order (the Hub's Xet storage,
     // next issue); exercised by `part/part_tests.rs` until then.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(in crate::engine) fn missing(&self) -> Vec<Range<u64>> {
         self.table.missing()
+    }
+}
+
+/// One step of [`Ranges::copy_from`]: how many bytes were copied (0 at the source's end).
+fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let (mut off_in, mut off_out) = (from as libc::loff_t, to as libc::loff_t);
+    let want = len.min(1 << 30) as usize;
+    // SAFETY: both descriptors are open for the call's length; the offsets are ours.
+    let n = unsafe {
+        libc::copy_file_range(
+            src.as_raw_fd(),
+            &mut off_in,
+            dst.as_raw_fd(),
+            &mut off_out,
+            want,
+            0,
+        )
+    };
+    if n >= 0 {
+        return Ok(n as u64);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        // Not on this filesystem (or across two): by hand.
+        Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => {
+            let mut buf = vec![0u8; want.min(1024 * 1024)];
+            let n = src.read_at(&mut buf, from)?;
+            dst.write_all_at(&buf[..n], to)?;
+            Ok(n as u64)
+        }
+        _ => Err(err),
     }
 }

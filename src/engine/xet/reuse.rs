@@ -1,0 +1,233 @@
+//! Chunks that files on disk already hold, copied instead of fetched: what makes an
+//! update of a re-uploaded model cost its changed chunks only.
+//!
+//! Every file fetched from Xet storage leaves its chunk map in the state database
+//! ([`ChunkMap`]: its terms, each a run of chunks of one xorb at a file offset). A
+//! later Xet download indexes those maps by xorb; a term it needs that a map holds is
+//! copied from that file (`copy_file_range`), the chunks found inside a longer term by
+//! running the chunker over it. Nothing is trusted: a file whose size changed is
+//! skipped, and the whole download is verified by its sha256 as always (a mismatch
+//! after a copy makes the next attempt fetch everything).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::chunker::chunk_lengths;
+use super::plan::Term;
+use super::{Shared, XetError};
+use crate::engine::{EngineError, Job};
+use crate::queue::store::Store;
+
+/// The chunk map of a file on disk, as kept in the state database under its path
+/// (relative to `download_dir`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ChunkMap {
+    pub(crate) size: u64,
+    pub(crate) xet_hash: String,
+    /// `(xorb, first chunk, end chunk, bytes)`, in file order.
+    pub(crate) terms: Vec<(String, u32, u32, u64)>,
+}
+
+impl ChunkMap {
+    pub(super) fn of(size: u64, xet_hash: &str, terms: &[Term]) -> ChunkMap {
+        ChunkMap {
+            size,
+            xet_hash: xet_hash.to_owned(),
+            terms: terms
+                .iter()
+                .map(|t| (t.xorb.clone(), t.chunks.start, t.chunks.end, t.len))
+                .collect(),
+        }
+    }
+}
+
+/// A run of chunks of one xorb in one file on disk.
+#[derive(Debug, Clone)]
+struct Source {
+    file: usize,
+    chunks: Range<u32>,
+    at: u64,
+    len: u64,
+}
+
+/// One copy: `len` bytes from offset `from` of source file `file` to file offset `to`.
+struct Piece {
+    file: usize,
+    from: u64,
+    to: u64,
+    len: u64,
+}
+
+/// Chunk lengths found in a source's term (`None`: the chunker disagreed), by
+/// (file, offset).
+type Lengths = HashMap<(usize, u64), Option<Arc<Vec<u64>>>>;
+
+/// The chunks of files on disk a download may take.
+#[derive(Default)]
+pub(super) struct Reuse {
+    root: PathBuf,
+    /// Relative path and size of each file a map describes.
+    files: Vec<(String, u64)>,
+    by_xorb: HashMap<String, Vec<Source>>,
+    /// Files opened so far (`None`: could not be used).
+    open: Mutex<HashMap<usize, Option<Arc<File>>>>,
+    lengths: Mutex<Lengths>,
+}
+
+impl Reuse {
+    /// The maps of every file on disk (none when `off`).
+    pub(super) fn for_job(store: &Store, job: &Job, off: bool) -> Reuse {
+        let mut reuse = Reuse {
+            root: job.download_dir.clone(),
+            ..Reuse::default()
+        };
+        if off {
+            return reuse;
+        }
+        let maps: Vec<(String, ChunkMap)> = match store.xet_maps() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the chunk maps; fetching every chunk");
+                return reuse;
+            }
+        };
+        for (path, map) in maps {
+            let file = reuse.files.len();
+            reuse.files.push((path, map.size));
+            let mut at = 0;
+            for (xorb, start, end, len) in map.terms {
+                reuse.by_xorb.entry(xorb).or_default().push(Source {
+                    file,
+                    chunks: start..end,
+                    at,
+                    len,
+                });
+                at += len;
+            }
+        }
+        reuse
+    }
+
+    /// Writes `terms` (clipped to `unit`) from files on disk when they hold all of
+    /// them; false (nothing written) when the CAS must serve them.
+    pub(super) async fn copy(
+        &self,
+        s: &Shared<'_>,
+        terms: &[&Term],
+        unit: &Range<u64>,
+    ) -> Result<bool, XetError> {
+        if self.by_xorb.is_empty() {
+            return Ok(false);
+        }
+        let mut pieces = Vec::with_capacity(terms.len());
+        for term in terms {
+            match self.find(term).await {
+                Some(p) => pieces.push(p),
+                None => return Ok(false),
+            }
+        }
+        for p in pieces {
+            let Some(file) = self.file(p.file) else {
+                return Ok(false);
+            };
+            // Clipped to the unit, as fetched chunks are.
+            let (start, end) = (p.to.max(unit.start), (p.to + p.len).min(unit.end));
+            if start >= end {
+                continue;
+            }
+            let ranges = s.ranges.clone();
+            let from = p.from + (start - p.to);
+            tokio::task::spawn_blocking(move || ranges.copy_from(&file, from, start, end - start))
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))??;
+            s.progress.set_done(s.table.held());
+            s.reused(end - start);
+        }
+        Ok(true)
+    }
+
+    /// Where a file on disk holds `term`'s bytes.
+    async fn find(&self, term: &Term) -> Option<Piece> {
+        for src in self.by_xorb.get(&term.xorb)? {
+            if src.chunks.start > term.chunks.start || term.chunks.end > src.chunks.end {
+                continue;
+            }
+            if src.chunks == term.chunks && src.len == term.len {
+                return Some(Piece {
+                    file: src.file,
+                    from: src.at,
+                    to: term.at,
+                    len: term.len,
+                });
+            }
+            let lengths = self.lengths_of(src).await?;
+            let skip = (term.chunks.start - src.chunks.start) as usize;
+            let take = (term.chunks.end - term.chunks.start) as usize;
+            let offset: u64 = lengths[..skip].iter().sum();
+            let len: u64 = lengths[skip..skip + take].iter().sum();
+            if len == term.len {
+                return Some(Piece {
+                    file: src.file,
+                    from: src.at + offset,
+                    to: term.at,
+                    len,
+                });
+            }
+        }
+        None
+    }
+
+    /// The chunk lengths of a source's term, when the chunker finds as many chunks as
+    /// the term has (else the file is not what its map says).
+    async fn lengths_of(&self, src: &Source) -> Option<Arc<Vec<u64>>> {
+        let key = (src.file, src.at);
+        if let Some(known) = lock(&self.lengths).get(&key) {
+            return known.clone();
+        }
+        let file = self.file(src.file)?;
+        let (at, len, count) = (
+            src.at,
+            src.len,
+            (src.chunks.end - src.chunks.start) as usize,
+        );
+        let found = tokio::task::spawn_blocking(move || chunk_lengths(&file, at, len))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .filter(|l| l.len() == count)
+            .map(Arc::new);
+        lock(&self.lengths).insert(key, found.clone());
+        found
+    }
+
+    /// Source file `i`, opened once (inside `download_dir`, no link followed), when
+    /// it still has the size its map says.
+    fn file(&self, i: usize) -> Option<Arc<File>> {
+        let mut open = lock(&self.open);
+        if let Some(f) = open.get(&i) {
+            return f.clone();
+        }
+        let (path, size) = self.files.get(i)?;
+        let file = crate::files::open_regular(&self.root, path)
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.is_file() && m.len() == *size))
+            .map(Arc::new);
+        if file.is_none() {
+            tracing::debug!(path = %path, "a chunk map's file is gone or changed; not reused");
+        }
+        open.insert(i, file.clone());
+        file
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}

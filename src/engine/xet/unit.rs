@@ -1,0 +1,146 @@
+//! One unit of work: a byte range of the file, its reconstruction asked for, then each
+//! xorb range it needs fetched once, cut into chunks, decoded, and every chunk written
+//! where the terms that use it put it (clipped to the unit). Chunks the files on disk
+//! already hold are copied from there instead (see [`super::reuse`]).
+
+use std::ops::Range;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::format::ChunkReader;
+use super::plan::{Fetch, Plan, Term};
+use super::{Shared, XetError};
+use crate::engine::{limiter, Ended};
+
+/// Runs one unit to its end; `Ended::Stopped` when asked to stop.
+pub(super) async fn run(s: &Shared<'_>, unit: &Range<u64>) -> Result<Ended, XetError> {
+    let plan = s.cas.plan(unit).await?;
+    let mut fetches: Vec<&Fetch> = Vec::new();
+    for term in &plan.terms {
+        if term.at >= unit.end {
+            break;
+        }
+        let fetch = Plan::fetch_of(&plan.fetches, term)
+            .ok_or_else(|| XetError::Malformed("a term without a fetch".into()))?;
+        if !fetches.iter().any(|f| std::ptr::eq(*f, fetch)) {
+            fetches.push(fetch);
+        }
+    }
+    for fetch in fetches {
+        let terms: Vec<&Term> = plan
+            .terms
+            .iter()
+            .filter(|t| {
+                t.at < unit.end
+                    && Plan::fetch_of(&plan.fetches, t).is_some_and(|f| std::ptr::eq(f, fetch))
+            })
+            .collect();
+        if s.reuse.copy(s, &terms, unit).await? {
+            continue;
+        }
+        if let Ended::Stopped = pull(s, fetch, &terms, unit).await? {
+            return Ok(Ended::Stopped);
+        }
+    }
+    Ok(Ended::Done)
+}
+
+/// Where each term is in its fetch: the next chunk it takes, and the bytes it has.
+struct Cursor<'t> {
+    term: &'t Term,
+    written: u64,
+}
+
+/// Fetches one xorb range and writes its chunks for `terms`.
+async fn pull(
+    s: &Shared<'_>,
+    fetch: &Fetch,
+    terms: &[&Term],
+    unit: &Range<u64>,
+) -> Result<Ended, XetError> {
+    let resp = s.cas.open(fetch).await?;
+    let _connection = s.engine.metrics.connection();
+    let mut body = resp.bytes_stream();
+    let mut reader = ChunkReader::default();
+    let mut cursors: Vec<Cursor> = terms
+        .iter()
+        .map(|t| Cursor {
+            term: t,
+            written: 0,
+        })
+        .collect();
+    let mut index = fetch.chunks.start;
+    let mut received = 0u64;
+    let mut stop = s.stop.clone();
+    while index < fetch.chunks.end {
+        let next = tokio::select! {
+            n = tokio::time::timeout(s.stall, body.next()) => n,
+            _ = stop.wait_for(|s| *s) => return Ok(Ended::Stopped),
+        };
+        let bytes = match next {
+            Err(_) => return Err(XetError::Stalled(s.stall.as_secs())),
+            Ok(None) => {
+                return Err(XetError::Network(format!(
+                    "a xorb range ended after {received} of {} bytes",
+                    fetch.size()
+                )))
+            }
+            Ok(Some(Err(e))) => return Err(XetError::Network(crate::http::describe(&e))),
+            Ok(Some(Ok(b))) => b,
+        };
+        received += bytes.len() as u64;
+        s.fetched(bytes.len() as u64);
+        reader.push(&bytes);
+        while index < fetch.chunks.end {
+            let Some(chunk) = reader.next_chunk()? else {
+                break;
+            };
+            place(s, &mut cursors, index, &chunk, unit)?;
+            index += 1;
+        }
+        if !limiter::pace(&s.engine.global, &s.limiter, bytes.len(), &mut stop).await {
+            return Ok(Ended::Stopped);
+        }
+    }
+    if let Some(c) = cursors.iter().find(|c| c.written != c.term.len) {
+        return Err(XetError::Malformed(format!(
+            "chunks {}..{} of xorb {:.16} decoded to {} bytes, the reconstruction says {}",
+            c.term.chunks.start, c.term.chunks.end, c.term.xorb, c.written, c.term.len
+        )));
+    }
+    Ok(Ended::Done)
+}
+
+/// Writes chunk `index` for every term that uses it, clipped to the unit.
+fn place(
+    s: &Shared<'_>,
+    cursors: &mut [Cursor],
+    index: u32,
+    chunk: &[u8],
+    unit: &Range<u64>,
+) -> Result<(), XetError> {
+    for c in cursors
+        .iter_mut()
+        .filter(|c| c.term.chunks.contains(&index))
+    {
+        let at = c.term.at + c.written;
+        c.written += chunk.len() as u64;
+        if c.written > c.term.len {
+            return Err(XetError::Malformed(format!(
+                "chunks of xorb {:.16} hold more than the {} bytes of their term",
+                c.term.xorb, c.term.len
+            )));
+        }
+        s.write(at, chunk, unit)?;
+    }
+    Ok(())
+}
+
+/// The wait a transient error asks for (the server's `Retry-After`).
+pub(super) fn asked_wait(e: &XetError) -> Option<Duration> {
+    match e {
+        XetError::Cas { retry_after, .. } => *retry_after,
+        _ => None,
+    }
+}

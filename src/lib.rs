@@ -168,6 +168,8 @@ fn bind_rpc(config: &Config) -> Result<Option<TcpListener>, StartError> {
 pub struct Core {
     pub queue: QueueHandle,
     pub hub: hub::HubClient,
+    /// The transfer engine (the library asks it what an update will fetch).
+    pub engine: engine::Engine,
     pub metrics: Arc<metrics::Metrics>,
     broadcaster: Broadcaster,
     transfers: Arbiter,
@@ -237,7 +239,7 @@ pub fn start_core(
     let supervisor = Supervisor::new(SupervisorParts {
         store: store.clone(),
         records,
-        engine,
+        engine: engine.clone(),
         hub: hub.clone(),
         broadcaster: broadcaster.clone(),
         sampler,
@@ -253,6 +255,7 @@ pub fn start_core(
     Ok(Core {
         queue: QueueHandle::new(supervisor, download_dir.to_owned()),
         hub,
+        engine,
         metrics,
         broadcaster,
         transfers,
@@ -312,6 +315,7 @@ fn start_library(
             },
             hub: core.hub.clone(),
             check_updates_hours: config.library.check_updates_hours,
+            engine: Some(core.engine.clone()),
         },
         Some(core.broadcaster.announcer()),
     )

@@ -66,6 +66,8 @@ pub struct Options {
     pub hub: crate::hub::HubClient,
     /// 0 = never check on its own.
     pub check_updates_hours: u64,
+    /// Tells what an update will fetch (`update.fetch_bytes`); none: never told.
+    pub engine: Option<crate::engine::Engine>,
 }
 
 /// `GET /api/library`.
@@ -93,6 +95,7 @@ struct Inner {
     owner: owner::Mailbox,
     queue: QueueHandle,
     hub: crate::hub::HubClient,
+    engine: Option<crate::engine::Engine>,
     /// One scan at a time (and no completion while one runs).
     scanning: tokio::sync::Mutex<()>,
     /// One update check at a time.
@@ -138,6 +141,7 @@ impl LibraryHandle {
                 shared,
                 queue,
                 hub: options.hub,
+                engine: options.engine,
                 scanning: tokio::sync::Mutex::new(()),
                 checking: tokio::sync::Mutex::new(()),
             }),

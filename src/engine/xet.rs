@@ -15,6 +15,7 @@
 
 mod cas;
 mod chunker;
+mod estimate;
 mod format;
 mod plan;
 mod reuse;
@@ -155,10 +156,10 @@ impl Engine {
         let shared = Shared {
             engine: self,
             job,
-            cas: Cas::new(self, hub, link, stall_timeout(job)),
+            cas: Cas::new(self, &hub.client, link, stall_timeout(job)),
             ranges: &ranges,
             table: &table,
-            reuse: Reuse::for_job(&self.store, job, !t.reuse_allowed()),
+            reuse: Reuse::load(&self.store, &job.download_dir, !t.reuse_allowed()),
             units: Mutex::new(units(&missing)),
             progress: ctx.progress.clone(),
             limiter: ctx.limiter.clone(),

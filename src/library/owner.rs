@@ -71,6 +71,12 @@ pub(super) enum Msg {
         has_token: bool,
         done: Reply<Result<usize, StoreError>>,
     },
+    /// What the update of `path` to the file of `sha256` will fetch.
+    Estimated {
+        path: String,
+        sha256: String,
+        fetch_bytes: u64,
+    },
     /// Sends the frame of what changed.
     Announce,
     /// Removes a file of the library and what was published of it.
@@ -192,6 +198,20 @@ impl Owner {
                 done,
             } => {
                 let _ = done.send(self.checked(&repo, &paths, &outcome, has_token));
+            }
+            Msg::Estimated {
+                path,
+                sha256,
+                fetch_bytes,
+            } => {
+                let told = self.change(&path, |r| {
+                    if let Some(u) = r.update.as_mut().filter(|u| u.sha256 == sha256) {
+                        u.fetch_bytes = Some(fetch_bytes);
+                    }
+                });
+                if let Err(e) = told {
+                    tracing::warn!(%path, error = %e, "cannot record an update's cost");
+                }
             }
             Msg::Announce => self.announce(),
             Msg::Delete { path, done } => {

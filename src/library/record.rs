@@ -59,6 +59,10 @@ pub struct Update {
     pub revision: String,
     pub sha256: String,
     pub size: u64,
+    /// What the update will fetch: for a Xet-backed file, the bytes of the chunks no
+    /// file on disk holds; else its size. `null` until told.
+    #[serde(default)]
+    pub fetch_bytes: Option<u64>,
 }
 
 /// One file as the library knows it.

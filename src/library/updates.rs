@@ -52,6 +52,7 @@ pub(super) async fn check(inner: &Inner) -> Result<CheckReport, LibraryError> {
             })
             .await??;
     }
+    estimate(inner).await;
     inner.owner.send(Msg::Announce)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -64,6 +65,40 @@ pub(super) async fn check(inner: &Inner) -> Result<CheckReport, LibraryError> {
         "library update check done"
     );
     Ok(report)
+}
+
+/// Tells what each update found will fetch (`update.fetch_bytes`), where not told yet.
+async fn estimate(inner: &Inner) {
+    let Some(engine) = &inner.engine else {
+        return;
+    };
+    let pending: Vec<(String, String, Update)> = inner
+        .shared
+        .read()
+        .iter()
+        .filter_map(|(path, r)| {
+            let u = r.update.clone().filter(|u| u.fetch_bytes.is_none())?;
+            Some((path.clone(), r.repo.clone()?, u))
+        })
+        .collect();
+    for (path, repo, update) in pending {
+        let Some(file) = path.strip_prefix(&format!("{repo}/")) else {
+            continue;
+        };
+        let wanted = (repo.as_str(), update.revision.as_str(), file);
+        let Some(cost) = engine
+            .fetch_cost(&inner.hub, &inner.shared.root, wanted, update.size)
+            .await
+        else {
+            continue;
+        };
+        tracing::info!(%path, fetch_bytes = cost, size = update.size, "an update's cost is known");
+        let _ = inner.owner.send(Msg::Estimated {
+            path,
+            sha256: update.sha256,
+            fetch_bytes: cost,
+        });
+    }
 }
 
 /// Hub files by (repo, the revision asked for): one request answers each group.
@@ -144,10 +179,16 @@ pub(super) fn judge(
             r.same_at = Some(info.commit.clone());
         }
         Some(f) => {
+            // The same update as last time keeps what it was found to cost.
+            let known = r
+                .update
+                .as_ref()
+                .and_then(|u| (f.sha256.as_deref() == Some(&u.sha256)).then_some(u.fetch_bytes)?);
             r.update = f.sha256.clone().map(|sha256| Update {
                 revision: info.commit.clone(),
                 sha256,
                 size: f.size,
+                fetch_bytes: known,
             });
         }
     }

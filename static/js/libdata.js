@@ -113,7 +113,7 @@ function modelOf(key, parts) {
     lmstudio: parts.map((f) => f.runtimes && f.runtimes.lmstudio).filter(Boolean),
     notPublished: Object.assign({}, ...parts.map((f) => (f.runtimes && f.runtimes.not_published) || {})),
     run: (parts.find((f) => f.run && Object.keys(f.run).length) || {}).run || {},
-    update: (parts.find((f) => f.update) || {}).update || null,
+    update: updateOf(parts),
     updateError: (parts.find((f) => f.update_error) || {}).update_error || null,
     hashing: parts.some((f) => !f.sha256),
     sha256: parts.length === 1 ? parts[0].sha256 || null : null,
@@ -147,4 +147,17 @@ export function groupsOf(files) {
     models: [...g.byModel].map(([k, parts]) => modelOf(k, parts)).sort((a, b) => byName(a.name, b.name)),
   }));
   return out.sort((a, b) => (!a.key - !b.key) || byName(a.label, b.label));
+}
+
+// The update of a model's parts together: its size, and what it will fetch once every
+// part's cost is known (a Xet-backed file fetches only the chunks not on disk).
+function updateOf(parts) {
+  const ups = parts.filter((f) => f.update).map((f) => f.update);
+  if (!ups.length) return null;
+  const known = ups.every((u) => u.fetch_bytes != null);
+  return {
+    revision: ups[0].revision,
+    size: ups.reduce((s, u) => s + (u.size || 0), 0),
+    fetchBytes: known ? ups.reduce((s, u) => s + u.fetch_bytes, 0) : null,
+  };
 }

@@ -174,10 +174,12 @@ function modelRow(m) {
   });
   del.disabled = busy;
   del.addEventListener('click', () => askDelete(m));
+  const updateLabel = (u) => (u.fetchBytes == null ? 'Update'
+    : `Update: ${fmtBytes(u.fetchBytes)} of ${fmtBytes(u.size)}`);
   const upd = m.update ? node('button', {
     class: 'btn sm primary', type: 'button', 'data-testid': 'lib-update-button',
     title: 'Download the newer file; the one on disk stays until the new one is verified',
-    text: updating.has(m.key) ? 'Queuing…' : 'Update',
+    text: updating.has(m.key) ? 'Queuing…' : updateLabel(m.update),
   }) : null;
   if (upd) {
     upd.disabled = updating.has(m.key);

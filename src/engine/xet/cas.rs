@@ -14,8 +14,8 @@ use reqwest::header;
 
 use super::plan::{AnswerV1, AnswerV2, Fetch, Plan};
 use super::XetError;
-use crate::engine::{Engine, HubTarget};
-use crate::hub::{XetLink, XetToken};
+use crate::engine::Engine;
+use crate::hub::{HubClient, XetLink, XetToken};
 
 /// A reconstruction of a byte range is a few KiB per 64 MiB; this allows a whole
 /// 400 GB file asked at once.
@@ -26,7 +26,7 @@ const RENEW_AHEAD: Duration = Duration::from_secs(60);
 /// The CAS of one Xet-backed file.
 pub(super) struct Cas<'a> {
     engine: &'a Engine,
-    hub: &'a HubTarget,
+    hub: &'a HubClient,
     link: XetLink,
     token: tokio::sync::Mutex<Held>,
     /// The CAS answered 404/501 to V2: V1 from now on.
@@ -44,7 +44,7 @@ struct Held {
 impl<'a> Cas<'a> {
     pub(super) fn new(
         engine: &'a Engine,
-        hub: &'a HubTarget,
+        hub: &'a HubClient,
         link: XetLink,
         timeout: Duration,
     ) -> Cas<'a> {
@@ -89,7 +89,6 @@ impl<'a> Cas<'a> {
     async fn renew(&self, held: &mut Held) -> Result<(XetToken, u64), XetError> {
         let token = self
             .hub
-            .client
             .xet_token(&self.link)
             .await
             .map_err(XetError::Token)?;

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::chunker::chunk_lengths;
 use super::plan::Term;
 use super::{Shared, XetError};
-use crate::engine::{EngineError, Job};
+use crate::engine::EngineError;
 use crate::queue::store::Store;
 
 /// The chunk map of a file on disk, as kept in the state database under its path
@@ -80,10 +80,10 @@ pub(super) struct Reuse {
 }
 
 impl Reuse {
-    /// The maps of every file on disk (none when `off`).
-    pub(super) fn for_job(store: &Store, job: &Job, off: bool) -> Reuse {
+    /// The maps of every file on disk under `root` (none when `off`).
+    pub(super) fn load(store: &Store, root: &Path, off: bool) -> Reuse {
         let mut reuse = Reuse {
-            root: job.download_dir.clone(),
+            root: root.to_path_buf(),
             ..Reuse::default()
         };
         if off {
@@ -149,6 +149,16 @@ impl Reuse {
             s.reused(end - start);
         }
         Ok(true)
+    }
+
+    /// Whether files on disk hold every one of `terms`.
+    pub(super) async fn holds(&self, terms: &[&Term]) -> bool {
+        for term in terms {
+            if self.find(term).await.is_none() {
+                return false;
+            }
+        }
+        !terms.is_empty()
     }
 
     /// Where a file on disk holds `term`'s bytes.

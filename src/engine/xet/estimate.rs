@@ -36,10 +36,9 @@ impl Engine {
             let reuse = Reuse::load(&self.store, download_dir, false);
             Some(unheld(&plan, &reuse).await)
         };
-        match tokio::time::timeout(WITHIN, estimate).await {
-            Ok(cost) => cost,
-            Err(_) => None,
-        }
+        tokio::time::timeout(WITHIN, estimate)
+            .await
+            .unwrap_or_default()
     }
 }
 

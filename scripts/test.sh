@@ -31,6 +31,19 @@ python3 -c "import gguf, huggingface_hub, aria2p, importlib.metadata as m; asser
   echo "installing gguf, huggingface_hub, aria2p and xllamacpp (PyPI) for the library, aria2 and llama.cpp tests"
   python3 -m pip install --quiet --disable-pip-version-check gguf huggingface_hub aria2p "xllamacpp==$XLLAMACPP"
 }
+# The Xet tests' storage (tests/it/common/xet.rs): HuggingFace's own CAS, the simulation
+# server of the xet-client crate (about 5 minutes to build, once), and PyPI's hf_xet, which
+# uploads the tests' files into it. Both pinned to one release: the tests compare what we
+# fetch with what this release's chunker and client do.
+XET=1.8.0
+local_cas_server --version 2>/dev/null | grep -qx "local_cas_server $XET" || {
+  echo "installing local_cas_server $XET (cargo, xet-client --features simulation) for the Xet tests"
+  cargo install --quiet xet-client --version "$XET" --features simulation --bin local_cas_server
+}
+python3 -c "import hf_xet, importlib.metadata as m; assert m.version('hf_xet') == '$XET'" >/dev/null 2>&1 || {
+  echo "installing hf_xet $XET (PyPI) for the Xet tests"
+  python3 -m pip install --quiet --disable-pip-version-check "hf_xet==$XET"
+}
 
 # No function of src/ over 80 lines (clippy.toml; test code may opt out). Only on a
 # full run: a developer running one test does not wait for it.

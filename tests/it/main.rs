@@ -41,3 +41,4 @@ mod trust;
 mod updates;
 mod upstream_selftest;
 mod websocket;
+mod xet_setup;

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,6 +31,7 @@ use super::upstream::{
     parse_range, percent_decode, read_request, respond, Behavior, Incoming, RangeSpec, Request,
     Server, Upstream,
 };
+use super::xet::{Cas, CasHandle, XetFile};
 
 /// Tree entries per page unless [`HubEmu::set_page_size`] says otherwise.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -115,6 +117,7 @@ impl HubEmu {
             down: Down::Up,
             endpoint: String::new(),
             cdn_base: format!("http://{}", cdn.addr()),
+            xet: None,
         }));
         let conn_state = state.clone();
         let server = Server::start("hub", move |stream| {
@@ -176,6 +179,69 @@ impl HubEmu {
         self.new_commit(repo, |files| {
             files.insert(path.clone(), Arc::new(FileObj::new(&path, data)));
         })
+    }
+
+    /// Serves files added with [`HubEmu::put_xet_file`] from `cas` as the real Hub serves
+    /// Xet-backed files: `resolve` adds `X-Xet-Hash` and a `Link` to the token route
+    /// (`rel="xet-auth"`) and to the reconstruction (`rel="xet-reconstruction-info"`) to its
+    /// `302` to the bridge (the CDN, which keeps serving the same bytes), and
+    /// `GET /api/models/{repo}/xet-read-token/{rev}` mints tokens of `cas`.
+    pub fn enable_xet(&self, cas: &Cas) {
+        lock(&self.state).xet = Some(cas.handle());
+    }
+
+    /// Uploads `data` to the CAS of [`HubEmu::enable_xet`] with `hf_xet` (blocks for the
+    /// upload), then adds it as `path` on `main` like [`HubEmu::put_file`], Xet-backed.
+    /// Returns its sha256. Panics if Xet is not enabled or `path` is not an LFS path.
+    pub fn put_xet_file(&self, repo: &str, path: &str, data: Vec<u8>) -> String {
+        let mut files = self.put_xet_files(repo, vec![(path, data)]);
+        files.remove(0).sha256
+    }
+
+    /// Several Xet-backed files in one upload and one commit; what `hf_xet` reported for each.
+    pub fn put_xet_files(&self, repo: &str, files: Vec<(&str, Vec<u8>)>) -> Vec<XetFile> {
+        let cas = lock(&self.state)
+            .xet
+            .clone()
+            .expect("hub: enable_xet before put_xet_file");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut on_disk = Vec::new();
+        for (i, (path, data)) in files.iter().enumerate() {
+            assert!(
+                is_lfs(path),
+                "hub: {path:?} would not be stored with LFS/Xet"
+            );
+            let file = dir.path().join(i.to_string());
+            std::fs::write(&file, data).expect("write the file to upload");
+            on_disk.push(file);
+        }
+        let uploaded = cas.upload(&on_disk.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+        drop(on_disk);
+        let objects: Vec<(String, FileObj)> = files
+            .into_iter()
+            .zip(&uploaded)
+            .map(|((path, data), xet)| {
+                let path = clean_path(path);
+                let mut obj = FileObj::new(&path, data);
+                assert_eq!(obj.sha256, xet.sha256, "hf_xet's sha256 of {path}");
+                assert_eq!(obj.data.len() as u64, xet.size, "hf_xet's size of {path}");
+                obj.xet_hash = Some(xet.hash.clone());
+                (path, obj)
+            })
+            .collect();
+        self.new_commit(repo, |tree| {
+            for (path, obj) in objects {
+                tree.insert(path, Arc::new(obj));
+            }
+        });
+        uploaded
+    }
+
+    /// The Xet hash of `path` on `main`, `None` if absent or not Xet-backed.
+    pub fn xet_hash(&self, repo: &str, path: &str) -> Option<String> {
+        let st = lock(&self.state);
+        let f = st.repo(repo).main().files.get(&clean_path(path))?.clone();
+        f.xet_hash.clone()
     }
 
     /// The current commit of `main` (40 hex digits). Panics if the repo is unknown.
@@ -343,6 +409,8 @@ struct HubState {
     endpoint: String,
     /// `http://127.0.0.1:PORT` of the CDN.
     cdn_base: String,
+    /// The CAS of Xet-backed files ([`HubEmu::enable_xet`]).
+    xet: Option<CasHandle>,
 }
 
 impl HubState {
@@ -398,6 +466,8 @@ struct FileObj {
     git_oid: String,
     lfs: bool,
     pointer_size: u64,
+    /// Set for a Xet-backed file ([`HubEmu::put_xet_file`]).
+    xet_hash: Option<String>,
 }
 
 impl FileObj {
@@ -416,6 +486,7 @@ impl FileObj {
             git_oid,
             lfs,
             pointer_size: pointer.len() as u64,
+            xet_hash: None,
         }
     }
 
@@ -432,6 +503,10 @@ impl FileObj {
                 "size": self.data.len(),
                 "pointerSize": self.pointer_size,
             });
+        }
+        // huggingface_hub's `RepoFile` reads it as `xetHash` (hf_api.py).
+        if let Some(hash) = &self.xet_hash {
+            entry["xetHash"] = json!(hash);
         }
         entry
     }
@@ -600,6 +675,9 @@ fn answer(st: &mut HubState, req: &Request) -> Reply {
         }
         ["api", "models", owner, name, "tree", rev, rest @ ..] => {
             tree(st, req, &format!("{owner}/{name}"), rev, rest, &params)
+        }
+        ["api", "models", owner, name, "xet-read-token", rev] => {
+            xet_read_token(st, req, &format!("{owner}/{name}"), rev)
         }
         [owner, name, "resolve", rev, rest @ ..] if !rest.is_empty() && !rest.contains(&"") => {
             resolve(st, req, &format!("{owner}/{name}"), rev, &rest.join("/"))
@@ -868,24 +946,62 @@ fn decode_cursor(cursor: &str) -> Option<usize> {
         .ok()
 }
 
-/// `HEAD`/`GET /{repo}/resolve/{rev}/{path}`
-fn resolve(st: &mut HubState, req: &Request, repo: &str, rev: &str, path: &str) -> Reply {
+/// The repo, if `req` may read its files: huggingface.co's 401s otherwise (an unknown repo
+/// looks like a private one; a gated repo needs its token).
+fn readable<'a>(st: &'a HubState, req: &Request, repo: &str) -> Result<&'a Repo, Reply> {
     let Some(r) = st.repos.get(repo) else {
         // huggingface.co cannot tell "absent" from "private, and you are not allowed".
-        return Reply::error(401, "RepoNotFound", "Repository not found");
+        return Err(Reply::error(401, "RepoNotFound", "Repository not found"));
     };
     if let Some(token) = &r.opts.gated_token {
         if req.header("authorization") != Some(format!("Bearer {token}").as_str()) {
-            return Reply::error(
+            return Err(Reply::error(
                 401,
                 "GatedRepo",
                 &format!(
                     "Access to model {repo} is restricted. You must have access to it and be \
                      authenticated to access it. Please log in."
                 ),
-            );
+            ));
         }
     }
+    Ok(r)
+}
+
+/// `GET /api/models/{repo}/xet-read-token/{rev}`: a CAS read token, as JSON (what hf_xet's
+/// token refresher reads) and as the `X-Xet-*` headers (what huggingface_hub reads,
+/// `utils/_xet.py`); `exp` in unix seconds. Same access rules as `resolve`.
+fn xet_read_token(st: &HubState, req: &Request, repo: &str, rev: &str) -> Reply {
+    let r = match readable(st, req, repo) {
+        Ok(r) => r,
+        Err(reply) => return reply,
+    };
+    if r.commit(rev).is_none() {
+        return Reply::error(404, "RevisionNotFound", &format!("Invalid rev id: {rev}"));
+    }
+    let Some(cas) = &st.xet else {
+        return Reply::error(
+            404,
+            "XetNotEnabled",
+            "Xet storage is not enabled on this Hub",
+        );
+    };
+    let token = cas.mint_token();
+    Reply::json(
+        200,
+        &json!({ "accessToken": token.token, "exp": token.exp, "casUrl": token.cas_url }),
+    )
+    .header("X-Xet-Cas-Url", token.cas_url.clone())
+    .header("X-Xet-Access-Token", token.token.clone())
+    .header("X-Xet-Token-Expiration", token.exp.to_string())
+}
+
+/// `HEAD`/`GET /{repo}/resolve/{rev}/{path}`
+fn resolve(st: &mut HubState, req: &Request, repo: &str, rev: &str, path: &str) -> Reply {
+    let r = match readable(st, req, repo) {
+        Ok(r) => r,
+        Err(reply) => return reply,
+    };
     let Some(commit) = r.commit(rev) else {
         return Reply::error(404, "RevisionNotFound", &format!("Invalid rev id: {rev}"));
     };
@@ -903,16 +1019,30 @@ fn resolve(st: &mut HubState, req: &Request, repo: &str, rev: &str, path: &str) 
             unix_now() + LINK_LIFETIME_SECS
         );
         let etag = format!("\"{}\"", file.sha256);
-        return Reply {
+        let mut reply = Reply {
             status: 302,
             headers: Vec::new(),
             body: Vec::new(),
+        };
+        if let (Some(hash), Some(cas)) = (&file.xet_hash, &st.xet) {
+            // As huggingface.co answers for a Xet-backed file (huggingface_hub reads
+            // `X-Xet-Hash` and the `xet-auth` link; hf_xet the reconstruction link's base).
+            let link = format!(
+                "<{}/api/models/{repo}/xet-read-token/{sha}>; rel=\"xet-auth\", \
+                 <{}/v1/reconstructions/{hash}>; rel=\"xet-reconstruction-info\"",
+                st.endpoint,
+                cas.url()
+            );
+            reply = reply
+                .header("X-Xet-Hash", hash.clone())
+                .header("Link", link);
         }
-        .header("Location", location)
-        .header("X-Repo-Commit", sha)
-        .header("X-Linked-Etag", etag.clone())
-        .header("X-Linked-Size", file.data.len().to_string())
-        .header("ETag", etag);
+        return reply
+            .header("Location", location)
+            .header("X-Repo-Commit", sha)
+            .header("X-Linked-Etag", etag.clone())
+            .header("X-Linked-Size", file.data.len().to_string())
+            .header("ETag", etag);
     }
 
     // A small file, served by the Hub itself (with Range support, as huggingface.co has).

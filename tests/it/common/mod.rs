@@ -7,3 +7,4 @@ pub mod terminal;
 pub mod tmpfs;
 pub mod upstream;
 pub mod wait;
+pub mod xet;

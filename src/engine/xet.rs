@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
@@ -47,6 +47,12 @@ use crate::queue::progress::ProgressCell;
 /// several connections busy, large enough that the chunk fetched twice at each cut
 /// (it straddles two units) costs under 1 %.
 const UNIT: u64 = 16 * 1024 * 1024;
+/// A checkpoint is taken once this much more is on disk (or [`CHECKPOINT_EVERY`] has
+/// passed), looked at every [`CHECKPOINT_TICK`]: chunks written in any order are only
+/// known to be there through a checkpoint, so its lag is what a crash costs. One runs
+/// at a time, in the background: a fast disk gets them as fast as it can fsync.
+const CHECKPOINT_BYTES: u64 = 1024 * 1024;
+const CHECKPOINT_TICK: Duration = Duration::from_millis(100);
 /// Expired xorb URLs renewed in a row, with no byte in between, before giving up.
 const URL_RENEWALS: u32 = 3;
 
@@ -238,8 +244,9 @@ async fn drive(s: &Shared<'_>, t: &mut Transfer, ctx: &RunCtx) -> Result<Ended, 
     let mut workers: FuturesUnordered<_> = (0..s.job.settings.connections_per_download.max(1))
         .map(|_| work(s))
         .collect();
-    let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
+    let mut ticker = tokio::time::interval(CHECKPOINT_TICK);
     ticker.tick().await;
+    let mut last = (Instant::now(), s.table.held());
     loop {
         tokio::select! {
             done = workers.next() => match done {
@@ -247,7 +254,13 @@ async fn drive(s: &Shared<'_>, t: &mut Transfer, ctx: &RunCtx) -> Result<Ended, 
                 Some(Ok(Ended::Done)) => {}
                 Some(other) => return other,
             },
-            _ = ticker.tick() => t.part.segment_checkpoint(ctx)?,
+            _ = ticker.tick() => {
+                let held = s.table.held();
+                if held >= last.1 + CHECKPOINT_BYTES || last.0.elapsed() >= CHECKPOINT_EVERY {
+                    t.part.segment_checkpoint(ctx)?;
+                    last = (Instant::now(), held);
+                }
+            }
         }
     }
 }
@@ -269,7 +282,7 @@ async fn unit_with_retries(s: &Shared<'_>, unit: &Range<u64>) -> Result<Ended, X
     let mut renewals = 0;
     loop {
         let before = s.table.held();
-        let err = match unit::run(s, unit).await {
+        let err = match run_missing(s, unit).await {
             Ok(ended) => return Ok(ended),
             Err(e) => e,
         };
@@ -296,6 +309,26 @@ async fn unit_with_retries(s: &Shared<'_>, unit: &Range<u64>) -> Result<Ended, X
             return Ok(Ended::Stopped);
         }
     }
+}
+
+/// Runs what is still missing of `unit`: all of it the first time; after a failure,
+/// only the chunks that did not reach the disk.
+async fn run_missing(s: &Shared<'_>, unit: &Range<u64>) -> Result<Ended, XetError> {
+    let missing: Vec<Range<u64>> = s
+        .table
+        .missing()
+        .into_iter()
+        .filter_map(|m| {
+            let (from, to) = (m.start.max(unit.start), m.end.min(unit.end));
+            (from < to).then_some(from..to)
+        })
+        .collect();
+    for piece in missing {
+        if let Ended::Stopped = unit::run(s, &piece).await? {
+            return Ok(Ended::Stopped);
+        }
+    }
+    Ok(Ended::Done)
 }
 
 #[cfg(test)]

@@ -41,4 +41,5 @@ mod trust;
 mod updates;
 mod upstream_selftest;
 mod websocket;
+mod xet;
 mod xet_setup;

@@ -9,6 +9,8 @@
 #   scripts/bench.sh --quick    # one run per case
 #   scripts/bench.sh --cases big,capped --reps 5
 #   scripts/bench.sh --no-build # use target/release/model-manager as it is
+#   scripts/bench.sh --xet-only # only the Xet cases (scripts/bench_xet.py)
+#   scripts/bench.sh --no-xet   # without them
 #
 # Installs Debian's nginx-light, aria2 and time when missing (root or sudo).
 # Served files live in /tmp/mm-bench-files (MM_BENCH_FILES), generated once and
@@ -19,10 +21,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build=1
+xet=1
+main_cases=1
 args=()
 for a in "$@"; do
   case "$a" in
     --no-build) build=0 ;;
+    --no-xet) xet=0 ;;
+    --xet-only) main_cases=0 ;;
     -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; python3 scripts/bench_lib.py --help; exit 0 ;;
     *) args+=("$a") ;;
   esac
@@ -86,6 +92,25 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-python3 scripts/bench_lib.py "${args[@]+"${args[@]}"}" &
-bench_pid=$!
-wait "$bench_pid"
+if [ "$main_cases" = 1 ]; then
+  python3 scripts/bench_lib.py "${args[@]+"${args[@]}"}" &
+  bench_pid=$!
+  wait "$bench_pid"
+fi
+
+# The Xet cases (#25): HuggingFace's CAS and hf_xet, against the same release binary.
+if [ "$xet" = 1 ]; then
+  XET=1.8.0
+  local_cas_server --version 2>/dev/null | grep -qx "local_cas_server $XET" || {
+    echo "installing local_cas_server $XET (cargo, xet-client --features simulation) for the Xet cases" >&2
+    cargo install --quiet xet-client --version "$XET" --features simulation --bin local_cas_server
+  }
+  python3 -c "import hf_xet, importlib.metadata as m; assert m.version('hf_xet') == '$XET'" >/dev/null 2>&1 ||
+    python3 -m pip install --quiet --disable-pip-version-check "hf_xet==$XET"
+  reps=3
+  for a in "${args[@]+"${args[@]}"}"; do [ "$a" = --quick ] && reps=1; done
+  python3 scripts/bench_xet.py --binary target/release/model-manager --reps "$reps" \
+    ${MM_BENCH_WORKDIR:+--workdir "$MM_BENCH_WORKDIR"} &
+  bench_pid=$!
+  wait "$bench_pid"
+fi

@@ -5,7 +5,7 @@
 //! `connections_per_download` of them run at once, each asking the CAS how its range
 //! is made (a reconstruction: terms of xorb chunks, and presigned URLs for them) and
 //! fetching only those xorb bytes. Decoded chunks go through the transport seam
-//! ([`Ranges::write_at`]) at their file offsets, so the lease, checkpoints and sha256
+//! ([`Ranges::write_range`]) at their file offsets, so the lease, checkpoints and sha256
 //! verification are the `.part`'s, as for HTTP; a restart asks the CAS only for the
 //! ranges still missing, so a crash costs at most a chunk per range in flight.
 //!
@@ -122,7 +122,7 @@ impl Shared<'_> {
         let (from, to) = (at.max(unit.start), end.min(unit.end));
         if from < to {
             let slice = &bytes[(from - at) as usize..(to - at) as usize];
-            self.ranges.write_at(from, slice)?;
+            self.ranges.write_range(from, slice)?;
             self.progress.set_done(self.table.held());
         }
         Ok(())
@@ -181,7 +181,10 @@ impl Engine {
             }
             None => None,
         };
-        let ended = drive(&shared, t, ctx).await;
+        let ended = match reuse_first(&shared, total).await {
+            Ok(Ended::Done) => drive(&shared, t, ctx).await,
+            other => other,
+        };
         let (fetched, reused) = (shared.fetched.into_inner(), shared.reused.into_inner());
         tracing::info!(download_id = %job.id, fetched, reused, missing = missing.iter().map(|r| r.end - r.start).sum::<u64>(), "Xet transfer ended");
         if reused > 0 {
@@ -224,6 +227,24 @@ async fn keep_chunk_map(cas: &Cas<'_>, job: &Job, store: &crate::queue::store::S
     if let Err(e) = kept {
         tracing::warn!(download_id = %job.id, error = %e, "the chunk map was not kept; an update will fetch every chunk");
     }
+}
+
+/// Copies what files on disk hold of the whole file before the units run (one
+/// reconstruction of the whole file), then cuts what is still missing into units.
+async fn reuse_first(s: &Shared<'_>, total: u64) -> Result<Ended, XetError> {
+    if s.reuse.is_empty() || s.table.complete() {
+        return Ok(Ended::Done);
+    }
+    let plan = s.cas.plan(&(0..total)).await?;
+    let copied = s.reuse.copy_each(s, &plan.terms, &(0..total)).await?;
+    if *s.stop.borrow() {
+        return Ok(Ended::Stopped);
+    }
+    tracing::debug!(download_id = %s.job.id, copied, "chunks on disk copied");
+    if let Ok(mut queue) = s.units.lock() {
+        *queue = units(&s.table.missing());
+    }
+    Ok(Ended::Done)
 }
 
 /// The missing ranges cut into units.

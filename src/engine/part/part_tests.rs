@@ -86,9 +86,11 @@ async fn deliver_out_of_order(t: &mut Transfer, data: &[u8], corrupt: bool) {
     if corrupt {
         last[5 * KIB] ^= 0xff;
     }
-    ranges.write_at(60 * KIB as u64, &data[60 * KIB..]).unwrap();
-    ranges.write_at(0, &data[..30 * KIB]).unwrap();
-    ranges.write_at(overlap.start as u64, &last).unwrap();
+    ranges
+        .write_range(60 * KIB as u64, &data[60 * KIB..])
+        .unwrap();
+    ranges.write_range(0, &data[..30 * KIB]).unwrap();
+    ranges.write_range(overlap.start as u64, &last).unwrap();
 }
 
 /// Asks the part what is missing and delivers it.
@@ -97,7 +99,7 @@ async fn fill_missing(t: &mut Transfer, data: &[u8]) {
     assert!(!fresh, "the part was already filled as ranges");
     for gap in ranges.missing() {
         let (from, to) = (gap.start as usize, gap.end as usize);
-        ranges.write_at(gap.start, &data[from..to]).unwrap();
+        ranges.write_range(gap.start, &data[from..to]).unwrap();
     }
     assert!(ranges.missing().is_empty());
 }

@@ -5,7 +5,7 @@
 //! HTTP's parallel connections are one transport through it (each connection fills its
 //! own segment, a block at a time, without a lock); a content-addressed one (chunks
 //! fetched by hash and written where they belong, resumed chunk by chunk) is another,
-//! through [`Ranges::write_at`] and [`Ranges::missing`].
+//! through [`Ranges::write_range`] and [`Ranges::missing`].
 
 use std::fs::File;
 use std::ops::Range;
@@ -54,8 +54,8 @@ impl Part {
 
     /// The transport says every range is there: the file is whole (an error when some
     /// are still missing), its digest to be read back at the end.
-    // The API of a transport that writes ranges in any order (the Hub's Xet storage,
-    // next issue); exercised by `part/part_tests.rs` until then.
+    // For a transport that knows no digest of its own (the fake one of
+    // `part/part_tests.rs`); segments and Xet end through `ranges_done` with theirs.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(in crate::engine) fn ranges_complete(&mut self) -> Result<(), EngineError> {
         let table = self
@@ -104,10 +104,11 @@ impl Ranges {
 
     /// Writes `bytes` at `offset` (clipped to the file) and records them present, in any
     /// order; a range overlapping one already there writes those bytes again.
-    // The API of a transport that writes ranges in any order (the Hub's Xet storage,
-    // next issue); exercised by `part/part_tests.rs` until then.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(in crate::engine) fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), EngineError> {
+    pub(in crate::engine) fn write_range(
+        &self,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), EngineError> {
         let end = offset.saturating_add(bytes.len() as u64).min(self.total);
         if offset >= end {
             return Ok(());
@@ -145,9 +146,6 @@ impl Ranges {
     }
 
     /// The ranges still missing, in file order.
-    // The API of a transport that writes ranges in any order (the Hub's Xet storage,
-    // next issue); exercised by `part/part_tests.rs` until then.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(in crate::engine) fn missing(&self) -> Vec<Range<u64>> {
         self.table.missing()
     }

@@ -176,13 +176,11 @@ impl SegmentTable {
         self.lock().iter().all(|s| s.pos() >= s.end())
     }
 
-    #[cfg_attr(not(test), allow(dead_code))] // see `Ranges::write_at`
     /// One past the last byte of the file.
     pub fn end(&self) -> u64 {
         self.lock().iter().map(|s| s.end()).max().unwrap_or(0)
     }
 
-    #[cfg_attr(not(test), allow(dead_code))] // see `Ranges::write_at`
     /// Records `[from, to)` as written by a transport that writes ranges in any order
     /// (not by connections that own segments): a segment it reaches the position of
     /// moves on; one it lands inside of is split around it, the hole before it kept.
@@ -208,7 +206,6 @@ impl SegmentTable {
         segs.extend(added);
     }
 
-    #[cfg_attr(not(test), allow(dead_code))] // see `Ranges::write_at`
     /// The ranges not written yet, in file order.
     pub fn missing(&self) -> Vec<std::ops::Range<u64>> {
         let mut gaps: Vec<std::ops::Range<u64>> = self

@@ -64,8 +64,8 @@ struct Piece {
 }
 
 /// Chunk lengths found in a source's term (`None`: the chunker disagreed), by
-/// (file, offset).
-type Lengths = HashMap<(usize, u64), Option<Arc<Vec<u64>>>>;
+/// (file, offset); each found once, however many units ask at the same time.
+type Lengths = HashMap<(usize, u64), Arc<tokio::sync::OnceCell<Option<Arc<Vec<u64>>>>>>;
 
 /// The chunks of files on disk a download may take.
 #[derive(Default)]
@@ -132,23 +132,63 @@ impl Reuse {
             }
         }
         for p in pieces {
-            let Some(file) = self.file(p.file) else {
+            if !self.put(s, &p, unit).await? {
                 return Ok(false);
-            };
-            // Clipped to the unit, as fetched chunks are.
-            let (start, end) = (p.to.max(unit.start), (p.to + p.len).min(unit.end));
-            if start >= end {
-                continue;
             }
-            let ranges = s.ranges.clone();
-            let from = p.from + (start - p.to);
-            tokio::task::spawn_blocking(move || ranges.copy_from(&file, from, start, end - start))
-                .await
-                .map_err(|e| EngineError::Internal(e.to_string()))??;
-            s.progress.set_done(s.table.held());
-            s.reused(end - start);
         }
         Ok(true)
+    }
+
+    /// Copies every term of `terms` a file on disk holds (clipped to `within`), before
+    /// any unit runs: whole terms of a whole-file reconstruction mostly match whole
+    /// terms (or their ends) of a chunk map, so few need the chunker. The bytes copied.
+    pub(super) async fn copy_each(
+        &self,
+        s: &Shared<'_>,
+        terms: &[Term],
+        within: &Range<u64>,
+    ) -> Result<u64, XetError> {
+        let mut copied = 0;
+        let missing = s.table.missing();
+        for term in terms {
+            if *s.stop.borrow() {
+                break;
+            }
+            let end = term.at + term.len;
+            if !missing.iter().any(|m| m.start < end && term.at < m.end) {
+                continue;
+            }
+            if let Some(p) = self.find(term).await {
+                if self.put(s, &p, within).await? {
+                    copied += p.len;
+                }
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Writes one piece, clipped to `within`; false when its file cannot be used.
+    async fn put(&self, s: &Shared<'_>, p: &Piece, within: &Range<u64>) -> Result<bool, XetError> {
+        let Some(file) = self.file(p.file) else {
+            return Ok(false);
+        };
+        let (start, end) = (p.to.max(within.start), (p.to + p.len).min(within.end));
+        if start >= end {
+            return Ok(true);
+        }
+        let ranges = s.ranges.clone();
+        let from = p.from + (start - p.to);
+        tokio::task::spawn_blocking(move || ranges.copy_from(&file, from, start, end - start))
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
+        s.progress.set_done(s.table.held());
+        s.reused(end - start);
+        Ok(true)
+    }
+
+    /// Whether any file's chunk map was found.
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_xorb.is_empty()
     }
 
     /// Whether files on disk hold every one of `terms`.
@@ -195,24 +235,23 @@ impl Reuse {
     /// The chunk lengths of a source's term, when the chunker finds as many chunks as
     /// the term has (else the file is not what its map says).
     async fn lengths_of(&self, src: &Source) -> Option<Arc<Vec<u64>>> {
-        let key = (src.file, src.at);
-        if let Some(known) = lock(&self.lengths).get(&key) {
-            return known.clone();
-        }
-        let file = self.file(src.file)?;
-        let (at, len, count) = (
-            src.at,
-            src.len,
-            (src.chunks.end - src.chunks.start) as usize,
-        );
-        let found = tokio::task::spawn_blocking(move || chunk_lengths(&file, at, len))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .filter(|l| l.len() == count)
-            .map(Arc::new);
-        lock(&self.lengths).insert(key, found.clone());
-        found
+        let cell = lock(&self.lengths)
+            .entry((src.file, src.at))
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async {
+            let file = self.file(src.file)?;
+            let (at, len) = (src.at, src.len);
+            let count = (src.chunks.end - src.chunks.start) as usize;
+            tokio::task::spawn_blocking(move || chunk_lengths(&file, at, len))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .filter(|l| l.len() == count)
+                .map(Arc::new)
+        })
+        .await
+        .clone()
     }
 
     /// Source file `i`, opened once (inside `download_dir`, no link followed), when

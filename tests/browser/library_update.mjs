@@ -43,6 +43,23 @@ try {
   if (!f.update || f.update.sha256 !== newSha) throw new Error(`the API's update: ${JSON.stringify(f.update)}`);
   step('checked: the badge names the new revision');
 
+  // What the update will fetch, told before it starts: this file is not Xet-backed, so
+  // all of it ("Update: 1.05 MB of 1.05 MB"); a Xet one says its changed chunks only.
+  const button = row.getByTestId('lib-update-button');
+  const labelled = Date.now() + 20000;
+  let label = await button.textContent();
+  while (!/^Update: \S+ \S+ of \S+ \S+$/.test(label) && Date.now() < labelled) {
+    await page.waitForTimeout(200);
+    label = await button.textContent();
+  }
+  const told = (await file()).update.fetch_bytes;
+  if (!/^Update: \S+ \S+ of \S+ \S+$/.test(label) || told !== (await file()).update.size) {
+    throw new Error(`the Update button says ${JSON.stringify(label)}; fetch_bytes ${told}`);
+  }
+  const [fetchText, sizeText] = label.slice('Update: '.length).split(' of ');
+  if (fetchText !== sizeText) throw new Error(`a plain file fetches all of itself: ${label}`);
+  step(`the button tells the cost: ${label}`);
+
   await row.getByTestId('lib-update-button').click();
   // The newer file replaces the old one: the row's badge and button go, the API says so.
   await badge.waitFor({ state: 'detached', timeout: 30000 });

@@ -9,7 +9,7 @@
 
 use std::io::Read;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::XetError;
 
@@ -33,7 +33,7 @@ impl ChunkReader {
     }
 
     /// The next whole chunk, decoded; `None` until its bytes are all there.
-    pub(super) fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, XetError> {
+    pub(super) fn next_chunk(&mut self) -> Result<Option<Bytes>, XetError> {
         if self.buf.len() < HEADER {
             return Ok(None);
         }
@@ -42,8 +42,8 @@ impl ChunkReader {
             return Ok(None);
         }
         self.buf.advance(HEADER);
-        let data = self.buf.split_to(h.compressed);
-        h.decode(&data).map(Some)
+        let data = self.buf.split_to(h.compressed).freeze();
+        h.decode(data).map(Some)
     }
 
     /// Bytes left over that make no whole chunk.
@@ -85,11 +85,12 @@ impl Header {
         Ok(h)
     }
 
-    fn decode(&self, data: &[u8]) -> Result<Vec<u8>, XetError> {
+    fn decode(&self, data: Bytes) -> Result<Bytes, XetError> {
+        // Stored as is (what incompressible weights mostly are): no copy.
         let out = match self.scheme {
-            0 => data.to_vec(),
-            1 => lz4_frame(data, self.uncompressed)?,
-            _ => regroup(&lz4_frame(data, self.uncompressed)?),
+            0 => data,
+            1 => lz4_frame(&data, self.uncompressed)?.into(),
+            _ => regroup(&lz4_frame(&data, self.uncompressed)?).into(),
         };
         if out.len() != self.uncompressed {
             return Err(XetError::Malformed(format!(
@@ -177,6 +178,7 @@ mod tests {
                     got.push(c);
                 }
             }
+            let got: Vec<Vec<u8>> = got.iter().map(|b| b.to_vec()).collect();
             assert_eq!(got, data, "cut {cut}");
             assert_eq!(r.leftover(), 0);
         }

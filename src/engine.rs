@@ -37,6 +37,7 @@ pub use error::EngineError;
 pub use limiter::RateLimiter;
 pub use part::hex;
 pub use segments::SEGMENT_THRESHOLD;
+pub use xet::OnDisk;
 
 use self::http::retry::{sleep_unless_stopped, Retries};
 use crate::config::DownloadsConfig;

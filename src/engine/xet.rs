@@ -16,6 +16,7 @@
 mod cas;
 mod chunker;
 mod estimate;
+pub use estimate::OnDisk;
 mod format;
 mod plan;
 mod reuse;

@@ -72,19 +72,31 @@ async fn estimate(inner: &Inner) {
     let Some(engine) = &inner.engine else {
         return;
     };
-    let pending: Vec<(String, String, Update)> = inner
+    let pending: Vec<(String, Record, Update)> = inner
         .shared
         .read()
         .iter()
         .filter_map(|(path, r)| {
             let u = r.update.clone().filter(|u| u.fetch_bytes.is_none())?;
-            Some((path.clone(), r.repo.clone()?, u))
+            Some((path.clone(), r.clone(), u))
         })
         .collect();
-    for (path, repo, update) in pending {
+    for (path, r, update) in pending {
+        let (Some(repo), Some(commit), Some(sha256)) = (&r.repo, &r.revision, &r.sha256) else {
+            continue;
+        };
         let Some(file) = path.strip_prefix(&format!("{repo}/")) else {
             continue;
         };
+        let old = crate::engine::OnDisk {
+            path: &path,
+            repo,
+            commit,
+            file,
+            sha256,
+            size: r.size,
+        };
+        engine.map_chunks_of(&inner.hub, &old).await;
         let wanted = (repo.as_str(), update.revision.as_str(), file);
         let Some(cost) = engine
             .fetch_cost(&inner.hub, &inner.shared.root, wanted, update.size)

@@ -279,6 +279,16 @@ impl Store {
         Ok(out)
     }
 
+    pub fn xet_map<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self
+            .xet_maps
+            .get(path.as_bytes())?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
     pub fn put_xet_map<T: Serialize>(&self, path: &str, map: &T) -> Result<(), StoreError> {
         self.xet_maps
             .insert(path.as_bytes(), serde_json::to_vec(map)?)?;

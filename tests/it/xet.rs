@@ -384,3 +384,46 @@ async fn a_file_whose_chunks_another_file_holds_reuses_them() {
         d["bytes_reused"].as_u64().unwrap_or(0)
     );
 }
+
+/// A file fetched over the bridge (or before chunk maps existed) has no chunk map: the
+/// update check takes one from its Xet hash at its own commit, and the update reuses it.
+#[actix_web::test]
+async fn a_file_fetched_over_http_is_updated_by_its_changed_chunks_too() {
+    let pair = xet::xet_gguf_pair(24 << 20);
+    let (cas, hub) = xet_hub(pair.v1.clone());
+    let path = format!("{REPO}/{FILE}");
+    let svc = service(&hub, |c| c.hub.xet = false).await;
+    let id = add_hub_file(&svc).await;
+    let d = svc.wait_state(&id, "completed", LONG).await;
+    assert_eq!(d["transport"], "http", "{d}");
+    library_where(&svc, &path, "its repo", |f| f["repo"] == REPO).await;
+    let dir = svc.stop().await;
+    let mut config = common::service::test_config(dir.path());
+    config.hub.endpoint = hub.endpoint();
+    let svc = TestService::start_in(dir, config).await;
+    hub.put_xet_file(REPO, FILE, pair.v2.clone());
+    cas.reset_counters();
+    let (status, body) = svc.post("/api/library/check-updates", json!({})).await;
+    assert!(status < 300, "{status} {body}");
+    let size = pair.v2.len() as u64;
+    let f = library_where(&svc, &path, "the update's cost", |f| {
+        f["update"]["fetch_bytes"].is_u64()
+    })
+    .await;
+    assert!(
+        f["update"]["fetch_bytes"].as_u64() <= Some(size / 100),
+        "{f}"
+    );
+    let (status, body) = svc.post("/api/library/update", json!({"path": path})).await;
+    assert!(status < 300, "{status} {body}");
+    let d = svc
+        .wait_state(body["id"].as_str().unwrap_or_default(), "completed", LONG)
+        .await;
+    assert_file(&svc, &pair.v2);
+    assert!(
+        cas.xorb_bytes() <= size / 100,
+        "fetched {}",
+        cas.xorb_bytes()
+    );
+    assert!(d["bytes_reused"].as_u64() >= Some(size * 99 / 100), "{d}");
+}

@@ -7,14 +7,54 @@ use std::time::Duration;
 
 use super::cas::Cas;
 use super::plan::{Plan, Term};
-use super::reuse::Reuse;
+use super::reuse::{ChunkMap, Reuse};
 use crate::engine::Engine;
 use crate::hub::HubClient;
+
+/// A file on disk, as the library knows it: its path (relative to `download_dir`), the
+/// Hub file and commit it was fetched at, its sha256 and size.
+pub struct OnDisk<'a> {
+    pub path: &'a str,
+    pub repo: &'a str,
+    pub commit: &'a str,
+    pub file: &'a str,
+    pub sha256: &'a str,
+    pub size: u64,
+}
 
 /// How long the estimate may take, all requests counted.
 const WITHIN: Duration = Duration::from_secs(30);
 
 impl Engine {
+    /// Gives a file on disk that has no chunk map (fetched over HTTP, or before this
+    /// version) the map of its Xet hash at the commit it came from, when the Hub says
+    /// that file is the one on disk (same sha256 and size): an update can then reuse its
+    /// chunks. Nothing is fetched but one reconstruction.
+    pub async fn map_chunks_of(&self, hub: &HubClient, f: &OnDisk<'_>) {
+        if !hub.xet_enabled() || matches!(self.store.xet_map::<ChunkMap>(f.path), Ok(Some(_))) {
+            return;
+        }
+        let mapped = async {
+            let r = hub.resolve(f.repo, f.commit, f.file).await.ok()?;
+            let link = r.xet.filter(|_| r.sha256.as_deref() == Some(f.sha256))?;
+            if r.size != Some(f.size) {
+                return None;
+            }
+            let cas = Cas::new(self, hub, link.clone(), WITHIN);
+            let plan = cas.plan(&(0..f.size)).await.ok()?;
+            let map = ChunkMap::of(f.size, &link.hash, &plan.terms);
+            self.store.put_xet_map(f.path, &map).ok()
+        };
+        if tokio::time::timeout(WITHIN, mapped)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            tracing::info!(path = %f.path, "chunk map of a file on disk taken from its Xet hash");
+        }
+    }
+
     /// The bytes a download of `file` of `repo` at `commit` (`size` bytes) would fetch
     /// with the chunks the files under `download_dir` hold; `None` when it cannot be
     /// told (the Hub or the CAS did not answer).

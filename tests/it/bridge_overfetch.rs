@@ -1,0 +1,117 @@
+//! What a fresh download over plain HTTP costs on the wire (#25, acceptance line 7): the
+//! bytes the server wrote for a file, against its size. The Hub's bridge (resolve → 302 →
+//! CDN link) and a plain URL, with the default settings (several connections), and with a
+//! connection cut mid-way. `Upstream::bytes_sent` counts what the server wrote to its
+//! sockets, so a response we abandon counts whatever it had already pushed.
+
+use crate::common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::hub::{HubEmu, RepoOptions};
+use common::service::*;
+use common::upstream::{Behavior, Upstream};
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(120);
+const SIZE: usize = 128 * MIB;
+
+/// At most 1 % over the file's size.
+fn assert_within_one_percent(sent: u64, size: usize, what: &str) {
+    let limit = size as u64 + size as u64 / 100;
+    eprintln!(
+        "{what}: {sent} bytes served for {size} ({:.4}x)",
+        sent as f64 / size as f64
+    );
+    assert!(
+        sent <= limit,
+        "{what}: the server wrote {sent} bytes for a {size}-byte file ({:.4}x; at most {limit})",
+        sent as f64 / size as f64
+    );
+}
+
+#[actix_web::test]
+async fn a_fresh_hub_download_through_the_bridge_fetches_the_file_once() {
+    let cdn = Arc::new(Upstream::start());
+    let hub = HubEmu::start(cdn.clone());
+    let repo = "bridge/Big-GGUF";
+    hub.add_repo(repo, RepoOptions::default());
+    let data = content(SIZE, 25);
+    hub.put_file(repo, "big-Q4_K_M.gguf", data.clone());
+    let endpoint = hub.endpoint();
+    // Default settings but the Hub's address: several connections per download.
+    let svc = TestService::start(move |c| {
+        assert!(c.downloads.connections_per_download > 1);
+        c.hub.endpoint = endpoint;
+    })
+    .await;
+    let id = svc
+        .add(json!({"hub": {"repo": repo, "file": "big-Q4_K_M.gguf"}}))
+        .await;
+    svc.wait_state(&id, "completed", LONG).await;
+    assert_eq!(
+        file_sha256(&svc.download_dir().join(repo).join("big-Q4_K_M.gguf")),
+        sha256_hex(&data)
+    );
+    let object = hub.cdn_path(repo, &hub.commit(repo), "big-Q4_K_M.gguf");
+    assert!(
+        cdn.requests(&object).len() > 1,
+        "not parallel: {:?}",
+        cdn.requests(&object)
+    );
+    assert_within_one_percent(cdn.bytes_sent(&object), SIZE, "Hub bridge");
+}
+
+#[actix_web::test]
+async fn a_fresh_url_download_fetches_the_file_once() {
+    let up = Upstream::start();
+    let svc = TestService::start(|_| {}).await;
+    let data = content(SIZE, 26);
+    up.add_file("big.bin", data.clone(), Behavior::default());
+    let id = svc
+        .add(json!({"url": up.url("big.bin"), "sha256": sha256_hex(&data)}))
+        .await;
+    svc.wait_state(&id, "completed", LONG).await;
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("big.bin")),
+        sha256_hex(&data)
+    );
+    assert!(up.requests("big.bin").len() > 1, "not parallel");
+    assert_within_one_percent(up.bytes_sent("big.bin"), SIZE, "plain URL");
+}
+
+#[actix_web::test]
+async fn a_connection_cut_midway_is_resumed_not_fetched_again() {
+    let up = Upstream::start();
+    let svc = TestService::start(|_| {}).await;
+    let data = content(SIZE, 27);
+    // The first response ends early (a clean close mid-body): its connection resumes
+    // where it stopped.
+    up.add_file(
+        "cut.bin",
+        data.clone(),
+        Behavior {
+            short_body_once: Some(3 * MIB as u64),
+            ..Default::default()
+        },
+    );
+    let id = svc
+        .add(json!({"url": up.url("cut.bin"), "sha256": sha256_hex(&data)}))
+        .await;
+    svc.wait_state(&id, "completed", LONG).await;
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("cut.bin")),
+        sha256_hex(&data)
+    );
+    let requests = up.requests("cut.bin");
+    assert!(
+        requests.iter().any(|r| r
+            .range
+            .as_deref()
+            .is_some_and(|r| r.starts_with(&format!("bytes={}-", 3 * MIB)))),
+        "the cut response is resumed where it stopped: {:?}",
+        requests.iter().map(|r| r.range.clone()).collect::<Vec<_>>()
+    );
+    assert_within_one_percent(up.bytes_sent("cut.bin"), SIZE, "one cut connection");
+}

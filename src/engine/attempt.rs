@@ -62,6 +62,12 @@ impl Engine {
             known,
             SystemTime::now(),
         );
+        if matches!(verdict, Verdict::Unsatisfiable) && asked.to.is_some() && asked.from == 0 {
+            // No byte 0 to give: an empty file. Asked again for all of it, it comes
+            // back whole (and empty).
+            t.stay_on_one_connection();
+            return Ok(Ended::Again);
+        }
         let accepted = match self.judge(job, t, ctx, verdict).await? {
             ControlFlow::Continue(accepted) => accepted,
             ControlFlow::Break(ended) => return Ok(ended),
@@ -131,6 +137,9 @@ impl Engine {
             Verdict::Whole { accepted, changed } => {
                 match changed {
                     Some(what) => self.changed_upstream(job, t, ctx, &what).await?,
+                    // Nothing held: the whole file is all we want (a server that
+                    // ignores the first request's bounded range).
+                    None if t.part.held() == 0 => {}
                     None => {
                         tracing::info!(download_id = %job.id, "server sent the whole file to a ranged request; starting over");
                         t.part.restart(ctx).await?;

@@ -115,3 +115,43 @@ async fn a_connection_cut_midway_is_resumed_not_fetched_again() {
     );
     assert_within_one_percent(up.bytes_sent("cut.bin"), SIZE, "one cut connection");
 }
+
+#[actix_web::test]
+async fn the_first_requests_bounded_range_still_fetches_small_and_empty_files() {
+    let up = Upstream::start();
+    let svc = TestService::start(|_| {}).await;
+    // Empty: a range of it is unsatisfiable (416); asked again whole, it is empty.
+    up.add_file("empty.bin", Vec::new(), Behavior::default());
+    // Between the first window and the size for parallel connections: two requests on
+    // one connection, the second for the rest.
+    let mid = content(9 * MIB, 28);
+    up.add_file("mid.bin", mid.clone(), Behavior::default());
+    let e = svc.add(json!({"url": up.url("empty.bin")})).await;
+    let m = svc
+        .add(json!({"url": up.url("mid.bin"), "sha256": sha256_hex(&mid)}))
+        .await;
+    svc.wait_state(&e, "completed", LONG).await;
+    svc.wait_state(&m, "completed", LONG).await;
+    assert_eq!(
+        std::fs::metadata(svc.download_dir().join("empty.bin"))
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("mid.bin")),
+        sha256_hex(&mid)
+    );
+    let starts = |path: &str| -> Vec<(Option<u64>, u16)> {
+        up.requests(path)
+            .iter()
+            .map(|r| (r.range_start, r.status))
+            .collect()
+    };
+    assert_eq!(starts("empty.bin"), vec![(Some(0), 416), (None, 200)]);
+    assert_eq!(
+        starts("mid.bin"),
+        vec![(Some(0), 206), (Some(4 * MIB as u64), 206)]
+    );
+    assert_eq!(up.bytes_sent("mid.bin"), mid.len() as u64);
+}

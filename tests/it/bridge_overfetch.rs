@@ -155,3 +155,73 @@ async fn the_first_requests_bounded_range_still_fetches_small_and_empty_files() 
     );
     assert_eq!(up.bytes_sent("mid.bin"), mid.len() as u64);
 }
+
+/// A server of one file that answers a range with `Content-Range: bytes a-b/*` (its size
+/// not told), each connection closed after one answer; records the `Range` asked.
+fn size_hiding_server(data: Vec<u8>) -> (String, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hidden.bin", listener.local_addr().unwrap());
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut range = None;
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    range = Some(v.trim().to_owned());
+                }
+            }
+            seen.lock().unwrap().push(range.clone());
+            let parsed = range.as_deref().and_then(|r| {
+                let (a, b) = r.split_once('-')?;
+                let a: usize = a.parse().ok()?;
+                let b = b
+                    .parse::<usize>()
+                    .map_or(data.len(), |b| (b + 1).min(data.len()));
+                (a < b).then_some((a, b))
+            });
+            let head = match parsed {
+                Some((a, b)) => format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{}/*\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    b - 1,
+                    b - a
+                ),
+                None => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    data.len()
+                ),
+            };
+            let (a, b) = parsed.unwrap_or((0, data.len()));
+            let _ = conn
+                .write_all(head.as_bytes())
+                .and_then(|_| conn.write_all(&data[a..b]));
+        }
+    });
+    (url, asked)
+}
+
+#[actix_web::test]
+async fn a_first_range_answered_without_the_size_goes_on_with_one_connection() {
+    let data = content(24 * MIB, 29);
+    let (url, asked) = size_hiding_server(data.clone());
+    let svc = TestService::start(|_| {}).await;
+    let id = svc
+        .add(json!({"url": url, "sha256": sha256_hex(&data)}))
+        .await;
+    // Taking the end of the first window for the end of the file would fail the digest.
+    svc.wait_state(&id, "completed", LONG).await;
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("hidden.bin")),
+        sha256_hex(&data)
+    );
+    let asked = asked.lock().unwrap().clone();
+    assert_eq!(asked[0].as_deref(), Some("0-4194303"), "{asked:?}");
+    assert!(asked[1..].iter().all(|r| r.is_none()), "{asked:?}");
+}

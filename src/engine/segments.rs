@@ -111,7 +111,7 @@ impl Engine {
         };
         let ended = drive(&shared, t, ctx, first).await;
         // The connections are gone: a segment that one of them held is free again for
-        // the next attempt (else only steals could reach it, and never its last piece).
+        // the next attempt (else only splits could reach it, and never its last piece).
         table.release_all();
         // Keep a refreshed link for the next attempt.
         t.keep_link(shared.link.lock().await.url.clone());

@@ -156,9 +156,21 @@ async fn the_first_requests_bounded_range_still_fetches_small_and_empty_files() 
     assert_eq!(up.bytes_sent("mid.bin"), mid.len() as u64);
 }
 
-/// A server of one file that answers a range with `Content-Range: bytes a-b/*` (its size
-/// not told), each connection closed after one answer; records the `Range` asked.
-fn size_hiding_server(data: Vec<u8>) -> (String, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+/// How [`odd_range_server`] answers a range.
+#[derive(Clone, Copy)]
+enum Odd {
+    /// `Content-Range: bytes a-b/*`: the file's size not told.
+    HidesSize,
+    /// From the first byte asked to the file's end, whatever the range's end.
+    SendsToTheEnd,
+}
+
+/// The `Range` headers a server was asked, in order.
+type Asked = Arc<std::sync::Mutex<Vec<Option<String>>>>;
+
+/// A server of one file that answers ranges oddly (`odd`), each connection closed after
+/// one answer.
+fn odd_range_server(data: Vec<u8>, odd: Odd) -> (String, Asked) {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hidden.bin", listener.local_addr().unwrap());
@@ -182,15 +194,21 @@ fn size_hiding_server(data: Vec<u8>) -> (String, Arc<std::sync::Mutex<Vec<Option
             let parsed = range.as_deref().and_then(|r| {
                 let (a, b) = r.split_once('-')?;
                 let a: usize = a.parse().ok()?;
-                let b = b
-                    .parse::<usize>()
-                    .map_or(data.len(), |b| (b + 1).min(data.len()));
+                let b = match odd {
+                    Odd::HidesSize => b.parse::<usize>().map_or(data.len(), |b| b + 1),
+                    Odd::SendsToTheEnd => data.len(),
+                }
+                .min(data.len());
                 (a < b).then_some((a, b))
             });
             let head = match parsed {
                 Some((a, b)) => format!(
-                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{}/*\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     b - 1,
+                    match odd {
+                        Odd::HidesSize => "*".to_owned(),
+                        Odd::SendsToTheEnd => data.len().to_string(),
+                    },
                     b - a
                 ),
                 None => format!(
@@ -210,7 +228,7 @@ fn size_hiding_server(data: Vec<u8>) -> (String, Arc<std::sync::Mutex<Vec<Option
 #[actix_web::test]
 async fn a_first_range_answered_without_the_size_goes_on_with_one_connection() {
     let data = content(24 * MIB, 29);
-    let (url, asked) = size_hiding_server(data.clone());
+    let (url, asked) = odd_range_server(data.clone(), Odd::HidesSize);
     let svc = TestService::start(|_| {}).await;
     let id = svc
         .add(json!({"url": url, "sha256": sha256_hex(&data)}))
@@ -224,4 +242,21 @@ async fn a_first_range_answered_without_the_size_goes_on_with_one_connection() {
     let asked = asked.lock().unwrap().clone();
     assert_eq!(asked[0].as_deref(), Some("0-4194303"), "{asked:?}");
     assert!(asked[1..].iter().all(|r| r.is_none()), "{asked:?}");
+}
+
+#[actix_web::test]
+async fn a_server_that_sends_more_than_the_range_asked_gives_the_right_file() {
+    let data = content(40 * MIB, 30);
+    let (url, asked) = odd_range_server(data.clone(), Odd::SendsToTheEnd);
+    let svc = TestService::start(|_| {}).await;
+    let id = svc
+        .add(json!({"url": url, "sha256": sha256_hex(&data)}))
+        .await;
+    svc.wait_state(&id, "completed", LONG).await;
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("hidden.bin")),
+        sha256_hex(&data)
+    );
+    let asked = asked.lock().unwrap().clone();
+    assert!(asked.len() > 2, "parallel pieces: {asked:?}");
 }

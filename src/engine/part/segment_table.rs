@@ -62,7 +62,7 @@ impl Segment {
         })
     }
 
-    /// The first byte of the segment (it never moves: a steal shrinks the end).
+    /// The first byte of the segment (it never moves: a split lowers the end).
     pub(in crate::engine) fn start(&self) -> u64 {
         self.start
     }
@@ -72,7 +72,8 @@ impl Segment {
         self.pos.load(Ordering::SeqCst)
     }
 
-    /// One past the last byte; lowered when another connection steals the upper half.
+    /// One past the last byte; lowered when another connection splits off what nobody
+    /// asked for yet.
     pub(in crate::engine) fn end(&self) -> u64 {
         self.end.load(Ordering::SeqCst)
     }
@@ -142,7 +143,7 @@ impl SegmentTable {
     }
 
     /// After an attempt's connections are gone: a segment that a dropped connection
-    /// held is free again for the next attempt (else only steals could reach it, and
+    /// held is free again for the next attempt (else only splits could reach it, and
     /// never its last piece).
     pub(in crate::engine) fn release_all(&self) {
         for seg in self.lock().iter() {
@@ -349,7 +350,7 @@ mod tests {
     const MIB: u64 = 1024 * 1024;
 
     #[test]
-    fn pieces_go_out_in_file_order_then_the_largest_is_split() {
+    fn pieces_go_out_in_file_order_and_a_released_one_again() {
         let t = SegmentTable::whole(0, 64 * MIB);
         let a = t.take().unwrap();
         let b = t.take().unwrap();

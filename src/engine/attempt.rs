@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 
 use super::http::classify::{classify, Accepted, Asked, Known, Verdict};
 use super::http::request::{self, stall_timeout, SpeedFloor};
+use super::part::segment_table::FIRST_WINDOW;
 use super::segments::SEGMENT_THRESHOLD;
 use super::transfer::Transfer;
 use super::{limiter, Ended, Engine, EngineError, EngineEvent, Job, RunCtx};
@@ -43,7 +44,7 @@ impl Engine {
         }
         let asked = Asked {
             from: t.part.held(),
-            to: None,
+            to: self.first_window(job, t),
         };
         let request = request::get(
             &self.client,
@@ -70,11 +71,19 @@ impl Engine {
             known,
             SystemTime::now(),
         );
+        if matches!(verdict, Verdict::Unsatisfiable) && asked.to.is_some() && asked.from == 0 {
+            // No byte 0 to give: an empty file. Asked again for all of it, it comes
+            // back whole (and empty).
+            t.stay_on_one_connection();
+            return Ok(Ended::Again);
+        }
         let accepted = match self.judge(job, t, ctx, verdict).await? {
             ControlFlow::Continue(accepted) => accepted,
             ControlFlow::Break(ended) => return Ok(ended),
         };
         let ranges = accepted.ranges;
+        // The body is the window asked for only when the answer is a range.
+        let window = asked.to.filter(|_| response.status().as_u16() == 206);
         t.part.accept(accepted.total, accepted.validators);
         ctx.progress.set_total(t.part.total());
         (ctx.events)(EngineEvent::Total(t.part.total()));
@@ -95,12 +104,32 @@ impl Engine {
             && t.may_split()
             && left >= SEGMENT_THRESHOLD
         {
-            return self
-                .run_segments(job, t, ctx, (url, auth), Some(response))
-                .await;
+            let first = window.map(|upto| (response, upto));
+            return self.run_segments(job, t, ctx, (url, auth), first).await;
+        }
+        if window.is_some() && t.part.total().is_none() {
+            // A range answered without the file's size: the end of this body would not
+            // be the end of the file. One connection, asking for all the rest, from now.
+            tracing::info!(download_id = %job.id, "a range answered without the file's size; using one connection");
+            t.stay_on_one_connection();
+            return Ok(Ended::Again);
         }
         t.part.use_direct_writes(job.settings.direct_io_min_bytes);
-        self.read_body(job, t, ctx, response).await
+        self.read_body(job, t, ctx, response, window).await
+    }
+
+    /// Where the first request stops when parallel connections may take over: at
+    /// [`FIRST_WINDOW`] bytes, so that they start where it ends and every byte it
+    /// brings is kept (a request for the whole file, abandoned at the split, would have
+    /// brought megabytes more, already on their way). `None`: the whole rest.
+    fn first_window(&self, job: &Job, t: &Transfer) -> Option<u64> {
+        let held = t.part.held();
+        let large = t
+            .part
+            .total()
+            .is_none_or(|total| total.saturating_sub(held) >= SEGMENT_THRESHOLD);
+        (job.settings.connections_per_download > 1 && t.may_split() && large)
+            .then(|| held + FIRST_WINDOW)
     }
 
     /// A Xet-backed file through the Xet transport: how it ended, or `None` when the
@@ -147,6 +176,9 @@ impl Engine {
             Verdict::Whole { accepted, changed } => {
                 match changed {
                     Some(what) => self.changed_upstream(job, t, ctx, &what).await?,
+                    // Nothing held: the whole file is all we want (a server that
+                    // ignores the first request's bounded range).
+                    None if t.part.held() == 0 => {}
                     None => {
                         tracing::info!(download_id = %job.id, "server sent the whole file to a ranged request; starting over");
                         t.part.restart(ctx).await?;
@@ -170,12 +202,14 @@ impl Engine {
     }
 
     /// The byte loop of one connection: the body, chunk by chunk, into the `.part`.
+    /// `window`: one past the last byte asked for, when not the whole rest.
     async fn read_body(
         &self,
         job: &Job,
         t: &mut Transfer,
         ctx: &mut RunCtx,
         response: reqwest::Response,
+        window: Option<u64>,
     ) -> Result<Ended, EngineError> {
         let stall = stall_timeout(job);
         let _connection = self.metrics.connection();
@@ -219,6 +253,10 @@ impl Engine {
             "body read to its end"
         );
         match t.part.total() {
+            // The window asked for is in; the rest is the next request's.
+            Some(total) if window.is_some_and(|w| t.part.held() >= w) && t.part.held() < total => {
+                Ok(Ended::Again)
+            }
             Some(total) if t.part.held() < total => Err(EngineError::Truncated {
                 got: t.part.held(),
                 expected: total,

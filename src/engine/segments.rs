@@ -1,9 +1,12 @@
 //! Parallel ranged connections for one large file.
 //!
 //! The file is cut into segments (see [`SegmentTable`]), each fetched by one connection
-//! and written at its offset in the preallocated `.part`. A connection that finishes
-//! early steals the upper half of the largest segment left, so the tail never waits on
-//! one slow connection. Which bytes are done is checkpointed (after an fsync), so a
+//! and written at its offset in the preallocated `.part`. Pieces are handed out in file
+//! order and shrink toward the end, so the connections finish close together; a
+//! connection that runs out of work splits off only what no request has asked for yet
+//! (a segment whose owner waits to retry), because a byte asked for is on its way and
+//! fetching it again is waste. The first request's answer is kept whole: it asked for
+//! a bounded first piece, which its connection fills. Which bytes are done is checkpointed (after an fsync), so a
 //! pause, crash or restart resumes every segment where it was. Each response is judged
 //! by the same classifier as on one connection, and each connection retries with the
 //! same policy.
@@ -60,14 +63,15 @@ struct Link {
 
 impl Engine {
     /// Downloads the rest of the file on up to `connections_per_download` connections.
-    /// `first` is a response already streaming from the start of the (single) segment.
+    /// `first` is a response already streaming from the start of the (single) segment,
+    /// with one past the last byte it asked for.
     pub(super) async fn run_segments(
         &self,
         job: &Job,
         t: &mut Transfer,
         ctx: &mut RunCtx,
         target: (url::Url, Option<String>),
-        first: Option<reqwest::Response>,
+        first: Option<(reqwest::Response, u64)>,
     ) -> Result<Ended, EngineError> {
         let total = t
             .part
@@ -107,7 +111,7 @@ impl Engine {
         };
         let ended = drive(&shared, t, ctx, first).await;
         // The connections are gone: a segment that one of them held is free again for
-        // the next attempt (else only steals could reach it, and never its last piece).
+        // the next attempt (else only splits could reach it, and never its last piece).
         table.release_all();
         // Keep a refreshed link for the next attempt.
         t.keep_link(shared.link.lock().await.url.clone());
@@ -138,18 +142,18 @@ async fn drive(
     s: &Shared<'_>,
     t: &mut Transfer,
     ctx: &RunCtx,
-    mut first: Option<reqwest::Response>,
+    first: Option<(reqwest::Response, u64)>,
 ) -> Result<Ended, EngineError> {
     // Hand out the first segments before any connection runs, so that no two
-    // connections ever start on the same one.
-    let initial: Vec<Arc<Segment>> = (0..s.job.settings.connections_per_download.max(1))
-        .filter_map(|_| s.table.take())
-        .collect();
-    // With a response already streaming from the start, the first piece (the lowest)
-    // is the one that response is for.
-    let mut workers: FuturesUnordered<_> = initial
+    // connections ever start on the same one. With a response already streaming from
+    // the start, the first piece (the lowest) is exactly what that response asked for.
+    let lead = first.and_then(|(resp, upto)| Some((s.table.take_asked(upto)?, resp, upto)));
+    let others = s.job.settings.connections_per_download.max(1) - usize::from(lead.is_some());
+    let others: Vec<Arc<Segment>> = (0..others).filter_map(|_| s.table.take()).collect();
+    let mut workers: FuturesUnordered<_> = lead
+        .map(|(seg, resp, upto)| work(s, seg, Some((resp, upto))))
         .into_iter()
-        .map(|seg| work(s, seg, first.take()))
+        .chain(others.into_iter().map(|seg| work(s, seg, None)))
         .collect();
     let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
     ticker.tick().await;
@@ -171,7 +175,7 @@ async fn drive(
 async fn work(
     s: &Shared<'_>,
     mut current: Arc<Segment>,
-    mut first: Option<reqwest::Response>,
+    mut first: Option<(reqwest::Response, u64)>,
 ) -> Result<Ended, EngineError> {
     let mut retries = Retries::new(&s.job.settings);
     let mut links = LinkBudget::default();
@@ -191,11 +195,16 @@ async fn work(
         let before = current.pos();
         let link = s.link.lock().await.clone();
         let result = match first.take() {
-            Some(resp) => pump(s, &current, resp).await,
+            Some((resp, upto)) => pump(s, &current, resp, upto).await,
             None => fetch(s, &current, &link).await,
         };
         let progressed = current.pos() > before;
         wrote += current.pos().saturating_sub(before);
+        if !matches!(result, Ok(Ended::Done)) {
+            // Its request is over: what it did not bring may go to another connection
+            // while this one waits.
+            current.unask();
+        }
         match result {
             Ok(Ended::Done) => {}
             Ok(Ended::LinkExpired { status }) => {
@@ -250,7 +259,7 @@ async fn refresh_link(s: &Shared<'_>, seen: u64) -> Result<(), EngineError> {
 
 /// A ranged request for the rest of `seg` from `link`, judged before a byte is used.
 async fn fetch(s: &Shared<'_>, seg: &Segment, link: &Link) -> Result<Ended, EngineError> {
-    let (from, to) = (seg.pos(), seg.end());
+    let (from, to) = s.table.ask(seg);
     if from >= to {
         return Ok(Ended::Done);
     }
@@ -282,7 +291,7 @@ async fn fetch(s: &Shared<'_>, seg: &Segment, link: &Link) -> Result<Ended, Engi
         SystemTime::now(),
     );
     let why = match verdict {
-        Verdict::Body(_) => return pump(s, seg, resp).await,
+        Verdict::Body(_) => return pump(s, seg, resp, to).await,
         Verdict::LinkExpired { status } => return Ok(Ended::LinkExpired { status }),
         Verdict::Failed(e) => return Err(e),
         Verdict::Whole { .. } => "the server answered a range with the whole file".into(),
@@ -294,12 +303,13 @@ async fn fetch(s: &Shared<'_>, seg: &Segment, link: &Link) -> Result<Ended, Engi
     Ok(Ended::StartOver(why))
 }
 
-/// Streams a response into `seg` from its `pos`, in large writes, until the segment's
-/// (possibly shrunk) end.
+/// Streams a response into `seg` from its `pos`, in large writes, until `upto` (one past
+/// the last byte it asked for) or the segment's end, whichever comes first.
 async fn pump(
     s: &Shared<'_>,
     seg: &Segment,
     resp: reqwest::Response,
+    upto: u64,
 ) -> Result<Ended, EngineError> {
     let stall = stall_timeout(s.job);
     let _connection = s.engine.metrics.connection();
@@ -328,16 +338,18 @@ async fn pump(
             }
             Ok(None) => {
                 flush(s, seg, &mut block)?;
-                if seg.pos() < seg.end() {
+                let expected = seg.end().min(upto);
+                if seg.pos() < expected {
                     return Err(EngineError::Truncated {
                         got: seg.pos(),
-                        expected: seg.end(),
+                        expected,
                     });
                 }
                 return Ok(Ended::Done);
             }
         };
-        // Bytes past the end (after a steal) belong to another connection.
+        // Bytes past the end belong to another connection (a server that sent more
+        // than it was asked for).
         let room = seg.end().saturating_sub(seg.pos() + block.len() as u64) as usize;
         let useful = chunk.slice(..chunk.len().min(room));
         let took = useful.len();
@@ -355,7 +367,7 @@ async fn pump(
             flush(s, seg, &mut block)?;
             return Ok(Ended::Stopped);
         }
-        if seg.pos() >= seg.end() {
+        if seg.pos() >= seg.end().min(upto) {
             tracing::trace!(
                 segment_start = seg.start(),
                 took_ms = started.elapsed().as_millis() as u64,

@@ -145,6 +145,12 @@ impl Transfer {
         !self.one_connection
     }
 
+    /// The rest of this run uses one connection, keeping the bytes held (the server
+    /// answers ranges, but something it says rules parallel connections out).
+    pub(in crate::engine) fn stay_on_one_connection(&mut self) {
+        self.one_connection = true;
+    }
+
     /// Parallel connections could not be used (a range ignored or refused, the file
     /// changed): drops every byte, and the rest of this run uses one connection.
     pub(in crate::engine) async fn fall_back(&mut self, ctx: &RunCtx) -> Result<(), EngineError> {

@@ -42,6 +42,9 @@ async fn a_full_disk_fails_one_download_keeps_its_part_and_retry_continues() {
     let config = {
         let mut c = test_config(root.path());
         c.storage.download_dir = downloads.clone();
+        // One connection: its request is for the whole file, so no Content-Range tells
+        // the size either (parallel connections ask for a first range, whose answer does).
+        c.downloads.connections_per_download = 1;
         c
     };
     let svc = TestService::start_in(tempfile::tempdir().unwrap(), config).await;

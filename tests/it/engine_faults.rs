@@ -108,7 +108,9 @@ async fn two_503s_then_success_honours_retry_after() {
     );
     assert_file(&svc, "f.bin", &data);
     let statuses: Vec<u16> = up.requests("f.bin").iter().map(|r| r.status).collect();
-    assert_eq!(statuses, vec![503, 503, 200]);
+    // The first request asks for a bounded first piece (parallel connections may
+    // follow), which here is the whole file.
+    assert_eq!(statuses, vec![503, 503, 206]);
 }
 
 #[actix_web::test]
@@ -154,7 +156,8 @@ async fn short_body_resumes() {
         .iter()
         .map(|r| r.range_start)
         .collect();
-    assert_eq!(starts, vec![None, Some(MIB as u64)]);
+    // The first request asks for a bounded first piece (byte 0 on); the second resumes.
+    assert_eq!(starts, vec![Some(0), Some(MIB as u64)]);
 }
 
 #[actix_web::test]
@@ -225,7 +228,8 @@ async fn a_stalled_connection_is_dropped_and_resumed() {
         .iter()
         .map(|r| r.range_start)
         .collect();
-    assert_eq!(starts, vec![None, Some(MIB as u64)]);
+    // The first request asks for a bounded first piece (byte 0 on); the second resumes.
+    assert_eq!(starts, vec![Some(0), Some(MIB as u64)]);
 }
 
 #[actix_web::test]

@@ -8,6 +8,7 @@ mod aria2;
 mod aria2_clients;
 mod aria2_vs_aria2c;
 mod bad_requests;
+mod bridge_overfetch;
 mod browser;
 mod core;
 mod crash;

@@ -1,21 +1,40 @@
 //! Which bytes of a segmented file are done: the file cut into segments, each written
 //! by one connection at a time, handed out in file order and split when a connection
 //! runs out of work. The atomics let connections move their own segment without a lock;
-//! the table's lock is taken only to hand out, split, snapshot or sum segments (never
-//! per chunk).
+//! the table's lock is taken only to hand out, split, ask for, snapshot or sum segments
+//! (never per chunk).
+//!
+//! No byte is fetched twice: a split only takes the part of a segment that its owner has
+//! not asked the server for yet (`asked`). A response already under way keeps coming
+//! after the client stops reading it (the socket buffers of both ends hold megabytes), so
+//! cutting a segment below what its owner asked for would fetch those bytes twice.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// A steal leaves at least this much to the victim and takes at least as much: far more
-/// than one write block, so a victim can never have written past the new end.
+/// The least a split takes, and the least piece handed out: far more than one write
+/// block, and large enough that a request's round trip stays small beside its bytes.
 const MIN_PIECE: u64 = 1024 * 1024;
+
+/// What the first request of a download asks for when parallel connections may follow
+/// (its size is unknown until the answer): the smallest piece. Asking for a bounded
+/// range, rather than the whole file, is what lets every byte it brings be kept: the
+/// server stops where the next connection starts.
+pub const FIRST_WINDOW: u64 = 4 * MIN_PIECE;
 
 /// The size of the pieces handed out in file order. In order, so that the written
 /// prefix grows steadily and the digest can follow it during the transfer instead of
 /// reading the whole file back at the end.
 fn piece_size(total: u64) -> u64 {
-    (total / 256).clamp(4 * MIN_PIECE, 64 * MIN_PIECE)
+    (total / 256).clamp(FIRST_WINDOW, 64 * MIN_PIECE)
+}
+
+/// The piece to hand out when `unowned` bytes are left that nobody works on: full pieces
+/// first, then smaller ones toward the end (an eighth of what is left, down to
+/// [`MIN_PIECE`]), so that the connections finish close together without splitting a
+/// request under way.
+fn next_piece(piece: u64, unowned: u64) -> u64 {
+    (unowned / 8).clamp(MIN_PIECE, piece.max(MIN_PIECE))
 }
 
 /// One range of the file: `[start, end)`, written up to `pos`.
@@ -24,6 +43,10 @@ pub struct Segment {
     start: u64,
     pos: AtomicU64,
     end: AtomicU64,
+    /// One past the last byte its owner's request under way asked for (at most `pos`
+    /// when none is): a split never takes a byte below it. Raised only under the
+    /// table's lock ([`SegmentTable::ask`]).
+    asked: AtomicU64,
     /// Held by one connection at a time: two writers would race on `pos`.
     owned: AtomicBool,
 }
@@ -34,11 +57,12 @@ impl Segment {
             start,
             pos: AtomicU64::new(pos),
             end: AtomicU64::new(end),
+            asked: AtomicU64::new(pos),
             owned: AtomicBool::new(false),
         })
     }
 
-    /// The first byte of the segment (it never moves: a steal shrinks the end).
+    /// The first byte of the segment (it never moves: a split lowers the end).
     pub(in crate::engine) fn start(&self) -> u64 {
         self.start
     }
@@ -48,7 +72,8 @@ impl Segment {
         self.pos.load(Ordering::SeqCst)
     }
 
-    /// One past the last byte; lowered when another connection steals the upper half.
+    /// One past the last byte; lowered when another connection splits off what nobody
+    /// asked for yet.
     pub(in crate::engine) fn end(&self) -> u64 {
         self.end.load(Ordering::SeqCst)
     }
@@ -63,8 +88,22 @@ impl Segment {
         self.pos.store(pos, Ordering::SeqCst);
     }
 
+    /// Its owner's request ended without all it asked for (an error, a refused link):
+    /// nothing is under way any more, so a split may take what is left above `pos`
+    /// while the owner waits to retry.
+    pub(in crate::engine) fn unask(&self) {
+        self.asked.store(self.pos(), Ordering::SeqCst);
+    }
+
+    /// The unfetched remainder: what nobody asked for yet.
+    fn unasked(&self) -> u64 {
+        let from = self.pos().max(self.asked.load(Ordering::SeqCst));
+        self.end().saturating_sub(from)
+    }
+
     /// Gives the segment up: another connection (or attempt) may take it.
     pub(in crate::engine) fn release(&self) {
+        self.unask();
         self.owned.store(false, Ordering::SeqCst);
     }
 }
@@ -104,7 +143,7 @@ impl SegmentTable {
     }
 
     /// After an attempt's connections are gone: a segment that a dropped connection
-    /// held is free again for the next attempt (else only steals could reach it, and
+    /// held is free again for the next attempt (else only splits could reach it, and
     /// never its last piece).
     pub(in crate::engine) fn release_all(&self) {
         for seg in self.lock().iter() {
@@ -218,10 +257,35 @@ impl SegmentTable {
         gaps
     }
 
-    /// A segment nobody works on (after a resume), else the upper half of the largest
-    /// one still running; either way now owned by the caller.
+    /// The rest of `seg` for its owner's next request, `[pos, end)`, now marked asked
+    /// for: no split takes any of it until the request ends ([`Segment::unask`]).
+    pub(in crate::engine) fn ask(&self, seg: &Segment) -> (u64, u64) {
+        let _segs = self.lock();
+        let (pos, end) = (seg.pos(), seg.end());
+        seg.asked.store(end.max(pos), Ordering::SeqCst);
+        (pos, end)
+    }
+
+    /// A piece nobody works on (the lowest), else the upper part of the largest
+    /// remainder nobody asked for yet; either way now owned by the caller, who asks
+    /// for it with [`SegmentTable::ask`].
     pub(in crate::engine) fn take(&self) -> Option<Arc<Segment>> {
+        self.take_piece(None)
+    }
+
+    /// The lowest piece nobody works on, ending at `upto` (when that is inside it) and
+    /// already asked for: the first request's answer, still streaming, fills it.
+    pub(in crate::engine) fn take_asked(&self, upto: u64) -> Option<Arc<Segment>> {
+        self.take_piece(Some(upto))
+    }
+
+    fn take_piece(&self, upto: Option<u64>) -> Option<Arc<Segment>> {
         let mut segs = self.lock();
+        let unowned: u64 = segs
+            .iter()
+            .filter(|s| !s.owned.load(Ordering::SeqCst))
+            .map(|s| s.left())
+            .sum();
         // The lowest segment nobody works on; a large one gives up only its first piece.
         let free = segs
             .iter()
@@ -231,26 +295,45 @@ impl SegmentTable {
             .map(|(i, s)| (i, s.clone()));
         if let Some((i, free)) = free {
             let (pos, end) = (free.pos(), free.end());
-            if end - pos > self.piece + MIN_PIECE {
-                // Nobody writes to an unowned segment: it can be cut safely.
-                let piece = Segment::new(free.start, pos, pos + self.piece);
-                piece.owned.store(true, Ordering::SeqCst);
-                segs[i] = piece.clone();
-                segs.push(Segment::new(pos + self.piece, pos + self.piece, end));
-                return Some(piece);
-            }
-            free.owned.store(true, Ordering::SeqCst);
-            return Some(free);
+            let cut = match upto {
+                Some(upto) => (upto > pos && upto < end).then_some(upto),
+                None => {
+                    let piece = next_piece(self.piece, unowned);
+                    // No remainder smaller than the least piece is left behind.
+                    (end - pos >= piece + MIN_PIECE).then_some(pos + piece)
+                }
+            };
+            let taken = match cut {
+                Some(cut) => {
+                    // Nobody writes to an unowned segment: it can be cut safely.
+                    let piece = Segment::new(free.start, pos, cut);
+                    segs[i] = piece.clone();
+                    segs.push(Segment::new(cut, cut, end));
+                    piece
+                }
+                None => free,
+            };
+            taken.owned.store(true, Ordering::SeqCst);
+            let asked = if upto.is_some() { taken.end() } else { pos };
+            taken.asked.store(asked, Ordering::SeqCst);
+            return Some(taken);
         }
-        let victim = segs.iter().max_by_key(|s| s.left())?.clone();
-        let left = victim.left();
-        if left < 2 * MIN_PIECE {
+        self.split(&mut segs)
+    }
+
+    /// Nothing is free: the segment with the most bytes nobody asked for gives up the
+    /// upper half of what it has left, or all it has not asked for when that is less,
+    /// so that its owner's request under way ends at or below the new end.
+    fn split(&self, segs: &mut Vec<Arc<Segment>>) -> Option<Arc<Segment>> {
+        let victim = segs.iter().max_by_key(|s| s.unasked())?.clone();
+        let (pos, end) = (victim.pos(), victim.end());
+        let asked = victim.asked.load(Ordering::SeqCst);
+        let mid = (pos + (end.saturating_sub(pos)) / 2).max(asked);
+        if end.saturating_sub(mid) < MIN_PIECE {
             return None;
         }
-        let mid = victim.pos() + left / 2;
-        let old_end = victim.end();
         victim.end.store(mid, Ordering::SeqCst);
-        let stolen = Segment::new(mid, mid, old_end);
+        let stolen = Segment::new(mid, mid, end);
         stolen.owned.store(true, Ordering::SeqCst);
         segs.push(stolen.clone());
         Some(stolen)
@@ -264,7 +347,7 @@ mod tests {
     const MIB: u64 = 1024 * 1024;
 
     #[test]
-    fn pieces_go_out_in_file_order_then_the_largest_is_split() {
+    fn pieces_go_out_in_file_order_and_a_released_one_again() {
         let t = SegmentTable::whole(0, 64 * MIB);
         let a = t.take().unwrap();
         let b = t.take().unwrap();
@@ -292,18 +375,56 @@ mod tests {
     }
 
     #[test]
-    fn with_nothing_free_the_largest_running_segment_is_split() {
-        let t = SegmentTable::whole(0, 8 * MIB);
-        let a = t.take().unwrap();
-        let b = t.take().unwrap();
-        assert_eq!((a.end() - a.start, b.end() - b.start), (4 * MIB, 4 * MIB));
-        let c = t.take().unwrap();
+    fn with_nothing_free_only_what_nobody_asked_for_is_split() {
+        let t = SegmentTable::whole(0, 64 * MIB);
+        let a = t.take_asked(4 * MIB).unwrap();
         assert_eq!(
-            c.end() - c.start,
-            2 * MIB,
-            "half of one of the two running pieces"
+            (a.start, a.end()),
+            (0, 4 * MIB),
+            "the first request's window"
         );
-        assert!(a.end() == c.start || b.end() == c.start);
+        let mut pieces = vec![a];
+        while let Some(p) = t.take() {
+            assert_eq!(t.ask(&p), (p.start, p.end()));
+            pieces.push(p);
+        }
+        // Every piece asked for whole: nothing is left that no request covers.
+        let sizes: Vec<u64> = pieces.iter().map(|p| p.end() - p.start).collect();
+        assert_eq!(sizes.iter().sum::<u64>(), 64 * MIB);
+        let last = sizes.len() - 1;
+        assert!(
+            sizes[1..last].windows(2).all(|w| w[0] >= w[1]),
+            "pieces shrink toward the end: {sizes:?}"
+        );
+        assert!(sizes.iter().all(|&n| n >= MIB), "{sizes:?}");
+        assert!(sizes[last - 1] == MIB && sizes[last] < 2 * MIB, "{sizes:?}");
+        // A request that failed half-way: the rest above what was written can be split.
+        let victim = &pieces[3];
+        victim.written_to(victim.start + MIB);
+        victim.unask();
+        let (start, end) = (victim.start, victim.end());
+        let stolen = t.take().unwrap();
+        assert_eq!(
+            (stolen.start, stolen.end(), victim.end()),
+            (start + MIB + (end - start - MIB) / 2, end, stolen.start),
+            "the upper half of what was left"
+        );
+    }
+
+    #[test]
+    fn a_split_stops_at_what_the_owner_asked_for() {
+        let t = SegmentTable::whole(0, 16 * MIB);
+        let a = t.take_asked(16 * MIB).unwrap();
+        // A segment of 16 MiB asked for 12 (say a response cut short, asked again, and
+        // the table restored from a checkpoint): the split starts at 12, not at 8.
+        assert_eq!((a.start, a.end()), (0, 16 * MIB));
+        a.asked.store(12 * MIB, Ordering::SeqCst);
+        let b = t.take().unwrap();
+        assert_eq!((b.start, b.end(), a.end()), (12 * MIB, 16 * MIB, 12 * MIB));
+        // Asked for up to less than a piece from its end: no split at all.
+        assert_eq!(t.ask(&b), (12 * MIB, 16 * MIB));
+        a.asked.store(11 * MIB + MIB / 2, Ordering::SeqCst);
+        assert!(t.take().is_none());
     }
 
     #[test]

@@ -682,3 +682,151 @@ async fn measure_large_uploads() {
         );
     }
 }
+
+/// Sends `raw` on a fresh connection to `addr` and returns the status of the answer (0 if
+/// the connection closed without one).
+async fn raw_status(base: &str, raw: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The proxy may answer (and close) before it has read everything we send.
+    let _ = s.write_all(raw).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.split_ascii_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_proxy_holds_against_odd_paths_heads_bodies_and_ranges() {
+    let (cas, hub, data) = xet_hub(1 << 20, RepoOptions::default());
+    let hash = hub.xet_hash(REPO, FILE).expect("a Xet-backed file");
+    let token = cas.mint_token().token;
+    let base = cas.url();
+
+    // Dot segments resolve before any check: no way around the token or V2Missing.
+    cas.set_fault(Fault::V2Missing);
+    for path in [
+        format!("/v1/../v2/reconstructions/{hash}"),
+        format!("/v1/%2e%2e/v2/reconstructions/{hash}"),
+        format!("/v1/fetch_term/../../v2/reconstructions/{hash}"),
+    ] {
+        let r = client()
+            .get(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        // reqwest resolved the dots itself; sent as is, they must be resolved by the proxy.
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(raw_status(&base, raw.as_bytes()).await, 401, "{path}");
+        let raw =
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+        assert_eq!(raw_status(&base, raw.as_bytes()).await, 404, "{path}");
+    }
+    let raw = format!("GET /health/../v1/reconstructions/{hash} HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(raw_status(&base, raw.as_bytes()).await, 401);
+    cas.clear_faults();
+
+    // A head over 64 KiB, a body over 256 MiB, bad lengths and chunking: 400, nothing sent
+    // on to the CAS.
+    let before = cas.requests().len();
+    let huge = format!(
+        "GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    assert_eq!(raw_status(&base, huge.as_bytes()).await, 400);
+    let post = |extra: &str| {
+        format!(
+            "POST /v1/shards HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n{extra}\r\n"
+        )
+    };
+    assert_eq!(
+        raw_status(&base, post("Content-Length: 999999999999\r\n").as_bytes()).await,
+        400
+    );
+    assert_eq!(
+        raw_status(&base, post("Content-Length: -1\r\n").as_bytes()).await,
+        400
+    );
+    let bad_chunk = format!(
+        "{}zz\r\nhello\r\n0\r\n\r\n",
+        post("Transfer-Encoding: chunked\r\n")
+    );
+    assert_eq!(raw_status(&base, bad_chunk.as_bytes()).await, 400);
+    assert_eq!(raw_status(&base, b"NOT HTTP AT ALL\r\n\r\n").await, 400);
+    assert_eq!(
+        raw_status(&base, b"GET http://evil/health HTTP/1.1\r\n\r\n").await,
+        400
+    );
+    assert_eq!(
+        cas.requests().len(),
+        before,
+        "refused requests reach no log"
+    );
+    // A chunked request body is read whole and forwarded (the CAS judges it).
+    let chunked = format!(
+        "{}5\r\nhello\r\n0\r\n\r\n",
+        post("Transfer-Encoding: chunked\r\n")
+    );
+    let status = raw_status(&base, chunked.as_bytes()).await;
+    assert!(status != 400 && status != 0 && status != 502, "{status}");
+
+    // Xorb fetches: a Range past the xorb gets the CAS's error, which is no fetch served.
+    let v1 = json_of(reconstruction(&cas, 1, &hash, &token).await).await;
+    let (url, range) = xorb_urls(&v1).remove(0);
+    cas.reset_counters();
+    let (status, _) = fetch(&url, Some((u64::MAX - 10, u64::MAX - 1))).await;
+    assert!(
+        status.is_client_error() || status.is_server_error(),
+        "{status}"
+    );
+    assert_eq!((cas.xorb_fetches(), cas.xorb_bytes()), (0, 0));
+    // A Host header naming another server changes nothing: the URLs name the proxy.
+    let spoofed = client()
+        .get(format!("{base}/v1/reconstructions/{hash}"))
+        .bearer_auth(&token)
+        .header("Host", "evil.example:80")
+        .send()
+        .await
+        .expect("request");
+    let body = json_of(spoofed).await;
+    for (u, _) in xorb_urls(&body) {
+        assert!(u.starts_with(&format!("{base}/")), "{u}");
+    }
+
+    // Many fetches at once: all served whole, all counted.
+    cas.reset_counters();
+    let fetches = (0..16).map(|_| fetch(&url, range));
+    let results = futures_util::future::join_all(fetches).await;
+    let mut total = 0u64;
+    for (status, body) in &results {
+        assert!(status.is_success(), "{status}");
+        assert_eq!(body, &results[0].1);
+        total += body.len() as u64;
+    }
+    assert_eq!(cas.xorb_fetches(), 16);
+    assert_eq!(cas.xorb_bytes(), total);
+    assert!(total >= 16 * data.len().min(60_000) as u64);
+}
+
+#[tokio::test]
+async fn hf_hub_download_falls_back_to_v1_when_v2_is_missing() {
+    let (cas, hub, data) = xet_hub(4 << 20, RepoOptions::default());
+    cas.set_fault(Fault::V2Missing);
+    let cache = tempfile::tempdir().expect("temp dir");
+    let got = xet::hf_hub_download(&hub.endpoint(), REPO, FILE, cache.path(), None);
+    assert_eq!(std::fs::read(&got.path).expect("file"), data);
+    let versions: Vec<(u8, u16)> = cas
+        .reconstructions()
+        .iter()
+        .map(|r| (r.version, r.status))
+        .collect();
+    assert_eq!(versions.first(), Some(&(2, 404)), "{versions:?}");
+    assert!(versions.contains(&(1, 200)), "{versions:?}");
+    assert!(cas.xorb_bytes() >= data.len() as u64);
+}

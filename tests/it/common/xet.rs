@@ -960,10 +960,13 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Req>> {
         let (name, value) = line.split_once(':').ok_or_else(|| bad("bad header line"))?;
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
     }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-        None => (target.to_owned(), None),
-    };
+    // Decided on the path as the CAS will see it: reqwest resolves dot segments (`%2e` too),
+    // so `/v1/../v2/reconstructions/…` must not slip past the checks as another route.
+    if !target.starts_with('/') {
+        return Err(bad("request target is not a path"));
+    }
+    let url = url::Url::parse(&format!("http://proxy{target}")).map_err(|_| bad("bad target"))?;
+    let (path, query) = (url.path().to_owned(), url.query().map(str::to_owned));
     let mut req = Req {
         method: method.to_owned(),
         path,

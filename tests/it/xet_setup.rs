@@ -80,8 +80,8 @@ fn xorb_urls(body: &Value) -> Vec<(String, Option<(u64, u64)>)> {
     urls
 }
 
-async fn fetch(url: &str, range: Option<(u64, u64)>) -> (StatusCode, Vec<u8>) {
-    let mut request = client().get(url);
+async fn fetch(url: impl AsRef<str>, range: Option<(u64, u64)>) -> (StatusCode, Vec<u8>) {
+    let mut request = client().get(url.as_ref());
     if let Some((start, end)) = range {
         request = request.header("Range", format!("bytes={start}-{end}"));
     }
@@ -639,6 +639,17 @@ async fn a_v2_with_a_longer_chat_template_dedups_against_v1() {
         share * 100.0
     );
     assert!(share > 0.99, "v2 reuses only {:.2} %", share * 100.0);
+    // The least a client holding v1 must fetch: a chunk or two, a fraction of a percent.
+    let least = xet::least_fetch(&cas, &v1.hash, &v2.hash).await;
+    eprintln!("least fetch for v2 holding v1: {least:?}");
+    assert!(least.new_chunks >= 1 && least.new_chunks <= 3, "{least:?}");
+    assert!(
+        least.new_bytes > 0 && least.new_bytes < v2.size / 100,
+        "{least:?}"
+    );
+    assert!(least.chunks > 400, "{least:?}");
+    let none = xet::least_fetch(&cas, &v2.hash, &v2.hash).await;
+    assert_eq!((none.new_chunks, none.new_bytes), (0, 0));
     assert!(
         uploads_v2 < uploads_v1 / 20,
         "v2 uploaded {uploads_v2} bytes of xorbs"
@@ -646,6 +657,10 @@ async fn a_v2_with_a_longer_chat_template_dedups_against_v1() {
     // Two unrelated files share nothing.
     let other = cas.upload_bytes(&xet::random_file(4 << 20, 99));
     assert_eq!(reused_share(&cas, &v1, &other).await, 0.0);
+    let all = xet::least_fetch(&cas, &v1.hash, &other.hash).await;
+    assert_eq!(all.new_chunks, all.chunks);
+    // Random data is stored uncompressed: the chunks' data plus an 8-byte header each.
+    assert_eq!(all.new_bytes, other.size + 8 * all.chunks);
 }
 
 /// Not a check but the figures for the report: upload and hf_hub_download times of the
@@ -829,4 +844,73 @@ async fn hf_hub_download_falls_back_to_v1_when_v2_is_missing() {
     assert_eq!(versions.first(), Some(&(2, 404)), "{versions:?}");
     assert!(versions.contains(&(1, 200)), "{versions:?}");
     assert!(cas.xorb_bytes() >= data.len() as u64);
+}
+
+/// Not a check but a figure: what the proxy costs, fetching every xorb range of a 256 MiB
+/// file through it and from the CAS directly (run with `--ignored`).
+#[tokio::test]
+#[ignore = "measures the proxy's throughput on 256 MiB"]
+async fn measure_proxy_throughput() {
+    let (cas, hub, _data) = xet_hub(256 << 20, RepoOptions::default());
+    let hash = hub.xet_hash(REPO, FILE).expect("a Xet-backed file");
+    let token = cas.mint_token().token;
+    let body = json_of(reconstruction(&cas, 1, &hash, &token).await).await;
+    let urls = xorb_urls(&body);
+    for direct in [false, true, false] {
+        let start = Instant::now();
+        let fetches = urls.iter().map(|(url, range)| {
+            let url = if direct {
+                let rest = url.split_once("/v1/").expect("path").1;
+                let rest = rest.split("&x-exp=").next().expect("query");
+                format!("{}/v1/{rest}", cas.direct_url())
+            } else {
+                url.clone()
+            };
+            async move { fetch(&url, *range).await.1.len() }
+        });
+        let total: usize = futures_util::future::join_all(fetches).await.iter().sum();
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "{}: {total} bytes in {secs:.2} s = {:.0} MB/s ({} fetches)",
+            if direct { "direct" } else { "proxy" },
+            total as f64 / secs / 1e6,
+            urls.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn throttle_paces_all_xorb_fetches_together_and_lifts_at_once() {
+    let (cas, hub, _data) = xet_hub(2 << 20, RepoOptions::default());
+    let hash = hub.xet_hash(REPO, FILE).expect("a Xet-backed file");
+    let token = cas.mint_token().token;
+    let v1 = json_of(reconstruction(&cas, 1, &hash, &token).await).await;
+    let (url, range) = xorb_urls(&v1).remove(0);
+    let len = fetch(&url, range).await.1.len() as f64;
+    // Two fetches at once share 2 MB/s: together they take about 2 × len / 2 MB/s.
+    cas.set_fault(Fault::Throttle {
+        bytes_per_sec: 2_000_000,
+    });
+    let start = Instant::now();
+    let both = futures_util::future::join(fetch(&url, range), fetch(&url, range)).await;
+    let took = start.elapsed().as_secs_f64();
+    assert_eq!(both.0 .1.len() as f64, len);
+    let expected = 2.0 * len / 2_000_000.0;
+    assert!(
+        took > expected * 0.8 && took < expected * 1.5 + 0.5,
+        "took {took:.2} s, expected about {expected:.2} s"
+    );
+    // Cleared mid-fetch: the rest leaves at once.
+    cas.set_fault(Fault::Throttle {
+        bytes_per_sec: 1_000,
+    });
+    let slow = tokio::spawn(fetch(url.clone(), range));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cas.clear_faults();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), slow)
+        .await
+        .expect("the throttle lifted")
+        .expect("join");
+    assert!(status.is_success());
+    assert_eq!(body.len() as f64, len);
 }

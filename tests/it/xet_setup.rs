@@ -134,7 +134,8 @@ async fn hf_hub_download_fetches_a_xet_file_by_its_xorbs_not_the_bridge() {
         .iter()
         .filter(|r| r.path.contains("/xet-read-token/"))
         .count();
-    assert!(token_calls >= 1, "{:?}", hub.requests());
+    // Once: an hour-long token lasts the download (compare the renewal test).
+    assert_eq!(token_calls, 1, "{:?}", hub.requests());
     assert_eq!(cas.unauthorized(), 0);
     assert_eq!(cas.forbidden(), 0);
 }
@@ -685,6 +686,8 @@ async fn measure_large_uploads() {
             .remove(0);
         let t2 = start.elapsed();
         let share = reused_share(&cas, &v1, &v2).await;
+        let least = xet::least_fetch(&cas, &v1.hash, &v2.hash).await;
+        eprintln!("{mib} MiB: least fetch for v2 holding v1: {least:?}");
         cas.reset_counters();
         let cache = tempfile::tempdir().expect("temp dir");
         let got = xet::hf_hub_download(&hub.endpoint(), REPO, FILE, cache.path(), None);
@@ -913,4 +916,55 @@ async fn throttle_paces_all_xorb_fetches_together_and_lifts_at_once() {
         .expect("join");
     assert!(status.is_success());
     assert_eq!(body.len() as f64, len);
+}
+
+/// How the real client lives with what the stand-in adds: a token that expires during a
+/// download slowed to about 5 s is refreshed from the Hub's route; xorb URLs refused as
+/// expired (403) make it ask for the reconstruction again.
+#[tokio::test]
+async fn hf_hub_download_renews_expiring_tokens_and_refused_urls() {
+    let (cas, hub, data) = xet_hub(8 << 20, RepoOptions::default());
+    cas.set_fault(Fault::TokenTtl(Duration::from_secs(2)));
+    cas.set_fault(Fault::Throttle {
+        bytes_per_sec: 1_600_000,
+    });
+    let cache = tempfile::tempdir().expect("temp dir");
+    let got = xet::hf_hub_download(&hub.endpoint(), REPO, FILE, cache.path(), None);
+    assert_eq!(std::fs::read(&got.path).expect("file"), data);
+    let token_calls = |hub: &HubEmu| {
+        hub.requests()
+            .iter()
+            .filter(|r| r.path.contains("/xet-read-token/"))
+            .count()
+    };
+    eprintln!(
+        "token TTL 2 s: {:.1} s, {} token requests, {} × 401",
+        got.seconds,
+        token_calls(&hub),
+        cas.unauthorized()
+    );
+    assert!(token_calls(&hub) >= 2, "the token was never renewed");
+
+    // Every xorb URL born expired until the client has been refused once.
+    let (cas, hub, data) = xet_hub(8 << 20, RepoOptions::default());
+    cas.set_fault(Fault::UrlTtl(Duration::ZERO));
+    let (endpoint, dir) = (hub.endpoint(), cache.path().join("second"));
+    let download = tokio::task::spawn_blocking(move || {
+        xet::hf_hub_download(&endpoint, REPO, FILE, &dir, None)
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cas.forbidden() == 0 {
+        assert!(Instant::now() < deadline, "no xorb fetch was refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cas.clear_faults();
+    let got = download.await.expect("join");
+    assert_eq!(std::fs::read(&got.path).expect("file"), data);
+    let recons = cas.reconstructions().len();
+    eprintln!(
+        "expired URLs: {:.1} s, {recons} reconstructions, {} × 403",
+        got.seconds,
+        cas.forbidden()
+    );
+    assert!(recons >= 2, "the reconstruction was not asked again");
 }

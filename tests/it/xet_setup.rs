@@ -258,6 +258,34 @@ async fn resolve_token_route_and_tree_answer_as_the_real_hub_for_xet_files() {
         StatusCode::UNAUTHORIZED
     );
 
+    // Odd revisions and repos get the Hub's errors and no token; other methods 405.
+    for (url, want) in [
+        (format!("{base}/..%2F..%2Fmain"), StatusCode::NOT_FOUND),
+        (format!("{base}/main/extra"), StatusCode::NOT_FOUND),
+        (format!("{base}/%00"), StatusCode::NOT_FOUND),
+        (
+            format!("{}/api/models/../..//xet-read-token/main", hub.endpoint()),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!(
+                "{}/api/models/a%2F..%2Fb/c/xet-read-token/main",
+                hub.endpoint()
+            ),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let r = client().get(&url).send().await.expect("token route");
+        assert_eq!(r.status(), want, "{url}");
+        assert!(r.headers().get("x-xet-access-token").is_none(), "{url}");
+    }
+    let post = client()
+        .post(format!("{base}/main"))
+        .send()
+        .await
+        .expect("token route");
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+
     // `tree` shows the Xet hash of the Xet file only.
     let tree = json_of(
         client()

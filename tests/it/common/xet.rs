@@ -62,9 +62,9 @@ pub enum Fault {
     /// flipped, inside the data of its first chunk (after the 8-byte chunk header, so the chunk
     /// still parses). One-shot.
     FlipByte { nth: u64 },
-    /// Lifetime of the tokens minted from now on (see [`expiry`]; zero: already expired).
+    /// Lifetime of the tokens minted from now on (whole seconds; zero: already expired).
     TokenTtl(Duration),
-    /// Lifetime of the xorb URLs signed from now on (see [`expiry`]; zero: already expired).
+    /// Lifetime of the xorb URLs signed from now on (whole seconds; zero: already expired).
     UrlTtl(Duration),
     /// 404 on `/v2/reconstructions/*` (a CAS without V2: clients fall back to V1).
     V2Missing,
@@ -252,12 +252,12 @@ impl CasHandle {
         self.mint_token_for(ttl)
     }
 
-    /// A new token valid for `ttl` (see [`expiry`]).
+    /// A new token valid for `ttl` (whole seconds).
     pub fn mint_token_for(&self, ttl: Duration) -> XetToken {
         let mut st = lock(&self.state);
         st.next_token += 1;
         let token = format!("xet_{:016x}_{}", fastrand::u64(..), st.next_token);
-        let exp = expiry(ttl);
+        let exp = unix_now() + ttl.as_secs();
         st.tokens.insert(token.clone(), exp);
         XetToken {
             token,
@@ -452,18 +452,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The `exp` (unix seconds; valid while `now < exp`) of a token or URL living `ttl`: at
-/// least `ttl` (whole seconds, at least one) and less than a second more, so that a short
-/// lifetime never ends at once by the chance of a second boundary; zero: already expired.
-pub fn expiry(ttl: Duration) -> u64 {
-    let now = unix_now();
-    if ttl.is_zero() {
-        now
-    } else {
-        now + ttl.as_secs().max(1) + 1
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -813,7 +801,7 @@ fn sign_answer(state: &Mutex<CasState>, answer: &mut Answer) {
         let st = lock(state);
         (st.secret.clone(), st.proxy_base.clone(), st.knobs.url_ttl)
     };
-    let exp = expiry(ttl);
+    let exp = unix_now() + ttl.as_secs();
     for key in ["fetch_info", "xorbs"] {
         let Some(map) = json.get_mut(key).and_then(Value::as_object_mut) else {
             continue;

@@ -62,9 +62,11 @@ pub enum Fault {
     /// flipped, inside the data of its first chunk (after the 8-byte chunk header, so the chunk
     /// still parses). One-shot.
     FlipByte { nth: u64 },
-    /// Lifetime of the tokens minted from now on (whole seconds; zero: already expired).
+    /// Lifetime of the tokens minted from now on (whole seconds: `exp` = now's unix second
+    /// plus these, so a token lives between n - 1 and n s; zero: already expired).
     TokenTtl(Duration),
-    /// Lifetime of the xorb URLs signed from now on (whole seconds; zero: already expired).
+    /// Lifetime of the xorb URLs signed from now on (whole seconds, as [`Fault::TokenTtl`]:
+    /// a 1 s URL may be dead within a millisecond; zero: already expired).
     UrlTtl(Duration),
     /// 404 on `/v2/reconstructions/*` (a CAS without V2: clients fall back to V1).
     V2Missing,

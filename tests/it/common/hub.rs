@@ -571,9 +571,15 @@ impl Reply {
 
     /// A Hub error: `X-Error-Code`, `X-Error-Message` and `{"error": message}`.
     fn error(status: u16, code: &str, message: &str) -> Reply {
+        // The message may echo a request's revision: no control character may reach a
+        // header (a `%00` revision made the whole answer unparseable).
+        let header: String = message
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
         Reply::json(status, &json!({ "error": message }))
             .header("X-Error-Code", code)
-            .header("X-Error-Message", message)
+            .header("X-Error-Message", header)
     }
 
     fn header(mut self, name: &str, value: impl Into<String>) -> Reply {

@@ -47,6 +47,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const STALL_DURATION: Duration = Duration::from_secs(120);
 /// Bytes written per write of an answer body (the unit of the xorb-bytes counter).
 const PIECE: usize = 64 * 1024;
+/// Write size under [`Fault::Throttle`]: small enough that pacing is smooth.
+const THROTTLED_PIECE: usize = 16 * 1024;
 
 const SCRIPT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/xet");
 
@@ -60,14 +62,19 @@ pub enum Fault {
     /// flipped, inside the data of its first chunk (after the 8-byte chunk header, so the chunk
     /// still parses). One-shot.
     FlipByte { nth: u64 },
-    /// Lifetime of the tokens minted from now on (whole seconds; zero: already expired).
+    /// Lifetime of the tokens minted from now on (whole seconds: `exp` = now's unix second
+    /// plus these, so a token lives between n - 1 and n s; zero: already expired).
     TokenTtl(Duration),
-    /// Lifetime of the xorb URLs signed from now on (whole seconds; zero: already expired).
+    /// Lifetime of the xorb URLs signed from now on (whole seconds, as [`Fault::TokenTtl`]:
+    /// a 1 s URL may be dead within a millisecond; zero: already expired).
     UrlTtl(Duration),
     /// 404 on `/v2/reconstructions/*` (a CAS without V2: clients fall back to V1).
     V2Missing,
     /// Every xorb fetch sends this many body bytes, then nothing for two minutes.
     StallAfter(u64),
+    /// Xorb bodies leave at this many bytes per second in all (one budget shared by every
+    /// fetch, read again for every 16 KiB: clearing it speeds up fetches under way).
+    Throttle { bytes_per_sec: u64 },
 }
 
 /// One request as the proxy saw it, with the status it answered.
@@ -140,6 +147,7 @@ struct Knobs {
     url_ttl: Duration,
     v2_missing: bool,
     stall_after: Option<u64>,
+    throttle: Option<u64>,
 }
 
 impl Default for Knobs {
@@ -151,6 +159,7 @@ impl Default for Knobs {
             url_ttl: DEFAULT_TTL,
             v2_missing: false,
             stall_after: None,
+            throttle: None,
         }
     }
 }
@@ -173,6 +182,8 @@ struct CasState {
     forbidden: u64,
     flipped: u64,
     uploaded_xorb_bytes: u64,
+    /// When the shared [`Fault::Throttle`] budget next has room.
+    throttle_at: Option<Instant>,
 }
 
 impl std::ops::Deref for Cas {
@@ -266,7 +277,11 @@ impl CasHandle {
     }
 
     pub fn set_fault(&self, fault: Fault) {
-        let knobs = &mut lock(&self.state).knobs;
+        let mut st = lock(&self.state);
+        if matches!(fault, Fault::Throttle { .. }) {
+            st.throttle_at = None;
+        }
+        let knobs = &mut st.knobs;
         match fault {
             Fault::Down => knobs.down = true,
             Fault::FlipByte { nth } => knobs.flip_in = Some(nth.max(1)),
@@ -274,13 +289,16 @@ impl CasHandle {
             Fault::UrlTtl(ttl) => knobs.url_ttl = ttl,
             Fault::V2Missing => knobs.v2_missing = true,
             Fault::StallAfter(bytes) => knobs.stall_after = Some(bytes),
+            Fault::Throttle { bytes_per_sec } => knobs.throttle = Some(bytes_per_sec.max(1)),
         }
     }
 
     /// Back to a healthy CAS with default lifetimes (tokens and URLs already handed out keep
     /// their expiry).
     pub fn clear_faults(&self) {
-        lock(&self.state).knobs = Knobs::default();
+        let mut st = lock(&self.state);
+        st.knobs = Knobs::default();
+        st.throttle_at = None;
     }
 
     /// Every request so far, in arrival order (uploads included).
@@ -906,8 +924,31 @@ async fn write_answer(
                 .unwrap_or(usize::MAX)
                 .min(answer.body.len())
         });
-        for piece in answer.body[..limit].chunks(PIECE) {
+        let mut at = 0;
+        while at < limit {
+            let rate = if answer.xorb {
+                lock(state).knobs.throttle
+            } else {
+                None
+            };
+            let piece = if rate.is_some() {
+                THROTTLED_PIECE
+            } else {
+                PIECE
+            };
+            let piece = &answer.body[at..limit.min(at + piece)];
+            if let Some(rate) = rate {
+                let until = Instant::now() + reserve(state, rate, piece.len() as u64);
+                // In short naps, so that lifting the throttle takes effect at once.
+                while let Some(left) = until.checked_duration_since(Instant::now()) {
+                    if lock(state).knobs.throttle.is_none() {
+                        break;
+                    }
+                    tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+                }
+            }
             stream.write_all(piece).await?;
+            at += piece.len();
             if answer.xorb {
                 lock(state).xorb_bytes += piece.len() as u64;
             }
@@ -920,6 +961,16 @@ async fn write_answer(
     }
     stream.flush().await?;
     stream.shutdown().await
+}
+
+/// Under [`Fault::Throttle`] at `rate` bytes/s: reserves the shared budget for `len` bytes
+/// and tells how long to wait before sending them.
+fn reserve(state: &Mutex<CasState>, rate: u64, len: u64) -> Duration {
+    let mut st = lock(state);
+    let now = Instant::now();
+    let start = st.throttle_at.map_or(now, |t| t.max(now));
+    st.throttle_at = Some(start + Duration::from_secs_f64(len as f64 / rate as f64));
+    start - now
 }
 
 /// Reads one request: head (kept bytes after it), then its body by `Content-Length` or
@@ -960,10 +1011,13 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Req>> {
         let (name, value) = line.split_once(':').ok_or_else(|| bad("bad header line"))?;
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
     }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-        None => (target.to_owned(), None),
-    };
+    // Decided on the path as the CAS will see it: reqwest resolves dot segments (`%2e` too),
+    // so `/v1/../v2/reconstructions/…` must not slip past the checks as another route.
+    if !target.starts_with('/') {
+        return Err(bad("request target is not a path"));
+    }
+    let url = url::Url::parse(&format!("http://proxy{target}")).map_err(|_| bad("bad target"))?;
+    let (path, query) = (url.path().to_owned(), url.query().map(str::to_owned));
     let mut req = Req {
         method: method.to_owned(),
         path,
@@ -1051,6 +1105,101 @@ impl BodyReader<'_> {
             body.extend(self.exact(size).await?);
             self.line().await?;
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The least a delta must fetch
+
+/// What a client holding the file `old` must fetch at least to build the file `new`: the
+/// chunks of `new` (by xorb and chunk index, from V1 reconstructions) that `old` does not use,
+/// with their sizes on the wire read from the xorbs' own chunk headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeastFetch {
+    /// Chunks `new` is made of (a repeated chunk counted once).
+    pub chunks: u64,
+    /// Of those, the ones `old` does not use.
+    pub new_chunks: u64,
+    /// Their bytes as a xorb fetch serves them (8-byte header plus compressed data each).
+    pub new_bytes: u64,
+}
+
+/// [`LeastFetch`] of `new` for a client holding `old` (Xet file hashes of this CAS).
+pub async fn least_fetch(cas: &CasHandle, old: &str, new: &str) -> LeastFetch {
+    use std::collections::HashSet;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("reqwest client");
+    let token = cas.mint_token_for(DEFAULT_TTL).token;
+    let recon = |hash: String| {
+        let request = client
+            .get(format!("{}/v1/reconstructions/{hash}", cas.url()))
+            .bearer_auth(&token);
+        async move {
+            let r = request.send().await.expect("reconstruction");
+            assert!(
+                r.status().is_success(),
+                "reconstruction of {hash}: {}",
+                r.status()
+            );
+            r.json::<Value>().await.expect("reconstruction JSON")
+        }
+    };
+    let (old_r, new_r) = (recon(old.to_owned()).await, recon(new.to_owned()).await);
+    let chunks_of = |r: &Value| -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for t in r["terms"].as_array().into_iter().flatten() {
+            let hash = t["hash"].as_str().unwrap_or_default();
+            let (s, e) = (t["range"]["start"].as_u64(), t["range"]["end"].as_u64());
+            out.extend((s.unwrap_or(0)..e.unwrap_or(0)).map(|i| (hash.to_owned(), i)));
+        }
+        out
+    };
+    let held: HashSet<(String, u64)> = chunks_of(&old_r).into_iter().collect();
+    let wanted: HashSet<(String, u64)> = chunks_of(&new_r).into_iter().collect();
+    let missing: HashSet<&(String, u64)> = wanted.difference(&held).collect();
+    let mut new_bytes = 0;
+    // Each fetch range of `new` that holds a missing chunk is read, and its chunk headers
+    // walked, to size exactly the missing ones.
+    for (hash, fetches) in new_r["fetch_info"].as_object().into_iter().flatten() {
+        for f in fetches.as_array().into_iter().flatten() {
+            let first = f["range"]["start"].as_u64().unwrap_or(0);
+            let last = f["range"]["end"].as_u64().unwrap_or(0);
+            if !(first..last).any(|i| missing.contains(&(hash.clone(), i))) {
+                continue;
+            }
+            let (from, to) = (
+                f["url_range"]["start"].as_u64(),
+                f["url_range"]["end"].as_u64(),
+            );
+            let body = client
+                .get(f["url"].as_str().unwrap_or_default())
+                .header(
+                    "Range",
+                    format!("bytes={}-{}", from.unwrap_or(0), to.unwrap_or(0)),
+                )
+                .send()
+                .await
+                .expect("xorb fetch")
+                .bytes()
+                .await
+                .expect("xorb body");
+            let mut at = 0usize;
+            for i in first..last {
+                let header = body.get(at..at + 8).expect("a chunk header");
+                let size = 8 + u32::from_le_bytes([header[1], header[2], header[3], 0]) as usize;
+                if missing.contains(&(hash.clone(), i)) {
+                    new_bytes += size as u64;
+                }
+                at += size;
+            }
+        }
+    }
+    LeastFetch {
+        chunks: wanted.len() as u64,
+        new_chunks: missing.len() as u64,
+        new_bytes,
     }
 }
 

@@ -233,7 +233,10 @@ async fn an_update_of_a_re_uploaded_model_fetches_its_changed_chunks_only() {
     svc.wait_state(&id, "completed", LONG).await;
     let v1_fetch = cas.xorb_bytes();
     library_where(&svc, &path, "its repo", |f| f["repo"] == REPO).await;
+    let v1_hash = hub.xet_hash(REPO, FILE).unwrap_or_default();
     hub.put_xet_file(REPO, FILE, pair.v2.clone());
+    let v2_hash = hub.xet_hash(REPO, FILE).unwrap_or_default();
+    let least = xet::least_fetch(&cas.handle(), &v1_hash, &v2_hash).await;
     cas.reset_counters();
     let (status, body) = svc.post("/api/library/check-updates", json!({})).await;
     assert!(status < 300, "{status} {body}");
@@ -259,8 +262,14 @@ async fn an_update_of_a_re_uploaded_model_fetches_its_changed_chunks_only() {
     let reused = d["bytes_reused"].as_u64().unwrap_or(0);
     eprintln!(
         "v1 → v2 of {size} bytes: fetched {fetched} ({:.4} %), told before {fetch_bytes}, \
-         reused {reused}; v1's own download fetched {v1_fetch}; mid-update {mid}",
+         reused {reused}; the least possible: {least:?}; v1's own download fetched \
+         {v1_fetch}; mid-update {mid}",
         fetched as f64 * 100.0 / size as f64
+    );
+    // What was told is what the one pass costs: the chunks v1 lacks, nothing more.
+    assert_eq!(
+        fetch_bytes, least.new_bytes,
+        "told {fetch_bytes}, least {least:?}"
     );
     assert_eq!(d["transport"], "xet", "{d}");
     assert!(fetched <= size / 100, "fetched {fetched} of {size}");

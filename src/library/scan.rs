@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::record::{Origin, Record};
 use super::{LibraryError, Shared};
 use crate::files::{Dir, Kind, Stat};
+use crate::queue::model::Download;
 
 /// At most this many files are listed (a runaway tree must not eat the memory).
 const MAX_FILES: usize = 200_000;
@@ -51,6 +52,43 @@ pub(super) fn read_all(shared: &Shared, files: Vec<(String, Stat)>) -> Vec<(Stri
             (path, Seen { stat, fresh })
         })
         .collect()
+}
+
+/// The completed downloads of the queue, by path, as a scan began: which of the files
+/// it finds are still the very files those downloads completed.
+///
+/// The library records a completed download when the completion reaches it; a crash
+/// before its store kept that record (sled writes back every half second), or a
+/// completion it never heard of (it lagged behind the queue), would leave the file
+/// read as one put there by hand for good: not published, its repo unknown. A
+/// download's record keeps the identity of the file it renamed into place, so the
+/// next scan knows the file again, by that identity, never by its name alone.
+#[derive(Default)]
+pub(super) struct Completions(BTreeMap<String, Vec<Download>>);
+
+impl Completions {
+    pub(super) fn of(downloads: Vec<Download>) -> Completions {
+        let mut by_path: BTreeMap<String, Vec<Download>> = BTreeMap::new();
+        for d in downloads {
+            by_path.entry(d.path.clone()).or_default().push(d);
+        }
+        Completions(by_path)
+    }
+
+    /// The download that completed the file at `path` whose inode, mtime and size
+    /// are `file`: the identity it renamed into place, and the size it completed with.
+    pub(super) fn origin(
+        &self,
+        path: &str,
+        (ino, mtime_ns, size): (u64, i128, u64),
+    ) -> Option<Origin> {
+        let mtime = u64::try_from(mtime_ns).ok()?;
+        self.0
+            .get(path)?
+            .iter()
+            .find(|d| d.completed_as == Some([ino, mtime]) && d.bytes_total == Some(size))
+            .map(Origin::of_record)
+    }
 }
 
 /// What the download that fetched the file knew of it.

@@ -23,6 +23,7 @@ fn record(id: &str, path: &str, state: State) -> Download {
         created_at: "2026-12-01T00:00:00Z".into(),
         started_at: None,
         finished_at: None,
+        completed_as: None,
     }
 }
 

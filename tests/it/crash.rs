@@ -357,6 +357,7 @@ async fn after_a_crash(renaming: bool, other: Option<Vec<u8>>) -> (TestService, 
                 created_at: "2026-11-25T00:00:00Z".into(),
                 started_at: None,
                 finished_at: None,
+                completed_as: None,
             })
             .unwrap();
         store

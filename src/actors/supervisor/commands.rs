@@ -248,6 +248,7 @@ fn new_record(n: NewDownload, now: &str) -> Download {
         created_at: now.to_owned(),
         started_at: None,
         finished_at: None,
+        completed_as: None,
     }
 }
 

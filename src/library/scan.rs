@@ -179,3 +179,40 @@ fn walk(root: &Dir) -> Result<BTreeMap<String, Stat>, LibraryError> {
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Completions;
+    use crate::queue::model::Download;
+
+    fn completed(path: &str, file: Option<[u64; 2]>, size: u64) -> Download {
+        serde_json::from_value(serde_json::json!({
+            "id": "dl_1", "url": "http://h/f", "file_name": "f.gguf", "path": path,
+            "state": "completed", "order": 0, "bytes_done": size, "bytes_total": size,
+            "elapsed_secs": 1.0, "attempt": 0, "created_at": "2026-12-07T00:00:00Z",
+            "source": {"kind": "hub", "repo": "o/r", "revision": "main", "file": "f.gguf"},
+            "completed_as": file,
+        }))
+        .expect("a download record")
+    }
+
+    #[test]
+    fn a_file_is_a_downloads_only_by_its_identity() {
+        let c = Completions::of(vec![
+            completed("o/r/f.gguf", Some([7, 1_000]), 50),
+            completed("o/r/g.gguf", None, 50),
+        ]);
+        let origin = c
+            .origin("o/r/f.gguf", (7, 1_000, 50))
+            .expect("the very file");
+        assert_eq!(origin.repo.as_deref(), Some("o/r"));
+        // Another inode, another mtime, another size, another path: not that file.
+        assert!(c.origin("o/r/f.gguf", (8, 1_000, 50)).is_none());
+        assert!(c.origin("o/r/f.gguf", (7, 1_001, 50)).is_none());
+        assert!(c.origin("o/r/f.gguf", (7, 1_000, 51)).is_none());
+        assert!(c.origin("o/r/x.gguf", (7, 1_000, 50)).is_none());
+        assert!(c.origin("o/r/f.gguf", (7, -1, 50)).is_none());
+        // A download that does not know what it completed vouches for nothing.
+        assert!(c.origin("o/r/g.gguf", (7, 1_000, 50)).is_none());
+    }
+}

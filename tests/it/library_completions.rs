@@ -136,3 +136,41 @@ async fn a_completed_download_stays_ours_across_a_kill() {
         assert_eq!(entry["download_id"], id.as_str(), "{entry}");
     }
 }
+
+/// What a scan takes for a download's is the very file it completed, never a name: a
+/// file of the same size put in its place (another inode) while the service was down
+/// is read as put there by hand.
+#[tokio::test]
+async fn a_file_swapped_in_while_down_is_not_the_downloads() {
+    let hub = HubEmu::start(Arc::new(Upstream::start()));
+    hub.add_repo(REPO, RepoOptions::default());
+    let bytes = tiny_gguf(20_000, 31);
+    hub.put_file(REPO, FILE, bytes.clone());
+    let extra = format!("[hub]\nendpoint = \"{}\"\n", hub.endpoint());
+    let (dir, config, port, mut proc) = Proc::start(&extra).await;
+    let id = proc.add(json!({"hub": {"repo": REPO, "file": FILE}})).await;
+    proc.wait_download(&id, WAIT, |d| d["state"] == "completed")
+        .await;
+    wait_for_repo(&proc, 0).await;
+    proc.kill9();
+    // The same bytes even, but another file: a copy renamed over it.
+    let path = dir.path().join("downloads").join(REPO).join(FILE);
+    let copy = path.with_extension("copy");
+    std::fs::write(&copy, &bytes).expect("a copy");
+    std::fs::rename(&copy, &path).expect("swapped in");
+    let mut proc = Proc::spawn(&config, port);
+    proc.wait_healthy().await;
+    let (status, scanned) = proc.post("/api/library/rescan", json!({})).await;
+    assert_eq!(status, 200, "{scanned}");
+    let lib = proc.get("/api/library").await;
+    let entry = lib["files"]
+        .as_array()
+        .and_then(|f| {
+            f.iter()
+                .find(|f| f["path"] == format!("{REPO}/{FILE}"))
+                .cloned()
+        })
+        .expect("the file is listed");
+    assert!(entry["download_id"].is_null(), "{entry}");
+    assert!(entry["repo"].is_null(), "{entry}");
+}

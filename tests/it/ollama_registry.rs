@@ -1030,51 +1030,13 @@ async fn generated_blobs_survive_a_restart_between_manifest_and_blobs() {
         }
     }
     assert!(generated.len() >= 2, "a config and a template: {manifest}");
-    let base = proc.base.clone();
-    common::wait::eventually(LONG, || {
-        let asked = client.get(format!("{base}/api/library")).send();
-        async move {
-            let lib: Value = asked
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            let held = lib.to_string().contains("Tiny-Chat-Q4_K_M.gguf")
-                && lib["files"]
-                    .as_array()
-                    .is_some_and(|f| f.iter().all(|f| f["sha256"].is_string()));
-            if held {
-                Ok(())
-            } else {
-                Err(format!("not in the library yet: {lib}"))
-            }
-        }
-    })
-    .await;
+    held_as_the_repos(&proc).await;
     drop(proc);
     let mut proc = common::binary::Proc::spawn(&config, port);
     proc.wait_healthy().await;
     // Ollama asks the config hours later: by then the first scan has indexed the
     // library again (the file as the download's, with its repo).
-    let base = proc.base.clone();
-    common::wait::eventually(LONG, || {
-        let asked = client.get(format!("{base}/api/library")).send();
-        async move {
-            let lib: Value = asked
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            let ours = lib["files"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|f| f["repo"] == REPO));
-            ours.then_some(())
-                .ok_or_else(|| format!("not indexed as the repo's again: {lib}"))
-        }
-    })
-    .await;
+    held_as_the_repos(&proc).await;
     for digest in generated {
         let r = client
             .get(format!("{}/v2/{REPO}/blobs/{digest}", proc.base))
@@ -1085,4 +1047,21 @@ async fn generated_blobs_survive_a_restart_between_manifest_and_blobs() {
         let body = r.bytes().await.unwrap();
         assert_eq!(format!("sha256:{}", sha256_hex(&body)), digest);
     }
+}
+
+/// Waits until the library lists the repo's file as fetched from `REPO`, hashed.
+async fn held_as_the_repos(proc: &common::binary::Proc) {
+    common::wait::eventually(LONG, || async {
+        let lib = proc.get("/api/library").await;
+        let held = lib["files"].as_array().is_some_and(|f| {
+            f.iter().any(|f| {
+                f["path"] == format!("{REPO}/Tiny-Chat-Q4_K_M.gguf")
+                    && f["repo"] == REPO
+                    && f["sha256"].is_string()
+            })
+        });
+        held.then_some(())
+            .ok_or_else(|| format!("not in the library as the repo's: {lib}"))
+    })
+    .await;
 }

@@ -174,3 +174,58 @@ async fn a_file_swapped_in_while_down_is_not_the_downloads() {
     assert!(entry["download_id"].is_null(), "{entry}");
     assert!(entry["repo"].is_null(), "{entry}");
 }
+
+/// Scans hammered while downloads complete (each may index a file before its
+/// completion reaches the library): every file still ends as its download's.
+#[tokio::test]
+async fn rescans_racing_completions_leave_every_file_its_downloads() {
+    const FILES: usize = 8;
+    let hub = HubEmu::start(Arc::new(Upstream::start()));
+    hub.add_repo(REPO, RepoOptions::default());
+    for i in 0..FILES {
+        hub.put_file(
+            REPO,
+            &format!("m{i}-Q4_K_M.gguf"),
+            tiny_gguf(20_000, i as u64),
+        );
+    }
+    let extra = format!("[hub]\nendpoint = \"{}\"\n", hub.endpoint());
+    let (_dir, _config, _port, proc) = Proc::start(&extra).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let (stop, base) = (stop.clone(), proc.base.clone());
+        tokio::spawn(async move {
+            let client = test_client();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = client
+                    .post(format!("{base}/api/library/rescan"))
+                    .json(&json!({}))
+                    .send()
+                    .await;
+            }
+        })
+    };
+    let mut ids = Vec::new();
+    for i in 0..FILES {
+        let file = format!("m{i}-Q4_K_M.gguf");
+        ids.push(proc.add(json!({"hub": {"repo": REPO, "file": file}})).await);
+    }
+    for id in &ids {
+        proc.wait_download(id, WAIT, |d| d["state"] == "completed")
+            .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hammer.await.expect("the rescans");
+    common::wait::eventually(WAIT, || async {
+        let lib = proc.get("/api/library").await;
+        let ours = lib["files"].as_array().map_or(0, |f| {
+            f.iter()
+                .filter(|f| f["repo"] == REPO && f["download_id"].is_string())
+                .count()
+        });
+        (ours == FILES)
+            .then_some(())
+            .ok_or_else(|| format!("{ours} of {FILES} are their download's: {lib}"))
+    })
+    .await;
+}

@@ -135,6 +135,10 @@ pub enum EngineEvent {
 pub enum Outcome {
     Completed {
         bytes: u64,
+        /// The identity (inode, mtime in ns) of the file renamed into place, as the
+        /// checkpoint recorded it before the rename: what lets the library know the
+        /// file as this download's after a crash lost its own record of it.
+        file: Option<[u64; 2]>,
     },
     /// Asked to stop; the `.part` and its checkpoint are on disk.
     Stopped {
@@ -210,10 +214,13 @@ impl Engine {
     /// Runs a download to its end: completed, failed, or stopped on request.
     pub async fn run(&self, job: Job, ctx: RunCtx) -> Outcome {
         let mut ctx = ctx;
-        if let Some(bytes) = self.renamed_before_a_crash(&job) {
+        if let Some((bytes, file)) = self.renamed_before_a_crash(&job) {
             tracing::info!(download_id = %job.id, "the file was already complete under its final name");
             let _ = self.store.remove_checkpoint(&job.id);
-            return Outcome::Completed { bytes };
+            return Outcome::Completed {
+                bytes,
+                file: Some(file),
+            };
         }
         let mut transfer = match Transfer::open(&self.store, &job).await {
             Ok(t) => t,
@@ -229,7 +236,17 @@ impl Engine {
         let result = self.run_transfer(&job, &mut transfer, &mut ctx).await;
         let bytes = transfer.part.held();
         match result {
-            Ok(Ended::Done) => Outcome::Completed { bytes },
+            // The checkpoint written just before the rename names the file (it goes
+            // when the supervisor records `completed`).
+            Ok(Ended::Done) => Outcome::Completed {
+                bytes,
+                file: self
+                    .store
+                    .checkpoint(&job.id)
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.renaming),
+            },
             // The only other way a run ends without an error.
             Ok(_stopped) => match transfer.part.checkpoint_now(&ctx).await {
                 Ok(()) => {

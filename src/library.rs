@@ -232,6 +232,7 @@ impl LibraryHandle {
     /// Walks `download_dir` and brings the index up to date; how many files it holds.
     pub async fn rescan(&self) -> Result<usize, LibraryError> {
         let _one = self.inner.scanning.lock().await;
+        let completions = Arc::new(self.completions().await);
         let shared = self.inner.shared.clone();
         let walked = blocking(move || scan::walk_and_sort(&shared)).await??;
         // Taken from the front by an iterator: draining a Vec's front moves the rest
@@ -244,13 +245,37 @@ impl LibraryHandle {
             let shared = self.inner.shared.clone();
             let seen = blocking(move || scan::read_all(&shared, batch)).await?;
             let owner = &self.inner.owner;
-            owner.ask(|done| owner::Msg::Read { seen, done }).await??;
+            let completions = completions.clone();
+            owner
+                .ask(|done| owner::Msg::Read {
+                    seen,
+                    completions,
+                    done,
+                })
+                .await??;
         }
         let known = walked.known;
         self.inner
             .owner
-            .ask(|done| owner::Msg::Scanned { known, read, done })
+            .ask(|done| owner::Msg::Scanned {
+                known,
+                read,
+                completions,
+                done,
+            })
             .await?
+    }
+
+    /// The queue's completed downloads, for a scan (none when the queue cannot say:
+    /// the scan then reads what it finds as it always did).
+    async fn completions(&self) -> scan::Completions {
+        match self.inner.queue.completed_files().await {
+            Ok(done) => scan::Completions::of(done),
+            Err(e) => {
+                tracing::warn!(error = %e, "the library scan cannot ask the queue for its completed downloads");
+                scan::Completions::default()
+            }
+        }
     }
 
     /// Removes a file of the library and every link the service made to it. Any path

@@ -224,11 +224,14 @@ mod tests {
     async fn an_engine_that_ends_is_passed_through() {
         let progress = Arc::new(ProgressCell::new(0, None, 0.0));
         let outcome = run_guarded("dl_test".into(), progress, async {
-            Outcome::Completed { bytes: 7 }
+            Outcome::Completed {
+                bytes: 7,
+                file: None,
+            }
         })
         .await;
         assert!(
-            matches!(outcome, Outcome::Completed { bytes: 7 }),
+            matches!(outcome, Outcome::Completed { bytes: 7, .. }),
             "{outcome:?}"
         );
     }

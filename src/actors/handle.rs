@@ -12,7 +12,9 @@ use crate::actors::queue_error::QueueError;
 use crate::actors::supervisor::commands::{
     Add, All, ClearHistory, Control, Delete, Move, Patch, PatchSettings, Shutdown,
 };
-use crate::actors::supervisor::follow::{DurablePrefix, FollowCompletions, NoteDigest, WriterOf};
+use crate::actors::supervisor::follow::{
+    CompletedFiles, DurablePrefix, FollowCompletions, NoteDigest, WriterOf,
+};
 use crate::actors::supervisor::queries::{Events, Get, GetSettings, GetStats, History, List};
 use crate::actors::supervisor::Supervisor;
 use crate::config::{DownloadsConfig, SettingsPatch};
@@ -166,6 +168,12 @@ impl QueueHandle {
     /// to the downloads that fetched them.
     pub async fn completed(&self) -> Result<Vec<DownloadView>> {
         self.history(Some(State::Completed), usize::MAX).await
+    }
+
+    /// Every completed download that knows the identity of the file it completed, as
+    /// its record (for the library's scans).
+    pub async fn completed_files(&self) -> Result<Vec<Download>> {
+        Ok(self.addr.send(CompletedFiles).await?)
     }
 
     /// The live download that writes `path` (relative to `download_dir`), if any.

@@ -12,14 +12,15 @@ impl Engine {
     /// which names that file's inode: it is the download's (verified before the
     /// rename), not something to fetch again. Any other file there (an older one of
     /// the same size, say) is not taken for it.
-    pub(super) fn renamed_before_a_crash(&self, job: &Job) -> Option<u64> {
+    /// Its size and identity (inode, mtime in ns).
+    pub(super) fn renamed_before_a_crash(&self, job: &Job) -> Option<(u64, [u64; 2])> {
         let cp = self.store.checkpoint(&job.id).ok()??;
         let total = cp.total?;
         let renamed = cp.renaming?;
         let place = job.place().ok()?;
         let (identity, len) = place.final_identity().ok()??;
         let ours = identity == renamed && len == total;
-        (ours && place.part_id().ok()?.is_none()).then_some(total)
+        (ours && place.part_id().ok()?.is_none()).then_some((total, renamed))
     }
 
     /// Verifies (when a digest is known), fsyncs and renames into place: [`Ended::Done`].

@@ -26,7 +26,7 @@ pub(super) use index::Index;
 use super::hasher::Hasher;
 use super::notify::{Notifier, Sink};
 use super::record::Record;
-use super::scan::Seen;
+use super::scan::{Completions, Seen};
 use super::{LibraryError, Shared};
 use crate::actors::handle::QueueHandle;
 use crate::files::Stat;
@@ -41,6 +41,7 @@ pub(super) enum Msg {
     /// A batch of a scan's fresh reads: files the index did not know as they are now.
     Read {
         seen: Vec<(String, Seen)>,
+        completions: Arc<Completions>,
         done: Reply<Result<(), LibraryError>>,
     },
     /// The end of a scan: the files found that the index knew as they are, and the
@@ -49,6 +50,7 @@ pub(super) enum Msg {
     Scanned {
         known: BTreeMap<String, Stat>,
         read: BTreeSet<String>,
+        completions: Arc<Completions>,
         done: Reply<Result<usize, LibraryError>>,
     },
     /// A download of the queue completed its file.
@@ -167,13 +169,22 @@ impl Owner {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Read { seen, done } => {
-                let result = self.read(seen);
+            Msg::Read {
+                seen,
+                completions,
+                done,
+            } => {
+                let result = self.read(seen, &completions);
                 self.announce();
                 let _ = done.send(result);
             }
-            Msg::Scanned { known, read, done } => {
-                let result = self.scanned(known, &read);
+            Msg::Scanned {
+                known,
+                read,
+                completions,
+                done,
+            } => {
+                let result = self.scanned(known, &read, &completions);
                 self.announce();
                 let _ = done.send(result);
             }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::record::{Origin, Record};
 use super::{LibraryError, Shared};
 use crate::files::{Dir, Kind, Stat};
+use crate::queue::model::Download;
 
 /// At most this many files are listed (a runaway tree must not eat the memory).
 const MAX_FILES: usize = 200_000;
@@ -51,6 +52,43 @@ pub(super) fn read_all(shared: &Shared, files: Vec<(String, Stat)>) -> Vec<(Stri
             (path, Seen { stat, fresh })
         })
         .collect()
+}
+
+/// The completed downloads of the queue, by path, as a scan began: which of the files
+/// it finds are still the very files those downloads completed.
+///
+/// The library records a completed download when the completion reaches it; a crash
+/// before its store kept that record (sled writes back every half second), or a
+/// completion it never heard of (it lagged behind the queue), would leave the file
+/// read as one put there by hand for good: not published, its repo unknown. A
+/// download's record keeps the identity of the file it renamed into place, so the
+/// next scan knows the file again, by that identity, never by its name alone.
+#[derive(Default)]
+pub(super) struct Completions(BTreeMap<String, Vec<Download>>);
+
+impl Completions {
+    pub(super) fn of(downloads: Vec<Download>) -> Completions {
+        let mut by_path: BTreeMap<String, Vec<Download>> = BTreeMap::new();
+        for d in downloads {
+            by_path.entry(d.path.clone()).or_default().push(d);
+        }
+        Completions(by_path)
+    }
+
+    /// The download that completed the file at `path` whose inode, mtime and size
+    /// are `file`: the identity it renamed into place, and the size it completed with.
+    pub(super) fn origin(
+        &self,
+        path: &str,
+        (ino, mtime_ns, size): (u64, i128, u64),
+    ) -> Option<Origin> {
+        let mtime = u64::try_from(mtime_ns).ok()?;
+        self.0
+            .get(path)?
+            .iter()
+            .find(|d| d.completed_as == Some([ino, mtime]) && d.bytes_total == Some(size))
+            .map(Origin::of_record)
+    }
 }
 
 /// What the download that fetched the file knew of it.
@@ -140,4 +178,41 @@ fn walk(root: &Dir) -> Result<BTreeMap<String, Stat>, LibraryError> {
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Completions;
+    use crate::queue::model::Download;
+
+    fn completed(path: &str, file: Option<[u64; 2]>, size: u64) -> Download {
+        serde_json::from_value(serde_json::json!({
+            "id": "dl_1", "url": "http://h/f", "file_name": "f.gguf", "path": path,
+            "state": "completed", "order": 0, "bytes_done": size, "bytes_total": size,
+            "elapsed_secs": 1.0, "attempt": 0, "created_at": "2026-12-07T00:00:00Z",
+            "source": {"kind": "hub", "repo": "o/r", "revision": "main", "file": "f.gguf"},
+            "completed_as": file,
+        }))
+        .expect("a download record")
+    }
+
+    #[test]
+    fn a_file_is_a_downloads_only_by_its_identity() {
+        let c = Completions::of(vec![
+            completed("o/r/f.gguf", Some([7, 1_000]), 50),
+            completed("o/r/g.gguf", None, 50),
+        ]);
+        let origin = c
+            .origin("o/r/f.gguf", (7, 1_000, 50))
+            .expect("the very file");
+        assert_eq!(origin.repo.as_deref(), Some("o/r"));
+        // Another inode, another mtime, another size, another path: not that file.
+        assert!(c.origin("o/r/f.gguf", (8, 1_000, 50)).is_none());
+        assert!(c.origin("o/r/f.gguf", (7, 1_001, 50)).is_none());
+        assert!(c.origin("o/r/f.gguf", (7, 1_000, 51)).is_none());
+        assert!(c.origin("o/r/x.gguf", (7, 1_000, 50)).is_none());
+        assert!(c.origin("o/r/f.gguf", (7, -1, 50)).is_none());
+        // A download that does not know what it completed vouches for nothing.
+        assert!(c.origin("o/r/g.gguf", (7, 1_000, 50)).is_none());
+    }
 }

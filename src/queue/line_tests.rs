@@ -25,6 +25,7 @@ fn record(id: &str, path: &str, state: State) -> Download {
         bytes_reused: 0,
         started_at: None,
         finished_at: None,
+        completed_as: None,
     }
 }
 

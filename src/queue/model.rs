@@ -113,6 +113,12 @@ pub struct Download {
     /// Bytes taken from files already on disk instead of the network.
     #[serde(default)]
     pub bytes_reused: u64,
+    /// The file it completed (inode, mtime in ns), as the engine renamed it into
+    /// place: the library takes a file it finds at `path` for this download's only
+    /// while it is still that very file (its own record of the completion may have
+    /// been lost to a crash). Not shown by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_as: Option<[u64; 2]>,
 }
 
 /// Live numbers of a running download, from the progress tracker.

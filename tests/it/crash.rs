@@ -362,6 +362,7 @@ async fn after_a_crash(renaming: bool, other: Option<Vec<u8>>) -> (TestService, 
                 bytes_reused: 0,
                 started_at: None,
                 finished_at: None,
+                completed_as: None,
             })
             .unwrap();
         store

@@ -20,6 +20,7 @@ mod hub;
 mod hub_emulator_selftest;
 mod lease;
 mod library;
+mod library_completions;
 mod library_property;
 mod library_trust;
 mod limits_and_scale;

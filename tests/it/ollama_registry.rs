@@ -993,3 +993,75 @@ async fn a_split_part_by_its_header_gets_no_manifest() {
     assert_eq!(code(&r), (400, "UNSUPPORTED".to_owned()), "{:?}", r.body);
     assert!(r.body.to_string().contains("split"), "{:?}", r.body);
 }
+
+/// The generated blobs (config, template, params) are kept in memory; Ollama asks the
+/// config last, after the model's hours. A restart in between (the real binary, killed
+/// and started again) must not turn them into 404s: they are made again from the
+/// library's GGUF, with the same digests.
+#[tokio::test]
+async fn generated_blobs_survive_a_restart_between_manifest_and_blobs() {
+    let hub = HubEmu::start(Arc::new(Upstream::start()));
+    hub.add_repo(REPO, RepoOptions::default());
+    let template = entry_with_params()["gguf_prefix"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    hub.put_file(
+        REPO,
+        "Tiny-Chat-Q4_K_M.gguf",
+        tiny_gguf(&template, 10_000, 12),
+    );
+    let extra = format!("[hub]\nendpoint = \"{}\"\n", hub.endpoint());
+    let (_dir, config, port, proc) = common::binary::Proc::start(&extra).await;
+    let client = common::binary::test_client();
+    let manifest: Value = client
+        .get(format!("{}/v2/{REPO}/manifests/Q4_K_M", proc.base))
+        .header("Accept", ACCEPT)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut generated = vec![manifest["config"]["digest"].as_str().unwrap().to_owned()];
+    for layer in manifest["layers"].as_array().unwrap() {
+        if layer["mediaType"] != "application/vnd.ollama.image.model" {
+            generated.push(layer["digest"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(generated.len() >= 2, "a config and a template: {manifest}");
+    held_as_the_repos(&proc).await;
+    drop(proc);
+    let mut proc = common::binary::Proc::spawn(&config, port);
+    proc.wait_healthy().await;
+    // Ollama asks the config hours later: by then the first scan has indexed the
+    // library again (the file as the download's, with its repo).
+    held_as_the_repos(&proc).await;
+    for digest in generated {
+        let r = client
+            .get(format!("{}/v2/{REPO}/blobs/{digest}", proc.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{digest} after a restart");
+        let body = r.bytes().await.unwrap();
+        assert_eq!(format!("sha256:{}", sha256_hex(&body)), digest);
+    }
+}
+
+/// Waits until the library lists the repo's file as fetched from `REPO`, hashed.
+async fn held_as_the_repos(proc: &common::binary::Proc) {
+    common::wait::eventually(LONG, || async {
+        let lib = proc.get("/api/library").await;
+        let held = lib["files"].as_array().is_some_and(|f| {
+            f.iter().any(|f| {
+                f["path"] == format!("{REPO}/Tiny-Chat-Q4_K_M.gguf")
+                    && f["repo"] == REPO
+                    && f["sha256"].is_string()
+            })
+        });
+        held.then_some(())
+            .ok_or_else(|| format!("not in the library as the repo's: {lib}"))
+    })
+    .await;
+}

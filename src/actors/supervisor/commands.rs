@@ -250,6 +250,7 @@ fn new_record(n: NewDownload, now: &str) -> Download {
         bytes_reused: 0,
         started_at: None,
         finished_at: None,
+        completed_as: None,
     }
 }
 

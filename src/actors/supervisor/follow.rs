@@ -4,6 +4,7 @@
 use actix::prelude::*;
 
 use super::Supervisor;
+use crate::queue::lifecycle::State;
 use crate::queue::model::{Download, DownloadId};
 
 /// Follow the downloads that complete (each record once, as it completes).
@@ -15,6 +16,26 @@ impl Handler<FollowCompletions> for Supervisor {
     type Result = MessageResult<FollowCompletions>;
     fn handle(&mut self, _: FollowCompletions, _: &mut Self::Context) -> Self::Result {
         MessageResult(self.completed.subscribe())
+    }
+}
+
+/// The completed downloads that know the identity of the file they completed, as
+/// their records: for a scan of the library, which takes a file for a download's only
+/// while it is that very file.
+#[derive(Message)]
+#[rtype(result = "Vec<Download>")]
+pub struct CompletedFiles;
+
+impl Handler<CompletedFiles> for Supervisor {
+    type Result = MessageResult<CompletedFiles>;
+    fn handle(&mut self, _: CompletedFiles, _: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.queue
+                .iter()
+                .filter(|d| d.state == State::Completed && d.completed_as.is_some())
+                .cloned()
+                .collect(),
+        )
     }
 }
 
@@ -51,7 +72,7 @@ impl Handler<NoteDigest> for Supervisor {
         let Some(d) = self.queue.get_mut(&msg.id) else {
             return;
         };
-        if d.state != crate::queue::lifecycle::State::Completed || d.sha256.is_some() {
+        if d.state != State::Completed || d.sha256.is_some() {
             return;
         }
         d.sha256 = Some(msg.sha256);

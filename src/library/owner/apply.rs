@@ -7,7 +7,7 @@ use super::Owner;
 use crate::files::{Kind, Stat};
 use crate::hub::{HubError, RepoRevision};
 use crate::library::record::{Origin, Record};
-use crate::library::scan::{self, Seen};
+use crate::library::scan::{self, Completions, Seen};
 use crate::library::{dedupe, publish, updates, LibraryError};
 use crate::queue::model::Download;
 use crate::queue::store::StoreError;
@@ -20,19 +20,33 @@ impl Owner {
     /// a scan never gives it to a path by name: a file that is not that identity any
     /// more (swapped by another program, edited in place, or fetched there again by
     /// something else) is read as a hand-placed file.
-    pub(super) fn read(&mut self, seen: Vec<(String, Seen)>) -> Result<(), LibraryError> {
+    /// The exception: a file that is still the very file a completed download renamed
+    /// into place (its inode, mtime and size, see [`Completions`]) is that download's.
+    pub(super) fn read(
+        &mut self,
+        seen: Vec<(String, Seen)>,
+        completions: &Completions,
+    ) -> Result<(), LibraryError> {
         for (path, seen) in seen {
-            self.refresh(&path, seen, None, false)?;
+            let origin = seen
+                .fresh
+                .as_ref()
+                .and_then(|r| completions.origin(&path, (r.ino, r.mtime_ns, r.size)));
+            self.refresh(&path, seen, origin.as_ref(), origin.is_some())?;
         }
         Ok(())
     }
 
     /// The end of a scan: `known` (found as the index holds them) are refreshed, `read`
     /// were already; every other file of the index is gone.
+    /// A file known as put there by hand that is still the very file a completed
+    /// download renamed into place (its record of the completion was lost) becomes
+    /// that download's.
     pub(super) fn scanned(
         &mut self,
         known: BTreeMap<String, Stat>,
         read: &BTreeSet<String>,
+        completions: &Completions,
     ) -> Result<usize, LibraryError> {
         let stale: Vec<String> = self
             .shared
@@ -46,7 +60,13 @@ impl Owner {
         }
         let files = known.len() + read.len();
         for (path, stat) in known {
-            self.refresh(&path, Seen { stat, fresh: None }, None, false)?;
+            let origin = completions.origin(&path, (stat.ino, stat.mtime_ns, stat.size));
+            self.refresh(
+                &path,
+                Seen { stat, fresh: None },
+                origin.as_ref(),
+                origin.is_some(),
+            )?;
         }
         tracing::info!(files, dropped = stale.len(), "library scanned");
         Ok(files)

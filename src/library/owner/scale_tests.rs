@@ -122,19 +122,32 @@ fn complete(n: usize) -> Run {
         assert!(Instant::now() < deadline, "the hasher did not finish");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let completions = shared.read().visits();
+    let completed = shared.read().visits();
     check_the_work_was_done(&shared, n);
     let before = shared.read().visits();
     let walked = crate::library::scan::walk_and_sort(&shared).expect("a walk");
     let read = walked.unknown.iter().map(|(p, _)| p.clone()).collect();
     let seen = crate::library::scan::read_all(&shared, walked.unknown);
-    ask(&mailbox, |done| Msg::Read { seen, done }).expect("read");
+    let completions = Arc::new(crate::library::scan::Completions::default());
+    let for_read = completions.clone();
+    ask(&mailbox, |done| Msg::Read {
+        seen,
+        completions: for_read,
+        done,
+    })
+    .expect("read");
     let known = walked.known;
-    let files = ask(&mailbox, |done| Msg::Scanned { known, read, done }).expect("scanned");
+    let files = ask(&mailbox, |done| Msg::Scanned {
+        known,
+        read,
+        completions,
+        done,
+    })
+    .expect("scanned");
     assert_eq!(files, n);
     let rescan = shared.read().visits() - before;
     Run {
-        completions,
+        completions: completed,
         rescan,
     }
 }

@@ -86,10 +86,14 @@ pub(super) async fn blob(
     let (owner, name, digest) = path.into_inner();
     let repo = super::repo(&owner, &name)?;
     let hex = parse_digest(&digest)?;
+    // The library before a re-derivation: a model blob found by its sha256 costs no
+    // manifest made again.
     let mut response = if let Some(bytes) = derive::blob(&hex) {
         small(&req, bytes)?
     } else if let Some(response) = library(&req, &mirror, &repo, &hex).await? {
         response
+    } else if let Some(bytes) = rederive(&mirror, &repo, &hex).await? {
+        small(&req, bytes)?
     } else {
         pull_through(&req, &mirror, &repo, &hex).await?
     };
@@ -192,6 +196,41 @@ async fn library(
         .disable_content_disposition()
         .set_content_type(actix_web::mime::APPLICATION_OCTET_STREAM);
     Ok(Some(named.into_response(req)))
+}
+
+/// Most GGUF files of a repo whose manifests are made again to find a generated blob.
+const REDERIVED: usize = 64;
+
+/// A generated blob (config, template, params) no longer kept (pushed out, or the
+/// service restarted between a manifest and its blob requests: Ollama asks the config
+/// last, after the model's hours): made again from the manifests of the repo's library
+/// GGUFs, which are functions of their bytes and names, so the digests are the same.
+async fn rederive(mirror: &Mirror, repo: &str, hex: &str) -> Result<Option<Bytes>, RegistryError> {
+    let held = mirror.library.repo_files(repo);
+    for (path, record) in held
+        .into_iter()
+        .filter(|(p, _)| p.ends_with(".gguf"))
+        .take(REDERIVED)
+    {
+        let Some(sha256) = record.sha256.clone() else {
+            continue;
+        };
+        let Ok(Some(facts)) = super::header::of_library(mirror, repo, &sha256).await else {
+            continue;
+        };
+        let file = RepoFile {
+            quantization: crate::hub::quant::quantization(&path),
+            size: record.size,
+            sha256: Some(sha256.clone()),
+            path,
+        };
+        if derive::manifest(repo, &file, &sha256, &facts).is_ok() {
+            if let Some(bytes) = derive::blob(hex) {
+                return Ok(Some(bytes));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The repo's file with this content, from the upstream through the queue: the

@@ -1,0 +1,381 @@
+//! The Xet transport against a malicious or broken CAS: the Hub stays the tests' `HubEmu`
+//! (its Xet answers, its bridge), the CAS is a raw server of this file that lies as each
+//! test asks. Every case must end in a clear state: completed with the right bytes (from
+//! xorbs or through the bridge), or failed with a clear error; never wrong bytes in the
+//! final file, never a panic, never a hang.
+
+use crate::common;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::hub::{HubEmu, RepoOptions};
+use common::service::{sha256_hex, TestService};
+use common::upstream::Upstream;
+use common::xet::{self, CasHandle};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const REPO: &str = "evil-org/Hostile-GGUF";
+const FILE: &str = "hostile-Q4_K_M.gguf";
+const XORB: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const FILE_HASH: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+/// A request the hostile CAS saw.
+#[derive(Debug, Clone)]
+struct Req {
+    path: String,
+    /// `bytes=a-b` as `(a, b)`.
+    range: Option<(u64, u64)>,
+    auth: Option<String>,
+}
+
+/// What the hostile CAS answers.
+enum Answer {
+    Bytes {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// `prefix`, then `pattern` again and again until the client goes away.
+    Endless {
+        prefix: Vec<u8>,
+        pattern: Vec<u8>,
+    },
+    /// The head and `prefix`, then nothing, the connection held open.
+    Stall { prefix: Vec<u8> },
+}
+
+impl Answer {
+    fn json(v: &Value) -> Answer {
+        Answer::Bytes {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: v.to_string().into_bytes(),
+        }
+    }
+
+    fn status(status: u16) -> Answer {
+        Answer::Bytes {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+}
+
+/// The file the hostile CAS describes: its bytes, cut in chunks, and the xorb holding them.
+struct Model {
+    data: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
+    /// The xorb's bytes: every chunk, uncompressed (scheme 0), in order.
+    wire: Vec<u8>,
+}
+
+impl Model {
+    fn new(data: Vec<u8>, chunk: usize) -> Model {
+        let chunks: Vec<Vec<u8>> = data.chunks(chunk).map(<[u8]>::to_vec).collect();
+        let wire = chunks.iter().flat_map(|c| chunk_bytes(c)).collect();
+        Model { data, chunks, wire }
+    }
+
+    /// The honest V2 reconstruction of `range` (the whole file, placed by the offset).
+    fn honest(&self, addr: SocketAddr, range: Option<(u64, u64)>) -> Value {
+        let n = self.chunks.len();
+        json!({
+            "offset_into_first_range": range.map_or(0, |r| r.0),
+            "terms": [{"hash": XORB, "unpacked_length": self.data.len(), "range": {"start": 0, "end": n}}],
+            "xorbs": {XORB: [{"url": format!("http://{addr}/xorb/{XORB}"), "ranges": [
+                {"chunks": {"start": 0, "end": n}, "bytes": {"start": 0, "end": self.wire.len() - 1}}
+            ]}]}
+        })
+    }
+
+    /// The honest answer of a xorb GET.
+    fn xorb(&self, range: Option<(u64, u64)>) -> Answer {
+        let (a, b) = range.unwrap_or((0, self.wire.len() as u64 - 1));
+        let b = b.min(self.wire.len() as u64 - 1);
+        Answer::Bytes {
+            status: 206,
+            headers: vec![(
+                "Content-Range".into(),
+                format!("bytes {a}-{b}/{}", self.wire.len()),
+            )],
+            body: self.wire[a as usize..=b as usize].to_vec(),
+        }
+    }
+}
+
+/// A chunk as a xorb holds it: the 8-byte header, then the data (scheme 0).
+fn chunk_bytes(data: &[u8]) -> Vec<u8> {
+    header(data.len(), 0, data.len())
+        .into_iter()
+        .chain(data.iter().copied())
+        .collect()
+}
+
+fn header(compressed: usize, scheme: u8, uncompressed: usize) -> Vec<u8> {
+    let mut h = vec![0u8];
+    h.extend_from_slice(&(compressed as u32).to_le_bytes()[..3]);
+    h.push(scheme);
+    h.extend_from_slice(&(uncompressed as u32).to_le_bytes()[..3]);
+    h
+}
+
+type Handler = Arc<dyn Fn(&Req) -> Answer + Send + Sync>;
+
+/// The hostile CAS: a raw HTTP/1.1 server on its own thread and runtime.
+struct Hostile {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Req>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Hostile {
+    fn start(handler: impl Fn(&Req) -> Answer + Send + Sync + 'static) -> Hostile {
+        let handler: Handler = Arc::new(handler);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let seen2 = seen.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            tokio::spawn(serve(stream, handler.clone(), seen2.clone()));
+                        }
+                    }
+                }
+            });
+        });
+        Hostile {
+            addr,
+            seen,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Req> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve(mut stream: tokio::net::TcpStream, handler: Handler, seen: Arc<Mutex<Vec<Req>>>) {
+    loop {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) if head.len() < 64 * 1024 => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = text.split("\r\n");
+        let path = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap_or("")
+            .to_owned();
+        let mut req = Req {
+            path,
+            range: None,
+            auth: None,
+        };
+        for line in lines {
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            match k.trim().to_ascii_lowercase().as_str() {
+                "range" => {
+                    req.range = v.trim().strip_prefix("bytes=").and_then(|r| {
+                        let (a, b) = r.split_once('-')?;
+                        Some((a.parse().ok()?, b.parse().ok()?))
+                    })
+                }
+                "authorization" => req.auth = Some(v.trim().to_owned()),
+                _ => {}
+            }
+        }
+        if let Ok(mut s) = seen.lock() {
+            s.push(req.clone());
+        }
+        match handler(&req) {
+            Answer::Bytes {
+                status,
+                headers,
+                body,
+            } => {
+                let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+                for (k, v) in headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                let mut all = out.into_bytes();
+                all.extend_from_slice(&body);
+                if stream.write_all(&all).await.is_err() {
+                    return;
+                }
+            }
+            Answer::Endless { prefix, pattern } => {
+                let head = "HTTP/1.1 206 X\r\nConnection: close\r\n\r\n";
+                if stream.write_all(head.as_bytes()).await.is_err()
+                    || stream.write_all(&prefix).await.is_err()
+                {
+                    return;
+                }
+                let block: Vec<u8> = pattern.iter().copied().cycle().take(pattern.len() * (65536 / pattern.len().max(1)).max(1)).collect();
+                while stream.write_all(&block).await.is_ok() {}
+                return;
+            }
+            Answer::Stall { prefix } => {
+                let head = "HTTP/1.1 206 X\r\nContent-Length: 100000000\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&prefix).await;
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// A Hub serving `data` as the Xet-backed `FILE`, its tokens naming `cas` as the CAS.
+fn hub_for(cas: &str, data: Vec<u8>) -> HubEmu {
+    let hub = HubEmu::start(Arc::new(Upstream::start()));
+    hub.enable_xet_handle(CasHandle::at(cas));
+    hub.add_repo(REPO, RepoOptions::default());
+    hub.put_xet_file_as(REPO, FILE, data, FILE_HASH);
+    hub
+}
+
+async fn service(hub: &HubEmu) -> TestService {
+    let endpoint = hub.endpoint();
+    TestService::start(move |c| {
+        c.hub.endpoint = endpoint;
+        c.downloads.max_retries = 1;
+        c.downloads.stall_timeout_secs = 3;
+    })
+    .await
+}
+
+/// Runs the download of `FILE` to its end (within `within`), and checks the invariant:
+/// completed with the right bytes, or failed with an error and no final file. Returns the
+/// download.
+async fn settle(svc: &TestService, data: &[u8], within: Duration) -> Value {
+    let id = svc.add(json!({"hub": {"repo": REPO, "file": FILE}})).await;
+    let started = Instant::now();
+    let d = loop {
+        let d = svc.download(&id).await;
+        if matches!(d["state"].as_str(), Some("completed" | "failed")) {
+            break d;
+        }
+        assert!(
+            started.elapsed() < within,
+            "the download did not end within {within:?}: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let path = svc.download_dir().join(REPO).join(FILE);
+    match d["state"].as_str() {
+        Some("completed") => {
+            let got = std::fs::read(&path).unwrap_or_default();
+            assert_eq!(sha256_hex(&got), sha256_hex(data), "the final file: {d}");
+        }
+        _ => {
+            assert!(
+                d["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "a failure says why: {d}"
+            );
+            assert!(!path.exists(), "a failed download leaves no final file");
+        }
+    }
+    eprintln!(
+        "ended in {:?}: {} via {} ({})",
+        started.elapsed(),
+        d["state"],
+        d["transport"],
+        d["error"]
+    );
+    d
+}
+
+/// One Hostile CAS for `model`, answering V2 reconstructions with `plan` and xorb GETs
+/// with `xorb`.
+fn hostile(
+    model: Arc<Model>,
+    plan: impl Fn(&Model, SocketAddr, &Req) -> Answer + Send + Sync + 'static,
+    xorb: impl Fn(&Model, &Req) -> Answer + Send + Sync + 'static,
+) -> Hostile {
+    let addr = Arc::new(Mutex::new(None::<SocketAddr>));
+    let a2 = addr.clone();
+    let h = Hostile::start(move |req| {
+        let Some(at) = a2.lock().ok().and_then(|a| *a) else {
+            return Answer::status(503);
+        };
+        if req.path.starts_with("/v2/reconstructions/") || req.path.starts_with("/v1/reconstructions/") {
+            plan(&model, at, req)
+        } else if req.path.starts_with("/xorb/") {
+            xorb(&model, req)
+        } else {
+            Answer::status(404)
+        }
+    });
+    *addr.lock().expect("addr") = Some(h.addr);
+    h
+}
+
+fn honest_plan(m: &Model, at: SocketAddr, req: &Req) -> Answer {
+    Answer::json(&m.honest(at, req.range))
+}
+
+fn honest_xorb(m: &Model, req: &Req) -> Answer {
+    m.xorb(req.range)
+}
+
+fn model(size: usize, chunk: usize, seed: u64) -> Arc<Model> {
+    Arc::new(Model::new(xet::random_file(size, seed), chunk))
+}
+
+#[actix_web::test]
+async fn the_hostile_harness_serves_an_honest_file_from_xorbs() {
+    let m = model(1 << 20, 64 << 10, 1);
+    let cas = hostile(m.clone(), honest_plan, honest_xorb);
+    let hub = hub_for(&cas.url(), m.data.clone());
+    let svc = service(&hub).await;
+    let d = settle(&svc, &m.data, Duration::from_secs(60)).await;
+    assert_eq!(d["state"], "completed", "{d}");
+    assert_eq!(d["transport"], "xet", "{d}");
+    // The Xet token (not the Hub's) went to the CAS, and nothing to the xorb URLs.
+    let seen = cas.seen();
+    assert!(seen.iter().any(|r| r.path.starts_with("/v2/") && r.auth.as_deref().is_some_and(|a| a.starts_with("Bearer xet_"))), "{seen:?}");
+    assert!(seen.iter().filter(|r| r.path.starts_with("/xorb/")).all(|r| r.auth.is_none()), "{seen:?}");
+}

@@ -6,7 +6,6 @@
 
 use crate::common;
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,10 +39,7 @@ enum Answer {
         body: Vec<u8>,
     },
     /// `prefix`, then `pattern` again and again until the client goes away.
-    Endless {
-        prefix: Vec<u8>,
-        pattern: Vec<u8>,
-    },
+    Endless { prefix: Vec<u8>, pattern: Vec<u8> },
     /// The head and `prefix`, then nothing, the connection held open.
     Stall { prefix: Vec<u8> },
 }
@@ -199,33 +195,7 @@ async fn serve(mut stream: tokio::net::TcpStream, handler: Handler, seen: Arc<Mu
                 _ => return,
             }
         }
-        let text = String::from_utf8_lossy(&head).into_owned();
-        let mut lines = text.split("\r\n");
-        let path = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .unwrap_or("")
-            .to_owned();
-        let mut req = Req {
-            path,
-            range: None,
-            auth: None,
-        };
-        for line in lines {
-            let Some((k, v)) = line.split_once(':') else {
-                continue;
-            };
-            match k.trim().to_ascii_lowercase().as_str() {
-                "range" => {
-                    req.range = v.trim().strip_prefix("bytes=").and_then(|r| {
-                        let (a, b) = r.split_once('-')?;
-                        Some((a.parse().ok()?, b.parse().ok()?))
-                    })
-                }
-                "authorization" => req.auth = Some(v.trim().to_owned()),
-                _ => {}
-            }
-        }
+        let req = parse(&head);
         if let Ok(mut s) = seen.lock() {
             s.push(req.clone());
         }
@@ -253,7 +223,12 @@ async fn serve(mut stream: tokio::net::TcpStream, handler: Handler, seen: Arc<Mu
                 {
                     return;
                 }
-                let block: Vec<u8> = pattern.iter().copied().cycle().take(pattern.len() * (65536 / pattern.len().max(1)).max(1)).collect();
+                let block: Vec<u8> = pattern
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(pattern.len() * (65536 / pattern.len().max(1)).max(1))
+                    .collect();
                 while stream.write_all(&block).await.is_ok() {}
                 return;
             }
@@ -266,6 +241,38 @@ async fn serve(mut stream: tokio::net::TcpStream, handler: Handler, seen: Arc<Mu
             }
         }
     }
+}
+
+/// The request line's path and the headers the tests look at.
+fn parse(head: &[u8]) -> Req {
+    let text = String::from_utf8_lossy(head).into_owned();
+    let mut lines = text.split("\r\n");
+    let path = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("")
+        .to_owned();
+    let mut req = Req {
+        path,
+        range: None,
+        auth: None,
+    };
+    for line in lines {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "range" => {
+                req.range = v.trim().strip_prefix("bytes=").and_then(|r| {
+                    let (a, b) = r.split_once('-')?;
+                    Some((a.parse().ok()?, b.parse().ok()?))
+                })
+            }
+            "authorization" => req.auth = Some(v.trim().to_owned()),
+            _ => {}
+        }
+    }
+    req
 }
 
 /// A Hub serving `data` as the Xet-backed `FILE`, its tokens naming `cas` as the CAS.
@@ -312,7 +319,9 @@ async fn settle(svc: &TestService, data: &[u8], within: Duration) -> Value {
         }
         _ => {
             assert!(
-                d["error"].as_str().is_some_and(|e| !e.is_empty()),
+                d["error"]["message"]
+                    .as_str()
+                    .is_some_and(|e| !e.is_empty()),
                 "a failure says why: {d}"
             );
             assert!(!path.exists(), "a failed download leaves no final file");
@@ -323,7 +332,7 @@ async fn settle(svc: &TestService, data: &[u8], within: Duration) -> Value {
         started.elapsed(),
         d["state"],
         d["transport"],
-        d["error"]
+        d["error"]["message"]
     );
     d
 }
@@ -341,7 +350,9 @@ fn hostile(
         let Some(at) = a2.lock().ok().and_then(|a| *a) else {
             return Answer::status(503);
         };
-        if req.path.starts_with("/v2/reconstructions/") || req.path.starts_with("/v1/reconstructions/") {
+        if req.path.starts_with("/v2/reconstructions/")
+            || req.path.starts_with("/v1/reconstructions/")
+        {
             plan(&model, at, req)
         } else if req.path.starts_with("/xorb/") {
             xorb(&model, req)
@@ -376,6 +387,189 @@ async fn the_hostile_harness_serves_an_honest_file_from_xorbs() {
     assert_eq!(d["transport"], "xet", "{d}");
     // The Xet token (not the Hub's) went to the CAS, and nothing to the xorb URLs.
     let seen = cas.seen();
-    assert!(seen.iter().any(|r| r.path.starts_with("/v2/") && r.auth.as_deref().is_some_and(|a| a.starts_with("Bearer xet_"))), "{seen:?}");
-    assert!(seen.iter().filter(|r| r.path.starts_with("/xorb/")).all(|r| r.auth.is_none()), "{seen:?}");
+    assert!(
+        seen.iter().any(|r| r.path.starts_with("/v2/")
+            && r.auth
+                .as_deref()
+                .is_some_and(|a| a.starts_with("Bearer xet_"))),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .filter(|r| r.path.starts_with("/xorb/"))
+            .all(|r| r.auth.is_none()),
+        "{seen:?}"
+    );
+}
+
+/// What the bridge served of `FILE`.
+fn bridge_bytes(hub: &HubEmu) -> u64 {
+    let commit = hub.commit(REPO);
+    hub.cdn().bytes_sent(&hub.cdn_path(REPO, &commit, FILE))
+}
+
+#[actix_web::test]
+async fn a_reconstruction_of_tens_of_thousands_of_terms_is_handled_in_linear_time() {
+    // 60 000 chunks of 5 bytes, a term and a fetch each: every term's fetch looked up
+    // among all fetches is billions of steps on the runtime.
+    let m = model(300_000, 5, 2);
+    let plan = |m: &Model, at: SocketAddr, req: &Req| {
+        let url = format!("http://{at}/xorb/{XORB}");
+        let mut terms = Vec::new();
+        let mut ranges = Vec::new();
+        let mut wire_at = 0usize;
+        // 8 000 chunks a xorb (a xorb has at most 8 Ki); all served from one URL.
+        let mut xorbs = serde_json::Map::new();
+        for (i, c) in m.chunks.iter().enumerate() {
+            let (xorb, k) = (format!("{:064x}", i / 8000 + 1), i % 8000);
+            terms.push(json!({"hash": xorb, "unpacked_length": c.len(), "range": {"start": k, "end": k + 1}}));
+            ranges.push((xorb, json!({"chunks": {"start": k, "end": k + 1}, "bytes": {"start": wire_at, "end": wire_at + c.len() + 7}})));
+            wire_at += c.len() + 8;
+        }
+        for (xorb, r) in ranges {
+            let e = xorbs
+                .entry(xorb)
+                .or_insert_with(|| json!([{"url": url, "ranges": []}]));
+            e[0]["ranges"].as_array_mut().expect("ranges").push(r);
+        }
+        Answer::json(&json!({
+            "offset_into_first_range": req.range.map_or(0, |r| r.0),
+            "terms": terms,
+            "xorbs": xorbs
+        }))
+    };
+    let cas = hostile(m.clone(), plan, honest_xorb);
+    let hub = hub_for(&cas.url(), m.data.clone());
+    let svc = service(&hub).await;
+    let d = settle(&svc, &m.data, Duration::from_secs(60)).await;
+    assert_eq!(
+        (&d["state"], &d["transport"]),
+        (&json!("completed"), &json!("xet")),
+        "{d}"
+    );
+}
+
+#[actix_web::test]
+async fn a_fetch_to_the_end_of_u64_that_ends_early_is_a_clear_failure() {
+    let m = model(1 << 20, 64 << 10, 3);
+    let plan = |m: &Model, at: SocketAddr, req: &Req| {
+        let mut v = m.honest(at, req.range);
+        v["xorbs"][XORB][0]["ranges"][0]["bytes"]["end"] = json!(u64::MAX);
+        Answer::json(&v)
+    };
+    let xorb = |m: &Model, _: &Req| Answer::Bytes {
+        status: 206,
+        headers: Vec::new(),
+        body: m.wire[..m.wire.len() / 2].to_vec(),
+    };
+    let cas = hostile(m.clone(), plan, xorb);
+    let hub = hub_for(&cas.url(), m.data.clone());
+    let svc = service(&hub).await;
+    let d = settle(&svc, &m.data, Duration::from_secs(60)).await;
+    assert_eq!(d["state"], "completed", "the bridge serves it: {d}");
+    assert_eq!(d["transport"], "http", "{d}");
+}
+
+#[actix_web::test]
+async fn a_reconstruction_that_covers_half_the_file_falls_back_to_the_bridge() {
+    let m = model(1 << 20, 64 << 10, 4);
+    let plan = |m: &Model, at: SocketAddr, req: &Req| {
+        let mut v = m.honest(at, req.range);
+        let half = m.chunks.len() / 2;
+        v["terms"][0]["range"]["end"] = json!(half);
+        v["terms"][0]["unpacked_length"] = json!(half * (64 << 10));
+        Answer::json(&v)
+    };
+    let cas = hostile(m.clone(), plan, honest_xorb);
+    let hub = hub_for(&cas.url(), m.data.clone());
+    let svc = service(&hub).await;
+    let d = settle(&svc, &m.data, Duration::from_secs(60)).await;
+    assert_eq!(d["state"], "completed", "the bridge serves it: {d}");
+    assert_eq!(d["transport"], "http", "{d}");
+}
+
+#[actix_web::test]
+async fn endless_empty_chunks_do_not_keep_a_download_busy() {
+    // A fetch of chunks 0..u32::MAX, the term at its far end, and a body of empty chunks
+    // without end: 34 GB of headers before the term's chunk.
+    let m = model(1 << 20, 64 << 10, 5);
+    let plan = |m: &Model, at: SocketAddr, req: &Req| {
+        let mut v = m.honest(at, req.range);
+        v["terms"][0]["range"] = json!({"start": u32::MAX - 1, "end": u32::MAX});
+        v["xorbs"][XORB][0]["ranges"][0] = json!({"chunks": {"start": 0, "end": u32::MAX}, "bytes": {"start": 0, "end": u64::MAX - 1}});
+        Answer::json(&v)
+    };
+    let xorb = |_: &Model, _: &Req| Answer::Endless {
+        prefix: Vec::new(),
+        pattern: header(0, 0, 0),
+    };
+    let cas = hostile(m.clone(), plan, xorb);
+    let hub = hub_for(&cas.url(), m.data.clone());
+    let svc = service(&hub).await;
+    let d = settle(&svc, &m.data, Duration::from_secs(30)).await;
+    assert_eq!(d["state"], "completed", "the bridge serves it: {d}");
+}
+
+#[actix_web::test]
+async fn chunks_of_another_file_never_reach_the_final_file() {
+    // Same lengths, other bytes: only the sha256 can tell.
+    let m = model(1 << 20, 64 << 10, 6);
+    let other = Arc::new(Model::new(xet::random_file(1 << 20, 66), 64 << 10));
+    let xorb = move |_: &Model, req: &Req| other.xorb(req.range);
+    let cas = hostile(m.clone(), honest_plan, xorb);
+    let hub = hub_for(&cas.url(), m.data.clone());
+    let svc = service(&hub).await;
+    let d = settle(&svc, &m.data, Duration::from_secs(60)).await;
+    eprintln!("{d}\nbridge bytes {}", bridge_bytes(&hub));
+}
+
+#[actix_web::test]
+async fn a_stalled_xorb_and_a_file_url_fall_back_to_the_bridge() {
+    let m = model(1 << 20, 64 << 10, 7);
+    let xorb = |m: &Model, _: &Req| Answer::Stall {
+        prefix: m.wire[..1000].to_vec(),
+    };
+    let cas = hostile(m.clone(), honest_plan, xorb);
+    let hub = hub_for(&cas.url(), m.data.clone());
+    let svc = service(&hub).await;
+    let d = settle(&svc, &m.data, Duration::from_secs(60)).await;
+    assert_eq!(
+        (&d["state"], &d["transport"]),
+        (&json!("completed"), &json!("http")),
+        "{d}"
+    );
+
+    let plan = |m: &Model, at: SocketAddr, req: &Req| {
+        let mut v = m.honest(at, req.range);
+        v["xorbs"][XORB][0]["url"] = json!("file:///etc/passwd");
+        Answer::json(&v)
+    };
+    let cas = hostile(m.clone(), plan, honest_xorb);
+    let hub = hub_for(&cas.url(), m.data.clone());
+    let svc = service(&hub).await;
+    let d = settle(&svc, &m.data, Duration::from_secs(60)).await;
+    assert_eq!(
+        (&d["state"], &d["transport"]),
+        (&json!("completed"), &json!("http")),
+        "{d}"
+    );
+}
+
+#[actix_web::test]
+async fn a_bridge_serving_another_file_after_the_cas_failed_is_refused() {
+    let m = model(1 << 20, 64 << 10, 8);
+    let cas = hostile(
+        m.clone(),
+        |_: &Model, _: SocketAddr, _: &Req| Answer::status(500),
+        honest_xorb,
+    );
+    let hub = hub_for(&cas.url(), m.data.clone());
+    let commit = hub.commit(REPO);
+    hub.cdn().replace_content(
+        &hub.cdn_path(REPO, &commit, FILE),
+        xet::random_file(1 << 20, 88),
+    );
+    let svc = service(&hub).await;
+    let d = settle(&svc, &m.data, Duration::from_secs(60)).await;
+    assert_eq!(d["state"], "failed", "{d}");
 }

@@ -128,7 +128,7 @@ impl<'a> Cas<'a> {
                 Ok(body) => {
                     let answer: AnswerV2 = serde_json::from_slice(&body)
                         .map_err(|e| XetError::Malformed(format!("reconstruction: {e}")))?;
-                    return Plan::from_v2(answer, range.start);
+                    return Plan::from_v2(answer, range);
                 }
                 Err(e) => return Err(e),
             }
@@ -136,7 +136,7 @@ impl<'a> Cas<'a> {
         let body = self.reconstruction(token, "v1", range).await?;
         let answer: AnswerV1 = serde_json::from_slice(&body)
             .map_err(|e| XetError::Malformed(format!("reconstruction: {e}")))?;
-        Plan::from_v1(answer, range.start)
+        Plan::from_v1(answer, range)
     }
 
     async fn reconstruction(

@@ -298,7 +298,11 @@ async fn service(hub: &HubEmu) -> TestService {
 /// completed with the right bytes, or failed with an error and no final file. Returns the
 /// download.
 async fn settle(svc: &TestService, data: &[u8], within: Duration) -> Value {
-    let id = svc.add(json!({"hub": {"repo": REPO, "file": FILE}})).await;
+    settle_file(svc, FILE, data, within).await
+}
+
+async fn settle_file(svc: &TestService, file: &str, data: &[u8], within: Duration) -> Value {
+    let id = svc.add(json!({"hub": {"repo": REPO, "file": file}})).await;
     let started = Instant::now();
     let d = loop {
         let d = svc.download(&id).await;
@@ -311,7 +315,7 @@ async fn settle(svc: &TestService, data: &[u8], within: Duration) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let path = svc.download_dir().join(REPO).join(FILE);
+    let path = svc.download_dir().join(REPO).join(file);
     match d["state"].as_str() {
         Some("completed") => {
             let got = std::fs::read(&path).unwrap_or_default();
@@ -572,4 +576,147 @@ async fn a_bridge_serving_another_file_after_the_cas_failed_is_refused() {
     let svc = service(&hub).await;
     let d = settle(&svc, &m.data, Duration::from_secs(60)).await;
     assert_eq!(d["state"], "failed", "{d}");
+}
+
+#[actix_web::test]
+async fn a_reconstruction_redirected_to_another_host_never_carries_the_token_there() {
+    let m = model(1 << 20, 64 << 10, 9);
+    let elsewhere = hostile(m.clone(), honest_plan, honest_xorb);
+    let to = elsewhere.url();
+    let cas = hostile(
+        m.clone(),
+        move |_: &Model, _: SocketAddr, req: &Req| Answer::Bytes {
+            status: 302,
+            headers: vec![("Location".into(), format!("{to}{}", req.path))],
+            body: Vec::new(),
+        },
+        honest_xorb,
+    );
+    let hub = hub_for(&cas.url(), m.data.clone());
+    let svc = service(&hub).await;
+    settle(&svc, &m.data, Duration::from_secs(60)).await;
+    let seen = elsewhere.seen();
+    assert!(
+        seen.iter().any(|r| r.path.contains("/reconstructions/")),
+        "the redirect was followed: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|r| r.auth.is_none()),
+        "the Xet token went to another host: {seen:?}"
+    );
+}
+
+#[actix_web::test]
+async fn a_reused_file_truncated_mid_download_makes_the_cas_serve_its_chunks() {
+    // A: three 16 MiB terms of xorb X. B: A with its middle unit new (xorb X2).
+    const MIB16: usize = 16 << 20;
+    const FILE2: &str = "other-Q4_K_M.gguf";
+    let hash2 = "c".repeat(64);
+    let x2 = "d".repeat(64);
+    let a = Model::new(xet::random_file(3 * MIB16, 10), 64 << 10);
+    let mut b_data = a.data.clone();
+    b_data[MIB16..2 * MIB16].copy_from_slice(&xet::random_file(MIB16, 11));
+    let b_mid = Model::new(b_data[MIB16..2 * MIB16].to_vec(), 64 << 10);
+    let wire_at: Vec<usize> = (0..=3).map(|k| k * 256 * ((64 << 10) + 8)).collect();
+    let models = Arc::new((a, b_mid));
+    let m2 = models.clone();
+    let (x2_plan, hash2_plan) = (x2.clone(), hash2.clone());
+    let plan = move |_: &Model, at: SocketAddr, req: &Req| {
+        let term = |x: &str, k: usize| json!({"hash": x, "unpacked_length": MIB16, "range": {"start": k * 256, "end": (k + 1) * 256}});
+        let range = |k: usize| json!({"chunks": {"start": k * 256, "end": (k + 1) * 256}, "bytes": {"start": wire_at[k], "end": wire_at[k + 1] - 1}});
+        let (terms, xorbs) = if req.path.ends_with(&hash2_plan) {
+            (
+                json!([term(XORB, 0), term(&x2_plan, 0), term(XORB, 2)]),
+                json!({XORB: [{"url": format!("http://{at}/xorb/{XORB}"), "ranges": [range(0), range(2)]}],
+                       x2_plan.clone(): [{"url": format!("http://{at}/xorb/{x2_plan}"), "ranges": [range(0)]}]}),
+            )
+        } else {
+            (
+                json!([term(XORB, 0), term(XORB, 1), term(XORB, 2)]),
+                json!({XORB: [{"url": format!("http://{at}/xorb/{XORB}"), "ranges": [range(0), range(1), range(2)]}]}),
+            )
+        };
+        Answer::json(
+            &json!({"offset_into_first_range": req.range.map_or(0, |r| r.0), "terms": terms, "xorbs": xorbs}),
+        )
+    };
+    let x2_xorb = x2.clone();
+    let xorb = move |_: &Model, req: &Req| {
+        if req.path.ends_with(&x2_xorb) {
+            // Time for the test to truncate A meanwhile.
+            std::thread::sleep(Duration::from_millis(1500));
+            m2.1.xorb(req.range)
+        } else {
+            m2.0.xorb(req.range)
+        }
+    };
+    let cas = hostile(Arc::new(Model::new(Vec::new(), 1)), plan, xorb);
+    let hub = hub_for(&cas.url(), models.0.data.clone());
+    hub.put_xet_file_as(REPO, FILE2, b_data.clone(), &hash2);
+    let endpoint = hub.endpoint();
+    let svc = TestService::start(move |c| {
+        c.hub.endpoint = endpoint;
+        c.downloads.max_retries = 1;
+        c.downloads.stall_timeout_secs = 5;
+        c.downloads.connections_per_download = 1;
+    })
+    .await;
+    let d = settle(&svc, &models.0.data, Duration::from_secs(120)).await;
+    assert_eq!(
+        (&d["state"], &d["transport"]),
+        (&json!("completed"), &json!("xet")),
+        "{d}"
+    );
+    let a_path = svc.download_dir().join(REPO).join(FILE);
+    let truncate = {
+        let seen = cas.seen.clone();
+        let x2 = x2.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(60) {
+                if seen
+                    .lock()
+                    .is_ok_and(|s| s.iter().any(|r| r.path.ends_with(&x2)))
+                {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&a_path)
+                        .expect("A");
+                    f.set_len(1 << 20).expect("truncate A");
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        })
+    };
+    let d = settle_file(&svc, FILE2, &b_data, Duration::from_secs(120)).await;
+    assert!(
+        truncate.join().unwrap_or(false),
+        "A was truncated mid-download"
+    );
+    assert_eq!(
+        (&d["state"], &d["transport"]),
+        (&json!("completed"), &json!("xet")),
+        "{d}"
+    );
+    assert!(
+        d["bytes_reused"].as_u64().unwrap_or(0) >= MIB16 as u64,
+        "the first unit was copied from A: {d}"
+    );
+    let x_after: Vec<Req> = cas
+        .seen()
+        .into_iter()
+        .filter(|r| r.path.ends_with(XORB))
+        .collect();
+    assert!(
+        x_after
+            .iter()
+            .any(|r| r.range.is_some_and(|(s, _)| s as usize == wire_at_of(2))),
+        "the third unit came from the CAS: {x_after:?}"
+    );
+}
+
+fn wire_at_of(k: usize) -> usize {
+    k * 256 * ((64 << 10) + 8)
 }

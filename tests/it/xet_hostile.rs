@@ -524,7 +524,10 @@ async fn chunks_of_another_file_never_reach_the_final_file() {
     let hub = hub_for(&cas.url(), m.data.clone());
     let svc = service(&hub).await;
     let d = settle(&svc, &m.data, Duration::from_secs(60)).await;
-    eprintln!("{d}\nbridge bytes {}", bridge_bytes(&hub));
+    // The sha256 catches them before the `.part` becomes the file (`settle` checks no
+    // file is left); the CAS lied, so nothing is retried from it behind the user's back.
+    assert_eq!(d["error"]["kind"], "checksum_mismatch", "{d}");
+    assert_eq!(bridge_bytes(&hub), 0);
 }
 
 #[actix_web::test]
@@ -719,4 +722,42 @@ async fn a_reused_file_truncated_mid_download_makes_the_cas_serve_its_chunks() {
 
 fn wire_at_of(k: usize) -> usize {
     k * 256 * ((64 << 10) + 8)
+}
+
+#[actix_web::test]
+async fn a_whole_xorb_served_for_a_range_from_0_gives_only_the_chunks_asked() {
+    // Two fetches of one xorb: chunks 0..8 (bytes from 0) and 8..16. The server answers
+    // the first with `200` and the whole xorb: its bytes past the range are not chunks
+    // 0..8's.
+    let m = model(1 << 20, 64 << 10, 12);
+    let plan = |m: &Model, at: SocketAddr, req: &Req| {
+        let mut v = m.honest(at, req.range);
+        let cut = 8 * ((64 << 10) + 8);
+        v["terms"] = json!([
+            {"hash": XORB, "unpacked_length": 8 << 16, "range": {"start": 0, "end": 8}},
+            {"hash": XORB, "unpacked_length": 8 << 16, "range": {"start": 8, "end": 16}}
+        ]);
+        v["xorbs"][XORB][0]["ranges"] = json!([
+            {"chunks": {"start": 0, "end": 8}, "bytes": {"start": 0, "end": cut - 1}},
+            {"chunks": {"start": 8, "end": 16}, "bytes": {"start": cut, "end": m.wire.len() - 1}}
+        ]);
+        Answer::json(&v)
+    };
+    let xorb = |m: &Model, req: &Req| match req.range {
+        Some((0, _)) => Answer::Bytes {
+            status: 200,
+            headers: Vec::new(),
+            body: m.wire.clone(),
+        },
+        r => m.xorb(r),
+    };
+    let cas = hostile(m.clone(), plan, xorb);
+    let hub = hub_for(&cas.url(), m.data.clone());
+    let svc = service(&hub).await;
+    let d = settle(&svc, &m.data, Duration::from_secs(60)).await;
+    assert_eq!(
+        (&d["state"], &d["transport"]),
+        (&json!("completed"), &json!("xet")),
+        "{d}"
+    );
 }

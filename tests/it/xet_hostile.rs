@@ -414,20 +414,27 @@ fn bridge_bytes(hub: &HubEmu) -> u64 {
 
 #[actix_web::test]
 async fn a_reconstruction_of_tens_of_thousands_of_terms_is_handled_in_linear_time() {
-    // 60 000 chunks of 5 bytes, a term and a fetch each: every term's fetch looked up
-    // among all fetches is billions of steps on the runtime.
-    let m = model(300_000, 5, 2);
+    // 48 MiB in chunks of 2 KiB, a term and a fetch each: 8 192 a unit, 24 576 for the
+    // whole file. Each term's fetch looked up among all fetches, per fetch, was 10^11
+    // steps on the runtime.
+    let m = model(48 << 20, 2 << 10, 2);
     let plan = |m: &Model, at: SocketAddr, req: &Req| {
         let url = format!("http://{at}/xorb/{XORB}");
+        let (from, to) = req.range.unwrap_or((0, m.data.len() as u64 - 1));
         let mut terms = Vec::new();
         let mut ranges = Vec::new();
-        let mut wire_at = 0usize;
-        // 8 000 chunks a xorb (a xorb has at most 8 Ki); all served from one URL.
         let mut xorbs = serde_json::Map::new();
+        let (mut file_at, mut wire_at, mut first) = (0u64, 0usize, None);
         for (i, c) in m.chunks.iter().enumerate() {
-            let (xorb, k) = (format!("{:064x}", i / 8000 + 1), i % 8000);
-            terms.push(json!({"hash": xorb, "unpacked_length": c.len(), "range": {"start": k, "end": k + 1}}));
-            ranges.push((xorb, json!({"chunks": {"start": k, "end": k + 1}, "bytes": {"start": wire_at, "end": wire_at + c.len() + 7}})));
+            let end = file_at + c.len() as u64;
+            if end > from && file_at <= to {
+                first.get_or_insert(file_at);
+                // 8 000 chunks a xorb (a xorb has at most 8 Ki); all served from one URL.
+                let (xorb, k) = (format!("{:064x}", i / 8000 + 1), i % 8000);
+                terms.push(json!({"hash": xorb, "unpacked_length": c.len(), "range": {"start": k, "end": k + 1}}));
+                ranges.push((xorb, json!({"chunks": {"start": k, "end": k + 1}, "bytes": {"start": wire_at, "end": wire_at + c.len() + 7}})));
+            }
+            file_at = end;
             wire_at += c.len() + 8;
         }
         for (xorb, r) in ranges {
@@ -437,7 +444,7 @@ async fn a_reconstruction_of_tens_of_thousands_of_terms_is_handled_in_linear_tim
             e[0]["ranges"].as_array_mut().expect("ranges").push(r);
         }
         Answer::json(&json!({
-            "offset_into_first_range": req.range.map_or(0, |r| r.0),
+            "offset_into_first_range": from - first.unwrap_or(0),
             "terms": terms,
             "xorbs": xorbs
         }))
@@ -758,6 +765,27 @@ async fn a_whole_xorb_served_for_a_range_from_0_gives_only_the_chunks_asked() {
     assert_eq!(
         (&d["state"], &d["transport"]),
         (&json!("completed"), &json!("xet")),
+        "{d}"
+    );
+}
+
+#[actix_web::test]
+async fn a_reconstruction_far_heavier_than_its_range_is_refused() {
+    // 20 MiB of JSON (padding serde skips) for a 1 MiB file: it would parse, so only a
+    // cap by the range's size keeps the units in flight from holding 32 MiB each.
+    let m = model(1 << 20, 64 << 10, 13);
+    let plan = |m: &Model, at: SocketAddr, req: &Req| {
+        let mut v = m.honest(at, req.range);
+        v["padding"] = json!("x".repeat(20 << 20));
+        Answer::json(&v)
+    };
+    let cas = hostile(m.clone(), plan, honest_xorb);
+    let hub = hub_for(&cas.url(), m.data.clone());
+    let svc = service(&hub).await;
+    let d = settle(&svc, &m.data, Duration::from_secs(60)).await;
+    assert_eq!(
+        (&d["state"], &d["transport"]),
+        (&json!("completed"), &json!("http")),
         "{d}"
     );
 }

@@ -140,7 +140,15 @@ fn token_from(headers: &HeaderMap, body: &[u8]) -> Result<XetToken, HubError> {
             "the Xet CAS URL {cas:?} is not http(s)"
         )));
     }
-    if token.is_empty() || token.len() > 16 * 1024 || token.chars().any(|c| c.is_control()) {
+    if !cas_url.username().is_empty() || cas_url.password().is_some() {
+        // Credentials of the Hub's choosing would go along with our token.
+        return Err(HubError::Invalid(
+            "the Xet CAS URL carries credentials".into(),
+        ));
+    }
+    // A header value holds visible ASCII only: anything else fails every request as a
+    // "network" error, retried until the retries run out, instead of falling back now.
+    if token.is_empty() || token.len() > 16 * 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(HubError::Invalid("the Xet token is not a token".into()));
     }
     Ok(XetToken {
@@ -218,5 +226,24 @@ mod tests {
         )
         .is_err());
         assert!(format!("{t:?}").contains("http://c:1") && !format!("{t:?}").contains('j'));
+        for bad in [
+            r#"{"accessToken":"j\r\nX-Evil: 1","exp":5,"casUrl":"http://c:1"}"#,
+            r#"{"accessToken":"jé","exp":5,"casUrl":"http://c:1"}"#,
+            r#"{"accessToken":"a b","exp":5,"casUrl":"http://c:1"}"#,
+            r#"{"accessToken":"j","exp":5,"casUrl":"http://user:pw@c:1"}"#,
+            r#"{"accessToken":"j","exp":-1,"casUrl":"http://c:1"}"#,
+        ] {
+            assert!(
+                token_from(&HeaderMap::new(), bad.as_bytes()).is_err(),
+                "{bad}"
+            );
+        }
+        // An absurd expiry is kept within what SystemTime holds.
+        let far = token_from(
+            &HeaderMap::new(),
+            br#"{"accessToken":"j","exp":18446744073709551615,"casUrl":"http://c:1"}"#,
+        )
+        .unwrap();
+        assert!(far.expires > UNIX_EPOCH);
     }
 }

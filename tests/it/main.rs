@@ -44,4 +44,5 @@ mod updates;
 mod upstream_selftest;
 mod websocket;
 mod xet;
+mod xet_hostile;
 mod xet_setup;

@@ -20,6 +20,19 @@ use crate::hub::{HubClient, XetLink, XetToken};
 /// A reconstruction of a byte range is a few KiB per 64 MiB; this allows a whole
 /// 400 GB file asked at once.
 const MAX_RECONSTRUCTION: usize = 32 * 1024 * 1024;
+/// The least cap of a reconstruction's answer, whatever the range.
+const MIN_RECONSTRUCTION: u64 = 1024 * 1024;
+
+/// What the reconstruction of `range` may weigh: a quarter of the bytes it describes
+/// (the worst honest answer, a chunk of 8 KiB per xorb each with its presigned URL, is
+/// about a seventh), between [`MIN_RECONSTRUCTION`] and [`MAX_RECONSTRUCTION`]. A unit of
+/// 16 MiB takes 4 MiB at most: units in flight under a lying CAS stay within tens of
+/// MiB, not 32 MiB each.
+fn reconstruction_cap(range: &Range<u64>) -> usize {
+    let cap = ((range.end - range.start) / 4).clamp(MIN_RECONSTRUCTION, MAX_RECONSTRUCTION as u64);
+    usize::try_from(cap).unwrap_or(MAX_RECONSTRUCTION)
+}
+
 /// A token is renewed this long before it expires (or at 4/5 of a shorter life).
 const RENEW_AHEAD: Duration = Duration::from_secs(60);
 
@@ -128,7 +141,7 @@ impl<'a> Cas<'a> {
                 Ok(body) => {
                     let answer: AnswerV2 = serde_json::from_slice(&body)
                         .map_err(|e| XetError::Malformed(format!("reconstruction: {e}")))?;
-                    return Plan::from_v2(answer, range.start);
+                    return Plan::from_v2(answer, range);
                 }
                 Err(e) => return Err(e),
             }
@@ -136,7 +149,7 @@ impl<'a> Cas<'a> {
         let body = self.reconstruction(token, "v1", range).await?;
         let answer: AnswerV1 = serde_json::from_slice(&body)
             .map_err(|e| XetError::Malformed(format!("reconstruction: {e}")))?;
-        Plan::from_v1(answer, range.start)
+        Plan::from_v1(answer, range)
     }
 
     async fn reconstruction(
@@ -163,7 +176,7 @@ impl<'a> Cas<'a> {
             .await
             .map_err(|e| XetError::Network(crate::http::describe(&e)))?;
         let resp = refused(resp)?;
-        crate::http::read_capped(resp, MAX_RECONSTRUCTION)
+        crate::http::read_capped(resp, reconstruction_cap(range))
             .await
             .map_err(|e| match e {
                 crate::http::BodyError::TooLarge { .. } => XetError::Malformed(e.to_string()),

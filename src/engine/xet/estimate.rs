@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::cas::Cas;
-use super::plan::{Plan, Term};
+use super::plan::Plan;
 use super::reuse::{ChunkMap, Reuse};
 use crate::engine::Engine;
 use crate::hub::HubClient;
@@ -84,15 +84,10 @@ impl Engine {
 
 /// The bytes of the fetches whose terms the files on disk do not all hold.
 async fn unheld(plan: &Plan, reuse: &Reuse) -> u64 {
-    let mut cost = 0;
-    for fetch in &plan.fetches {
-        let terms: Vec<&Term> = plan
-            .terms
-            .iter()
-            .filter(|t| Plan::fetch_of(&plan.fetches, t).is_some_and(|f| std::ptr::eq(f, fetch)))
-            .collect();
-        if !terms.is_empty() && !reuse.holds(&terms).await {
-            cost += fetch.size();
+    let mut cost = 0u64;
+    for (fetch, terms) in plan.by_fetch(u64::MAX) {
+        if !reuse.holds(&terms).await {
+            cost = cost.saturating_add(fetch.size());
         }
     }
     cost

@@ -19,6 +19,8 @@ const HEADER: usize = 8;
 pub(super) const MAX_CHUNK: usize = 128 * 1024;
 /// Their reader accepts compressed data up to twice that.
 const MAX_COMPRESSED: usize = 2 * MAX_CHUNK;
+/// The most bytes one chunk takes in a xorb.
+pub(super) const MAX_WIRE_CHUNK: usize = HEADER + MAX_COMPRESSED;
 
 /// Cuts a xorb range's bytes, as they arrive, into decoded chunks.
 #[derive(Default)]

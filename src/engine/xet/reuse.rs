@@ -178,9 +178,19 @@ impl Reuse {
         }
         let ranges = s.ranges.clone();
         let from = p.from + (start - p.to);
-        tokio::task::spawn_blocking(move || ranges.copy_from(&file, from, start, end - start))
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))??;
+        let copied =
+            tokio::task::spawn_blocking(move || ranges.copy_from(&file, from, start, end - start))
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+        if let Err(e) = copied {
+            // The source changed under us (truncated, replaced): a file on disk is not
+            // ours to fail the download for. Unmarked bytes it left in the `.part` are
+            // overwritten by the fetch; a `.part` that cannot be written fails that
+            // fetch in its turn.
+            tracing::warn!(path = %self.files[p.file].0, error = %e, "a chunk map's file could not be copied from; fetching its chunks");
+            lock(&self.open).insert(p.file, None);
+            return Ok(false);
+        }
         s.progress.set_done(s.table.held());
         s.reused(end - start);
         Ok(true)

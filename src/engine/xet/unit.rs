@@ -9,33 +9,14 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use super::format::ChunkReader;
-use super::plan::{Fetch, Plan, Term};
+use super::plan::{Fetch, Term};
 use super::{Shared, XetError};
 use crate::engine::{limiter, Ended};
 
 /// Runs one unit to its end; `Ended::Stopped` when asked to stop.
 pub(super) async fn run(s: &Shared<'_>, unit: &Range<u64>) -> Result<Ended, XetError> {
     let plan = s.cas.plan(unit).await?;
-    let mut fetches: Vec<&Fetch> = Vec::new();
-    for term in &plan.terms {
-        if term.at >= unit.end {
-            break;
-        }
-        let fetch = Plan::fetch_of(&plan.fetches, term)
-            .ok_or_else(|| XetError::Malformed("a term without a fetch".into()))?;
-        if !fetches.iter().any(|f| std::ptr::eq(*f, fetch)) {
-            fetches.push(fetch);
-        }
-    }
-    for fetch in fetches {
-        let terms: Vec<&Term> = plan
-            .terms
-            .iter()
-            .filter(|t| {
-                t.at < unit.end
-                    && Plan::fetch_of(&plan.fetches, t).is_some_and(|f| std::ptr::eq(f, fetch))
-            })
-            .collect();
+    for (fetch, terms) in plan.by_fetch(unit.end) {
         if s.reuse.copy(s, &terms, unit).await? {
             continue;
         }
@@ -71,9 +52,16 @@ async fn pull(
         })
         .collect();
     let mut index = fetch.chunks.start;
+    // Chunks past the last one a term takes are not read: nothing needs them.
+    let last = terms
+        .iter()
+        .map(|t| t.chunks.end)
+        .max()
+        .unwrap_or(fetch.chunks.start)
+        .min(fetch.chunks.end);
     let mut received = 0u64;
     let mut stop = s.stop.clone();
-    while index < fetch.chunks.end {
+    while index < last {
         let next = tokio::select! {
             n = tokio::time::timeout(s.stall, body.next()) => n,
             _ = stop.wait_for(|s| *s) => return Ok(Ended::Stopped),
@@ -89,10 +77,20 @@ async fn pull(
             Ok(Some(Err(e))) => return Err(XetError::Network(crate::http::describe(&e))),
             Ok(Some(Ok(b))) => b,
         };
-        received += bytes.len() as u64;
         s.fetched(bytes.len() as u64);
+        // Bytes past those asked are not the fetch's chunks (a `200` serves the whole
+        // xorb for a range from 0): never parsed as such.
+        let room = fetch.size().saturating_sub(received);
+        if room == 0 {
+            return Err(XetError::Malformed(format!(
+                "the {} bytes of a xorb range hold fewer chunks than it names",
+                fetch.size()
+            )));
+        }
+        let bytes = bytes.slice(..bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX)));
+        received += bytes.len() as u64;
         reader.push(&bytes);
-        while index < fetch.chunks.end {
+        while index < last {
             let Some(chunk) = reader.next_chunk()? else {
                 break;
             };

@@ -237,6 +237,22 @@ impl HubEmu {
         uploaded
     }
 
+    /// Xet is served by `cas` (any [`CasHandle`], e.g. [`CasHandle::at`] a hostile server).
+    pub fn enable_xet_handle(&self, cas: CasHandle) {
+        lock(&self.state).xet = Some(cas);
+    }
+
+    /// Adds `data` as `path` on `main`, Xet-backed with the Xet hash `hash` as given (no
+    /// upload: the CAS behind it is the test's own).
+    pub fn put_xet_file_as(&self, repo: &str, path: &str, data: Vec<u8>, hash: &str) {
+        let path = clean_path(path);
+        let mut obj = FileObj::new(&path, data);
+        obj.xet_hash = Some(hash.to_owned());
+        self.new_commit(repo, |tree| {
+            tree.insert(path, Arc::new(obj));
+        });
+    }
+
     /// The Xet hash of `path` on `main`, `None` if absent or not Xet-backed.
     pub fn xet_hash(&self, repo: &str, path: &str) -> Option<String> {
         let st = lock(&self.state);

@@ -243,6 +243,16 @@ impl Cas {
 }
 
 impl CasHandle {
+    /// A handle whose tokens name `url` as the CAS, with no CAS behind it: for tests that
+    /// serve a hostile CAS of their own there (`xet_hostile.rs`).
+    pub fn at(url: &str) -> CasHandle {
+        CasHandle {
+            url: url.trim_end_matches('/').to_owned(),
+            state: Arc::default(),
+            uploader_home: Arc::from(Path::new("/nonexistent")),
+        }
+    }
+
     /// `http://127.0.0.1:PORT` of the proxy, without a trailing slash: the `casUrl`.
     pub fn url(&self) -> String {
         self.url.clone()

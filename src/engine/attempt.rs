@@ -33,12 +33,7 @@ impl Engine {
         if let Some(ended) = self.try_xet(job, t, ctx).await? {
             return Ok(ended);
         }
-        if t.announce(ctx, "http") {
-            // The file at this path will not be the one a chunk map describes.
-            if let Err(e) = self.store.remove_xet_map(&job.relative) {
-                tracing::warn!(download_id = %job.id, error = %e, "cannot drop a chunk map");
-            }
-        }
+        self.over_http(job, t, ctx);
         if t.part.ranges().is_some() {
             return self.run_segments(job, t, ctx, (url, auth), None).await;
         }
@@ -130,6 +125,16 @@ impl Engine {
             .is_none_or(|total| total.saturating_sub(held) >= SEGMENT_THRESHOLD);
         (job.settings.connections_per_download > 1 && t.may_split() && large)
             .then(|| held + FIRST_WINDOW)
+    }
+
+    /// The bytes come over plain HTTP: said once, and the file at this path will not
+    /// be the one a chunk map describes.
+    fn over_http(&self, job: &Job, t: &mut Transfer, ctx: &RunCtx) {
+        if t.announce(ctx, "http") {
+            if let Err(e) = self.store.remove_xet_map(&job.relative) {
+                tracing::warn!(download_id = %job.id, error = %e, "cannot drop a chunk map");
+            }
+        }
     }
 
     /// A Xet-backed file through the Xet transport: how it ended, or `None` when the

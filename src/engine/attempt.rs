@@ -82,13 +82,7 @@ impl Engine {
         t.part.accept(accepted.total, accepted.validators);
         ctx.progress.set_total(t.part.total());
         (ctx.events)(EngineEvent::Total(t.part.total()));
-        if let Some(total) = t.part.total() {
-            let need = total.saturating_sub(t.part.held());
-            let free = t.part.place().free_space()?;
-            if need > free {
-                return Err(EngineError::NoSpace { need, free });
-            }
-        }
+        enough_space(t)?;
         let left = t
             .part
             .total()
@@ -331,4 +325,16 @@ impl Engine {
         }));
         t.part.restart(ctx).await
     }
+}
+
+/// The disk has room for the rest of a file of known size.
+fn enough_space(t: &Transfer) -> Result<(), EngineError> {
+    if let Some(total) = t.part.total() {
+        let need = total.saturating_sub(t.part.held());
+        let free = t.part.place().free_space()?;
+        if need > free {
+            return Err(EngineError::NoSpace { need, free });
+        }
+    }
+    Ok(())
 }

@@ -43,6 +43,22 @@ async fn wait_lib(proc: &Proc, path: &str, what: &str, pred: impl Fn(&Value) -> 
     .await
 }
 
+/// The update a check marked: the new commit, sha256 and size, and `fetch_bytes` (what
+/// the update will fetch, told a moment after the mark: all of a file that is not
+/// Xet-backed).
+fn assert_marked(marked: &Value, new_commit: &str, new: &[u8]) {
+    let mut update = marked["update"].clone();
+    let told = update
+        .as_object_mut()
+        .and_then(|u| u.remove("fetch_bytes"))
+        .unwrap_or(Value::Null);
+    assert!(told.is_null() || told == json!(new.len()), "{marked}");
+    assert_eq!(
+        update,
+        json!({"revision": new_commit, "sha256": sha256_hex(new), "size": new.len()})
+    );
+}
+
 fn model_info_requests(hub: &HubEmu) -> usize {
     hub.requests()
         .iter()
@@ -131,18 +147,7 @@ async fn a_check_marks_only_the_changed_file_and_the_update_survives_kill_9() {
     assert_eq!(s, 202, "{v}");
     let q4_path = format!("{REPO}/{Q4}");
     let marked = wait_lib(&proc, &q4_path, "an update", |f| f["update"].is_object()).await;
-    // `fetch_bytes` (what the update will fetch) comes a moment after the mark: a file
-    // that is not Xet-backed fetches all of itself.
-    let mut update = marked["update"].clone();
-    let told = update
-        .as_object_mut()
-        .and_then(|u| u.remove("fetch_bytes"))
-        .unwrap_or(Value::Null);
-    assert!(told.is_null() || told == json!(new.len()), "{marked}");
-    assert_eq!(
-        update,
-        json!({"revision": new_commit, "sha256": sha256_hex(&new), "size": new.len()})
-    );
+    assert_marked(&marked, &new_commit, &new);
     let lib = proc.get("/api/library").await;
     assert!(
         file_of(&lib, &format!("{REPO}/{Q8}"))["update"].is_null(),

@@ -210,9 +210,21 @@ class Service:
             f.write(f'[server]\nbind = "127.0.0.1:{self.port}"\n[storage]\ndata_dir = "{self.dir}/data"\n'
                     f'download_dir = "{self.dir}/dl"\n[hub]\nendpoint = "{endpoint}"\n'
                     '[library]\ncheck_updates_hours = 0\n')
+        log = os.path.join(self.dir, "log")
+        # MM_* variables are config keys to the service (bench.sh exports one of its own).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MM_")}
         self.proc = subprocess.Popen([binary, "--config", cfg], stdout=subprocess.DEVNULL,
-                                     stderr=open(os.path.join(self.dir, "log"), "w"))
-        wait_http(f"http://127.0.0.1:{self.port}/healthz")
+                                     stderr=open(log, "w"), env=env)
+        pidfile = os.environ.get("MM_BENCH_PIDFILE")
+        if pidfile:  # bench.sh stops it whatever way the run ends
+            with open(pidfile, "a") as f:
+                f.write(f"{self.proc.pid}\n")
+        try:
+            wait_http(f"http://127.0.0.1:{self.port}/healthz", timeout=60)
+        except SystemExit:
+            with open(log) as f:
+                sys.stderr.write(f.read()[-4000:])
+            raise
 
     def fetch(self, name):
         """Wall time from the request to the completed, verified file; the record."""

@@ -25,7 +25,6 @@ pub(in crate::engine) mod segment_table;
 pub(in crate::engine) use block::{WriteBlock, WRITE_BLOCK};
 pub(in crate::engine) use disk::CHECKPOINT_EVERY;
 pub use hashing::hex;
-pub(in crate::engine) use hashing::Follower;
 pub(in crate::engine) use ranges::Ranges;
 
 use std::fs::File;

@@ -24,7 +24,7 @@ use super::http::retry::{sleep_unless_stopped, LinkBudget, Retries};
 use super::http::validators::Validators;
 use super::limiter::RateLimiter;
 use super::part::segment_table::{Segment, SegmentTable};
-use super::part::{Follower, Ranges, WriteBlock, CHECKPOINT_EVERY, WRITE_BLOCK};
+use super::part::{Ranges, WriteBlock, CHECKPOINT_EVERY, WRITE_BLOCK};
 use super::transfer::Transfer;
 use super::{Ended, Engine, EngineError, Job, RunCtx};
 use crate::queue::progress::ProgressCell;
@@ -101,14 +101,7 @@ impl Engine {
             limiter: ctx.limiter.clone(),
             stop: ctx.stop.clone(),
         };
-        let follower = match t.part.expected_sha256() {
-            Some(_) => Some(Follower::start(
-                table.clone(),
-                t.part.file().try_clone()?,
-                total,
-            )?),
-            None => None,
-        };
+        let follower = t.part.follow_ranges(&table, total)?;
         let ended = drive(&shared, t, ctx, first).await;
         // The connections are gone: a segment that one of them held is free again for
         // the next attempt (else only splits could reach it, and never its last piece).
@@ -119,13 +112,7 @@ impl Engine {
         match ended? {
             Ended::Done if table.complete() => {
                 ctx.progress.set_done(total);
-                let digest = match follower {
-                    Some(f) => tokio::task::spawn_blocking(move || f.finish())
-                        .await
-                        .map_err(|e| EngineError::Internal(e.to_string()))?,
-                    None => None,
-                };
-                t.part.ranges_done(total, digest);
+                t.part.ranges_finished(total, follower).await?;
                 Ok(Ended::Done)
             }
             Ended::Done => Err(EngineError::Internal(

@@ -38,7 +38,7 @@ use super::http::request::stall_timeout;
 use super::http::retry::{sleep_unless_stopped, Retries};
 use super::limiter::RateLimiter;
 use super::part::segment_table::SegmentTable;
-use super::part::{Follower, Ranges, CHECKPOINT_EVERY};
+use super::part::{Ranges, CHECKPOINT_EVERY};
 use super::transfer::Transfer;
 use super::{Ended, Engine, EngineError, EngineEvent, Job, RunCtx};
 use crate::hub::{HubError, XetLink};
@@ -175,13 +175,7 @@ impl Engine {
             fetched: AtomicU64::new(0),
             reused: AtomicU64::new(0),
         };
-        let follower = match t.part.expected_sha256() {
-            Some(_) => {
-                let file = t.part.file().try_clone().map_err(EngineError::from)?;
-                Some(Follower::start(table.clone(), file, total).map_err(EngineError::from)?)
-            }
-            None => None,
-        };
+        let follower = t.part.follow_ranges(&table, total)?;
         let ended = match reuse_first(&shared, total).await {
             Ok(Ended::Done) => drive(&shared, t, ctx).await,
             other => other,
@@ -195,13 +189,7 @@ impl Engine {
         match ended? {
             Ended::Done if table.complete() => {
                 ctx.progress.set_done(total);
-                let digest = match follower {
-                    Some(f) => tokio::task::spawn_blocking(move || f.finish())
-                        .await
-                        .map_err(|e| EngineError::Internal(e.to_string()))?,
-                    None => None,
-                };
-                t.part.ranges_done(total, digest);
+                t.part.ranges_finished(total, follower).await?;
                 keep_chunk_map(&shared.cas, job, &self.store, total).await;
                 Ok(Ended::Done)
             }

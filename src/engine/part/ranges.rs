@@ -13,6 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::block::WriteBlock;
+use super::hashing::Follower;
 use super::segment_table::{Segment, SegmentTable};
 use super::Part;
 use crate::engine::EngineError;
@@ -50,6 +51,40 @@ impl Part {
         }
         let file = Arc::new(self.file.try_clone()?);
         Ok((Ranges { file, table, total }, fresh))
+    }
+
+    /// A reader that hashes the file as its written prefix grows (on its own thread),
+    /// when a digest is expected: the end then needs no read-back.
+    pub(in crate::engine) fn follow_ranges(
+        &self,
+        table: &Arc<SegmentTable>,
+        total: u64,
+    ) -> Result<Option<Follower>, EngineError> {
+        if self.expected_sha256().is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Follower::start(
+            table.clone(),
+            self.file.try_clone()?,
+            total,
+        )?))
+    }
+
+    /// A transport that wrote ranges says every one is there: the follower's digest is
+    /// taken and the file is whole.
+    pub(in crate::engine) async fn ranges_finished(
+        &mut self,
+        total: u64,
+        follower: Option<Follower>,
+    ) -> Result<(), EngineError> {
+        let digest = match follower {
+            Some(f) => tokio::task::spawn_blocking(move || f.finish())
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?,
+            None => None,
+        };
+        self.ranges_done(total, digest);
+        Ok(())
     }
 
     /// The transport says every range is there: the file is whole (an error when some

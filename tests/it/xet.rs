@@ -436,3 +436,60 @@ async fn a_file_fetched_over_http_is_updated_by_its_changed_chunks_too() {
     );
     assert!(d["bytes_reused"].as_u64() >= Some(size * 99 / 100), "{d}");
 }
+
+/// Two downloads reusing one source at once both end right; then, with the copies
+/// gone and the source swapped for a symlink to a same-size file of other bytes outside
+/// `download_dir`, a third takes none of those bytes: every chunk from the CAS, the
+/// right sha256, at its first attempt.
+#[actix_web::test]
+async fn reuse_follows_no_link_and_shares_a_source_between_downloads() {
+    let pair = xet::xet_gguf_pair(8 << 20);
+    let (cas, hub) = xet_hub(pair.v1.clone());
+    let names = ["a/tiny-v2.gguf", "b/tiny-v2.gguf", "c/tiny-v2.gguf"];
+    for name in names {
+        hub.put_xet_file(REPO, name, pair.v2.clone());
+    }
+    let svc = service(&hub, |_| {}).await;
+    let first = add_hub_file(&svc).await;
+    svc.wait_state(&first, "completed", LONG).await;
+    // Two at once, both from the same file on disk.
+    let ids = [
+        svc.add(json!({"hub": {"repo": REPO, "file": names[0]}}))
+            .await,
+        svc.add(json!({"hub": {"repo": REPO, "file": names[1]}}))
+            .await,
+    ];
+    for (id, name) in ids.iter().zip(names) {
+        let d = svc.wait_state(id, "completed", LONG).await;
+        assert!(d["bytes_reused"].as_u64() > Some(0), "{d}");
+        let got = std::fs::read(svc.download_dir().join(REPO).join(name)).unwrap_or_default();
+        assert_eq!(sha256_hex(&got), sha256_hex(&pair.v2), "{name}");
+    }
+    // The copies go; the source becomes a link to a same-size file of other bytes,
+    // outside `download_dir`.
+    for name in &names[..2] {
+        std::fs::remove_file(svc.download_dir().join(REPO).join(name)).expect("remove a copy");
+    }
+    let outside = tempfile::tempdir().expect("temp dir");
+    let decoy = outside.path().join("decoy.gguf");
+    std::fs::write(&decoy, xet::random_file(pair.v1.len(), 77)).expect("decoy");
+    let source = svc.download_dir().join(REPO).join(FILE);
+    std::fs::remove_file(&source).expect("remove the source");
+    std::os::unix::fs::symlink(&decoy, &source).expect("symlink");
+    let before = cas.xorb_bytes();
+    let id = svc
+        .add(json!({"hub": {"repo": REPO, "file": names[2]}}))
+        .await;
+    let d = svc.wait_state(&id, "completed", LONG).await;
+    let got = std::fs::read(svc.download_dir().join(REPO).join(names[2])).unwrap_or_default();
+    assert_eq!(sha256_hex(&got), sha256_hex(&pair.v2));
+    // Nothing came from the link: every chunk from the CAS, at the first attempt.
+    assert_eq!(d["bytes_reused"], 0, "{d}");
+    assert!(
+        cas.xorb_bytes() - before >= pair.v2.len() as u64,
+        "{}",
+        cas.xorb_bytes()
+    );
+    assert_eq!(d["attempt"], 0, "{d}");
+    assert!(d["error"].is_null(), "{d}");
+}

@@ -217,6 +217,10 @@ impl Reuse {
             if src.chunks.start > term.chunks.start || term.chunks.end > src.chunks.end {
                 continue;
             }
+            // A file that is gone or changed: another may hold the same chunks.
+            if self.file(src.file).is_none() {
+                continue;
+            }
             if src.chunks == term.chunks && src.len == term.len {
                 return Some(Piece {
                     file: src.file,

@@ -69,8 +69,12 @@ impl HostList {
     /// Why `url` may not be used, or `None` when it may: only http and https, on the list.
     pub fn refusal(&self, url: &url::Url) -> Option<String> {
         if !matches!(url.scheme(), "http" | "https") {
+            // Without its query: a presigned link's signature does not belong in logs.
+            let mut shown = url.clone();
+            shown.set_query(None);
             return Some(format!(
-                "{url}: another scheme ({}:); only http and https are followed",
+                "{}: another scheme ({}:); only http and https are followed",
+                shown_url(shown.as_str()),
                 url.scheme()
             ));
         }

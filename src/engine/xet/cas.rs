@@ -33,6 +33,8 @@ fn reconstruction_cap(range: &Range<u64>) -> usize {
     usize::try_from(cap).unwrap_or(MAX_RECONSTRUCTION)
 }
 
+/// A token this young is never renewed for its `exp` alone.
+const FRESH: Duration = Duration::from_secs(5);
 /// A token is renewed this long before it expires (or at 4/5 of a shorter life).
 const RENEW_AHEAD: Duration = Duration::from_secs(60);
 
@@ -83,7 +85,11 @@ impl<'a> Cas<'a> {
         if let Some((t, got)) = &held.token {
             let life = t.expires.duration_since(*got).unwrap_or_default();
             let ahead = RENEW_AHEAD.min(life / 5);
-            if t.expires.duration_since(now).unwrap_or_default() > ahead {
+            // A token handed out already spent by its `exp` (a Hub clock behind ours,
+            // or `exp: 0`) is used for a few seconds all the same: the CAS judges it,
+            // and a refusal renews it; else every unit would ask the Hub again.
+            let fresh = life.is_zero() && now.duration_since(*got).unwrap_or_default() < FRESH;
+            if fresh || t.expires.duration_since(now).unwrap_or_default() > ahead {
                 return Ok((t.clone(), held.generation));
             }
         }

@@ -177,14 +177,24 @@ impl Engine {
         };
         let follower = t.part.follow_ranges(&table, total)?;
         let ended = match reuse_first(&shared, total).await {
-            Ok(Ended::Done) => drive(&shared, t, ctx).await,
-            other => other,
+            Ok(Ended::Done) => {
+                // Most of what a delta reuses is copied by now: told before the fetch,
+                // which may take long.
+                let first = shared.reused.load(Ordering::Relaxed);
+                if first > 0 {
+                    (ctx.events)(EngineEvent::Reused(first));
+                }
+                let ended = drive(&shared, t, ctx).await;
+                (ended, first)
+            }
+            other => (other, 0),
         };
+        let (ended, told) = ended;
         let (fetched, reused) = (shared.fetched.into_inner(), shared.reused.into_inner());
         tracing::info!(download_id = %job.id, fetched, reused, missing = missing.iter().map(|r| r.end - r.start).sum::<u64>(), "Xet transfer ended");
-        if reused > 0 {
-            t.add_reused(reused);
-            (ctx.events)(EngineEvent::Reused(reused));
+        t.add_reused(reused);
+        if reused > told {
+            (ctx.events)(EngineEvent::Reused(reused - told));
         }
         match ended? {
             Ended::Done if table.complete() => {

@@ -253,7 +253,13 @@ async fn an_update_of_a_re_uploaded_model_fetches_its_changed_chunks_only() {
     let (status, body) = svc.post("/api/library/update", json!({"path": path})).await;
     assert!(status < 300, "{status} {body}");
     let new_id = body["id"].as_str().unwrap_or_default().to_owned();
-    let mid = svc.wait_past(&new_id, size / 2, LONG).await;
+    // What was copied is told while the rest is still coming.
+    let mid = svc
+        .wait_until(&new_id, LONG, "the copied bytes told", |d| {
+            d["bytes_reused"].as_u64() > Some(size / 2)
+        })
+        .await;
+    assert_eq!(mid["state"], "downloading", "{mid}");
     assert_file(&svc, &pair.v1);
     cas.clear_faults();
     let d = svc.wait_state(&new_id, "completed", LONG).await;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::hub::{HubEmu, RepoOptions};
 use common::service::{sha256_hex, TestService};
 use common::upstream::Upstream;
-use common::xet::{self, CasHandle};
+use common::xet::{self, CasHandle, Fault};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -788,4 +788,29 @@ async fn a_reconstruction_far_heavier_than_its_range_is_refused() {
         (&json!("completed"), &json!("http")),
         "{d}"
     );
+}
+
+/// A Hub whose tokens come already spent by their `exp` (a clock behind ours, `exp: 0`)
+/// while the CAS takes them: the token is used, not asked for again by every unit.
+#[actix_web::test]
+async fn a_token_spent_at_birth_is_not_renewed_by_every_unit() {
+    let m = model(48 << 20, 64 << 10, 21);
+    let cas = hostile(m.clone(), honest_plan, honest_xorb);
+    let hub = HubEmu::start(Arc::new(Upstream::start()));
+    let handle = CasHandle::at(&cas.url());
+    handle.set_fault(Fault::TokenTtl(Duration::ZERO));
+    hub.enable_xet_handle(handle);
+    hub.add_repo(REPO, RepoOptions::default());
+    hub.put_xet_file_as(REPO, FILE, m.data.clone(), FILE_HASH);
+    let svc = service(&hub).await;
+    let d = settle(&svc, &m.data, Duration::from_secs(60)).await;
+    assert_eq!(d["state"], "completed", "{d}");
+    assert_eq!(d["transport"], "xet", "{d}");
+    let tokens = hub
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/xet-read-token/"))
+        .count();
+    // Three units and the chunk map's reconstruction: four asks without the rule.
+    assert!(tokens <= 2, "{tokens} token requests");
 }

@@ -7,7 +7,8 @@
 #
 #   scripts/bench.sh            # every case, 3 runs (1 GiB: 5, speed limit: 2), medians
 #   scripts/bench.sh --quick    # one run per case
-#   scripts/bench.sh --cases big,capped --reps 5
+#   scripts/bench.sh --cases big,capped --reps 5   # a subset; the Xet cases only if it names xet
+#   scripts/bench.sh --cases big,small,list        # issue #26's lines (dd anchor, script variant, list)
 #   scripts/bench.sh --no-build # use target/release/model-manager as it is
 #   scripts/bench.sh --xet-only # only the Xet cases (scripts/bench_xet.py)
 #   scripts/bench.sh --no-xet   # without them
@@ -24,14 +25,25 @@ build=1
 xet=1
 main_cases=1
 args=()
-for a in "$@"; do
-  case "$a" in
+# `--cases LIST` picks from bench_lib.py's cases and `xet` (scripts/bench_xet.py): the
+# Xet cases run with a list only when it names them, and bench_lib.py gets the rest.
+cases_of() {
+  local list=",$1,"
+  case "$list" in *,xet,*) ;; *) xet=0 ;; esac
+  list="${list//,xet,/,}"; list="${list#,}"; list="${list%,}"
+  if [ -z "$list" ]; then main_cases=0; else args+=(--cases "$list"); fi
+}
+while [ $# -gt 0 ]; do
+  case "$1" in
     --no-build) build=0 ;;
     --no-xet) xet=0 ;;
     --xet-only) main_cases=0 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; python3 scripts/bench_lib.py --help; exit 0 ;;
-    *) args+=("$a") ;;
+    --cases) [ $# -ge 2 ] || { echo "bench: --cases needs a list" >&2; exit 2; }; cases_of "$2"; shift ;;
+    --cases=*) cases_of "${1#--cases=}" ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; python3 scripts/bench_lib.py --help; exit 0 ;;
+    *) args+=("$1") ;;
   esac
+  shift
 done
 
 need_apt=()

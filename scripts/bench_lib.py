@@ -40,6 +40,8 @@ import sys
 import tempfile
 import time
 
+import bench_script
+
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
@@ -47,7 +49,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SMALL_COUNT = 200
 SMALL_SIZE = 256 * KiB
+SMALL_SETTINGS = {"max_concurrent": 8, "connections_per_download": 4}
 BIG_SIZE = 1 * GiB
+DD_TOOL = "dd bs=4M oflag=direct"
 MID_SIZE = 256 * MiB
 CAP_PER_CONN = "20m"          # nginx limit_rate: 20 MiB/s per connection
 CAP_BPS = 20 * MiB            # the same cap for scripts/capproxy.py
@@ -71,6 +75,8 @@ t = time.monotonic()
 path = hf_hub_download(sys.argv[1], "big.bin", cache_dir=sys.argv[2])
 print(time.monotonic() - t, os.path.realpath(path))
 """
+
+CASES = ("big", "capped", "strict", "small", "list", "queue", "library", "mirror", "speed")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -540,6 +546,7 @@ class Bench:
         self.binary = args.binary
         self.rows = []      # {"case", "tool", "runs": [...], "gib", "anchor": bool}
         self.extra = {}     # per-case numbers for the acceptance lines
+        self.acceptance = []  # the acceptance block's lines, once reported
         self.seq = 0
 
     def rundir(self):
@@ -589,6 +596,12 @@ class Bench:
 
         mm_settings = {"max_concurrent": 3, "connections_per_download": 1}
         tools = [
+            # The disk's own durable-write rate (#26): the served file, from the page
+            # cache, written with O_DIRECT in 4 MiB blocks.
+            (self.row(case, DD_TOOL, 1.0, anchor=True,
+                      note="reads the served file from the page cache, O_DIRECT writes"),
+             lambda d: timed(["dd", f"if={os.path.join(self.root, 'big.bin')}", f"of={out(d)}",
+                              "bs=4M", "oflag=direct"], d, "dd"), files),
             (self.row(case, "curl -o F", 1.0, anchor=True),
              lambda d: timed(curl + [out(d), url], d, "curl"), files),
             (self.row(case, "curl -o F && sync F", 1.0, anchor=True),
@@ -698,16 +711,58 @@ class Bench:
             (self.row(case, "aria2c -j8 && sync", gib, anchor=True), aria_sync, files),
             (self.row(case, "curl -Z --parallel-max 8", gib), curl_z, files),
             (self.row(case, "model-manager", gib,
-                      note="max_concurrent = 8, connections_per_download = 4 (default)"),
-             lambda d: mm_run(self.binary, d,
-                              {"max_concurrent": 8, "connections_per_download": 4},
-                              items, names), files),
+                      note="all in one batch POST; the harness watches the download dir, then "
+                           "`GET /api/stats`; max_concurrent = 8, connections_per_download = 4 "
+                           "(default)"),
+             lambda d: mm_run(self.binary, d, SMALL_SETTINGS, items, names), files),
+            # As a script adds them (#26): one POST per URL, then polling the list.
+            (self.row(case, bench_script.SCRIPT_TOOL, gib,
+                      note=bench_script.SCRIPT_NOTE + "; the same settings"),
+             lambda d: self._script_run(d, items), files),
         ]
+        batch = tools[-2][0]
         self.run_tools(case, tools, reps)
-        for r in self.rows[-1:]:
-            hows = {m.get("add") for m in r["runs"] if m.get("add")}
-            if hows:
-                r["note"] += f"; added with {'/'.join(sorted(hows))}"
+        hows = {m.get("add") for m in batch["runs"] if m.get("add")}
+        if hows:
+            batch["note"] += f"; added with {'/'.join(sorted(hows))}"
+
+    def _script_run(self, d, items):
+        svc = Service(self.binary, d, SMALL_SETTINGS)
+        try:
+            svc.start()
+            return bench_script.script_run(svc, items)
+        except bench_script.ScriptError as e:
+            raise BenchError(str(e)) from e
+        finally:
+            rc = svc.stop()
+            if rc not in (0, None):
+                log(f"model-manager exited with {rc} on SIGTERM: {svc.log_tail()}")
+
+    # -- 1,000 downloads: the full list to a keep-alive client (#26) ----------
+    def case_list(self, reps):
+        case = bench_script.LIST_CASE
+        row = self.row(case, bench_script.LIST_TOOL, None,
+                       note=f"{bench_script.LIST_COUNT:,} paused downloads added in one batch "
+                            "POST; a fresh service per run")
+        for rep in range(reps):
+            d = self.rundir()
+            svc = Service(self.binary, d, {"max_concurrent": 3})
+            try:
+                svc.start()
+                m = bench_script.list_run(
+                    svc, lambda i: self.ng.url(f"small/s{i % SMALL_COUNT:03d}.bin"))
+            except (BenchError, bench_script.ScriptError) as e:
+                m = {"wall": None, "cpu": None, "rss_mib": None, "error": str(e)}
+            finally:
+                svc.stop()
+            m["ok"] = not m["error"]
+            row["runs"].append(m)
+            log(f"{case} | run {rep + 1}/{reps}: "
+                + (f"p50 {m['p50_ms']:.2f} ms, p99 {m['p99_ms']:.2f} ms, max {m['max_ms']:.2f} ms "
+                   f"({m['body_kib']:.0f} KiB); new connection each: p50 {m['fresh_p50_ms']:.2f} ms, "
+                   f"p99 {m['fresh_p99_ms']:.2f} ms" if m["ok"] else f"FAILED: {m['error']}"))
+            shutil.rmtree(d, ignore_errors=True)
+            sync_and_settle()
 
     # -- 10,000 queued: start-up and list ------------------------------------
     def case_queue(self, reps):
@@ -1071,6 +1126,9 @@ def report(bench, machine):
                                 f"{b / MiB:.2f} MiB/s over 0–10 s, "
                                 f"{med(runs, 'active_max'):.0f} active")
             r.update(rate=a, rate0=b)
+        first, keep = bench_script.notes(r, SMALL_COUNT)
+        notes[:0] = first
+        r.update(keep)
         failed = [m for m in runs if not m.get("ok")]
         if failed:
             notes.append(f"{len(failed)}/{len(runs)} runs FAILED: {failed[0]['error']}")
@@ -1081,7 +1139,8 @@ def report(bench, machine):
         summary[(r["case"], r["tool"])] = dict(wall=wall, cpu_gib=cpu_gib, rss=rss,
                                                ok=bool(okruns) and not failed, row=r)
     out.append("")
-    out += acceptance(summary)
+    bench.acceptance = acceptance(summary)
+    out += bench.acceptance
     return "\n".join(out)
 
 
@@ -1113,6 +1172,14 @@ def acceptance(S):
         if mm and mm["rss"] is not None:
             line(mm["ok"] and mm["rss"] <= 32, f"1 GiB no digest, service peak RSS {mm['rss']:.1f} MiB (target ≤ 32 MiB)")
         cmp("1 GiB with sha256, wall vs plain curl", mms, curl, 1.3)
+    dd = get(c1, DD_TOOL)
+    if dd or mm:
+        cmp("#26.1 1 GiB no digest, wall vs `dd bs=4M oflag=direct` of the same file", mm, dd, 1.15)
+        if mm and mm["cpu_gib"] is not None:
+            line(mm["ok"] and mm["cpu_gib"] <= 0.5,
+                 f"#26.1 1 GiB no digest, service CPU {mm['cpu_gib']:.2f} s per GiB (target ≤ 0.5)")
+        else:
+            line(None, "#26.1 1 GiB no digest, service CPU: not measured")
     c2 = "256 MiB, 20 MiB/s/conn, 4 conns"
     mm, ar = get(c2, "model-manager"), get(c2, "aria2c -x4 -s4")
     if mm or ar:
@@ -1132,6 +1199,7 @@ def acceptance(S):
         ars = get(c3, "aria2c -j8 && sync")
         cmp(f"{SMALL_COUNT} x 256 KiB via the API (every file durable when completed), "
             f"wall vs `aria2c -j8 && sync` of its files", mm, ars, 1.0)
+        bench_script.acceptance(get, line, c3, SMALL_COUNT)
     q = get(f"{QUEUE_SIZE:,} queued", "model-manager")
     if q:
         r = q["row"]
@@ -1249,15 +1317,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one run per case, no curl in the capped case")
     ap.add_argument("--reps", type=int, help="runs per case (default 3; 5 for the 1 GiB case, 2 for the speed-limit case)")
-    ap.add_argument("--cases", default="big,capped,strict,small,queue,library,mirror,speed",
-                    help="comma-separated subset of big,capped,strict,small,queue,library,mirror,speed")
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help=f"comma-separated subset of {','.join(CASES)}")
     ap.add_argument("--binary", default=os.path.join(REPO, "target/release/model-manager"))
     ap.add_argument("--files", default=os.environ.get("MM_BENCH_FILES", "/tmp/mm-bench-files"))
     ap.add_argument("--results", default=os.path.join(REPO, "target/bench"),
                     help="where the markdown and JSON of the run are kept")
     args = ap.parse_args()
     cases = set(args.cases.split(","))
-    unknown = cases - {"big", "capped", "strict", "small", "queue", "library", "mirror", "speed"}
+    unknown = cases - set(CASES)
     if unknown:
         ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     if not os.access(args.binary, os.X_OK):
@@ -1293,6 +1361,8 @@ def main():
             b.case_capped(reps, with_curl=False, strict=True)
         if "small" in cases:
             b.case_small(reps)
+        if "list" in cases:
+            b.case_list(reps)
         if "queue" in cases:
             b.case_queue(reps)
         if "library" in cases:
@@ -1304,7 +1374,8 @@ def main():
         log(f"all cases in {time.monotonic() - t0:.0f} s")
         machine["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         table = report(b, machine)
-        head = [f"Run of {machine['date']} (`scripts/bench.sh{' --quick' if args.quick else ''}`), "
+        given = " ".join(sys.argv[1:])
+        head = [f"Run of {machine['date']} (`scripts/bench.sh{' ' + given if given else ''}`), "
                 f"medians of {reps} run(s) per case ({reps_big} for the 1 GiB case, {reps_slow} for the speed-limit case).",
                 "", f"- Machine: {machine['cpu']}, {machine['mem']}, {machine['kernel']}, {machine['os']}",
                 f"- Disk: {machine['disk']}", f"- Tools: {machine['tools']}",
@@ -1315,7 +1386,8 @@ def main():
         with open(os.path.join(args.results, "last-run.md"), "w") as f:
             f.write(text)
         with open(os.path.join(args.results, "last-run.json"), "w") as f:
-            json.dump({"machine": machine, "rows": b.rows}, f, indent=1, default=str)
+            json.dump({"machine": machine, "rows": b.rows, "acceptance": b.acceptance},
+                      f, indent=1, default=str)
         log(f"kept in {args.results}/last-run.md and last-run.json")
     finally:
         stop_all()

@@ -1268,6 +1268,13 @@ def acceptance(S):
     return lines
 
 
+def loadavg():
+    """The run's neighbours: on a shared machine the disk's fsync latency, which sets
+    aria2c's pace (a few fsyncs per file, one at a time), follows their load."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def machine_info(workdir, binary):
     def sh(cmd):
         try:
@@ -1294,6 +1301,7 @@ def machine_info(workdir, binary):
         "disk": f"downloads written to {workdir} on {fs}",
         "tools": "; ".join([sh("nginx -v 2>&1"), sh("curl --version | head -1 | cut -d' ' -f1,2"),
                             sh("aria2c --version | head -1"), "Python " + platform.python_version()]),
+        "load": f"{loadavg()} at the start",
         "build": f"model-manager at {rev}" + (f" + {dirty} uncommitted file(s) in src/ and Cargo.*" if dirty not in ("", "0") else "")
                  + f" when the run started; release binary built {built}",
     }
@@ -1389,12 +1397,14 @@ def main():
             b.case_speed(reps_slow)
         log(f"all cases in {time.monotonic() - t0:.0f} s")
         machine["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        machine["load"] += f", {loadavg()} at the end"
         table = report(b, machine)
         given = " ".join(sys.argv[1:])
         head = [f"Run of {machine['date']} (`scripts/bench.sh{' ' + given if given else ''}`), "
                 f"medians of {reps} run(s) per case ({reps_big} for the 1 GiB case, {reps_slow} for the speed-limit case).",
                 "", f"- Machine: {machine['cpu']}, {machine['mem']}, {machine['kernel']}, {machine['os']}",
                 f"- Disk: {machine['disk']}", f"- Tools: {machine['tools']}",
+                f"- Load average (1, 5, 15 min): {machine['load']}",
                 f"- Build: {machine['build']}", "", ""]
         text = "\n".join(head) + table + "\n"
         print(text)

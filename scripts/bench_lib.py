@@ -1290,6 +1290,8 @@ def machine_info(workdir, binary):
     mem = sh("free -h | awk '/^Mem:/ {print $2}'")
     fs = sh(f"df -hT {workdir} | awk 'NR==2 {{print $1\" \"$2\", \"$3\" total\"}}'")
     rev = sh(f"git -C {REPO} rev-parse --short HEAD")
+    # HEAD moves with commits that touch only scripts/ or docs: name the build by src too
+    src_rev = sh(f"git -C {REPO} log -1 --format=%h -- src Cargo.toml Cargo.lock")
     dirty = sh(f"git -C {REPO} status --porcelain -- src Cargo.toml Cargo.lock | wc -l")
     built = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(os.path.getmtime(binary)))
     return {
@@ -1302,7 +1304,7 @@ def machine_info(workdir, binary):
         "tools": "; ".join([sh("nginx -v 2>&1"), sh("curl --version | head -1 | cut -d' ' -f1,2"),
                             sh("aria2c --version | head -1"), "Python " + platform.python_version()]),
         "load": f"{loadavg()} at the start",
-        "build": f"model-manager at {rev}" + (f" + {dirty} uncommitted file(s) in src/ and Cargo.*" if dirty not in ("", "0") else "")
+        "build": f"model-manager at {rev} (src/ and Cargo.* last changed in {src_rev})" + (f" + {dirty} uncommitted file(s) in src/ and Cargo.*" if dirty not in ("", "0") else "")
                  + f" when the run started; release binary built {built}",
     }
 

@@ -75,11 +75,16 @@ class KeepAlive:
         self.conn.close()
 
 
-def _decode(payload, what):
+def _downloads(payload, what):
+    """The `downloads` of a list answer; anything else is the run's error, not a crash."""
     try:
-        return json.loads(payload)
+        j = json.loads(payload)
     except ValueError as e:
         raise ScriptError(f"{what}: not JSON ({e}): {payload[:200]!r}") from e
+    ds = j.get("downloads") if isinstance(j, dict) else None
+    if not isinstance(ds, list) or not all(isinstance(d, dict) for d in ds):
+        raise ScriptError(f"{what}: no list of downloads in {payload[:200]!r}")
+    return ds
 
 
 def script_run(svc, items, timeout=120):
@@ -100,7 +105,7 @@ def script_run(svc, items, timeout=120):
             polls += 1
             if s != 200:
                 raise ScriptError(f"GET /api/downloads: {s} {payload[:300]!r}")
-            downloads = _decode(payload, "GET /api/downloads").get("downloads", [])
+            downloads = _downloads(payload, "GET /api/downloads")
             states = [d.get("state") for d in downloads]
             done = states.count("completed")
             ended = [d for d in downloads if d.get("state") in ("failed", "cancelled")]
@@ -152,7 +157,7 @@ def list_run(svc, url_of):
                 raise ScriptError(f"GET /api/downloads: {s} {payload[:300]!r}")
             if size != len(payload):
                 # parsed when the size changes (the first time at least), outside the timing
-                n = len(_decode(payload, "GET /api/downloads").get("downloads", []))
+                n = len(_downloads(payload, "GET /api/downloads"))
                 if n != LIST_COUNT:
                     raise ScriptError(f"GET /api/downloads listed {n}, not {LIST_COUNT}")
                 size = len(payload)

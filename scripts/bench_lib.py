@@ -733,7 +733,11 @@ class Bench:
              lambda d: self._script_run(d, items), files),
         ]
         batch = tools[-2][0]
+        before = bench_script.fsync_probe(self.work)
         self.run_tools(case, tools, reps)
+        tools[1][0]["fsync_ms"] = [before, bench_script.fsync_probe(self.work)]
+        log(f"{case}: new 4 KiB file + fsync, 200-byte append + fdatasync (ms): "
+            f"{before} before the case, {tools[1][0]['fsync_ms'][1]} after")
         hows = {m.get("add") for m in batch["runs"] if m.get("add")}
         if hows:
             batch["note"] += f"; added with {'/'.join(sorted(hows))}"

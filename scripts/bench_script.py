@@ -18,6 +18,7 @@ bench_lib's `Service`; these functions get it started and only talk HTTP to it.
 import http.client
 import json
 import math
+import os
 import time
 
 SCRIPT_TOOL = "model-manager, one POST per URL + polling"
@@ -36,6 +37,42 @@ BODY_CAP = 64 << 20   # no list answer here comes near it; a runaway one stops t
 
 class ScriptError(Exception):
     pass
+
+
+def fsync_probe(workdir, n=40):
+    """Medians in ms of (a 4 KiB write + fsync of a new file, a 200-byte append +
+    fdatasync to one file) in `workdir`. The first is the disk's latency for durable
+    small files at that moment: it sets aria2c's pace in the small-files case (about 3
+    fsyncs per file, one at a time). The second is about the least a durable answer
+    (a journal append) can wait for: a floor for #26.3's single POSTs."""
+    path = os.path.join(workdir, "fsync-probe")
+    new, app = [], []
+    try:
+        for i in range(n):
+            t = time.monotonic()
+            fd = os.open(f"{path}.{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, b"\0" * 4096)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            new.append(time.monotonic() - t)
+        fd = os.open(f"{path}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for _ in range(n):
+                t = time.monotonic()
+                os.write(fd, b"x" * 200)
+                os.fdatasync(fd)
+                app.append(time.monotonic() - t)
+        finally:
+            os.close(fd)
+    finally:
+        for name in [f"{path}.{i}" for i in range(n)] + [f"{path}.log"]:
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+    return sorted(new)[n // 2] * 1000, sorted(app)[n // 2] * 1000
 
 
 class KeepAlive:
@@ -226,6 +263,17 @@ def notes(row, count):
     return [], {}
 
 
+def _unsteady(summary, what):
+    """A word when a row's runs spread more than 1.5×: aria2c makes about 3 fsyncs per
+    file, one at a time, so its wall follows the disk's fsync latency, which the
+    machine's other writers move by several times from one second to the next."""
+    walls = [m["wall"] for m in summary["row"]["runs"] if m.get("ok") and m.get("wall")]
+    if len(walls) > 1 and max(walls) > 1.5 * min(walls):
+        return (f"; {what} unsteady ({min(walls):.2f}–{max(walls):.2f} s over "
+                f"{len(walls)} runs): compare on a quiet machine or with more --reps")
+    return ""
+
+
 def acceptance(get, line, small_case, count):
     """Issue #26's lines 2-4; `get(case, tool)` is the report's summary of a row,
     `line(ok, text)` prints one."""
@@ -236,9 +284,16 @@ def acceptance(get, line, small_case, count):
             line(sc["ok"] and ars["ok"] and ratio <= 1.0,
                  f"#26.2 {count} x 256 KiB added one POST at a time and polled, wall vs "
                  f"`aria2c -j8 && sync`: {sc['wall']:.3f} s vs {ars['wall']:.3f} s = "
-                 f"{ratio:.2f}× (target ≤ 1.0×)")
+                 f"{ratio:.2f}× (target ≤ 1.0×)" + _unsteady(ars, "the anchor")
+                 + _unsteady(sc, "the script variant"))
         else:
             line(None, f"#26.2 {count} x 256 KiB one POST at a time, wall: not measured")
+        probe = (ars or {}).get("row", {}).get("fsync_ms")
+        if probe:
+            (n0, a0), (n1, a1) = probe
+            line(None, f"the disk, before and after the case (medians of 40): a new 4 KiB file "
+                       f"+ fsync {n0:.2f} / {n1:.2f} ms (aria2c's wall follows it); a 200-byte "
+                       f"append + fdatasync {a0:.2f} / {a1:.2f} ms (a floor for a durable answer)")
         r = (sc or {}).get("row", {})
         cpu, post = r.get("cpu_ms_per_file"), r.get("post_ms_each")
         line(None if cpu is None else sc["ok"] and cpu <= 0.7,

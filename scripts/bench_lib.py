@@ -736,8 +736,9 @@ class Bench:
         before = bench_script.fsync_probe(self.work)
         self.run_tools(case, tools, reps)
         tools[1][0]["fsync_ms"] = [before, bench_script.fsync_probe(self.work)]
-        log(f"{case}: new 4 KiB file + fsync, 200-byte append + fdatasync (ms): "
-            f"{before} before the case, {tools[1][0]['fsync_ms'][1]} after")
+        after = tools[1][0]["fsync_ms"][1]
+        log(f"{case}: new 4 KiB file + fsync {before[0]:.2f} ms before the case, {after[0]:.2f} "
+            f"after; 200-byte append + fdatasync {before[1]:.2f} / {after[1]:.2f} ms")
         hows = {m.get("add") for m in batch["runs"] if m.get("add")}
         if hows:
             batch["note"] += f"; added with {'/'.join(sorted(hows))}"

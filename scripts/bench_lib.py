@@ -1299,6 +1299,12 @@ def machine_info(workdir, binary):
     src_rev = sh(f"git -C {REPO} log -1 --format=%h -- src Cargo.toml Cargo.lock")
     dirty = sh(f"git -C {REPO} status --porcelain -- src Cargo.toml Cargo.lock | wc -l")
     built = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(os.path.getmtime(binary)))
+    src_time = sh(f"git -C {REPO} log -1 --format=%ct -- src Cargo.toml Cargo.lock")
+    if src_time.isdigit() and int(src_time) > os.path.getmtime(binary):
+        # --no-build on a binary copied or linked from elsewhere: say it may be older
+        built += (f", BEFORE {src_rev} was committed "
+                  f"({time.strftime('%H:%M:%S UTC', time.gmtime(int(src_time)))}): "
+                  f"it may be of an older tree")
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": f"{cpu}, {os.cpu_count()} CPUs (nproc {sh('nproc')})",

@@ -251,6 +251,7 @@ class Nginx:
         self.capped_port = free_port()
         self.hub_port = free_port()
         self.big_sha256 = big_sha256 or "0" * 64
+        self.token = os.urandom(8).hex()
         self.proc = None
 
     def hub_server(self):
@@ -258,7 +259,7 @@ class Nginx:
         MIRROR_REPO/big.bin answers as the Hub does for an LFS file (302 to the CDN,
         here the plain server, with X-Repo-Commit, X-Linked-Etag, X-Linked-Size)."""
         etag = f'"\\"{self.big_sha256}\\""'
-        return f"""  server {{ listen 127.0.0.1:{self.hub_port};
+        return f"""  server {{ listen 127.0.0.1:{self.hub_port}; {self.alive()}
     location ~ ^/{MIRROR_REPO}/resolve/[^/]+/big\\.bin$ {{
       add_header X-Repo-Commit {MIRROR_COMMIT} always;
       add_header X-Linked-Etag {etag} always;
@@ -268,10 +269,42 @@ class Nginx:
     }}
   }}"""
 
+    def alive(self):
+        """A location that names this nginx: an open port is not proof that it is ours
+        (one taken by something else between free_port() and nginx's bind answers too)."""
+        return f"location = /.mm-bench {{ add_header X-MM-Bench {self.token} always; return 204; }}"
+
+    def check_alive(self, port):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/.mm-bench")
+            r = c.getresponse()
+            r.read()
+            c.close()
+        except (http.client.HTTPException, OSError) as e:
+            raise BenchError(f"port {port}: not our nginx ({e})") from e
+        if r.getheader("X-MM-Bench") != self.token:
+            raise BenchError(f"port {port}: not our nginx (HTTP {r.status}, no token)")
+
     def hub_url(self):
         return f"http://127.0.0.1:{self.hub_port}"
 
     def start(self):
+        for attempt in range(3):
+            try:
+                return self._start()
+            except BenchError as e:
+                # as Service.start: a port taken between free_port() and nginx's bind
+                with open(os.path.join(self.dir, "error.log"), errors="replace") as f:
+                    taken = "Address already in use" in f.read()[-2000:]
+                if attempt == 2 or not (taken or "not our nginx" in str(e)):
+                    raise
+                if self.proc:
+                    stop(self.proc)
+                log("a port of nginx was taken before it bound it; other ports")
+                self.port, self.capped_port, self.hub_port = free_port(), free_port(), free_port()
+
+    def _start(self):
         d = self.dir
         conf = os.path.join(d, "nginx.conf")
         temp = "\n".join(
@@ -292,8 +325,9 @@ http {{
   keepalive_requests 100000;
   default_type application/octet-stream;
 {temp}
-  server {{ listen 127.0.0.1:{self.port}; root {self.root}; }}
-  server {{ listen 127.0.0.1:{self.capped_port}; root {self.root}; limit_rate {CAP_PER_CONN}; }}
+  server {{ listen 127.0.0.1:{self.port}; root {self.root}; {self.alive()} }}
+  server {{ listen 127.0.0.1:{self.capped_port}; root {self.root}; limit_rate {CAP_PER_CONN};
+    {self.alive()} }}
 {self.hub_server()}
 }}
 """)
@@ -304,9 +338,9 @@ http {{
             raise BenchError(f"nginx -t: {test.stderr.strip()}")
         self.proc = spawn(["nginx", "-p", d, "-e", err, "-c", conf],
                           stdout=subprocess.DEVNULL, stderr=open(err, "a"))
-        wait_port(self.port, self.proc)
-        wait_port(self.capped_port, self.proc)
-        wait_port(self.hub_port, self.proc)
+        for port in (self.port, self.capped_port, self.hub_port):
+            wait_port(port, self.proc)
+            self.check_alive(port)
         log(f"nginx on 127.0.0.1:{self.port} (plain) and :{self.capped_port} (limit_rate {CAP_PER_CONN})")
 
     def url(self, name, capped=False):

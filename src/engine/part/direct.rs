@@ -322,6 +322,7 @@ fn set_direct(file: &File, on: bool) -> io::Result<()> {
 /// Writes `data` at `at` with `O_DIRECT`, or buffered once the filesystem refused that
 /// (the description then leaves direct mode for good).
 fn write_all(file: &File, refused: &mut bool, data: &[u8], at: u64) -> io::Result<()> {
+    super::slow_disk::pause(file);
     if !*refused {
         match file.write_all_at(data, at) {
             Err(e) if refuses_direct(&e) => {

@@ -1,0 +1,110 @@
+//! One transfer's disk is slow; the others keep their rate. Every transfer runs on one
+//! thread (the `transfers` arbiter), so a write that waits on the disk there would hold
+//! up every download. No throttled device can be made everywhere (no device-mapper in
+//! most containers), so the slow disk is the engine's test-build stand-in: a `.part`
+//! named with `__slow_disk__` takes 2 s per write call (debug builds only).
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::service::*;
+use common::upstream::{Behavior, Upstream};
+use serde_json::json;
+
+/// What the slow file is named with.
+const SLOW: &str = "__slow_disk__";
+/// The fast transfer: 32 MiB, which loopback and the page cache move in well under a
+/// second; with the thread blocked 2 s per slow write, it would take a minute.
+const FAST: usize = 32 * MIB;
+/// Long enough for a loaded 2-core CI box, far shorter than a blocked thread needs.
+const FAST_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Starts the slow download, waits until it holds bytes (so a write of it is on its
+/// way, 2 s each), then the fast one, and checks that the fast one completes, with the
+/// right bytes, while the slow one is still far from done.
+async fn fast_beside_slow(svc: &TestService, up: &Upstream, slow_size: usize) {
+    let slow_name = format!("model{SLOW}.bin");
+    up.add_file(&slow_name, content(slow_size, 7), Behavior::default());
+    let fast_data = content(FAST, 8);
+    up.add_file("fast.bin", fast_data.clone(), Behavior::default());
+    let slow = svc.add(json!({ "url": up.url(&slow_name) })).await;
+    svc.wait_past(&slow, 0, Duration::from_secs(20)).await;
+    // Its first write has started by now, or starts at its next block.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let fast = svc
+        .add(json!({ "url": up.url("fast.bin"), "sha256": sha256_hex(&fast_data) }))
+        .await;
+    // Bytes moved by the fast one, sampled while the slow one is stuck.
+    let mut samples = Vec::new();
+    let slow_then = loop {
+        let f = svc.download(&fast).await;
+        let s = svc.download(&slow).await;
+        let done = f["bytes_done"].as_u64().unwrap_or(0);
+        samples.push((started.elapsed().as_millis() as u64, done));
+        if f["state"] == "completed" {
+            break s;
+        }
+        assert!(f["state"] != "failed", "the fast download failed: {f}");
+        assert!(
+            started.elapsed() < FAST_DEADLINE,
+            "the fast download moved only {done} of {FAST} bytes in {FAST_DEADLINE:?} \
+             beside a slow disk; last samples (ms, bytes): {:?}",
+            &samples[samples.len().saturating_sub(10)..]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = started.elapsed();
+    eprintln!(
+        "fast: {FAST} bytes in {took:?} ({:.0} MiB/s) beside a slow disk; slow: {} of {slow_size}",
+        FAST as f64 / MIB as f64 / took.as_secs_f64(),
+        slow_then["bytes_done"]
+    );
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("fast.bin")),
+        sha256_hex(&fast_data)
+    );
+    // The slow one was stuck all along: the fast one did not just run after it.
+    assert_ne!(slow_then["state"], "completed", "{slow_then}");
+    assert!(
+        slow_then["bytes_done"].as_u64().unwrap_or(0) < slow_size as u64 / 2,
+        "the slow disk was not slow: {slow_then}"
+    );
+    // A stop waits for the slow write on its way, and keeps what is on disk.
+    let (status, v) = svc.action(&slow, "pause").await;
+    assert_eq!(status, 200, "{v}");
+    svc.wait_state(&slow, "paused", Duration::from_secs(30))
+        .await;
+}
+
+#[actix_web::test]
+async fn a_slow_disk_under_one_connection_holds_up_no_other_transfer() {
+    let up = Upstream::start();
+    // One connection, through the page cache (no O_DIRECT): the write block's path.
+    let svc = TestService::start(|c| {
+        c.downloads.connections_per_download = 1;
+        c.downloads.direct_io_min_bytes = 0;
+    })
+    .await;
+    fast_beside_slow(&svc, &up, 8 * MIB).await;
+    svc.stop().await;
+}
+
+#[actix_web::test]
+async fn a_slow_disk_under_parallel_connections_holds_up_no_other_transfer() {
+    let up = Upstream::start();
+    // Both files are large enough for parallel ranged connections.
+    let svc = TestService::start(|c| c.downloads.connections_per_download = 4).await;
+    fast_beside_slow(&svc, &up, 24 * MIB).await;
+    svc.stop().await;
+}
+
+#[actix_web::test]
+async fn a_slow_disk_under_direct_writes_holds_up_no_other_transfer() {
+    let up = Upstream::start();
+    // One connection with O_DIRECT (test files of 2 MiB and more): the writer thread.
+    let svc = TestService::start(|c| c.downloads.connections_per_download = 1).await;
+    fast_beside_slow(&svc, &up, 16 * MIB).await;
+    svc.stop().await;
+}

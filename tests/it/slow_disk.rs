@@ -6,10 +6,13 @@
 
 use crate::common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::hub::{HubEmu, RepoOptions};
 use common::service::*;
 use common::upstream::{Behavior, Upstream};
+use common::xet::{self, Cas};
 use serde_json::json;
 
 /// What the slow file is named with.
@@ -20,16 +23,21 @@ const FAST: usize = 32 * MIB;
 /// Long enough for a loaded 2-core CI box, far shorter than a blocked thread needs.
 const FAST_DEADLINE: Duration = Duration::from_secs(20);
 
-/// Starts the slow download, waits until it holds bytes (so a write of it is on its
-/// way, 2 s each), then the fast one, and checks that the fast one completes, with the
-/// right bytes, while the slow one is still far from done.
-async fn fast_beside_slow(svc: &TestService, up: &Upstream, slow_size: usize) {
+/// Starts a slow download of `slow_size` bytes from `up` and checks [`fast_beside_slow`].
+async fn fast_beside_slow_url(svc: &TestService, up: &Upstream, slow_size: usize) {
     let slow_name = format!("model{SLOW}.bin");
     up.add_file(&slow_name, content(slow_size, 7), Behavior::default());
+    let slow = svc.add(json!({ "url": up.url(&slow_name) })).await;
+    fast_beside_slow(svc, up, &slow, slow_size).await;
+}
+
+/// With the slow download `slow` started: waits until it holds bytes (so a write of it
+/// is on its way, 2 s each), then starts a fast one from `up`, and checks that the fast
+/// one completes, with the right bytes, while the slow one is still far from done.
+async fn fast_beside_slow(svc: &TestService, up: &Upstream, slow: &str, slow_size: usize) {
     let fast_data = content(FAST, 8);
     up.add_file("fast.bin", fast_data.clone(), Behavior::default());
-    let slow = svc.add(json!({ "url": up.url(&slow_name) })).await;
-    svc.wait_past(&slow, 0, Duration::from_secs(20)).await;
+    svc.wait_past(slow, 0, Duration::from_secs(30)).await;
     // Its first write has started by now, or starts at its next block.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
@@ -40,7 +48,7 @@ async fn fast_beside_slow(svc: &TestService, up: &Upstream, slow_size: usize) {
     let mut samples = Vec::new();
     let slow_then = loop {
         let f = svc.download(&fast).await;
-        let s = svc.download(&slow).await;
+        let s = svc.download(slow).await;
         let done = f["bytes_done"].as_u64().unwrap_or(0);
         samples.push((started.elapsed().as_millis() as u64, done));
         if f["state"] == "completed" {
@@ -72,9 +80,9 @@ async fn fast_beside_slow(svc: &TestService, up: &Upstream, slow_size: usize) {
         "the slow disk was not slow: {slow_then}"
     );
     // A stop waits for the slow write on its way, and keeps what is on disk.
-    let (status, v) = svc.action(&slow, "pause").await;
+    let (status, v) = svc.action(slow, "pause").await;
     assert_eq!(status, 200, "{v}");
-    svc.wait_state(&slow, "paused", Duration::from_secs(30))
+    svc.wait_state(slow, "paused", Duration::from_secs(30))
         .await;
 }
 
@@ -87,7 +95,7 @@ async fn a_slow_disk_under_one_connection_holds_up_no_other_transfer() {
         c.downloads.direct_io_min_bytes = 0;
     })
     .await;
-    fast_beside_slow(&svc, &up, 8 * MIB).await;
+    fast_beside_slow_url(&svc, &up, 8 * MIB).await;
     svc.stop().await;
 }
 
@@ -96,7 +104,7 @@ async fn a_slow_disk_under_parallel_connections_holds_up_no_other_transfer() {
     let up = Upstream::start();
     // Both files are large enough for parallel ranged connections.
     let svc = TestService::start(|c| c.downloads.connections_per_download = 4).await;
-    fast_beside_slow(&svc, &up, 24 * MIB).await;
+    fast_beside_slow_url(&svc, &up, 24 * MIB).await;
     svc.stop().await;
 }
 
@@ -105,6 +113,34 @@ async fn a_slow_disk_under_direct_writes_holds_up_no_other_transfer() {
     let up = Upstream::start();
     // One connection with O_DIRECT (test files of 2 MiB and more): the writer thread.
     let svc = TestService::start(|c| c.downloads.connections_per_download = 1).await;
-    fast_beside_slow(&svc, &up, 16 * MIB).await;
+    // Past what the writer's buffers hold (3 × 4 MiB) before it waits on the disk.
+    fast_beside_slow_url(&svc, &up, 32 * MIB).await;
+    svc.stop().await;
+}
+
+#[actix_web::test]
+async fn a_slow_disk_under_xet_holds_up_no_other_transfer() {
+    // A Xet-backed Hub file: chunks written at their offsets through the seam.
+    let repo = "xet-org/Slow";
+    let file = format!("model{SLOW}.gguf");
+    let slow_size = 16 << 20;
+    let cas = Cas::start();
+    let up = Arc::new(Upstream::start());
+    let hub = HubEmu::start(up.clone());
+    hub.enable_xet(&cas);
+    hub.add_repo(repo, RepoOptions::default());
+    hub.put_xet_file(repo, &file, xet::random_file(slow_size, 9));
+    let endpoint = hub.endpoint();
+    let svc = TestService::start(move |c| c.hub.endpoint = endpoint).await;
+    let slow = svc
+        .add(json!({ "hub": { "repo": repo, "file": file } }))
+        .await;
+    let d = svc
+        .wait_until(&slow, Duration::from_secs(30), "bytes held", |d| {
+            d["bytes_done"].as_u64() > Some(0)
+        })
+        .await;
+    assert_eq!(d["transport"], "xet", "{d}");
+    fast_beside_slow(&svc, &up, &slow, slow_size).await;
     svc.stop().await;
 }

@@ -144,3 +144,80 @@ async fn a_slow_disk_under_xet_holds_up_no_other_transfer() {
     fast_beside_slow(&svc, &up, &slow, slow_size).await;
     svc.stop().await;
 }
+
+#[actix_web::test]
+async fn a_pause_during_a_slow_write_keeps_what_landed_and_the_resume_completes() {
+    let up = Upstream::start();
+    let svc = TestService::start(|c| {
+        c.downloads.connections_per_download = 1;
+        c.downloads.direct_io_min_bytes = 0;
+    })
+    .await;
+    // Five write blocks (256 KiB each), the last one short: about 10 s of slow writes.
+    let data = content(MIB + 1000, 11);
+    let name = format!("paused{SLOW}.bin");
+    up.add_file(&name, data.clone(), Behavior::default());
+    let id = svc
+        .add(json!({ "url": up.url(&name), "sha256": sha256_hex(&data) }))
+        .await;
+    // The first block is on its way to the disk (2 s), the second one filling.
+    svc.wait_past(&id, 256 * 1024, Duration::from_secs(20))
+        .await;
+    let (status, v) = svc.action(&id, "pause").await;
+    assert_eq!(status, 200, "{v}");
+    let paused = svc.wait_state(&id, "paused", Duration::from_secs(30)).await;
+    // What a pause keeps is what is on disk: whole blocks, never a block still on its way.
+    let kept = paused["bytes_done"].as_u64().unwrap_or(u64::MAX);
+    eprintln!("paused with {kept} of {} bytes kept", data.len());
+    assert!(kept <= data.len() as u64, "{paused}");
+    let part = svc.download_dir().join(format!("{name}.part"));
+    let on_disk = std::fs::read(&part).unwrap_or_default();
+    assert!(on_disk.len() as u64 >= kept, "{} < {kept}", on_disk.len());
+    assert!(
+        on_disk[..kept as usize] == data[..kept as usize],
+        "the bytes kept are the file's"
+    );
+    let (status, v) = svc.action(&id, "resume").await;
+    assert_eq!(status, 200, "{v}");
+    svc.wait_state(&id, "completed", Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        file_sha256(&svc.download_dir().join(&name)),
+        sha256_hex(&data)
+    );
+    svc.stop().await;
+}
+
+#[actix_web::test]
+async fn a_download_deleted_during_a_slow_write_and_added_again_gets_the_right_bytes() {
+    let up = Upstream::start();
+    let svc = TestService::start(|c| {
+        c.downloads.connections_per_download = 1;
+        c.downloads.direct_io_min_bytes = 0;
+    })
+    .await;
+    let data = content(600 * 1024, 12);
+    let name = format!("again{SLOW}.bin");
+    up.add_file(&name, data.clone(), Behavior::default());
+    let first = svc.add(json!({ "url": up.url(&name) })).await;
+    svc.wait_past(&first, 256 * 1024, Duration::from_secs(20))
+        .await;
+    // Its first block is on its way to the disk when it is deleted with its file.
+    let (status, v) = svc
+        .delete(&format!("/api/downloads/{first}?delete_file=true"))
+        .await;
+    assert!(status < 300, "{status} {v}");
+    // The upstream file changes: the next download's bytes differ from the first's.
+    let data = content(600 * 1024, 13);
+    up.add_file(&name, data.clone(), Behavior::default());
+    let second = svc
+        .add(json!({ "url": up.url(&name), "sha256": sha256_hex(&data) }))
+        .await;
+    svc.wait_state(&second, "completed", Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        file_sha256(&svc.download_dir().join(&name)),
+        sha256_hex(&data)
+    );
+    svc.stop().await;
+}

@@ -31,7 +31,7 @@ impl Part {
         &mut self,
         chunk: &bytes::Bytes,
     ) -> Result<(), EngineError> {
-        self.digest.update(chunk);
+        self.digest.update(chunk).await;
         if let Some(direct) = &mut self.direct {
             if let Err(e) = direct.push(chunk).await {
                 return Err(self.end_direct_after(e).await);

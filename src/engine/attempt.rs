@@ -103,7 +103,9 @@ impl Engine {
             t.stay_on_one_connection();
             return Ok(Ended::Again);
         }
-        t.part.use_direct_writes(job.settings.direct_io_min_bytes);
+        t.part
+            .use_direct_writes(job.settings.direct_io_min_bytes)
+            .await;
         self.read_body(job, t, ctx, response, window).await
     }
 

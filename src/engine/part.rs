@@ -21,6 +21,7 @@ mod hashpipe;
 mod lease;
 mod ranges;
 pub(in crate::engine) mod segment_table;
+mod slow_disk;
 
 pub(in crate::engine) use block::{WriteBlock, WRITE_BLOCK};
 pub(in crate::engine) use disk::CHECKPOINT_EVERY;
@@ -47,8 +48,10 @@ use segment_table::SegmentTable;
 /// The `.part` file and what is known about it.
 pub(in crate::engine) struct Part {
     /// The `.part`, locked (`flock`) for the transfer's life: another process (a second
-    /// instance on the same `download_dir`) cannot take it over meanwhile.
-    file: File,
+    /// instance on the same `download_dir`) cannot take it over meanwhile. Shared with
+    /// the blocking threads that write it: a write still on its way keeps the
+    /// descriptor, and so the lock, until it lands.
+    file: Arc<File>,
     /// The write lease and the running digest.
     digest: Digest,
     /// The directory handle and name every file operation goes through.
@@ -57,6 +60,8 @@ pub(in crate::engine) struct Part {
     on_disk: u64,
     /// Received but not yet written.
     block: block::WriteBlock,
+    /// The write block sent to a blocking thread and not landed yet (one at a time).
+    landing: Option<disk::Landing>,
     /// Large single-connection transfers: the `O_DIRECT` writer, used instead of `block`.
     direct: Option<direct::DirectWriter>,
     total: Option<u64>,
@@ -142,11 +147,12 @@ impl Part {
         };
         tracing::debug!(download_id = %job.id, offset, segmented, "transfer opened at its checkpoint");
         Ok(Part {
-            file,
+            file: Arc::new(file),
             digest,
             place,
             on_disk: offset,
             block: block::WriteBlock::default(),
+            landing: None,
             direct: None,
             total: checkpoint.total,
             validators: Validators {
@@ -176,11 +182,11 @@ impl Part {
         }
     }
 
-    /// Received in order but not written yet.
+    /// Received in order but not known to be written yet (on its way counts here).
     fn unwritten(&self) -> u64 {
         match &self.direct {
             Some(direct) => direct.unflushed(),
-            None => self.block.len() as u64,
+            None => self.block.len() as u64 + self.landing_len(),
         }
     }
 
@@ -260,7 +266,7 @@ impl Part {
         self.wait_checkpoint().await?;
         // Its writes on their way end first, so none lands after the truncation.
         self.close_direct().await;
-        self.block.clear();
+        self.drop_unwritten().await;
         self.on_disk = 0;
         self.writeback_from = 0;
         self.total = None;
@@ -281,7 +287,7 @@ impl Part {
                 .replace_lease(Lease::take(&self.file, 0, will_hash));
         }
         self.digest.lease().cutting(0);
-        self.file.set_len(0)?;
+        self.cut_to(0).await?;
         let hash = will_hash || !self.digest.lease().intact();
         self.digest.run(hash.then(Sha256::new), 0)?;
         self.generation += 1;
@@ -321,7 +327,7 @@ impl Part {
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))??;
         self.digest.release_lease();
-        self.file = file;
+        self.file = Arc::new(file);
         let lease = Lease::take(&self.file, 0, self.expected_sha256.is_some());
         self.digest.replace_lease(lease);
         self.restart(ctx).await

@@ -103,6 +103,9 @@ impl Engine {
         };
         let follower = t.part.follow_ranges(&table, total)?;
         let ended = drive(&shared, t, ctx, first).await;
+        // A connection dropped mid-write leaves its write on its way: none may land
+        // after what comes next (a restart cuts the file).
+        ranges.settle().await;
         // The connections are gone: a segment that one of them held is free again for
         // the next attempt (else only splits could reach it, and never its last piece).
         table.release_all();
@@ -306,25 +309,27 @@ async fn pump(
     let started = Instant::now();
     let mut floor = SpeedFloor::new(s.job, s.job.settings.connections_per_download);
     loop {
+        // The stop's `Ref` must not live across the flush's await (it is not `Send`).
         let next = tokio::select! {
-            n = tokio::time::timeout(stall, body.next()) => n,
-            _ = stop.wait_for(|x| *x) => {
-                flush(s, seg, &mut block)?;
-                return Ok(Ended::Stopped);
-            }
+            n = tokio::time::timeout(stall, body.next()) => Some(n),
+            _ = stop.wait_for(|x| *x) => None,
+        };
+        let Some(next) = next else {
+            flush(s, seg, &mut block).await?;
+            return Ok(Ended::Stopped);
         };
         let chunk = match next {
             Ok(Some(Ok(chunk))) => chunk,
             Err(_) => {
-                flush(s, seg, &mut block)?;
+                flush(s, seg, &mut block).await?;
                 return Err(EngineError::Stalled(stall.as_secs()));
             }
             Ok(Some(Err(e))) => {
-                flush(s, seg, &mut block)?;
+                flush(s, seg, &mut block).await?;
                 return Err(EngineError::Network(crate::http::describe(&e)));
             }
             Ok(None) => {
-                flush(s, seg, &mut block)?;
+                flush(s, seg, &mut block).await?;
                 let expected = seg.end().min(upto);
                 if seg.pos() < expected {
                     return Err(EngineError::Truncated {
@@ -343,15 +348,15 @@ async fn pump(
         s.progress.add_done(took as u64);
         block.push(useful);
         if block.len() >= WRITE_BLOCK || took < chunk.len() || room == took {
-            flush(s, seg, &mut block)?;
+            flush(s, seg, &mut block).await?;
         }
         // Every byte received counts against the limits, the last one of a piece too.
         if let Err(e) = floor.check(chunk.len(), [&s.engine.global, &s.limiter]) {
-            flush(s, seg, &mut block)?;
+            flush(s, seg, &mut block).await?;
             return Err(e);
         }
         if !super::limiter::pace(&s.engine.global, &s.limiter, chunk.len(), &mut stop).await {
-            flush(s, seg, &mut block)?;
+            flush(s, seg, &mut block).await?;
             return Ok(Ended::Stopped);
         }
         if seg.pos() >= seg.end().min(upto) {
@@ -369,7 +374,8 @@ async fn pump(
     }
 }
 
-/// Writes the block at the segment's position, clipped to its current end.
-fn flush(s: &Shared<'_>, seg: &Segment, block: &mut WriteBlock) -> Result<(), EngineError> {
-    s.ranges.write_segment(seg, block)
+/// Writes the block at the segment's position, clipped to its current end (on a
+/// blocking thread: this connection waits for it, the others do not).
+async fn flush(s: &Shared<'_>, seg: &Segment, block: &mut WriteBlock) -> Result<(), EngineError> {
+    s.ranges.write_segment(seg, block).await
 }

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -117,13 +118,19 @@ pub(super) struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    /// Writes `bytes` at file offset `at`, clipped to `unit`.
-    fn write(&self, at: u64, bytes: &[u8], unit: &Range<u64>) -> Result<(), XetError> {
-        let end = at + bytes.len() as u64;
-        let (from, to) = (at.max(unit.start), end.min(unit.end));
-        if from < to {
-            let slice = &bytes[(from - at) as usize..(to - at) as usize];
-            self.ranges.write_range(from, slice)?;
+    /// Writes each `(at, bytes)` at its file offset, clipped to `unit`, in one trip
+    /// to the writing thread.
+    async fn write(&self, pieces: Vec<(u64, Bytes)>, unit: &Range<u64>) -> Result<(), XetError> {
+        let clipped: Vec<(u64, Bytes)> = pieces
+            .into_iter()
+            .filter_map(|(at, bytes)| {
+                let end = at + bytes.len() as u64;
+                let (from, to) = (at.max(unit.start), end.min(unit.end));
+                (from < to).then(|| (from, bytes.slice((from - at) as usize..(to - at) as usize)))
+            })
+            .collect();
+        if !clipped.is_empty() {
+            self.ranges.write_ranges(clipped).await?;
             self.progress.set_done(self.table.held());
         }
         Ok(())
@@ -176,19 +183,10 @@ impl Engine {
             reused: AtomicU64::new(0),
         };
         let follower = t.part.follow_ranges(&table, total)?;
-        let ended = match reuse_first(&shared, total).await {
-            Ok(Ended::Done) => {
-                // Most of what a delta reuses is copied by now: told before the fetch,
-                // which may take long.
-                let first = shared.reused.load(Ordering::Relaxed);
-                if first > 0 {
-                    (ctx.events)(EngineEvent::Reused(first));
-                }
-                let ended = drive(&shared, t, ctx).await;
-                (ended, first)
-            }
-            other => (other, 0),
-        };
+        let ended = run_units(&shared, t, ctx, total).await;
+        // A unit dropped mid-write leaves its write on its way: none may land after
+        // what comes next (a fall back to the bridge cuts the file).
+        ranges.settle().await;
         let (ended, told) = ended;
         let (fetched, reused) = (shared.fetched.into_inner(), shared.reused.into_inner());
         tracing::info!(download_id = %job.id, fetched, reused, missing = missing.iter().map(|r| r.end - r.start).sum::<u64>(), "Xet transfer ended");
@@ -244,6 +242,29 @@ async fn reuse_first(s: &Shared<'_>, total: u64) -> Result<Ended, XetError> {
         *queue = units(&s.table.missing());
     }
     Ok(Ended::Done)
+}
+
+/// Copies what files on disk hold, then fetches the rest: how the units ended, and the
+/// bytes reused already told.
+async fn run_units(
+    s: &Shared<'_>,
+    t: &mut Transfer,
+    ctx: &RunCtx,
+    total: u64,
+) -> (Result<Ended, XetError>, u64) {
+    match reuse_first(s, total).await {
+        Ok(Ended::Done) => {
+            // Most of what a delta reuses is copied by now: told before the fetch,
+            // which may take long.
+            let first = s.reused.load(Ordering::Relaxed);
+            if first > 0 {
+                (ctx.events)(EngineEvent::Reused(first));
+            }
+            let ended = drive(s, t, ctx).await;
+            (ended, first)
+        }
+        other => (other, 0),
+    }
 }
 
 /// The missing ranges cut into units.

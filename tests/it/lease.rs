@@ -159,8 +159,8 @@ async fn a_part_overwritten_in_direct_mode_never_completes_with_wrong_bytes() {
         runs.push((svc.add(body).await, name, data));
     }
     for (id, name, _) in &runs {
-        // Past the first 2 MiB buffer of the O_DIRECT writer, which it writes whole.
-        svc.wait_past(id, 2_600_000, WAIT).await;
+        // Past the first 4 MiB buffer of the O_DIRECT writer, which it writes whole.
+        svc.wait_past(id, 4_600_000, WAIT).await;
         let part = svc.download_dir().join(format!("{name}.part"));
         tokio::task::spawn_blocking(move || {
             let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();

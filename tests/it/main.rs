@@ -38,6 +38,7 @@ mod runtimes;
 mod security;
 mod segments;
 mod slow_clients;
+mod slow_disk;
 mod terminal;
 mod trust;
 mod updates;

@@ -43,6 +43,9 @@ impl WriteBlock {
     /// empties the block.
     pub fn write_at(&mut self, file: &File, offset: u64, n: usize) -> io::Result<()> {
         let mut left = n.min(self.len);
+        if left > 0 {
+            super::slow_disk::pause(file);
+        }
         let mut at = offset;
         let mut first = 0; // index of the first chunk not fully written
         let mut skip = 0; // bytes of that chunk already written

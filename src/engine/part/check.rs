@@ -130,7 +130,7 @@ impl Part {
         self.wait_checkpoint().await?;
         // Its writes on their way end first, so none lands after the cut.
         self.close_direct().await;
-        self.block.clear();
+        self.drop_unwritten().await;
         // A checkpoint taken after the keeper's look may vouch for more than `len`:
         // it says `len` before the file is cut (those bytes were fsynced with it).
         let recorded = self.store.checkpoint(&self.id)?.map_or(0, |c| c.offset);
@@ -141,7 +141,7 @@ impl Part {
                 .put_checkpoint(&self.id, &self.checkpoint_record(ctx))?;
             self.store.flush().await?;
         }
-        self.file.set_len(self.on_disk)?;
+        self.cut_to(self.on_disk).await?;
         self.digest.run(Some(digest), 0)?;
         ctx.progress.set_done(self.on_disk);
         tracing::info!(download_id = %self.id, from = self.on_disk, "fetching again what came after someone opened the .part");

@@ -94,10 +94,9 @@ impl Digest {
     }
 
     /// Hands a chunk received in order to the running hash, if any (a reference count).
-    #[inline]
-    pub(in crate::engine) fn update(&self, chunk: &Bytes) {
+    pub(in crate::engine) async fn update(&self, chunk: &Bytes) {
         if let Some(h) = &self.running {
-            h.update(chunk.clone());
+            h.update(chunk.clone()).await;
         }
     }
 

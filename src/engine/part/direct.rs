@@ -25,39 +25,97 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
-/// Alignment of file offsets, lengths and memory: 4 KiB covers 512-byte and 4K-sector disks.
+/// Alignment of file offsets and lengths: 4 KiB covers 512-byte and 4K-sector disks.
 const ALIGN: usize = 4096;
-/// One write to the disk. Large, so that the disk sees few, long requests.
-const BUF_SIZE: usize = 2 << 20;
+/// One write to the disk: large, so that the disk sees few, long requests (4 MiB is
+/// the most a virtio disk takes in one request, `max_sectors_kb`). A 1 GiB download,
+/// medians of 7 interleaved runs: 2 MiB in 4 KiB pages took 0.60 s of service CPU,
+/// 2 MiB in huge pages 0.50 s, 4 MiB in huge pages 0.45 s; peak RSS 23 → 29 MiB.
+const BUF_SIZE: usize = 4 << 20;
 /// Buffers per download: one filling, the others on their way to the disk.
 const BUFFERS: usize = 3;
+/// Where buffers start in memory: a huge-page boundary, so that the kernel can back
+/// them with transparent huge pages (`MADV_HUGEPAGE`): pinning a buffer's pages for
+/// each direct write, and copying into it, then walk 2 MiB pages, not 4 KiB ones.
+const HUGE: usize = 2 << 20;
 
-/// A `BUF_SIZE` byte region aligned to `ALIGN`, inside a slightly larger `Vec`.
+/// `BUF_SIZE` bytes of anonymous memory of their own (zero-filled when mapped), at a
+/// [`HUGE`] boundary; unmapped when dropped.
 struct AlignedBuf {
-    raw: Vec<u8>,
-    start: usize,
+    ptr: std::ptr::NonNull<u8>,
+    /// 0 for the placeholder, which maps nothing.
+    len: usize,
 }
 
+// SAFETY: the buffer owns its mapping alone, as a `Box<[u8]>` owns its memory, and
+// gives shared access only as `&[u8]`.
+unsafe impl Send for AlignedBuf {}
+unsafe impl Sync for AlignedBuf {}
+
 impl AlignedBuf {
-    fn new() -> AlignedBuf {
-        let raw = vec![0u8; BUF_SIZE + ALIGN];
-        let start = raw.as_ptr().align_offset(ALIGN);
-        AlignedBuf { raw, start }
+    fn new() -> io::Result<AlignedBuf> {
+        let over = BUF_SIZE + HUGE;
+        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                over,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let head = (map as usize).next_multiple_of(HUGE) - map as usize;
+        // SAFETY: `head + BUF_SIZE <= over`: the pieces before and after the aligned
+        // buffer are inside the mapping, and unmapping them leaves the buffer mapped.
+        let start = unsafe {
+            let start = map.cast::<u8>().add(head);
+            if head > 0 {
+                libc::munmap(map, head);
+            }
+            let tail = over - head - BUF_SIZE;
+            if tail > 0 {
+                libc::munmap(start.add(BUF_SIZE).cast(), tail);
+            }
+            // A hint: without huge pages the buffer works the same.
+            libc::madvise(start.cast(), BUF_SIZE, libc::MADV_HUGEPAGE);
+            start
+        };
+        let ptr =
+            std::ptr::NonNull::new(start).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(AlignedBuf { ptr, len: BUF_SIZE })
     }
 
     fn bytes(&self) -> &[u8] {
-        &self.raw[self.start..self.start + BUF_SIZE]
+        // SAFETY: `len` bytes mapped and initialised (zero-filled) at `ptr`, or none.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.raw[self.start..self.start + BUF_SIZE]
+        // SAFETY: as above, and borrowed mutably through `self` alone.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
     /// A placeholder while the real buffer is with the writer thread (never written to).
     fn empty() -> AlignedBuf {
         AlignedBuf {
-            raw: Vec::new(),
-            start: 0,
+            ptr: std::ptr::NonNull::dangling(),
+            len: 0,
+        }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the mapping made in `new`, unmapped once.
+            unsafe {
+                libc::munmap(self.ptr.as_ptr().cast(), self.len);
+            }
         }
     }
 }
@@ -96,7 +154,7 @@ impl DirectWriter {
     /// write lease needs; the mode goes when the writer's thread ends). `None` when
     /// the filesystem does not take `O_DIRECT`.
     pub fn open(file: &File, at: u64) -> io::Result<Option<DirectWriter>> {
-        let mut cur = AlignedBuf::new();
+        let mut cur = AlignedBuf::new()?;
         let cur_start = at - at % ALIGN as u64;
         let fill = (at - cur_start) as usize;
         // The bytes between the aligned start and `at` are rewritten with the first
@@ -203,8 +261,9 @@ impl DirectWriter {
             return Ok(buf);
         }
         if self.allocated < BUFFERS {
+            let buf = AlignedBuf::new()?;
             self.allocated += 1;
-            return Ok(AlignedBuf::new());
+            return Ok(buf);
         }
         self.wait_one().await
     }
@@ -322,6 +381,7 @@ fn set_direct(file: &File, on: bool) -> io::Result<()> {
 /// Writes `data` at `at` with `O_DIRECT`, or buffered once the filesystem refused that
 /// (the description then leaves direct mode for good).
 fn write_all(file: &File, refused: &mut bool, data: &[u8], at: u64) -> io::Result<()> {
+    super::slow_disk::pause(file);
     if !*refused {
         match file.write_all_at(data, at) {
             Err(e) if refuses_direct(&e) => {
@@ -355,6 +415,22 @@ mod tests {
             .truncate(false)
             .open(path)
             .unwrap()
+    }
+
+    #[test]
+    fn a_buffer_starts_at_a_huge_page_boundary_and_holds_zeros() {
+        let mut bufs: Vec<AlignedBuf> = (0..3).map(|_| AlignedBuf::new().unwrap()).collect();
+        for (i, buf) in bufs.iter_mut().enumerate() {
+            assert_eq!(buf.bytes().as_ptr() as usize % HUGE, 0);
+            assert_eq!(buf.bytes().len(), BUF_SIZE);
+            assert!(buf.bytes().iter().all(|&b| b == 0));
+            buf.bytes_mut().fill(i as u8 + 1);
+        }
+        // Each its own memory.
+        for (i, buf) in bufs.iter().enumerate() {
+            assert!(buf.bytes().iter().all(|&b| b == i as u8 + 1));
+        }
+        assert!(AlignedBuf::empty().bytes().is_empty());
     }
 
     #[tokio::test]

@@ -1,8 +1,18 @@
 //! How the bytes of one connection and the checkpoints reach the disk: the write
 //! block (or the `O_DIRECT` writer of a large file), early writeback, and checkpoints
 //! taken in the background so that the byte loop never waits on an fsync.
+//!
+//! No call here that waits on the disk runs on the caller's thread: every transfer
+//! shares one (the `transfers` arbiter), so one slow disk would stall them all. A full
+//! write block goes to a blocking thread and the byte loop goes on receiving the next
+//! one; it waits only when that next one is full too (one write on its way at a time,
+//! so writes land in order and memory stays bounded). Bytes count as on disk once their
+//! write returned: a failed write never does.
 
+use std::fs::File;
 use std::time::Instant;
+
+use tokio::task::JoinHandle;
 
 use super::block::WRITE_BLOCK;
 use super::{direct, Part};
@@ -21,7 +31,7 @@ impl Part {
         &mut self,
         chunk: &bytes::Bytes,
     ) -> Result<(), EngineError> {
-        self.digest.update(chunk);
+        self.digest.update(chunk).await;
         if let Some(direct) = &mut self.direct {
             if let Err(e) = direct.push(chunk).await {
                 return Err(self.end_direct_after(e).await);
@@ -30,7 +40,7 @@ impl Part {
         }
         self.block.push(chunk.clone());
         if self.block.len() >= WRITE_BLOCK {
-            self.flush_block().await?;
+            self.send_block().await?;
         }
         Ok(())
     }
@@ -38,15 +48,21 @@ impl Part {
     /// Switches a single-connection transfer with at least `min` bytes left (0: never)
     /// to `O_DIRECT` writes, where the filesystem takes them; smaller ones are not worth
     /// the writer's buffers. Called with the write block empty.
-    pub(in crate::engine) fn use_direct_writes(&mut self, min: u64) {
+    /// The writer is opened on a blocking thread (it reads the unaligned head back).
+    pub(in crate::engine) async fn use_direct_writes(&mut self, min: u64) {
         let left = self
             .total
             .map(|total| total.saturating_sub(self.on_disk))
             .unwrap_or(0);
-        if min == 0 || left < min || self.direct.is_some() || !self.block.is_empty() {
+        let idle = self.block.is_empty() && self.landing.is_none();
+        if min == 0 || left < min || self.direct.is_some() || !idle {
             return;
         }
-        match direct::DirectWriter::open(&self.file, self.on_disk) {
+        let (file, at) = (self.file.clone(), self.on_disk);
+        let opened = tokio::task::spawn_blocking(move || direct::DirectWriter::open(&file, at))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match opened {
             Ok(Some(writer)) => self.direct = Some(writer),
             Ok(None) => {
                 tracing::debug!(download_id = %self.id, "no O_DIRECT here; writing through the page cache")
@@ -62,9 +78,16 @@ impl Part {
     pub(in crate::engine) async fn end_direct_writes(&mut self) -> Result<(), EngineError> {
         self.flush_block().await?;
         if self.close_direct().await {
-            self.file.set_len(self.on_disk)?;
+            self.cut_to(self.on_disk).await?;
         }
         Ok(())
+    }
+
+    /// Gives the `.part` the length `len`, on a blocking thread (cutting a multi-GB
+    /// file frees its blocks, which takes the disk a while).
+    pub(in crate::engine) async fn cut_to(&self, len: u64) -> Result<(), EngineError> {
+        let file = self.file.clone();
+        off_thread(move || file.set_len(len)).await
     }
 
     /// Lets the direct writer go once its writes on their way are done (none lands
@@ -88,6 +111,8 @@ impl Part {
         e.into()
     }
 
+    /// Puts every byte received on disk (the write on its way, then the rest of the
+    /// block), and waits for it.
     pub(in crate::engine) async fn flush_block(&mut self) -> Result<(), EngineError> {
         if let Some(direct) = &mut self.direct {
             match direct.flush().await {
@@ -99,36 +124,77 @@ impl Part {
             }
             return Ok(());
         }
-        if !self.block.is_empty() {
-            let n = self.block.len();
-            self.block.write_at(&self.file, self.on_disk, n)?;
-            self.on_disk += n as u64;
-            self.digest.lease().set_on_disk(self.on_disk);
-            self.start_writeback();
+        self.send_block().await?;
+        self.landed().await
+    }
+
+    /// Sends the write block to a blocking thread, once the write before it landed;
+    /// the byte loop does not wait for this one.
+    async fn send_block(&mut self) -> Result<(), EngineError> {
+        self.landed().await?;
+        if self.block.is_empty() {
+            return Ok(());
         }
+        let mut block = std::mem::take(&mut self.block);
+        let n = block.len();
+        let at = self.on_disk;
+        let end = at + n as u64;
+        let writeback = self.writeback_due(end);
+        let file = self.file.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            block.write_at(&file, at, n)?;
+            if let Some((from, len)) = writeback {
+                start_writeback(&file, from, len);
+            }
+            Ok(())
+        });
+        self.landing = Some(Landing { end, job });
         Ok(())
     }
 
-    /// Every [`WRITEBACK_EVERY`] bytes, asks the kernel to start writing them out
-    /// (without waiting): the disk works while the network does, so the fsyncs of the
-    /// checkpoints and of the end find little left to do, and dirty pages never pile up
-    /// enough to throttle the byte loop.
-    fn start_writeback(&mut self) {
-        if self.on_disk < self.writeback_from + WRITEBACK_EVERY {
-            return;
+    /// Waits for the write on its way, if any: its bytes are on disk once it returned
+    /// (a failed one leaves `on_disk` where it was). Cancel-safe: the write stays known
+    /// until it is seen to end.
+    async fn landed(&mut self) -> Result<(), EngineError> {
+        let Some(landing) = &mut self.landing else {
+            return Ok(());
+        };
+        let result = (&mut landing.job).await;
+        let end = landing.end;
+        self.landing = None;
+        result.map_err(|e| EngineError::Internal(e.to_string()))??;
+        self.on_disk = end;
+        self.digest.lease().set_on_disk(end);
+        Ok(())
+    }
+
+    /// Bytes of the write on its way.
+    pub(super) fn landing_len(&self) -> u64 {
+        self.landing
+            .as_ref()
+            .map_or(0, |l| l.end.saturating_sub(self.on_disk))
+    }
+
+    /// Drops what was received and not written, after the write on its way ended (so
+    /// none lands after a cut that follows); what it wrote is not counted.
+    pub(super) async fn drop_unwritten(&mut self) {
+        if let Some(landing) = self.landing.take() {
+            let _ = landing.job.await;
         }
-        use std::os::unix::io::AsRawFd;
-        let len = self.on_disk - self.writeback_from;
-        // SAFETY: a valid fd and a range inside the file; failure only loses the hint.
-        unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                self.writeback_from as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
+        self.block.clear();
+    }
+
+    /// Every [`WRITEBACK_EVERY`] bytes, the range the kernel is to start writing out
+    /// (without waiting) once the write ending at `end` is in: the disk works while the
+    /// network does, so the fsyncs of the checkpoints and of the end find little left
+    /// to do, and dirty pages never pile up enough to throttle the byte loop.
+    fn writeback_due(&mut self, end: u64) -> Option<(u64, u64)> {
+        if end < self.writeback_from + WRITEBACK_EVERY {
+            return None;
         }
-        self.writeback_from = self.on_disk;
+        let range = (self.writeback_from, end - self.writeback_from);
+        self.writeback_from = end;
+        Some(range)
     }
 
     pub(in crate::engine) fn checkpoint_record(&self, ctx: &RunCtx) -> Checkpoint {
@@ -154,7 +220,7 @@ impl Part {
         &self,
         record: Checkpoint,
     ) -> Result<impl FnOnce() -> Result<(), EngineError> + Send + 'static, EngineError> {
-        let file = self.file.try_clone()?;
+        let file = self.file.clone();
         let store = self.store.clone();
         let id = self.id.clone();
         Ok(move || {
@@ -245,5 +311,36 @@ impl Part {
             .map_err(|e| EngineError::Internal(e.to_string()))??;
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+}
+
+/// A write of the write block on a blocking thread: where it ends, and how it went.
+pub(super) struct Landing {
+    end: u64,
+    job: JoinHandle<std::io::Result<()>>,
+}
+
+/// Runs `job` (a call that may wait on the disk) on a blocking thread.
+pub(super) async fn off_thread<T: Send + 'static>(
+    job: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?
+        .map_err(EngineError::from)
+}
+
+/// Asks the kernel to start writing `len` bytes from `from` out; failure only loses
+/// the hint.
+fn start_writeback(file: &File, from: u64, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: a valid fd and a range inside the file.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }

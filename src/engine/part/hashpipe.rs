@@ -1,8 +1,8 @@
 //! SHA-256 on its own thread: the byte loop hands each chunk over (a reference count,
 //! not a copy) and goes on receiving, so hashing a large file overlaps the transfer
-//! instead of adding to it.
+//! instead of adding to it. When the thread lags, the byte loop awaits room (it never
+//! blocks the thread that runs the other transfers).
 
-use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -13,19 +13,19 @@ const DEPTH: usize = 16;
 
 /// A running digest fed from another thread.
 pub struct HashPipe {
-    tx: Option<SyncSender<Bytes>>,
+    tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
     worker: Option<JoinHandle<Sha256>>,
 }
 
 impl HashPipe {
     /// Starts a thread that continues `initial` (the digest of the bytes already on disk).
     pub fn start(initial: Sha256) -> std::io::Result<HashPipe> {
-        let (tx, rx) = sync_channel::<Bytes>(DEPTH);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(DEPTH);
         let worker = std::thread::Builder::new()
             .name("sha256".into())
             .spawn(move || {
                 let mut hasher = initial;
-                for chunk in rx {
+                while let Some(chunk) = rx.blocking_recv() {
                     hasher.update(&chunk);
                 }
                 hasher
@@ -36,10 +36,10 @@ impl HashPipe {
         })
     }
 
-    pub fn update(&self, chunk: Bytes) {
+    pub async fn update(&self, chunk: Bytes) {
         if let Some(tx) = &self.tx {
             // Only fails if the thread is gone, which `finish` then reports.
-            let _ = tx.send(chunk);
+            let _ = tx.send(chunk).await;
         }
     }
 
@@ -61,12 +61,12 @@ impl Drop for HashPipe {
 mod tests {
     use super::*;
 
-    #[test]
-    fn matches_a_direct_digest() {
+    #[tokio::test]
+    async fn matches_a_direct_digest() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let pipe = HashPipe::start(Sha256::new()).unwrap();
         for chunk in data.chunks(12_345) {
-            pipe.update(Bytes::copy_from_slice(chunk));
+            pipe.update(Bytes::copy_from_slice(chunk)).await;
         }
         assert_eq!(pipe.finish().unwrap().finalize(), Sha256::digest(&data));
     }

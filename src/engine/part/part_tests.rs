@@ -86,11 +86,16 @@ async fn deliver_out_of_order(t: &mut Transfer, data: &[u8], corrupt: bool) {
     if corrupt {
         last[5 * KIB] ^= 0xff;
     }
+    let piece = |r: Range<usize>| bytes::Bytes::copy_from_slice(&data[r]);
     ranges
-        .write_range(60 * KIB as u64, &data[60 * KIB..])
+        .write_range(60 * KIB as u64, piece(60 * KIB..data.len()))
+        .await
         .unwrap();
-    ranges.write_range(0, &data[..30 * KIB]).unwrap();
-    ranges.write_range(overlap.start as u64, &last).unwrap();
+    ranges.write_range(0, piece(0..30 * KIB)).await.unwrap();
+    ranges
+        .write_range(overlap.start as u64, bytes::Bytes::from(last))
+        .await
+        .unwrap();
 }
 
 /// Asks the part what is missing and delivers it.
@@ -99,7 +104,8 @@ async fn fill_missing(t: &mut Transfer, data: &[u8]) {
     assert!(!fresh, "the part was already filled as ranges");
     for gap in ranges.missing() {
         let (from, to) = (gap.start as usize, gap.end as usize);
-        ranges.write_range(gap.start, &data[from..to]).unwrap();
+        let piece = bytes::Bytes::copy_from_slice(&data[from..to]);
+        ranges.write_range(gap.start, piece).await.unwrap();
     }
     assert!(ranges.missing().is_empty());
 }

@@ -6,13 +6,22 @@
 //! own segment, a block at a time, without a lock); a content-addressed one (chunks
 //! fetched by hash and written where they belong, resumed chunk by chunk) is another,
 //! through [`Ranges::write_range`] and [`Ranges::missing`].
+//!
+//! Every write runs on a blocking thread (the transports share one thread with every
+//! other transfer, which a slow disk must not stall), and counts as on its way until it
+//! returned, even when its caller stopped waiting: [`Ranges::settle`] waits for them
+//! all, so that none lands after the run moved on (and, say, cut the file).
 
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use tokio::sync::RwLock;
+
 use super::block::WriteBlock;
+use super::disk::off_thread;
 use super::hashing::Follower;
 use super::segment_table::{Segment, SegmentTable};
 use super::Part;
@@ -25,6 +34,8 @@ pub(in crate::engine) struct Ranges {
     file: Arc<File>,
     table: Arc<SegmentTable>,
     total: u64,
+    /// Held shared by every write on its way; taken whole by [`Ranges::settle`].
+    writes: Arc<RwLock<()>>,
 }
 
 impl Part {
@@ -46,11 +57,21 @@ impl Part {
             .ranges
             .clone()
             .ok_or_else(|| EngineError::Internal("no ranges".into()))?;
-        if self.file.metadata()?.len() < total {
-            self.file.set_len(total)?;
-        }
-        let file = Arc::new(self.file.try_clone()?);
-        Ok((Ranges { file, table, total }, fresh))
+        let file = self.file.clone();
+        off_thread(move || {
+            if file.metadata()?.len() < total {
+                file.set_len(total)?;
+            }
+            Ok(())
+        })
+        .await?;
+        let ranges = Ranges {
+            file: self.file.clone(),
+            table,
+            total,
+            writes: Arc::new(RwLock::new(())),
+        };
+        Ok((ranges, fresh))
     }
 
     /// A reader that hashes the file as its written prefix grows (on its own thread),
@@ -120,8 +141,9 @@ impl Ranges {
     }
 
     /// Writes the first bytes of `block` at `seg`'s position, clipped to its current
-    /// end, and moves the segment on (only the segment's owner calls it).
-    pub(in crate::engine) fn write_segment(
+    /// end, and moves the segment on (only the segment's owner calls it). The block
+    /// goes to the writing thread and comes back empty.
+    pub(in crate::engine) async fn write_segment(
         &self,
         seg: &Segment,
         block: &mut WriteBlock,
@@ -132,34 +154,67 @@ impl Ranges {
         // The block starts at `pos`: only the owner of a segment moves it.
         let pos = seg.pos();
         let n = (block.len() as u64).min(seg.end().saturating_sub(pos)) as usize;
-        block.write_at(&self.file, pos, n)?;
+        let mut taken = std::mem::take(block);
+        self.write_off_thread(move |file| taken.write_at(file, pos, n))
+            .await?;
         seg.written_to(pos + n as u64);
         Ok(())
     }
 
     /// Writes `bytes` at `offset` (clipped to the file) and records them present, in any
     /// order; a range overlapping one already there writes those bytes again.
-    pub(in crate::engine) fn write_range(
+    // One piece at a time, for the fake transport of `part/part_tests.rs`; Xet writes
+    // the chunks of a body's piece together (`write_ranges`).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(in crate::engine) async fn write_range(
         &self,
         offset: u64,
-        bytes: &[u8],
+        bytes: Bytes,
     ) -> Result<(), EngineError> {
-        let end = offset.saturating_add(bytes.len() as u64).min(self.total);
-        if offset >= end {
+        self.write_ranges(vec![(offset, bytes)]).await
+    }
+
+    /// Writes each piece at its offset (clipped to the file) in one trip to the
+    /// writing thread, then records them present (none when one failed).
+    pub(in crate::engine) async fn write_ranges(
+        &self,
+        pieces: Vec<(u64, Bytes)>,
+    ) -> Result<(), EngineError> {
+        let total = self.total;
+        let clipped: Vec<(u64, Bytes)> = pieces
+            .into_iter()
+            .filter_map(|(offset, bytes)| {
+                let end = offset.saturating_add(bytes.len() as u64).min(total);
+                (offset < end).then(|| (offset, bytes.slice(..(end - offset) as usize)))
+            })
+            .collect();
+        if clipped.is_empty() {
             return Ok(());
         }
-        let n = (end - offset) as usize;
-        self.file.write_all_at(&bytes[..n], offset)?;
-        self.table.mark(offset, end);
+        let marks: Vec<(u64, u64)> = clipped
+            .iter()
+            .map(|(offset, b)| (*offset, offset + b.len() as u64))
+            .collect();
+        self.write_off_thread(move |file| {
+            super::slow_disk::pause(file);
+            for (offset, bytes) in &clipped {
+                file.write_all_at(bytes, *offset)?;
+            }
+            Ok(())
+        })
+        .await?;
+        for (from, to) in marks {
+            self.table.mark(from, to);
+        }
         Ok(())
     }
 
     /// Copies `len` bytes at offset `from` of `src` to offset `to` (clipped to the file)
     /// and records them present: in the kernel (`copy_file_range`, a reflink where
     /// the filesystem shares extents), else read and written a MiB at a time.
-    pub(in crate::engine) fn copy_from(
+    pub(in crate::engine) async fn copy_from(
         &self,
-        src: &File,
+        src: Arc<File>,
         from: u64,
         to: u64,
         len: u64,
@@ -168,16 +223,43 @@ impl Ranges {
         if to >= end {
             return Ok(());
         }
-        let (mut done, len) = (0u64, end - to);
-        while done < len {
-            let n = copy_range(src, from + done, &self.file, to + done, len - done)?;
-            if n == 0 {
-                return Err(EngineError::Internal("the source file ended early".into()));
+        let len = end - to;
+        self.write_off_thread(move |file| {
+            super::slow_disk::pause(file);
+            let mut done = 0u64;
+            while done < len {
+                let n = copy_range(&src, from + done, file, to + done, len - done)?;
+                if n == 0 {
+                    return Err(std::io::Error::other("the source file ended early"));
+                }
+                done += n;
             }
-            done += n;
-        }
+            Ok(())
+        })
+        .await?;
         self.table.mark(to, end);
         Ok(())
+    }
+
+    /// Runs `job` on the `.part` on a blocking thread, as a write on its way until it
+    /// returns.
+    async fn write_off_thread<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&File) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let on_its_way = self.writes.clone().read_owned().await;
+        let file = self.file.clone();
+        off_thread(move || {
+            let _on_its_way = on_its_way;
+            job(&file)
+        })
+        .await
+    }
+
+    /// Waits until every write started through this handle (or its clones) returned:
+    /// a transport whose futures were dropped mid-write may have left some behind.
+    pub(in crate::engine) async fn settle(&self) {
+        let _all = self.writes.write().await;
     }
 
     /// The ranges still missing, in file order.

@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use super::chunker::chunk_lengths;
 use super::plan::Term;
 use super::{Shared, XetError};
-use crate::engine::EngineError;
 use crate::queue::store::Store;
 
 /// The chunk map of a file on disk, as kept in the state database under its path
@@ -176,12 +175,8 @@ impl Reuse {
         if start >= end {
             return Ok(true);
         }
-        let ranges = s.ranges.clone();
         let from = p.from + (start - p.to);
-        let copied =
-            tokio::task::spawn_blocking(move || ranges.copy_from(&file, from, start, end - start))
-                .await
-                .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let copied = s.ranges.copy_from(file, from, start, end - start).await;
         if let Err(e) = copied {
             // The source changed under us (truncated, replaced): a file on disk is not
             // ours to fail the download for. Unmarked bytes it left in the `.part` are

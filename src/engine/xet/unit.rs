@@ -6,6 +6,7 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::format::ChunkReader;
@@ -90,13 +91,16 @@ async fn pull(
         let bytes = bytes.slice(..bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX)));
         received += bytes.len() as u64;
         reader.push(&bytes);
+        // Every chunk this piece of the body completed, written in one trip.
+        let mut writes = Vec::new();
         while index < last {
             let Some(chunk) = reader.next_chunk()? else {
                 break;
             };
-            place(s, &mut cursors, index, &chunk, unit)?;
+            place(&mut cursors, index, &chunk, &mut writes)?;
             index += 1;
         }
+        s.write(writes, unit).await?;
         if !limiter::pace(&s.engine.global, &s.limiter, bytes.len(), &mut stop).await {
             return Ok(Ended::Stopped);
         }
@@ -110,13 +114,12 @@ async fn pull(
     Ok(Ended::Done)
 }
 
-/// Writes chunk `index` for every term that uses it, clipped to the unit.
+/// Where chunk `index` goes for every term that uses it: added to `writes`.
 fn place(
-    s: &Shared<'_>,
     cursors: &mut [Cursor],
     index: u32,
-    chunk: &[u8],
-    unit: &Range<u64>,
+    chunk: &Bytes,
+    writes: &mut Vec<(u64, Bytes)>,
 ) -> Result<(), XetError> {
     for c in cursors
         .iter_mut()
@@ -130,7 +133,7 @@ fn place(
                 c.term.xorb, c.term.len
             )));
         }
-        s.write(at, chunk, unit)?;
+        writes.push((at, chunk.clone()));
     }
     Ok(())
 }

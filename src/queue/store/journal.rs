@@ -95,6 +95,11 @@ impl Entry {
         self.count += 1;
     }
 
+    /// How many operations it holds.
+    pub(super) fn len(&self) -> u32 {
+        self.count
+    }
+
     fn bytes(&mut self, b: &[u8]) {
         self.buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(b);
@@ -402,6 +407,17 @@ impl Journal {
             w.synced = w.synced.max(seq);
         }
         Ok(seq)
+    }
+
+    /// The last sequence number written, when a sync has not covered it yet.
+    pub(super) fn unsynced(&self) -> Option<u64> {
+        let w = self.lock();
+        (w.seq > w.synced).then_some(w.seq)
+    }
+
+    /// The last sequence number a sync covered.
+    pub(super) fn synced(&self) -> u64 {
+        self.lock().synced
     }
 
     /// Records that sled has flushed everything up to `seq`; rewrites the journal from

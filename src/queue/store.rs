@@ -688,6 +688,31 @@ mod tests {
         assert_eq!(damaged_dirs(dir.path()), 0);
     }
 
+    /// A write sled refuses (failed after an I/O error of its own) is refused whole:
+    /// the journal does not keep it either, so no start-up brings it back.
+    #[test]
+    fn a_write_sled_refuses_leaves_nothing_in_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_download(&download(1)).unwrap();
+        let refused = download(2);
+        let mut entry = Entry::downloads();
+        entry.put(
+            refused.id.as_bytes(),
+            &serde_json::to_vec(&refused).unwrap(),
+        );
+        let r: Result<(), _> = store
+            .journal
+            .append(entry, || Err(StoreError::Refused("sled failed".into())));
+        assert!(r.is_err());
+        store.put_download(&download(3)).unwrap();
+        drop(store);
+        let (_store, records) = Store::open_and_load(dir.path()).unwrap();
+        let ids: Vec<&str> = records.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, [download(1).id, download(3).id]);
+        assert_eq!(damaged_dirs(dir.path()), 0);
+    }
+
     #[test]
     fn a_second_open_of_a_data_dir_is_refused_as_in_use() {
         let dir = tempfile::tempdir().unwrap();

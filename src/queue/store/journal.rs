@@ -377,6 +377,10 @@ impl Journal {
 
     /// Appends `entry`, then runs `apply` (the same write to sled) under the same lock,
     /// so that the journal's order is sled's.
+    ///
+    /// When sled refuses the write (it stays failed after an I/O error of its own,
+    /// e.g. a full disk met by a background flush), the entry is cut off again: the
+    /// caller answers a refusal, and a start-up must not replay what was refused.
     pub(super) fn append<T>(
         &self,
         mut entry: Entry,
@@ -384,9 +388,14 @@ impl Journal {
     ) -> Result<T, StoreError> {
         let mut w = self.lock();
         let seq = w.seq + 1;
+        let before = w.size;
         w.write(entry.seal(seq))?;
         w.seq = seq;
-        apply()
+        let applied = apply();
+        if applied.is_err() {
+            w.unwrite(before, seq - 1);
+        }
+        applied
     }
 
     /// Writes what was appended to the disk (nothing when nothing was: a flush of
@@ -451,6 +460,19 @@ impl Journal {
 }
 
 impl Writer {
+    /// Cuts the last entry off (its frame starts at `size`).
+    fn unwrite(&mut self, size: u64, seq: u64) {
+        match self.file.set_len(size) {
+            Ok(()) => {
+                self.size = size;
+                self.seq = seq;
+                self.synced = self.synced.min(seq);
+            }
+            // Left in place it is replayed at the next start: say so.
+            Err(e) => tracing::error!(error = %e, "cannot cut a refused entry off the journal"),
+        }
+    }
+
     /// Writes a whole frame, or (on failure, e.g. a full disk) nothing.
     fn write(&mut self, frame: &[u8]) -> Result<(), StoreError> {
         match (&*self.file).write_all(frame) {

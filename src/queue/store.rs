@@ -651,6 +651,37 @@ mod tests {
         assert_eq!(damaged_dirs(dir.path()), 0);
     }
 
+    /// Commits that arrive together share one sync, and each returns once its own
+    /// writes are covered.
+    #[test]
+    fn commits_that_arrive_together_share_one_sync() {
+        use std::sync::atomic::Ordering;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for n in 0..50 {
+            store.put_download(&download(n)).unwrap();
+        }
+        let before = store.journal.syncs.load(Ordering::Relaxed);
+        rt.block_on(async {
+            let commits: Vec<_> = (0..50)
+                .map(|_| {
+                    let store = store.clone();
+                    tokio::spawn(async move { store.commit().await })
+                })
+                .collect();
+            for c in commits {
+                c.await.unwrap().unwrap();
+            }
+        });
+        assert!(store.journal.unsynced().is_none());
+        assert_eq!(store.journal.syncs.load(Ordering::Relaxed) - before, 1);
+    }
+
     /// The flushing thread holds the store only while it flushes: a dropped store
     /// lets go of sled at once, and the data dir opens again.
     #[test]

@@ -300,6 +300,8 @@ pub(super) struct Journal {
     state: Mutex<Writer>,
     /// The data dir's lock, held as long as the journal is open.
     _lock: super::lock::DirLock,
+    /// How many syncs wrote something out (what group commit saves is counted here).
+    pub(super) syncs: std::sync::atomic::AtomicU64,
 }
 
 struct Writer {
@@ -341,6 +343,7 @@ impl Journal {
             }),
             path,
             _lock: lock,
+            syncs: Default::default(),
         })
     }
 
@@ -366,6 +369,7 @@ impl Journal {
             }),
             path,
             _lock: lock,
+            syncs: Default::default(),
         })
     }
 
@@ -412,6 +416,8 @@ impl Journal {
         };
         if let Some(file) = file {
             write_out(&file).map_err(StoreError::Journal)?;
+            self.syncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut w = self.lock();
             w.synced = w.synced.max(seq);
         }

@@ -185,8 +185,12 @@ impl Supervisor {
         Ok(self.view(d, self.queue.position(d)))
     }
 
-    /// Views of these downloads, with positions computed once.
+    /// Views of these downloads, with positions computed once (for one, counted
+    /// where it stands: no map of every waiting download built for each single add).
     fn views_of(&self, ids: &[DownloadId]) -> Vec<DownloadView> {
+        if let [id] = ids {
+            return self.view_of(id).into_iter().collect();
+        }
         let positions = self.queue.positions();
         ids.iter()
             .filter_map(|id| self.queue.get(id))

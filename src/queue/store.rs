@@ -7,6 +7,7 @@
 //! ([`journal`]), which start-up compares with sled ([`startup`]): damage to sled's
 //! files is found, kept aside and recovered from, never met by a shorter queue.
 
+mod background;
 mod checkpoint;
 mod journal;
 mod lock;
@@ -78,7 +79,16 @@ fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
 /// The sled database behind the service; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    flushes: Arc<FlushGroup>,
+    inner: Arc<Inner>,
+}
+
+/// What every clone of a [`Store`] shares (the background flush holds it weakly).
+pub struct Inner {
+    flushes: FlushGroup,
+    /// Taken in turn by commits: one journal sync at a time, shared by all who wait.
+    commits: tokio::sync::Mutex<()>,
+    /// sled's flush after commits, on a thread of its own.
+    later: background::Later,
     journal: Arc<Journal>,
     db: sled::Db,
     downloads: sled::Tree,
@@ -104,6 +114,14 @@ struct FlushGroup {
     requested: std::sync::atomic::AtomicU64,
     completed: std::sync::atomic::AtomicU64,
     turn: tokio::sync::Mutex<()>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
 }
 
 impl Store {
@@ -142,16 +160,24 @@ impl Store {
     }
 
     fn assemble(db: sled::Db, journal: Arc<Journal>) -> Result<Store, StoreError> {
-        Ok(Store {
+        let downloads = db.open_tree("downloads")?;
+        let checkpoints = db.open_tree("checkpoints")?;
+        let meta = db.open_tree("meta")?;
+        let library = db.open_tree("library")?;
+        let xet_maps = db.open_tree("xet_maps")?;
+        let inner = Arc::new_cyclic(|weak| Inner {
             flushes: Default::default(),
+            commits: Default::default(),
+            later: background::Later::start(weak.clone()),
             journal,
-            downloads: db.open_tree("downloads")?,
-            checkpoints: db.open_tree("checkpoints")?,
-            meta: db.open_tree("meta")?,
-            library: db.open_tree("library")?,
-            xet_maps: db.open_tree("xet_maps")?,
             db,
-        })
+            downloads,
+            checkpoints,
+            meta,
+            library,
+            xet_maps,
+        });
+        Ok(Store { inner })
     }
 
     /// Opens the database and reads every download record (start-up).
@@ -199,11 +225,28 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let mut entry = Entry::downloads();
+        let mut single = None;
         for d in downloads {
             let value = serde_json::to_vec(d)?;
             entry.put(d.id.as_bytes(), &value);
-            batch.insert(d.id.as_bytes(), value);
+            if let Some((id, value)) = single.take() {
+                batch.insert::<&[u8], Vec<u8>>(id, value);
+            }
+            single = Some((d.id.as_bytes(), value));
         }
+        // A batch of one is a plain insert: sled 0.34 seals and writes its log buffer
+        // twice around every batch (`pin_log`), two writes and a sync of its log for a
+        // single add, which every add paid.
+        let Some((id, value)) = single else {
+            return Ok(());
+        };
+        if entry.len() == 1 {
+            return self.journal.append(entry, || {
+                self.downloads.insert(id, value)?;
+                Ok(())
+            });
+        }
+        batch.insert(id, value);
         self.journal.append(entry, || {
             self.downloads.apply_batch(batch)?;
             Ok(())
@@ -234,9 +277,9 @@ impl Store {
         Ok(())
     }
 
-    pub fn remove_checkpoint(&self, id: &str) -> Result<(), StoreError> {
-        self.checkpoints.remove(id.as_bytes())?;
-        Ok(())
+    /// Whether there was one to remove.
+    pub fn remove_checkpoint(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.checkpoints.remove(id.as_bytes())?.is_some())
     }
 
     /// Every library record (read once at start-up). A record that no longer parses
@@ -344,6 +387,28 @@ impl Store {
         Ok(())
     }
 
+    /// Makes the download records and settings written so far durable: one sync of
+    /// the journal, which start-up replays over sled (see [`startup`]); sled's own
+    /// flush follows in the background. Not for what only sled holds (checkpoints,
+    /// the library): that takes [`Store::flush`]. A group commit: whoever arrives
+    /// while a sync runs shares the next one, and returns at once when a sync since
+    /// its writes already covered them.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        let Some(written) = self.journal.unsynced() else {
+            return Ok(());
+        };
+        let _turn = self.commits.lock().await;
+        if self.journal.synced() >= written {
+            return Ok(());
+        }
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || journal.sync())
+            .await
+            .map_err(|e| StoreError::Join(e.to_string()))??;
+        self.later.poke();
+        Ok(())
+    }
+
     /// [`Store::flush_blocking`] on a blocking thread (`flush_async` can deadlock in 0.34),
     /// as a group commit: callers that arrive while a flush runs share the next one,
     /// so a burst of state changes costs one or two fsyncs, not one each.
@@ -422,129 +487,5 @@ fn release_freed_memory() {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn download(n: usize) -> Download {
-        serde_json::from_value(serde_json::json!({
-            "id": format!("dl_{n:026}"),
-            "url": format!("http://127.0.0.1:9/{n}.bin"),
-            "file_name": format!("{n}.bin"),
-            "path": format!("{n}.bin"),
-            "state": "paused",
-            "order": n,
-            "bytes_done": 0,
-            "elapsed_secs": 0.0,
-            "attempt": 0,
-            "source": {"kind": "url"},
-            "created_at": "2026-12-07T00:00:00Z",
-        }))
-        .expect("a download")
-    }
-
-    fn damaged_dirs(data_dir: &Path) -> usize {
-        std::fs::read_dir(data_dir)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("damaged-")
-            })
-            .count()
-    }
-
-    /// What a kill -9 leaves: the journal has a write that sled had not flushed.
-    /// Before a flush marked it durable, that is no damage: sled is brought up to
-    /// the journal quietly. After, sled lacking it is damage: recovered, and kept.
-    #[test]
-    fn a_write_sled_never_flushed_is_recovered_and_is_damage_only_once_marked_durable() {
-        for marked in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path()).unwrap();
-            store.put_download(&download(1)).unwrap();
-            store.flush_blocking().unwrap();
-            let mut entry = Entry::downloads();
-            let lost = download(2);
-            entry.put(lost.id.as_bytes(), &serde_json::to_vec(&lost).unwrap());
-            store.journal.append(entry, || Ok(())).unwrap();
-            if marked {
-                store.flush_blocking().unwrap();
-            }
-            drop(store);
-            let (_store, records) = Store::open_and_load(dir.path()).unwrap();
-            let ids: Vec<&str> = records.iter().map(|d| d.id.as_str()).collect();
-            assert_eq!(ids, [download(1).id, download(2).id], "marked={marked}");
-            assert_eq!(
-                damaged_dirs(dir.path()),
-                usize::from(marked),
-                "marked={marked}"
-            );
-        }
-    }
-
-    /// A journal cut short (it reads like a torn last entry) must not take records
-    /// from sled: sled cannot make them up. They are kept, and the journal learns them.
-    #[test]
-    fn records_a_cut_journal_lost_are_kept_from_sled() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.put_download(&download(1)).unwrap();
-        store.flush_blocking().unwrap();
-        let cut = std::fs::metadata(journal::path(dir.path())).unwrap().len();
-        store.put_download(&download(2)).unwrap();
-        store.flush_blocking().unwrap();
-        drop(store);
-        let journal = std::fs::OpenOptions::new()
-            .write(true)
-            .open(journal::path(dir.path()))
-            .unwrap();
-        journal.set_len(cut).unwrap();
-        for _ in 0..2 {
-            let (_store, records) = Store::open_and_load(dir.path()).unwrap();
-            assert_eq!(records.len(), 2);
-            assert_eq!(damaged_dirs(dir.path()), 1, "kept once, then agreed");
-        }
-    }
-
-    /// Thousands of writes keep the journal within a few times its live size, and a
-    /// restart after them finds sled and the journal the same.
-    #[test]
-    fn the_journal_is_rewritten_as_it_grows_and_still_agrees() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for round in 0..60 {
-            for n in 0..100 {
-                let mut d = download(n);
-                d.bytes_done = round;
-                store.put_download(&d).unwrap();
-            }
-            store.remove_download(&download(round as usize).id).unwrap();
-            store.flush_blocking().unwrap();
-        }
-        let live: u64 = store
-            .downloads
-            .iter()
-            .map(|kv| kv.map(|(k, v)| (k.len() + v.len()) as u64).unwrap())
-            .sum();
-        let size = std::fs::metadata(journal::path(dir.path())).unwrap().len();
-        assert!(
-            size < 8 * live + 384 * 1024,
-            "journal of {size} bytes for {live} live"
-        );
-        drop(store);
-        let (_store, records) = Store::open_and_load(dir.path()).unwrap();
-        assert_eq!(records.len(), 99, "the last round removed one");
-        assert!(records.iter().all(|d| d.bytes_done == 59));
-        assert_eq!(damaged_dirs(dir.path()), 0);
-    }
-
-    #[test]
-    fn a_second_open_of_a_data_dir_is_refused_as_in_use() {
-        let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path()).unwrap();
-        assert!(matches!(Store::open(dir.path()), Err(StoreError::InUse(_))));
-        assert!(!dir.path().join(".v1-as-found").exists());
-    }
-}
+#[path = "store/store_tests.rs"]
+mod tests;

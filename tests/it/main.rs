@@ -35,6 +35,7 @@ mod process;
 mod queue;
 mod run_commands;
 mod runtimes;
+mod script_clients;
 mod security;
 mod segments;
 mod slow_clients;

@@ -113,14 +113,16 @@ impl Supervisor {
     }
 
     /// Stores the new records and puts them in the queue; nothing changes in memory
-    /// if the store refuses them.
-    fn insert_new(&mut self, items: Vec<NewDownload>) -> Reply<Vec<DownloadId>> {
+    /// if the store refuses them. Also says whether a checkpoint was dropped (which
+    /// only sled holds: a commit of the journal does not make that durable).
+    fn insert_new(&mut self, items: Vec<NewDownload>) -> Reply<(Vec<DownloadId>, bool)> {
         // A new download takes over the `.part` of an older, finished one of the same
         // name (it truncates it when it starts): the old checkpoint no longer describes
         // that file, so a retry of the old download starts over instead of trusting it.
+        let mut dropped = false;
         for n in &items {
             for d in self.queue.with_path(&n.path) {
-                self.store.remove_checkpoint(&d.id)?;
+                dropped |= self.store.remove_checkpoint(&d.id)?;
             }
         }
         let now = now_rfc3339();
@@ -139,7 +141,7 @@ impl Supervisor {
             }
             return Err(e.into());
         }
-        Ok(ids)
+        Ok((ids, dropped))
     }
 
     fn control(
@@ -261,13 +263,19 @@ impl Handler<Add> for Supervisor {
         if let Err(e) = self.check_claims(&msg) {
             return refuse(e);
         }
-        let ids = match self.insert_new(msg.items) {
-            Ok(ids) => ids,
+        let (ids, dropped) = match self.insert_new(msg.items) {
+            Ok(added) => added,
             Err(e) => return refuse(e),
         };
         // Nobody hears of them before they are on disk: a failed flush takes them back.
         // Once they are, the answer holds: the starts that follow are flushed after it.
-        self.run_effects(After::default(), move |act, ctx, flushed| match flushed {
+        // The records are durable once the journal is: one sync, shared by the adds
+        // that arrive together; sled's flush follows in the background.
+        let after = After {
+            journal_only: !dropped,
+            ..After::default()
+        };
+        self.run_effects(after, move |act, ctx, flushed| match flushed {
             Ok(()) => Done::durable(Ok(act.added(&ids, ctx))),
             Err(e) => {
                 act.roll_back(&ids);
@@ -459,8 +467,8 @@ impl Handler<ClearHistory> for Supervisor {
             }
         }
         let after = After {
-            stops: Vec::new(),
             cleanups,
+            ..After::default()
         };
         self.reply_after(after, move |_, _| result.into())
     }

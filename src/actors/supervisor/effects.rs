@@ -15,7 +15,7 @@ use futures_util::future::join_all;
 use super::{Reply, Supervisor};
 use crate::files;
 use crate::queue::model::DownloadId;
-use crate::queue::store::StoreError;
+use crate::queue::store::{Store, StoreError};
 
 /// The wait for one engine to stop.
 pub type StopWait = Pin<Box<dyn Future<Output = ()>>>;
@@ -37,6 +37,9 @@ pub(super) struct After {
     pub stops: Vec<StopWait>,
     /// Files the command asked to remove (held by [`Supervisor::hold_for_cleanup`]).
     pub cleanups: Vec<Cleanup>,
+    /// The command changed only what the journal holds (records, settings): a commit
+    /// (one journal sync) makes it durable, sled's flush may follow later.
+    pub journal_only: bool,
 }
 
 impl After {
@@ -44,6 +47,7 @@ impl After {
         After {
             stops,
             cleanups: Vec::new(),
+            journal_only: false,
         }
     }
 }
@@ -108,11 +112,12 @@ impl Supervisor {
         let After {
             stops,
             mut cleanups,
+            journal_only,
         } = after;
         Box::pin(
             async move {
                 join_all(stops).await;
-                store.flush().await
+                make_durable(&store, journal_only).await
             }
             .into_actor(self)
             .then(move |flushed, act, ctx| {
@@ -121,9 +126,12 @@ impl Supervisor {
                 let (reply, durable) = (done.reply, done.durable);
                 let store = act.store.clone();
                 let root = act.download_dir.clone();
+                // What `then` did (starts, removals) is journal-only too when no
+                // file was removed: a removal drops checkpoints, which only sled holds.
+                let journal_only = journal_only && cleanups.is_empty();
                 async move {
                     remove_files(root, cleanups.clone()).await;
-                    (store.flush().await, cleanups)
+                    (make_durable(&store, journal_only).await, cleanups)
                 }
                 .into_actor(act)
                 .map(move |(flushed, cleanups), act, ctx| {
@@ -160,6 +168,16 @@ impl Supervisor {
             self.cleaning.remove(&c.path);
         }
         self.schedule(ctx);
+    }
+}
+
+/// Makes the command's writes durable: a commit of the journal when they are all in
+/// it, else a flush of everything.
+async fn make_durable(store: &Store, journal_only: bool) -> Result<(), StoreError> {
+    if journal_only {
+        store.commit().await
+    } else {
+        store.flush().await
     }
 }
 

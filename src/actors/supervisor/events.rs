@@ -154,10 +154,14 @@ impl Handler<Finished> for Supervisor {
             // no flush holds "no checkpoint" beside a record that is not completed.
             let _ = self.store.remove_checkpoint(&msg.id);
         }
+        // The record is what must last (in the journal, one sync shared by the files
+        // that end together); the checkpoint's removal reaches sled with the records
+        // written before it, in the background: a crash before that leaves a stale
+        // checkpoint beside a completed record, which nothing reads.
         let store = self.store.clone();
         actix::spawn(async move {
-            if let Err(e) = store.flush().await {
-                tracing::error!(error = %e, "flush failed");
+            if let Err(e) = store.commit().await {
+                tracing::error!(error = %e, "journal sync failed");
             }
         });
         self.schedule(ctx);

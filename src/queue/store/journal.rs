@@ -95,6 +95,11 @@ impl Entry {
         self.count += 1;
     }
 
+    /// How many operations it holds.
+    pub(super) fn len(&self) -> u32 {
+        self.count
+    }
+
     fn bytes(&mut self, b: &[u8]) {
         self.buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(b);
@@ -295,6 +300,8 @@ pub(super) struct Journal {
     state: Mutex<Writer>,
     /// The data dir's lock, held as long as the journal is open.
     _lock: super::lock::DirLock,
+    /// How many syncs wrote something out (what group commit saves is counted here).
+    pub(super) syncs: std::sync::atomic::AtomicU64,
 }
 
 struct Writer {
@@ -336,6 +343,7 @@ impl Journal {
             }),
             path,
             _lock: lock,
+            syncs: Default::default(),
         })
     }
 
@@ -361,6 +369,7 @@ impl Journal {
             }),
             path,
             _lock: lock,
+            syncs: Default::default(),
         })
     }
 
@@ -372,6 +381,10 @@ impl Journal {
 
     /// Appends `entry`, then runs `apply` (the same write to sled) under the same lock,
     /// so that the journal's order is sled's.
+    ///
+    /// When sled refuses the write (it stays failed after an I/O error of its own,
+    /// e.g. a full disk met by a background flush), the entry is cut off again: the
+    /// caller answers a refusal, and a start-up must not replay what was refused.
     pub(super) fn append<T>(
         &self,
         mut entry: Entry,
@@ -379,9 +392,14 @@ impl Journal {
     ) -> Result<T, StoreError> {
         let mut w = self.lock();
         let seq = w.seq + 1;
+        let before = w.size;
         w.write(entry.seal(seq))?;
         w.seq = seq;
-        apply()
+        let applied = apply();
+        if applied.is_err() {
+            w.unwrite(before, seq - 1);
+        }
+        applied
     }
 
     /// Writes what was appended to the disk (nothing when nothing was: a flush of
@@ -398,10 +416,23 @@ impl Journal {
         };
         if let Some(file) = file {
             write_out(&file).map_err(StoreError::Journal)?;
+            self.syncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut w = self.lock();
             w.synced = w.synced.max(seq);
         }
         Ok(seq)
+    }
+
+    /// The last sequence number written, when a sync has not covered it yet.
+    pub(super) fn unsynced(&self) -> Option<u64> {
+        let w = self.lock();
+        (w.seq > w.synced).then_some(w.seq)
+    }
+
+    /// The last sequence number a sync covered.
+    pub(super) fn synced(&self) -> u64 {
+        self.lock().synced
     }
 
     /// Records that sled has flushed everything up to `seq`; rewrites the journal from
@@ -435,6 +466,19 @@ impl Journal {
 }
 
 impl Writer {
+    /// Cuts the last entry off (its frame starts at `size`).
+    fn unwrite(&mut self, size: u64, seq: u64) {
+        match self.file.set_len(size) {
+            Ok(()) => {
+                self.size = size;
+                self.seq = seq;
+                self.synced = self.synced.min(seq);
+            }
+            // Left in place it is replayed at the next start: say so.
+            Err(e) => tracing::error!(error = %e, "cannot cut a refused entry off the journal"),
+        }
+    }
+
     /// Writes a whole frame, or (on failure, e.g. a full disk) nothing.
     fn write(&mut self, frame: &[u8]) -> Result<(), StoreError> {
         match (&*self.file).write_all(frame) {

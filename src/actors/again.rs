@@ -28,7 +28,7 @@ use crate::queue::model::{DownloadView, NewDownload, Source};
 /// The highest `N` of `stem (N).ext` tried before the name is refused as taken.
 const MAX_NUMBER: u32 = 999;
 /// Looks again after a name was taken between the look and the add.
-const TRIES: u32 = 4;
+const TRIES: u32 = 8;
 
 /// One download as a door asks for it.
 #[derive(Debug, Clone)]

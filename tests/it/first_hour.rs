@@ -39,7 +39,8 @@ async fn count(svc: &TestService) -> usize {
 async fn a_url_asked_again_is_already_here_and_a_changed_one_is_fetched_as_an_update() {
     let up = Upstream::start();
     let v1 = content(300 * 1024, 1);
-    let v2 = content(2 * MIB, 2);
+    // The same length: only the ETag tells the versions apart.
+    let v2 = content(300 * 1024, 2);
     up.add_file("m.gguf", v1.clone(), Behavior::default());
     let svc = TestService::start(|_| {}).await;
     let first = svc.add(json!({"url": up.url("m.gguf")})).await;
@@ -77,7 +78,7 @@ async fn a_url_asked_again_is_already_here_and_a_changed_one_is_fetched_as_an_up
     up.set_behavior(
         "m.gguf",
         Behavior {
-            rate_bps: Some(MIB as u64),
+            rate_bps: Some(100 * 1024),
             ..Default::default()
         },
     );
@@ -421,4 +422,60 @@ async fn a_failed_download_names_its_kind_once() {
     assert_eq!(d["error"]["kind"], "network", "{d}");
     let message = d["error"]["message"].as_str().unwrap();
     assert!(!message.starts_with("network"), "{message}");
+}
+
+/// The same URL asked many times at once, before any of it is there: one download,
+/// every other answer is that download (`already`), none a conflict.
+#[actix_web::test]
+async fn the_same_url_asked_many_times_at_once_is_one_download() {
+    let up = Arc::new(Upstream::start());
+    up.add_file("same.gguf", content(100_000, 60), Behavior::default());
+    let svc = Arc::new(TestService::start(|_| {}).await);
+    let adds = (0..8).map(|_| {
+        let (svc, up) = (svc.clone(), up.clone());
+        async move {
+            svc.post("/api/downloads", json!({"url": up.url("same.gguf")}))
+                .await
+        }
+    });
+    let answers: Vec<(u16, Value)> = futures_util::future::join_all(adds).await;
+    let created: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 201)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    let id = created[0]["id"].as_str().unwrap();
+    for (s, v) in &answers {
+        assert!(*s == 201 || (*s == 200 && v["already"] == true), "{s} {v}");
+        assert_eq!(v["id"], id, "{v}");
+    }
+    svc.wait_state(id, "completed", LONG).await;
+    assert_eq!(count(&svc).await, 1);
+}
+
+/// A completed file replaced under its name by another program is not ours any more:
+/// asking again for its URL neither answers it nor writes over it.
+#[actix_web::test]
+async fn a_file_replaced_by_hand_is_not_taken_for_ours() {
+    let up = Upstream::start();
+    let data = content(100_000, 61);
+    up.add_file("r.gguf", data.clone(), Behavior::default());
+    let svc = TestService::start(|_| {}).await;
+    let dl = svc.download_dir();
+    let first = svc.add(json!({"url": up.url("r.gguf")})).await;
+    svc.wait_state(&first, "completed", LONG).await;
+    std::fs::write(dl.join("theirs.tmp"), b"another program's file").unwrap();
+    std::fs::rename(dl.join("theirs.tmp"), dl.join("r.gguf")).unwrap();
+    let (s, v) = svc
+        .post("/api/downloads", json!({"url": up.url("r.gguf")}))
+        .await;
+    assert_eq!((s, v["path"].as_str()), (201, Some("r (1).gguf")), "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    svc.wait_state(&id, "completed", LONG).await;
+    assert_eq!(
+        std::fs::read(dl.join("r.gguf")).unwrap(),
+        b"another program's file"
+    );
+    assert_eq!(file_sha256(&dl.join("r (1).gguf")), sha256_hex(&data));
 }

@@ -479,3 +479,29 @@ async fn a_file_replaced_by_hand_is_not_taken_for_ours() {
     );
     assert_eq!(file_sha256(&dl.join("r (1).gguf")), sha256_hex(&data));
 }
+
+/// A `HEAD` that redirects outside `allowed_hosts` is not followed: the check tells
+/// nothing, the file on disk stands, and the other host hears nothing.
+#[actix_web::test]
+async fn a_head_redirected_outside_the_allowlist_is_not_followed() {
+    let up = Upstream::start();
+    let elsewhere = Upstream::start();
+    elsewhere.add_file("x.bin", content(1000, 70), Behavior::default());
+    up.add_file("x.bin", content(50_000, 71), Behavior::default());
+    let allowed = up.addr().to_string();
+    let svc = TestService::start(move |c| c.downloads.allowed_hosts = vec![allowed]).await;
+    let id = svc.add(json!({"url": up.url("x.bin")})).await;
+    svc.wait_state(&id, "completed", LONG).await;
+    up.set_behavior(
+        "x.bin",
+        Behavior {
+            redirect_to: Some(elsewhere.url("x.bin")),
+            ..Default::default()
+        },
+    );
+    let (s, v) = svc
+        .post("/api/downloads", json!({"url": up.url("x.bin")}))
+        .await;
+    assert_eq!((s, v["id"].as_str()), (200, Some(id.as_str())), "{v}");
+    assert!(elsewhere.requests("x.bin").is_empty(), "the redirect was followed");
+}

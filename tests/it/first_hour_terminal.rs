@@ -233,3 +233,29 @@ async fn settings_shows_and_changes_the_run_time_settings() {
     assert_eq!(out.code, Some(1), "{out:?}");
     assert_eq!(p.get("/api/settings").await["max_concurrent"], 2);
 }
+
+/// Without a service, `pull` runs the core in-process: the second pull of a URL says
+/// up to date there too, and the first says where the file was saved.
+#[tokio::test]
+async fn an_embedded_pull_twice_says_up_to_date_and_where_the_file_is() {
+    let up = Upstream::start();
+    let data = content(200_000, 80);
+    up.add_file("e.bin", data.clone(), Behavior::default());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), free_port(), "");
+    let c = cfg(&config);
+    let url = up.url("e.bin");
+    let first = run(&["--config", c, "pull", &url], dir.path()).await;
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert!(first.stderr.contains("downloading in this process"), "{first:?}");
+    let saved = dir.path().join("downloads/e.bin");
+    assert!(
+        first.stderr.contains(&format!("saved {}", saved.display())),
+        "{first:?}"
+    );
+    let second = run(&["--config", c, "pull", &url], dir.path()).await;
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert!(second.stdout.contains("e.bin: up to date"), "{second:?}");
+    assert_eq!(gets(&up, "e.bin"), 1, "{second:?}");
+    assert_eq!(file_sha256(&saved), sha256_hex(&data));
+}

@@ -192,7 +192,10 @@ impl QueueHandle {
                 Some(_) => Verdict::Taken(new),
             };
         }
-        let free = owner.is_none_or(|h| !h.live) && look.file.is_none() && (first || !look.part);
+        // A `.part` that no download of ours had is another program's file being
+        // written; a numbered name is never one with a `.part` beside it.
+        let part_taken = look.part && (!first || look.holders.is_empty());
+        let free = owner.is_none_or(|h| !h.live) && look.file.is_none() && !part_taken;
         if free {
             Verdict::Plan(Plan::Add(new))
         } else {

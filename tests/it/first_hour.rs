@@ -503,5 +503,31 @@ async fn a_head_redirected_outside_the_allowlist_is_not_followed() {
         .post("/api/downloads", json!({"url": up.url("x.bin")}))
         .await;
     assert_eq!((s, v["id"].as_str()), (200, Some(id.as_str())), "{v}");
-    assert!(elsewhere.requests("x.bin").is_empty(), "the redirect was followed");
+    assert!(
+        elsewhere.requests("x.bin").is_empty(),
+        "the redirect was followed"
+    );
+}
+
+/// A `.part` no download of ours wrote is another program's file in the making: a URL
+/// named after it goes to the next free name and leaves it alone.
+#[actix_web::test]
+async fn a_part_file_we_did_not_write_holds_its_name() {
+    let up = Upstream::start();
+    let data = content(50_000, 90);
+    up.add_file("w.gguf", data.clone(), Behavior::default());
+    let svc = TestService::start(|_| {}).await;
+    let dl = svc.download_dir();
+    std::fs::write(dl.join("w.gguf.part"), b"someone else is writing this").unwrap();
+    let (s, v) = svc
+        .post("/api/downloads", json!({"url": up.url("w.gguf")}))
+        .await;
+    assert_eq!((s, v["path"].as_str()), (201, Some("w (1).gguf")), "{v}");
+    svc.wait_state(v["id"].as_str().unwrap(), "completed", LONG)
+        .await;
+    assert_eq!(
+        std::fs::read(dl.join("w.gguf.part")).unwrap(),
+        b"someone else is writing this"
+    );
+    assert_eq!(file_sha256(&dl.join("w (1).gguf")), sha256_hex(&data));
 }

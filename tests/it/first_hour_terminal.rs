@@ -247,7 +247,10 @@ async fn an_embedded_pull_twice_says_up_to_date_and_where_the_file_is() {
     let url = up.url("e.bin");
     let first = run(&["--config", c, "pull", &url], dir.path()).await;
     assert_eq!(first.code, Some(0), "{first:?}");
-    assert!(first.stderr.contains("downloading in this process"), "{first:?}");
+    assert!(
+        first.stderr.contains("downloading in this process"),
+        "{first:?}"
+    );
     let saved = dir.path().join("downloads/e.bin");
     assert!(
         first.stderr.contains(&format!("saved {}", saved.display())),

@@ -2,6 +2,7 @@
 //! download, a sampler that turns progress into frames, and the broadcaster that
 //! numbers the frames and hands them to every reader.
 
+pub mod again;
 pub mod broadcaster;
 pub mod download;
 pub mod frames;

@@ -21,6 +21,7 @@ mod finish;
 mod http;
 mod limiter;
 mod part;
+mod probe;
 mod segments;
 mod transfer;
 mod xet;
@@ -47,6 +48,7 @@ use crate::hub::HubClient;
 use crate::queue::model::{DownloadError, DownloadId};
 use crate::queue::progress::ProgressCell;
 use crate::queue::store::Store;
+pub use probe::{Probe, ProbeError};
 use transfer::Transfer;
 
 /// What one run of the engine is to fetch.
@@ -139,6 +141,9 @@ pub enum Outcome {
         /// checkpoint recorded it before the rename: what lets the library know the
         /// file as this download's after a crash lost its own record of it.
         file: Option<[u64; 2]>,
+        /// The validators the bytes were fetched under, as the last checkpoint kept
+        /// them: what a later `HEAD` compares to tell whether the URL's file changed.
+        validators: Option<crate::queue::model::Validators>,
     },
     /// Asked to stop; the `.part` and its checkpoint are on disk.
     Stopped {
@@ -220,6 +225,7 @@ impl Engine {
             return Outcome::Completed {
                 bytes,
                 file: Some(file),
+                validators: None,
             };
         }
         let mut transfer = match Transfer::open(&self.store, &job).await {
@@ -238,15 +244,19 @@ impl Engine {
         match result {
             // The checkpoint written just before the rename names the file (it goes
             // when the supervisor records `completed`).
-            Ok(Ended::Done) => Outcome::Completed {
-                bytes,
-                file: self
-                    .store
-                    .checkpoint(&job.id)
-                    .ok()
-                    .flatten()
-                    .and_then(|c| c.renaming),
-            },
+            Ok(Ended::Done) => {
+                let last = self.store.checkpoint(&job.id).ok().flatten();
+                Outcome::Completed {
+                    bytes,
+                    file: last.as_ref().and_then(|c| c.renaming),
+                    validators: last
+                        .filter(|c| c.etag.is_some() || c.last_modified.is_some())
+                        .map(|c| crate::queue::model::Validators {
+                            etag: c.etag,
+                            last_modified: c.last_modified,
+                        }),
+                }
+            }
             // The only other way a run ends without an error.
             Ok(_stopped) => match transfer.part.checkpoint_now(&ctx).await {
                 Ok(()) => {

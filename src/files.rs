@@ -112,6 +112,16 @@ pub fn name_from_url(url: &url::Url) -> Option<String> {
     Some(decoded)
 }
 
+/// What tells one file from another that took its name: its inode and modification
+/// time (ns), as a download records the file it renamed into place.
+pub fn identity(meta: &std::fs::Metadata) -> [u64; 2] {
+    use std::os::unix::fs::MetadataExt;
+    let mtime_ns = (meta.mtime() as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(meta.mtime_nsec() as u64);
+    [meta.ino(), mtime_ns]
+}
+
 /// `<path>.part`: where data goes while a download runs.
 pub fn part_path(final_path: &Path) -> PathBuf {
     let mut s = final_path.as_os_str().to_owned();

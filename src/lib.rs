@@ -17,6 +17,7 @@ pub mod intake;
 pub mod library;
 pub mod metrics;
 pub mod queue;
+pub mod units;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -253,7 +254,12 @@ pub fn start_core(
     })?
     .start();
     Ok(Core {
-        queue: QueueHandle::new(supervisor, download_dir.to_owned()),
+        queue: QueueHandle::new(
+            supervisor,
+            download_dir.to_owned(),
+            hub.clone(),
+            engine.clone(),
+        ),
         hub,
         engine,
         metrics,

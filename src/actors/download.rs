@@ -227,6 +227,7 @@ mod tests {
             Outcome::Completed {
                 bytes: 7,
                 file: None,
+                validators: None,
             }
         })
         .await;

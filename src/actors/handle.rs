@@ -28,14 +28,41 @@ type Result<T> = std::result::Result<T, QueueError>;
 pub struct QueueHandle {
     addr: Addr<Supervisor>,
     download_dir: Arc<PathBuf>,
+    /// What asking again for a source checks it with (`again`): the Hub, and the
+    /// engine's client for a URL's `HEAD`.
+    hub: crate::hub::HubClient,
+    engine: crate::engine::Engine,
 }
 
 impl QueueHandle {
-    pub fn new(addr: Addr<Supervisor>, download_dir: PathBuf) -> Self {
+    pub fn new(
+        addr: Addr<Supervisor>,
+        download_dir: PathBuf,
+        hub: crate::hub::HubClient,
+        engine: crate::engine::Engine,
+    ) -> Self {
         Self {
             addr,
             download_dir: Arc::new(download_dir),
+            hub,
+            engine,
         }
+    }
+
+    pub(super) fn addr(&self) -> &Addr<Supervisor> {
+        &self.addr
+    }
+
+    pub(super) fn download_dir(&self) -> &std::path::Path {
+        &self.download_dir
+    }
+
+    pub(super) fn hub(&self) -> &crate::hub::HubClient {
+        &self.hub
+    }
+
+    pub(super) fn engine(&self) -> &crate::engine::Engine {
+        &self.engine
     }
 
     /// Adds downloads, all or none, in the order given.

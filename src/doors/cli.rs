@@ -7,8 +7,10 @@ mod client;
 mod commands;
 mod embedded;
 mod format;
+mod ids;
 mod progress;
 mod pull;
+mod settings;
 mod spec;
 mod table;
 

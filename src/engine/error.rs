@@ -42,7 +42,11 @@ pub enum EngineError {
     Overlong { expected: u64 },
     #[error("disk: {0}")]
     Disk(#[from] std::io::Error),
-    #[error("not enough free space: {need} bytes needed, {free} free in download_dir")]
+    #[error(
+        "not enough free space: {} needed, {} free in download_dir",
+        crate::units::bytes(*need),
+        crate::units::bytes(*free)
+    )]
     NoSpace { need: u64, free: u64 },
     #[error("sha256 mismatch: expected {expected}, got {actual}")]
     Checksum { expected: String, actual: String },
@@ -135,10 +139,47 @@ impl EngineError {
         }
     }
 
+    /// The error as a download shows it: its kind, and a message that does not name
+    /// the kind again (shown together, `network: network: …` read as a stutter).
     pub fn to_download_error(&self) -> DownloadError {
-        DownloadError {
-            kind: self.kind(),
-            message: self.to_string(),
+        let kind = self.kind();
+        let text = self.to_string();
+        let message = text
+            .strip_prefix(kind.as_str())
+            .and_then(|rest| rest.strip_prefix(": "))
+            .map_or_else(|| text.clone(), str::to_owned);
+        DownloadError { kind, message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_download_error_names_its_kind_once_and_sizes_in_binary_units() {
+        let d = EngineError::NoSpace {
+            need: 100_663_296,
+            free: 67_108_864,
         }
+        .to_download_error();
+        assert_eq!(d.kind, ErrorKind::Disk);
+        assert_eq!(
+            d.message,
+            "not enough free space: 96 MiB needed, 64 MiB free in download_dir"
+        );
+        let d = EngineError::Network("connection refused".into()).to_download_error();
+        assert_eq!(
+            (d.kind, d.message.as_str()),
+            (ErrorKind::Network, "connection refused")
+        );
+        let d =
+            EngineError::Disk(std::io::Error::other("No space left on device")).to_download_error();
+        assert_eq!(
+            (d.kind, d.message.as_str()),
+            (ErrorKind::Disk, "No space left on device")
+        );
+        let d = EngineError::Internal("a task died".into()).to_download_error();
+        assert_eq!(d.message, "a task died");
     }
 }

@@ -146,9 +146,5 @@ fn rename_into_place(place: &files::Place, ours: &std::fs::Metadata) -> Result<(
 /// Which file this is, as far as survives a remount: the inode and the last write's
 /// time (the device number is not stable across reboots or container restarts).
 pub(super) fn file_identity(meta: &std::fs::Metadata) -> [u64; 2] {
-    use std::os::unix::fs::MetadataExt;
-    let mtime_ns = (meta.mtime() as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(meta.mtime_nsec() as u64);
-    [meta.ino(), mtime_ns]
+    crate::files::identity(meta)
 }

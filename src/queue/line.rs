@@ -38,6 +38,17 @@ pub enum NameTaken {
     },
 }
 
+impl NameTaken {
+    /// Whether the name's holders may have changed since a door looked at them (an add
+    /// at the same moment): worth a second look, unlike a name asked for twice.
+    pub fn may_change(&self) -> bool {
+        matches!(
+            self,
+            NameTaken::Live { .. } | NameTaken::Completed { .. } | NameTaken::OnDisk { .. }
+        )
+    }
+}
+
 /// One page of the list: each download with its queue position.
 pub struct Page<'a> {
     pub items: Vec<(&'a Download, Option<usize>)>,

@@ -26,6 +26,7 @@ fn record(id: &str, path: &str, state: State) -> Download {
         started_at: None,
         finished_at: None,
         completed_as: None,
+        validators: None,
     }
 }
 

@@ -119,6 +119,20 @@ pub struct Download {
     /// been lost to a crash). Not shown by the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_as: Option<[u64; 2]>,
+    /// The validators the file was fetched under (kept when it completes), so that
+    /// asking again for the same URL can tell with one `HEAD` whether it changed.
+    /// Not shown by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validators: Option<Validators>,
+}
+
+/// What told one version of a fetched file from another: its ETag and Last-Modified.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validators {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
 }
 
 /// Live numbers of a running download, from the progress tracker.

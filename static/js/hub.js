@@ -187,8 +187,15 @@ async function queued(button, request, what) {
     const list = data && data.id ? [data] : listOf(data);
     for (const d of list) applyAnswer(d, since);
     changed();
-    button.textContent = 'Queued';
-    hubMessage(`Queued ${list.length || 'the'} file${list.length === 1 ? '' : 's'} of ${what}.`);
+    // `already`: the file is here (checked against the Hub) or downloading now.
+    const here = list.filter((d) => d.already).length;
+    if (here && here === list.length) {
+      button.textContent = 'Up to date';
+      hubMessage(`${what} is already here or downloading: nothing new was queued.`);
+    } else {
+      button.textContent = 'Queued';
+      hubMessage(`Queued ${list.length - here || 'the'} file${list.length - here === 1 ? '' : 's'} of ${what}.`);
+    }
     setTimeout(() => { button.textContent = label; button.disabled = false; }, 2000);
   } catch (e) {
     button.textContent = label;

@@ -139,11 +139,13 @@ async fn a_finished_download_whose_file_was_deleted_by_hand_frees_its_name() {
     let first = svc.add(json!({"url": up.url("m.gguf")})).await;
     svc.wait_state(&first, "completed", LONG).await;
 
-    // While the file is there, the name is taken.
+    // While the file is there, asking again answers that download (api.md, "The
+    // first hour").
     let (s, v) = svc
         .post("/api/downloads", json!({"url": up.url("m.gguf")}))
         .await;
-    assert_eq!(s, 409, "{v}");
+    assert_eq!((s, v["id"].as_str()), (200, Some(first.as_str())), "{v}");
+    assert_eq!(v["already"], true, "{v}");
 
     // The user deletes it by hand: adding the same URL again just works.
     std::fs::remove_file(svc.download_dir().join("m.gguf")).unwrap();

@@ -363,6 +363,7 @@ async fn after_a_crash(renaming: bool, other: Option<Vec<u8>>) -> (TestService, 
                 started_at: None,
                 finished_at: None,
                 completed_as: None,
+                validators: None,
             })
             .unwrap();
         store

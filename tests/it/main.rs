@@ -14,6 +14,8 @@ mod core;
 mod crash;
 mod database;
 mod engine_faults;
+mod first_hour;
+mod first_hour_terminal;
 mod floods;
 mod gguf_compat;
 mod hub;

@@ -229,11 +229,16 @@ async fn retry_after_cancel_and_delete_with_file() {
     let file = svc.download_dir().join("r.bin");
     assert_eq!(file_sha256(&file), sha256_hex(&data));
 
-    // The same name again is refused unless overwrite.
+    // The same source again is that download (the file is the same upstream);
+    // overwrite forces a fresh one.
     let (status, err) = svc
         .post("/api/downloads", json!({"url": up.url("r.bin")}))
         .await;
-    assert_eq!(status, 409, "{err}");
+    assert_eq!(
+        (status, err["id"].as_str()),
+        (200, Some(id.as_str())),
+        "{err}"
+    );
     let (status, again) = svc
         .post(
             "/api/downloads",

@@ -786,12 +786,20 @@ async fn taken_names_conflict_unless_overwritten_and_delete_removes_only_its_own
     let svc = TestService::start(|c| c.downloads.max_concurrent = 1).await;
     let dl = svc.download_dir();
 
-    // A file the test put there: its name is taken.
+    // A file the test put there: its name is taken. A name from the URL goes to the
+    // first free one (api.md, "The first hour"); a name given is a conflict.
     std::fs::write(dl.join("x.bin"), b"old bytes").unwrap();
     let (s, v) = svc
         .post("/api/downloads", json!({"url": up.url("x.bin")}))
         .await;
-    assert_error(s, &v, 409, "conflict", "existing file");
+    assert_eq!((s, v["path"].as_str()), (201, Some("x (1).bin")), "{v}");
+    let numbered = v["id"].as_str().unwrap().to_owned();
+    svc.wait_state(&numbered, "completed", WAIT).await;
+    let (s, v) = svc
+        .delete(&format!("/api/downloads/{numbered}?delete_file=true"))
+        .await;
+    assert_eq!(s, 204, "{v}");
+    assert!(!dl.join("x (1).bin").exists());
     let (s, v) = svc
         .post(
             "/api/downloads",
@@ -814,11 +822,19 @@ async fn taken_names_conflict_unless_overwritten_and_delete_removes_only_its_own
     svc.wait_state(&x_id, "completed", WAIT).await;
     assert_eq!(file_sha256(&dl.join("x.bin")), sha256_hex(&x));
 
-    // A completed download's name is taken too.
+    // A completed download's name is taken too: by another source's name given...
+    let (s, v) = svc
+        .post(
+            "/api/downloads",
+            json!({"url": up.url("other.bin"), "file_name": "x.bin"}),
+        )
+        .await;
+    assert_error(s, &v, 409, "conflict", "name of a completed download");
+    // ...and the same source asked again is that download.
     let (s, v) = svc
         .post("/api/downloads", json!({"url": up.url("x.bin")}))
         .await;
-    assert_error(s, &v, 409, "conflict", "name of a completed download");
+    assert_eq!((s, v["id"].as_str()), (200, Some(x_id.as_str())), "{v}");
     let other_id = svc.add(json!({"url": up.url("other.bin")})).await;
     svc.wait_state(&other_id, "completed", WAIT).await;
 

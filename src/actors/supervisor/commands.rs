@@ -253,6 +253,7 @@ fn new_record(n: NewDownload, now: &str) -> Download {
         started_at: None,
         finished_at: None,
         completed_as: None,
+        validators: None,
     }
 }
 

@@ -95,10 +95,15 @@ impl Supervisor {
         let (bytes, action, error) = match outcome {
             // The file is under its final name: completed, even if a pause or a
             // shutdown came too late to stop it (a cancel keeps its word).
-            Outcome::Completed { bytes, file } => {
+            Outcome::Completed {
+                bytes,
+                file,
+                validators,
+            } => {
                 if let Some(d) = self.queue.get_mut(id) {
                     d.bytes_total = Some(bytes);
                     d.completed_as = file;
+                    d.validators = validators;
                 }
                 (bytes, Some(Action::Complete), None)
             }

@@ -57,6 +57,45 @@ impl Handler<WriterOf> for Supervisor {
     }
 }
 
+/// Every download that holds or held each path, newest first, each with its view and
+/// whether it still holds the name (live, its engine stopping, or its files being
+/// removed): what asking again for a source compares with.
+#[derive(Message)]
+#[rtype(result = "Vec<Vec<Holder>>")]
+pub struct Holders(pub Vec<String>);
+
+/// One download of a path, as [`Holders`] answers it.
+pub struct Holder {
+    pub record: Download,
+    pub view: crate::queue::model::DownloadView,
+    pub live: bool,
+}
+
+impl Handler<Holders> for Supervisor {
+    type Result = MessageResult<Holders>;
+    fn handle(&mut self, msg: Holders, _: &mut Self::Context) -> Self::Result {
+        let holders = msg
+            .0
+            .iter()
+            .map(|path| {
+                let cleaning = self.cleaning.contains_key(path);
+                let mut holders: Vec<Holder> = self
+                    .queue
+                    .with_path(path)
+                    .map(|d| Holder {
+                        record: d.clone(),
+                        view: self.view(d, self.queue.position(d)),
+                        live: cleaning || !d.state.is_finished() || self.is_busy(&d.id),
+                    })
+                    .collect();
+                holders.sort_unstable_by(|a, b| b.record.id.cmp(&a.record.id));
+                holders
+            })
+            .collect();
+        MessageResult(holders)
+    }
+}
+
 /// The sha256 of a completed download's file, computed after the fact (the download
 /// had no expected digest): recorded when the record has none yet.
 #[derive(Message)]

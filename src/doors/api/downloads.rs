@@ -4,7 +4,8 @@ use actix_web::{web, HttpResponse};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{DownloadList, Hub, Policy, Queue};
+use super::{Hub, Policy, Queue};
+use crate::actors::again::{Added, Asked};
 use crate::actors::handle::QueueHandle;
 use crate::doors::error::ApiError;
 use crate::hub::HubClient;
@@ -205,7 +206,22 @@ pub(super) struct HubRef {
     revision: Option<String>,
 }
 
-#[utoipa::path(post, path = "/api/downloads", request_body = AddBody, responses((status = 201, description = "the download, or {\"downloads\": [...]} for a batch", body = DownloadView)))]
+/// The answer to an add of many: each download, new or `already` there.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct AddedList {
+    pub(super) downloads: Vec<Added>,
+}
+
+/// 200 when every download asked for was already here (or live), 201 when one is new.
+pub(super) fn added_status(added: &[Added]) -> actix_web::HttpResponseBuilder {
+    if added.iter().all(|a| a.already) {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::Created()
+    }
+}
+
+#[utoipa::path(post, path = "/api/downloads", request_body = AddBody, responses((status = 201, description = "the download, or {\"downloads\": [...]} for a batch", body = Added), (status = 200, description = "already here or live: that download, with \"already\": true", body = Added)))]
 pub(super) async fn add(
     queue: Queue,
     hub: Hub,
@@ -224,16 +240,25 @@ pub(super) async fn add(
                 "\"downloads\" must hold 1 to 10000 items".into(),
             ));
         }
-        let news = items
+        let asked = items
             .into_iter()
-            .map(|i| new_download(i, &hub, &policy))
+            .map(|i| to_asked(i, &hub, &policy))
             .collect::<Result<Vec<_>, _>>()?;
-        let downloads = queue.add(news).await?;
-        return Ok(HttpResponse::Created().json(DownloadList { downloads }));
+        let downloads = queue.add_asked(asked).await?;
+        return Ok(added_status(&downloads).json(AddedList { downloads }));
     }
-    let new = new_download(body, &hub, &policy)?;
-    let d = queue.add_one(new).await?;
-    Ok(HttpResponse::Created().json(d))
+    let added = queue.add_asked_one(to_asked(body, &hub, &policy)?).await?;
+    Ok(added_status(std::slice::from_ref(&added)).json(added))
+}
+
+/// One item of an add request as asked: a URL's file without a name given is named
+/// after the URL, and numbered when another source holds that name.
+fn to_asked(body: AddBody, client: &HubClient, policy: &UrlPolicy) -> Result<Asked, ApiError> {
+    let auto_name = body.hub.is_none() && body.file_name.is_none();
+    Ok(Asked {
+        new: new_download(body, client, policy)?,
+        auto_name,
+    })
 }
 
 /// One item of an add request as a download (everything but name conflicts): the

@@ -3,7 +3,8 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::{DownloadList, Hub, Queue};
+use super::{Hub, Queue};
+use crate::actors::again::Asked;
 use crate::doors::error::ApiError;
 use crate::hub;
 use crate::intake::{self, hub::Start};
@@ -105,7 +106,7 @@ fn yes() -> bool {
 /// Queues what `llama-server -hf owner/name[:TAG]` fetches (every part of a split
 /// model, and its mmproj), each with the sha256 of its LFS pointer, all pinned to the
 /// same commit.
-#[utoipa::path(post, path = "/api/hub/models/{owner}/{name}/download", params(("owner" = String, Path), ("name" = String, Path)), request_body = QuantizationBody, responses((status = 201, body = DownloadList)))]
+#[utoipa::path(post, path = "/api/hub/models/{owner}/{name}/download", params(("owner" = String, Path), ("name" = String, Path)), request_body = QuantizationBody, responses((status = 201, body = super::downloads::AddedList), (status = 200, description = "every file already here or live", body = super::downloads::AddedList)))]
 pub(super) async fn hub_download(
     queue: Queue,
     client: Hub,
@@ -124,6 +125,7 @@ pub(super) async fn hub_download(
         },
     };
     let news = intake::hub::quantization(&client, wanted).await?;
-    let downloads = queue.add(news).await?;
-    Ok(HttpResponse::Created().json(DownloadList { downloads }))
+    let asked = news.into_iter().map(Asked::named).collect();
+    let downloads = queue.add_asked(asked).await?;
+    Ok(super::downloads::added_status(&downloads).json(super::downloads::AddedList { downloads }))
 }

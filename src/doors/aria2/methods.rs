@@ -358,7 +358,13 @@ impl Aria2 {
             speed_limit_bps: opts.max_download_limit,
             connections: opts.split,
         };
-        let added = self.queue.add_one(file.new_download(&self.policy)?).await?;
+        // An `out` given is kept (a conflict stays one); a name from the URL is
+        // numbered when another source holds it, and the same source answers its gid.
+        let asked = crate::actors::again::Asked {
+            auto_name: opts.out.is_none(),
+            new: file.new_download(&self.policy)?,
+        };
+        let added = self.queue.add_asked_one(asked).await?.view;
         if let Some(pos) = p.get(2).and_then(Value::as_i64) {
             let pos = usize::try_from(pos)
                 .map_err(|_| RpcError::method("Position must be greater than or equal to 0."))?;

@@ -62,6 +62,8 @@ pub enum Command {
     Files(FilesArgs),
     /// The model files in download_dir.
     Library(JsonFlag),
+    /// Show the run-time settings, or change some: `settings max_concurrent=2`.
+    Settings(SettingsArgs),
 }
 
 /// `pull SPEC`
@@ -93,6 +95,7 @@ pub struct PullArgs {
 /// `add URL`
 #[derive(Args)]
 pub struct AddArgs {
+    /// The file's http(s) URL.
     pub url: String,
     /// The file name in download_dir (default: from the URL).
     #[arg(long)]
@@ -103,6 +106,7 @@ pub struct AddArgs {
     /// Queue it paused.
     #[arg(long)]
     pub paused: bool,
+    /// The answer as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -113,6 +117,19 @@ pub struct LsArgs {
     /// Only downloads in this state (queued, downloading, completed, failed, ...).
     #[arg(long)]
     pub state: Option<String>,
+    /// The downloads as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `settings [KEY=VALUE…]`
+#[derive(Args)]
+pub struct SettingsArgs {
+    /// Settings to change, e.g. `max_concurrent=2` or `speed_limit_bps=8MiB` (0: no
+    /// limit); none: show them.
+    #[arg(value_name = "KEY=VALUE")]
+    pub changes: Vec<String>,
+    /// The settings as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -120,8 +137,10 @@ pub struct LsArgs {
 /// One or more download ids.
 #[derive(Args)]
 pub struct Ids {
+    /// Download ids, or any unambiguous start of one (`dl_01M9`, `01m9`).
     #[arg(required = true, value_name = "ID")]
     pub ids: Vec<String>,
+    /// Each answer as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -129,6 +148,7 @@ pub struct Ids {
 /// `rm ID…`
 #[derive(Args)]
 pub struct RmArgs {
+    /// Download ids, or any unambiguous start of one (`dl_01M9`, `01m9`).
     #[arg(required = true, value_name = "ID")]
     pub ids: Vec<String>,
     /// Remove the finished file too.
@@ -139,9 +159,12 @@ pub struct RmArgs {
 /// `search QUERY`
 #[derive(Args)]
 pub struct SearchArgs {
+    /// Words of the model's name, e.g. `tinyllama gguf`.
     pub query: String,
+    /// How many models at most (1 to 100).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub limit: u16,
+    /// The models as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -149,9 +172,12 @@ pub struct SearchArgs {
 /// `files owner/name`
 #[derive(Args)]
 pub struct FilesArgs {
+    /// The Hub repo, owner/name.
     pub repo: String,
+    /// The branch, tag or commit.
     #[arg(long, default_value = "main")]
     pub revision: String,
+    /// The files and quantizations as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -159,6 +185,7 @@ pub struct FilesArgs {
 /// Just `--json`.
 #[derive(Args)]
 pub struct JsonFlag {
+    /// The answer as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -30,6 +30,8 @@ pub struct Dl {
     pub attempt: u32,
     pub sha256: Option<String>,
     pub error: Option<DlError>,
+    /// The answer to an add: it was already here (or live), nothing new was queued.
+    pub already: bool,
 }
 
 /// The `error` field of a download.
@@ -133,6 +135,10 @@ impl Remote {
 
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, CliError> {
         self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Result<Value, CliError> {
+        self.send(reqwest::Method::PATCH, path, Some(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value, CliError> {

@@ -22,6 +22,7 @@ pub async fn run(command: Command, target: &Target) -> Result<(), CliError> {
         Command::Search(a) => search(r, a).await,
         Command::Files(a) => files(r, a).await,
         Command::Library(a) => library(r, a.json).await,
+        Command::Settings(a) => super::settings::run(r, a).await,
     }
 }
 
@@ -50,7 +51,11 @@ async fn add(r: &Remote, a: AddArgs) -> Result<(), CliError> {
     if a.json {
         println!("{answer}");
     } else {
-        line(&dl(answer)?);
+        let d = dl(answer)?;
+        line(&d);
+        if d.already {
+            println!("(already here: nothing new was queued)");
+        }
     }
     Ok(())
 }
@@ -86,12 +91,19 @@ async fn ls(r: &Remote, a: LsArgs) -> Result<(), CliError> {
                 } else {
                     String::new()
                 },
+                // Why it failed (or retries): the kind, the message is in `--json`.
+                d.error
+                    .as_ref()
+                    .filter(|_| matches!(d.state.as_str(), "failed" | "retrying"))
+                    .map_or_else(String::new, |e| e.kind.clone()),
                 d.path.clone(),
             ]
         })
         .collect();
     table::print(
-        &["ID", "STATE", "DONE", "SIZE", "SPEED", "ETA", "PATH"],
+        &[
+            "ID", "STATE", "DONE", "SIZE", "SPEED", "ETA", "ERROR", "PATH",
+        ],
         &[2, 3, 4, 5],
         &rows,
     );
@@ -102,8 +114,16 @@ async fn ls(r: &Remote, a: LsArgs) -> Result<(), CliError> {
 /// the others still go (exit 1 at the end).
 async fn control(r: &Remote, ids: Ids, action: &str) -> Result<(), CliError> {
     let mut failed = 0;
-    for id in &ids.ids {
-        let path = format!("/api/downloads/{}/{action}", query(id));
+    for (given, id) in ids.ids.iter().zip(super::ids::resolve(r, &ids.ids).await?) {
+        let id = match id {
+            Ok(id) => id,
+            Err(e) => {
+                failed += 1;
+                eprintln!("model-manager: {given}: {e}");
+                continue;
+            }
+        };
+        let path = format!("/api/downloads/{}/{action}", query(&id));
         match r.post(&path, json!({})).await {
             Ok(answer) if ids.json => println!("{answer}"),
             Ok(answer) => line(&dl(answer)?),
@@ -126,8 +146,20 @@ fn done(failed: usize) -> Result<(), CliError> {
 
 async fn rm(r: &Remote, a: RmArgs) -> Result<(), CliError> {
     let mut failed = 0;
-    for id in &a.ids {
-        let path = format!("/api/downloads/{}?delete_file={}", query(id), a.delete_file);
+    for (given, id) in a.ids.iter().zip(super::ids::resolve(r, &a.ids).await?) {
+        let id = match id {
+            Ok(id) => id,
+            Err(e) => {
+                failed += 1;
+                eprintln!("model-manager: {given}: {e}");
+                continue;
+            }
+        };
+        let path = format!(
+            "/api/downloads/{}?delete_file={}",
+            query(&id),
+            a.delete_file
+        );
         match r.delete(&path).await {
             Ok(_) => println!("{id}  removed"),
             Err(e @ CliError::Unreachable { .. }) => return Err(e),
@@ -158,6 +190,10 @@ async fn search(r: &Remote, a: SearchArgs) -> Result<(), CliError> {
             ]
         })
         .collect();
+    if rows.is_empty() {
+        println!("no model on the Hub matches {:?}", a.query);
+        return Ok(());
+    }
     table::print(
         &["MODEL", "DOWNLOADS", "LIKES", "GATED", "MODIFIED"],
         &[1, 2],
@@ -195,10 +231,11 @@ async fn files(r: &Remote, a: FilesArgs) -> Result<(), CliError> {
             ]
         })
         .collect();
-    table::print(&["QUANTIZATION", "SIZE", "FILES", "NAMES"], &[1, 2], &rows);
     if rows.is_empty() {
-        println!("({} has no quantized GGUF files)", a.repo);
+        println!("{} has no quantized GGUF files", a.repo);
+        return Ok(());
     }
+    table::print(&["QUANTIZATION", "SIZE", "FILES", "NAMES"], &[1, 2], &rows);
     Ok(())
 }
 

@@ -11,11 +11,12 @@ use super::args::PullArgs;
 use super::client::Dl;
 use super::spec::Spec;
 use super::CliError;
+use crate::actors::again::Asked;
 use crate::actors::frames::ClientFrame;
 use crate::config::Config;
 use crate::doors::error::ApiError;
 use crate::intake::{self, hub::Start, parse_sha256, IntakeError, UrlFile, UrlPolicy};
-use crate::queue::model::{DownloadView, NewDownload};
+use crate::queue::model::NewDownload;
 use crate::queue::store::Store;
 use crate::{Core, StartError};
 
@@ -45,6 +46,7 @@ pub struct Embedded {
     core: Core,
     store: Store,
     policy: UrlPolicy,
+    download_dir: PathBuf,
 }
 
 impl Embedded {
@@ -61,14 +63,27 @@ impl Embedded {
             core,
             store,
             policy: UrlPolicy::new(&config.downloads.allowed_hosts),
+            download_dir,
         })
+    }
+
+    /// Where the files land.
+    pub fn download_dir(&self) -> &std::path::Path {
+        &self.download_dir
     }
 
     /// What `spec` names, queued: the same downloads, checked by the same intake, as
     /// the service queues for the REST requests of a remote `pull`.
     pub async fn add(&self, spec: &Spec, args: &PullArgs) -> Result<Vec<Dl>, CliError> {
         let news = self.new_downloads(spec, args).await.map_err(intake_error)?;
-        self.queue(news).await
+        // A URL's file is named after it (pull has no name option): numbered when
+        // another source holds the name, as the REST add does.
+        let auto_name = matches!(spec, Spec::Url(_));
+        let asked = news
+            .into_iter()
+            .map(|new| Asked { new, auto_name })
+            .collect();
+        self.queue(asked).await
     }
 
     async fn new_downloads(
@@ -115,8 +130,13 @@ impl Embedded {
         Ok(vec![new])
     }
 
-    async fn queue(&self, news: Vec<NewDownload>) -> Result<Vec<Dl>, CliError> {
-        let added = self.core.queue.add(news).await.map_err(|e| api(e.into()))?;
+    async fn queue(&self, asked: Vec<Asked>) -> Result<Vec<Dl>, CliError> {
+        let added = self
+            .core
+            .queue
+            .add_asked(asked)
+            .await
+            .map_err(|e| api(e.into()))?;
         added.iter().map(dl).collect()
     }
 
@@ -168,7 +188,7 @@ fn api(e: ApiError) -> CliError {
     }
 }
 
-fn dl(view: &DownloadView) -> Result<Dl, CliError> {
+fn dl(view: &impl serde::Serialize) -> Result<Dl, CliError> {
     serde_json::to_value(view)
         .and_then(serde_json::from_value)
         .map_err(|e| CliError::Protocol(e.to_string()))

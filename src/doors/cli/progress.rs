@@ -169,11 +169,15 @@ impl Bars {
             .progress_chars("=> ");
         let bar = |name: &str| {
             let b = multi.add(ProgressBar::no_length().with_style(style.clone()));
-            b.set_prefix(name.to_owned());
+            b.set_prefix(ellipsized(name, NAME_WIDTH));
             b
         };
         let files: Vec<ProgressBar> = downloads.iter().map(|d| bar(&d.file_name)).collect();
-        let total = bar(&format!("total ({} files)", downloads.len()));
+        let n = downloads.len();
+        let total = bar(&format!(
+            "total ({n} file{})",
+            if n == 1 { "" } else { "s" }
+        ));
         let mut bars = Bars {
             multi,
             files,
@@ -235,10 +239,39 @@ impl Bars {
     }
 }
 
+/// The width of a bar's name (the template's `{prefix:32!}`).
+const NAME_WIDTH: usize = 32;
+
+/// `name` in at most `width` characters: a longer one ends in `…`, so that a cut name
+/// reads as cut.
+fn ellipsized(name: &str, width: usize) -> String {
+    if name.chars().count() <= width {
+        return name.to_owned();
+    }
+    let mut short: String = name.chars().take(width.saturating_sub(1)).collect();
+    short.push('…');
+    short
+}
+
 /// A bar whose total is unknown is drawn empty (with a length of 0 it would be full).
 fn set_length(bar: &ProgressBar, total: Option<u64>) {
     match total {
         Some(t) => bar.set_length(t),
         None => bar.unset_length(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ellipsized;
+
+    #[test]
+    fn a_long_name_ends_in_an_ellipsis_within_its_width() {
+        assert_eq!(ellipsized("model.gguf", 32), "model.gguf");
+        let long = "tinyllama-1.1b-chat-v1.0.Q4_K_M-and-more.gguf";
+        let short = ellipsized(long, 32);
+        assert_eq!(short.chars().count(), 32);
+        assert!(short.ends_with('…') && long.starts_with(short.trim_end_matches('…')));
+        assert_eq!(ellipsized(&"é".repeat(40), 32).chars().count(), 32);
     }
 }

@@ -118,6 +118,9 @@ async fn follow(backend: &Backend<'_>, spec: &Spec, args: &PullArgs) -> Result<(
             eprintln!("model-manager: {repo} has a preset.ini at its root: `llama-server -hf {repo}` takes only that file (and runs in router mode from it), so only it is pulled; name a file (owner/name/path) to pull a model file");
         }
     }
+    if up_to_date(&pulled, args.json) {
+        return Ok(());
+    }
     let mut display = Display::new(Mode::pick(args.json), &pulled);
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
     while !pulled.iter().all(Dl::is_finished) {
@@ -139,7 +142,46 @@ async fn follow(backend: &Backend<'_>, spec: &Spec, args: &PullArgs) -> Result<(
         }
     }
     display.finish();
-    outcome(&pulled)
+    outcome(&pulled)?;
+    if !args.json {
+        saved(backend, &pulled);
+    }
+    Ok(())
+}
+
+/// Where the files are, on stderr (stdout keeps its lines per download): the full
+/// path when this process downloaded them, else the path in the service's download_dir.
+fn saved(backend: &Backend<'_>, pulled: &[Dl]) {
+    for d in pulled {
+        match backend {
+            Backend::Embedded(e) => {
+                eprintln!(
+                    "model-manager: saved {}",
+                    e.download_dir().join(&d.path).display()
+                );
+            }
+            Backend::Remote(_) => {
+                eprintln!(
+                    "model-manager: saved {} in the service's download_dir",
+                    d.path
+                );
+            }
+        }
+    }
+}
+
+/// Says which files were already here, complete and the same as upstream; true when
+/// that is all of them (nothing to follow: exit 0).
+fn up_to_date(pulled: &[Dl], json: bool) -> bool {
+    let here = |d: &&Dl| d.already && d.state == "completed";
+    for d in pulled.iter().filter(here) {
+        if json {
+            println!("{}", json!({"event": "up_to_date", "download": d}));
+        } else {
+            println!("{}: up to date ({})", d.path, d.id);
+        }
+    }
+    pulled.iter().all(|d| here(&d))
 }
 
 /// Applies one websocket frame to the downloads followed.

@@ -46,6 +46,7 @@ impl Part {
             return Ok(Some(Settled::new(Some(hex(&h.finalize())), true)));
         }
         let received = match self.digest.take_running() {
+            Some(pipe) if pipe.is_inline() => pipe.finish(),
             Some(pipe) => tokio::task::spawn_blocking(move || pipe.finish())
                 .await
                 .map_err(|e| EngineError::Internal(e.to_string()))?,

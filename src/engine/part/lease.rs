@@ -450,6 +450,34 @@ mod tests {
         assert!(held.iter().all(Lease::intact));
     }
 
+    /// The shared keeper meets a break on the lease that broke, and on no other; a
+    /// lease let go meanwhile is never reported broken.
+    #[test]
+    fn a_break_is_met_on_its_own_lease_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a_path, a_file) = part(&dir.path().join("a"), b"aaaa");
+        let (_, b_file) = part(&dir.path().join("b"), b"bbbb");
+        let (c_path, c_file) = part(&dir.path().join("c"), b"cccc");
+        let mut a = Lease::take(&a_file, 4, false);
+        let b = Lease::take(&b_file, 4, false);
+        let mut c = Lease::take(&c_file, 4, false);
+        if a.shared.is_none() || b.shared.is_none() || c.shared.is_none() {
+            eprintln!("no leases on this filesystem; nothing to test");
+            return;
+        }
+        c.release();
+        let _c_reader = File::open(&c_path).unwrap();
+        let _a_reader = File::open(&a_path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while a.intact() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(matches!(a.take_break(), Some(Break::Prefix { len: 4, .. })));
+        std::thread::sleep(POLL * 3);
+        assert!(b.intact(), "the other lease still holds");
+        assert!(c.take_break().is_none(), "a lease let go is not broken");
+    }
+
     #[test]
     fn a_prefix_is_hashed_as_far_as_time_allows_in_aligned_reads() {
         let dir = tempfile::tempdir().unwrap();

@@ -215,9 +215,11 @@ impl Part {
         self.total = total;
         self.validators = validators;
         self.must_prove = false;
-        let small = total.is_some_and(|t| t < HASHED_AS_RECEIVED_BELOW);
-        if small && !self.digest.is_running() && self.on_disk == 0 && self.ranges.is_none() {
-            self.digest.try_run_from_zero();
+        let small = total.filter(|t| *t < HASHED_AS_RECEIVED_BELOW);
+        if let Some(total) = small.filter(|_| self.on_disk == 0 && self.ranges.is_none()) {
+            if !self.digest.is_running() {
+                self.digest.try_run_from_zero(total);
+            }
         }
     }
 

@@ -180,3 +180,52 @@ async fn a_part_overwritten_in_direct_mode_never_completes_with_wrong_bytes() {
         );
     }
 }
+
+/// Files of at most 1 MiB are hashed inline (no thread) and all leases share one
+/// keeper: a `.part` overwritten by another process among several small transfers is
+/// still caught (read back and compared with what was received), and only it.
+#[actix_web::test]
+async fn a_small_part_overwritten_among_others_never_completes_with_wrong_bytes() {
+    let up = Upstream::start();
+    let svc = service().await;
+    let mut runs = Vec::new();
+    for i in 0..4u64 {
+        let name = format!("small-{i}.bin");
+        let data = content(MIB, 120 + i);
+        // About 4 s each: time to overwrite one while all four run.
+        let rate = Behavior {
+            rate_bps: Some(256 * 1024),
+            ..Default::default()
+        };
+        up.add_file(&name, data.clone(), rate);
+        runs.push((svc.add(json!({"url": up.url(&name)})).await, name, data));
+    }
+    let (victim, victim_name, _) = &runs[1];
+    // Past the first two 256 KiB write blocks: on disk, or on their way there.
+    svc.wait_past(victim, 600_000, WAIT).await;
+    let part = svc.download_dir().join(format!("{victim_name}.part"));
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+        f.write_all_at(&[0xAA; 300_000], 1000).unwrap();
+    })
+    .await
+    .unwrap();
+    for (id, name, data) in &runs {
+        let d = svc.wait_state(id, "completed", WAIT).await;
+        assert_file(&svc, name, data, &d);
+        let sent = up.bytes_sent(name);
+        if name == victim_name {
+            assert!(
+                sent > data.len() as u64,
+                "{name}: fetched {sent} bytes for {}: the overwrite went unseen",
+                data.len()
+            );
+        } else {
+            assert_eq!(sent, data.len() as u64, "{name}: fetched once");
+        }
+    }
+    assert!(
+        part_checks(&svc, "lease").await >= 3,
+        "the others by their lease"
+    );
+}

@@ -11,6 +11,10 @@ use super::hashpipe::HashPipe;
 use super::lease::{Break, Lease};
 use crate::engine::EngineError;
 
+/// The largest file hashed inline on the transfer's thread (see [`HashPipe::inline`]):
+/// at most about half a millisecond of SHA-256 held up there, per file.
+pub(in crate::engine) const INLINE_UP_TO: u64 = 1024 * 1024;
+
 /// The lease and the running digest of one `.part`.
 pub(in crate::engine) struct Digest {
     /// The write lease on the `.part`: while intact, nothing else has opened the file
@@ -67,9 +71,14 @@ impl Digest {
     }
 
     /// Best effort: hashes from 0 if a thread can be had (else the library's hasher
-    /// takes the digest later).
-    pub(in crate::engine) fn try_run_from_zero(&mut self) {
-        self.running = HashPipe::start(Sha256::new()).ok();
+    /// takes the digest later); a file of `total` bytes up to [`INLINE_UP_TO`] is hashed
+    /// inline, with no thread.
+    pub(in crate::engine) fn try_run_from_zero(&mut self, total: u64) {
+        self.running = if total <= INLINE_UP_TO {
+            Some(HashPipe::inline(Sha256::new()))
+        } else {
+            HashPipe::start(Sha256::new()).ok()
+        };
         self.from = 0;
         self.tell_lease();
     }
@@ -180,7 +189,14 @@ mod tests {
             "out of order: read back whole"
         );
         d.set_out_of_order(false);
-        d.try_run_from_zero();
+        d.try_run_from_zero(INLINE_UP_TO + 1);
+        assert_eq!(d.lease().hashing(), Some(true));
+        assert!(d.running.as_ref().is_some_and(|h| !h.is_inline()));
+        d.try_run_from_zero(256 * 1024);
+        assert!(
+            d.running.as_ref().is_some_and(HashPipe::is_inline),
+            "a small file is hashed with no thread"
+        );
         assert_eq!(d.lease().hashing(), Some(true));
         d.release_lease();
         d.replace_lease(Lease::take(&file, 0, false));

@@ -8,17 +8,17 @@
 //! the end needs no read-back. (Every other way to write a file goes through an open
 //! file description; one opened before ours makes the lease refused.)
 //!
-//! A keeper thread watches the lease. When it breaks, the opener is still waiting: the
-//! bytes on disk are still the transfer's alone, so the keeper hashes them, then lets
-//! go. From there the transfer hashes what it receives (continuing that digest) and the
+//! A keeper watches the lease: one thread polls every lease held (a thread per `.part`
+//! cost more than the rest of a small file's transfer). When one breaks, the opener is
+//! still waiting: the bytes on disk are still the transfer's alone, so a thread of its
+//! own (a break is rare) hashes them, then lets go. From there the transfer hashes what it receives (continuing that digest) and the
 //! end compares it with the file read back, as on a filesystem without leases. An
 //! opener so waits a few milliseconds, plus the time to hash what is on disk.
 
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -57,14 +57,51 @@ struct Shared {
     hashing: AtomicBool,
     broken: Mutex<Option<Break>>,
     stop: AtomicBool,
+    /// Held while `stop` is set and the lease let go, and while a break's outcome is
+    /// recorded: a break met after the release never lets go of a lease taken since on
+    /// the same open file description (leases belong to the description).
+    gate: Mutex<()>,
 }
 
-/// The write lease on one `.part`, and its keeper thread; let go when dropped.
+/// The write lease on one `.part`, watched by the keeper; let go when dropped.
 pub(in crate::engine) struct Lease {
     shared: Option<Arc<Shared>>,
-    keeper: Option<JoinHandle<()>>,
     /// A break was handed to the transfer (or the lease was never held).
     spent: bool,
+}
+
+/// The one keeper thread and the leases it watches.
+struct Keeper {
+    leases: Mutex<Vec<Arc<Shared>>>,
+    thread: std::thread::Thread,
+}
+
+/// The keeper, started with the first lease; `None` when no thread could be had (then
+/// no lease is held: the ends are read back).
+fn keeper() -> Option<&'static Keeper> {
+    static KEEPER: OnceLock<Option<Keeper>> = OnceLock::new();
+    KEEPER
+        .get_or_init(|| {
+            let spawned = std::thread::Builder::new()
+                .name("part-lease".into())
+                .spawn(|| {
+                    // Blocks until the keeper is set (`OnceLock`), then watches.
+                    if let Some(k) = keeper() {
+                        watch(k);
+                    }
+                });
+            match spawned {
+                Ok(handle) => Some(Keeper {
+                    leases: Mutex::new(Vec::new()),
+                    thread: handle.thread().clone(),
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no lease keeper thread: every .part is read back at its end");
+                    None
+                }
+            }
+        })
+        .as_ref()
 }
 
 impl Lease {
@@ -74,8 +111,10 @@ impl Lease {
     pub(in crate::engine) fn take(file: &File, on_disk: u64, hashing: bool) -> Lease {
         let unheld = Lease {
             shared: None,
-            keeper: None,
             spent: true,
+        };
+        let Some(keeper) = keeper() else {
+            return unheld;
         };
         quiet_lease_signal();
         // SAFETY: a valid fd; F_SETLEASE takes an int.
@@ -95,21 +134,20 @@ impl Lease {
             hashing: AtomicBool::new(hashing),
             broken: Mutex::new(None),
             stop: AtomicBool::new(false),
+            gate: Mutex::new(()),
         });
-        let watched = shared.clone();
-        let keeper = std::thread::Builder::new()
-            .name("part-lease".into())
-            .spawn(move || keep(&watched));
-        match keeper {
-            Ok(keeper) => Lease {
-                shared: Some(shared),
-                keeper: Some(keeper),
-                spent: false,
-            },
-            Err(_) => {
-                unlease(file);
-                unheld
-            }
+        let first = {
+            let mut leases = lock(&keeper.leases);
+            leases.push(shared.clone());
+            leases.len() == 1
+        };
+        if first {
+            // It sleeps while it watches nothing.
+            keeper.thread.unpark();
+        }
+        Lease {
+            shared: Some(shared),
+            spent: false,
         }
     }
 
@@ -173,13 +211,15 @@ impl Lease {
     /// Lets go of the lease (the end was checked: nothing more depends on it).
     pub(in crate::engine) fn release(&mut self) {
         if let Some(s) = self.shared.take() {
-            s.stop.store(true, Ordering::Release);
-            unlease(&s.file);
-        }
-        if let Some(keeper) = self.keeper.take() {
-            keeper.thread().unpark();
-            // It ends at once (a prefix hash stops at its next read).
-            let _ = keeper.join();
+            {
+                let _gate = lock(&s.gate);
+                s.stop.store(true, Ordering::Release);
+                unlease(&s.file);
+            }
+            // A prefix hash under way stops at its next read.
+            if let Some(k) = keeper() {
+                lock(&k.leases).retain(|l| !Arc::ptr_eq(l, &s));
+            }
         }
         self.spent = true;
     }
@@ -214,21 +254,54 @@ fn unlease(file: &File) {
     }
 }
 
-/// The keeper: polls the lease until told to stop, and meets a break (once).
-fn keep(s: &Shared) {
-    let fd = s.file.as_raw_fd();
-    while !s.stop.load(Ordering::Acquire) {
-        // SAFETY: a valid fd (ours until this thread ends).
-        let now = unsafe { libc::fcntl(fd, libc::F_GETLEASE) };
-        if now != libc::F_WRLCK {
-            let found = meet_break(s);
-            tracing::info!(outcome = ?found_name(&found), "someone opened the .part: it will be read back at the end");
-            *lock(&s.broken) = Some(found);
-            unlease(&s.file);
-            return;
+/// The keeper: every [`POLL`], looks at each lease still held; a broken one leaves the
+/// list and is met on a thread of its own. Sleeps while there is none.
+fn watch(k: &Keeper) {
+    loop {
+        let broken: Vec<Arc<Shared>> = {
+            let mut leases = lock(&k.leases);
+            if leases.is_empty() {
+                drop(leases);
+                // Woken by the next `take` (a spurious wake only loops).
+                std::thread::park();
+                continue;
+            }
+            let mut found = Vec::new();
+            leases.retain(|s| {
+                // SAFETY: a valid fd (the `Shared` keeps its descriptor open).
+                let now = unsafe { libc::fcntl(s.file.as_raw_fd(), libc::F_GETLEASE) };
+                let gone = s.stop.load(Ordering::Acquire) || now != libc::F_WRLCK;
+                if gone && !s.stop.load(Ordering::Acquire) {
+                    found.push(s.clone());
+                }
+                !gone
+            });
+            found
+        };
+        for s in broken {
+            let met = s.clone();
+            let spawned = std::thread::Builder::new()
+                .name("part-lease-break".into())
+                .spawn(move || keep_break(&met));
+            if spawned.is_err() {
+                // No thread: met here (the other leases wait that long).
+                keep_break(&s);
+            }
         }
         std::thread::park_timeout(POLL);
     }
+}
+
+/// Meets a break (once), unless the transfer let go of the lease meanwhile.
+fn keep_break(s: &Shared) {
+    let found = meet_break(s);
+    let _gate = lock(&s.gate);
+    if s.stop.load(Ordering::Acquire) {
+        return;
+    }
+    tracing::info!(outcome = ?found_name(&found), "someone opened the .part: it will be read back at the end");
+    *lock(&s.broken) = Some(found);
+    unlease(&s.file);
 }
 
 fn found_name(b: &Break) -> &'static str {
@@ -297,6 +370,7 @@ mod tests {
     use std::os::unix::fs::FileExt;
 
     fn part(dir: &std::path::Path, data: &[u8]) -> (std::path::PathBuf, File) {
+        std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("f.part");
         let mut f = std::fs::OpenOptions::new()
             .read(true)
@@ -342,6 +416,66 @@ mod tests {
             other => panic!("expected the prefix, got {other:?}"),
         }
         assert!(lease.take_break().is_none(), "a break is handed over once");
+    }
+
+    /// One keeper watches every lease: no thread per `.part` (the threads' names are
+    /// read from /proc; a break's own thread is `part-lease-brea`, cut by the kernel).
+    #[test]
+    fn many_leases_share_one_keeper_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let held: Vec<Lease> = (0..4)
+            .map(|i| {
+                let (_, file) = part(&dir.path().join(i.to_string()), b"x");
+                Lease::take(&file, 1, true)
+            })
+            .collect();
+        if held.iter().any(|l| l.shared.is_none()) {
+            eprintln!("no leases on this filesystem; nothing to test");
+            return;
+        }
+        let keepers = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|name| name.trim() == "part-lease")
+                .count()
+        };
+        // A thread names itself once it runs: a moment for every one there is to do so.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while keepers() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(keepers(), 1, "4 leases held");
+        assert!(held.iter().all(Lease::intact));
+    }
+
+    /// The shared keeper meets a break on the lease that broke, and on no other; a
+    /// lease let go meanwhile is never reported broken.
+    #[test]
+    fn a_break_is_met_on_its_own_lease_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a_path, a_file) = part(&dir.path().join("a"), b"aaaa");
+        let (_, b_file) = part(&dir.path().join("b"), b"bbbb");
+        let (c_path, c_file) = part(&dir.path().join("c"), b"cccc");
+        let mut a = Lease::take(&a_file, 4, false);
+        let b = Lease::take(&b_file, 4, false);
+        let mut c = Lease::take(&c_file, 4, false);
+        if a.shared.is_none() || b.shared.is_none() || c.shared.is_none() {
+            eprintln!("no leases on this filesystem; nothing to test");
+            return;
+        }
+        c.release();
+        let _c_reader = File::open(&c_path).unwrap();
+        let _a_reader = File::open(&a_path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while a.intact() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(matches!(a.take_break(), Some(Break::Prefix { len: 4, .. })));
+        std::thread::sleep(POLL * 3);
+        assert!(b.intact(), "the other lease still holds");
+        assert!(c.take_break().is_none(), "a lease let go is not broken");
     }
 
     #[test]

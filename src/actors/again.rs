@@ -171,11 +171,19 @@ impl QueueHandle {
     /// What to do with `new` at its name as `look` found it. `first`: the name asked
     /// for, not a numbered one (whose stray `.part` makes it taken).
     async fn judge(&self, new: NewDownload, look: Look, first: bool) -> Verdict {
-        // The name's owner: the live download, else the newest one.
+        // The name's owner: the live download, else the completed one whose file is
+        // there (a failed update or overwrite after it owns nothing), else the newest.
+        let owns_file = |h: &&Holder| {
+            h.record.state == State::Completed
+                && h.record
+                    .completed_as
+                    .is_some_and(|id| look.file == Some(id))
+        };
         let owner = look
             .holders
             .iter()
             .find(|h| h.live)
+            .or_else(|| look.holders.iter().find(owns_file))
             .or_else(|| look.holders.first());
         if let Some(h) = owner.filter(|h| same_source(h, &new)) {
             if h.live {

@@ -531,3 +531,35 @@ async fn a_part_file_we_did_not_write_holds_its_name() {
     );
     assert_eq!(file_sha256(&dl.join("w (1).gguf")), sha256_hex(&data));
 }
+
+/// An update that failed (here a wrong sha256) leaves the verified file and its
+/// download in place: asking again for the source is still that download, not a
+/// fresh copy under a numbered name.
+#[actix_web::test]
+async fn a_failed_update_leaves_the_file_asked_again_already_here() {
+    let up = Upstream::start();
+    let data = content(100_000, 71);
+    up.add_file("fu.gguf", data.clone(), Behavior::default());
+    let svc = TestService::start(|_| {}).await;
+    let first = svc.add(json!({"url": up.url("fu.gguf")})).await;
+    svc.wait_state(&first, "completed", LONG).await;
+    let bad = svc
+        .add(json!({"url": up.url("fu.gguf"), "sha256": "1".repeat(64)}))
+        .await;
+    svc.wait_state(&bad, "failed", LONG).await;
+    let fetched = gets(&up, "fu.gguf");
+    let (s, v) = svc
+        .post("/api/downloads", json!({"url": up.url("fu.gguf")}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["already"].as_bool(), v["id"].as_str(), v["path"].as_str()),
+        (Some(true), Some(first.as_str()), Some("fu.gguf")),
+        "{v}"
+    );
+    assert_eq!(gets(&up, "fu.gguf"), fetched, "nothing fetched again");
+    assert_eq!(
+        file_sha256(&svc.download_dir().join("fu.gguf")),
+        sha256_hex(&data)
+    );
+}

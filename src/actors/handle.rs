@@ -13,7 +13,7 @@ use crate::actors::supervisor::commands::{
     Add, All, ClearHistory, Control, Delete, Move, Patch, PatchSettings, Shutdown,
 };
 use crate::actors::supervisor::follow::{
-    CompletedFiles, DurablePrefix, FollowCompletions, NoteDigest, WriterOf,
+    CompletedFiles, DurablePrefix, FollowCompletions, NoteDigest, NoteIdentity, WriterOf,
 };
 use crate::actors::supervisor::queries::{Events, Get, GetSettings, GetStats, History, List};
 use crate::actors::supervisor::Supervisor;
@@ -227,6 +227,16 @@ impl QueueHandle {
         self.addr.do_send(NoteDigest {
             id: id.to_owned(),
             sha256: sha256.to_owned(),
+        });
+    }
+
+    /// Records the identity (inode, mtime in ns) a completed download's file has now,
+    /// after the library made it a hard link to an identical file: asking again for
+    /// its source still finds it ours. From any thread, without waiting.
+    pub fn note_identity(&self, id: &str, identity: [u64; 2]) {
+        self.addr.do_send(NoteIdentity {
+            id: id.to_owned(),
+            identity,
         });
     }
 

@@ -563,3 +563,50 @@ async fn a_failed_update_leaves_the_file_asked_again_already_here() {
         sha256_hex(&data)
     );
 }
+
+/// Two sources with the same bytes: the library makes the second file a hard link to
+/// the first (one copy). Asking again for either source is still its download: the
+/// queue learns the file's new identity from the library.
+#[actix_web::test]
+async fn a_file_the_library_linked_to_its_twin_is_still_already_here() {
+    use std::os::unix::fs::MetadataExt;
+    let up = Upstream::start();
+    let data = content(100_000, 81);
+    up.add_file("x1/dup.gguf", data.clone(), Behavior::default());
+    up.add_file("x2/dup.gguf", data.clone(), Behavior::default());
+    let svc = TestService::start(|_| {}).await;
+    let dl = svc.download_dir();
+    let first = svc.add(json!({"url": up.url("x1/dup.gguf")})).await;
+    svc.wait_state(&first, "completed", LONG).await;
+    let (s, v) = svc
+        .post("/api/downloads", json!({"url": up.url("x2/dup.gguf")}))
+        .await;
+    assert_eq!((s, v["path"].as_str()), (201, Some("dup (1).gguf")), "{v}");
+    let second = v["id"].as_str().unwrap().to_owned();
+    svc.wait_state(&second, "completed", LONG).await;
+    let ino = |name: &str| std::fs::metadata(dl.join(name)).map(|m| m.ino()).ok();
+    let linked = tokio::time::timeout(LONG, async {
+        while ino("dup.gguf") != ino("dup (1).gguf") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(linked.is_ok(), "the library never linked the twins");
+    // The library tells the queue without waiting: give the message a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fetched = gets(&up, "x2/dup.gguf");
+    for (url, id, path) in [
+        (up.url("x2/dup.gguf"), &second, "dup (1).gguf"),
+        (up.url("x1/dup.gguf"), &first, "dup.gguf"),
+    ] {
+        let (s, v) = svc.post("/api/downloads", json!({ "url": url })).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            (v["already"].as_bool(), v["id"].as_str(), v["path"].as_str()),
+            (Some(true), Some(id.as_str()), Some(path)),
+            "{v}"
+        );
+    }
+    assert_eq!(gets(&up, "x2/dup.gguf"), fetched, "nothing fetched again");
+    assert_eq!(count(&svc).await, 2);
+}

@@ -119,6 +119,30 @@ impl Handler<NoteDigest> for Supervisor {
     }
 }
 
+/// The identity of a completed download's file after the library linked it to an
+/// identical file (the same bytes, another inode): recorded in place of the one it
+/// was renamed into place with.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NoteIdentity {
+    pub id: DownloadId,
+    pub identity: [u64; 2],
+}
+
+impl Handler<NoteIdentity> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: NoteIdentity, _: &mut Self::Context) {
+        let Some(d) = self.queue.get_mut(&msg.id) else {
+            return;
+        };
+        if d.state != State::Completed || d.completed_as.is_none() {
+            return;
+        }
+        d.completed_as = Some(msg.identity);
+        self.save(&msg.id);
+    }
+}
+
 /// How many bytes from the start of a running download's `.part` are durable (from
 /// its last checkpoint): what the LAN mirror may stream to its clients already.
 /// `None` when it has no checkpoint (not started yet, or finished).

@@ -129,7 +129,7 @@ impl Owner {
         let unhashed = record.sha256.is_none();
         let mut siblings = Vec::new();
         if !unhashed {
-            dedupe::dedupe(&self.shared, path, &mut record);
+            self.dedupe(path, &mut record);
             siblings = publish::publish(&self.shared, path, &mut record, replaced.as_ref());
         }
         if self.shared.read().get(path) != Some(&record) {
@@ -141,6 +141,21 @@ impl Owner {
             self.hasher.enqueue(path);
         }
         Ok(())
+    }
+
+    /// Links `path` to an identical file (see [`dedupe::dedupe`]); when that changed
+    /// the file of a download, the queue records its new identity, so that asking
+    /// again for that download's source finds the file still its own.
+    fn dedupe(&self, path: &str, record: &mut Record) {
+        let before = (record.ino, record.mtime_ns);
+        dedupe::dedupe(&self.shared, path, record);
+        if (record.ino, record.mtime_ns) == before {
+            return;
+        }
+        if let (Some(id), Some(queue)) = (&record.download_id, &self.queue) {
+            // The same wrapping as `files::identity`.
+            queue.note_identity(id, [record.ino, record.mtime_ns as u64]);
+        }
     }
 
     /// The file at `path` is, now, the one `record` was read at (the scan's look at it
@@ -175,7 +190,7 @@ impl Owner {
             queue.note_digest(id, &digest);
         }
         record.sha256 = Some(digest);
-        dedupe::dedupe(&self.shared, path, &mut record);
+        self.dedupe(path, &mut record);
         let siblings = publish::publish(&self.shared, path, &mut record, None);
         if let Err(e) = self.put(path, record) {
             tracing::warn!(%path, error = %e, "cannot store a library digest");

@@ -116,6 +116,16 @@ struct FlushGroup {
     turn: tokio::sync::Mutex<()>,
 }
 
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The last handle but the one of a flush on its way: wait for that flush, so
+        // that sled closes now (see `background::Later::wait_idle`).
+        if Arc::strong_count(&self.inner) == 2 {
+            self.inner.later.wait_idle();
+        }
+    }
+}
+
 impl std::ops::Deref for Store {
     type Target = Inner;
 
@@ -132,7 +142,9 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         let lock = lock::DirLock::take(data_dir)?;
         let mut found = startup::AsFound::copy(data_dir)?;
-        let db = match open_sled(data_dir) {
+        // With the data dir's lock ours, sled's own lock can only be held by a database
+        // this process closed a moment ago (sled lets go when its last job ends).
+        let db = match reopen(data_dir) {
             Ok(db) => db,
             Err(StoreError::InUse(dir)) => {
                 found.discard();
@@ -454,8 +466,9 @@ fn open_sled(data_dir: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
-/// Opens sled again after this process has just closed it: sled lets go of its file
-/// lock when its last background job ends, which can be a moment later.
+/// Opens sled again after this process has just closed it (a restart in the same
+/// process, or the start-up scan's second open): sled lets go of its file lock when
+/// its last background job ends, which can be a moment later.
 fn reopen(data_dir: &Path) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut waited = false;
@@ -463,9 +476,7 @@ fn reopen(data_dir: &Path) -> Result<sled::Db, StoreError> {
         match open_sled(data_dir) {
             Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
                 if !waited {
-                    tracing::warn!(
-                        "waiting for sled to release the database after the start-up scan"
-                    );
+                    tracing::warn!("waiting for sled to release the database closed a moment ago");
                     waited = true;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));

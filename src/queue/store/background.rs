@@ -16,12 +16,16 @@ use super::{Inner, Store};
 /// that start-up forgives (writes after the last `Durable` mark, brought up quietly).
 const WINDOW: Duration = Duration::from_millis(100);
 
+const THREAD_NAME: &str = "store-flush";
+
 #[derive(Default)]
 struct Flags {
     /// A commit happened that no flush has covered yet.
     poked: bool,
     /// The store is gone: the thread ends.
     closed: bool,
+    /// The thread holds the store (it flushes): the store stays open until it is done.
+    flushing: bool,
 }
 
 #[derive(Default)]
@@ -49,7 +53,7 @@ impl Later {
         let signal = Arc::new(Signal::default());
         let theirs = signal.clone();
         let spawned = std::thread::Builder::new()
-            .name("store-flush".into())
+            .name(THREAD_NAME.into())
             .spawn(move || run(&theirs, &store));
         if let Err(e) = spawned {
             // Nothing is lost without it: sled flushes on its own every 500 ms, and
@@ -64,7 +68,32 @@ impl Later {
         let mut flags = self.signal.flags();
         if !flags.poked {
             flags.poked = true;
-            self.signal.wake.notify_one();
+            self.signal.wake.notify_all();
+        }
+    }
+}
+
+impl Later {
+    /// Waits (at most a few seconds) for a flush on its way, so that a store whose
+    /// last handle goes closes sled then, not a moment later on the flushing thread
+    /// (a reopen in this process would find it in use). Never on that thread itself.
+    pub(super) fn wait_idle(&self) {
+        if std::thread::current().name() == Some(THREAD_NAME) {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut flags = self.signal.flags();
+        while flags.flushing {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            flags = self
+                .signal
+                .wake
+                .wait_timeout(flags, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 }
@@ -72,7 +101,7 @@ impl Later {
 impl Drop for Later {
     fn drop(&mut self) {
         self.signal.flags().closed = true;
-        self.signal.wake.notify_one();
+        self.signal.wake.notify_all();
     }
 }
 
@@ -100,13 +129,22 @@ fn run(signal: &Signal, store: &Weak<Inner>) {
                 return;
             }
             flags.poked = false;
+            flags.flushing = true;
         }
-        let Some(inner) = store.upgrade() else {
+        if let Some(inner) = store.upgrade() {
+            let store = Store { inner };
+            if let Err(e) = store.flush_blocking() {
+                // The commits stay durable in the journal; the next flush tries again.
+                tracing::warn!(error = %e, "background flush of the database failed");
+            }
+            // Let go of the store before saying so: a drop waiting on us is the last.
+            drop(store);
+        }
+        let mut flags = signal.flags();
+        flags.flushing = false;
+        signal.wake.notify_all();
+        if flags.closed {
             return;
-        };
-        if let Err(e) = (Store { inner }).flush_blocking() {
-            // The commits stay durable in the journal; the next flush tries again.
-            tracing::warn!(error = %e, "background flush of the database failed");
         }
     }
 }

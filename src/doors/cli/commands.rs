@@ -113,16 +113,8 @@ async fn ls(r: &Remote, a: LsArgs) -> Result<(), CliError> {
 /// `pause|resume|cancel|retry ID…`: each id on its own; one that fails is reported and
 /// the others still go (exit 1 at the end).
 async fn control(r: &Remote, ids: Ids, action: &str) -> Result<(), CliError> {
-    let mut failed = 0;
-    for (given, id) in ids.ids.iter().zip(super::ids::resolve(r, &ids.ids).await?) {
-        let id = match id {
-            Ok(id) => id,
-            Err(e) => {
-                failed += 1;
-                eprintln!("model-manager: {given}: {e}");
-                continue;
-            }
-        };
+    let (resolved, mut failed) = resolve_each(r, &ids.ids).await?;
+    for id in resolved {
         let path = format!("/api/downloads/{}/{action}", query(&id));
         match r.post(&path, json!({})).await {
             Ok(answer) if ids.json => println!("{answer}"),
@@ -137,6 +129,23 @@ async fn control(r: &Remote, ids: Ids, action: &str) -> Result<(), CliError> {
     done(failed)
 }
 
+/// The downloads `given` names (whole ids or prefixes), in order; one that names none
+/// or several is told on stderr and counted as failed (the others still go).
+async fn resolve_each(r: &Remote, given: &[String]) -> Result<(Vec<String>, usize), CliError> {
+    let mut failed = 0;
+    let mut resolved = Vec::with_capacity(given.len());
+    for (asked, id) in given.iter().zip(super::ids::resolve(r, given).await?) {
+        match id {
+            Ok(id) => resolved.push(id),
+            Err(e) => {
+                failed += 1;
+                eprintln!("model-manager: {asked}: {e}");
+            }
+        }
+    }
+    Ok((resolved, failed))
+}
+
 fn done(failed: usize) -> Result<(), CliError> {
     match failed {
         0 => Ok(()),
@@ -145,16 +154,8 @@ fn done(failed: usize) -> Result<(), CliError> {
 }
 
 async fn rm(r: &Remote, a: RmArgs) -> Result<(), CliError> {
-    let mut failed = 0;
-    for (given, id) in a.ids.iter().zip(super::ids::resolve(r, &a.ids).await?) {
-        let id = match id {
-            Ok(id) => id,
-            Err(e) => {
-                failed += 1;
-                eprintln!("model-manager: {given}: {e}");
-                continue;
-            }
-        };
+    let (resolved, mut failed) = resolve_each(r, &a.ids).await?;
+    for id in resolved {
         let path = format!(
             "/api/downloads/{}?delete_file={}",
             query(&id),

@@ -340,15 +340,8 @@ impl QueueHandle {
             .probe(&new.url, &had)
             .await
             .map_err(|e| e.to_string())?;
-        if probe.not_modified {
-            return Ok(false);
-        }
-        let now = probe.validators;
-        if let (Some(a), Some(b)) = (&had.etag, &now.etag) {
-            return Ok(a != b);
-        }
-        if let (Some(a), Some(b)) = (&had.last_modified, &now.last_modified) {
-            return Ok(a != b);
+        if let Some(changed) = probe.changed_since(&had) {
+            return Ok(changed);
         }
         Ok(matches!((probe.length, h.record.bytes_total), (Some(a), Some(b)) if a != b))
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::header;
 
+use super::http::validators::Validators as HeaderValidators;
 use super::Engine;
 use crate::queue::model::Validators;
 
@@ -63,20 +64,35 @@ impl Engine {
         if !resp.status().is_success() {
             return Err(ProbeError::Status(resp.status().as_u16()));
         }
-        let text = |name| {
-            resp.headers()
-                .get(name)
-                .and_then(|v: &header::HeaderValue| v.to_str().ok())
-                .filter(|v| v.len() <= MAX_VALIDATOR)
-                .map(str::to_owned)
-        };
+        let now = HeaderValidators::from_headers(resp.headers());
+        let kept = |v: Option<String>| v.filter(|v| v.len() <= MAX_VALIDATOR);
         Ok(Probe {
             not_modified: false,
             validators: Validators {
-                etag: text(header::ETAG),
-                last_modified: text(header::LAST_MODIFIED),
+                etag: kept(now.etag),
+                last_modified: kept(now.last_modified),
             },
-            length: text(header::CONTENT_LENGTH).and_then(|l| l.parse().ok()),
+            length: resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.parse().ok()),
         })
+    }
+}
+
+impl Probe {
+    /// Whether the file changed since it was fetched under `known`, when the answer
+    /// can tell: `304` (no), else the rule of a download's own change detection
+    /// (the ETag decides, else Last-Modified); `None` when they share no validator.
+    pub fn changed_since(&self, known: &Validators) -> Option<bool> {
+        if self.not_modified {
+            return Some(false);
+        }
+        let engine = |v: &Validators| HeaderValidators {
+            etag: v.etag.clone(),
+            last_modified: v.last_modified.clone(),
+        };
+        engine(known).tells(&engine(&self.validators))
     }
 }

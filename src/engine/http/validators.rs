@@ -25,12 +25,19 @@ impl Validators {
 
     /// True when both sides carry the same kind of validator and it differs.
     pub(in crate::engine) fn changed_to(&self, now: &Validators) -> bool {
-        match (&self.etag, &now.etag) {
-            (Some(a), Some(b)) => return a != b,
-            (Some(_), None) | (None, Some(_)) => {}
-            (None, None) => {}
+        self.tells(now).unwrap_or(false)
+    }
+
+    /// Whether the file changed, when the two can tell: both carry an ETag (it
+    /// decides), else both a Last-Modified; `None` when they share neither.
+    pub(in crate::engine) fn tells(&self, now: &Validators) -> Option<bool> {
+        if let (Some(a), Some(b)) = (&self.etag, &now.etag) {
+            return Some(a != b);
         }
-        matches!((&self.last_modified, &now.last_modified), (Some(a), Some(b)) if a != b)
+        match (&self.last_modified, &now.last_modified) {
+            (Some(a), Some(b)) => Some(a != b),
+            _ => None,
+        }
     }
 
     /// What goes in `If-Range`: it wants a strong ETag; a weak one cannot be used,
